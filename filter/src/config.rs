@@ -1,0 +1,594 @@
+//! The plugin configuration: the JSON Istio hands the filter as a
+//! `WasmPlugin`'s `pluginConfig` (Istio serialises the YAML object to JSON and
+//! Envoy passes those bytes to `on_configure` unchanged).
+//!
+//! The schema is strict (`deny_unknown_fields`) so a typo is an error rather
+//! than a silently ignored setting, and every validation error names the field
+//! path and the offending value. The controller renders these same types, so
+//! the controller and the filter cannot disagree about the format.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The schema version this build understands. A config declaring another
+/// version is rejected: the filter must not guess at semantics it lacks.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The routing header the rendered VirtualService matches on by default.
+pub const DEFAULT_ROUTING_HEADER: &str = "x-tideway-destination";
+
+/// A configuration error: the field path (as written in the JSON) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid plugin configuration: {}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole plugin configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PluginConfig {
+    /// Must equal [`SCHEMA_VERSION`] when present.
+    #[serde(default = "default_schema_version")]
+    pub schema_version: u32,
+    /// The governed services. A request whose host matches none passes untouched.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+    /// Factor weights and health thresholds shared by all services.
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    /// This proxy's own cluster and locality (default: Envoy's node properties).
+    #[serde(default)]
+    pub local: LocalConfig,
+    /// Which inbound routing decisions are honoured.
+    #[serde(default)]
+    pub trust: TrustConfig,
+    /// Trace-context propagation.
+    #[serde(default)]
+    pub tracing: crate::trace::TracingConfig,
+    /// Add an `x-tideway-decision` response header explaining the choice.
+    /// Off by default: it reveals topology to clients.
+    #[serde(default)]
+    pub decision_header: bool,
+}
+
+fn default_schema_version() -> u32 {
+    SCHEMA_VERSION
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            services: Vec::new(),
+            scheduler: SchedulerConfig::default(),
+            local: LocalConfig::default(),
+            trust: TrustConfig::default(),
+            tracing: crate::trace::TracingConfig::default(),
+            decision_header: false,
+        }
+    }
+}
+
+/// One governed service: the hosts it answers to and where it can be sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceConfig {
+    /// Service name, used in metrics, `x-service-name` and shared-data keys.
+    pub name: String,
+    /// Hosts matched against `:authority` without its port: exact names, or
+    /// `*.suffix` which matches any host ending in `.suffix`.
+    pub hosts: Vec<String>,
+    /// The candidate destinations (member clusters or subsets).
+    pub destinations: Vec<DestinationConfig>,
+    /// The header the rendered VirtualService routes on.
+    #[serde(default = "default_routing_header")]
+    pub routing_header: String,
+    /// Where the session-affinity key comes from.
+    #[serde(default)]
+    pub affinity: AffinitySource,
+    /// Explicit failover order (destination names). Empty: by locality
+    /// relative to this proxy — same zone, then same region, then the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<String>,
+    /// Per-service factor weights, overriding `scheduler.weights`. A canary
+    /// that must split exactly sets latency and load to zero here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<FactorWeights>,
+}
+
+fn default_routing_header() -> String {
+    DEFAULT_ROUTING_HEADER.to_string()
+}
+
+/// One destination: the routing header's value selects it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestinationConfig {
+    /// The subset name: the routing header's value and the DestinationRule subset.
+    pub name: String,
+    /// The member cluster (`topology.istio.io/cluster`). Default: `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// `region/zone/subzone` (any suffix may be omitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
+    /// Relative cost of serving here (any unit, ≥ 0; lower is better).
+    #[serde(default)]
+    pub cost: f64,
+    /// Static traffic weight (≥ 0): the canary split when dynamic factors are off.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+impl DestinationConfig {
+    pub fn cluster(&self) -> &str {
+        self.cluster.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// Where a request's session-affinity key is read from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", tag = "source")]
+pub enum AffinitySource {
+    /// No session affinity.
+    #[default]
+    None,
+    /// A request header, e.g. `x-user-id` (as the seed article's consistentHash).
+    Header { name: String },
+    /// A cookie in the `cookie` header.
+    Cookie { name: String },
+}
+
+/// Weights of the scheduling factors (the seed article's weightLatency,
+/// weightLoad, weightCost, weightAffinity). Only their ratios matter.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FactorWeights {
+    #[serde(default)]
+    pub latency: f64,
+    #[serde(default)]
+    pub load: f64,
+    #[serde(default)]
+    pub cost: f64,
+    /// Locality affinity: preference for destinations near this proxy.
+    #[serde(default)]
+    pub affinity: f64,
+}
+
+impl Default for FactorWeights {
+    fn default() -> Self {
+        Self {
+            latency: 0.4,
+            load: 0.3,
+            cost: 0.1,
+            affinity: 0.2,
+        }
+    }
+}
+
+/// Scheduler tuning shared by every service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct SchedulerConfig {
+    pub weights: FactorWeights,
+    /// How strongly the score bends the static weights: a destination's
+    /// effective weight is `weight × score^sharpness`.
+    pub sharpness: f64,
+    /// Time constant of the latency and error EWMAs, in milliseconds.
+    pub decay_ms: u64,
+    /// Consecutive failures that eject a destination.
+    pub eject_consecutive_failures: u32,
+    /// Error-rate EWMA (0..1) that ejects a destination…
+    pub eject_error_rate: f64,
+    /// …once it has seen at least this many responses.
+    pub eject_min_requests: u32,
+    /// First ejection's length; each further one doubles it…
+    pub eject_base_ms: u64,
+    /// …up to this cap.
+    pub eject_max_ms: u64,
+    /// How often each worker merges statistics through shared data.
+    pub tick_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            weights: FactorWeights::default(),
+            sharpness: 4.0,
+            decay_ms: 5_000,
+            eject_consecutive_failures: 5,
+            eject_error_rate: 0.5,
+            eject_min_requests: 10,
+            eject_base_ms: 1_000,
+            eject_max_ms: 30_000,
+            tick_ms: 200,
+        }
+    }
+}
+
+/// This proxy's identity. Unset fields come from Envoy's node properties as
+/// Istio sets them (`node.metadata.CLUSTER_ID`, `node.locality`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LocalConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
+}
+
+/// Whether a routing header that arrives with the request is honoured.
+///
+/// By default it is not: a client outside the mesh must not pick its
+/// destination, so the header (and every `x-tideway-*` header) is removed and
+/// the decision made anew.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct TrustConfig {
+    /// Honour inbound routing headers from every source. For internal
+    /// gateways whose callers are all trusted.
+    pub all_sources: bool,
+    /// Honour them when the downstream peer's mTLS identity (URI SAN, e.g.
+    /// `spiffe://cluster.local/ns/ops/sa/canary-driver`) is listed here.
+    pub principals: Vec<String>,
+}
+
+impl PluginConfig {
+    /// Parse and validate the bytes Envoy hands `on_configure`. Empty bytes
+    /// mean "no configuration": nothing is governed.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let trimmed = bytes.iter().all(|b| b.is_ascii_whitespace());
+        if trimmed {
+            return Ok(Self::default());
+        }
+        let config: PluginConfig = serde_json::from_slice(bytes).map_err(|e| {
+            ConfigError::new(
+                format!("(json line {} column {})", e.line(), e.column()),
+                e.to_string(),
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check every value the types cannot: ranges, names, references.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(ConfigError::new(
+                "schemaVersion",
+                format!(
+                    "{} is not supported (this filter understands {SCHEMA_VERSION})",
+                    self.schema_version
+                ),
+            ));
+        }
+        self.scheduler.validate()?;
+        self.tracing
+            .validate()
+            .map_err(|e| ConfigError::new(e.field, format!("{} ({})", e.value, e.reason)))?;
+        for principal in &self.trust.principals {
+            if principal.is_empty() {
+                return Err(ConfigError::new("trust.principals", "empty principal"));
+            }
+        }
+        let mut names = Vec::new();
+        let mut hosts: Vec<&str> = Vec::new();
+        for (i, service) in self.services.iter().enumerate() {
+            let at = format!("services[{i}]");
+            service.validate(&at)?;
+            if names.contains(&service.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{at}.name"),
+                    format!("duplicate service name {:?}", service.name),
+                ));
+            }
+            names.push(&service.name);
+            for (j, host) in service.hosts.iter().enumerate() {
+                if hosts.contains(&host.as_str()) {
+                    return Err(ConfigError::new(
+                        format!("{at}.hosts[{j}]"),
+                        format!("host {host:?} is claimed by two services"),
+                    ));
+                }
+                hosts.push(host);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SchedulerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.weights.validate("scheduler.weights")?;
+        check_finite_range("scheduler.sharpness", self.sharpness, 0.0, 64.0)?;
+        check_finite_range("scheduler.ejectErrorRate", self.eject_error_rate, 0.0, 1.0)?;
+        if self.decay_ms == 0 {
+            return Err(ConfigError::new("scheduler.decayMs", "0 (must be > 0)"));
+        }
+        if self.tick_ms == 0 {
+            return Err(ConfigError::new("scheduler.tickMs", "0 (must be > 0)"));
+        }
+        if self.eject_consecutive_failures == 0 {
+            return Err(ConfigError::new(
+                "scheduler.ejectConsecutiveFailures",
+                "0 (must be ≥ 1)",
+            ));
+        }
+        if self.eject_base_ms == 0 || self.eject_max_ms < self.eject_base_ms {
+            return Err(ConfigError::new(
+                "scheduler.ejectBaseMs",
+                format!(
+                    "{} with ejectMaxMs {} (need 0 < ejectBaseMs ≤ ejectMaxMs)",
+                    self.eject_base_ms, self.eject_max_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl FactorWeights {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("latency", self.latency),
+            ("load", self.load),
+            ("cost", self.cost),
+            ("affinity", self.affinity),
+        ] {
+            check_finite_range(&format!("{at}.{name}"), value, 0.0, f64::MAX)?;
+        }
+        Ok(())
+    }
+
+    pub fn total(&self) -> f64 {
+        self.latency + self.load + self.cost + self.affinity
+    }
+}
+
+impl ServiceConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::new(format!("{at}.name"), "empty"));
+        }
+        if self.hosts.is_empty() {
+            return Err(ConfigError::new(format!("{at}.hosts"), "no hosts"));
+        }
+        for (j, host) in self.hosts.iter().enumerate() {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            let valid = !bare.is_empty()
+                && !bare.contains('*')
+                && !bare.contains(':')
+                && bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+            if !valid {
+                return Err(ConfigError::new(
+                    format!("{at}.hosts[{j}]"),
+                    format!("{host:?} is not a host name or `*.suffix` (no port)"),
+                ));
+            }
+        }
+        if !is_header_name(&self.routing_header) {
+            return Err(ConfigError::new(
+                format!("{at}.routingHeader"),
+                format!("{:?} is not a lowercase HTTP header name", self.routing_header),
+            ));
+        }
+        match &self.affinity {
+            AffinitySource::None => {}
+            AffinitySource::Header { name } if !is_header_name(name) => {
+                return Err(ConfigError::new(
+                    format!("{at}.affinity.name"),
+                    format!("{name:?} is not a lowercase HTTP header name"),
+                ))
+            }
+            AffinitySource::Cookie { name } if name.is_empty() || name.contains([';', '=', ' ']) => {
+                return Err(ConfigError::new(
+                    format!("{at}.affinity.name"),
+                    format!("{name:?} is not a cookie name"),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(weights) = &self.weights {
+            weights.validate(&format!("{at}.weights"))?;
+        }
+        if self.destinations.is_empty() {
+            return Err(ConfigError::new(format!("{at}.destinations"), "no destinations"));
+        }
+        let mut any_weight = false;
+        for (k, dest) in self.destinations.iter().enumerate() {
+            let dat = format!("{at}.destinations[{k}]");
+            if dest.name.is_empty() || !dest.name.bytes().all(is_subset_name_byte) {
+                return Err(ConfigError::new(
+                    format!("{dat}.name"),
+                    format!("{:?} is not a valid subset name ([a-z0-9-._])", dest.name),
+                ));
+            }
+            if self.destinations[..k].iter().any(|d| d.name == dest.name) {
+                return Err(ConfigError::new(
+                    format!("{dat}.name"),
+                    format!("duplicate destination {:?}", dest.name),
+                ));
+            }
+            if let Some(cluster) = &dest.cluster {
+                if cluster.is_empty() {
+                    return Err(ConfigError::new(format!("{dat}.cluster"), "empty"));
+                }
+            }
+            if let Some(locality) = &dest.locality {
+                if locality.is_empty() || locality.split('/').count() > 3 {
+                    return Err(ConfigError::new(
+                        format!("{dat}.locality"),
+                        format!("{locality:?} is not region[/zone[/subzone]]"),
+                    ));
+                }
+            }
+            check_finite_range(&format!("{dat}.cost"), dest.cost, 0.0, f64::MAX)?;
+            check_finite_range(&format!("{dat}.weight"), dest.weight, 0.0, f64::MAX)?;
+            any_weight |= dest.weight > 0.0;
+        }
+        if !any_weight {
+            return Err(ConfigError::new(
+                format!("{at}.destinations"),
+                "every weight is 0: nothing could be chosen",
+            ));
+        }
+        for (k, name) in self.failover.iter().enumerate() {
+            if !self.destinations.iter().any(|d| &d.name == name) {
+                return Err(ConfigError::new(
+                    format!("{at}.failover[{k}]"),
+                    format!("{name:?} is not one of the destinations"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_finite_range(field: &str, value: f64, min: f64, max: f64) -> Result<(), ConfigError> {
+    if !value.is_finite() || value < min || value > max {
+        let range = if max == f64::MAX {
+            format!("a finite number ≥ {min}")
+        } else {
+            format!("a number in {min}..={max}")
+        };
+        return Err(ConfigError::new(field, format!("{value} (must be {range})")));
+    }
+    Ok(())
+}
+
+/// Envoy stores header names lowercase; a mixed-case name would never match.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn is_subset_name_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> &'static str {
+        r#"{"services":[{"name":"reviews","hosts":["reviews.prod.svc.cluster.local"],
+            "destinations":[{"name":"east","weight":90},{"name":"west","weight":10}]}]}"#
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = PluginConfig::from_json(minimal().as_bytes()).expect("valid");
+        assert_eq!(config.schema_version, SCHEMA_VERSION);
+        let service = &config.services[0];
+        assert_eq!(service.routing_header, DEFAULT_ROUTING_HEADER);
+        assert_eq!(service.affinity, AffinitySource::None);
+        assert_eq!(service.destinations[1].cluster(), "west");
+        assert_eq!(config.scheduler, SchedulerConfig::default());
+        assert!(!config.trust.all_sources);
+    }
+
+    #[test]
+    fn empty_bytes_govern_nothing() {
+        assert!(PluginConfig::from_json(b"").expect("empty ok").services.is_empty());
+        assert!(PluginConfig::from_json(b" \n").expect("blank ok").services.is_empty());
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = PluginConfig::from_json(br#"{"servics":[]}"#).unwrap_err();
+        assert!(err.to_string().contains("servics"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_field_and_value() {
+        let cases = [
+            (r#"{"schemaVersion":2}"#, "schemaVersion", "2"),
+            (r#"{"scheduler":{"weights":{"latency":-1}}}"#, "scheduler.weights.latency", "-1"),
+            (r#"{"scheduler":{"sharpness":100}}"#, "scheduler.sharpness", "100"),
+            (
+                r#"{"services":[{"name":"a","hosts":["a:80"],"destinations":[{"name":"x"}]}]}"#,
+                "services[0].hosts[0]",
+                "a:80",
+            ),
+            (
+                r#"{"services":[{"name":"a","hosts":["a"],"routingHeader":"X-Route","destinations":[{"name":"x"}]}]}"#,
+                "services[0].routingHeader",
+                "X-Route",
+            ),
+            (
+                r#"{"services":[{"name":"a","hosts":["a"],"destinations":[{"name":"x","weight":0}]}]}"#,
+                "services[0].destinations",
+                "every weight is 0",
+            ),
+            (
+                r#"{"services":[{"name":"a","hosts":["a"],"destinations":[{"name":"x"},{"name":"x"}]}]}"#,
+                "services[0].destinations[1].name",
+                "duplicate",
+            ),
+            (
+                r#"{"services":[{"name":"a","hosts":["a"],"failover":["y"],"destinations":[{"name":"x"}]}]}"#,
+                "services[0].failover[0]",
+                "\"y\"",
+            ),
+            (
+                r#"{"services":[{"name":"a","hosts":["a"],"destinations":[{"name":"x","cost":-3}]}]}"#,
+                "services[0].destinations[0].cost",
+                "-3",
+            ),
+            (
+                r#"{"services":[{"name":"a","hosts":["a"],"affinity":{"source":"header","name":"X-User"},"destinations":[{"name":"x"}]}]}"#,
+                "services[0].affinity.name",
+                "X-User",
+            ),
+        ];
+        for (json, field, value) in cases {
+            let err = PluginConfig::from_json(json.as_bytes()).expect_err(json);
+            assert_eq!(err.field, field, "{json}: {err}");
+            assert!(err.to_string().contains(value), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn affinity_sources_parse() {
+        let json = r#"{"services":[{"name":"a","hosts":["*.a.svc"],
+            "affinity":{"source":"cookie","name":"session"},"destinations":[{"name":"x"}]}]}"#;
+        let config = PluginConfig::from_json(json.as_bytes()).expect("valid");
+        assert_eq!(
+            config.services[0].affinity,
+            AffinitySource::Cookie { name: "session".into() }
+        );
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let config = PluginConfig::from_json(minimal().as_bytes()).expect("valid");
+        let rendered = serde_json::to_vec(&config).expect("serialise");
+        assert_eq!(PluginConfig::from_json(&rendered).expect("reparse"), config);
+    }
+}

@@ -1,0 +1,601 @@
+//! The routing engine: per-service state and the per-request decision.
+//!
+//! One `Engine` lives in each worker VM. A request is matched to a service by
+//! host, then:
+//! - with a session key: weighted rendezvous hashing over the static weights
+//!   (so a session sticks, and moves only if its destination is ejected or
+//!   the weights change);
+//! - without one: each candidate's effective weight is
+//!   `weight × score^sharpness` (score from `score`), two candidates are
+//!   drawn by effective weight, and the better-scored one wins —
+//!   power-of-two-choices, so a stale score cannot herd a worker's traffic
+//!   onto one destination. When the latency and load factors are off the
+//!   scores cannot change between requests, so the first draw is taken as
+//!   is: a static canary split is exact, not bent by P2C;
+//! - a chosen destination that is ejected fails over (`failover`); when no
+//!   destination is usable the request goes to the mesh's default route.
+//!
+//! Outcomes flow back through `observe_response` and `end`: latency into
+//! the peak-EWMA, status into `health`, in-flight counts into load.
+
+use crate::affinity;
+use crate::authority::HostTable;
+use crate::config::{AffinitySource, FactorWeights, PluginConfig, SchedulerConfig};
+use crate::ewma::PeakEwma;
+use crate::failover;
+use crate::health::{Health, HealthEvent};
+use crate::rng::Rng;
+use crate::score::{self, FactorInputs};
+use crate::shared_stats::{self, SharedStats, SharedStore};
+
+/// Why a destination was chosen; a metrics dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Dynamic multi-factor scoring (P2C).
+    Score,
+    /// Static weights only (latency and load factors off).
+    Static,
+    /// Session affinity (rendezvous hashing).
+    Affinity,
+    /// The choice was ejected; the failover order picked another.
+    Failover,
+    /// A trusted caller named the destination in the routing header.
+    TrustedHeader,
+    /// Nothing usable: left to the mesh's default route.
+    MeshDefault,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::Score,
+        Reason::Static,
+        Reason::Affinity,
+        Reason::Failover,
+        Reason::TrustedHeader,
+        Reason::MeshDefault,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Score => "score",
+            Reason::Static => "static",
+            Reason::Affinity => "affinity",
+            Reason::Failover => "failover",
+            Reason::TrustedHeader => "trusted_header",
+            Reason::MeshDefault => "mesh_default",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The outcome of one decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub service: usize,
+    /// `None`: no routing header; the mesh's default route serves it.
+    pub destination: Option<usize>,
+    pub reason: Reason,
+}
+
+/// This proxy's identity, resolved from config or Envoy's node properties.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalIdentity {
+    pub cluster: String,
+    pub locality: Option<String>,
+}
+
+/// Learned and configured state of one destination.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub name: String,
+    pub cluster: String,
+    pub weight: f64,
+    pub cost: f64,
+    pub locality_affinity: f64,
+    pub latency: PeakEwma,
+    pub health: Health,
+    pub in_flight: u32,
+    pub shared_key: String,
+}
+
+/// One governed service.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub routing_header: String,
+    pub affinity: AffinitySource,
+    pub weights: FactorWeights,
+    pub destinations: Vec<Destination>,
+    failover: Vec<usize>,
+    static_only: bool,
+    // Scratch space reused by every decision: no allocation per request.
+    inputs: Vec<FactorInputs>,
+    scores: Vec<f64>,
+    effective: Vec<f64>,
+}
+
+/// What ended a request, for health accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Response headers arrived with this `:status`.
+    Status(u32),
+    /// The stream ended without response headers (reset, timeout).
+    Reset,
+}
+
+impl Outcome {
+    /// 5xx and gateway errors count as failures, as Envoy's outlier detection
+    /// counts them; 4xx are the client's doing.
+    pub fn is_success(self) -> bool {
+        match self {
+            Outcome::Status(s) => !(500..=599).contains(&s),
+            Outcome::Reset => false,
+        }
+    }
+}
+
+/// The per-worker routing engine.
+#[derive(Debug)]
+pub struct Engine {
+    pub config: PluginConfig,
+    pub local: LocalIdentity,
+    pub services: Vec<Service>,
+    hosts: HostTable,
+    rng: Rng,
+    decay_ns: f64,
+}
+
+impl Engine {
+    /// Build from a validated config. `previous` carries learned latency and
+    /// health over a reconfiguration for destinations that keep their names.
+    pub fn new(config: PluginConfig, local: LocalIdentity, seed: u64, previous: Option<&Engine>) -> Self {
+        let services = config
+            .services
+            .iter()
+            .map(|sc| {
+                let weights = sc.weights.unwrap_or(config.scheduler.weights);
+                let destinations: Vec<Destination> = sc
+                    .destinations
+                    .iter()
+                    .map(|dc| {
+                        let learned = previous.and_then(|p| p.find(&sc.name, &dc.name));
+                        Destination {
+                            name: dc.name.clone(),
+                            cluster: dc.cluster().to_string(),
+                            weight: dc.weight,
+                            cost: dc.cost,
+                            locality_affinity: score::locality_affinity(
+                                local.locality.as_deref(),
+                                dc.locality.as_deref(),
+                            ),
+                            latency: learned.map(|d| d.latency).unwrap_or_default(),
+                            health: learned.map(|d| d.health).unwrap_or_default(),
+                            in_flight: 0,
+                            shared_key: shared_stats::key(&sc.name, &dc.name),
+                        }
+                    })
+                    .collect();
+                let names: Vec<&str> = destinations.iter().map(|d| d.name.as_str()).collect();
+                let closeness: Vec<f64> = destinations.iter().map(|d| d.locality_affinity).collect();
+                let n = destinations.len();
+                Service {
+                    name: sc.name.clone(),
+                    routing_header: sc.routing_header.clone(),
+                    affinity: sc.affinity.clone(),
+                    failover: failover::order(&names, &closeness, &sc.failover),
+                    static_only: weights.latency == 0.0 && weights.load == 0.0,
+                    weights,
+                    destinations,
+                    inputs: Vec::with_capacity(n),
+                    scores: vec![0.0; n],
+                    effective: vec![0.0; n],
+                }
+            })
+            .collect();
+        let hosts = HostTable::new(config.services.iter().enumerate().map(|(i, s)| (i, s.hosts.as_slice())));
+        let decay_ns = config.scheduler.decay_ms as f64 * 1e6;
+        Self {
+            config,
+            local,
+            services,
+            hosts,
+            rng: Rng::from_seed(seed),
+            decay_ns,
+        }
+    }
+
+    fn find(&self, service: &str, destination: &str) -> Option<&Destination> {
+        self.services
+            .iter()
+            .find(|s| s.name == service)?
+            .destinations
+            .iter()
+            .find(|d| d.name == destination)
+    }
+
+    pub fn scheduler(&self) -> &SchedulerConfig {
+        &self.config.scheduler
+    }
+
+    /// The service governing `authority`, if any.
+    pub fn service_for(&self, authority: &[u8]) -> Option<usize> {
+        self.hosts.lookup(authority)
+    }
+
+    /// The destination a routing-header value names.
+    pub fn destination_named(&self, service: usize, name: &[u8]) -> Option<usize> {
+        self.services
+            .get(service)?
+            .destinations
+            .iter()
+            .position(|d| d.name.as_bytes() == name)
+    }
+
+    /// Decide where one request goes.
+    pub fn decide(&mut self, service: usize, session_key: Option<&[u8]>, now_ns: u64) -> Decision {
+        let decay_ns = self.decay_ns;
+        let sharpness = self.config.scheduler.sharpness;
+        let Some(svc) = self.services.get_mut(service) else {
+            return Decision { service, destination: None, reason: Reason::MeshDefault };
+        };
+        let (choice, reason) = match session_key {
+            Some(key) => choose_by_affinity(svc, key, now_ns),
+            None => choose_by_score(svc, &mut self.rng, now_ns, decay_ns, sharpness),
+        };
+        let decision = match choice {
+            Some(d) if svc.destinations[d].health.is_ejected(now_ns) => {
+                match svc.failover.iter().copied().find(|&i| usable(&svc.destinations[i], now_ns)) {
+                    Some(f) => Decision { service, destination: Some(f), reason: Reason::Failover },
+                    None => Decision { service, destination: None, reason: Reason::MeshDefault },
+                }
+            }
+            Some(d) => Decision { service, destination: Some(d), reason },
+            None => Decision { service, destination: None, reason: Reason::MeshDefault },
+        };
+        decision
+    }
+
+    /// A request was sent to `destination`: it now counts as in flight.
+    pub fn begin(&mut self, service: usize, destination: usize) {
+        if let Some(d) = self.dest_mut(service, destination) {
+            d.in_flight = d.in_flight.saturating_add(1);
+        }
+    }
+
+    /// Response headers (or a reset) arrived after `latency_ns`.
+    pub fn observe(
+        &mut self,
+        service: usize,
+        destination: usize,
+        outcome: Outcome,
+        latency_ns: u64,
+        now_ns: u64,
+    ) -> HealthEvent {
+        let decay_ns = self.decay_ns;
+        let scheduler = self.config.scheduler.clone();
+        let Some(d) = self.dest_mut(service, destination) else {
+            return HealthEvent::None;
+        };
+        if let Outcome::Status(_) = outcome {
+            d.latency.observe(latency_ns as f64, now_ns, decay_ns);
+        }
+        d.health.record(outcome.is_success(), now_ns, &scheduler)
+    }
+
+    /// The request is over: it no longer counts as in flight.
+    pub fn end(&mut self, service: usize, destination: usize) {
+        if let Some(d) = self.dest_mut(service, destination) {
+            d.in_flight = d.in_flight.saturating_sub(1);
+        }
+    }
+
+    fn dest_mut(&mut self, service: usize, destination: usize) -> Option<&mut Destination> {
+        self.services.get_mut(service)?.destinations.get_mut(destination)
+    }
+
+    /// The scores behind the last score-based decision of `service`, for
+    /// the optional `x-tideway-decision` header.
+    pub fn explain(&self, decision: &Decision) -> String {
+        use std::fmt::Write;
+        let Some(svc) = self.services.get(decision.service) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        let chosen = decision.destination.and_then(|d| svc.destinations.get(d));
+        let _ = write!(
+            out,
+            "service={}; destination={}; reason={}; scores=",
+            svc.name,
+            chosen.map_or("-", |d| d.name.as_str()),
+            decision.reason.as_str()
+        );
+        for (i, (d, s)) in svc.destinations.iter().zip(&svc.scores).enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(out, "{sep}{}:{s:.3}", d.name);
+        }
+        out
+    }
+
+    /// Merge every destination's statistics with the shared-data record
+    /// (compare-and-swap, a few retries). Returns the records that could not
+    /// be decoded (they are overwritten), for logging.
+    pub fn sync_shared(&mut self, store: &mut dyn SharedStore, now_ns: u64) -> Vec<(String, shared_stats::DecodeError)> {
+        const ATTEMPTS: usize = 4;
+        let decay_ns = self.decay_ns;
+        let mut bad = Vec::new();
+        for svc in &mut self.services {
+            for d in &mut svc.destinations {
+                let mine = SharedStats {
+                    latency: d.latency,
+                    ejected_until_ns: d.health.ejected_until_ns,
+                    ejections: d.health.ejections,
+                };
+                for _ in 0..ATTEMPTS {
+                    let (merged, cas) = match store.get(&d.shared_key) {
+                        Some((bytes, cas)) => match SharedStats::decode(&bytes) {
+                            Ok(theirs) => (mine.merge(&theirs, now_ns, decay_ns), Some(cas)),
+                            Err(e) => {
+                                bad.push((d.shared_key.clone(), e));
+                                (mine, Some(cas))
+                            }
+                        },
+                        None => (mine, None),
+                    };
+                    if store.set(&d.shared_key, &merged.encode(), cas).is_ok() {
+                        d.latency = merged.latency;
+                        d.health.merge_ejection(merged.ejected_until_ns, merged.ejections);
+                        break;
+                    }
+                }
+            }
+        }
+        bad
+    }
+}
+
+fn usable(d: &Destination, now_ns: u64) -> bool {
+    d.weight > 0.0 && !d.health.is_ejected(now_ns)
+}
+
+/// Weighted rendezvous over static weights. If the session's own
+/// destination is ejected, the next-highest for the same key takes it —
+/// the same for every worker, so the session still sticks.
+fn choose_by_affinity(svc: &mut Service, key: &[u8], now_ns: u64) -> (Option<usize>, Reason) {
+    let mut best: Option<(usize, f64)> = None;
+    let mut best_usable: Option<(usize, f64)> = None;
+    for (i, d) in svc.destinations.iter().enumerate() {
+        let s = affinity::rendezvous_score(key, &d.name, d.weight);
+        if s == f64::NEG_INFINITY {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| s > b) {
+            best = Some((i, s));
+        }
+        if !d.health.is_ejected(now_ns) && best_usable.is_none_or(|(_, b)| s > b) {
+            best_usable = Some((i, s));
+        }
+    }
+    match (best, best_usable) {
+        (Some((b, _)), Some((u, _))) if b != u => (Some(u), Reason::Failover),
+        (Some((b, _)), _) => (Some(b), Reason::Affinity),
+        (None, _) => (None, Reason::MeshDefault),
+    }
+}
+
+fn choose_by_score(
+    svc: &mut Service,
+    rng: &mut Rng,
+    now_ns: u64,
+    decay_ns: f64,
+    sharpness: f64,
+) -> (Option<usize>, Reason) {
+    svc.inputs.clear();
+    svc.inputs.extend(svc.destinations.iter().map(|d| FactorInputs {
+        latency_ns: d.latency.value(now_ns, decay_ns),
+        in_flight: d.in_flight,
+        cost: d.cost,
+        locality_affinity: d.locality_affinity,
+    }));
+    score::score_all(&svc.weights, &svc.inputs, &mut svc.scores);
+    for ((e, d), s) in svc.effective.iter_mut().zip(&svc.destinations).zip(&svc.scores) {
+        *e = d.weight * s.powf(sharpness);
+    }
+    let Some(first) = rng.weighted_index(&svc.effective) else {
+        return (None, Reason::MeshDefault);
+    };
+    if svc.static_only {
+        return (Some(first), Reason::Static);
+    }
+    let Some(second) = rng.weighted_index(&svc.effective) else {
+        return (Some(first), Reason::Score);
+    };
+    let rank = |i: usize| {
+        if svc.destinations[i].health.is_ejected(now_ns) {
+            -1.0
+        } else {
+            svc.scores[i]
+        }
+    };
+    let choice = if rank(second) > rank(first) { second } else { first };
+    (Some(choice), Reason::Score)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const MS: u64 = 1_000_000;
+
+    fn engine(json: &str) -> Engine {
+        let config = PluginConfig::from_json(json.as_bytes()).expect("valid config");
+        Engine::new(config, LocalIdentity { cluster: "local".into(), locality: Some("r1/z1".into()) }, 42, None)
+    }
+
+    fn three(weights: &str, extra: &str) -> String {
+        format!(
+            r#"{{"services":[{{"name":"svc","hosts":["svc.local"],{extra}
+            "destinations":[{{"name":"a","weight":70,"locality":"r1/z1"}},{{"name":"b","weight":20,"locality":"r1/z2"}},{{"name":"c","weight":10,"locality":"r2/z1"}}]}}],
+            "scheduler":{{"weights":{weights}}}}}"#
+        )
+    }
+
+    fn static_weights() -> &'static str {
+        r#"{"latency":0,"load":0,"cost":0,"affinity":0}"#
+    }
+
+    #[test]
+    fn static_split_is_exact_within_a_tenth_of_a_point() {
+        let mut e = engine(&three(static_weights(), ""));
+        let mut counts = [0u32; 3];
+        let n = 100_000;
+        for i in 0..n {
+            let d = e.decide(0, None, i);
+            assert_eq!(d.reason, Reason::Static);
+            counts[d.destination.expect("chosen")] += 1;
+        }
+        for (c, w) in counts.iter().zip([70.0, 20.0, 10.0]) {
+            let pct = f64::from(*c) / f64::from(n as u32) * 100.0;
+            assert!((pct - w).abs() <= 0.4, "{pct} vs {w}: {counts:?}");
+        }
+    }
+
+    #[test]
+    fn slow_destination_loses_most_traffic() {
+        let mut e = engine(&three(r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#, ""));
+        // Equalise the weights so the effect is the latency's alone.
+        for d in &mut e.services[0].destinations {
+            d.weight = 1.0;
+        }
+        let mut now = 0;
+        let mut counts = [0u32; 3];
+        for i in 0..20_000u64 {
+            now += MS / 10;
+            let d = e.decide(0, None, now).destination.expect("chosen");
+            counts[d] += 1;
+            let latency = if d == 2 { 50 * MS } else { 5 * MS };
+            e.begin(0, d);
+            e.observe(0, d, Outcome::Status(200), latency, now);
+            e.end(0, d);
+            let _ = i;
+        }
+        let share = f64::from(counts[2]) / 20_000.0;
+        assert!(share < 0.05, "slow share {share}: {counts:?}");
+        assert!(counts[2] > 0, "the slow one is still probed");
+    }
+
+    #[test]
+    fn session_sticks_and_only_fails_over_when_ejected() {
+        let mut e = engine(&three(r#"{"latency":1,"load":1,"cost":0,"affinity":0}"#, r#""affinity":{"source":"header","name":"x-user"},"#));
+        let first = e.decide(0, Some(b"alice"), 0);
+        assert_eq!(first.reason, Reason::Affinity);
+        for t in 0..100 {
+            assert_eq!(e.decide(0, Some(b"alice"), t).destination, first.destination);
+        }
+        let home = first.destination.expect("chosen");
+        e.services[0].destinations[home].health.ejected_until_ns = 1000;
+        let moved = e.decide(0, Some(b"alice"), 10);
+        assert_eq!(moved.reason, Reason::Failover);
+        assert_ne!(moved.destination, first.destination);
+        assert_eq!(e.decide(0, Some(b"alice"), 1000).destination, first.destination);
+    }
+
+    #[test]
+    fn failing_destination_is_ejected_and_traffic_fails_over_by_locality() {
+        let mut e = engine(&three(static_weights(), ""));
+        for _ in 0..5 {
+            e.observe(0, 0, Outcome::Status(503), MS, 0);
+        }
+        assert!(e.services[0].destinations[0].health.is_ejected(1));
+        let mut counts = HashMap::new();
+        for t in 0..10_000 {
+            let d = e.decide(0, None, t + 1);
+            *counts.entry((d.destination, d.reason)).or_insert(0) += 1;
+        }
+        assert_eq!(counts.get(&(Some(0), Reason::Static)), None, "{counts:?}");
+        assert_eq!(counts.get(&(Some(0), Reason::Failover)), None, "{counts:?}");
+        // a's share fails over to b (same region), not c (other region).
+        assert!(counts.get(&(Some(1), Reason::Failover)).copied().unwrap_or(0) > 6500, "{counts:?}");
+        assert_eq!(counts.get(&(Some(2), Reason::Failover)), None, "{counts:?}");
+    }
+
+    #[test]
+    fn everything_ejected_goes_to_the_mesh_default() {
+        let mut e = engine(&three(static_weights(), ""));
+        for d in &mut e.services[0].destinations {
+            d.health.ejected_until_ns = 100;
+        }
+        let d = e.decide(0, None, 5);
+        assert_eq!((d.destination, d.reason), (None, Reason::MeshDefault));
+        let d = e.decide(0, Some(b"k"), 5);
+        assert_eq!(d.destination, None);
+    }
+
+    #[test]
+    fn resets_and_5xx_count_as_failures_4xx_do_not() {
+        assert!(!Outcome::Reset.is_success());
+        assert!(!Outcome::Status(502).is_success());
+        assert!(Outcome::Status(404).is_success());
+        assert!(Outcome::Status(200).is_success());
+    }
+
+    #[test]
+    fn reconfiguration_keeps_learned_state() {
+        let mut e = engine(&three(static_weights(), ""));
+        e.observe(0, 1, Outcome::Status(200), 7 * MS, 1);
+        let config = PluginConfig::from_json(three(static_weights(), "").as_bytes()).expect("valid");
+        let e2 = Engine::new(config, e.local.clone(), 1, Some(&e));
+        assert_eq!(e2.services[0].destinations[1].latency, e.services[0].destinations[1].latency);
+    }
+
+    #[derive(Default)]
+    struct MemStore {
+        map: HashMap<String, (Vec<u8>, u32)>,
+    }
+
+    impl SharedStore for MemStore {
+        fn get(&mut self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.map.get(key).cloned()
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), shared_stats::CasMismatch> {
+            let entry = self.map.entry(key.to_string()).or_insert((Vec::new(), 0));
+            if let Some(cas) = cas {
+                if cas != entry.1 {
+                    return Err(shared_stats::CasMismatch);
+                }
+            }
+            entry.0 = value.to_vec();
+            entry.1 = entry.1.wrapping_add(1).max(1);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn workers_share_ejections_and_latency_peaks() {
+        let mut w1 = engine(&three(static_weights(), ""));
+        let mut w2 = engine(&three(static_weights(), ""));
+        let mut store = MemStore::default();
+        for _ in 0..5 {
+            w1.observe(0, 2, Outcome::Status(503), MS, 10);
+        }
+        w1.observe(0, 1, Outcome::Status(200), 80 * MS, 10);
+        assert!(w1.sync_shared(&mut store, 20).is_empty());
+        assert!(!w2.services[0].destinations[2].health.is_ejected(30));
+        w2.sync_shared(&mut store, 30);
+        assert!(w2.services[0].destinations[2].health.is_ejected(30));
+        assert_eq!(w2.services[0].destinations[1].latency.raw_ns(), 80.0 * MS as f64);
+    }
+
+    #[test]
+    fn corrupt_shared_records_are_reported_and_replaced() {
+        let mut w = engine(&three(static_weights(), ""));
+        let mut store = MemStore::default();
+        store.map.insert(shared_stats::key("svc", "a"), (b"junk".to_vec(), 3));
+        let bad = w.sync_shared(&mut store, 1);
+        assert_eq!(bad.len(), 1);
+        assert!(SharedStats::decode(&store.map[&shared_stats::key("svc", "a")].0).is_ok());
+    }
+}

@@ -1,0 +1,27 @@
+//! Tideway's traffic-steering filter.
+//!
+//! The crate has two layers, as Kuadrant's wasm-shim does:
+//! - a host-independent core (every module but `proxy`): configuration,
+//!   scoring, affinity, health, failover and trace context. It is plain Rust,
+//!   unit-tested natively, and reused by the controller so that what the
+//!   controller renders is exactly what the filter parses;
+//! - `proxy`: the thin proxy-wasm layer, compiled only for `wasm32`, that reads
+//!   headers and properties from Envoy, asks the core for a decision and
+//!   writes the result back.
+
+pub mod affinity;
+pub mod authority;
+pub mod config;
+pub mod decision;
+pub mod ewma;
+pub mod failover;
+pub mod header_map;
+pub mod health;
+pub mod metrics;
+pub mod rng;
+pub mod score;
+pub mod shared_stats;
+pub mod trace;
+
+#[cfg(target_arch = "wasm32")]
+mod proxy;

@@ -1,0 +1,59 @@
+//! Names of the filter's metrics.
+//!
+//! They are proxy-wasm metrics, so Envoy shows them on `/stats` with the
+//! `wasmcustom.` prefix (and on `/stats/prometheus` as
+//! `envoy_wasmcustom_…`). The service, destination and reason are parts of
+//! the name because ABI 0.2.1 metrics carry no tags.
+
+use crate::decision::Reason;
+
+/// Requests routed, by service, destination (`none` for the mesh default)
+/// and reason.
+pub fn requests(service: &str, destination: Option<&str>, reason: Reason) -> String {
+    format!(
+        "tideway.requests.{service}.{}.{}",
+        destination.unwrap_or("none"),
+        reason.as_str()
+    )
+}
+
+/// Ejections of a destination.
+pub fn ejections(service: &str, destination: &str) -> String {
+    format!("tideway.ejections.{service}.{destination}")
+}
+
+/// Gauge: the number of configurations this VM has accepted.
+pub const CONFIG_GENERATION: &str = "tideway.config.generation";
+/// Gauge: a stable hash (low 32 bits of FNV-1a) of the accepted config bytes,
+/// to see which version each proxy runs.
+pub const CONFIG_HASH: &str = "tideway.config.hash";
+/// Counter: configurations rejected as invalid.
+pub const CONFIG_REJECTED: &str = "tideway.config.rejected";
+/// Counter: requests the filter could not decide for (e.g. unreadable
+/// headers); they pass untouched to the mesh default.
+pub const DECISION_ERRORS: &str = "tideway.decision_errors";
+/// Counter: spans exported / dropped (span mode).
+pub const SPANS_EXPORTED: &str = "tideway.spans.exported";
+pub const SPANS_DROPPED: &str = "tideway.spans.dropped";
+
+/// FNV-1a of the config bytes, folded to 32 bits for a gauge.
+pub fn config_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h ^ (h >> 32)) & 0xffff_ffff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(requests("svc", Some("east"), Reason::Affinity), "tideway.requests.svc.east.affinity");
+        assert_eq!(requests("svc", None, Reason::MeshDefault), "tideway.requests.svc.none.mesh_default");
+        assert_ne!(config_hash(b"a"), config_hash(b"b"));
+        assert!(config_hash(b"abc") <= u64::from(u32::MAX));
+    }
+}

@@ -1,0 +1,583 @@
+//! The proxy-wasm layer: speaks ABI 0.2.1 to Envoy and nothing else.
+//!
+//! Per request it makes few host calls: one to fetch the whole request
+//! header map (read in place by `header_map`), one for the time, one write
+//! per header it sets, and `clear_route_cache`. Shared data is touched only
+//! on the tick. Input never reaches a panic: header values are bytes, and
+//! every host call's error is handled.
+//!
+//! The SDK's convenience getters (`get_http_request_header`) panic on
+//! non-UTF-8 values, so this layer uses the byte-level hostcalls instead.
+
+use crate::config::{AffinitySource, PluginConfig};
+use crate::decision::{Decision, Engine, LocalIdentity, Outcome, Reason};
+use crate::header_map::{self, HeaderMap};
+use crate::health::HealthEvent;
+use crate::metrics;
+use crate::shared_stats::{CasMismatch, SharedStore};
+use crate::trace;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::new()) });
+}}
+
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    fn random_get(buf: *mut u8, buf_len: usize) -> i32;
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: i32, data: *mut *mut u8, size: *mut usize) -> i32;
+}
+
+/// Fill `buf` from the host's entropy (WASI `random_get`).
+fn host_random(buf: &mut [u8]) {
+    // SAFETY: the pointer and length describe a live, writable buffer.
+    let errno = unsafe { random_get(buf.as_mut_ptr(), buf.len()) };
+    if errno != 0 {
+        // No entropy from the host: fall back to the clock so ids still
+        // differ; never stop serving over it.
+        let t = now_ns().to_le_bytes();
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b ^= t[i % 8].wrapping_add(i as u8);
+        }
+    }
+}
+
+struct HostRng;
+
+impl trace::TraceRng for HostRng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        host_random(buf);
+    }
+}
+
+/// Every request header in one host call; the buffer is ours to free.
+fn request_header_buffer() -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer to a buffer it allocated through
+    // our `proxy_on_memory_allocate` (the SDK's allocator, a Vec with
+    // capacity == size), so rebuilding that Vec transfers ownership back.
+    unsafe {
+        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders as i32, &mut data, &mut size) != 0 {
+            return None;
+        }
+        if data.is_null() || size == 0 {
+            return Some(Vec::new());
+        }
+        Some(Vec::from_raw_parts(data, size, size))
+    }
+}
+
+fn now_ns() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+/// Metric ids, defined once per configuration.
+#[derive(Default)]
+struct Metrics {
+    /// [service][destination, then one slot for `none`][reason]
+    requests: Vec<Vec<[u32; 6]>>,
+    ejections: Vec<Vec<u32>>,
+    generation: u32,
+    hash: u32,
+    rejected: u32,
+    decision_errors: u32,
+    spans_exported: u32,
+    spans_dropped: u32,
+}
+
+fn define(kind: MetricType, name: &str) -> u32 {
+    match hostcalls::define_metric(kind, name) {
+        Ok(id) => id,
+        Err(status) => {
+            log(LogLevel::Warn, &format!("tideway: could not define metric {name}: {status:?}"));
+            u32::MAX
+        }
+    }
+}
+
+fn increment(id: u32) {
+    if id != u32::MAX {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+impl Metrics {
+    fn define_fixed(&mut self) {
+        self.generation = define(MetricType::Gauge, metrics::CONFIG_GENERATION);
+        self.hash = define(MetricType::Gauge, metrics::CONFIG_HASH);
+        self.rejected = define(MetricType::Counter, metrics::CONFIG_REJECTED);
+        self.decision_errors = define(MetricType::Counter, metrics::DECISION_ERRORS);
+        self.spans_exported = define(MetricType::Counter, metrics::SPANS_EXPORTED);
+        self.spans_dropped = define(MetricType::Counter, metrics::SPANS_DROPPED);
+    }
+
+    fn define_for(&mut self, engine: &Engine) {
+        self.requests = engine
+            .services
+            .iter()
+            .map(|s| {
+                let dest_names = s.destinations.iter().map(|d| Some(d.name.as_str())).chain([None]);
+                dest_names
+                    .map(|d| Reason::ALL.map(|r| define(MetricType::Counter, &metrics::requests(&s.name, d, r))))
+                    .collect()
+            })
+            .collect();
+        self.ejections = engine
+            .services
+            .iter()
+            .map(|s| {
+                s.destinations
+                    .iter()
+                    .map(|d| define(MetricType::Counter, &metrics::ejections(&s.name, &d.name)))
+                    .collect()
+            })
+            .collect();
+    }
+
+    fn count_decision(&self, d: &Decision) {
+        let Some(per_dest) = self.requests.get(d.service) else { return };
+        let slot = d.destination.unwrap_or(per_dest.len().saturating_sub(1));
+        if let Some(ids) = per_dest.get(slot) {
+            increment(ids[d.reason.index()]);
+        }
+    }
+}
+
+/// State shared by the root context and this worker's HTTP contexts (one
+/// VM is single-threaded, so `Rc<RefCell>` is enough).
+struct Worker {
+    engine: Option<Engine>,
+    /// Bumped on every accepted configuration; HTTP contexts started under
+    /// an older one do not report into the new engine.
+    generation: u64,
+    metrics: Metrics,
+    clear_route_cache: bool,
+    spans: Vec<trace::otlp::SpanRecord>,
+}
+
+struct Root {
+    worker: Rc<RefCell<Worker>>,
+    configs_accepted: u64,
+}
+
+impl Root {
+    fn new() -> Self {
+        Self {
+            worker: Rc::new(RefCell::new(Worker {
+                engine: None,
+                generation: 0,
+                metrics: Metrics::default(),
+                clear_route_cache: true,
+                spans: Vec::new(),
+            })),
+            configs_accepted: 0,
+        }
+    }
+
+    /// This proxy's cluster and locality: config first, else Envoy's node
+    /// properties as Istio sets them.
+    fn local_identity(config: &PluginConfig) -> LocalIdentity {
+        let property = |path: &[&str]| -> Option<String> {
+            let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+            let s = String::from_utf8(bytes).ok()?;
+            (!s.is_empty()).then_some(s)
+        };
+        let cluster = config
+            .local
+            .cluster
+            .clone()
+            .or_else(|| property(&["node", "metadata", "CLUSTER_ID"]))
+            .unwrap_or_default();
+        let locality = config.local.locality.clone().or_else(|| {
+            let region = property(&["node", "locality", "region"])?;
+            let mut out = region;
+            if let Some(zone) = property(&["node", "locality", "zone"]) {
+                out.push('/');
+                out.push_str(&zone);
+                if let Some(sub) = property(&["node", "locality", "sub_zone"]) {
+                    out.push('/');
+                    out.push_str(&sub);
+                }
+            }
+            Some(out)
+        });
+        LocalIdentity { cluster, locality }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, _body: usize, _trailers: usize) {
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if !status.starts_with(b"2") {
+            log(
+                LogLevel::Warn,
+                &format!("tideway: span export failed: status {:?}", String::from_utf8_lossy(&status)),
+            );
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        self.worker.borrow_mut().metrics.define_fixed();
+        true
+    }
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let config = match PluginConfig::from_json(&bytes) {
+            Ok(config) => config,
+            Err(e) => {
+                log(LogLevel::Error, &format!("tideway: {e}"));
+                increment(self.worker.borrow().metrics.rejected);
+                // Envoy rejects the update; the previous engine (if any)
+                // keeps serving.
+                return false;
+            }
+        };
+        let local = Self::local_identity(&config);
+        let tick = Duration::from_millis(config.scheduler.tick_ms);
+        let mut seed = [0u8; 8];
+        host_random(&mut seed);
+        let mut worker = self.worker.borrow_mut();
+        let engine = Engine::new(config, local, u64::from_le_bytes(seed), worker.engine.as_ref());
+        worker.metrics.define_for(&engine);
+        self.configs_accepted += 1;
+        let _ = hostcalls::record_metric(worker.metrics.generation, self.configs_accepted);
+        let _ = hostcalls::record_metric(worker.metrics.hash, metrics::config_hash(&bytes));
+        log(
+            LogLevel::Info,
+            &format!(
+                "tideway: configuration accepted: {} service(s), local cluster {:?}, locality {:?}",
+                engine.services.len(),
+                engine.local.cluster,
+                engine.local.locality
+            ),
+        );
+        worker.engine = Some(engine);
+        worker.generation += 1;
+        drop(worker);
+        let _ = hostcalls::set_tick_period(tick);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let now = now_ns();
+        let mut worker = self.worker.borrow_mut();
+        if let Some(engine) = worker.engine.as_mut() {
+            for (key, error) in engine.sync_shared(&mut HostSharedData, now) {
+                log(LogLevel::Warn, &format!("tideway: replaced shared record {key}: {error}"));
+            }
+        }
+        flush_spans(&mut worker);
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Request {
+            worker: Rc::clone(&self.worker),
+            routed: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Export finished spans as one OTLP/HTTP JSON batch.
+fn flush_spans(worker: &mut Worker) {
+    if worker.spans.is_empty() {
+        return;
+    }
+    let Some(collector) = worker.engine.as_ref().and_then(|e| e.config.tracing.collector.clone()) else {
+        worker.spans.clear();
+        return;
+    };
+    let batch = std::mem::take(&mut worker.spans);
+    let body = trace::otlp::encode_batch(&batch);
+    let authority = collector.authority.clone().unwrap_or_else(|| collector.cluster.clone());
+    let headers = vec![
+        (":method", "POST"),
+        (":path", collector.path.as_str()),
+        (":authority", authority.as_str()),
+        ("content-type", "application/json"),
+    ];
+    match hostcalls::dispatch_http_call(
+        &collector.cluster,
+        headers,
+        Some(body.as_bytes()),
+        vec![],
+        Duration::from_millis(collector.timeout_ms),
+    ) {
+        Ok(_) => {
+            let _ = hostcalls::increment_metric(worker.metrics.spans_exported, batch.len() as i64);
+        }
+        Err(status) => {
+            let _ = hostcalls::increment_metric(worker.metrics.spans_dropped, batch.len() as i64);
+            log(
+                LogLevel::Warn,
+                &format!("tideway: span export to cluster {:?} failed: {status:?}", collector.cluster),
+            );
+        }
+    }
+}
+
+/// Shared data through the host, for the tick-time merge.
+struct HostSharedData;
+
+impl SharedStore for HostSharedData {
+    fn get(&mut self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), Some(cas))) => Some((value, cas)),
+            _ => None,
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(CasMismatch),
+            Err(status) => {
+                log(LogLevel::Warn, &format!("tideway: shared data write {key} failed: {status:?}"));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What a routed request remembers until it ends.
+struct Routed {
+    generation: u64,
+    decision: Decision,
+    started_ns: u64,
+    responded: bool,
+    span: Option<trace::SpanStart>,
+}
+
+struct Request {
+    worker: Rc<RefCell<Worker>>,
+    routed: Option<Routed>,
+}
+
+impl Context for Request {}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let worker_rc = Rc::clone(&self.worker);
+        let mut worker = worker_rc.borrow_mut();
+        let generation = worker.generation;
+        let clear_route_cache = worker.clear_route_cache;
+        let Worker { engine, metrics, .. } = &mut *worker;
+        let Some(engine) = engine.as_mut() else {
+            return Action::Continue;
+        };
+        if engine.services.is_empty() {
+            return Action::Continue;
+        }
+        let Some(buffer) = request_header_buffer() else {
+            increment(metrics.decision_errors);
+            return Action::Continue;
+        };
+        let headers = HeaderMap::parse(&buffer);
+        let Some(service) = headers.get(":authority").and_then(|a| engine.service_for(a)) else {
+            return Action::Continue;
+        };
+        let now = now_ns();
+        let decision = decide(engine, service, &headers, now);
+        if let Some(d) = decision.destination {
+            engine.begin(service, d);
+        }
+        metrics.count_decision(&decision);
+
+        let svc = &engine.services[service];
+        let target = decision.destination.map(|d| svc.destinations[d].cluster.as_str());
+        let set = |name: &str, value: Option<&[u8]>| {
+            let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value);
+        };
+        set(
+            &svc.routing_header,
+            decision.destination.map(|d| svc.destinations[d].name.as_bytes()),
+        );
+        set("x-cluster-source", Some(engine.local.cluster.as_bytes()));
+        set("x-cluster-target", target.map(str::as_bytes));
+        set("x-service-name", Some(svc.name.as_bytes()));
+
+        let hop = trace::HopInfo {
+            source_cluster: &engine.local.cluster,
+            target_cluster: target.unwrap_or(""),
+        };
+        let span = apply_trace(&engine.config.tracing, &headers, &hop);
+
+        if clear_route_cache {
+            // Envoy ≥ 1.33 offers this; without it Envoy still re-selects
+            // the route after an ABI 0.2.1 header change, so a missing
+            // function is remembered, not an error.
+            if let Err(Status::NotFound) = hostcalls::call_foreign_function("clear_route_cache", None) {
+                worker.clear_route_cache = false;
+            }
+        }
+        self.routed = Some(Routed {
+            generation,
+            decision,
+            started_ns: now,
+            responded: false,
+            span,
+        });
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(routed) = self.routed.as_mut() else {
+            return Action::Continue;
+        };
+        routed.responded = true;
+        let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u32>().ok()))
+            .unwrap_or(0);
+        if let Some(span) = routed.span.as_mut() {
+            span.status = status;
+        }
+        let now = now_ns();
+        let mut worker = self.worker.borrow_mut();
+        if worker.generation != routed.generation {
+            return Action::Continue;
+        }
+        let Worker { engine, metrics, .. } = &mut *worker;
+        let Some(engine) = engine.as_mut() else {
+            return Action::Continue;
+        };
+        let decision = routed.decision;
+        if let Some(d) = decision.destination {
+            let outcome = if status == 0 { Outcome::Reset } else { Outcome::Status(status) };
+            let latency = now.saturating_sub(routed.started_ns);
+            if let HealthEvent::Ejected { until_ns } = engine.observe(decision.service, d, outcome, latency, now) {
+                let svc = &engine.services[decision.service];
+                if let Some(id) = metrics.ejections.get(decision.service).and_then(|e| e.get(d)) {
+                    increment(*id);
+                }
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "tideway: ejected {}/{} for {} ms",
+                        svc.name,
+                        svc.destinations[d].name,
+                        until_ns.saturating_sub(now) / 1_000_000
+                    ),
+                );
+            }
+        }
+        if engine.config.decision_header {
+            let explanation = engine.explain(&decision);
+            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "x-tideway-decision", &explanation);
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let Some(routed) = self.routed.take() else { return };
+        let now = now_ns();
+        let mut worker = self.worker.borrow_mut();
+        if worker.generation != routed.generation {
+            return;
+        }
+        let Worker { engine, spans, .. } = &mut *worker;
+        let Some(engine) = engine.as_mut() else { return };
+        let decision = routed.decision;
+        if let Some(d) = decision.destination {
+            if !routed.responded {
+                let latency = now.saturating_sub(routed.started_ns);
+                engine.observe(decision.service, d, Outcome::Reset, latency, now);
+            }
+            engine.end(decision.service, d);
+        }
+        if let Some(span) = routed.span {
+            let svc = &engine.services[decision.service];
+            let batch_size = engine.config.tracing.collector.as_ref().map_or(0, |c| c.batch_size);
+            if spans.len() < batch_size.saturating_mul(16) {
+                spans.push(span.finish(&svc.name, routed.started_ns, now));
+            } else {
+                increment(worker.metrics.spans_dropped);
+            }
+        }
+    }
+}
+
+/// Honour a trusted inbound routing header, else decide anew.
+fn decide(engine: &mut Engine, service: usize, headers: &HeaderMap<'_>, now: u64) -> Decision {
+    let svc = &engine.services[service];
+    if let Some(requested) = headers.get(&svc.routing_header) {
+        if let Some(d) = engine.destination_named(service, requested) {
+            if source_is_trusted(&engine.config) {
+                return Decision { service, destination: Some(d), reason: Reason::TrustedHeader };
+            }
+        }
+    }
+    let key = match &svc.affinity {
+        AffinitySource::None => None,
+        AffinitySource::Header { name } => headers.get(name).filter(|v| !v.is_empty()),
+        AffinitySource::Cookie { name } => headers
+            .iter()
+            .filter(|(n, _)| *n == b"cookie")
+            .find_map(|(_, v)| header_map::cookie(v, name))
+            .filter(|v| !v.is_empty()),
+    };
+    engine.decide(service, key, now)
+}
+
+/// Whether the downstream peer may choose its destination. The peer's
+/// mTLS identity is only read when a routing header actually arrived.
+fn source_is_trusted(config: &PluginConfig) -> bool {
+    if config.trust.all_sources {
+        return true;
+    }
+    if config.trust.principals.is_empty() {
+        return false;
+    }
+    let Ok(Some(san)) = hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"]) else {
+        return false;
+    };
+    config.trust.principals.iter().any(|p| p.as_bytes() == san.as_slice())
+}
+
+/// Apply trace-context propagation; returns the span to record in span mode.
+fn apply_trace(
+    config: &trace::TracingConfig,
+    headers: &HeaderMap<'_>,
+    hop: &trace::HopInfo<'_>,
+) -> Option<trace::SpanStart> {
+    let input = trace::TraceInput::from_headers(|name, out| headers.get_all(name, out));
+    let output = trace::propagate(config, &input, hop, &mut HostRng);
+    for name in output.removals() {
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None);
+    }
+    for (name, value) in output.writes() {
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value.as_bytes()));
+    }
+    output.span_start()
+}

@@ -1,0 +1,146 @@
+//! Per-destination statistics shared by the Envoy workers of one proxy.
+//!
+//! Each worker runs its own VM and learns from the responses it sees. On a
+//! tick every worker merges its view with the record in proxy-wasm shared
+//! data — compare-and-swap, retried on a mismatch — so a slowdown or an
+//! ejection seen by one worker reaches all of them within a tick, while the
+//! per-request path never touches shared data.
+//!
+//! Istio leaves `vm_id` empty, so every plugin in one Envoy shares one
+//! shared-data namespace: keys are prefixed `tideway/`.
+//!
+//! The merge keeps the peak: the slower latency estimate and the later
+//! ejection win, matching the peak-EWMA rule that a rise is believed at once.
+
+use crate::ewma::PeakEwma;
+
+pub const KEY_PREFIX: &str = "tideway/";
+const FORMAT_VERSION: u8 = 1;
+const ENCODED_LEN: usize = 1 + 8 + 8 + 8 + 4;
+
+/// The shared-data key of a destination's record.
+pub fn key(service: &str, destination: &str) -> String {
+    format!("{KEY_PREFIX}stats/{service}/{destination}")
+}
+
+/// What workers share about one destination.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SharedStats {
+    pub latency: PeakEwma,
+    pub ejected_until_ns: u64,
+    pub ejections: u32,
+}
+
+/// Why a shared record was not understood (it is then overwritten).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    Length(usize),
+    Version(u8),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Length(n) => write!(f, "shared stats record has {n} bytes, expected {ENCODED_LEN}"),
+            Self::Version(v) => write!(f, "shared stats record version {v}, expected {FORMAT_VERSION}"),
+        }
+    }
+}
+
+impl SharedStats {
+    pub fn encode(&self) -> [u8; ENCODED_LEN] {
+        let mut out = [0u8; ENCODED_LEN];
+        out[0] = FORMAT_VERSION;
+        out[1..9].copy_from_slice(&self.latency.raw_ns().to_le_bytes());
+        out[9..17].copy_from_slice(&self.latency.updated_at_ns().to_le_bytes());
+        out[17..25].copy_from_slice(&self.ejected_until_ns.to_le_bytes());
+        out[25..29].copy_from_slice(&self.ejections.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let bytes: &[u8; ENCODED_LEN] = bytes.try_into().map_err(|_| DecodeError::Length(bytes.len()))?;
+        if bytes[0] != FORMAT_VERSION {
+            return Err(DecodeError::Version(bytes[0]));
+        }
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let mut e = [0u8; 4];
+        e.copy_from_slice(&bytes[25..29]);
+        Ok(Self {
+            latency: PeakEwma::from_parts(f64::from_bits(u64_at(1)), u64_at(9)),
+            ejected_until_ns: u64_at(17),
+            ejections: u32::from_le_bytes(e),
+        })
+    }
+
+    /// Merge two views: the higher current latency estimate, the later
+    /// ejection.
+    pub fn merge(&self, other: &Self, now_ns: u64, decay_ns: f64) -> Self {
+        let mine = self.latency.value(now_ns, decay_ns).unwrap_or(0.0);
+        let theirs = other.latency.value(now_ns, decay_ns).unwrap_or(0.0);
+        Self {
+            latency: if theirs > mine { other.latency } else { self.latency },
+            ejected_until_ns: self.ejected_until_ns.max(other.ejected_until_ns),
+            ejections: self.ejections.max(other.ejections),
+        }
+    }
+}
+
+/// The host's shared-data store, as the core needs it.
+pub trait SharedStore {
+    /// The value and its CAS token.
+    fn get(&mut self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Write if `cas` still matches (`None`: the key must not exist yet is
+    /// not expressible in ABI 0.2.1, so `None` writes unconditionally).
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CasMismatch;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let mut latency = PeakEwma::new();
+        latency.observe(1234.5, 99, 1e9);
+        let s = SharedStats { latency, ejected_until_ns: 77, ejections: 3 };
+        assert_eq!(SharedStats::decode(&s.encode()), Ok(s));
+    }
+
+    #[test]
+    fn bad_records_are_named() {
+        assert_eq!(SharedStats::decode(b"xx"), Err(DecodeError::Length(2)));
+        let mut bytes = SharedStats { latency: PeakEwma::new(), ejected_until_ns: 0, ejections: 0 }.encode();
+        bytes[0] = 9;
+        assert_eq!(SharedStats::decode(&bytes), Err(DecodeError::Version(9)));
+    }
+
+    #[test]
+    fn merge_keeps_the_peak_and_the_later_ejection() {
+        let mut fast = PeakEwma::new();
+        fast.observe(1e6, 10, 1e9);
+        let mut slow = PeakEwma::new();
+        slow.observe(50e6, 10, 1e9);
+        let a = SharedStats { latency: fast, ejected_until_ns: 0, ejections: 0 };
+        let b = SharedStats { latency: slow, ejected_until_ns: 500, ejections: 2 };
+        let m = a.merge(&b, 10, 1e9);
+        assert_eq!(m.latency, slow);
+        assert_eq!(m.ejected_until_ns, 500);
+        assert_eq!(m.ejections, 2);
+        assert_eq!(b.merge(&a, 10, 1e9), m);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = SharedStats::decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Real Envoy with the filter, configured as Istio delivers a WasmPlugin.
+//!
+//! Istio turns a WasmPlugin into an `envoy.filters.http.wasm` filter whose
+//! `config` has `root_id` = the plugin name, an empty `vm_id`, the V8
+//! runtime, and the `pluginConfig` as a JSON string in a
+//! `google.protobuf.StringValue`. The route table stands in for the
+//! VirtualService Tideway's controller renders: one route per destination
+//! matching the routing header exactly, then a default route (the mesh's own
+//! load balancing over all of them).
+//!
+//! Every port is chosen by the kernel (port 0) and read back from Envoy's
+//! admin API, so tests run in parallel without collisions.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct EnvoySpec {
+    /// The filter's plugin configuration (JSON text), or no filter at all.
+    pub filter_config: Option<String>,
+    pub wasm: PathBuf,
+    pub routing_header: String,
+    /// (subset name, backend port): one route + cluster each.
+    pub destinations: Vec<(String, u16)>,
+    /// Extra clusters the filter may call (e.g. a trace collector).
+    pub extra_clusters: Vec<(String, u16)>,
+    /// Envoy worker threads.
+    pub concurrency: u32,
+    /// `node.metadata.CLUSTER_ID` and `node.locality`, as Istio sets them.
+    pub node_cluster_id: String,
+    pub node_locality: (String, String),
+    /// Return a fixed response instead of proxying (filter-cost benchmarks).
+    pub direct_response: bool,
+}
+
+impl EnvoySpec {
+    pub fn new(filter_config: &str, destinations: &[(&str, u16)]) -> Self {
+        Self {
+            filter_config: Some(filter_config.to_string()),
+            wasm: crate::env::filter_wasm(),
+            routing_header: tideway_filter::config::DEFAULT_ROUTING_HEADER.to_string(),
+            destinations: destinations.iter().map(|(n, p)| (n.to_string(), *p)).collect(),
+            extra_clusters: Vec::new(),
+            concurrency: 1,
+            node_cluster_id: "cluster-local".to_string(),
+            node_locality: ("region-1".to_string(), "zone-a".to_string()),
+            direct_response: false,
+        }
+    }
+
+    fn bootstrap(&self, log_dir: &Path) -> Value {
+        let mut routes: Vec<Value> = self
+            .destinations
+            .iter()
+            .map(|(name, _)| {
+                json!({
+                    "match": {"prefix": "/", "headers": [
+                        {"name": self.routing_header, "string_match": {"exact": name}}
+                    ]},
+                    "route": {"cluster": format!("dest-{name}")}
+                })
+            })
+            .collect();
+        let default_route = if self.direct_response {
+            json!({"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}})
+        } else {
+            json!({"match": {"prefix": "/"}, "route": {"cluster": "mesh-default"}})
+        };
+        routes.push(default_route);
+        let mut http_filters = Vec::new();
+        if let Some(config) = &self.filter_config {
+            http_filters.push(json!({
+                "name": "envoy.filters.http.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": "tideway",
+                        "root_id": "tideway",
+                        "vm_config": {
+                            "vm_id": "",
+                            "runtime": "envoy.wasm.runtime.v8",
+                            "code": {"local": {"filename": self.wasm.display().to_string()}}
+                        },
+                        "configuration": {
+                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": config
+                        }
+                    }
+                }
+            }));
+        }
+        http_filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+        }));
+        let cluster = |name: String, ports: Vec<u16>| {
+            json!({
+                "name": name,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "lb_policy": "ROUND_ROBIN",
+                "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints":
+                    ports.iter().map(|p| json!({"endpoint": {"address": {"socket_address":
+                        {"address": "127.0.0.1", "port_value": p}}}})).collect::<Vec<_>>()
+                }]}
+            })
+        };
+        let mut clusters: Vec<Value> = self
+            .destinations
+            .iter()
+            .map(|(name, port)| cluster(format!("dest-{name}"), vec![*port]))
+            .collect();
+        if !self.destinations.is_empty() {
+            clusters.push(cluster(
+                "mesh-default".to_string(),
+                self.destinations.iter().map(|(_, p)| *p).collect(),
+            ));
+        }
+        for (name, port) in &self.extra_clusters {
+            clusters.push(cluster(name.clone(), vec![*port]));
+        }
+        json!({
+            "node": {
+                "id": "tideway-test",
+                "cluster": "tideway-test",
+                "metadata": {"CLUSTER_ID": self.node_cluster_id},
+                "locality": {"region": self.node_locality.0, "zone": self.node_locality.1}
+            },
+            "admin": {
+                "access_log_path": log_dir.join("admin.log").display().to_string(),
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
+            },
+            "static_resources": {
+                "listeners": [{
+                    "name": "ingress",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "ingress",
+                            "route_config": {"name": "tideway-routes", "virtual_hosts": [
+                                {"name": "all", "domains": ["*"], "routes": routes}
+                            ]},
+                            "http_filters": http_filters
+                        }
+                    }]}]
+                }],
+                "clusters": clusters
+            }
+        })
+    }
+}
+
+/// A running Envoy; killed when dropped.
+pub struct Envoy {
+    child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    pub fn start(spec: &EnvoySpec) -> Result<Self> {
+        let binary = crate::env::envoy();
+        let dir = tempfile::tempdir().context("creating a temp dir for Envoy")?;
+        let config_path = dir.path().join("envoy.json");
+        let admin_path = dir.path().join("admin-address");
+        let log_path = dir.path().join("envoy.log");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&spec.bootstrap(dir.path()))?)?;
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--log-path")
+            .arg(&log_path)
+            .args(["-l", "info", "--disable-hot-restart"])
+            .args(["--concurrency", &spec.concurrency.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("could not start Envoy at {}", binary.display()))?;
+        let mut envoy = Self { child, port: 0, admin_port: 0, dir };
+        if let Err(e) = envoy.wait_ready(&admin_path) {
+            bail!("{e}\n--- tail of Envoy's log ---\n{}", envoy.log_tail(40));
+        }
+        Ok(envoy)
+    }
+
+    fn wait_ready(&mut self, admin_path: &Path) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("Envoy exited during start-up ({status})");
+            }
+            if Instant::now() > deadline {
+                bail!("Envoy did not become ready within 60 s");
+            }
+            if self.admin_port == 0 {
+                if let Ok(address) = std::fs::read_to_string(admin_path) {
+                    if let Some(port) = address.trim().rsplit(':').next().and_then(|p| p.parse().ok()) {
+                        self.admin_port = port;
+                    }
+                }
+            }
+            if self.admin_port != 0 {
+                let ready = self.admin("/ready").map(|b| b.trim() == "LIVE").unwrap_or(false);
+                if ready {
+                    let listeners: Value = serde_json::from_str(&self.admin("/listeners?format=json")?)?;
+                    self.port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+                        ["port_value"]
+                        .as_u64()
+                        .and_then(|p| u16::try_from(p).ok())
+                        .ok_or_else(|| anyhow!("no listener port in {listeners}"))?;
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET an admin endpoint.
+    pub fn admin(&self, path: &str) -> Result<String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
+        match ureq::get(&url).timeout(Duration::from_secs(5)).call() {
+            Ok(r) => Ok(r.into_string()?),
+            Err(ureq::Error::Status(_, r)) => Ok(r.into_string()?),
+            Err(e) => Err(anyhow!("admin {path}: {e}")),
+        }
+    }
+
+    /// A counter or gauge from `/stats`, 0 when absent.
+    pub fn stat(&self, name: &str) -> Result<u64> {
+        let stats = self.admin(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))?;
+        Ok(stats
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP exchange's result.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A keep-alive client for requests through Envoy.
+pub struct Client {
+    agent: ureq::Agent,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Client {
+    pub fn new() -> Self {
+        Self {
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(10))
+                .max_idle_connections_per_host(8)
+                .build(),
+        }
+    }
+
+    /// GET `url` with `Host: host` and extra headers (repeat a name to send
+    /// it twice).
+    pub fn get(&self, url: &str, host: &str, headers: &[(&str, &str)]) -> Result<Reply> {
+        let mut request = self.agent.get(url).set("host", host);
+        for (name, value) in headers {
+            request = request.set(name, value);
+        }
+        let response = match request.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(anyhow!("GET {url} (host {host}): {e}")),
+        };
+        let status = response.status();
+        let headers = response
+            .headers_names()
+            .into_iter()
+            .flat_map(|n| {
+                response
+                    .all(&n)
+                    .into_iter()
+                    .map(|v| (n.clone(), v.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let body = response.into_string()?;
+        Ok(Reply { status, headers, body })
+    }
+}

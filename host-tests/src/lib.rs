@@ -1,0 +1,6 @@
+//! Host-side tests of the Tideway filter.
+
+pub mod backend;
+pub mod envoy;
+pub mod env;
+pub mod wasm_host;

@@ -1,0 +1,511 @@
+//! Registry credentials: where they come from and how they are kept secret.
+//!
+//! Sources, first match wins (see [`resolve`]):
+//! 1. explicit values (CLI flags `--username` + `--password-stdin`/`--password`,
+//!    or the `TIDEWAY_REGISTRY_USERNAME` / `TIDEWAY_REGISTRY_PASSWORD` env vars);
+//! 2. the Docker client config (`$DOCKER_CONFIG/config.json`, else
+//!    `~/.docker/config.json`): `credHelpers`/`credsStore` helpers, then `auths`;
+//! 3. anonymous.
+//!
+//! Secrets live in [`Secret`], whose `Debug`/`Display` print `<redacted>`, so
+//! that no log line, error or `{:?}` can show them; [`Credentials::scrub`]
+//! additionally removes them from any text that crosses from a server into
+//! our error messages.
+
+use base64::Engine as _;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A secret string (password, token). Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How to authenticate to a registry.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum Credentials {
+    /// No credentials.
+    #[default]
+    Anonymous,
+    /// Username and password: sent as HTTP basic auth, or exchanged for a
+    /// bearer token when the registry answers with a `Bearer` challenge.
+    Basic {
+        /// User name (not secret).
+        username: String,
+        /// Password or access token.
+        password: Secret,
+    },
+    /// A ready registry bearer token (Docker config `registrytoken`).
+    Bearer(Secret),
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Anonymous => f.write_str("Anonymous"),
+            Credentials::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Credentials::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+impl Credentials {
+    /// Removes every secret this value holds (raw, and base64 of
+    /// `user:password` as it appears in an `Authorization` header) from `text`.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        let mut secrets = Vec::new();
+        match self {
+            Credentials::Anonymous => {}
+            Credentials::Basic { username, password } => {
+                secrets.push(password.expose().to_string());
+                secrets.push(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{}", password.expose())),
+                );
+            }
+            Credentials::Bearer(token) => secrets.push(token.expose().to_string()),
+        }
+        for s in secrets.iter().filter(|s| !s.is_empty()) {
+            out = out.replace(s.as_str(), "<redacted>");
+        }
+        out
+    }
+
+    /// A short non-secret description, e.g. `basic auth as "ci-bot"`.
+    pub fn describe(&self) -> String {
+        match self {
+            Credentials::Anonymous => "anonymous".to_string(),
+            Credentials::Basic { username, .. } => format!("user {username:?}"),
+            Credentials::Bearer(_) => "a bearer token".to_string(),
+        }
+    }
+}
+
+/// Where the credentials in use came from (for messages; never the secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// Flags or environment variables.
+    Explicit,
+    /// A Docker credential helper (`docker-credential-<name>`).
+    Helper(String),
+    /// The `auths` section of a Docker config file.
+    DockerConfig(PathBuf),
+    /// Nothing found: anonymous.
+    None,
+}
+
+impl fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialSource::Explicit => f.write_str("flags/environment"),
+            CredentialSource::Helper(h) => write!(f, "credential helper docker-credential-{h}"),
+            CredentialSource::DockerConfig(p) => write!(f, "{}", p.display()),
+            CredentialSource::None => f.write_str("no credentials"),
+        }
+    }
+}
+
+/// Why credentials could not be determined.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Only one of username / password was given.
+    #[error("registry credentials: {0}")]
+    Incomplete(&'static str),
+    /// The Docker config file could not be read or parsed.
+    #[error("reading Docker config {path}: {detail}")]
+    DockerConfig {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong (never includes secret values).
+        detail: String,
+    },
+    /// A credential helper failed.
+    #[error("credential helper docker-credential-{helper} for {registry}: {detail}")]
+    Helper {
+        /// Helper name.
+        helper: String,
+        /// Registry asked about.
+        registry: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// The Docker config file to read: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+pub fn docker_config_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+        return Some(PathBuf::from(dir).join("config.json"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker").join("config.json"))
+}
+
+/// Chooses the credentials for `registry` (a `host[:port]`).
+///
+/// `username`/`password` are the explicit values (flags or env); both or
+/// neither must be set. `docker_config` is the file to consult when they are
+/// absent (a missing file means "no credentials", not an error).
+pub fn resolve(
+    registry: &str,
+    username: Option<String>,
+    password: Option<Secret>,
+    docker_config: Option<&Path>,
+) -> Result<(Credentials, CredentialSource), AuthError> {
+    match (username, password) {
+        (Some(username), Some(password)) => {
+            return Ok((Credentials::Basic { username, password }, CredentialSource::Explicit))
+        }
+        (Some(_), None) => {
+            return Err(AuthError::Incomplete(
+                "a username was given without a password (use --password-stdin or TIDEWAY_REGISTRY_PASSWORD)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(AuthError::Incomplete(
+                "a password was given without a username (use --username or TIDEWAY_REGISTRY_USERNAME)",
+            ))
+        }
+        (None, None) => {}
+    }
+    let Some(path) = docker_config else {
+        return Ok((Credentials::Anonymous, CredentialSource::None));
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((Credentials::Anonymous, CredentialSource::None))
+        }
+        Err(e) => {
+            return Err(AuthError::DockerConfig {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })
+        }
+    };
+    let config = DockerConfig::parse(&text).map_err(|detail| AuthError::DockerConfig {
+        path: path.to_path_buf(),
+        detail,
+    })?;
+    if let Some(helper) = config.helper_for(registry) {
+        return match run_helper(&helper, registry)? {
+            Some(c) => Ok((c, CredentialSource::Helper(helper))),
+            None => Ok((Credentials::Anonymous, CredentialSource::None)),
+        };
+    }
+    match config
+        .credentials_for(registry)
+        .map_err(|detail| AuthError::DockerConfig {
+            path: path.to_path_buf(),
+            detail,
+        })? {
+        Some(c) => Ok((c, CredentialSource::DockerConfig(path.to_path_buf()))),
+        None => Ok((Credentials::Anonymous, CredentialSource::None)),
+    }
+}
+
+/// The parts of Docker's `config.json` that hold registry credentials.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DockerConfig {
+    #[serde(default)]
+    auths: BTreeMap<String, AuthEntry>,
+    #[serde(default)]
+    cred_helpers: BTreeMap<String, String>,
+    #[serde(default)]
+    creds_store: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct AuthEntry {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
+    #[serde(default)]
+    registrytoken: Option<String>,
+}
+
+impl fmt::Debug for AuthEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthEntry(<redacted>)")
+    }
+}
+
+/// Reduces a Docker config key (`https://host:5000/v1/`, `host:5000`) or a
+/// registry name to a comparable `host[:port]`; Docker Hub's aliases become `docker.io`.
+fn normalize_registry(key: &str) -> String {
+    let k = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    let host = k.split('/').next().unwrap_or(k).to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".to_string()
+        }
+        _ => host,
+    }
+}
+
+impl DockerConfig {
+    /// Parses the file's JSON. Errors never quote the file's content.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| {
+            format!(
+                "not valid Docker config JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        })
+    }
+
+    /// The credential helper configured for `registry`, if any.
+    pub fn helper_for(&self, registry: &str) -> Option<String> {
+        let want = normalize_registry(registry);
+        self.cred_helpers
+            .iter()
+            .find(|(k, _)| normalize_registry(k) == want)
+            .map(|(_, v)| v.clone())
+            .or_else(|| self.creds_store.clone().filter(|s| !s.is_empty()))
+    }
+
+    /// The inline credentials in `auths` for `registry`, if any.
+    pub fn credentials_for(&self, registry: &str) -> Result<Option<Credentials>, String> {
+        let want = normalize_registry(registry);
+        let Some((key, entry)) = self.auths.iter().find(|(k, _)| normalize_registry(k) == want)
+        else {
+            return Ok(None);
+        };
+        if let Some(token) = entry.registrytoken.as_ref().filter(|t| !t.is_empty()) {
+            return Ok(Some(Credentials::Bearer(Secret::new(token.clone()))));
+        }
+        if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
+            if !u.is_empty() {
+                return Ok(Some(Credentials::Basic {
+                    username: u.clone(),
+                    password: Secret::new(p.clone()),
+                }));
+            }
+        }
+        if let Some(auth) = entry.auth.as_ref().filter(|a| !a.is_empty()) {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .map_err(|_| format!("auths.\"{key}\".auth is not valid base64"))?;
+            let decoded = String::from_utf8(decoded)
+                .map_err(|_| format!("auths.\"{key}\".auth is not UTF-8 after base64 decoding"))?;
+            let (u, p) = decoded
+                .split_once(':')
+                .ok_or_else(|| format!("auths.\"{key}\".auth is not base64 of \"user:password\""))?;
+            return Ok(Some(Credentials::Basic {
+                username: u.to_string(),
+                password: Secret::new(p.to_string()),
+            }));
+        }
+        if entry.identitytoken.is_some() {
+            tracing::warn!(
+                registry = %key,
+                "Docker config holds an OAuth2 identity token for this registry; that flow is not supported, continuing anonymously"
+            );
+        }
+        Ok(None)
+    }
+}
+
+#[derive(Deserialize)]
+struct HelperReply {
+    #[serde(rename = "Username")]
+    username: String,
+    #[serde(rename = "Secret")]
+    secret: String,
+}
+
+/// Runs `docker-credential-<helper> get` with the registry on stdin (the Docker
+/// credential-helper protocol). "credentials not found" means no credentials.
+fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>, AuthError> {
+    let err = |detail: String| AuthError::Helper {
+        helper: helper.to_string(),
+        registry: registry.to_string(),
+        detail,
+    };
+    let program = format!("docker-credential-{helper}");
+    let mut child = Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| err(format!("cannot run {program}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(registry.as_bytes())
+            .map_err(|e| err(format!("writing to {program}: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| err(format!("waiting for {program}: {e}")))?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        if text.to_ascii_lowercase().contains("credentials not found") {
+            return Ok(None);
+        }
+        return Err(err(format!("{program} exited with {}", out.status)));
+    }
+    let reply: HelperReply = serde_json::from_slice(&out.stdout)
+        .map_err(|_| err(format!("{program} did not print the expected JSON")))?;
+    if reply.username == "<token>" {
+        tracing::warn!(%registry, "credential helper returned an OAuth2 identity token; that flow is not supported, continuing anonymously");
+        return Ok(None);
+    }
+    Ok(Some(Credentials::Basic {
+        username: reply.username,
+        password: Secret::new(reply.secret),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    #[test]
+    fn debug_and_display_never_show_secrets() {
+        let c = Credentials::Basic {
+            username: "bot".into(),
+            password: Secret::new("hunter2"),
+        };
+        let shown = format!("{c:?} {:?} {}", Secret::new("hunter2"), Secret::new("hunter2"));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("bot"));
+        let t = Credentials::Bearer(Secret::new("tok-123"));
+        assert!(!format!("{t:?}").contains("tok-123"));
+    }
+
+    #[test]
+    fn scrub_removes_raw_and_basic_header_forms() {
+        let c = Credentials::Basic {
+            username: "bot".into(),
+            password: Secret::new("hunter2"),
+        };
+        let header = b64("bot:hunter2");
+        let text = format!("server said: bad password hunter2 in Basic {header}");
+        let clean = c.scrub(&text);
+        assert!(!clean.contains("hunter2") && !clean.contains(&header), "{clean}");
+        assert!(clean.contains("<redacted>"));
+    }
+
+    #[test]
+    fn docker_config_auth_field_is_decoded_for_the_matching_registry() {
+        let json = format!(
+            r#"{{"auths":{{"https://reg.example:5000/v1/":{{"auth":"{}"}},"other.example":{{"auth":"{}"}}}}}}"#,
+            b64("alice:s3cret:with:colons"),
+            b64("bob:pw")
+        );
+        let cfg = DockerConfig::parse(&json).unwrap();
+        let c = cfg.credentials_for("reg.example:5000").unwrap();
+        assert_eq!(
+            c,
+            Some(Credentials::Basic {
+                username: "alice".into(),
+                password: Secret::new("s3cret:with:colons")
+            })
+        );
+        assert_eq!(cfg.credentials_for("reg.example").unwrap(), None, "port matters");
+        assert!(matches!(
+            cfg.credentials_for("other.example").unwrap(),
+            Some(Credentials::Basic { username, .. }) if username == "bob"
+        ));
+    }
+
+    #[test]
+    fn docker_hub_aliases_and_registry_tokens() {
+        let json = r#"{"auths":{"https://index.docker.io/v1/":{"registrytoken":"rt"}}}"#;
+        let cfg = DockerConfig::parse(json).unwrap();
+        assert_eq!(
+            cfg.credentials_for("docker.io").unwrap(),
+            Some(Credentials::Bearer(Secret::new("rt")))
+        );
+    }
+
+    #[test]
+    fn malformed_auth_is_an_error_that_does_not_quote_the_value() {
+        let json = r#"{"auths":{"r.example":{"auth":"!!notbase64-hunter2"}}}"#;
+        let cfg = DockerConfig::parse(json).unwrap();
+        let err = cfg.credentials_for("r.example").unwrap_err();
+        assert!(err.contains("r.example") && !err.contains("hunter2"), "{err}");
+        let bad = DockerConfig::parse(r#"{"auths": {"x": {"auth": "hunter2"#).unwrap_err();
+        assert!(!bad.contains("hunter2"), "{bad}");
+    }
+
+    #[test]
+    fn explicit_credentials_win_and_must_be_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            format!(r#"{{"auths":{{"r.example":{{"auth":"{}"}}}}}}"#, b64("cfg:pw")),
+        )
+        .unwrap();
+        let (c, src) = resolve("r.example", Some("flag".into()), Some(Secret::new("x")), Some(&path)).unwrap();
+        assert_eq!(src, CredentialSource::Explicit);
+        assert!(matches!(c, Credentials::Basic { username, .. } if username == "flag"));
+        let (c, src) = resolve("r.example", None, None, Some(&path)).unwrap();
+        assert_eq!(src, CredentialSource::DockerConfig(path.clone()));
+        assert!(matches!(c, Credentials::Basic { username, .. } if username == "cfg"));
+        let (c, src) = resolve("elsewhere.example", None, None, Some(&path)).unwrap();
+        assert_eq!((c, src), (Credentials::Anonymous, CredentialSource::None));
+        assert!(resolve("r.example", Some("u".into()), None, None).is_err());
+        let missing = dir.path().join("nope.json");
+        assert_eq!(
+            resolve("r.example", None, None, Some(&missing)).unwrap().0,
+            Credentials::Anonymous
+        );
+    }
+
+    #[test]
+    fn per_registry_cred_helper_wins_over_the_default_store() {
+        let cfg = DockerConfig::parse(
+            r#"{"credHelpers":{"gcr.example":"gcloud"},"credsStore":"desktop"}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.helper_for("gcr.example").as_deref(), Some("gcloud"));
+        assert_eq!(cfg.helper_for("other.example").as_deref(), Some("desktop"));
+    }
+}

@@ -1,0 +1,725 @@
+//! Pushing and pulling images over the OCI Distribution API.
+//!
+//! The wire protocol and auth handshakes come from the `oci-client` crate
+//! (anonymous; HTTP basic; the `WWW-Authenticate: Bearer` token flow, where
+//! a username/password is exchanged for a token; rustls TLS with extra root
+//! CAs; plain HTTP on request). This module adds what a release tool needs
+//! on top:
+//!
+//! * push uploads exactly our bytes: each blob is `HEAD`-checked first and
+//!   skipped when present (so a re-run after an interrupted push only sends
+//!   what is missing), otherwise uploaded as `POST` + `PUT ?digest=`
+//!   (Distribution 2.8 stores nothing for a single `POST ?digest=`); the
+//!   manifest is `PUT` with its media type as `Content-Type`, then read back
+//!   with `HEAD` to confirm the registry has the digest we computed;
+//! * pull asks for every manifest type explicitly (Distribution 2.8 answers
+//!   404 `MANIFEST_UNKNOWN` to a GET without the OCI type in `Accept`),
+//!   checks the manifest digest, streams each blob with a size bound, and
+//!   checks every size and digest (the registry does not check a layer's
+//!   declared size);
+//! * transient failures are retried with backoff ([`crate::retry`]); the
+//!   final error says what failed, where, and after how many attempts;
+//! * errors say "unauthorized" and name the registry when credentials are
+//!   wrong or missing, and never contain a credential (server texts are
+//!   scrubbed with [`Credentials::scrub`]).
+
+use crate::auth::Credentials;
+use crate::digest::Digest;
+use crate::fetched::{verify_blob, FetchedImage, IntegrityError};
+use crate::image::Image;
+use crate::istio;
+use crate::manifest::{Descriptor, Manifest, ManifestError};
+use crate::media_types;
+use crate::reference::ImageRef;
+use crate::retry::{retry, Exhausted, RetryPolicy};
+use futures_util::StreamExt;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::Client;
+use std::time::Duration;
+
+/// Largest blob a pull will accept (the descriptor's size is checked before downloading).
+pub const DEFAULT_MAX_BLOB_SIZE: u64 = 1024 * 1024 * 1024;
+
+/// How to reach and authenticate to a registry.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// Credentials (see [`crate::auth::resolve`]).
+    pub credentials: Credentials,
+    /// Use `http://` instead of `https://`. Only when explicitly asked.
+    pub plain_http: bool,
+    /// Extra trusted root certificates, PEM (e.g. a private registry's CA).
+    pub ca_certs_pem: Vec<Vec<u8>>,
+    /// Retry policy for transient failures.
+    pub retry: RetryPolicy,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-read timeout.
+    pub read_timeout: Duration,
+    /// Largest blob a pull accepts.
+    pub max_blob_size: u64,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        Self {
+            credentials: Credentials::Anonymous,
+            plain_http: false,
+            ca_certs_pem: Vec::new(),
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            max_blob_size: DEFAULT_MAX_BLOB_SIZE,
+        }
+    }
+}
+
+/// Registry failures. Messages name the registry/reference; never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Credentials missing, wrong, or without the needed permission.
+    #[error("unauthorized: registry {registry} refused access to {repository} as {who}: {detail}")]
+    Unauthorized {
+        /// `host[:port]`.
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// Which identity was used (`anonymous`, `user "x"`).
+        who: String,
+        /// The registry's answer (scrubbed).
+        detail: String,
+    },
+    /// Still failing after all retries (down, unreachable, 5xx, 429).
+    #[error("registry {registry} is unavailable: {operation} failed after {attempts} attempt(s): {detail}")]
+    Unavailable {
+        /// `host[:port]`.
+        registry: String,
+        /// What we were doing.
+        operation: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Last error (scrubbed).
+        detail: String,
+    },
+    /// TLS could not be established (certificate not trusted, wrong host name…).
+    #[error("TLS error talking to registry {registry}: {detail} (trust a private CA with --ca-file; use --plain-http only for a registry without TLS)")]
+    Tls {
+        /// `host[:port]`.
+        registry: String,
+        /// The TLS error.
+        detail: String,
+    },
+    /// The manifest or blob does not exist.
+    #[error("not found: {what} in {reference}: {detail}")]
+    NotFound {
+        /// What was looked up.
+        what: String,
+        /// The reference.
+        reference: String,
+        /// The registry's answer.
+        detail: String,
+    },
+    /// Received content does not match its digest or size.
+    #[error("refusing {reference}: {source}")]
+    Integrity {
+        /// The reference.
+        reference: String,
+        /// The mismatch.
+        source: IntegrityError,
+    },
+    /// A manifest we cannot use.
+    #[error("manifest of {reference}: {source}")]
+    Manifest {
+        /// The reference.
+        reference: String,
+        /// The parse error.
+        source: ManifestError,
+    },
+    /// An index with no entry Istio would pick, or nested indexes.
+    #[error("{reference}: {detail}")]
+    Unsupported {
+        /// The reference.
+        reference: String,
+        /// Why.
+        detail: String,
+    },
+    /// A blob bigger than the configured bound.
+    #[error("{reference}: {what} declares {size} bytes, above the {max}-byte limit")]
+    TooLarge {
+        /// The reference.
+        reference: String,
+        /// Which blob.
+        what: String,
+        /// Declared size.
+        size: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// Pushing to `repo@sha256:X` an image whose manifest digest is not X,
+    /// or the registry reporting a different digest after a push.
+    #[error("{reference}: manifest digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The reference.
+        reference: String,
+        /// What we computed.
+        expected: Digest,
+        /// What the reference/registry says.
+        actual: Digest,
+    },
+    /// Bad options (e.g. an unreadable CA file).
+    #[error("registry client configuration: {0}")]
+    Config(String),
+    /// Any other protocol error.
+    #[error("registry {registry}: {operation}: {detail}")]
+    Protocol {
+        /// `host[:port]`.
+        registry: String,
+        /// What we were doing.
+        operation: String,
+        /// The error (scrubbed).
+        detail: String,
+    },
+}
+
+impl RegistryError {
+    fn is_transient(&self) -> bool {
+        matches!(self, RegistryError::Unavailable { .. })
+    }
+}
+
+/// What happened to one blob during a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobStatus {
+    /// Already in the registry (HEAD said so); not sent.
+    AlreadyPresent,
+    /// Uploaded now.
+    Uploaded,
+}
+
+/// The outcome of a push.
+#[derive(Debug, Clone)]
+pub struct PushReport {
+    /// The reference pushed to.
+    pub reference: ImageRef,
+    /// The manifest digest (confirmed by the registry).
+    pub manifest_digest: Digest,
+    /// Each blob (layers, then config) and what happened to it.
+    pub blobs: Vec<(Descriptor, BlobStatus)>,
+}
+
+impl PushReport {
+    /// `oci://host/repo@sha256:…` — the `url:` of a `WasmPlugin`.
+    pub fn wasm_plugin_url(&self) -> String {
+        self.reference.wasm_plugin_url(&self.manifest_digest)
+    }
+    /// The hex digest for a `WasmPlugin`'s `sha256:` field: the MANIFEST digest.
+    pub fn wasm_plugin_sha256(&self) -> &str {
+        self.manifest_digest.hex()
+    }
+}
+
+/// A registry client.
+pub struct Registry {
+    client: Client,
+    auth: RegistryAuth,
+    credentials: Credentials,
+    retry: RetryPolicy,
+    max_blob_size: u64,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("credentials", &self.credentials)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The context an error is mapped in.
+struct Ctx<'a> {
+    reference: &'a ImageRef,
+    operation: &'a str,
+}
+
+impl Registry {
+    /// A client with `options`.
+    pub fn new(options: RegistryOptions) -> Result<Self, RegistryError> {
+        for (i, pem) in options.ca_certs_pem.iter().enumerate() {
+            if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(RegistryError::Config(format!(
+                    "CA certificate #{} is not PEM (no BEGIN CERTIFICATE block)",
+                    i + 1
+                )));
+            }
+        }
+        let config = ClientConfig {
+            protocol: if options.plain_http {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            extra_root_certificates: options
+                .ca_certs_pem
+                .iter()
+                .map(|pem| Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
+            use_monolithic_push: true,
+            platform_resolver: None,
+            connect_timeout: Some(options.connect_timeout),
+            read_timeout: Some(options.read_timeout),
+            ..ClientConfig::default()
+        };
+        let auth = match &options.credentials {
+            Credentials::Anonymous => RegistryAuth::Anonymous,
+            Credentials::Basic { username, password } => {
+                RegistryAuth::Basic(username.clone(), password.expose().to_string())
+            }
+            Credentials::Bearer(token) => RegistryAuth::Bearer(token.expose().to_string()),
+        };
+        Ok(Self {
+            client: Client::new(config),
+            auth,
+            credentials: options.credentials,
+            retry: options.retry,
+            max_blob_size: options.max_blob_size,
+        })
+    }
+
+    /// Runs `op` under the retry policy, turning exhausted transient errors
+    /// into [`RegistryError::Unavailable`] with the attempt count.
+    async fn retrying<T, F, Fut>(&self, reference: &ImageRef, operation: &str, op: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        retry(self.retry, operation, RegistryError::is_transient, op)
+            .await
+            .map_err(|Exhausted { error, attempts }| match error {
+                RegistryError::Unavailable { detail, .. } => RegistryError::Unavailable {
+                    registry: reference.registry().to_string(),
+                    operation: operation.to_string(),
+                    attempts,
+                    detail,
+                },
+                other => other,
+            })
+    }
+
+    /// Maps an `oci-client` error to ours, scrubbing secrets from its text.
+    fn map_err(&self, ctx: &Ctx<'_>, e: OciDistributionError) -> RegistryError {
+        let detail = self.credentials.scrub(&error_chain(&e));
+        let registry = ctx.reference.registry().to_string();
+        let unauthorized = |detail: String| RegistryError::Unauthorized {
+            registry: registry.clone(),
+            repository: ctx.reference.repository().to_string(),
+            who: self.credentials.describe(),
+            detail: if matches!(self.credentials, Credentials::Anonymous) {
+                format!("{detail}; no credentials were given (use --username with --password-stdin, TIDEWAY_REGISTRY_USERNAME/TIDEWAY_REGISTRY_PASSWORD, or docker login)")
+            } else {
+                detail
+            },
+        };
+        let unavailable = |detail: String| RegistryError::Unavailable {
+            registry: registry.clone(),
+            operation: ctx.operation.to_string(),
+            attempts: 1,
+            detail,
+        };
+        let not_found = |detail: String| RegistryError::NotFound {
+            what: ctx.operation.to_string(),
+            reference: ctx.reference.to_string(),
+            detail,
+        };
+        let by_status = |code: u16, detail: String| match code {
+            401 | 403 => unauthorized(detail),
+            404 => not_found(detail),
+            408 | 429 | 500..=599 => unavailable(detail),
+            _ => RegistryError::Protocol {
+                registry: registry.clone(),
+                operation: ctx.operation.to_string(),
+                detail,
+            },
+        };
+        match &e {
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_) => unauthorized(detail),
+            OciDistributionError::ServerError { code, .. } => by_status(*code, detail),
+            OciDistributionError::RegistryError { envelope, .. } => {
+                let code = envelope.errors.first().map(|x| &x.code);
+                match code {
+                    Some(OciErrorCode::Unauthorized) | Some(OciErrorCode::Denied) => unauthorized(detail),
+                    Some(OciErrorCode::ManifestUnknown)
+                    | Some(OciErrorCode::BlobUnknown)
+                    | Some(OciErrorCode::NameUnknown)
+                    | Some(OciErrorCode::NotFound) => not_found(detail),
+                    Some(OciErrorCode::Toomanyrequests) => unavailable(detail),
+                    _ => by_status(0, detail),
+                }
+            }
+            OciDistributionError::RequestError(re) => {
+                if let Some(status) = re.status() {
+                    by_status(status.as_u16(), detail)
+                } else if is_tls_failure(&detail) {
+                    RegistryError::Tls { registry, detail }
+                } else if re.is_builder() {
+                    RegistryError::Config(detail)
+                } else {
+                    unavailable(detail)
+                }
+            }
+            OciDistributionError::IoError(_) => unavailable(detail),
+            _ => by_status(0, detail),
+        }
+    }
+
+    /// Pushes `image` to `reference`; see the module docs for the protocol.
+    pub async fn push(&self, image: &Image, reference: &ImageRef) -> Result<PushReport, RegistryError> {
+        let digest = image.manifest_digest();
+        if let Some(want) = reference.digest() {
+            if want != digest {
+                return Err(RegistryError::DigestMismatch {
+                    reference: reference.to_string(),
+                    expected: digest,
+                    actual: want,
+                });
+            }
+        }
+        let mut blobs = Vec::new();
+        for blob in image.blobs() {
+            let status = self.push_blob(reference, &blob.descriptor, &blob.data).await?;
+            blobs.push((blob.descriptor.clone(), status));
+        }
+        self.push_manifest(reference, &image.manifest, &image.manifest_media_type).await?;
+        Ok(PushReport {
+            reference: reference.clone(),
+            manifest_digest: digest,
+            blobs,
+        })
+    }
+
+    /// Uploads one blob unless the registry already has it.
+    pub async fn push_blob(
+        &self,
+        reference: &ImageRef,
+        descriptor: &Descriptor,
+        data: &[u8],
+    ) -> Result<BlobStatus, RegistryError> {
+        verify_blob("blob", descriptor, data).map_err(|source| RegistryError::Integrity {
+            reference: reference.to_string(),
+            source,
+        })?;
+        let r = reference.client_ref();
+        let digest = descriptor.digest.to_string();
+        let op = format!("upload of blob {digest}");
+        let bytes = bytes_of(data);
+        self.retrying(reference, &op, || async {
+            let head_ctx = Ctx {
+                reference,
+                operation: "blob existence check (HEAD)",
+            };
+            self.client
+                .store_auth_if_needed(r.resolve_registry(), &self.auth)
+                .await;
+            let exists = self
+                .client
+                .blob_exists(r, &digest)
+                .await
+                .map_err(|e| self.map_err(&head_ctx, e))?;
+            if exists {
+                tracing::info!(%digest, size = descriptor.size, "blob already present, skipped");
+                return Ok(BlobStatus::AlreadyPresent);
+            }
+            let ctx = Ctx {
+                reference,
+                operation: &op,
+            };
+            self.client
+                .push_blob(r, bytes.clone(), &digest)
+                .await
+                .map_err(|e| self.map_err(&ctx, e))?;
+            tracing::info!(%digest, size = descriptor.size, "blob uploaded");
+            Ok(BlobStatus::Uploaded)
+        })
+        .await
+    }
+
+    /// PUTs manifest bytes with `media_type` as `Content-Type`, then confirms
+    /// (HEAD) that the registry serves them under the digest we computed.
+    pub async fn push_manifest(
+        &self,
+        reference: &ImageRef,
+        manifest: &[u8],
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
+        let r = reference.client_ref();
+        let expected = Digest::of(manifest);
+        let content_type = http::HeaderValue::from_str(media_type)
+            .map_err(|_| RegistryError::Config(format!("invalid manifest media type `{media_type}`")))?;
+        let body = bytes_of(manifest);
+        let op = "manifest upload (PUT)";
+        self.retrying(reference, op, || async {
+            self.client
+                .store_auth_if_needed(r.resolve_registry(), &self.auth)
+                .await;
+            self.client
+                .push_manifest_raw(r, body.clone(), content_type.clone())
+                .await
+                .map_err(|e| self.map_err(&Ctx { reference, operation: op }, e))
+        })
+        .await?;
+        let pinned = reference.with_digest(&expected);
+        let op = "manifest read-back (HEAD)";
+        let served = self
+            .retrying(reference, op, || async {
+                self.client
+                    .fetch_manifest_digest(pinned.client_ref(), &self.auth)
+                    .await
+                    .map_err(|e| self.map_err(&Ctx { reference, operation: op }, e))
+            })
+            .await?;
+        let served = Digest::parse(&served).map_err(|e| RegistryError::Protocol {
+            registry: reference.registry().to_string(),
+            operation: op.to_string(),
+            detail: e.to_string(),
+        })?;
+        if served != expected {
+            return Err(RegistryError::DigestMismatch {
+                reference: reference.to_string(),
+                expected,
+                actual: served,
+            });
+        }
+        tracing::info!(reference = %reference, digest = %expected, "manifest pushed");
+        Ok(expected)
+    }
+
+    /// Fetches manifest bytes for `reference` (tag or digest); checks them
+    /// against the reference's digest. Returns the bytes and their digest.
+    async fn manifest_bytes(&self, reference: &ImageRef) -> Result<(Vec<u8>, Digest), RegistryError> {
+        let r = reference.client_ref();
+        let op = "manifest fetch";
+        let (bytes, _) = self
+            .retrying(reference, op, || async {
+                self.client
+                    .pull_manifest_raw(r, &self.auth, media_types::ACCEPTED_MANIFESTS)
+                    .await
+                    .map_err(|e| match e {
+                        OciDistributionError::DigestError(d) => RegistryError::Protocol {
+                            registry: reference.registry().to_string(),
+                            operation: op.to_string(),
+                            detail: format!("manifest digest check failed: {d}"),
+                        },
+                        e => self.map_err(&Ctx { reference, operation: op }, e),
+                    })
+            })
+            .await?;
+        let bytes = bytes.to_vec();
+        let digest = Digest::of(&bytes);
+        if let Some(want) = reference.digest() {
+            if want != digest {
+                return Err(RegistryError::Integrity {
+                    reference: reference.to_string(),
+                    source: IntegrityError::Digest {
+                        what: "manifest".into(),
+                        expected: want,
+                        actual: digest,
+                    },
+                });
+            }
+        }
+        Ok((bytes, digest))
+    }
+
+    /// Downloads one blob, refusing more bytes than declared, then verifies it.
+    pub async fn pull_blob(
+        &self,
+        reference: &ImageRef,
+        what: &str,
+        descriptor: &Descriptor,
+    ) -> Result<Vec<u8>, RegistryError> {
+        if descriptor.size > self.max_blob_size {
+            return Err(RegistryError::TooLarge {
+                reference: reference.to_string(),
+                what: what.to_string(),
+                size: descriptor.size,
+                max: self.max_blob_size,
+            });
+        }
+        let r = reference.client_ref();
+        let digest = descriptor.digest.to_string();
+        let op = format!("download of {what} {digest}");
+        let integrity = |source| RegistryError::Integrity {
+            reference: reference.to_string(),
+            source,
+        };
+        self.retrying(reference, &op, || async {
+            self.client
+                .store_auth_if_needed(r.resolve_registry(), &self.auth)
+                .await;
+            let ctx = Ctx { reference, operation: &op };
+            let mut stream = self
+                .client
+                .pull_blob_stream(r, digest.as_str())
+                .await
+                .map_err(|e| self.map_err(&ctx, e))?;
+            let mut buf: Vec<u8> = Vec::with_capacity(usize::try_from(descriptor.size).unwrap_or(0).min(64 << 20));
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(b) => {
+                        buf.extend_from_slice(&b);
+                        if buf.len() as u64 > descriptor.size {
+                            return Err(integrity(IntegrityError::Size {
+                                what: what.to_string(),
+                                digest: descriptor.digest.clone(),
+                                expected: descriptor.size,
+                                actual: buf.len() as u64,
+                            }));
+                        }
+                    }
+                    Err(e) => {
+                        // oci-client's own digest check fails at the end of the
+                        // stream; report the mismatch, do not retry it.
+                        if buf.len() as u64 == descriptor.size {
+                            verify_blob(what, descriptor, &buf).map_err(integrity)?;
+                        }
+                        return Err(RegistryError::Unavailable {
+                            registry: reference.registry().to_string(),
+                            operation: op.clone(),
+                            attempts: 1,
+                            detail: self.credentials.scrub(&e.to_string()),
+                        });
+                    }
+                }
+            }
+            verify_blob(what, descriptor, &buf).map_err(integrity)?;
+            Ok(buf)
+        })
+        .await
+    }
+
+    /// Pulls the image `reference` names: manifest (an index is resolved
+    /// for linux/amd64, as Istio does), config and every layer, all verified.
+    pub async fn pull(&self, reference: &ImageRef) -> Result<FetchedImage, RegistryError> {
+        let (mut bytes, mut digest) = self.manifest_bytes(reference).await?;
+        let manifest_err = |source| RegistryError::Manifest {
+            reference: reference.to_string(),
+            source,
+        };
+        let mut parsed = Manifest::parse(&bytes, None).map_err(manifest_err)?;
+        let mut index_digest = None;
+        if let Manifest::Index(index) = &parsed {
+            let child = istio::select_from_index(index)
+                .map_err(|r| RegistryError::Unsupported {
+                    reference: reference.to_string(),
+                    detail: r.to_string(),
+                })?
+                .clone();
+            let child_ref = reference.with_digest(&child.digest);
+            let (child_bytes, child_digest) = self.manifest_bytes(&child_ref).await?;
+            verify_blob("manifest", &child, &child_bytes).map_err(|source| RegistryError::Integrity {
+                reference: child_ref.to_string(),
+                source,
+            })?;
+            index_digest = Some(digest);
+            parsed = Manifest::parse(&child_bytes, Some(&child.media_type)).map_err(manifest_err)?;
+            bytes = child_bytes;
+            digest = child_digest;
+        }
+        let Manifest::Image(manifest) = parsed else {
+            return Err(RegistryError::Unsupported {
+                reference: reference.to_string(),
+                detail: "an image index inside an image index is not supported".into(),
+            });
+        };
+        let config = self.pull_blob(reference, "config", &manifest.config).await?;
+        let mut layers = Vec::with_capacity(manifest.layers.len());
+        for (i, layer) in manifest.layers.iter().enumerate() {
+            layers.push(self.pull_blob(reference, &format!("layer {i}"), layer).await?);
+        }
+        Ok(FetchedImage {
+            manifest_bytes: bytes,
+            manifest_digest: digest,
+            manifest,
+            index_digest,
+            config,
+            layers,
+        })
+    }
+}
+
+fn bytes_of(data: &[u8]) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(data)
+}
+
+/// An error and its sources, joined with `: ` (reqwest hides the useful part,
+/// e.g. "connection refused", in the source chain).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+fn is_tls_failure(detail: &str) -> bool {
+    let d = detail.to_ascii_lowercase();
+    d.contains("certificate") || d.contains("invalidcertificate") || d.contains("tls handshake")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_chain_includes_sources_once() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error sending request")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused"));
+        assert_eq!(error_chain(&e), "error sending request: connection refused");
+    }
+
+    #[test]
+    fn registry_debug_output_hides_the_password() {
+        let reg = Registry::new(RegistryOptions {
+            credentials: Credentials::Basic {
+                username: "bot".into(),
+                password: crate::auth::Secret::new("hunter2"),
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let shown = format!("{reg:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("bot"), "{shown}");
+    }
+
+    #[test]
+    fn a_non_pem_ca_is_refused_up_front() {
+        let err = Registry::new(RegistryOptions {
+            ca_certs_pem: vec![b"not a cert".to_vec()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("CA certificate #1"), "{err}");
+    }
+}

