@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod image_cmd;
+
 /// Tideway: traffic steering for multi-cluster Istio.
 #[derive(Debug, Parser)]
 #[command(name = "tideway", version, about, long_about = None)]
@@ -12,6 +14,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    // OCI packaging of the filter; its help text lives on `ImageArgs`.
+    Image(image_cmd::ImageArgs),
     /// Check a filter plugin configuration (JSON) the way the filter will parse it.
     CheckConfig {
         /// Path to the plugin configuration JSON.
@@ -29,6 +33,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Image(args) => image_cmd::run(args),
         Command::CheckConfig { path } => {
             let bytes = std::fs::read(&path)
                 .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;

@@ -216,6 +216,21 @@ impl Engine {
             .find(|d| d.name == destination)
     }
 
+    /// Adopt this proxy's identity once it is known: locality closeness and
+    /// failover order depend on it.
+    pub fn set_local(&mut self, local: LocalIdentity) {
+        for (svc, sc) in self.services.iter_mut().zip(&self.config.services) {
+            for (d, dc) in svc.destinations.iter_mut().zip(&sc.destinations) {
+                d.locality_affinity =
+                    score::locality_affinity(local.locality.as_deref(), dc.locality.as_deref());
+            }
+            let names: Vec<&str> = svc.destinations.iter().map(|d| d.name.as_str()).collect();
+            let closeness: Vec<f64> = svc.destinations.iter().map(|d| d.locality_affinity).collect();
+            svc.failover = failover::order(&names, &closeness, &sc.failover);
+        }
+        self.local = local;
+    }
+
     pub fn scheduler(&self) -> &SchedulerConfig {
         &self.config.scheduler
     }

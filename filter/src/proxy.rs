@@ -16,6 +16,7 @@ use crate::health::HealthEvent;
 use crate::metrics;
 use crate::shared_stats::{CasMismatch, SharedStore};
 use crate::trace;
+use crate::trace::otlp::SpanRecord;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
@@ -170,7 +171,10 @@ struct Worker {
     generation: u64,
     metrics: Metrics,
     clear_route_cache: bool,
-    spans: Vec<trace::otlp::SpanRecord>,
+    /// This proxy's cluster or locality still has to be read from Envoy's
+    /// node properties (possible only in a stream context).
+    identity_pending: bool,
+    spans: Vec<SpanRecord>,
 }
 
 struct Root {
@@ -186,6 +190,7 @@ impl Root {
                 generation: 0,
                 metrics: Metrics::default(),
                 clear_route_cache: true,
+                identity_pending: false,
                 spans: Vec::new(),
             })),
             configs_accepted: 0,
@@ -195,24 +200,34 @@ impl Root {
     /// This proxy's cluster and locality: config first, else Envoy's node
     /// properties as Istio sets them.
     fn local_identity(config: &PluginConfig) -> LocalIdentity {
+        // Envoy 1.40 serves the node as `xds.node`; older releases as `node`.
         let property = |path: &[&str]| -> Option<String> {
-            let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
-            let s = String::from_utf8(bytes).ok()?;
-            (!s.is_empty()).then_some(s)
+            let read = |prefix: &[&str]| -> Option<String> {
+                let full: Vec<&str> = prefix.iter().chain(path).copied().collect();
+                match hostcalls::get_property(full) {
+                    Ok(Some(bytes)) => String::from_utf8(bytes).ok().filter(|s| !s.is_empty()),
+                    Ok(None) => None,
+                    Err(status) => {
+                        log(LogLevel::Warn, &format!("tideway: reading property node.{}: {status:?}", path.join(".")));
+                        None
+                    }
+                }
+            };
+            read(&["xds", "node"]).or_else(|| read(&["node"]))
         };
         let cluster = config
             .local
             .cluster
             .clone()
-            .or_else(|| property(&["node", "metadata", "CLUSTER_ID"]))
+            .or_else(|| property(&["metadata", "CLUSTER_ID"]))
             .unwrap_or_default();
         let locality = config.local.locality.clone().or_else(|| {
-            let region = property(&["node", "locality", "region"])?;
+            let region = property(&["locality", "region"])?;
             let mut out = region;
-            if let Some(zone) = property(&["node", "locality", "zone"]) {
+            if let Some(zone) = property(&["locality", "zone"]) {
                 out.push('/');
                 out.push_str(&zone);
-                if let Some(sub) = property(&["node", "locality", "sub_zone"]) {
+                if let Some(sub) = property(&["locality", "sub_zone"]) {
                     out.push('/');
                     out.push_str(&sub);
                 }
@@ -259,7 +274,10 @@ impl RootContext for Root {
                 return false;
             }
         };
+        // If Envoy does not expose the node to the root context yet, what
+        // is missing is read again on the first request.
         let local = Self::local_identity(&config);
+        let identity_pending = local.cluster.is_empty() || local.locality.is_none();
         let tick = Duration::from_millis(config.scheduler.tick_ms);
         let mut seed = [0u8; 8];
         host_random(&mut seed);
@@ -279,6 +297,7 @@ impl RootContext for Root {
             ),
         );
         worker.engine = Some(engine);
+        worker.identity_pending = identity_pending;
         worker.generation += 1;
         drop(worker);
         let _ = hostcalls::set_tick_period(tick);
@@ -308,7 +327,7 @@ impl RootContext for Root {
     }
 }
 
-/// Export finished spans as one OTLP/HTTP JSON batch.
+/// Export finished spans as OTLP/HTTP JSON, `batchSize` spans a request.
 fn flush_spans(worker: &mut Worker) {
     if worker.spans.is_empty() {
         return;
@@ -317,31 +336,38 @@ fn flush_spans(worker: &mut Worker) {
         worker.spans.clear();
         return;
     };
-    let batch = std::mem::take(&mut worker.spans);
-    let body = trace::otlp::encode_batch(&batch);
-    let authority = collector.authority.clone().unwrap_or_else(|| collector.cluster.clone());
-    let headers = vec![
-        (":method", "POST"),
-        (":path", collector.path.as_str()),
-        (":authority", authority.as_str()),
-        ("content-type", "application/json"),
-    ];
-    match hostcalls::dispatch_http_call(
-        &collector.cluster,
-        headers,
-        Some(body.as_bytes()),
-        vec![],
-        Duration::from_millis(collector.timeout_ms),
-    ) {
-        Ok(_) => {
-            let _ = hostcalls::increment_metric(worker.metrics.spans_exported, batch.len() as i64);
+    let spans = std::mem::take(&mut worker.spans);
+    let mut body = String::new();
+    for batch in spans.chunks(collector.batch_size.max(1) as usize) {
+        body.clear();
+        if !trace::otlp::encode_batch(batch, &mut body) {
+            continue;
         }
-        Err(status) => {
-            let _ = hostcalls::increment_metric(worker.metrics.spans_dropped, batch.len() as i64);
-            log(
-                LogLevel::Warn,
-                &format!("tideway: span export to cluster {:?} failed: {status:?}", collector.cluster),
-            );
+        let headers = vec![
+            (":method", "POST"),
+            (":path", collector.path.as_str()),
+            (":authority", collector.authority()),
+            ("content-type", "application/json"),
+        ];
+        let sent = hostcalls::dispatch_http_call(
+            &collector.cluster,
+            headers,
+            Some(body.as_bytes()),
+            vec![],
+            Duration::from_millis(u64::from(collector.timeout_ms)),
+        );
+        let n = batch.len() as i64;
+        match sent {
+            Ok(_) => {
+                let _ = hostcalls::increment_metric(worker.metrics.spans_exported, n);
+            }
+            Err(status) => {
+                let _ = hostcalls::increment_metric(worker.metrics.spans_dropped, n);
+                log(
+                    LogLevel::Warn,
+                    &format!("tideway: span export to cluster {:?} failed: {status:?}", collector.cluster),
+                );
+            }
         }
     }
 }
@@ -375,7 +401,8 @@ struct Routed {
     decision: Decision,
     started_ns: u64,
     responded: bool,
-    span: Option<trace::SpanStart>,
+    span: Option<SpanRecord>,
+    status: Option<u16>,
 }
 
 struct Request {
@@ -391,12 +418,21 @@ impl HttpContext for Request {
         let mut worker = worker_rc.borrow_mut();
         let generation = worker.generation;
         let clear_route_cache = worker.clear_route_cache;
-        let Worker { engine, metrics, .. } = &mut *worker;
+        let Worker { engine, metrics, identity_pending, .. } = &mut *worker;
         let Some(engine) = engine.as_mut() else {
             return Action::Continue;
         };
         if engine.services.is_empty() {
             return Action::Continue;
+        }
+        if *identity_pending {
+            let local = Root::local_identity(&engine.config);
+            log(
+                LogLevel::Info,
+                &format!("tideway: local cluster {:?}, locality {:?}", local.cluster, local.locality),
+            );
+            engine.set_local(local);
+            *identity_pending = false;
         }
         let Some(buffer) = request_header_buffer() else {
             increment(metrics.decision_errors);
@@ -430,7 +466,7 @@ impl HttpContext for Request {
             source_cluster: &engine.local.cluster,
             target_cluster: target.unwrap_or(""),
         };
-        let span = apply_trace(&engine.config.tracing, &headers, &hop);
+        let span = apply_trace(&engine.config.tracing, &headers, &hop, &svc.name, now);
 
         if clear_route_cache {
             // Envoy ≥ 1.33 offers this; without it Envoy still re-selects
@@ -446,6 +482,7 @@ impl HttpContext for Request {
             started_ns: now,
             responded: false,
             span,
+            status: None,
         });
         Action::Continue
     }
@@ -460,9 +497,7 @@ impl HttpContext for Request {
             .flatten()
             .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u32>().ok()))
             .unwrap_or(0);
-        if let Some(span) = routed.span.as_mut() {
-            span.status = status;
-        }
+        routed.status = u16::try_from(status).ok().filter(|s| *s > 0);
         let now = now_ns();
         let mut worker = self.worker.borrow_mut();
         if worker.generation != routed.generation {
@@ -506,7 +541,7 @@ impl HttpContext for Request {
         if worker.generation != routed.generation {
             return;
         }
-        let Worker { engine, spans, .. } = &mut *worker;
+        let Worker { engine, spans, metrics, .. } = &mut *worker;
         let Some(engine) = engine.as_mut() else { return };
         let decision = routed.decision;
         if let Some(d) = decision.destination {
@@ -516,13 +551,14 @@ impl HttpContext for Request {
             }
             engine.end(decision.service, d);
         }
-        if let Some(span) = routed.span {
-            let svc = &engine.services[decision.service];
-            let batch_size = engine.config.tracing.collector.as_ref().map_or(0, |c| c.batch_size);
-            if spans.len() < batch_size.saturating_mul(16) {
-                spans.push(span.finish(&svc.name, routed.started_ns, now));
+        if let Some(mut span) = routed.span {
+            span.finish(now, routed.status);
+            let cap = engine.config.tracing.collector.as_ref().map_or(0, |c| c.batch_size as usize);
+            // Bound the backlog if the collector is slow or down.
+            if spans.len() < cap.saturating_mul(16) {
+                spans.push(span);
             } else {
-                increment(worker.metrics.spans_dropped);
+                increment(metrics.spans_dropped);
             }
         }
     }
@@ -570,14 +606,17 @@ fn apply_trace(
     config: &trace::TracingConfig,
     headers: &HeaderMap<'_>,
     hop: &trace::HopInfo<'_>,
-) -> Option<trace::SpanStart> {
-    let input = trace::TraceInput::from_headers(|name, out| headers.get_all(name, out));
+    service_name: &str,
+    now: u64,
+) -> Option<SpanRecord> {
+    let input = trace::TraceInput::from_headers(headers.iter());
     let output = trace::propagate(config, &input, hop, &mut HostRng);
-    for name in output.removals() {
-        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None);
+    for op in output.ops() {
+        let (name, value) = match op {
+            trace::HeaderOp::Set { name, value } => (name, Some(value.as_bytes())),
+            trace::HeaderOp::Remove { name } => (name, None),
+        };
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value);
     }
-    for (name, value) in output.writes() {
-        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value.as_bytes()));
-    }
-    output.span_start()
+    SpanRecord::start(&output.context, hop, "tideway route", service_name, now)
 }

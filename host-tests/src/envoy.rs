@@ -179,7 +179,8 @@ impl Envoy {
             .arg(&admin_path)
             .arg("--log-path")
             .arg(&log_path)
-            .args(["-l", "info", "--disable-hot-restart"])
+            // Flush the log file quickly: tests read it (default 10 s).
+            .args(["-l", "info", "--disable-hot-restart", "--file-flush-interval-msec", "50"])
             .args(["--concurrency", &spec.concurrency.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -246,12 +247,15 @@ impl Envoy {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
+        // Let Envoy flush (--file-flush-interval-msec 50).
+        std::thread::sleep(Duration::from_millis(150));
         let log = std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default();
         let all: Vec<&str> = log.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     pub fn log(&self) -> String {
+        std::thread::sleep(Duration::from_millis(150));
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
     }
 

@@ -69,7 +69,12 @@ fn filter_sets_the_routing_header_and_envoy_routes_on_it() {
         let recorded = fleet.backend(&served_by).take_recorded().pop().expect("recorded");
         // The route chosen by Envoy is the one the filter's header named.
         assert_eq!(header(&recorded, "x-tideway-destination"), Some(served_by.as_str()));
-        assert_eq!(header(&recorded, "x-cluster-source"), Some("cluster-local"));
+        assert_eq!(
+            header(&recorded, "x-cluster-source"),
+            Some("cluster-local"),
+            "{}",
+            fleet.envoy.log_tail(30)
+        );
         assert_eq!(
             header(&recorded, "x-cluster-target"),
             Some(format!("cluster-{served_by}").as_str())
@@ -165,7 +170,7 @@ fn a_destination_returning_503_is_ejected_and_traffic_fails_over() {
     assert_eq!(counts.get("east"), None, "{counts:?}");
     assert!(fleet.envoy.stat("wasmcustom.tideway.ejections.reviews.east").expect("stat") >= 1);
     assert!(fleet.envoy.stat("wasmcustom.tideway.requests.reviews.west.failover").expect("stat") > 100);
-    assert!(fleet.envoy.log().contains("ejected reviews/east"));
+    assert!(fleet.envoy.log().contains("ejected reviews/east"), "{}", fleet.envoy.log_tail(30));
 }
 
 #[test]

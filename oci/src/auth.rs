@@ -306,7 +306,10 @@ impl DockerConfig {
     /// The inline credentials in `auths` for `registry`, if any.
     pub fn credentials_for(&self, registry: &str) -> Result<Option<Credentials>, String> {
         let want = normalize_registry(registry);
-        let Some((key, entry)) = self.auths.iter().find(|(k, _)| normalize_registry(k) == want)
+        let Some((key, entry)) = self
+            .auths
+            .iter()
+            .find(|(k, _)| normalize_registry(k) == want)
         else {
             return Ok(None);
         };
@@ -327,9 +330,9 @@ impl DockerConfig {
                 .map_err(|_| format!("auths.\"{key}\".auth is not valid base64"))?;
             let decoded = String::from_utf8(decoded)
                 .map_err(|_| format!("auths.\"{key}\".auth is not UTF-8 after base64 decoding"))?;
-            let (u, p) = decoded
-                .split_once(':')
-                .ok_or_else(|| format!("auths.\"{key}\".auth is not base64 of \"user:password\""))?;
+            let (u, p) = decoded.split_once(':').ok_or_else(|| {
+                format!("auths.\"{key}\".auth is not base64 of \"user:password\"")
+            })?;
             return Ok(Some(Credentials::Basic {
                 username: u.to_string(),
                 password: Secret::new(p.to_string()),
@@ -411,7 +414,11 @@ mod tests {
             username: "bot".into(),
             password: Secret::new("hunter2"),
         };
-        let shown = format!("{c:?} {:?} {}", Secret::new("hunter2"), Secret::new("hunter2"));
+        let shown = format!(
+            "{c:?} {:?} {}",
+            Secret::new("hunter2"),
+            Secret::new("hunter2")
+        );
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("bot"));
         let t = Credentials::Bearer(Secret::new("tok-123"));
@@ -427,7 +434,10 @@ mod tests {
         let header = b64("bot:hunter2");
         let text = format!("server said: bad password hunter2 in Basic {header}");
         let clean = c.scrub(&text);
-        assert!(!clean.contains("hunter2") && !clean.contains(&header), "{clean}");
+        assert!(
+            !clean.contains("hunter2") && !clean.contains(&header),
+            "{clean}"
+        );
         assert!(clean.contains("<redacted>"));
     }
 
@@ -447,7 +457,11 @@ mod tests {
                 password: Secret::new("s3cret:with:colons")
             })
         );
-        assert_eq!(cfg.credentials_for("reg.example").unwrap(), None, "port matters");
+        assert_eq!(
+            cfg.credentials_for("reg.example").unwrap(),
+            None,
+            "port matters"
+        );
         assert!(matches!(
             cfg.credentials_for("other.example").unwrap(),
             Some(Credentials::Basic { username, .. }) if username == "bob"
@@ -469,7 +483,10 @@ mod tests {
         let json = r#"{"auths":{"r.example":{"auth":"!!notbase64-hunter2"}}}"#;
         let cfg = DockerConfig::parse(json).unwrap();
         let err = cfg.credentials_for("r.example").unwrap_err();
-        assert!(err.contains("r.example") && !err.contains("hunter2"), "{err}");
+        assert!(
+            err.contains("r.example") && !err.contains("hunter2"),
+            "{err}"
+        );
         let bad = DockerConfig::parse(r#"{"auths": {"x": {"auth": "hunter2"#).unwrap_err();
         assert!(!bad.contains("hunter2"), "{bad}");
     }
@@ -480,10 +497,19 @@ mod tests {
         let path = dir.path().join("config.json");
         std::fs::write(
             &path,
-            format!(r#"{{"auths":{{"r.example":{{"auth":"{}"}}}}}}"#, b64("cfg:pw")),
+            format!(
+                r#"{{"auths":{{"r.example":{{"auth":"{}"}}}}}}"#,
+                b64("cfg:pw")
+            ),
         )
         .unwrap();
-        let (c, src) = resolve("r.example", Some("flag".into()), Some(Secret::new("x")), Some(&path)).unwrap();
+        let (c, src) = resolve(
+            "r.example",
+            Some("flag".into()),
+            Some(Secret::new("x")),
+            Some(&path),
+        )
+        .unwrap();
         assert_eq!(src, CredentialSource::Explicit);
         assert!(matches!(c, Credentials::Basic { username, .. } if username == "flag"));
         let (c, src) = resolve("r.example", None, None, Some(&path)).unwrap();

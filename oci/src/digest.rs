@@ -21,7 +21,9 @@ pub enum DigestError {
     #[error("digest `{0}` has no algorithm prefix (expected `sha256:<64 hex>`)")]
     MissingAlgorithm(String),
     /// An algorithm other than sha256.
-    #[error("digest `{value}` uses unsupported algorithm `{algorithm}` (only sha256 is supported)")]
+    #[error(
+        "digest `{value}` uses unsupported algorithm `{algorithm}` (only sha256 is supported)"
+    )]
     UnsupportedAlgorithm {
         /// The whole digest string.
         value: String,
@@ -144,10 +146,16 @@ mod tests {
             Digest::parse("sha512:00"),
             Err(DigestError::UnsupportedAlgorithm { .. })
         ));
-        assert!(matches!(Digest::parse(d.hex()), Err(DigestError::MissingAlgorithm(_))));
+        assert!(matches!(
+            Digest::parse(d.hex()),
+            Err(DigestError::MissingAlgorithm(_))
+        ));
         let upper = format!("sha256:{}", d.hex().to_uppercase());
         assert!(matches!(Digest::parse(&upper), Err(DigestError::BadHex(_))));
-        assert!(matches!(Digest::parse("sha256:abc"), Err(DigestError::BadHex(_))));
+        assert!(matches!(
+            Digest::parse("sha256:abc"),
+            Err(DigestError::BadHex(_))
+        ));
     }
 
     #[test]

@@ -82,7 +82,10 @@ impl std::fmt::Debug for FetchedImage {
             .field("manifest", &self.manifest)
             .field("index_digest", &self.index_digest)
             .field("config_len", &self.config.len())
-            .field("layer_lens", &self.layers.iter().map(Vec::len).collect::<Vec<_>>())
+            .field(
+                "layer_lens",
+                &self.layers.iter().map(Vec::len).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -103,7 +106,14 @@ mod tests {
         let d = Descriptor::of("x", b"hello");
         assert_eq!(verify_blob("layer 0", &d, b"hello"), Ok(()));
         let e = verify_blob("layer 0", &d, b"hell").unwrap_err();
-        assert!(matches!(e, IntegrityError::Size { expected: 5, actual: 4, .. }));
+        assert!(matches!(
+            e,
+            IntegrityError::Size {
+                expected: 5,
+                actual: 4,
+                ..
+            }
+        ));
         assert!(e.to_string().starts_with("layer 0 sha256:"), "{e}");
         let e = verify_blob("config", &d, b"HELLO").unwrap_err();
         assert!(matches!(e, IntegrityError::Digest { .. }));

@@ -232,7 +232,11 @@ mod tests {
             assert_eq!(a, b);
             assert_eq!(a.manifest_digest(), b.manifest_digest());
             let c = build(b"\0asm\x01\0\0\0", &opts).unwrap();
-            assert_ne!(a.manifest_digest(), c.manifest_digest(), "content must matter");
+            assert_ne!(
+                a.manifest_digest(),
+                c.manifest_digest(),
+                "content must matter"
+            );
         }
     }
 
@@ -250,7 +254,9 @@ mod tests {
         );
         assert_ne!(
             build(WASM, &a).unwrap().manifest_digest(),
-            build(WASM, &BuildOptions::default()).unwrap().manifest_digest()
+            build(WASM, &BuildOptions::default())
+                .unwrap()
+                .manifest_digest()
         );
     }
 
@@ -284,9 +290,15 @@ mod tests {
             ..Default::default()
         };
         let image = build(WASM, &opts).unwrap();
-        assert_eq!(image.config.descriptor.media_type, media_types::WASM_CONFIG_V0);
+        assert_eq!(
+            image.config.descriptor.media_type,
+            media_types::WASM_CONFIG_V0
+        );
         assert_eq!(image.layers.len(), 1);
-        assert_eq!(image.layers[0].descriptor.media_type, media_types::WASM_LAYER);
+        assert_eq!(
+            image.layers[0].descriptor.media_type,
+            media_types::WASM_LAYER
+        );
         assert_eq!(image.layers[0].data, WASM);
         let config: serde_json::Value = serde_json::from_slice(&image.config.data).unwrap();
         assert_eq!(config["layerDigests"][0], Digest::of(WASM).to_string());
@@ -296,7 +308,13 @@ mod tests {
     #[test]
     fn refuses_non_wasm_input() {
         let err = build(b"#!/bin/sh\necho hi\n", &BuildOptions::default()).unwrap_err();
-        assert!(matches!(err, BuildError::NotWasm(WasmError::BadMagic { .. })));
-        assert!(err.to_string().contains("not a WebAssembly module"), "{err}");
+        assert!(matches!(
+            err,
+            BuildError::NotWasm(WasmError::BadMagic { .. })
+        ));
+        assert!(
+            err.to_string().contains("not a WebAssembly module"),
+            "{err}"
+        );
     }
 }

@@ -74,7 +74,9 @@ impl std::fmt::Display for Variant {
         f.write_str(match self {
             Variant::DockerCompat => "Docker image with a tar.gz layer holding plugin.wasm",
             Variant::OciCompat => "OCI compat image with a tar+gzip layer holding plugin.wasm",
-            Variant::SoloOci => "two-layer image with an application/vnd.module.wasm.content.layer.v1+wasm layer",
+            Variant::SoloOci => {
+                "two-layer image with an application/vnd.module.wasm.content.layer.v1+wasm layer"
+            }
         })
     }
 }
@@ -145,7 +147,11 @@ pub fn select_from_index(index: &ImageIndex) -> Result<&Descriptor, Rejection> {
 
 /// The `sha256:` comparison Istio makes before extracting: `expected_hex` is
 /// the `WasmPlugin`'s `sha256` field, `manifest_digest` the image's.
-pub fn check_sha256(url: &str, manifest_digest: &Digest, expected_hex: &str) -> Result<(), Rejection> {
+pub fn check_sha256(
+    url: &str,
+    manifest_digest: &Digest,
+    expected_hex: &str,
+) -> Result<(), Rejection> {
     if manifest_digest.hex() == expected_hex {
         return Ok(());
     }
@@ -197,16 +203,14 @@ pub fn extract(
                     variant: Variant::SoloOci,
                     wasm,
                 },
-                Err(oci) => {
-                    return Err(fetch_err(
-                        format!(
-                            "the given image is in invalid format as an OCI image: 2 errors occurred: \
+                Err(oci) => return Err(fetch_err(
+                    format!(
+                        "the given image is in invalid format as an OCI image: 2 errors occurred: \
                              * could not parse as compat variant: {compat} \
                              * could not parse as oci variant: {oci}"
-                        ),
-                        Some(hint_for(manifest)),
-                    ))
-                }
+                    ),
+                    Some(hint_for(manifest)),
+                )),
             },
         }
     };
@@ -225,7 +229,9 @@ pub fn extract(
 
 fn hint_for(manifest: &ImageManifest) -> String {
     let last = manifest.layers.last().map(|l| l.media_type.as_str());
-    if manifest.config.media_type == media_types::WASM_CONFIG_V0 || last == Some(media_types::WASM_LAYER) {
+    if manifest.config.media_type == media_types::WASM_CONFIG_V0
+        || last == Some(media_types::WASM_LAYER)
+    {
         "this is the CNCF TAG-Runtime wasm artifact format (application/wasm layer), which Istio's fetcher does not accept (istio/istio#39990); rebuild with `tideway image build --format compat`".into()
     } else {
         format!(
@@ -246,7 +252,10 @@ fn tar_variant(
         return Err("number of layers must be greater than zero".into());
     };
     if last.media_type != want {
-        return Err(format!("invalid media type {} (expect {want})", last.media_type));
+        return Err(format!(
+            "invalid media type {} (expect {want})",
+            last.media_type
+        ));
     }
     let data = layers
         .get(manifest.layers.len() - 1)
@@ -256,19 +265,33 @@ fn tar_variant(
 }
 
 /// The solo "oci" rule: two layers, raw module in the wasm-content one.
-fn solo_variant(manifest: &ImageManifest, layers: &[Vec<u8>], rules: Rules) -> Result<Vec<u8>, String> {
+fn solo_variant(
+    manifest: &ImageManifest,
+    layers: &[Vec<u8>],
+    rules: Rules,
+) -> Result<Vec<u8>, String> {
     if manifest.layers.len() != 2 {
-        return Err(format!("number of layers must be 2 but got {}", manifest.layers.len()));
+        return Err(format!(
+            "number of layers must be 2 but got {}",
+            manifest.layers.len()
+        ));
     }
     let index = manifest
         .layers
         .iter()
         .position(|l| l.media_type == media_types::SOLO_WASM_LAYER)
-        .ok_or_else(|| format!("could not find the layer of type {}", media_types::SOLO_WASM_LAYER))?;
+        .ok_or_else(|| {
+            format!(
+                "could not find the layer of type {}",
+                media_types::SOLO_WASM_LAYER
+            )
+        })?;
     let data = layers
         .get(index)
         .ok_or_else(|| "could not get layer content: missing".to_string())?;
-    let keep = data.len().min(usize::try_from(rules.max_binary_size).unwrap_or(usize::MAX));
+    let keep = data
+        .len()
+        .min(usize::try_from(rules.max_binary_size).unwrap_or(usize::MAX));
     Ok(data[..keep].to_vec())
 }
 
@@ -352,7 +375,10 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    fn hand_manifest(media_type: Option<&str>, layers: &[(&str, &[u8])]) -> (ImageManifest, Vec<Vec<u8>>) {
+    fn hand_manifest(
+        media_type: Option<&str>,
+        layers: &[(&str, &[u8])],
+    ) -> (ImageManifest, Vec<Vec<u8>>) {
         let m = ImageManifest {
             schema_version: 2,
             media_type: media_type.map(str::to_string),
@@ -382,11 +408,20 @@ mod tests {
         let image = build(WASM, &opts).unwrap();
         let layers: Vec<Vec<u8>> = image.layers.iter().map(|l| l.data.clone()).collect();
         let r = extract("r/x", &manifest_of(&image), &layers, Rules::default()).unwrap_err();
-        assert!(r.istio_error.starts_with("could not fetch Wasm binary: the given image is in invalid format as an OCI image"), "{r}");
+        assert!(
+            r.istio_error.starts_with(
+                "could not fetch Wasm binary: the given image is in invalid format as an OCI image"
+            ),
+            "{r}"
+        );
         assert!(r.istio_error.contains(
             "could not parse as compat variant: invalid media type application/wasm (expect application/vnd.oci.image.layer.v1.tar+gzip)"
         ), "{r}");
-        assert!(r.istio_error.contains("could not parse as oci variant: number of layers must be 2 but got 1"), "{r}");
+        assert!(
+            r.istio_error
+                .contains("could not parse as oci variant: number of layers must be 2 but got 1"),
+            "{r}"
+        );
         assert!(r.hint.as_deref().unwrap_or("").contains("39990"));
     }
 
@@ -395,13 +430,23 @@ mod tests {
         let layer = gzip(&tar_of(&[("plugin.wasm", WASM)])).unwrap();
         let (m, l) = hand_manifest(
             None,
-            &[(media_types::OCI_LAYER_TAR_GZIP, &layer), ("application/octet-stream", b"junk")],
+            &[
+                (media_types::OCI_LAYER_TAR_GZIP, &layer),
+                ("application/octet-stream", b"junk"),
+            ],
         );
         let r = extract("u", &m, &l, Rules::default()).unwrap_err();
-        assert!(r.istio_error.contains("invalid media type application/octet-stream"), "{r}");
+        assert!(
+            r.istio_error
+                .contains("invalid media type application/octet-stream"),
+            "{r}"
+        );
         let (m, l) = hand_manifest(
             None,
-            &[("application/octet-stream", b"junk"), (media_types::OCI_LAYER_TAR_GZIP, &layer)],
+            &[
+                ("application/octet-stream", b"junk"),
+                (media_types::OCI_LAYER_TAR_GZIP, &layer),
+            ],
         );
         assert_eq!(extract("u", &m, &l, Rules::default()).unwrap().wasm, WASM);
     }
@@ -409,25 +454,41 @@ mod tests {
     #[test]
     fn docker_manifest_needs_a_docker_layer_and_does_not_fall_back() {
         let layer = gzip(&tar_of(&[("plugin.wasm", WASM)])).unwrap();
-        let (m, l) = hand_manifest(Some(media_types::DOCKER_MANIFEST_V2), &[(media_types::DOCKER_LAYER_TAR_GZIP, &layer)]);
+        let (m, l) = hand_manifest(
+            Some(media_types::DOCKER_MANIFEST_V2),
+            &[(media_types::DOCKER_LAYER_TAR_GZIP, &layer)],
+        );
         let ok = extract("u", &m, &l, Rules::default()).unwrap();
         assert_eq!(ok.variant, Variant::DockerCompat);
         // An OCI layer type in a Docker manifest: Istio does not try the OCI rule.
-        let (m, l) = hand_manifest(Some(media_types::DOCKER_MANIFEST_V2), &[(media_types::OCI_LAYER_TAR_GZIP, &layer)]);
+        let (m, l) = hand_manifest(
+            Some(media_types::DOCKER_MANIFEST_V2),
+            &[(media_types::OCI_LAYER_TAR_GZIP, &layer)],
+        );
         let r = extract("u", &m, &l, Rules::default()).unwrap_err();
         assert_eq!(
             r.istio_error,
             "could not fetch Wasm binary: could not extract Wasm file from the image as Docker container invalid media type application/vnd.oci.image.layer.v1.tar+gzip (expect application/vnd.docker.image.rootfs.diff.tar.gzip)"
         );
         let (m, l) = hand_manifest(Some(media_types::DOCKER_MANIFEST_V2), &[]);
-        assert!(extract("u", &m, &l, Rules::default()).unwrap_err().istio_error.contains("number of layers must be greater than zero"));
+        assert!(extract("u", &m, &l, Rules::default())
+            .unwrap_err()
+            .istio_error
+            .contains("number of layers must be greater than zero"));
     }
 
     #[test]
     fn first_entry_with_base_name_plugin_wasm_wins() {
         let other = b"\0asm\x01\0\0\0\0\x03\x02zz";
-        let tar = tar_of(&[("README", b"hi"), ("dir/plugin.wasm", WASM), ("plugin.wasm", other)]);
-        assert_eq!(extract_plugin_binary(&gzip(&tar).unwrap(), DEFAULT_MAX_BINARY_SIZE).unwrap(), WASM);
+        let tar = tar_of(&[
+            ("README", b"hi"),
+            ("dir/plugin.wasm", WASM),
+            ("plugin.wasm", other),
+        ]);
+        assert_eq!(
+            extract_plugin_binary(&gzip(&tar).unwrap(), DEFAULT_MAX_BINARY_SIZE).unwrap(),
+            WASM
+        );
         let tar = tar_of(&[("plugin.wasm.bak", WASM)]);
         assert_eq!(
             extract_plugin_binary(&gzip(&tar).unwrap(), DEFAULT_MAX_BINARY_SIZE).unwrap_err(),
@@ -446,8 +507,19 @@ mod tests {
             "failed to read plugin.wasm: unexpected EOF"
         );
         // The solo variant truncates silently instead.
-        let (m, l) = hand_manifest(None, &[(media_types::SOLO_WASM_LAYER, &big), ("x/y", b"meta")]);
-        let got = extract("u", &m, &l, Rules { max_binary_size: 100 }).unwrap();
+        let (m, l) = hand_manifest(
+            None,
+            &[(media_types::SOLO_WASM_LAYER, &big), ("x/y", b"meta")],
+        );
+        let got = extract(
+            "u",
+            &m,
+            &l,
+            Rules {
+                max_binary_size: 100,
+            },
+        )
+        .unwrap();
         assert_eq!((got.variant, got.wasm.len()), (Variant::SoloOci, 100));
     }
 
@@ -460,7 +532,10 @@ mod tests {
         let gz = gzip(&tar_of(&[("plugin.wasm", b"#!/bin/sh\n")])).unwrap();
         let (m, l) = hand_manifest(None, &[(media_types::OCI_LAYER_TAR_GZIP, &gz)]);
         let r = extract("oci://reg/x:1", &m, &l, Rules::default()).unwrap_err();
-        assert_eq!(r.istio_error, "fetched Wasm binary from oci://reg/x:1 is invalid");
+        assert_eq!(
+            r.istio_error,
+            "fetched Wasm binary from oci://reg/x:1 is invalid"
+        );
     }
 
     #[test]
@@ -477,7 +552,11 @@ mod tests {
     #[test]
     fn index_resolves_to_linux_amd64_or_an_entry_without_platform() {
         let d = |os: &str, arch: &str| Descriptor {
-            platform: Some(Platform { architecture: arch.into(), os: os.into(), variant: None }),
+            platform: Some(Platform {
+                architecture: arch.into(),
+                os: os.into(),
+                variant: None,
+            }),
             ..Descriptor::of(media_types::OCI_MANIFEST, os.as_bytes())
         };
         let index = ImageIndex {
@@ -487,7 +566,10 @@ mod tests {
             annotations: None,
         };
         assert_eq!(select_from_index(&index).unwrap(), &index.manifests[1]);
-        let only_arm = ImageIndex { manifests: vec![d("linux", "arm64")], ..index.clone() };
+        let only_arm = ImageIndex {
+            manifests: vec![d("linux", "arm64")],
+            ..index.clone()
+        };
         assert!(select_from_index(&only_arm).is_err());
         let no_platform = ImageIndex {
             manifests: vec![Descriptor::of(media_types::OCI_MANIFEST, b"m")],

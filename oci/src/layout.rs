@@ -112,14 +112,18 @@ impl Layout {
         let dir = dir.into();
         let marker = dir.join("oci-layout");
         let text = std::fs::read(&marker).map_err(io_err(&marker))?;
-        let parsed: OciLayoutFile = serde_json::from_slice(&text).map_err(|e| LayoutError::Invalid {
-            path: marker.clone(),
-            detail: format!("not an oci-layout file: {e}"),
-        })?;
+        let parsed: OciLayoutFile =
+            serde_json::from_slice(&text).map_err(|e| LayoutError::Invalid {
+                path: marker.clone(),
+                detail: format!("not an oci-layout file: {e}"),
+            })?;
         if !parsed.image_layout_version.starts_with("1.") {
             return Err(LayoutError::Invalid {
                 path: marker,
-                detail: format!("unsupported imageLayoutVersion `{}`", parsed.image_layout_version),
+                detail: format!(
+                    "unsupported imageLayoutVersion `{}`",
+                    parsed.image_layout_version
+                ),
             });
         }
         Ok(Self { dir })
@@ -157,7 +161,9 @@ impl Layout {
     pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest, LayoutError> {
         let digest = Digest::of(bytes);
         let path = self.blob_path(&digest);
-        let intact = std::fs::read(&path).map(|b| digest.matches(&b)).unwrap_or(false);
+        let intact = std::fs::read(&path)
+            .map(|b| digest.matches(&b))
+            .unwrap_or(false);
         if !intact {
             write_atomic(&path, bytes)?;
         }
@@ -168,7 +174,8 @@ impl Layout {
     pub fn blob(&self, what: &str, descriptor: &Descriptor) -> Result<Vec<u8>, LayoutError> {
         let path = self.blob_path(&descriptor.digest);
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-        verify_blob(what, descriptor, &bytes).map_err(|source| LayoutError::Integrity { path, source })?;
+        verify_blob(what, descriptor, &bytes)
+            .map_err(|source| LayoutError::Integrity { path, source })?;
         Ok(bytes)
     }
 
@@ -241,16 +248,27 @@ impl Layout {
         let mut index_digest = None;
         let mut bytes = self.blob("manifest", &desc)?;
         let path = self.blob_path(&desc.digest);
-        let mut parsed = Manifest::parse(&bytes, Some(&desc.media_type))
-            .map_err(|source| LayoutError::Manifest { path: path.clone(), source })?;
+        let mut parsed = Manifest::parse(&bytes, Some(&desc.media_type)).map_err(|source| {
+            LayoutError::Manifest {
+                path: path.clone(),
+                source,
+            }
+        })?;
         if let Manifest::Index(index) = &parsed {
             let child = istio::select_from_index(index)
-                .map_err(|source| LayoutError::Platform { path: self.dir.clone(), source })?
+                .map_err(|source| LayoutError::Platform {
+                    path: self.dir.clone(),
+                    source,
+                })?
                 .clone();
             index_digest = Some(desc.digest.clone());
             bytes = self.blob("manifest", &child)?;
-            parsed = Manifest::parse(&bytes, Some(&child.media_type))
-                .map_err(|source| LayoutError::Manifest { path: self.blob_path(&child.digest), source })?;
+            parsed = Manifest::parse(&bytes, Some(&child.media_type)).map_err(|source| {
+                LayoutError::Manifest {
+                    path: self.blob_path(&child.digest),
+                    source,
+                }
+            })?;
             desc = child;
         }
         let Manifest::Image(manifest) = parsed else {
@@ -333,10 +351,16 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         for d in [a.path(), b.path()] {
             let image = build(WASM, &BuildOptions::default()).unwrap();
-            Layout::create(d).unwrap().write_image(&image, Some("latest")).unwrap();
+            Layout::create(d)
+                .unwrap()
+                .write_image(&image, Some("latest"))
+                .unwrap();
         }
         for f in ["oci-layout", "index.json"] {
-            assert_eq!(std::fs::read(a.path().join(f)).unwrap(), std::fs::read(b.path().join(f)).unwrap());
+            assert_eq!(
+                std::fs::read(a.path().join(f)).unwrap(),
+                std::fs::read(b.path().join(f)).unwrap()
+            );
         }
     }
 
@@ -349,12 +373,19 @@ mod tests {
         layout.write_image(&one, Some("v1")).unwrap();
         layout.write_image(&two, Some("v1")).unwrap();
         assert_eq!(layout.index().unwrap().manifests.len(), 1);
-        assert_eq!(layout.resolve(Some("v1")).unwrap().digest, two.manifest_digest());
+        assert_eq!(
+            layout.resolve(Some("v1")).unwrap().digest,
+            two.manifest_digest()
+        );
         layout.write_image(&one, Some("v0")).unwrap();
         assert_eq!(layout.index().unwrap().manifests.len(), 2);
         let err = layout.resolve(None).unwrap_err().to_string();
         assert!(err.contains("v0") && err.contains("v1"), "{err}");
-        assert!(layout.resolve(Some("nope")).unwrap_err().to_string().contains("`nope`"));
+        assert!(layout
+            .resolve(Some("nope"))
+            .unwrap_err()
+            .to_string()
+            .contains("`nope`"));
     }
 
     #[test]
@@ -363,21 +394,42 @@ mod tests {
         let layout = Layout::create(dir.path()).unwrap();
         let image = build(WASM, &BuildOptions::default()).unwrap();
         layout.write_image(&image, Some("v1")).unwrap();
-        let p = dir.path().join("blobs/sha256").join(image.layers[0].descriptor.digest.hex());
+        let p = dir
+            .path()
+            .join("blobs/sha256")
+            .join(image.layers[0].descriptor.digest.hex());
         let mut bytes = std::fs::read(&p).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         std::fs::write(&p, bytes).unwrap();
         let err = layout.read_image(Some("v1")).unwrap_err();
-        assert!(matches!(err, LayoutError::Integrity { source: IntegrityError::Digest { .. }, .. }), "{err}");
-        assert!(err.to_string().contains(image.layers[0].descriptor.digest.hex()));
+        assert!(
+            matches!(
+                err,
+                LayoutError::Integrity {
+                    source: IntegrityError::Digest { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err
+            .to_string()
+            .contains(image.layers[0].descriptor.digest.hex()));
     }
 
     #[test]
     fn open_refuses_a_directory_that_is_not_a_layout() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(Layout::open(dir.path()), Err(LayoutError::Io { .. })));
-        std::fs::write(dir.path().join("oci-layout"), br#"{"imageLayoutVersion":"2.0.0"}"#).unwrap();
+        assert!(matches!(
+            Layout::open(dir.path()),
+            Err(LayoutError::Io { .. })
+        ));
+        std::fs::write(
+            dir.path().join("oci-layout"),
+            br#"{"imageLayoutVersion":"2.0.0"}"#,
+        )
+        .unwrap();
         let e = Layout::open(dir.path()).unwrap_err().to_string();
         assert!(e.contains("2.0.0"), "{e}");
     }

@@ -203,7 +203,10 @@ mod tests {
             media_types::OCI_INDEX,
             desc_json(media_types::OCI_MANIFEST)
         );
-        assert!(matches!(Manifest::parse(index.as_bytes(), None), Ok(Manifest::Index(_))));
+        assert!(matches!(
+            Manifest::parse(index.as_bytes(), None),
+            Ok(Manifest::Index(_))
+        ));
         let schema1 = r#"{"schemaVersion":1,"name":"x"}"#;
         assert!(matches!(
             Manifest::parse(schema1.as_bytes(), None),

@@ -34,8 +34,8 @@ impl ImageRef {
         };
         let s = input.strip_prefix("oci://").unwrap_or(input);
         let first = s.split('/').next().unwrap_or("");
-        let looks_like_host = s.contains('/')
-            && (first.contains('.') || first.contains(':') || first == "localhost");
+        let looks_like_host =
+            s.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
         if !looks_like_host {
             return Err(err("it does not start with a registry host".into()));
         }
@@ -131,7 +131,10 @@ mod tests {
     fn wasm_plugin_url_pins_the_manifest_digest() {
         let r = ImageRef::parse("reg.example/f:latest").unwrap();
         let d = Digest::of(b"manifest");
-        assert_eq!(r.wasm_plugin_url(&d), format!("oci://reg.example/f@sha256:{}", d.hex()));
+        assert_eq!(
+            r.wasm_plugin_url(&d),
+            format!("oci://reg.example/f@sha256:{}", d.hex())
+        );
         let pinned = r.with_digest(&d);
         assert_eq!(pinned.digest(), Some(d.clone()));
         assert_eq!(pinned.tag(), None);

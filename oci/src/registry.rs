@@ -292,7 +292,12 @@ impl Registry {
 
     /// Runs `op` under the retry policy, turning exhausted transient errors
     /// into [`RegistryError::Unavailable`] with the attempt count.
-    async fn retrying<T, F, Fut>(&self, reference: &ImageRef, operation: &str, op: F) -> Result<T, RegistryError>
+    async fn retrying<T, F, Fut>(
+        &self,
+        reference: &ImageRef,
+        operation: &str,
+        op: F,
+    ) -> Result<T, RegistryError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, RegistryError>>,
@@ -352,7 +357,9 @@ impl Registry {
             OciDistributionError::RegistryError { envelope, .. } => {
                 let code = envelope.errors.first().map(|x| &x.code);
                 match code {
-                    Some(OciErrorCode::Unauthorized) | Some(OciErrorCode::Denied) => unauthorized(detail),
+                    Some(OciErrorCode::Unauthorized) | Some(OciErrorCode::Denied) => {
+                        unauthorized(detail)
+                    }
                     Some(OciErrorCode::ManifestUnknown)
                     | Some(OciErrorCode::BlobUnknown)
                     | Some(OciErrorCode::NameUnknown)
@@ -378,7 +385,11 @@ impl Registry {
     }
 
     /// Pushes `image` to `reference`; see the module docs for the protocol.
-    pub async fn push(&self, image: &Image, reference: &ImageRef) -> Result<PushReport, RegistryError> {
+    pub async fn push(
+        &self,
+        image: &Image,
+        reference: &ImageRef,
+    ) -> Result<PushReport, RegistryError> {
         let digest = image.manifest_digest();
         if let Some(want) = reference.digest() {
             if want != digest {
@@ -391,10 +402,13 @@ impl Registry {
         }
         let mut blobs = Vec::new();
         for blob in image.blobs() {
-            let status = self.push_blob(reference, &blob.descriptor, &blob.data).await?;
+            let status = self
+                .push_blob(reference, &blob.descriptor, &blob.data)
+                .await?;
             blobs.push((blob.descriptor.clone(), status));
         }
-        self.push_manifest(reference, &image.manifest, &image.manifest_media_type).await?;
+        self.push_manifest(reference, &image.manifest, &image.manifest_media_type)
+            .await?;
         Ok(PushReport {
             reference: reference.clone(),
             manifest_digest: digest,
@@ -458,8 +472,9 @@ impl Registry {
     ) -> Result<Digest, RegistryError> {
         let r = reference.client_ref();
         let expected = Digest::of(manifest);
-        let content_type = http::HeaderValue::from_str(media_type)
-            .map_err(|_| RegistryError::Config(format!("invalid manifest media type `{media_type}`")))?;
+        let content_type = http::HeaderValue::from_str(media_type).map_err(|_| {
+            RegistryError::Config(format!("invalid manifest media type `{media_type}`"))
+        })?;
         let body = bytes_of(manifest);
         let op = "manifest upload (PUT)";
         self.retrying(reference, op, || async {
@@ -469,7 +484,15 @@ impl Registry {
             self.client
                 .push_manifest_raw(r, body.clone(), content_type.clone())
                 .await
-                .map_err(|e| self.map_err(&Ctx { reference, operation: op }, e))
+                .map_err(|e| {
+                    self.map_err(
+                        &Ctx {
+                            reference,
+                            operation: op,
+                        },
+                        e,
+                    )
+                })
         })
         .await?;
         let pinned = reference.with_digest(&expected);
@@ -479,7 +502,15 @@ impl Registry {
                 self.client
                     .fetch_manifest_digest(pinned.client_ref(), &self.auth)
                     .await
-                    .map_err(|e| self.map_err(&Ctx { reference, operation: op }, e))
+                    .map_err(|e| {
+                        self.map_err(
+                            &Ctx {
+                                reference,
+                                operation: op,
+                            },
+                            e,
+                        )
+                    })
             })
             .await?;
         let served = Digest::parse(&served).map_err(|e| RegistryError::Protocol {
@@ -500,7 +531,10 @@ impl Registry {
 
     /// Fetches manifest bytes for `reference` (tag or digest); checks them
     /// against the reference's digest. Returns the bytes and their digest.
-    async fn manifest_bytes(&self, reference: &ImageRef) -> Result<(Vec<u8>, Digest), RegistryError> {
+    async fn manifest_bytes(
+        &self,
+        reference: &ImageRef,
+    ) -> Result<(Vec<u8>, Digest), RegistryError> {
         let r = reference.client_ref();
         let op = "manifest fetch";
         let (bytes, _) = self
@@ -514,7 +548,13 @@ impl Registry {
                             operation: op.to_string(),
                             detail: format!("manifest digest check failed: {d}"),
                         },
-                        e => self.map_err(&Ctx { reference, operation: op }, e),
+                        e => self.map_err(
+                            &Ctx {
+                                reference,
+                                operation: op,
+                            },
+                            e,
+                        ),
                     })
             })
             .await?;
@@ -561,13 +601,17 @@ impl Registry {
             self.client
                 .store_auth_if_needed(r.resolve_registry(), &self.auth)
                 .await;
-            let ctx = Ctx { reference, operation: &op };
+            let ctx = Ctx {
+                reference,
+                operation: &op,
+            };
             let mut stream = self
                 .client
                 .pull_blob_stream(r, digest.as_str())
                 .await
                 .map_err(|e| self.map_err(&ctx, e))?;
-            let mut buf: Vec<u8> = Vec::with_capacity(usize::try_from(descriptor.size).unwrap_or(0).min(64 << 20));
+            let mut buf: Vec<u8> =
+                Vec::with_capacity(usize::try_from(descriptor.size).unwrap_or(0).min(64 << 20));
             while let Some(chunk) = stream.next().await {
                 match chunk {
                     Ok(b) => {
@@ -621,12 +665,15 @@ impl Registry {
                 .clone();
             let child_ref = reference.with_digest(&child.digest);
             let (child_bytes, child_digest) = self.manifest_bytes(&child_ref).await?;
-            verify_blob("manifest", &child, &child_bytes).map_err(|source| RegistryError::Integrity {
-                reference: child_ref.to_string(),
-                source,
+            verify_blob("manifest", &child, &child_bytes).map_err(|source| {
+                RegistryError::Integrity {
+                    reference: child_ref.to_string(),
+                    source,
+                }
             })?;
             index_digest = Some(digest);
-            parsed = Manifest::parse(&child_bytes, Some(&child.media_type)).map_err(manifest_err)?;
+            parsed =
+                Manifest::parse(&child_bytes, Some(&child.media_type)).map_err(manifest_err)?;
             bytes = child_bytes;
             digest = child_digest;
         }
@@ -636,10 +683,15 @@ impl Registry {
                 detail: "an image index inside an image index is not supported".into(),
             });
         };
-        let config = self.pull_blob(reference, "config", &manifest.config).await?;
+        let config = self
+            .pull_blob(reference, "config", &manifest.config)
+            .await?;
         let mut layers = Vec::with_capacity(manifest.layers.len());
         for (i, layer) in manifest.layers.iter().enumerate() {
-            layers.push(self.pull_blob(reference, &format!("layer {i}"), layer).await?);
+            layers.push(
+                self.pull_blob(reference, &format!("layer {i}"), layer)
+                    .await?,
+            );
         }
         Ok(FetchedImage {
             manifest_bytes: bytes,
@@ -695,7 +747,10 @@ mod tests {
                 Some(&self.0)
             }
         }
-        let e = Outer(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused"));
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ));
         assert_eq!(error_chain(&e), "error sending request: connection refused");
     }
 
@@ -710,7 +765,10 @@ mod tests {
         })
         .unwrap();
         let shown = format!("{reg:?}");
-        assert!(!shown.contains("hunter2") && shown.contains("bot"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("bot"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -88,7 +88,12 @@ where
                 tokio::time::sleep(wait).await;
                 attempt += 1;
             }
-            Err(error) => return Err(Exhausted { error, attempts: attempt }),
+            Err(error) => {
+                return Err(Exhausted {
+                    error,
+                    attempts: attempt,
+                })
+            }
         }
     }
 }
@@ -118,10 +123,15 @@ mod tests {
     #[tokio::test]
     async fn transient_errors_are_retried_up_to_the_bound() {
         let calls = Cell::new(0);
-        let r: Result<(), _> = retry(fast(3), "t", |_: &String| true, || {
-            calls.set(calls.get() + 1);
-            async { Err("down".to_string()) }
-        })
+        let r: Result<(), _> = retry(
+            fast(3),
+            "t",
+            |_: &String| true,
+            || {
+                calls.set(calls.get() + 1);
+                async { Err("down".to_string()) }
+            },
+        )
         .await;
         let e = r.unwrap_err();
         assert_eq!((calls.get(), e.attempts), (3, 3));
@@ -130,18 +140,34 @@ mod tests {
     #[tokio::test]
     async fn permanent_errors_stop_at_once_and_success_stops_retrying() {
         let calls = Cell::new(0);
-        let r: Result<(), _> = retry(fast(5), "t", |_: &String| false, || {
-            calls.set(calls.get() + 1);
-            async { Err("401".to_string()) }
-        })
+        let r: Result<(), _> = retry(
+            fast(5),
+            "t",
+            |_: &String| false,
+            || {
+                calls.set(calls.get() + 1);
+                async { Err("401".to_string()) }
+            },
+        )
         .await;
         assert_eq!((calls.get(), r.unwrap_err().attempts), (1, 1));
         let calls = Cell::new(0);
-        let r = retry(fast(5), "t", |_: &String| true, || {
-            calls.set(calls.get() + 1);
-            let n = calls.get();
-            async move { if n < 2 { Err("x".to_string()) } else { Ok(n) } }
-        })
+        let r = retry(
+            fast(5),
+            "t",
+            |_: &String| true,
+            || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move {
+                    if n < 2 {
+                        Err("x".to_string())
+                    } else {
+                        Ok(n)
+                    }
+                }
+            },
+        )
         .await;
         assert_eq!(r.unwrap(), 2);
     }

@@ -77,14 +77,20 @@ mod tests {
 
     #[test]
     fn refuses_short_input_wrong_magic_and_component_version() {
-        assert_eq!(validate_module(b"\0asm"), Err(WasmError::TooShort { len: 4 }));
+        assert_eq!(
+            validate_module(b"\0asm"),
+            Err(WasmError::TooShort { len: 4 })
+        );
         assert!(matches!(
             validate_module(b"(module)\n"),
             Err(WasmError::BadMagic { found }) if &found == b"(mod"
         ));
         // Component-model binaries: same magic, version 0x0d, layer 1.
         let component = b"\0asm\x0d\0\x01\0";
-        assert!(matches!(validate_module(component), Err(WasmError::BadVersion { .. })));
+        assert!(matches!(
+            validate_module(component),
+            Err(WasmError::BadVersion { .. })
+        ));
         // ...which Istio's looser check would let through.
         assert!(istio_accepts(component));
         assert!(!istio_accepts(b"\0asm\x01\0\0"));
@@ -93,6 +99,9 @@ mod tests {
     #[test]
     fn error_text_names_what_was_found() {
         let e = validate_module(b"GIF89a\0\0").unwrap_err().to_string();
-        assert!(e.contains("47, 49, 46, 38") || e.contains("47 49 46 38"), "{e}");
+        assert!(
+            e.contains("47, 49, 46, 38") || e.contains("47 49 46 38"),
+            "{e}"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! The proxy-wasm glue:
 //! 1. reads the request headers once and builds a [`TraceInput`] of borrowed
 //!    values ([`TraceInput::from_headers`]);
-//! 2. calls [`propagate`] with the validated [`TracingConfig`], the
+//! 2. calls [`propagate()`] with the validated [`TracingConfig`], the
 //!    [`HopInfo`] and a [`TraceRng`] over WASI `random_get`;
 //! 3. applies [`TraceOutput::ops`] (replace / remove request headers) — none in
 //!    the common propagate-mode pass-through case;
@@ -15,7 +15,7 @@
 //!
 //! Submodules, one concept each: [`config`], [`ids`], [`w3c`] (`traceparent`),
 //! [`tracestate`], [`member`] (our tracestate value), [`b3`], [`input`],
-//! [`propagate`], [`otlp`].
+//! [`mod@propagate`], [`otlp`].
 
 pub mod b3;
 pub mod config;

@@ -13,10 +13,15 @@
 //!   header); else, when `b3` is enabled, a valid B3 context; else a new trace
 //!   (random non-zero ids, sampled per `sampleRatio`, or per a B3
 //!   sampling-only header when `b3` is enabled);
-//! - `propagate` mode: a valid version-00 `traceparent` is not rewritten and
-//!   `tracestate` is left alone (the spec: if `traceparent` is unchanged,
-//!   `tracestate` MUST NOT be modified); a higher version is downgraded to
-//!   `00` (the spec's "first mutation"); otherwise `traceparent` is written;
+//! - `propagate` mode: a valid version-00 `traceparent` is not rewritten (the
+//!   application or Envoy's tracer owns the spans); a higher version is
+//!   downgraded to `00` (the spec's "first mutation"); otherwise
+//!   `traceparent` is written. `tracestate` always gets our member (source
+//!   and target cluster) first, the rest kept: that is how the cross-cluster
+//!   hop stays visible in every trace, which is the point of the filter's
+//!   tracing. (W3C Trace Context lets a participant add its member; a
+//!   deployment that wants tracestate untouched uses `span` mode off and
+//!   filters the member out in its collector.)
 //! - `span` mode: the filter is a span: a new parent-id goes downstream with
 //!   the same trace id and flags, and the incoming parent-id becomes the
 //!   span's parent; `tracestate` gets our member first, the rest kept;
@@ -264,9 +269,8 @@ pub fn propagate(cfg: &TracingConfig, input: &TraceInput<'_>, hop: &HopInfo<'_>,
         out.set_with(TRACEPARENT, |s| w3c::write_traceparent(&tp, s));
     }
 
-    // tracestate
-    let untouched = cfg.mode == TraceMode::Propagate && w3c.is_some();
-    if !untouched {
+    // tracestate: our member first, always.
+    {
         let incoming: &[&[u8]] = if source == ContextSource::TraceParent { &input.tracestate } else { &[] };
         let key = cfg.tracestate_key.as_str();
         out.tracestate = out.set_with(TRACESTATE, |s| {
@@ -378,7 +382,9 @@ mod tests {
     fn propagate_mode_valid_traceparent_passes_unchanged() {
         let h = [("traceparent", TP), ("tracestate", "foo=1,bar=2")];
         let out = run(&cfg(), &h);
-        assert!(out.is_empty(), "no header writes: {:?}", out.ops().collect::<Vec<_>>());
+        assert_eq!(out.value_of(TRACEPARENT), None, "traceparent is not rewritten");
+        assert_eq!(ts_keys(&out), ["tideway", "foo", "bar"], "our member first, the rest kept");
+        assert_eq!(out.len(), 1, "only tracestate is written: {:?}", out.ops().collect::<Vec<_>>());
         let c = out.context;
         assert_eq!(c.trace_id.to_string(), TID);
         assert_eq!(c.span_id.to_string(), "1234567890123456");
@@ -387,10 +393,13 @@ mod tests {
         assert_eq!(c.source, ContextSource::TraceParent);
         // header name case does not matter
         let out = run(&cfg(), &[("TrAcEpArEnT", TP)]);
-        assert!(out.is_empty());
+        assert_eq!(out.value_of(TRACEPARENT), None);
+        assert!(!out.context.restarted);
         // OWS around a valid value: still valid, still untouched
         let padded = format!("\t {TP} \t");
-        assert!(run(&cfg(), &[("traceparent", &padded)]).is_empty());
+        let out = run(&cfg(), &[("traceparent", &padded)]);
+        assert_eq!(out.value_of(TRACEPARENT), None);
+        assert!(!out.context.restarted);
     }
 
     #[test]
@@ -399,7 +408,7 @@ mod tests {
         let out = run(&cfg(), &[("traceparent", v), ("tracestate", "foo=1")]);
         // unknown flag bits zeroed, same ids, version 00
         assert_eq!(out.value_of(TRACEPARENT), Some("00-12345678901234567890123456789012-1234567890123456-03"));
-        assert_eq!(out.value_of(TRACESTATE), None, "tracestate left alone");
+        assert_eq!(ts_keys(&out), ["tideway", "foo"]);
         assert!(!out.context.restarted);
     }
 
@@ -581,7 +590,8 @@ mod tests {
         // debug carried when B3 describes the same trace
         let h = [("traceparent", TP), ("b3", "12345678901234567890123456789012-1234567890123456-d")];
         let out = run(&c, &h);
-        assert!(out.is_empty(), "{:?}", out.ops().collect::<Vec<_>>());
+        assert_eq!(out.value_of("b3"), None, "{:?}", out.ops().collect::<Vec<_>>());
+        assert_eq!(out.value_of(TRACEPARENT), None);
         let s = TracingConfig { b3: true, ..span_cfg() };
         let out = run(&s, &h);
         assert!(out.value_of("b3").is_some_and(|v| v.contains("-d-1234567890123456")));
@@ -606,7 +616,7 @@ mod tests {
         let out = run(&c, &[("traceparent", TP)]);
         assert_eq!(out.value_of(X_TRACE_ID), Some(TID));
         assert_eq!(out.value_of(X_SPAN_ID), Some("1234567890123456"));
-        assert_eq!(out.len(), 2);
+        assert_eq!(out.len(), 3, "legacy pair plus tracestate");
         let s = TracingConfig { legacy_headers: true, ..span_cfg() };
         let out = run(&s, &[("traceparent", TP)]);
         assert_eq!(out.value_of(X_SPAN_ID), Some(out.context.span_id.to_string().as_str()));
@@ -681,7 +691,8 @@ mod tests {
             if span {
                 prop_assert_ne!(out.context.span_id, ctx.parent_id);
             } else {
-                prop_assert!(out.is_empty());
+                prop_assert_eq!(out.value_of(TRACEPARENT), None);
+                prop_assert_eq!(out.len(), 1, "only our tracestate member");
             }
         }
     }

@@ -1,0 +1,651 @@
+//! `tideway image …`: package the filter as an OCI image, push it, pull it,
+//! inspect it, and check whether Istio would accept it. A thin shell over
+//! the `tideway-oci` library; all rules live there.
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use tideway_oci::auth::{self, Secret};
+use tideway_oci::fetched::FetchedImage;
+use tideway_oci::image::{self, BuildOptions, ImageFormat};
+use tideway_oci::istio::{self, Rules};
+use tideway_oci::layout::Layout;
+use tideway_oci::reference::ImageRef;
+use tideway_oci::registry::{BlobStatus, Registry, RegistryOptions};
+use tideway_oci::retry::RetryPolicy;
+use tideway_oci::Digest;
+
+const IMAGE_ABOUT: &str =
+    "Package the filter as an OCI image for Istio's WasmPlugin, push/pull it, check it";
+
+const IMAGE_LONG_ABOUT: &str = "\
+Package the filter (.wasm) as an OCI image that Istio's WasmPlugin can fetch,
+push it to a registry, pull it back, inspect it, and check whether Istio would
+accept it.
+
+Typical flow:
+  tideway image build target/tideway/tideway_filter.wasm -o out/filter-oci --tag v1
+  tideway image push oci:out/filter-oci:v1 registry.example.com/tideway/filter:v1
+  tideway image verify registry.example.com/tideway/filter:v1
+
+`push` prints the two WasmPlugin fields to use, e.g.:
+  url: oci://registry.example.com/tideway/filter@sha256:3b1f…
+  sha256: 3b1f…
+
+IMPORTANT: for oci:// URLs Istio compares `sha256` with the digest of the image
+MANIFEST, not with the sha256 of the .wasm file (a frequent mistake, see
+istio/istio#37565 and #38989). `sha256sum plugin.wasm` is the wrong value;
+use the manifest digest `push`, `build` and `inspect` print.
+
+Image formats (--format):
+  compat         (default) OCI image, one application/vnd.oci.image.layer.v1.tar+gzip
+                 layer holding plugin.wasm. This is what Istio accepts.
+  wasm-artifact  CNCF TAG-Runtime Wasm artifact (application/vnd.wasm.config.v0+json
+                 config, one application/wasm layer) for wasmtime/Spin-style runtimes.
+                 Istio's fetcher does NOT accept it (istio/istio#39990).
+
+Builds are reproducible: the same .wasm always gives the same manifest digest.
+
+Images are named either by a registry reference (host[:port]/repo[:tag][@sha256:…],
+an oci:// prefix is fine) or by an OCI layout directory as oci:DIR[:TAG].
+
+Registry access: credentials come from --username with --password-stdin (or the
+TIDEWAY_REGISTRY_USERNAME / TIDEWAY_REGISTRY_PASSWORD environment variables), else
+from the Docker config (credHelpers/credsStore/auths in $DOCKER_CONFIG/config.json
+or ~/.docker/config.json, as written by `docker login`), else anonymous. TLS is
+always used unless --plain-http is given; trust a private CA with --ca-file.
+Transient failures (connection refused, 5xx, 429) are retried with backoff.";
+
+/// Arguments of `tideway image`.
+#[derive(Debug, Args)]
+#[command(about = IMAGE_ABOUT, long_about = IMAGE_LONG_ABOUT)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    command: ImageCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build an OCI image layout directory from a .wasm (reproducible).
+    Build(BuildArgs),
+    /// Push a .wasm or an OCI layout image to a registry; prints the WasmPlugin url and sha256.
+    Push(PushArgs),
+    /// Pull an image, verify every digest and size, and extract plugin.wasm exactly as Istio does.
+    Pull(PullArgs),
+    /// Show an image's manifest digest, layers and the WasmPlugin fields to use.
+    Inspect(InspectArgs),
+    /// Would Istio accept this image? Prints Istio's reason when not (exit status 1).
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    /// OCI image with one tar+gzip layer holding plugin.wasm (what Istio accepts).
+    Compat,
+    /// CNCF TAG-Runtime Wasm artifact (application/wasm layer). NOT accepted by Istio (istio/istio#39990).
+    WasmArtifact,
+}
+
+impl From<FormatArg> for ImageFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Compat => ImageFormat::Compat,
+            FormatArg::WasmArtifact => ImageFormat::WasmArtifact,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct BuildOpts {
+    /// Image format. `wasm-artifact` is for other runtimes: Istio's fetcher does not accept it (istio/istio#39990).
+    #[arg(long, value_enum, default_value = "compat")]
+    format: FormatArg,
+    /// Manifest annotation KEY=VALUE (repeatable), e.g. org.opencontainers.image.source=https://…
+    #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = parse_annotation)]
+    annotations: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+struct BuildArgs {
+    /// The filter module (a wasm core module; anything else is refused).
+    wasm: PathBuf,
+    /// Output OCI layout directory (created, or added to if it exists).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Tag to record in the layout's index.json.
+    #[arg(long, default_value = "latest")]
+    tag: String,
+    #[command(flatten)]
+    build: BuildOpts,
+}
+
+#[derive(Debug, Args)]
+struct PushArgs {
+    /// What to push: a .wasm file (built on the fly) or an OCI layout as oci:DIR[:TAG].
+    source: String,
+    /// Destination: host[:port]/repository[:tag] (or @sha256:… to pin).
+    reference: String,
+    #[command(flatten)]
+    build: BuildOpts,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+struct PullArgs {
+    /// Image: host[:port]/repository[:tag|@sha256:…].
+    reference: String,
+    /// Where to write the module.
+    #[arg(short, long, default_value = "plugin.wasm")]
+    output: PathBuf,
+    /// Also save the pulled image as an OCI layout directory.
+    #[arg(long, value_name = "DIR")]
+    layout: Option<PathBuf>,
+    #[command(flatten)]
+    istio: IstioArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// Image: a registry reference, or oci:DIR[:TAG].
+    image: String,
+    /// Print the raw manifest JSON instead of a summary.
+    #[arg(long)]
+    raw: bool,
+    #[command(flatten)]
+    istio: IstioArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// Image: a registry reference, or oci:DIR[:TAG].
+    image: String,
+    /// The WasmPlugin's `sha256` value to check (hex MANIFEST digest, not the .wasm file's hash).
+    #[arg(long, value_name = "HEX")]
+    sha256: Option<String>,
+    #[command(flatten)]
+    istio: IstioArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+struct IstioArgs {
+    /// Istio's ISTIO_WASM_MAX_BINARY_SIZE_BYTES (the agent's cap on the module).
+    #[arg(long, value_name = "BYTES", default_value_t = istio::DEFAULT_MAX_BINARY_SIZE)]
+    max_binary_size: u64,
+}
+
+/// How to reach a registry. Secrets are `Secret`s: `{:?}` of these args is safe.
+#[derive(Debug, Args)]
+struct RegistryArgs {
+    /// Registry user name.
+    #[arg(long, env = "TIDEWAY_REGISTRY_USERNAME")]
+    username: Option<String>,
+    /// Read the password (or access token) from standard input.
+    #[arg(long)]
+    password_stdin: bool,
+    /// Password from the environment (never pass it as a flag: it would show in `ps`).
+    #[arg(long = "password-env-only", env = "TIDEWAY_REGISTRY_PASSWORD", hide = true, hide_env_values = true, value_parser = parse_secret)]
+    password: Option<Secret>,
+    /// Docker config file with credentials [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json].
+    #[arg(long, value_name = "FILE")]
+    docker_config: Option<PathBuf>,
+    /// Extra CA certificate (PEM) to trust for the registry's TLS (repeatable).
+    #[arg(long = "ca-file", value_name = "PEM")]
+    ca_files: Vec<PathBuf>,
+    /// Talk plain HTTP instead of HTTPS (only for a local/test registry).
+    #[arg(long)]
+    plain_http: bool,
+    /// Attempts per registry operation on transient failures (with exponential backoff).
+    #[arg(long, default_value_t = 4)]
+    attempts: u32,
+}
+
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret::new(s))
+}
+
+fn parse_annotation(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("annotation `{s}` is not KEY=VALUE")),
+    }
+}
+
+impl BuildOpts {
+    fn options(&self) -> BuildOptions {
+        BuildOptions {
+            format: self.format.into(),
+            annotations: self.annotations.iter().cloned().collect::<BTreeMap<_, _>>(),
+        }
+    }
+}
+
+impl RegistryArgs {
+    fn client(&self, registry_host: &str) -> anyhow::Result<Registry> {
+        let mut password = self.password.clone();
+        if self.password_stdin {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the password from standard input")?;
+            password = Some(Secret::new(s.trim_end_matches(['\r', '\n'])));
+        }
+        let config = self.docker_config.clone().or_else(auth::docker_config_path);
+        let (credentials, source) = auth::resolve(
+            registry_host,
+            self.username.clone(),
+            password,
+            config.as_deref(),
+        )?;
+        tracing::debug!(registry = registry_host, who = %credentials.describe(), %source, "registry credentials");
+        let mut ca_certs_pem = Vec::new();
+        for f in &self.ca_files {
+            ca_certs_pem.push(
+                std::fs::read(f).with_context(|| format!("reading --ca-file {}", f.display()))?,
+            );
+        }
+        Ok(Registry::new(RegistryOptions {
+            credentials,
+            plain_http: self.plain_http,
+            ca_certs_pem,
+            retry: RetryPolicy {
+                attempts: self.attempts.max(1),
+                ..RetryPolicy::default()
+            },
+            ..RegistryOptions::default()
+        })?)
+    }
+}
+
+/// An image named on the command line: in a registry, or in a local layout.
+enum ImageSource {
+    Remote(ImageRef),
+    Layout { dir: PathBuf, tag: Option<String> },
+}
+
+fn parse_image(s: &str) -> anyhow::Result<ImageSource> {
+    if let Some(rest) = s.strip_prefix("oci:").filter(|r| !r.starts_with("//")) {
+        // oci:DIR[:TAG] — the last `:` separates the tag if what follows has no `/`.
+        let (dir, tag) = match rest.rsplit_once(':') {
+            Some((d, t)) if !t.contains('/') && !d.is_empty() => (d, Some(t.to_string())),
+            _ => (rest, None),
+        };
+        return Ok(ImageSource::Layout {
+            dir: PathBuf::from(dir),
+            tag,
+        });
+    }
+    Ok(ImageSource::Remote(ImageRef::parse(s)?))
+}
+
+fn fetch(src: &ImageSource, registry: &RegistryArgs) -> anyhow::Result<(FetchedImage, String)> {
+    match src {
+        ImageSource::Layout { dir, tag } => {
+            let img = Layout::open(dir)?.read_image(tag.as_deref())?;
+            Ok((img, format!("oci:{}", dir.display())))
+        }
+        ImageSource::Remote(r) => {
+            let client = registry.client(r.registry())?;
+            let img = runtime()?.block_on(client.pull(r))?;
+            Ok((img, format!("oci://{r}")))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn read_wasm(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn print_wasm_plugin_fields(url: &str, digest: &Digest) {
+    println!();
+    println!("WasmPlugin fields (sha256 is the image MANIFEST digest, not the .wasm file's hash):");
+    println!("  url: {url}");
+    println!("  sha256: {}", digest.hex());
+}
+
+/// Runs `tideway image …`.
+pub fn run(args: ImageArgs) -> anyhow::Result<()> {
+    match args.command {
+        ImageCommand::Build(a) => build(a),
+        ImageCommand::Push(a) => push(a),
+        ImageCommand::Pull(a) => pull(a),
+        ImageCommand::Inspect(a) => inspect(a),
+        ImageCommand::Verify(a) => verify(a),
+    }
+}
+
+fn build(a: BuildArgs) -> anyhow::Result<()> {
+    let wasm = read_wasm(&a.wasm)?;
+    let image =
+        image::build(&wasm, &a.build.options()).with_context(|| a.wasm.display().to_string())?;
+    let layout = Layout::create(&a.output)?;
+    layout.write_image(&image, Some(&a.tag))?;
+    println!("wrote OCI layout {} (tag {})", a.output.display(), a.tag);
+    println!("manifest digest: {}", image.manifest_digest());
+    println!(
+        "module sha256:   {} (NOT the value for WasmPlugin.sha256)",
+        Digest::of(&wasm)
+    );
+    if matches!(a.build.format, FormatArg::WasmArtifact) {
+        println!("note: wasm-artifact images are not accepted by Istio (istio/istio#39990)");
+    }
+    println!(
+        "next: tideway image push oci:{}:{} <host>/<repo>:<tag>",
+        a.output.display(),
+        a.tag
+    );
+    Ok(())
+}
+
+fn push(a: PushArgs) -> anyhow::Result<()> {
+    let reference = ImageRef::parse(&a.reference)?;
+    let image = match parse_image(&a.source) {
+        Ok(ImageSource::Layout { dir, tag }) => {
+            let f = Layout::open(&dir)?.read_image(tag.as_deref())?;
+            image::Image {
+                manifest_media_type: f
+                    .manifest
+                    .media_type
+                    .clone()
+                    .unwrap_or_else(|| tideway_oci::media_types::OCI_MANIFEST.to_string()),
+                config: image::Blob {
+                    descriptor: f.manifest.config.clone(),
+                    data: f.config,
+                },
+                layers: f
+                    .manifest
+                    .layers
+                    .iter()
+                    .cloned()
+                    .zip(f.layers)
+                    .map(|(descriptor, data)| image::Blob { descriptor, data })
+                    .collect(),
+                manifest: f.manifest_bytes,
+            }
+        }
+        _ => {
+            let path = PathBuf::from(&a.source);
+            let wasm = read_wasm(&path)?;
+            image::build(&wasm, &a.build.options()).with_context(|| path.display().to_string())?
+        }
+    };
+    let client = a.registry.client(reference.registry())?;
+    let report = runtime()?.block_on(client.push(&image, &reference))?;
+    println!("pushed {reference}");
+    println!("manifest digest: {}", report.manifest_digest);
+    for (d, status) in &report.blobs {
+        let s = match status {
+            BlobStatus::Uploaded => "uploaded",
+            BlobStatus::AlreadyPresent => "already present, skipped",
+        };
+        println!("  {} {} ({} bytes): {s}", d.media_type, d.digest, d.size);
+    }
+    if istio::extract(
+        "",
+        &parse_manifest(&image.manifest)?,
+        &image
+            .layers
+            .iter()
+            .map(|l| l.data.clone())
+            .collect::<Vec<_>>(),
+        Rules::default(),
+    )
+    .is_err()
+    {
+        println!(
+            "warning: Istio would NOT accept this image; run `tideway image verify` for the reason"
+        );
+    }
+    print_wasm_plugin_fields(&report.wasm_plugin_url(), &report.manifest_digest);
+    Ok(())
+}
+
+fn parse_manifest(bytes: &[u8]) -> anyhow::Result<tideway_oci::manifest::ImageManifest> {
+    match tideway_oci::manifest::Manifest::parse(bytes, None)? {
+        tideway_oci::manifest::Manifest::Image(m) => Ok(m),
+        tideway_oci::manifest::Manifest::Index(_) => {
+            bail!("expected an image manifest, found an index")
+        }
+    }
+}
+
+fn pull(a: PullArgs) -> anyhow::Result<()> {
+    let reference = ImageRef::parse(&a.reference)?;
+    let (img, url) = fetch(&ImageSource::Remote(reference.clone()), &a.registry)?;
+    let accepted = img
+        .istio_verdict(
+            &url,
+            Rules {
+                max_binary_size: a.istio.max_binary_size,
+            },
+        )
+        .map_err(|r| anyhow::anyhow!("Istio would reject {reference}: {r}"))?;
+    std::fs::write(&a.output, &accepted.wasm)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    if let Some(dir) = &a.layout {
+        let layout = Layout::create(dir)?;
+        for blob in std::iter::once(&img.config)
+            .chain(img.layers.iter())
+            .chain(std::iter::once(&img.manifest_bytes))
+        {
+            layout.put_blob(blob)?;
+        }
+        // Record the manifest under the reference's tag.
+        let image = image::Image {
+            manifest: img.manifest_bytes.clone(),
+            manifest_media_type: img
+                .manifest
+                .media_type
+                .clone()
+                .unwrap_or_else(|| tideway_oci::media_types::OCI_MANIFEST.to_string()),
+            config: image::Blob {
+                descriptor: img.manifest.config.clone(),
+                data: img.config.clone(),
+            },
+            layers: img
+                .manifest
+                .layers
+                .iter()
+                .cloned()
+                .zip(img.layers.iter().cloned())
+                .map(|(descriptor, data)| image::Blob { descriptor, data })
+                .collect(),
+        };
+        layout.write_image(&image, reference.tag())?;
+        println!("saved the image to OCI layout {}", dir.display());
+    }
+    println!("pulled {reference} ({})", accepted.variant);
+    println!("manifest digest: {}", img.manifest_digest);
+    println!(
+        "wrote {} ({} bytes, sha256 {})",
+        a.output.display(),
+        accepted.wasm.len(),
+        Digest::of(&accepted.wasm)
+    );
+    Ok(())
+}
+
+fn inspect(a: InspectArgs) -> anyhow::Result<()> {
+    let src = parse_image(&a.image)?;
+    let (img, url) = fetch(&src, &a.registry)?;
+    if a.raw {
+        println!("{}", String::from_utf8_lossy(&img.manifest_bytes));
+        return Ok(());
+    }
+    println!("image: {}", a.image);
+    if let Some(i) = &img.index_digest {
+        println!("index digest: {i} (resolved to the linux/amd64 entry, as Istio does)");
+    }
+    println!("manifest digest: {}", img.manifest_digest);
+    println!(
+        "manifest media type: {}",
+        img.manifest.media_type.as_deref().unwrap_or("(none; OCI)")
+    );
+    println!(
+        "config: {} {} ({} bytes)",
+        img.manifest.config.media_type, img.manifest.config.digest, img.manifest.config.size
+    );
+    for (i, l) in img.manifest.layers.iter().enumerate() {
+        println!(
+            "layer {i}: {} {} ({} bytes)",
+            l.media_type, l.digest, l.size
+        );
+    }
+    match img.istio_verdict(
+        &url,
+        Rules {
+            max_binary_size: a.istio.max_binary_size,
+        },
+    ) {
+        Ok(acc) => println!(
+            "istio: accepted ({}); module {} bytes, sha256 {}",
+            acc.variant,
+            acc.wasm.len(),
+            Digest::of(&acc.wasm)
+        ),
+        Err(r) => println!("istio: REJECTED: {r}"),
+    }
+    if let ImageSource::Remote(r) = &src {
+        print_wasm_plugin_fields(
+            &r.wasm_plugin_url(&img.manifest_digest),
+            &img.manifest_digest,
+        );
+    }
+    Ok(())
+}
+
+fn verify(a: VerifyArgs) -> anyhow::Result<()> {
+    let src = parse_image(&a.image)?;
+    let (img, url) = fetch(&src, &a.registry)?;
+    if let Some(expected) = &a.sha256 {
+        let expected = expected.trim().trim_start_matches("sha256:");
+        istio::check_sha256(&url, &img.manifest_digest, expected)
+            .map_err(|r| anyhow::anyhow!("REJECTED by Istio's checksum check: {r}"))?;
+    }
+    let accepted = img
+        .istio_verdict(
+            &url,
+            Rules {
+                max_binary_size: a.istio.max_binary_size,
+            },
+        )
+        .map_err(|r| anyhow::anyhow!("REJECTED: Istio would not load {}: {r}", a.image))?;
+    println!(
+        "ACCEPTED: Istio would load {} ({} bytes) from this {}",
+        tideway_oci::layer::PLUGIN_FILE_NAME,
+        accepted.wasm.len(),
+        accepted.variant
+    );
+    println!("manifest digest: {}", img.manifest_digest);
+    if let ImageSource::Remote(r) = &src {
+        print_wasm_plugin_fields(
+            &r.wasm_plugin_url(&img.manifest_digest),
+            &img.manifest_digest,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(subcommand)]
+        cmd: Top,
+    }
+    #[derive(Debug, Subcommand)]
+    enum Top {
+        Image(ImageArgs),
+    }
+
+    #[test]
+    fn oci_layout_names_split_dir_and_tag() {
+        match parse_image("oci:out/dir:v1").unwrap() {
+            ImageSource::Layout { dir, tag } => {
+                assert_eq!(dir, PathBuf::from("out/dir"));
+                assert_eq!(tag.as_deref(), Some("v1"));
+            }
+            ImageSource::Remote(_) => panic!("layout expected"),
+        }
+        assert!(matches!(
+            parse_image("oci:out/dir").unwrap(),
+            ImageSource::Layout { tag: None, .. }
+        ));
+        assert!(matches!(
+            parse_image("oci://reg.example/f:v1").unwrap(),
+            ImageSource::Remote(_)
+        ));
+    }
+
+    #[test]
+    fn help_teaches_the_manifest_digest_point_and_debug_hides_passwords() {
+        let help = IMAGE_LONG_ABOUT;
+        assert!(help.contains("MANIFEST") && help.contains("37565") && help.contains("39990"));
+        let t = T::try_parse_from(["t", "image", "pull", "reg.example/f:v1", "--username", "u"])
+            .unwrap();
+        let Top::Image(ImageArgs {
+            command: ImageCommand::Pull(mut p),
+        }) = t.cmd
+        else {
+            panic!()
+        };
+        p.registry.password = Some(Secret::new("hunter2"));
+        assert!(!format!("{p:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn build_writes_a_layout_that_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm_path = dir.path().join("f.wasm");
+        std::fs::write(&wasm_path, b"\0asm\x01\0\0\0").unwrap();
+        let out = dir.path().join("layout");
+        let t = T::try_parse_from([
+            "t",
+            "image",
+            "build",
+            wasm_path.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--tag",
+            "v1",
+        ])
+        .unwrap();
+        let Top::Image(args) = t.cmd;
+        run(args).unwrap();
+        let t = T::try_parse_from(["t", "image", "verify", &format!("oci:{}:v1", out.display())])
+            .unwrap();
+        let Top::Image(args) = t.cmd;
+        run(args).unwrap();
+        std::fs::write(&wasm_path, b"not wasm at all").unwrap();
+        let t = T::try_parse_from([
+            "t",
+            "image",
+            "build",
+            wasm_path.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .unwrap();
+        let Top::Image(args) = t.cmd;
+        let err = format!("{:#}", run(args).unwrap_err());
+        assert!(err.contains("not a WebAssembly module"), "{err}");
+    }
+}

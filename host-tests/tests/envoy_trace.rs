@@ -1,0 +1,94 @@
+//! Trace context through real Envoy: what the backend receives.
+
+use std::io::{Read, Write};
+use tideway_host_tests::backend::Backend;
+use tideway_host_tests::envoy::{Client, Envoy, EnvoySpec};
+
+const HOST: &str = "reviews.prod.svc.cluster.local";
+const CONFIG: &str = r#"{"services":[{"name":"reviews","hosts":["reviews.prod.svc.cluster.local"],
+    "destinations":[{"name":"east","cluster":"cluster-east"}]}]}"#;
+const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+fn start() -> (Backend, Envoy) {
+    let backend = Backend::start("east", 2, true).expect("backend");
+    let envoy = Envoy::start(&EnvoySpec::new(CONFIG, &[("east", backend.port)])).unwrap_or_else(|e| panic!("{e}"));
+    (backend, envoy)
+}
+
+fn received(backend: &Backend, name: &str) -> Vec<String> {
+    let recorded = backend.take_recorded().pop().expect("one request recorded");
+    recorded.into_iter().filter(|(n, _)| n == name).map(|(_, v)| v).collect()
+}
+
+fn is_valid_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    parts.len() == 4
+        && parts[0] == "00"
+        && parts[1].len() == 32
+        && parts[2].len() == 16
+        && parts[3].len() == 2
+        && v.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && parts[1] != "0".repeat(32)
+        && parts[2] != "0".repeat(16)
+}
+
+#[test]
+fn a_valid_traceparent_keeps_its_ids_and_tracestate_gains_our_member_first() {
+    let (backend, envoy) = start();
+    let client = Client::new();
+    let reply = client
+        .get(&envoy.url("/"), HOST, &[("traceparent", TP), ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")])
+        .expect("request");
+    assert_eq!(reply.status, 200);
+    let recorded = backend.take_recorded().pop().expect("recorded");
+    let get = |name: &str| recorded.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    assert_eq!(get("traceparent").as_deref(), Some(TP));
+    let tracestate = get("tracestate").expect("tracestate");
+    let members: Vec<&str> = tracestate.split(',').map(str::trim).collect();
+    assert_eq!(members[0], "tideway=s:cluster-local;t:cluster-east", "{tracestate}");
+    assert_eq!(&members[1..], ["congo=t61rcWkgMzE", "rojo=00f067aa0ba902b7"]);
+}
+
+#[test]
+fn a_malformed_traceparent_is_replaced_by_a_valid_one() {
+    let (backend, envoy) = start();
+    let client = Client::new();
+    for bad in [
+        "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01", // uppercase
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01", // zero trace id
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", // version ff
+        "garbage",
+    ] {
+        client
+            .get(&envoy.url("/"), HOST, &[("traceparent", bad), ("tracestate", "congo=1")])
+            .expect("request");
+        let recorded = backend.take_recorded().pop().expect("recorded");
+        let get = |name: &str| recorded.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let tp = get("traceparent").expect("traceparent");
+        assert!(is_valid_traceparent(&tp), "{bad} -> {tp}");
+        assert!(!tp.contains("0af7651916cd43dd8448eb211c80319c"), "{bad} -> {tp}");
+        // A new trace discards the old tracestate but for our member.
+        assert_eq!(get("tracestate").as_deref(), Some("tideway=s:cluster-local;t:cluster-east"));
+    }
+    // A request without any trace context gets one too.
+    client.get(&envoy.url("/"), HOST, &[]).expect("request");
+    assert!(is_valid_traceparent(&received(&backend, "traceparent")[0]));
+}
+
+#[test]
+fn duplicated_traceparent_headers_start_a_new_trace() {
+    let (backend, envoy) = start();
+    // ureq folds duplicates, so speak HTTP/1.1 by hand.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).expect("connect");
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {HOST}\r\ntraceparent: {TP}\r\ntraceparent: {TP}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let tps = received(&backend, "traceparent");
+    assert_eq!(tps.len(), 1, "{tps:?}");
+    assert!(is_valid_traceparent(&tps[0]));
+    assert!(!tps[0].contains("0af7651916cd43dd8448eb211c80319c"), "{tps:?}");
+}
