@@ -18,6 +18,7 @@ struct Shared {
     status: AtomicU16,
     served: AtomicU64,
     recorded: Mutex<Vec<RecordedHeaders>>,
+    bodies: Mutex<Vec<Vec<u8>>>,
     record: bool,
 }
 
@@ -48,6 +49,7 @@ impl Backend {
             status: AtomicU16::new(200),
             served: AtomicU64::new(0),
             recorded: Mutex::new(Vec::new()),
+            bodies: Mutex::new(Vec::new()),
             record,
         });
         let threads = (0..workers.max(1))
@@ -77,6 +79,11 @@ impl Backend {
     /// Requests served so far.
     pub fn served(&self) -> u64 {
         self.shared.served.load(Ordering::Relaxed)
+    }
+
+    /// The recorded requests' bodies, draining the record.
+    pub fn take_bodies(&self) -> Vec<Vec<u8>> {
+        self.shared.bodies.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
     }
 
     /// The recorded requests' headers, draining the record.
@@ -109,6 +116,9 @@ fn serve(server: &tiny_http::Server, shared: &Shared) {
                 .collect();
             if let Ok(mut recorded) = shared.recorded.lock() {
                 recorded.push(headers);
+            }
+            if let Ok(mut bodies) = shared.bodies.lock() {
+                bodies.push(body);
             }
         }
         let delay = shared.delay_us.load(Ordering::Relaxed);

@@ -35,6 +35,22 @@ pub struct EnvoySpec {
     pub node_locality: (String, String),
     /// Return a fixed response instead of proxying (filter-cost benchmarks).
     pub direct_response: bool,
+    /// With `direct_response`: the per-destination routes answer directly
+    /// too, so a request the filter steers is still served by Envoy itself
+    /// and a benchmark measures only the filter's cost.
+    pub direct_response_all: bool,
+    /// `lb_policy` of the destination clusters and `mesh-default`
+    /// (`ROUND_ROBIN`, `LEAST_REQUEST`, `RANDOM`, `RING_HASH`, `MAGLEV`).
+    pub lb_policy: String,
+    /// `load_balancing_weight` of each `mesh-default` endpoint, in
+    /// `destinations` order; empty = unweighted.
+    pub mesh_default_weights: Vec<u32>,
+    /// `outlier_detection` of every destination cluster and `mesh-default`
+    /// (`Some(json!({}))` = Envoy's defaults); `None` = off.
+    pub outlier_detection: Option<Value>,
+    /// A `hash_policy` on the default route hashing this request header
+    /// (for `RING_HASH` / `MAGLEV` session affinity).
+    pub hash_header: Option<String>,
 }
 
 impl EnvoySpec {
@@ -49,6 +65,11 @@ impl EnvoySpec {
             node_cluster_id: "cluster-local".to_string(),
             node_locality: ("region-1".to_string(), "zone-a".to_string()),
             direct_response: false,
+            direct_response_all: false,
+            lb_policy: "ROUND_ROBIN".to_string(),
+            mesh_default_weights: Vec::new(),
+            outlier_detection: None,
+            hash_header: None,
         }
     }
 
@@ -64,11 +85,27 @@ impl EnvoySpec {
                     "route": {"cluster": format!("dest-{name}")}
                 })
             })
+            .map(|mut route| {
+                if self.direct_response && self.direct_response_all {
+                    if let Some(r) = route.as_object_mut() {
+                        r.remove("route");
+                        r.insert(
+                            "direct_response".to_string(),
+                            json!({"status": 200, "body": {"inline_string": "ok"}}),
+                        );
+                    }
+                }
+                route
+            })
             .collect();
         let default_route = if self.direct_response {
             json!({"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}})
         } else {
-            json!({"match": {"prefix": "/"}, "route": {"cluster": "mesh-default"}})
+            let mut route = json!({"cluster": "mesh-default"});
+            if let Some(header) = &self.hash_header {
+                route["hash_policy"] = json!([{"header": {"header_name": header}}]);
+            }
+            json!({"match": {"prefix": "/"}, "route": route})
         };
         routes.push(default_route);
         let mut http_filters = Vec::new();
@@ -97,31 +134,43 @@ impl EnvoySpec {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
         }));
-        let cluster = |name: String, ports: Vec<u16>| {
-            json!({
+        let cluster = |name: String, ports: Vec<u16>, weights: &[u32], steered: bool| {
+            let mut c = json!({
                 "name": name,
                 "type": "STATIC",
                 "connect_timeout": "1s",
-                "lb_policy": "ROUND_ROBIN",
+                "lb_policy": if steered { self.lb_policy.as_str() } else { "ROUND_ROBIN" },
                 "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints":
-                    ports.iter().map(|p| json!({"endpoint": {"address": {"socket_address":
-                        {"address": "127.0.0.1", "port_value": p}}}})).collect::<Vec<_>>()
+                    ports.iter().enumerate().map(|(i, p)| {
+                        let mut e = json!({"endpoint": {"address": {"socket_address":
+                            {"address": "127.0.0.1", "port_value": p}}}});
+                        if let Some(w) = weights.get(i) {
+                            e["load_balancing_weight"] = json!(w);
+                        }
+                        e
+                    }).collect::<Vec<_>>()
                 }]}
-            })
+            });
+            if let (true, Some(od)) = (steered, &self.outlier_detection) {
+                c["outlier_detection"] = od.clone();
+            }
+            c
         };
         let mut clusters: Vec<Value> = self
             .destinations
             .iter()
-            .map(|(name, port)| cluster(format!("dest-{name}"), vec![*port]))
+            .map(|(name, port)| cluster(format!("dest-{name}"), vec![*port], &[], true))
             .collect();
         if !self.destinations.is_empty() {
             clusters.push(cluster(
                 "mesh-default".to_string(),
                 self.destinations.iter().map(|(_, p)| *p).collect(),
+                &self.mesh_default_weights,
+                true,
             ));
         }
         for (name, port) in &self.extra_clusters {
-            clusters.push(cluster(name.clone(), vec![*port]));
+            clusters.push(cluster(name.clone(), vec![*port], &[], false));
         }
         json!({
             "node": {
@@ -257,6 +306,11 @@ impl Envoy {
     pub fn log(&self) -> String {
         std::thread::sleep(Duration::from_millis(150));
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// The Envoy process id (for its RSS in `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn url(&self, path: &str) -> String {

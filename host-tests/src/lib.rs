@@ -1,6 +1,7 @@
 //! Host-side tests of the Tideway filter.
 
 pub mod backend;
+pub mod bench;
 pub mod envoy;
 pub mod env;
 pub mod wasm_host;

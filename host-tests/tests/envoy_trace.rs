@@ -92,3 +92,61 @@ fn duplicated_traceparent_headers_start_a_new_trace() {
     assert!(is_valid_traceparent(&tps[0]));
     assert!(!tps[0].contains("0af7651916cd43dd8448eb211c80319c"), "{tps:?}");
 }
+
+#[test]
+fn span_mode_sends_a_new_parent_id_downstream_and_exports_the_span_as_otlp_json() {
+    let backend = Backend::start("east", 2, true).expect("backend");
+    let collector = Backend::start("collector", 2, true).expect("collector");
+    let config = r#"{"services":[{"name":"reviews","hosts":["reviews.prod.svc.cluster.local"],
+        "destinations":[{"name":"east","cluster":"cluster-east"}]}],
+        "scheduler":{"tickMs":100},
+        "tracing":{"mode":"span","collector":{"cluster":"otel-collector","batchSize":8}}}"#;
+    let mut spec = EnvoySpec::new(config, &[("east", backend.port)]);
+    spec.extra_clusters.push(("otel-collector".to_string(), collector.port));
+    let envoy = Envoy::start(&spec).unwrap_or_else(|e| panic!("{e}"));
+    let reply = Client::new().get(&envoy.url("/"), HOST, &[("traceparent", TP)]).expect("request");
+    assert_eq!(reply.status, 200);
+
+    let tp = received(&backend, "traceparent").pop().expect("traceparent");
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts[1], "0af7651916cd43dd8448eb211c80319c", "same trace: {tp}");
+    assert_ne!(parts[2], "b7ad6b7169203331", "a new parent-id goes downstream: {tp}");
+
+    // The span is exported on a tick.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let body = loop {
+        if let Some(body) = collector.take_bodies().pop() {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "no span export\n{}", envoy.log_tail(20));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let export: serde_json::Value = serde_json::from_slice(&body).expect("OTLP JSON");
+    let span = &export["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+    assert_eq!(span["traceId"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(span["spanId"], parts[2], "the exported span is the downstream parent");
+    assert_eq!(span["parentSpanId"], "b7ad6b7169203331");
+    let attrs = span["attributes"].as_array().expect("attributes");
+    let attr = |key: &str| {
+        attrs
+            .iter()
+            .find(|a| a["key"] == key)
+            .map(|a| a["value"].clone())
+            .unwrap_or_else(|| panic!("attribute {key} missing: {span}"))
+    };
+    assert_eq!(attr("tideway.cluster.source")["stringValue"], "cluster-local");
+    assert_eq!(attr("tideway.cluster.target")["stringValue"], "cluster-east");
+    assert_eq!(attr("tideway.service.name")["stringValue"], "reviews");
+    assert!(envoy.stat("wasmcustom.tideway.spans.exported").expect("stat") >= 1);
+}
+
+#[test]
+fn the_decision_header_explains_the_choice_when_enabled() {
+    let backend = Backend::start("east", 2, false).expect("backend");
+    let config = CONFIG.replace(r#""destinations""#, r#""affinity":{"source":"header","name":"x-user-id"},"destinations""#);
+    let config = format!("{},\"decisionHeader\":true}}", config.trim_end().trim_end_matches('}'));
+    let envoy = Envoy::start(&EnvoySpec::new(&config, &[("east", backend.port)])).unwrap_or_else(|e| panic!("{e}"));
+    let reply = Client::new().get(&envoy.url("/"), HOST, &[("x-user-id", "alice")]).expect("request");
+    let decision = reply.header("x-tideway-decision").expect("x-tideway-decision");
+    assert!(decision.contains("service=reviews; destination=east; reason=affinity"), "{decision}");
+}

@@ -107,7 +107,7 @@ fn two_workers_merge_statistics_through_shared_data() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, .. ProptestConfig::default() })]
 
     #[test]
     fn random_headers_never_trap(

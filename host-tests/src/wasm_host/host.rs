@@ -163,10 +163,7 @@ impl HostBuilder {
     /// `on_configure` on each. Configuration results are in
     /// [`Host::configured`]; use [`start`](Self::start) to fail on rejection.
     pub fn build(self) -> anyhow::Result<Host> {
-        let mut config = Config::new();
-        config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
-        let engine = Engine::new(&config)?;
-        let module = Module::new(&engine, &self.wasm).map_err(anyhow::Error::from).with_context(|| format!("compiling {}", self.source))?;
+        let (engine, module) = compiled(&self.wasm, &self.source)?;
         let mut linker: Linker<super::state::VmState> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)?;
         imports::add_to_linker(&mut linker)?;
@@ -219,6 +216,30 @@ impl HostBuilder {
         }
         Ok(host)
     }
+}
+
+/// Compiles a module once per process: Cranelift compilation of the filter
+/// takes far longer than instantiation, and property tests build many hosts.
+fn compiled(wasm: &[u8], source: &str) -> anyhow::Result<(Engine, Module)> {
+    use std::collections::HashMap;
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<(u64, usize), (Engine, Module)>>> = OnceLock::new();
+    let mut h = DefaultHasher::new();
+    wasm.hash(&mut h);
+    let key = (h.finish(), wasm.len());
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(hit) = lock(cache).get(&key) {
+        return Ok(hit.clone());
+    }
+    let mut config = Config::new();
+    config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
+    let engine = Engine::new(&config)?;
+    let module = Module::new(&engine, wasm)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("compiling {source}"))?;
+    lock(cache).insert(key, (engine.clone(), module.clone()));
+    Ok((engine, module))
 }
 
 /// The default seed of the VMs' randomness ("tideway\0"): fixed, so runs repeat.

@@ -1,0 +1,292 @@
+//! The filter's cost: one Envoy worker serving a direct response, no filter
+//! vs the no-op Rust proxy-wasm filter vs Tideway, driven by `wrk` on
+//! loopback; plus Tideway's memory over 1M requests and the VM start time.
+//!
+//! Every route — the per-destination routes the filter steers to included —
+//! answers directly (`direct_response_all`), so no upstream is in the path
+//! and the differences are the filters' cost alone. All variants' Envoys run
+//! at once (idle ones cost nothing) and wrk alternates between them, round
+//! after round, so drift on a shared machine hits every variant alike.
+//!
+//! Tideway runs with everything on: a service matching the request's host,
+//! three destinations, latency/load/cost/locality scoring, header affinity
+//! (half the requests carry a session key, half are scored), and tracing —
+//! once propagating only, once also recording spans and exporting them as
+//! OTLP/JSON to a loopback collector.
+
+use super::report::{ms, Cmp, Figure, Section};
+use super::stats::median;
+use super::wrk::{self, WrkResult};
+use super::{Mode, HOST};
+use crate::backend::Backend;
+use crate::envoy::{Envoy, EnvoySpec};
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Connections wrk keeps open.
+const CONNECTIONS: u32 = 32;
+
+/// Tideway's configuration for the cost runs; `span` adds span export.
+pub fn tideway_config(span: bool) -> String {
+    let tracing = if span {
+        r#"{"mode":"span","collector":{"cluster":"otel-collector","batchSize":512}}"#
+    } else {
+        r#"{"mode":"propagate"}"#
+    };
+    format!(
+        r#"{{"services":[{{"name":"reviews","hosts":["{HOST}"],
+  "affinity":{{"source":"header","name":"x-user-id"}},
+  "destinations":[
+    {{"name":"east","cluster":"cluster-east","locality":"region-1/zone-a","weight":70,"cost":1}},
+    {{"name":"west","cluster":"cluster-west","locality":"region-1/zone-b","weight":20,"cost":1}},
+    {{"name":"south","cluster":"cluster-south","locality":"region-2/zone-a","weight":10,"cost":2}}]}}],
+ "scheduler":{{"weights":{{"latency":0.5,"load":0.2,"cost":0.1,"affinity":0.2}},"tickMs":100}},
+ "tracing":{tracing}}}"#
+    )
+}
+
+struct Variant {
+    name: &'static str,
+    spec: EnvoySpec,
+}
+
+fn variants(collector_port: u16) -> Vec<Variant> {
+    let base = |config: Option<String>| {
+        let mut spec = EnvoySpec::new("", &[("east", collector_port), ("west", collector_port), ("south", collector_port)]);
+        spec.filter_config = config;
+        spec.direct_response = true;
+        spec.direct_response_all = true;
+        spec.concurrency = 1;
+        spec.extra_clusters = vec![("otel-collector".to_string(), collector_port)];
+        spec
+    };
+    let mut noop = base(Some(String::new()));
+    noop.wasm = super::noop_wasm();
+    vec![
+        Variant { name: "no filter", spec: base(None) },
+        Variant { name: "no-op filter", spec: noop },
+        Variant { name: "Tideway (trace propagate)", spec: base(Some(tideway_config(false))) },
+        Variant { name: "Tideway (trace spans + export)", spec: base(Some(tideway_config(true))) },
+    ]
+}
+
+/// Run the filter-cost benchmarks; returns the throughput/latency section
+/// and the memory/start-time section.
+pub fn run(mode: Mode) -> Result<Vec<Section>> {
+    let out = super::out_dir();
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let script = out.join("wrk-requests.lua");
+    wrk::write_script(&script, HOST, 1000)?;
+    // Span export target: a loopback backend that accepts the POSTs.
+    let collector = Backend::start("collector", 2, false)?;
+    let variants = variants(collector.port);
+    let envoys: Vec<Envoy> = variants
+        .iter()
+        .map(|v| Envoy::start(&v.spec).with_context(|| format!("starting Envoy ({})", v.name)))
+        .collect::<Result<_>>()?;
+
+    let rounds = mode.pick(2, 5);
+    let seconds = mode.pick(3, 10);
+    eprintln!("[cost] warm-up, then {rounds} rounds × {} variants × {seconds} s", variants.len());
+    for e in &envoys {
+        wrk::run(e.port, CONNECTIONS, mode.pick(1, 3), &script)?;
+    }
+    let mut results: Vec<Vec<WrkResult>> = vec![Vec::new(); variants.len()];
+    for round in 0..rounds {
+        for (i, e) in envoys.iter().enumerate() {
+            let r = wrk::run(e.port, CONNECTIONS, seconds, &script)?;
+            eprintln!(
+                "[cost] round {} {:<32} {:>9.0} req/s  p50 {} ms  p99 {} ms",
+                round + 1,
+                variants[i].name,
+                r.requests_per_sec,
+                ms(r.p50_us),
+                ms(r.p99_us)
+            );
+            results[i].push(r);
+        }
+    }
+    let noop = 1;
+    let per_round_ratio = |i: usize| -> Vec<f64> {
+        results[i]
+            .iter()
+            .zip(&results[noop])
+            .map(|(a, b)| a.requests_per_sec / b.requests_per_sec)
+            .collect()
+    };
+    let command = results[0][0].command.replace(&format!(":{}/", envoys[0].port), ":<port>/");
+    let mut section = Section {
+        title: "Filter cost".to_string(),
+        commands: vec![
+            format!("{command}  (against each variant's Envoy; {rounds} rounds × {seconds} s, alternating)"),
+            "envoy --concurrency 1, direct_response on every route; Lua script: 1000 pre-built requests with Host, traceparent, and x-user-id on every other one".to_string(),
+        ],
+        columns: ["Variant", "req/s (median)", "p50 ms", "p99 ms", "req/s ÷ no-op (median of per-round ratios)", "non-2xx"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..Section::default()
+    };
+    let mut raw = Vec::new();
+    for (i, v) in variants.iter().enumerate() {
+        let rps = median(&results[i].iter().map(|r| r.requests_per_sec).collect::<Vec<_>>());
+        let p50 = median(&results[i].iter().map(|r| r.p50_us).collect::<Vec<_>>());
+        let p99 = median(&results[i].iter().map(|r| r.p99_us).collect::<Vec<_>>());
+        let ratio = median(&per_round_ratio(i));
+        let non2xx: u64 = results[i].iter().map(|r| r.non_2xx + r.socket_errors).sum();
+        section.rows.push(vec![
+            v.name.to_string(),
+            format!("{rps:.0}"),
+            ms(p50),
+            ms(p99),
+            format!("{ratio:.3}"),
+            non2xx.to_string(),
+        ]);
+        raw.push(json!({
+            "variant": v.name,
+            "rounds": results[i].iter().map(|r| json!({
+                "requests_per_sec": r.requests_per_sec, "p50_us": r.p50_us, "p99_us": r.p99_us,
+                "requests": r.requests, "non_2xx": r.non_2xx, "socket_errors": r.socket_errors,
+                "command": r.command,
+            })).collect::<Vec<_>>(),
+            "median_requests_per_sec": rps,
+            "median_p50_us": p50,
+            "median_p99_us": p99,
+            "per_round_ratio_to_noop": per_round_ratio(i),
+        }));
+    }
+    let full = variants.len() - 1;
+    section.figures.push(
+        Figure::new("Tideway (all on, span export) throughput ÷ no-op filter", median(&per_round_ratio(full)), "×", &command)
+            .target(Cmp::AtLeast, 0.90),
+    );
+    section.figures.push(
+        Figure::new("Tideway (trace propagate) throughput ÷ no-op filter", median(&per_round_ratio(2)), "×", &command)
+            .target(Cmp::AtLeast, 0.90),
+    );
+    section.figures.push(Figure::new("no-op filter throughput ÷ no filter", 1.0 / median(&per_round_ratio(0)), "×", &command));
+    // Proof that the filter did its work in the measured runs.
+    let stats = envoys[full].admin("/stats?filter=wasmcustom\\.tideway")?;
+    let sum = |pred: &dyn Fn(&str) -> bool| -> u64 {
+        stats
+            .lines()
+            .filter(|l| pred(l))
+            .filter_map(|l| l.rsplit(": ").next().and_then(|v| v.trim().parse::<u64>().ok()))
+            .sum()
+    };
+    let decisions = sum(&|l| l.contains("tideway.requests."));
+    let affinity = sum(&|l| l.contains("tideway.requests.") && l.contains(".affinity:"));
+    let exported = sum(&|l| l.contains("tideway.spans.exported"));
+    let dropped = sum(&|l| l.contains("tideway.spans.dropped"));
+    section.notes.push(format!(
+        "Tideway (span export) Envoy's own counters over the whole run: {decisions} routing decisions ({affinity} by affinity, the rest scored), {exported} spans exported, {dropped} dropped; the collector received {} export requests.",
+        collector.served()
+    ));
+    section.raw = json!({"variants": raw, "tideway_stats": stats});
+    drop(envoys);
+
+    let memory = memory_and_start(mode, &script, collector.port)?;
+    Ok(vec![section, memory])
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// RSS of Tideway's Envoy over `target` requests, and time-to-ready with
+/// and without a filter.
+fn memory_and_start(mode: Mode, script: &std::path::Path, collector_port: u16) -> Result<Section> {
+    let variants = variants(collector_port);
+    let target: u64 = mode.pick(200_000, 1_000_000);
+    let spec = &variants[3].spec;
+    let envoy = Envoy::start(spec)?;
+    let pid = envoy.pid();
+    let requests = || envoy.stat("http.ingress.downstream_rq_total");
+    // Warm up (JIT, pools, first spans) before the baseline reading.
+    wrk::run(envoy.port, CONNECTIONS, 2, script)?;
+    let start_requests = requests()?;
+    let start_rss = rss_kib(pid);
+    let mut checkpoints = vec![json!({"requests": 0, "rss_kib": start_rss})];
+    let deadline = Instant::now() + Duration::from_secs(mode.pick(60, 240));
+    let mut last = 0;
+    let mut command = String::new();
+    while last < target && Instant::now() < deadline {
+        let r = wrk::run(envoy.port, CONNECTIONS, 5, script)?;
+        command = r.command.replace(&format!(":{}/", envoy.port), ":<port>/");
+        last = requests()?.saturating_sub(start_requests);
+        checkpoints.push(json!({"requests": last, "rss_kib": rss_kib(pid)}));
+    }
+    let end_rss = rss_kib(pid);
+    // Growth over the second half: a leak grows linearly, a warm pool does not.
+    let half_rss = checkpoints
+        .iter()
+        .find(|c| c["requests"].as_u64().unwrap_or(0) >= last / 2)
+        .and_then(|c| c["rss_kib"].as_u64())
+        .unwrap_or(start_rss);
+    eprintln!("[memory] {last} requests: RSS {start_rss} KiB → {end_rss} KiB");
+    drop(envoy);
+
+    // Time to ready: spawn → admin /ready LIVE and listener bound.
+    let starts = mode.pick(2, 5);
+    let mut ready_ms: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for _ in 0..starts {
+        for (i, v) in variants.iter().enumerate() {
+            let t = Instant::now();
+            let e = Envoy::start(&v.spec)?;
+            ready_ms[i].push(t.elapsed().as_secs_f64() * 1000.0);
+            drop(e);
+        }
+    }
+    let med: Vec<f64> = ready_ms.iter().map(|v| median(v)).collect();
+    eprintln!("[start] time to ready (ms): {med:?}");
+
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len() as f64).unwrap_or(f64::NAN);
+    let filter_bytes = size(&variants[3].spec.wasm);
+    let noop_bytes = size(&variants[1].spec.wasm);
+    let mut section = Section {
+        title: "Filter memory, size, start".to_string(),
+        commands: vec![
+            format!("{command}  (repeated until {target} requests passed Tideway (span export), envoy --concurrency 1)"),
+            "RSS: VmRSS of the Envoy process from /proc/<pid>/status (V8 exposes no per-VM memory stat in Envoy's /stats)".to_string(),
+            format!("start: Envoy spawn → /ready LIVE with its listener bound, median of {starts} starts per variant, alternating"),
+        ],
+        columns: vec!["Variant".into(), "time to ready (median ms)".into(), "minus no filter (ms)".into()],
+        ..Section::default()
+    };
+    for (i, v) in variants.iter().enumerate() {
+        section.rows.push(vec![v.name.to_string(), format!("{:.0}", med[i]), format!("{:+.0}", med[i] - med[0])]);
+    }
+    section.figures.push(Figure::new(format!("Envoy RSS after warm-up"), start_rss as f64 / 1024.0, "MiB", &command));
+    section.figures.push(Figure::new(format!("Envoy RSS after {last} more requests"), end_rss as f64 / 1024.0, "MiB", &command));
+    section.figures.push(
+        Figure::new("RSS growth over the second half of those requests", (end_rss as f64 - half_rss as f64) / 1024.0, "MiB", &command)
+            .target(Cmp::AtMost, 1.0),
+    );
+    section.figures.push(Figure::new("filter module size", filter_bytes / 1024.0, "KiB", "cargo xtask build-wasm"));
+    section.figures.push(Figure::new("no-op module size", noop_bytes / 1024.0, "KiB", "cargo xtask build-wasm"));
+    section.figures.push(Figure::new("VM start: Tideway time-to-ready − no filter", med[3] - med[0], "ms", "Envoy::start (harness)"));
+    section.figures.push(Figure::new("VM start: no-op time-to-ready − no filter", med[1] - med[0], "ms", "Envoy::start (harness)"));
+    section.notes.push(format!(
+        "RSS checkpoints (requests → KiB): {}. \"No growth\" is judged over the second half (target ≤ 1 MiB, an allowance for allocator noise).",
+        checkpoints
+            .iter()
+            .map(|c| format!("{}→{}", c["requests"], c["rss_kib"]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    section.raw = json!({
+        "rss_checkpoints": checkpoints,
+        "requests": last,
+        "time_to_ready_ms": variants.iter().zip(&ready_ms).map(|(v, t)| json!({"variant": v.name, "samples": t})).collect::<Vec<_>>(),
+        "filter_wasm_bytes": filter_bytes,
+        "noop_wasm_bytes": noop_bytes,
+    });
+    Ok(section)
+}
