@@ -7,6 +7,12 @@
 //! ejection lasts `eject_base`, each further one doubles up to `eject_max`; a
 //! destination that stays healthy for `eject_max` after returning starts
 //! over at the base.
+//!
+//! A destination coming back from an ejection is on probation: its first
+//! failure ejects it again at once (for twice as long) instead of after
+//! another streak, so a cluster that is still down costs one failed request
+//! per ejection period, not `eject_consecutive_failures`. Its first success
+//! ends the probation.
 
 use crate::config::SchedulerConfig;
 
@@ -22,6 +28,8 @@ pub struct Health {
     pub ejected_until_ns: u64,
     /// Ejections in the current backoff series.
     pub ejections: u32,
+    /// Back from an ejection and not yet proven healthy.
+    pub probation: bool,
 }
 
 /// What recording an outcome did.
@@ -47,6 +55,9 @@ impl Health {
         self.responses = self.responses.saturating_add(1);
         if success {
             self.consecutive_failures = 0;
+            if !self.is_ejected(now_ns) {
+                self.probation = false;
+            }
             let max_ns = config.eject_max_ms.saturating_mul(1_000_000);
             if self.ejections > 0 && now_ns >= self.ejected_until_ns.saturating_add(max_ns) {
                 self.ejections = 0;
@@ -58,10 +69,11 @@ impl Health {
             // Late responses from before the ejection do not extend it.
             return HealthEvent::None;
         }
+        let by_probation = self.probation;
         let by_streak = self.consecutive_failures >= config.eject_consecutive_failures;
         let by_rate =
             self.responses >= config.eject_min_requests && self.error_rate >= config.eject_error_rate;
-        if !(by_streak || by_rate) {
+        if !(by_probation || by_streak || by_rate) {
             return HealthEvent::None;
         }
         self.ejections = self.ejections.saturating_add(1);
@@ -72,6 +84,7 @@ impl Health {
         self.consecutive_failures = 0;
         self.error_rate = 0.0;
         self.responses = 0;
+        self.probation = true;
         HealthEvent::Ejected { until_ns }
     }
 
@@ -89,6 +102,7 @@ impl Health {
     pub fn merge_ejection(&mut self, ejected_until_ns: u64, ejections: u32) {
         if ejected_until_ns > self.ejected_until_ns {
             self.ejected_until_ns = ejected_until_ns;
+            self.probation = true;
             self.consecutive_failures = 0;
             self.error_rate = 0.0;
             self.responses = 0;
@@ -113,12 +127,17 @@ mod tests {
         assert_eq!(h.record(false, 10, &config), HealthEvent::Ejected { until_ns: 10 + 1000 * MS });
         assert!(h.is_ejected(10 + 999 * MS));
         assert!(!h.is_ejected(10 + 1000 * MS));
-        // Back, fails again: twice as long.
+        // Back on probation: the first failure ejects again, twice as long.
         let t = 2000 * MS;
-        for _ in 0..4 {
-            h.record(false, t, &config);
-        }
         assert_eq!(h.record(false, t, &config), HealthEvent::Ejected { until_ns: t + 2000 * MS });
+        // Back again and healthy: probation ends, a streak is needed again.
+        let t = t + 2000 * MS;
+        assert_eq!(h.record(true, t, &config), HealthEvent::None);
+        assert!(!h.probation);
+        for _ in 0..4 {
+            assert_eq!(h.record(false, t, &config), HealthEvent::None);
+        }
+        assert_eq!(h.record(false, t, &config), HealthEvent::Ejected { until_ns: t + 4000 * MS });
     }
 
     #[test]

@@ -33,6 +33,7 @@ const MODULE: &str = r#"
   (data (i32.const 112) "ticks")
   (data (i32.const 128) "upstream")
   (data (i32.const 160) "printed line\n")
+  (data (i32.const 256) "xds\00node\00metadata\00CLUSTER_ID")
   ;; headers for the http call: :method GET, :path /, :authority a
   (data (i32.const 192) "\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\01\00\00\00\0a\00\00\00\01\00\00\00:method\00GET\00:path\00/\00:authority\00a\00")
   (global $ticks (mut i32) (i32.const 0))
@@ -69,6 +70,8 @@ const MODULE: &str = r#"
   (func (export "t_log") (result i32) (call $log (i32.const 3) (i32.const 48) (i32.const 14)))
   (func (export "t_cluster_id") (result i32)
     (call $get_property (i32.const 64) (i32.const 24) (i32.const 1024) (i32.const 1028)))
+  (func (export "t_xds_cluster_id") (result i32)
+    (call $get_property (i32.const 256) (i32.const 28) (i32.const 1024) (i32.const 1028)))
   (func (export "t_bad_pointer") (result i32)
     (call $log (i32.const 2) (i32.const 0x7fff0000) (i32.const 100)))
   (func (export "t_start_tick") (result i32) (call $set_tick (i32.const 1000)))
@@ -170,6 +173,19 @@ fn node_metadata_property_is_the_raw_string() {
     assert_eq!(host.call_export_i32(0, "t_last_size", &[]).unwrap(), Some(9));
     let mut missing = HostBuilder::new(module()).start().unwrap();
     assert_eq!(missing.call_export_i32(0, "t_cluster_id", &[]).unwrap(), Some(Status::NotFound.code()));
+}
+
+#[test]
+fn node_is_served_as_xds_node_and_optionally_only_so() {
+    // Envoy 1.40 serves the node as `xds.node`; older releases as `node`.
+    let mut both = HostBuilder::new(module()).cluster_id("cluster-a").start().unwrap();
+    assert_eq!(both.call_export_i32(0, "t_xds_cluster_id", &[]).unwrap(), Some(0));
+    assert_eq!(both.call_export_i32(0, "t_last_size", &[]).unwrap(), Some(9));
+    assert_eq!(both.call_export_i32(0, "t_cluster_id", &[]).unwrap(), Some(0));
+    let mut envoy_1_40 = HostBuilder::new(module()).cluster_id("cluster-a").legacy_node(false).start().unwrap();
+    assert_eq!(envoy_1_40.call_export_i32(0, "t_xds_cluster_id", &[]).unwrap(), Some(0));
+    assert_eq!(envoy_1_40.call_export_i32(0, "t_last_size", &[]).unwrap(), Some(9));
+    assert_eq!(envoy_1_40.call_export_i32(0, "t_cluster_id", &[]).unwrap(), Some(Status::NotFound.code()));
 }
 
 #[test]

@@ -50,6 +50,7 @@ pub struct HostBuilder {
     plugin_config: Vec<u8>,
     workers: usize,
     node: NodeInfo,
+    legacy_node: bool,
     extra_properties: BTreeMap<String, PropValue>,
     env: Vec<(String, String)>,
     seed: u64,
@@ -70,6 +71,7 @@ impl HostBuilder {
             plugin_config: Vec::new(),
             workers: 1,
             node: NodeInfo::default(),
+            legacy_node: true,
             extra_properties: BTreeMap::new(),
             env: Vec::new(),
             seed: DEFAULT_SEED,
@@ -132,7 +134,15 @@ impl HostBuilder {
         self.node.locality = Locality::new(region, zone, sub_zone);
         self
     }
-    /// Any other top-level property (e.g. `listener_direction`).
+    /// Whether the node is also served as the top-level `node` property, as
+    /// Envoy before 1.40 does (default `true`). It is always served as
+    /// `xds.node`, as Envoy 1.40 serves it; `false` emulates 1.40 exactly.
+    pub fn legacy_node(mut self, on: bool) -> Self {
+        self.legacy_node = on;
+        self
+    }
+    /// Any other top-level property (e.g. `listener_direction`). An `xds`
+    /// map given here is merged with the `xds.node` the host serves.
     pub fn property(mut self, name: &str, value: PropValue) -> Self {
         self.extra_properties.insert(name.into(), value);
         self
@@ -179,6 +189,7 @@ impl HostBuilder {
             root_id: self.root_id.clone(),
             plugin_name: self.plugin_name.clone(),
             node: self.node.clone(),
+            legacy_node: self.legacy_node,
             extra_properties: self.extra_properties.clone(),
         });
         let mut workers = Vec::new();

@@ -166,7 +166,16 @@ fn get_property(state: &VmState, raw_path: &[u8]) -> HostResult<Vec<u8>> {
     let plugin = &state.plugin;
     let top = segs[0].as_str();
     let root: PropValue = match top {
-        "node" => plugin.node.to_value(),
+        "node" if plugin.legacy_node => plugin.node.to_value(),
+        // Envoy 1.40 serves the node under the xDS attributes.
+        "xds" => {
+            let mut fields = match plugin.extra_properties.get("xds") {
+                Some(PropValue::Map(m)) => m.clone(),
+                _ => BTreeMap::new(),
+            };
+            fields.entry("node".to_string()).or_insert_with(|| plugin.node.to_value());
+            PropValue::Map(fields)
+        }
         "plugin_name" => PropValue::String(plugin.plugin_name.clone()),
         "plugin_root_id" => PropValue::String(plugin.root_id.clone()),
         "plugin_vm_id" => PropValue::String(plugin.vm_id.clone()),

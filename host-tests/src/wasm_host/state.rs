@@ -192,6 +192,9 @@ pub struct PluginInfo {
     pub root_id: String,
     pub plugin_name: String,
     pub node: NodeInfo,
+    /// Whether the node is also served as the top-level `node` property
+    /// (Envoy before 1.40); it is always served as `xds.node`.
+    pub legacy_node: bool,
     /// Extra top-level properties (e.g. `xds`, `listener_direction`).
     pub extra_properties: BTreeMap<String, PropValue>,
 }
