@@ -10,8 +10,10 @@
 //!   drawn by effective weight, and the better-scored one wins —
 //!   power-of-two-choices, so a stale score cannot herd a worker's traffic
 //!   onto one destination. When the latency and load factors are off the
-//!   scores cannot change between requests, so the first draw is taken as
-//!   is: a static canary split is exact, not bent by P2C;
+//!   scores cannot change between requests, and the choice is smooth
+//!   weighted round-robin (nginx's algorithm) instead: a static canary split
+//!   is then exact over any window, not just on average, and not bent by
+//!   P2C;
 //! - a chosen destination that is ejected fails over (`failover`); when no
 //!   destination is usable the request goes to the mesh's default route.
 //!
@@ -115,6 +117,8 @@ pub struct Service {
     inputs: Vec<FactorInputs>,
     scores: Vec<f64>,
     effective: Vec<f64>,
+    /// Smooth weighted round-robin state (static mode).
+    rotation: Vec<f64>,
 }
 
 /// What ended a request, for health accounting.
@@ -192,6 +196,7 @@ impl Engine {
                     inputs: Vec::with_capacity(n),
                     scores: vec![0.0; n],
                     effective: vec![0.0; n],
+                    rotation: vec![0.0; n],
                 }
             })
             .collect();
@@ -400,6 +405,33 @@ fn choose_by_affinity(svc: &mut Service, key: &[u8], now_ns: u64) -> (Option<usi
     }
 }
 
+/// Smooth weighted round-robin: every candidate gains its weight, the
+/// leader is chosen and pays back the total. Over any `total` consecutive
+/// picks each candidate is chosen in proportion to its weight, interleaved
+/// rather than in bursts.
+fn smooth_weighted_round_robin(weights: &[f64], rotation: &mut [f64]) -> Option<usize> {
+    let mut total = 0.0;
+    let mut best: Option<usize> = None;
+    for i in 0..weights.len().min(rotation.len()) {
+        let w = weights[i];
+        if !(w > 0.0) {
+            continue;
+        }
+        rotation[i] += w;
+        total += w;
+        if best.is_none_or(|b| rotation[i] > rotation[b]) {
+            best = Some(i);
+        }
+    }
+    if let Some(b) = best {
+        rotation[b] -= total;
+    }
+    best
+}
+
+/// Relative score difference below which P2C keeps its first draw.
+const SCORE_TIE: f64 = 0.05;
+
 fn choose_by_score(
     svc: &mut Service,
     rng: &mut Rng,
@@ -418,12 +450,12 @@ fn choose_by_score(
     for ((e, d), s) in svc.effective.iter_mut().zip(&svc.destinations).zip(&svc.scores) {
         *e = d.weight * s.powf(sharpness);
     }
+    if svc.static_only {
+        return (smooth_weighted_round_robin(&svc.effective, &mut svc.rotation), Reason::Static);
+    }
     let Some(first) = rng.weighted_index(&svc.effective) else {
         return (None, Reason::MeshDefault);
     };
-    if svc.static_only {
-        return (Some(first), Reason::Static);
-    }
     let Some(second) = rng.weighted_index(&svc.effective) else {
         return (Some(first), Reason::Score);
     };
@@ -434,7 +466,11 @@ fn choose_by_score(
             svc.scores[i]
         }
     };
-    let choice = if rank(second) > rank(first) { second } else { first };
+    // Scores within a few percent are a tie and the first draw stands: the
+    // idle decay makes whichever destination served last look a hair
+    // slower, and a strict comparison would turn that noise into a steady
+    // drift away from the configured weights.
+    let choice = if rank(second) > rank(first) * (1.0 + SCORE_TIE) { second } else { first };
     (Some(choice), Reason::Score)
 }
 
@@ -474,8 +510,12 @@ mod tests {
         }
         for (c, w) in counts.iter().zip([70.0, 20.0, 10.0]) {
             let pct = f64::from(*c) / f64::from(n as u32) * 100.0;
-            assert!((pct - w).abs() <= 0.4, "{pct} vs {w}: {counts:?}");
+            assert!((pct - w).abs() <= 0.1, "{pct} vs {w}: {counts:?}");
         }
+        // Exact over any window of 100 (the weights' total), interleaved.
+        let window: Vec<usize> = (0..100).filter_map(|i| e.decide(0, None, i).destination).collect();
+        assert_eq!(window.iter().filter(|d| **d == 2).count(), 10);
+        assert!(window.windows(2).filter(|w| w[0] == 2 && w[1] == 2).count() == 0, "{window:?}");
     }
 
     #[test]
@@ -547,6 +587,23 @@ mod tests {
         assert_eq!((d.destination, d.reason), (None, Reason::MeshDefault));
         let d = e.decide(0, Some(b"k"), 5);
         assert_eq!(d.destination, None);
+    }
+
+    #[test]
+    fn equal_latencies_keep_the_static_split_under_p2c() {
+        let mut e = engine(&three(r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#, ""));
+        let mut counts = [0u32; 3];
+        let mut now = 0;
+        for _ in 0..20_000 {
+            now += MS;
+            let d = e.decide(0, None, now).destination.expect("chosen");
+            counts[d] += 1;
+            e.observe(0, d, Outcome::Status(200), 5 * MS, now);
+        }
+        for (c, w) in counts.iter().zip([70.0, 20.0, 10.0]) {
+            let pct = f64::from(*c) / 200.0;
+            assert!((pct - w).abs() < 3.0, "{pct} vs {w}: {counts:?}");
+        }
     }
 
     #[test]

@@ -209,9 +209,17 @@ fn latency_only_with_equal_latencies_the_split_follows_the_static_weights() {
     for _ in 0..n {
         *counts.entry(serve(&mut host, 0, &req, |_| (ms(5), 200)).0.expect("routed")).or_default() += 1;
     }
+    // Equal latencies must not bend the split. (P2C comparing scores that
+    // differ only by the idle decay of the peak-EWMA — the destination
+    // served last looks a hair slower — pulls it toward uniform: 44/31/25.)
     for (name, expected) in [("a", 0.50), ("b", 0.30), ("c", 0.20)] {
         let got = share(&counts, name);
-        assert!((got - expected).abs() < 0.03, "{name}: {:.1}% (weight {:.0}%): {counts:?}", got * 100.0, expected * 100.0);
+        assert!(
+            (got - expected).abs() < 0.03,
+            "{name}: {:.1}% (weight {:.0}%): {counts:?} — P2C must treat near-equal scores as a tie",
+            got * 100.0,
+            expected * 100.0
+        );
     }
 }
 
@@ -416,6 +424,45 @@ fn five_503s_eject_for_1s_then_2s_and_failover_prefers_the_same_zone() {
     // A third ejection doubles again (4 s).
     fail_until_ejected(&mut host, &["east"], ejections);
     assert!(host.logged("ejected reviews/east for 4000 ms"), "{}", host.logs_text());
+}
+
+#[test]
+fn back_on_probation_the_first_failure_re_ejects_for_twice_as_long() {
+    let mut host = ejection_host(&ejection_config());
+    let ejections = "tideway.ejections.reviews.east";
+    let to_east = |h: &Host| -> u64 {
+        ["static", "failover", "score"].iter().map(|r| counter(h, &format!("tideway.requests.reviews.east.{r}"))).sum()
+    };
+    fail_until_ejected(&mut host, &["east"], ejections);
+    assert_eq!(to_east(&host), 5);
+    // east is still down when it returns: one request finds out, and it is
+    // out again at once, for 2 s, then 4 s.
+    for (n, backoff_ms) in [(2u64, 2000u64), (3, 4000)] {
+        let previous_ms = backoff_ms / 2;
+        host.advance(ms(previous_ms - 1)).unwrap();
+        let sent = to_east(&host);
+        burst(&mut host, 60, &["east"]);
+        assert_eq!(to_east(&host), sent, "east got traffic before its return");
+        host.advance(ms(1)).unwrap();
+        let counts = burst(&mut host, 60, &["east"]);
+        assert_eq!(tally(&counts, "east"), 1, "on probation one failure re-ejects: {counts:?}");
+        assert_eq!(counter(&host, ejections), n);
+        assert!(host.logged(&format!("ejected reviews/east for {backoff_ms} ms")), "{}", host.logs_text());
+    }
+    // Back after 4 s and healthy: one success ends the probation, and a
+    // single failure no longer ejects.
+    host.advance(ms(4000)).unwrap();
+    let mut healthy = 0;
+    while healthy == 0 {
+        healthy = tally(&burst(&mut host, 1, &[]), "east");
+    }
+    let req = request("reviews", "/");
+    let mut failed = 0;
+    while failed < 3 {
+        let (d, _) = serve(&mut host, 0, &req, |d| (Duration::ZERO, if d == Some("east") { 503 } else { 200 }));
+        failed += u32::from(d.as_deref() == Some("east"));
+    }
+    assert_eq!(counter(&host, ejections), 3, "three failures after a success do not eject");
 }
 
 #[test]
