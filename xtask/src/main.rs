@@ -253,6 +253,19 @@ fn wasm_route() -> Result<WasmRoute> {
     }
 }
 
+/// `cargo build` arguments shared by both routes.
+const WASM_BUILD_ARGS: &[&str] = &[
+    "build",
+    "-p",
+    "tideway-filter",
+    "-p",
+    NOOP_PACKAGE,
+    "--profile",
+    WASM_PROFILE,
+    "--target",
+    WASM_TARGET,
+];
+
 fn build_wasm(root: &Path) -> Result<PathBuf> {
     let route = wasm_route()?;
     let started = Instant::now();
@@ -261,17 +274,7 @@ fn build_wasm(root: &Path) -> Result<PathBuf> {
             step(&format!("building the filter for {WASM_TARGET} (route: rustup target)"));
             let target_dir = root.join("target");
             run(
-                Command::new(env!("CARGO")).current_dir(root).args([
-                    "build",
-                    "-p",
-                    "tideway-filter",
-                    "-p",
-                    NOOP_PACKAGE,
-                    "--profile",
-                    WASM_PROFILE,
-                    "--target",
-                    WASM_TARGET,
-                ]),
+                Command::new(env!("CARGO")).current_dir(root).args(WASM_BUILD_ARGS),
                 "cargo build (wasm32-wasip1, rustup)",
             )?;
             target_dir
@@ -304,18 +307,8 @@ fn build_wasm(root: &Path) -> Result<PathBuf> {
                         format!("-L/usr/lib/wasm32-wasi -Clinker={}", lld.display()),
                     )
                     .env_remove("RUSTC_WRAPPER")
-                    .args([
-                        "build",
-                        "-p",
-                        "tideway-filter",
-                        "-p",
-                        NOOP_PACKAGE,
-                        "--profile",
-                        WASM_PROFILE,
-                        "--target",
-                        WASM_TARGET,
-                        "-Zbuild-std=std,panic_abort",
-                    ]),
+                    .args(WASM_BUILD_ARGS)
+                    .arg("-Zbuild-std=std,panic_abort"),
                 "cargo build (wasm32-wasip1, Debian rustc-web)",
             )?;
             target_dir
