@@ -103,6 +103,17 @@ pub struct Destination {
     pub shared_key: String,
 }
 
+impl Destination {
+    /// Not to be chosen now: ejected, or back on probation with its one
+    /// probe request still in flight (half-open, as a circuit breaker): a
+    /// destination that is still down then costs one failed request per
+    /// ejection period instead of every request sent before the probe's
+    /// answer.
+    pub fn is_blocked(&self, now_ns: u64) -> bool {
+        self.health.is_ejected(now_ns) || (self.health.probation && self.in_flight > 0)
+    }
+}
+
 /// One governed service.
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -266,7 +277,7 @@ impl Engine {
             None => choose_by_score(svc, &mut self.rng, now_ns, decay_ns, sharpness),
         };
         let decision = match choice {
-            Some(d) if svc.destinations[d].health.is_ejected(now_ns) => {
+            Some(d) if svc.destinations[d].is_blocked(now_ns) => {
                 match svc.failover.iter().copied().find(|&i| usable(&svc.destinations[i], now_ns)) {
                     Some(f) => Decision { service, destination: Some(f), reason: Reason::Failover },
                     None => Decision { service, destination: None, reason: Reason::MeshDefault },
@@ -377,7 +388,7 @@ impl Engine {
 }
 
 fn usable(d: &Destination, now_ns: u64) -> bool {
-    d.weight > 0.0 && !d.health.is_ejected(now_ns)
+    d.weight > 0.0 && !d.is_blocked(now_ns)
 }
 
 /// Weighted rendezvous over static weights. If the session's own
@@ -394,7 +405,7 @@ fn choose_by_affinity(svc: &mut Service, key: &[u8], now_ns: u64) -> (Option<usi
         if best.is_none_or(|(_, b)| s > b) {
             best = Some((i, s));
         }
-        if !d.health.is_ejected(now_ns) && best_usable.is_none_or(|(_, b)| s > b) {
+        if !d.is_blocked(now_ns) && best_usable.is_none_or(|(_, b)| s > b) {
             best_usable = Some((i, s));
         }
     }
@@ -460,7 +471,7 @@ fn choose_by_score(
         return (Some(first), Reason::Score);
     };
     let rank = |i: usize| {
-        if svc.destinations[i].health.is_ejected(now_ns) {
+        if svc.destinations[i].is_blocked(now_ns) {
             -1.0
         } else {
             svc.scores[i]
@@ -575,6 +586,31 @@ mod tests {
         // a's share fails over to b (same region), not c (other region).
         assert!(counts.get(&(Some(1), Reason::Failover)).copied().unwrap_or(0) > 6500, "{counts:?}");
         assert_eq!(counts.get(&(Some(2), Reason::Failover)), None, "{counts:?}");
+    }
+
+    #[test]
+    fn a_returning_destination_gets_one_probe_at_a_time() {
+        let mut e = engine(&three(static_weights(), ""));
+        for _ in 0..5 {
+            e.observe(0, 0, Outcome::Status(503), MS, 0);
+        }
+        let back = 1000 * MS;
+        let probe = loop {
+            let d = e.decide(0, None, back);
+            if d.destination == Some(0) {
+                break d;
+            }
+        };
+        assert_eq!(probe.reason, Reason::Static);
+        e.begin(0, 0);
+        for _ in 0..1000 {
+            assert_ne!(e.decide(0, None, back).destination, Some(0), "a second probe while the first is out");
+        }
+        e.observe(0, 0, Outcome::Status(200), MS, back + MS);
+        e.end(0, 0);
+        e.begin(0, 0);
+        // Healthy again: in-flight requests no longer block it.
+        assert!((0..100).any(|_| e.decide(0, None, back + MS).destination == Some(0)));
     }
 
     #[test]
