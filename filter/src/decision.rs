@@ -22,7 +22,7 @@
 
 use crate::affinity;
 use crate::authority::HostTable;
-use crate::config::{AffinitySource, FactorWeights, PluginConfig, SchedulerConfig};
+use crate::config::{AffinitySource, FactorWeights, PluginConfig};
 use crate::ewma::PeakEwma;
 use crate::failover;
 use crate::health::{Health, HealthEvent};
@@ -247,10 +247,6 @@ impl Engine {
         self.local = local;
     }
 
-    pub fn scheduler(&self) -> &SchedulerConfig {
-        &self.config.scheduler
-    }
-
     /// The service governing `authority`, if any.
     pub fn service_for(&self, authority: &[u8]) -> Option<usize> {
         self.hosts.lookup(authority)
@@ -276,7 +272,7 @@ impl Engine {
             Some(key) => choose_by_affinity(svc, key, now_ns),
             None => choose_by_score(svc, &mut self.rng, now_ns, decay_ns, sharpness),
         };
-        let decision = match choice {
+        match choice {
             Some(d) if svc.destinations[d].is_blocked(now_ns) => {
                 match svc.failover.iter().copied().find(|&i| usable(&svc.destinations[i], now_ns)) {
                     Some(f) => Decision { service, destination: Some(f), reason: Reason::Failover },
@@ -285,8 +281,7 @@ impl Engine {
             }
             Some(d) => Decision { service, destination: Some(d), reason },
             None => Decision { service, destination: None, reason: Reason::MeshDefault },
-        };
-        decision
+        }
     }
 
     /// A request was sent to `destination`: it now counts as in flight.
@@ -305,15 +300,15 @@ impl Engine {
         latency_ns: u64,
         now_ns: u64,
     ) -> HealthEvent {
-        let decay_ns = self.decay_ns;
-        let scheduler = self.config.scheduler.clone();
-        let Some(d) = self.dest_mut(service, destination) else {
+        // Split borrows: the config is read while a destination is written.
+        let Self { config, services, decay_ns, .. } = self;
+        let Some(d) = services.get_mut(service).and_then(|s| s.destinations.get_mut(destination)) else {
             return HealthEvent::None;
         };
         if let Outcome::Status(_) = outcome {
-            d.latency.observe(latency_ns as f64, now_ns, decay_ns);
+            d.latency.observe(latency_ns as f64, now_ns, *decay_ns);
         }
-        d.health.record(outcome.is_success(), now_ns, &scheduler)
+        d.health.record(outcome.is_success(), now_ns, &config.scheduler)
     }
 
     /// The request is over: it no longer counts as in flight.

@@ -179,7 +179,6 @@ struct Worker {
 
 struct Root {
     worker: Rc<RefCell<Worker>>,
-    configs_accepted: u64,
 }
 
 impl Root {
@@ -193,7 +192,6 @@ impl Root {
                 identity_pending: false,
                 spans: Vec::new(),
             })),
-            configs_accepted: 0,
         }
     }
 
@@ -284,8 +282,8 @@ impl RootContext for Root {
         let mut worker = self.worker.borrow_mut();
         let engine = Engine::new(config, local, u64::from_le_bytes(seed), worker.engine.as_ref());
         worker.metrics.define_for(&engine);
-        self.configs_accepted += 1;
-        let _ = hostcalls::record_metric(worker.metrics.generation, self.configs_accepted);
+        worker.generation += 1;
+        let _ = hostcalls::record_metric(worker.metrics.generation, worker.generation);
         let _ = hostcalls::record_metric(worker.metrics.hash, metrics::config_hash(&bytes));
         log(
             LogLevel::Info,
@@ -298,7 +296,6 @@ impl RootContext for Root {
         );
         worker.engine = Some(engine);
         worker.identity_pending = identity_pending;
-        worker.generation += 1;
         drop(worker);
         let _ = hostcalls::set_tick_period(tick);
         true

@@ -74,43 +74,39 @@ fn main() -> Result<()> {
             build_wasm(&root)?;
         }
         Cmd::Test { cargo_test_args } => {
-            let env = setup(&root)?;
-            let wasm = build_wasm(&root)?;
+            let mut cmd = prepared_cargo(&root)?;
             step("running the test suite (cargo test --workspace)");
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.current_dir(&root)
-                .args(["test", "--workspace"])
-                .args(&cargo_test_args)
-                .env("TIDEWAY_FILTER_WASM", &wasm)
-                .env("TIDEWAY_ENVOY", &env.envoy);
+            cmd.args(["test", "--workspace"]).args(&cargo_test_args);
             run(&mut cmd, "cargo test --workspace")?;
         }
         Cmd::Demo => {
-            let env = setup(&root)?;
-            let wasm = build_wasm(&root)?;
+            let mut cmd = prepared_cargo(&root)?;
             step("starting the demo fleet");
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.current_dir(&root)
-                .args(["run", "--quiet", "-p", "tideway-host-tests", "--bin", "tideway-demo"])
-                .env("TIDEWAY_FILTER_WASM", &wasm)
-                .env("TIDEWAY_ENVOY", &env.envoy);
+            cmd.args(["run", "--quiet", "-p", "tideway-host-tests", "--bin", "tideway-demo"]);
             run(&mut cmd, "tideway-demo")?;
         }
         Cmd::Bench { bench_args } => {
-            let env = setup(&root)?;
-            let wasm = build_wasm(&root)?;
+            let mut cmd = prepared_cargo(&root)?;
             step("running the benchmarks (tideway-bench, release build)");
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.current_dir(&root)
-                .args(["run", "--release", "--quiet", "-p", "tideway-host-tests", "--bin", "tideway-bench", "--"])
+            cmd.args(["run", "--release", "--quiet", "-p", "tideway-host-tests", "--bin", "tideway-bench", "--"])
                 .args(&bench_args)
-                .env("TIDEWAY_FILTER_WASM", &wasm)
-                .env("TIDEWAY_NOOP_WASM", root.join("target/tideway").join(NOOP_WASM))
-                .env("TIDEWAY_ENVOY", &env.envoy);
+                .env("TIDEWAY_NOOP_WASM", root.join("target/tideway").join(NOOP_WASM));
             run(&mut cmd, "tideway-bench")?;
         }
     }
     Ok(())
+}
+
+/// Set up, build the filter, and return a `cargo` command in the workspace
+/// that tells the tests, demo and benchmarks where the module and Envoy are.
+fn prepared_cargo(root: &Path) -> Result<Command> {
+    let env = setup(root)?;
+    let wasm = build_wasm(root)?;
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(root)
+        .env("TIDEWAY_FILTER_WASM", &wasm)
+        .env("TIDEWAY_ENVOY", &env.envoy);
+    Ok(cmd)
 }
 
 fn workspace_root() -> Result<PathBuf> {
