@@ -67,6 +67,17 @@ pub struct PluginConfig {
     /// Off by default: it reveals topology to clients.
     #[serde(default)]
     pub decision_header: bool,
+    /// Set `x-cluster-source`, `x-cluster-target` and `x-service-name` on
+    /// routed requests (the hop's annotations that tracing code reads). On
+    /// by default; each header costs Envoy a host call per request (about
+    /// 4k instructions, `cargo xtask bench -- --only instructions`), so a
+    /// mesh that does not read them can turn them off.
+    #[serde(default = "default_true")]
+    pub hop_headers: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_schema_version() -> u32 {
@@ -83,6 +94,7 @@ impl Default for PluginConfig {
             trust: TrustConfig::default(),
             tracing: crate::trace::TracingConfig::default(),
             decision_header: false,
+            hop_headers: true,
         }
     }
 }
@@ -511,6 +523,8 @@ mod tests {
         assert_eq!(service.destinations[1].cluster(), "west");
         assert_eq!(config.scheduler, SchedulerConfig::default());
         assert!(!config.trust.all_sources);
+        assert!(config.hop_headers, "the hop headers are on unless turned off");
+        assert_eq!(config, PluginConfig { services: config.services.clone(), ..PluginConfig::default() });
     }
 
     #[test]

@@ -351,6 +351,9 @@ impl Engine {
     pub fn sync_shared(&mut self, store: &mut dyn SharedStore, now_ns: u64) -> Vec<(String, shared_stats::DecodeError)> {
         const ATTEMPTS: usize = 4;
         let decay_ns = self.decay_ns;
+        // Long enough for the ejecting worker's probe to fail, that worker
+        // to tick (publishing the new ejection) and this one to tick.
+        let probe_grace_ns = self.config.scheduler.tick_ms.saturating_mul(3).saturating_mul(1_000_000);
         let mut bad = Vec::new();
         for svc in &mut self.services {
             for d in &mut svc.destinations {
@@ -372,7 +375,7 @@ impl Engine {
                     };
                     if store.set(&d.shared_key, &merged.encode(), cas).is_ok() {
                         d.latency = merged.latency;
-                        d.health.merge_ejection(merged.ejected_until_ns, merged.ejections);
+                        d.health.merge_ejection(merged.ejected_until_ns, merged.ejections, probe_grace_ns);
                         break;
                     }
                 }
@@ -690,6 +693,41 @@ mod tests {
         w2.sync_shared(&mut store, 30);
         assert!(w2.services[0].destinations[2].health.is_ejected(30));
         assert_eq!(w2.services[0].destinations[1].latency.raw_ns(), 80.0 * MS as f64);
+    }
+
+    #[test]
+    fn only_the_ejecting_worker_probes_when_the_ejection_ends() {
+        let mut w1 = engine(&three(static_weights(), ""));
+        let mut w2 = engine(&three(static_weights(), ""));
+        let mut store = MemStore::default();
+        for _ in 0..5 {
+            w1.observe(0, 2, Outcome::Status(503), MS, 10);
+        }
+        let until = w1.services[0].destinations[2].health.ejected_until_ns;
+        assert!(until > 10);
+        w1.sync_shared(&mut store, 20);
+        w2.sync_shared(&mut store, 30);
+        let tick = w2.config.scheduler.tick_ms * MS;
+        let (d1, d2) = (&w1.services[0].destinations[2], &w2.services[0].destinations[2]);
+        // When the ejection ends, the worker that ejected may probe…
+        assert!(!d1.is_blocked(until));
+        // …the adopting one holds back for three ticks, then probes too.
+        assert!(d2.is_blocked(until));
+        assert!(d2.is_blocked(until + 3 * tick - 1));
+        assert!(!d2.is_blocked(until + 3 * tick));
+
+        // The probe fails: w1 ejects again for twice as long, publishes,
+        // and w2 adopts it before its grace is over.
+        w1.observe(0, 2, Outcome::Status(503), MS, until);
+        let again = w1.services[0].destinations[2].health.ejected_until_ns;
+        assert_eq!(again, until + 2000 * MS);
+        w1.sync_shared(&mut store, until + tick);
+        w2.sync_shared(&mut store, until + 2 * tick);
+        assert!(w2.services[0].destinations[2].is_blocked(until + 3 * tick));
+        assert!(!w1.services[0].destinations[2].is_blocked(again));
+        // The shared record carries the real end, never a worker's grace.
+        let shared = SharedStats::decode(&store.map[&w1.services[0].destinations[2].shared_key].0).expect("record");
+        assert_eq!(shared.ejected_until_ns, again);
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub struct Health {
     pub ejections: u32,
     /// Back from an ejection and not yet proven healthy.
     pub probation: bool,
+    /// For an ejection adopted from another worker: this worker does not
+    /// send the re-admission probe before this time (ns), leaving it to the
+    /// worker that ejected. See [`Health::merge_ejection`].
+    pub probe_not_before_ns: u64,
 }
 
 /// What recording an outcome did.
@@ -41,8 +45,10 @@ pub enum HealthEvent {
 }
 
 impl Health {
+    /// Not to be sent traffic: ejected, or (for an adopted ejection) the
+    /// ejecting worker's probe still has precedence.
     pub fn is_ejected(&self, now_ns: u64) -> bool {
-        now_ns < self.ejected_until_ns
+        now_ns < self.ejected_until_ns || now_ns < self.probe_not_before_ns
     }
 
     /// Record one response (or reset) outcome.
@@ -79,6 +85,8 @@ impl Health {
         self.ejections = self.ejections.saturating_add(1);
         let until_ns = now_ns.saturating_add(Self::backoff_ns(self.ejections, config));
         self.ejected_until_ns = until_ns;
+        // Ejected here: this worker probes first.
+        self.probe_not_before_ns = 0;
         // The destination comes back with a clean slate: it must fail
         // afresh to be ejected again (for longer).
         self.consecutive_failures = 0;
@@ -99,9 +107,20 @@ impl Health {
     }
 
     /// Adopt another worker's view: an ejection anywhere applies here too.
-    pub fn merge_ejection(&mut self, ejected_until_ns: u64, ejections: u32) {
+    ///
+    /// The adopting worker holds back for `probe_grace_ns` after the
+    /// ejection ends, so the worker that ejected sends the one
+    /// re-admission probe: if the destination is still down, that worker
+    /// ejects it again and this one adopts the new ejection before its own
+    /// grace ends. Without it every worker would probe at the same instant,
+    /// and a destination still down would cost one failed request per
+    /// worker per ejection period instead of one. The shared record keeps
+    /// the real end of the ejection; the grace is this worker's alone, so
+    /// it never compounds through the merge.
+    pub fn merge_ejection(&mut self, ejected_until_ns: u64, ejections: u32, probe_grace_ns: u64) {
         if ejected_until_ns > self.ejected_until_ns {
             self.ejected_until_ns = ejected_until_ns;
+            self.probe_not_before_ns = ejected_until_ns.saturating_add(probe_grace_ns);
             self.probation = true;
             self.consecutive_failures = 0;
             self.error_rate = 0.0;

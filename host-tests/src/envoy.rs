@@ -51,6 +51,9 @@ pub struct EnvoySpec {
     /// A `hash_policy` on the default route hashing this request header
     /// (for `RING_HASH` / `MAGLEV` session affinity).
     pub hash_header: Option<String>,
+    /// A command Envoy runs under (e.g. `valgrind --tool=callgrind …`);
+    /// empty = Envoy itself. Start-up may then take minutes.
+    pub command_prefix: Vec<String>,
 }
 
 impl EnvoySpec {
@@ -70,6 +73,7 @@ impl EnvoySpec {
             mesh_default_weights: Vec::new(),
             outlier_detection: None,
             hash_header: None,
+            command_prefix: Vec::new(),
         }
     }
 
@@ -221,7 +225,15 @@ impl Envoy {
         let admin_path = dir.path().join("admin-address");
         let log_path = dir.path().join("envoy.log");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&spec.bootstrap(dir.path()))?)?;
-        let child = Command::new(&binary)
+        let mut command = match spec.command_prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&binary);
+                c
+            }
+            None => Command::new(&binary),
+        };
+        let child = command
             .arg("-c")
             .arg(&config_path)
             .arg("--admin-address-path")
@@ -237,20 +249,21 @@ impl Envoy {
             .spawn()
             .with_context(|| format!("could not start Envoy at {}", binary.display()))?;
         let mut envoy = Self { child, port: 0, admin_port: 0, dir };
-        if let Err(e) = envoy.wait_ready(&admin_path) {
+        let ready_within = Duration::from_secs(if spec.command_prefix.is_empty() { 60 } else { 900 });
+        if let Err(e) = envoy.wait_ready(&admin_path, ready_within) {
             bail!("{e}\n--- tail of Envoy's log ---\n{}", envoy.log_tail(40));
         }
         Ok(envoy)
     }
 
-    fn wait_ready(&mut self, admin_path: &Path) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+    fn wait_ready(&mut self, admin_path: &Path, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!("Envoy exited during start-up ({status})");
             }
             if Instant::now() > deadline {
-                bail!("Envoy did not become ready within 60 s");
+                bail!("Envoy did not become ready within {} s", within.as_secs());
             }
             if self.admin_port == 0 {
                 if let Ok(address) = std::fs::read_to_string(admin_path) {

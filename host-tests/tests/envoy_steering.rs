@@ -97,7 +97,14 @@ fn static_split_70_20_10_within_one_point() {
         let pct = f64::from(counts.get(name).copied().unwrap_or(0)) / f64::from(n) * 100.0;
         assert!((pct - expected).abs() <= 0.1, "{name}: {pct:.2}% (expected {expected}%): {counts:?}");
     }
-    let static_east = fleet.envoy.stat("wasmcustom.tideway.requests.reviews.east.static").expect("stat");
+    // The filter adds its counts to Envoy's counters on the tick (100 ms).
+    let name = "wasmcustom.tideway.requests.reviews.east.static";
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut static_east = fleet.envoy.stat(name).expect("stat");
+    while static_east != u64::from(counts["east"]) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        static_east = fleet.envoy.stat(name).expect("stat");
+    }
     assert_eq!(u64::from(counts["east"]), static_east);
 }
 

@@ -63,6 +63,18 @@ fn config_rejected_with_message() {
 }
 
 #[test]
+fn hop_headers_off_leaves_only_the_routing_header() {
+    let mut config = canary_config(50.0, 50.0);
+    config["hopHeaders"] = json!(false);
+    let mut host = start(&config);
+    let ex = host.exchange(0, &request("reviews", "/r"), &[(":status", "200")]).unwrap();
+    assert!(ex.upstream_request.get(ROUTING_HEADER).is_some(), "still routed:\n{}", host.logs_text());
+    for name in ["x-cluster-source", "x-cluster-target", "x-service-name"] {
+        assert_eq!(ex.upstream_request.get(name), None, "{name} is set with hopHeaders off");
+    }
+}
+
+#[test]
 fn sets_routing_header_and_service_name() {
     let mut host = start(&canary_config(50.0, 50.0));
     let ex = host.exchange(0, &request("reviews", "/r"), &[(":status", "200")]).unwrap();
@@ -114,8 +126,14 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// A counter's value (0 when it was never defined).
-fn counter(host: &Host, name: &str) -> u64 {
+/// A counter's value (0 when it was never defined). The filter adds its
+/// per-request decision counts (`tideway.requests.*`) to the host's
+/// counters on the tick, so for those every worker ticks first; other
+/// counters are read as they are, without a tick's side effects.
+fn counter(host: &mut Host, name: &str) -> u64 {
+    if name.starts_with("tideway.requests.") {
+        host.tick_all().expect("tick");
+    }
     host.metric(name).map_or(0, |m| m.value)
 }
 
@@ -195,8 +213,8 @@ fn latency_only_a_ten_times_slower_destination_gets_under_5_percent() {
     // The fast ones split the rest by their equal weights.
     let (a, b) = (share(&counts, "a"), share(&counts, "b"));
     assert!(a > 0.35 && b > 0.35, "{counts:?}");
-    assert!(counter(&host, "tideway.requests.reviews.a.score") > 0);
-    assert_eq!(counter(&host, "tideway.requests.reviews.a.static"), 0, "dynamic weights never decide statically");
+    assert!(counter(&mut host, "tideway.requests.reviews.a.score") > 0);
+    assert_eq!(counter(&mut host, "tideway.requests.reviews.a.static"), 0, "dynamic weights never decide statically");
 }
 
 #[test]
@@ -235,8 +253,8 @@ fn static_weights_decide_with_reason_static_whatever_the_latency() {
         *counts.entry(d.expect("routed")).or_default() += 1;
     }
     assert!((share(&counts, "a") - 0.80).abs() < 0.025, "{counts:?}");
-    assert_eq!(counter(&host, "tideway.requests.reviews.a.static"), u64::from(tally(&counts, "a")));
-    assert_eq!(counter(&host, "tideway.requests.reviews.b.static"), u64::from(tally(&counts, "b")));
+    assert_eq!(counter(&mut host, "tideway.requests.reviews.a.static"), u64::from(tally(&counts, "a")));
+    assert_eq!(counter(&mut host, "tideway.requests.reviews.b.static"), u64::from(tally(&counts, "b")));
 }
 
 // --- 2. session affinity ----------------------------------------------------------
@@ -269,7 +287,7 @@ fn a_session_key_maps_to_one_destination_across_requests_and_workers() {
             host.tick_all().unwrap();
         }
     }
-    assert_eq!(counter(&host, &format!("tideway.requests.reviews.{home}.affinity")), 1001);
+    assert_eq!(counter(&mut host, &format!("tideway.requests.reviews.{home}.affinity")), 1001);
 
     // Many keys: each sticks, and together they spread by weight.
     let mut homes: BTreeMap<String, String> = BTreeMap::new();
@@ -379,11 +397,11 @@ fn burst(host: &mut Host, n: u32, failing: &[&str]) -> BTreeMap<String, u32> {
 fn five_503s_eject_for_1s_then_2s_and_failover_prefers_the_same_zone() {
     let mut host = ejection_host(&ejection_config());
     let ejections = "tideway.ejections.reviews.east";
-    let failover = |h: &Host, d: &str| counter(h, &format!("tideway.requests.reviews.{d}.failover"));
+    let failover = |h: &mut Host, d: &str| counter(h, &format!("tideway.requests.reviews.{d}.failover"));
 
     fail_until_ejected(&mut host, &["east"], ejections);
-    assert_eq!(counter(&host, ejections), 1);
-    assert_eq!(counter(&host, "tideway.requests.reviews.east.static"), 5, "exactly 5 consecutive 503s eject");
+    assert_eq!(counter(&mut host, ejections), 1);
+    assert_eq!(counter(&mut host, "tideway.requests.reviews.east.static"), 5, "exactly 5 consecutive 503s eject");
     assert!(host.logged("ejected reviews/east for 1000 ms"), "{}", host.logs_text());
 
     // Ejected for [t, t+1s): no request reaches east; its share fails over
@@ -396,9 +414,9 @@ fn five_503s_eject_for_1s_then_2s_and_failover_prefers_the_same_zone() {
     host.advance(ms(9)).unwrap(); // t + 999 ms
     let counts = burst(&mut host, 60, &["east"]);
     assert_eq!(tally(&counts, "east"), 0, "east got traffic 1 ms before its return: {counts:?}");
-    assert!(failover(&host, "near") > 150, "east's third of ~650 requests fails over to near: {}", failover(&host, "near"));
-    assert_eq!(failover(&host, "mid"), 0, "the same zone comes before the same region");
-    assert_eq!(failover(&host, "east"), 0);
+    assert!(failover(&mut host, "near") > 150, "east's third of ~650 requests fails over to near: {}", failover(&mut host, "near"));
+    assert_eq!(failover(&mut host, "mid"), 0, "the same zone comes before the same region");
+    assert_eq!(failover(&mut host, "east"), 0);
 
     // t + 1 s: east is back.
     host.advance(ms(1)).unwrap();
@@ -407,7 +425,7 @@ fn five_503s_eject_for_1s_then_2s_and_failover_prefers_the_same_zone() {
 
     // It fails again: the second ejection lasts twice as long.
     fail_until_ejected(&mut host, &["east"], ejections);
-    assert_eq!(counter(&host, ejections), 2);
+    assert_eq!(counter(&mut host, ejections), 2);
     assert!(host.logged("ejected reviews/east for 2000 ms"), "{}", host.logs_text());
     for _ in 0..19 {
         host.advance(ms(100)).unwrap();
@@ -419,7 +437,7 @@ fn five_503s_eject_for_1s_then_2s_and_failover_prefers_the_same_zone() {
     host.advance(ms(1)).unwrap(); // t2 + 2 s
     let counts = burst(&mut host, 60, &[]);
     assert!(tally(&counts, "east") > 5, "east is back at +2 s: {counts:?}");
-    assert_eq!(counter(&host, ejections), 2);
+    assert_eq!(counter(&mut host, ejections), 2);
 
     // A third ejection doubles again (4 s).
     fail_until_ejected(&mut host, &["east"], ejections);
@@ -430,23 +448,23 @@ fn five_503s_eject_for_1s_then_2s_and_failover_prefers_the_same_zone() {
 fn back_on_probation_the_first_failure_re_ejects_for_twice_as_long() {
     let mut host = ejection_host(&ejection_config());
     let ejections = "tideway.ejections.reviews.east";
-    let to_east = |h: &Host| -> u64 {
+    let to_east = |h: &mut Host| -> u64 {
         ["static", "failover", "score"].iter().map(|r| counter(h, &format!("tideway.requests.reviews.east.{r}"))).sum()
     };
     fail_until_ejected(&mut host, &["east"], ejections);
-    assert_eq!(to_east(&host), 5);
+    assert_eq!(to_east(&mut host), 5);
     // east is still down when it returns: one request finds out, and it is
     // out again at once, for 2 s, then 4 s.
     for (n, backoff_ms) in [(2u64, 2000u64), (3, 4000)] {
         let previous_ms = backoff_ms / 2;
         host.advance(ms(previous_ms - 1)).unwrap();
-        let sent = to_east(&host);
+        let sent = to_east(&mut host);
         burst(&mut host, 60, &["east"]);
-        assert_eq!(to_east(&host), sent, "east got traffic before its return");
+        assert_eq!(to_east(&mut host), sent, "east got traffic before its return");
         host.advance(ms(1)).unwrap();
         let counts = burst(&mut host, 60, &["east"]);
         assert_eq!(tally(&counts, "east"), 1, "on probation one failure re-ejects: {counts:?}");
-        assert_eq!(counter(&host, ejections), n);
+        assert_eq!(counter(&mut host, ejections), n);
         assert!(host.logged(&format!("ejected reviews/east for {backoff_ms} ms")), "{}", host.logs_text());
     }
     // Back after 4 s and healthy: one success ends the probation, and a
@@ -462,7 +480,7 @@ fn back_on_probation_the_first_failure_re_ejects_for_twice_as_long() {
         let (d, _) = serve(&mut host, 0, &req, |d| (Duration::ZERO, if d == Some("east") { 503 } else { 200 }));
         failed += u32::from(d.as_deref() == Some("east"));
     }
-    assert_eq!(counter(&host, ejections), 3, "three failures after a success do not eject");
+    assert_eq!(counter(&mut host, ejections), 3, "three failures after a success do not eject");
 }
 
 #[test]
@@ -482,15 +500,15 @@ fn failover_goes_same_zone_then_same_region_then_mesh_default() {
     let counts = burst(&mut host, 200, &[]);
     assert_eq!(tally(&counts, "far"), 0, "{counts:?}");
     assert!(tally(&counts, "near") > 180, "far's traffic goes to the same zone: {counts:?}");
-    assert!(counter(&host, "tideway.requests.reviews.near.failover") > 180);
+    assert!(counter(&mut host, "tideway.requests.reviews.near.failover") > 180);
 
     // near fails too: the same region is next.
     fail_until_ejected(&mut host, &["far", "near"], "tideway.ejections.reviews.near");
-    let before = counter(&host, "tideway.requests.reviews.mid.failover");
+    let before = counter(&mut host, "tideway.requests.reviews.mid.failover");
     let counts = burst(&mut host, 200, &[]);
     assert_eq!(tally(&counts, "far") + tally(&counts, "near"), 0, "{counts:?}");
     assert_eq!(tally(&counts, "mid"), 200, "{counts:?}");
-    assert!(counter(&host, "tideway.requests.reviews.mid.failover") - before > 180);
+    assert!(counter(&mut host, "tideway.requests.reviews.mid.failover") - before > 180);
 
     // Everything ejected: no routing header, the mesh default serves.
     fail_until_ejected(&mut host, &["far", "near", "mid"], "tideway.ejections.reviews.mid");
@@ -498,7 +516,7 @@ fn failover_goes_same_zone_then_same_region_then_mesh_default() {
     assert_eq!(d, None, "no routing header when every destination is ejected");
     assert_eq!(forwarded.get("x-cluster-target"), None);
     assert_eq!(forwarded.get("x-service-name").as_deref(), Some("reviews"));
-    assert!(counter(&host, "tideway.requests.reviews.none.mesh_default") >= 1);
+    assert!(counter(&mut host, "tideway.requests.reviews.none.mesh_default") >= 1);
 }
 
 #[test]
@@ -510,8 +528,8 @@ fn an_explicit_failover_list_overrides_locality() {
     let mut host = ejection_host(&config);
     fail_until_ejected(&mut host, &["east"], "tideway.ejections.reviews.east");
     burst(&mut host, 300, &[]);
-    assert!(counter(&host, "tideway.requests.reviews.mid.failover") > 60);
-    assert_eq!(counter(&host, "tideway.requests.reviews.near.failover"), 0);
+    assert!(counter(&mut host, "tideway.requests.reviews.mid.failover") > 60);
+    assert_eq!(counter(&mut host, "tideway.requests.reviews.near.failover"), 0);
 }
 
 // --- 4. trace context -------------------------------------------------------------
@@ -675,7 +693,7 @@ fn span_mode_new_parent_id_downstream_and_the_exported_span_obeys_the_parent_id_
         assert_eq!(span["parentSpanId"], PARENT_ID, "the span's parent is the incoming parent-id");
         assert_eq!(span["spanId"].as_str(), Some(parent.as_str()), "the span is the downstream parent-id");
     }
-    assert_eq!(counter(&host, "tideway.spans.exported"), 3);
+    assert_eq!(counter(&mut host, "tideway.spans.exported"), 3);
     host.advance(host.tick_period(0) * 3).unwrap();
     assert_eq!(host.http_calls().len(), 1, "nothing new to export");
 }
@@ -783,7 +801,7 @@ fn an_ejection_on_one_worker_reaches_the_other_after_both_ticked() {
     let mut host = two_worker_host(static_only());
     let req = request("reviews", "/");
     let mut failures = 0;
-    while counter(&host, "tideway.ejections.reviews.east") == 0 {
+    while counter(&mut host, "tideway.ejections.reviews.east") == 0 {
         serve(&mut host, 0, &req, |d| (Duration::ZERO, if d == Some("east") { 503 } else { 200 }));
         failures += 1;
         assert!(failures < 100, "worker 0 never ejected east");
@@ -800,8 +818,8 @@ fn an_ejection_on_one_worker_reaches_the_other_after_both_ticked() {
     host.tick(1).unwrap();
     let after = east_share(&mut host, 1, 300, |_| (Duration::ZERO, 200));
     assert_eq!(after, 0.0, "worker 1 still routes to east after the merge");
-    assert!(counter(&host, "tideway.requests.reviews.west.failover") > 100);
-    assert_eq!(counter(&host, "tideway.ejections.reviews.east"), 1, "the merge adopts, it does not count again");
+    assert!(counter(&mut host, "tideway.requests.reviews.west.failover") > 100);
+    assert_eq!(counter(&mut host, "tideway.ejections.reviews.east"), 1, "the merge adopts, it does not count again");
 }
 
 #[test]
@@ -850,8 +868,8 @@ fn identity_is_read_from_xds_node_when_node_is_not_served() {
     assert!(!host.logged("reading property"), "{}", host.logs_text());
     fail_until_ejected(&mut host, &["far"], "tideway.ejections.reviews.far");
     burst(&mut host, 100, &[]);
-    assert!(counter(&host, "tideway.requests.reviews.near.failover") > 80, "{:?}", host.metrics());
-    assert_eq!(counter(&host, "tideway.requests.reviews.mid.failover"), 0);
+    assert!(counter(&mut host, "tideway.requests.reviews.near.failover") > 80, "{:?}", host.metrics());
+    assert_eq!(counter(&mut host, "tideway.requests.reviews.mid.failover"), 0);
 }
 
 proptest! {

@@ -19,6 +19,11 @@ const WASM_PROFILE: &str = "wasm-release";
 const NOOP_PACKAGE: &str = "tideway-noop-filter";
 const NOOP_ARTEFACT: &str = "tideway_noop_filter.wasm";
 const NOOP_WASM: &str = "noop_filter.wasm";
+/// The instruction benchmark's probe filter (package `tideway-probe-filter`):
+/// makes the host calls its configuration lists, to price each one.
+const PROBE_PACKAGE: &str = "tideway-probe-filter";
+const PROBE_ARTEFACT: &str = "tideway_probe_filter.wasm";
+const PROBE_WASM: &str = "probe_filter.wasm";
 /// Debian packages of the fallback wasm route (Debian's rustc with its std
 /// sources, and wasi-libc to link against).
 const DEBIAN_WASM_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "wasi-libc"];
@@ -33,6 +38,8 @@ const TEST_PACKAGES: &[&str] = &[
     "python3-venv",
     // wasm-opt, for the module size budget.
     "binaryen",
+    // callgrind, for the benchmark's instruction counts.
+    "valgrind",
 ];
 
 #[derive(Debug, Parser)]
@@ -90,7 +97,8 @@ fn main() -> Result<()> {
             step("running the benchmarks (tideway-bench, release build)");
             cmd.args(["run", "--release", "--quiet", "-p", "tideway-host-tests", "--bin", "tideway-bench", "--"])
                 .args(&bench_args)
-                .env("TIDEWAY_NOOP_WASM", root.join("target/tideway").join(NOOP_WASM));
+                .env("TIDEWAY_NOOP_WASM", root.join("target/tideway").join(NOOP_WASM))
+                .env("TIDEWAY_PROBE_WASM", root.join("target/tideway").join(PROBE_WASM));
             run(&mut cmd, "tideway-bench")?;
         }
     }
@@ -256,6 +264,8 @@ const WASM_BUILD_ARGS: &[&str] = &[
     "tideway-filter",
     "-p",
     NOOP_PACKAGE,
+    "-p",
+    PROBE_PACKAGE,
     "--profile",
     WASM_PROFILE,
     "--target",
@@ -337,6 +347,8 @@ fn build_wasm(root: &Path) -> Result<PathBuf> {
         noop_size,
         noop_size as f64 / 1024.0
     ));
+    let probe_artefact = built.join(WASM_TARGET).join(WASM_PROFILE).join(PROBE_ARTEFACT);
+    finish_module(&probe_artefact, &out_dir.join(PROBE_WASM))?;
     Ok(out)
 }
 

@@ -10,6 +10,9 @@
 //!   and which backend answered, for the steering runs);
 //! - [`wrk`]: runs `wrk` and parses its output (the filter-cost runs);
 //! - [`cost`]: the filter's cost (throughput, latency, memory, VM start);
+//! - [`instructions`]: the filter's cost in instructions per request,
+//!   counted by callgrind (exact where throughput is noisy), and the price
+//!   of each host call;
 //! - [`steering`]: Tideway against Envoy's own load balancers;
 //! - [`report`]: the markdown table and the JSON file;
 //! - [`machine`]: the environment every figure is reported with.
@@ -17,6 +20,7 @@
 //! All traffic goes to 127.0.0.1 only.
 
 pub mod cost;
+pub mod instructions;
 pub mod load;
 pub mod machine;
 pub mod report;
@@ -65,6 +69,19 @@ pub fn noop_wasm() -> PathBuf {
     assert!(
         path.exists(),
         "the no-op filter module {} does not exist: run `cargo xtask build-wasm` (or `cargo xtask bench`)",
+        path.display()
+    );
+    path
+}
+
+/// The probe filter module (`cargo xtask build-wasm` writes it).
+pub fn probe_wasm() -> PathBuf {
+    let path = std::env::var_os("TIDEWAY_PROBE_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::env::workspace_root().join("target/tideway/probe_filter.wasm"));
+    assert!(
+        path.exists(),
+        "the probe filter module {} does not exist: run `cargo xtask build-wasm` (or `cargo xtask bench`)",
         path.display()
     );
     path

@@ -6,9 +6,10 @@
 //! its command and the environment, to `target/tideway/bench/results.json`.
 //! Separate from the tests: numbers here are reported, not asserted.
 //!
-//! Usage: `tideway-bench [--quick] [--only cost|steering|latency|failure|split|affinity] [--scheduler JSON] [--out FILE]`.
-//! `--quick` makes short runs (a smoke test, ~3 minutes); the default full
-//! mode aims at ≤ 20 minutes on a 2-core machine. All load goes to 127.0.0.1.
+//! Usage: `tideway-bench [--quick] [--only cost|instructions|steering|latency|failure|split|affinity] [--scheduler JSON] [--out FILE]`.
+//! `--quick` makes short runs (a smoke test, ~8 minutes); the default full
+//! mode takes about 30 minutes on a 2-core machine, half of it Envoys
+//! starting under callgrind. All load goes to 127.0.0.1.
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ fn main() -> Result<()> {
             "--scheduler" => bench::steering::set_dynamic_scheduler(args.next().context("--scheduler needs a JSON object")?),
             "--out" => out = Some(PathBuf::from(args.next().context("--out needs a file")?)),
             "-h" | "--help" => {
-                println!("tideway-bench [--quick] [--only cost|steering|latency|failure|split|affinity] [--scheduler JSON] [--out FILE]");
+                println!("tideway-bench [--quick] [--only cost|instructions|steering|latency|failure|split|affinity] [--scheduler JSON] [--out FILE]");
                 println!("  --scheduler: Tideway's scheduler section for the dynamic steering runs");
                 return Ok(());
             }
@@ -35,8 +36,8 @@ fn main() -> Result<()> {
         }
     }
     if let Some(o) = &only {
-        if o != "cost" && o != "steering" && !bench::steering::PARTS.contains(&o.as_str()) {
-            bail!("--only takes cost, steering, {}; not {o:?}", bench::steering::PARTS.join(", "));
+        if o != "cost" && o != "instructions" && o != "steering" && !bench::steering::PARTS.contains(&o.as_str()) {
+            bail!("--only takes cost, instructions, steering, {}; not {o:?}", bench::steering::PARTS.join(", "));
         }
     }
     let mode = Mode { quick };
@@ -51,7 +52,10 @@ fn main() -> Result<()> {
     if only.is_none() || only.as_deref() == Some("cost") {
         sections.extend(bench::cost::run(mode)?);
     }
-    if only.as_deref() != Some("cost") {
+    if only.is_none() || only.as_deref() == Some("instructions") {
+        sections.push(bench::instructions::run(mode)?);
+    }
+    if only.as_deref() != Some("cost") && only.as_deref() != Some("instructions") {
         let part = only.as_deref().filter(|o| *o != "steering");
         sections.extend(bench::steering::run(mode, part)?);
     }
