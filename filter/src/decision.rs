@@ -345,44 +345,84 @@ impl Engine {
         out
     }
 
-    /// Merge every destination's statistics with the shared-data record
-    /// (compare-and-swap, a few retries). Returns the records that could not
-    /// be decoded (they are overwritten), for logging.
+    /// Merge every destination's record with the other workers' through
+    /// shared data (on the tick).
     pub fn sync_shared(&mut self, store: &mut dyn SharedStore, now_ns: u64) -> Vec<(String, shared_stats::DecodeError)> {
-        const ATTEMPTS: usize = 4;
         let decay_ns = self.decay_ns;
-        // Long enough for the ejecting worker's probe to fail, that worker
-        // to tick (publishing the new ejection) and this one to tick.
-        let probe_grace_ns = self.config.scheduler.tick_ms.saturating_mul(3).saturating_mul(1_000_000);
+        let grace_ns = self.probe_grace_ns();
         let mut bad = Vec::new();
         for svc in &mut self.services {
             for d in &mut svc.destinations {
-                let mine = SharedStats {
-                    latency: d.latency,
-                    ejected_until_ns: d.health.ejected_until_ns,
-                    ejections: d.health.ejections,
-                };
-                for _ in 0..ATTEMPTS {
-                    let (merged, cas) = match store.get(&d.shared_key) {
-                        Some((bytes, cas)) => match SharedStats::decode(&bytes) {
-                            Ok(theirs) => (mine.merge(&theirs, now_ns, decay_ns), Some(cas)),
-                            Err(e) => {
-                                bad.push((d.shared_key.clone(), e));
-                                (mine, Some(cas))
-                            }
-                        },
-                        None => (mine, None),
-                    };
-                    if store.set(&d.shared_key, &merged.encode(), cas).is_ok() {
-                        d.latency = merged.latency;
-                        d.health.merge_ejection(merged.ejected_until_ns, merged.ejections, probe_grace_ns);
-                        break;
-                    }
-                }
+                bad.extend(sync_destination(d, store, now_ns, decay_ns, grace_ns));
             }
         }
         bad
     }
+
+    /// Merge one destination's record now, after a failure of it.
+    ///
+    /// Why on failures and not only on the tick: every worker counts its
+    /// own failures, so when a destination goes down each worker would pay
+    /// its own streak of `ejectConsecutiveFailures` before ejecting it. A
+    /// failure is where a worker needs the others' news, and the only place
+    /// worth paying for it: the worker that ejects publishes at once, and
+    /// every other worker adopts the ejection at its next failure, not at
+    /// the next tick. Successes never touch shared data.
+    pub fn sync_after_failure(
+        &mut self,
+        store: &mut dyn SharedStore,
+        service: usize,
+        destination: usize,
+        now_ns: u64,
+    ) -> Option<(String, shared_stats::DecodeError)> {
+        let (decay_ns, grace_ns) = (self.decay_ns, self.probe_grace_ns());
+        let d = self.dest_mut(service, destination)?;
+        sync_destination(d, store, now_ns, decay_ns, grace_ns)
+    }
+
+    /// How long a worker that adopted an ejection leaves the re-admission
+    /// probe to the worker that ejected: long enough for that worker's
+    /// probe to fail, that worker to publish and this one to adopt, even if
+    /// both learn only on their ticks.
+    fn probe_grace_ns(&self) -> u64 {
+        self.config.scheduler.tick_ms.saturating_mul(3).saturating_mul(1_000_000)
+    }
+}
+
+/// Read-merge-write one destination's shared record (compare-and-swap,
+/// retried a few times against concurrent writers).
+fn sync_destination(
+    d: &mut Destination,
+    store: &mut dyn SharedStore,
+    now_ns: u64,
+    decay_ns: f64,
+    probe_grace_ns: u64,
+) -> Option<(String, shared_stats::DecodeError)> {
+    const ATTEMPTS: usize = 4;
+    let mine = SharedStats {
+        latency: d.latency,
+        ejected_until_ns: d.health.ejected_until_ns,
+        ejections: d.health.ejections,
+    };
+    let mut bad = None;
+    for _ in 0..ATTEMPTS {
+        let (merged, cas) = match store.get(&d.shared_key) {
+            Some((bytes, cas)) => match SharedStats::decode(&bytes) {
+                Ok(theirs) => (mine.merge(&theirs, now_ns, decay_ns), Some(cas)),
+                Err(e) => {
+                    bad = Some((d.shared_key.clone(), e));
+                    (mine, Some(cas))
+                }
+            },
+            None => (mine, None),
+        };
+        if store.set(&d.shared_key, &merged.encode(), cas).is_ok() {
+            d.latency = merged.latency;
+            d.health.merge_ejection(merged.ejected_until_ns, merged.ejections, probe_grace_ns);
+            break;
+        }
+    }
+    bad
 }
 
 fn usable(d: &Destination, now_ns: u64) -> bool {
@@ -728,6 +768,29 @@ mod tests {
         // The shared record carries the real end, never a worker's grace.
         let shared = SharedStats::decode(&store.map[&w1.services[0].destinations[2].shared_key].0).expect("record");
         assert_eq!(shared.ejected_until_ns, again);
+    }
+
+    #[test]
+    fn a_failure_adopts_another_workers_ejection_at_once() {
+        let mut w1 = engine(&three(static_weights(), ""));
+        let mut w2 = engine(&three(static_weights(), ""));
+        let mut store = MemStore::default();
+        // Both workers see the destination fail; w1 reaches the streak
+        // first and publishes the ejection with the failure that caused it.
+        w2.observe(0, 2, Outcome::Status(503), MS, 10);
+        w2.sync_after_failure(&mut store, 0, 2, 10);
+        for _ in 0..5 {
+            w1.observe(0, 2, Outcome::Status(503), MS, 11);
+            w1.sync_after_failure(&mut store, 0, 2, 11);
+        }
+        assert!(w1.services[0].destinations[2].is_blocked(12));
+        assert!(!w2.services[0].destinations[2].is_blocked(12), "w2 has not heard yet");
+        // w2's next failure, well before any tick, brings the news: it stops
+        // after 2 failures instead of its own 5.
+        w2.observe(0, 2, Outcome::Status(503), MS, 12);
+        w2.sync_after_failure(&mut store, 0, 2, 12);
+        assert!(w2.services[0].destinations[2].is_blocked(13));
+        assert_eq!(w2.services[0].destinations[2].health.ejections, 1, "adopted, not ejected twice");
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! and `addHeaderMapValue` in `source/extensions/common/wasm/context.cc`).
 //! Counters are kept in the VM and added to Envoy's on the tick, and trace
 //! ids come from a pool of host entropy refilled 4 KiB at a time. Shared
-//! data is touched only on the tick. Input never reaches a panic: header
+//! data is touched on the tick and after a failed request, never on a
+//! successful one. Input never reaches a panic: header
 //! values are bytes, and every host call's error is handled.
 //!
 //! The SDK's convenience getters (`get_http_request_header`) panic on
@@ -436,7 +437,15 @@ fn flush_spans(worker: &mut Worker) {
     }
 }
 
-/// Shared data through the host, for the tick-time merge.
+/// A failed request shares its destination's record at once (see
+/// `Engine::sync_after_failure`); successes never touch shared data.
+fn sync_after_failure(engine: &mut Engine, service: usize, destination: usize, now: u64) {
+    if let Some((key, error)) = engine.sync_after_failure(&mut HostSharedData, service, destination, now) {
+        log(LogLevel::Warn, &format!("tideway: replaced shared record {key}: {error}"));
+    }
+}
+
+/// Shared data through the host, for the merge on the tick and after a failure.
 struct HostSharedData;
 
 impl SharedStore for HostSharedData {
@@ -562,7 +571,11 @@ impl HttpContext for Request {
         if let Some(d) = decision.destination {
             let outcome = if status == 0 { Outcome::Reset } else { Outcome::Status(status) };
             let latency = now.saturating_sub(routed.started_ns);
-            if let HealthEvent::Ejected { until_ns } = engine.observe(decision.service, d, outcome, latency, now) {
+            let event = engine.observe(decision.service, d, outcome, latency, now);
+            if !outcome.is_success() {
+                sync_after_failure(engine, decision.service, d, now);
+            }
+            if let HealthEvent::Ejected { until_ns } = event {
                 let svc = &engine.services[decision.service];
                 if let Some(id) = metrics.ejections.get(decision.service).and_then(|e| e.get(d)) {
                     increment(*id);
@@ -605,6 +618,7 @@ impl HttpContext for Request {
             if !routed.responded {
                 let latency = now.saturating_sub(routed.started_ns);
                 engine.observe(decision.service, d, Outcome::Reset, latency, now);
+                sync_after_failure(engine, decision.service, d, now);
             }
             engine.end(decision.service, d);
         }

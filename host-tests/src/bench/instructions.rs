@@ -25,6 +25,7 @@
 
 use super::report::{Cmp, Figure, Section};
 use super::{wrk, Mode, HOST};
+use crate::backend::Backend;
 use crate::envoy::{Envoy, EnvoySpec};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -63,7 +64,9 @@ pub fn run(mode: Mode) -> Result<Section> {
     let script = super::out_dir().join("wrk-requests.lua");
     wrk::write_script(&script, HOST, 1000)?;
 
-    let variants = variants(mode, &out);
+    // Span export goes to a real loopback collector, as in the throughput runs.
+    let collector = Backend::start("collector", 2, false)?;
+    let variants = variants(mode, &out, collector.port);
     let seconds = mode.pick(5, 12);
     eprintln!(
         "[instructions] starting {} Envoys under callgrind (a few minutes), then {seconds} s idle + {seconds} s of load each",
@@ -174,7 +177,7 @@ pub fn run(mode: Mode) -> Result<Section> {
     Ok(section)
 }
 
-fn variants(mode: Mode, out: &Path) -> Vec<Variant> {
+fn variants(mode: Mode, out: &Path, collector_port: u16) -> Vec<Variant> {
     let mut n = 0;
     let mut spec = |config: Option<String>, wasm: Option<PathBuf>| {
         let mut spec = EnvoySpec::new("", &[("east", 9), ("west", 9), ("south", 9)]);
@@ -185,9 +188,7 @@ fn variants(mode: Mode, out: &Path) -> Vec<Variant> {
         spec.direct_response = true;
         spec.direct_response_all = true;
         spec.concurrency = 1;
-        // The span-export target is never reached (port 9); a failed export
-        // costs what a successful one does on this side.
-        spec.extra_clusters = vec![("otel-collector".to_string(), 9)];
+        spec.extra_clusters = vec![("otel-collector".to_string(), collector_port)];
         spec.command_prefix = vec![
             "valgrind".to_string(),
             "--tool=callgrind".to_string(),
