@@ -796,8 +796,9 @@ fn east_share(host: &mut Host, worker: usize, n: u32, upstream: impl Fn(Option<&
     f64::from(east) / f64::from(n)
 }
 
-#[test]
-fn an_ejection_on_one_worker_reaches_the_other_after_both_ticked() {
+/// Worker 0 fails east until it ejects it (publishing the ejection with the
+/// failure that caused it); returns the host.
+fn worker_0_ejects_east() -> Host {
     let mut host = two_worker_host(static_only());
     let req = request("reviews", "/");
     let mut failures = 0;
@@ -807,19 +808,38 @@ fn an_ejection_on_one_worker_reaches_the_other_after_both_ticked() {
         assert!(failures < 100, "worker 0 never ejected east");
     }
     assert_eq!(east_share(&mut host, 0, 100, |_| (Duration::ZERO, 200)), 0.0, "worker 0 ejected east");
-    // Worker 1 has not heard of it: no tick yet.
+    host
+}
+
+#[test]
+fn an_ejection_on_one_worker_reaches_the_other_at_its_next_tick() {
+    let mut host = worker_0_ejects_east();
+    // Worker 1 has not heard of it: successes never read shared data.
     let before = east_share(&mut host, 1, 200, |_| (Duration::ZERO, 200));
     assert!(before > 0.3, "worker 1 still routes to east before a tick: {before}");
-    // Worker 1's tick alone is not enough if worker 0 has not published yet…
-    host.tick(1).unwrap();
-    assert!(east_share(&mut host, 1, 100, |_| (Duration::ZERO, 200)) > 0.3);
-    // …worker 0 publishes, worker 1 adopts.
-    host.tick(0).unwrap();
+    // Worker 0 published when it ejected: worker 1's own tick is enough.
     host.tick(1).unwrap();
     let after = east_share(&mut host, 1, 300, |_| (Duration::ZERO, 200));
-    assert_eq!(after, 0.0, "worker 1 still routes to east after the merge");
+    assert_eq!(after, 0.0, "worker 1 still routes to east after its tick");
     assert!(counter(&mut host, "tideway.requests.reviews.west.failover") > 100);
     assert_eq!(counter(&mut host, "tideway.ejections.reviews.east"), 1, "the merge adopts, it does not count again");
+}
+
+#[test]
+fn an_ejection_on_one_worker_reaches_the_other_at_its_next_failure() {
+    let mut host = worker_0_ejects_east();
+    // No tick anywhere: worker 1's first failure at east brings the news,
+    // instead of its own streak of five.
+    let req = request("reviews", "/");
+    let mut sent_to_east = 0;
+    while sent_to_east == 0 {
+        if serve(&mut host, 1, &req, |d| (Duration::ZERO, if d == Some("east") { 503 } else { 200 })).0.as_deref() == Some("east") {
+            sent_to_east += 1;
+        }
+    }
+    let after = east_share(&mut host, 1, 300, |_| (Duration::ZERO, 200));
+    assert_eq!(after, 0.0, "worker 1 still routes to east after one failure there");
+    assert_eq!(counter(&mut host, "tideway.ejections.reviews.east"), 1, "adopted, not ejected again");
 }
 
 #[test]
