@@ -116,18 +116,14 @@ pub fn run(mode: Mode) -> Result<Vec<Section>> {
             .collect()
     };
     let command = results[0][0].command.replace(&format!(":{}/", envoys[0].port), ":<port>/");
-    let mut section = Section {
-        title: "Filter cost".to_string(),
-        commands: vec![
+    let mut section = Section::new(
+        "Filter cost",
+        vec![
             format!("{command}  (against each variant's Envoy; {rounds} rounds × {seconds} s, alternating)"),
             "envoy --concurrency 1, direct_response on every route; Lua script: 1000 pre-built requests with Host, traceparent, and x-user-id on every other one".to_string(),
         ],
-        columns: ["Variant", "req/s (median)", "p50 ms", "p99 ms", "req/s ÷ no-op (median of per-round ratios)", "non-2xx"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ..Section::default()
-    };
+        &["Variant", "req/s (median)", "p50 ms", "p99 ms", "req/s ÷ no-op (median of per-round ratios)", "non-2xx"],
+    );
     let mut raw = Vec::new();
     for (i, v) in variants.iter().enumerate() {
         let rps = median(&results[i].iter().map(|r| r.requests_per_sec).collect::<Vec<_>>());
@@ -250,16 +246,15 @@ fn memory_and_start(mode: Mode, script: &std::path::Path, collector_port: u16) -
     let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len() as f64).unwrap_or(f64::NAN);
     let filter_bytes = size(&variants[3].spec.wasm);
     let noop_bytes = size(&variants[1].spec.wasm);
-    let mut section = Section {
-        title: "Filter memory, size, start".to_string(),
-        commands: vec![
+    let mut section = Section::new(
+        "Filter memory, size, start",
+        vec![
             format!("{command}  (repeated until {target} requests passed Tideway (span export), envoy --concurrency 1)"),
             "RSS: VmRSS of the Envoy process from /proc/<pid>/status (V8 exposes no per-VM memory stat in Envoy's /stats)".to_string(),
             format!("start: Envoy spawn → /ready LIVE with its listener bound, median of {starts} starts per variant, alternating"),
         ],
-        columns: vec!["Variant".into(), "time to ready (median ms)".into(), "minus no filter (ms)".into()],
-        ..Section::default()
-    };
+        &["Variant", "time to ready (median ms)", "minus no filter (ms)"],
+    );
     for (i, v) in variants.iter().enumerate() {
         section.rows.push(vec![v.name.to_string(), format!("{:.0}", med[i]), format!("{:+.0}", med[i] - med[0])]);
     }

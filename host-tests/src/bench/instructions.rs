@@ -19,7 +19,8 @@
 //!
 //! Variants: no filter, the no-op filter, Tideway in its cost benchmark
 //! configuration (everything on; once propagating trace context, once also
-//! exporting spans), Tideway for a host it does not govern, and the probe
+//! exporting spans), the same without the hop headers, Tideway for a host it
+//! does not govern, and the probe
 //! filter making one host call per request, which, less the no-op, prices
 //! that call.
 
@@ -120,19 +121,15 @@ pub fn run(mode: Mode) -> Result<Section> {
     }
 
     let noop = measured[1].0;
-    let mut section = Section {
-        title: "Filter cost in instructions (callgrind)".to_string(),
-        commands: vec![
+    let mut section = Section::new(
+        "Filter cost in instructions (callgrind)",
+        vec![
             "valgrind --tool=callgrind --smc-check=all-non-file envoy --concurrency 1 …  (direct response on every route, as in the filter-cost runs)".to_string(),
             format!("per variant: {seconds} s idle, then {command} for {seconds} s; callgrind_control -z / -d around each window"),
             "instructions/request = (load − idle) ÷ requests served (Envoy's http.ingress.downstream_rq_total)".to_string(),
         ],
-        columns: ["Variant", "instructions/request", "minus no-op", "no-op ÷ variant", "requests measured", "idle M instr/s"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ..Section::default()
-    };
+        &["Variant", "instructions/request", "minus no-op", "no-op ÷ variant", "requests measured", "idle M instr/s"],
+    );
     let mut raw = Vec::new();
     for (v, (per_request, load, idle)) in variants.iter().zip(&measured) {
         section.rows.push(vec![
@@ -208,6 +205,11 @@ fn variants(mode: Mode, out: &Path, collector_port: u16) -> Vec<Variant> {
         Variant {
             name: "Tideway (trace spans + export)",
             spec: spec(Some(super::cost::tideway_config(true)), None),
+            prices: None,
+        },
+        Variant {
+            name: "Tideway (trace propagate), hopHeaders off",
+            spec: spec(Some(tideway.replacen('{', r#"{"hopHeaders":false,"#, 1)), None),
             prices: None,
         },
         Variant {

@@ -63,25 +63,23 @@ impl Mode {
 
 /// The no-op baseline filter module (`cargo xtask build-wasm` writes it).
 pub fn noop_wasm() -> PathBuf {
-    let path = std::env::var_os("TIDEWAY_NOOP_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::env::workspace_root().join("target/tideway/noop_filter.wasm"));
-    assert!(
-        path.exists(),
-        "the no-op filter module {} does not exist: run `cargo xtask build-wasm` (or `cargo xtask bench`)",
-        path.display()
-    );
-    path
+    built_module("TIDEWAY_NOOP_WASM", "noop_filter.wasm", "no-op")
 }
 
 /// The probe filter module (`cargo xtask build-wasm` writes it).
 pub fn probe_wasm() -> PathBuf {
-    let path = std::env::var_os("TIDEWAY_PROBE_WASM")
+    built_module("TIDEWAY_PROBE_WASM", "probe_filter.wasm", "probe")
+}
+
+/// A module `cargo xtask build-wasm` writes to `target/tideway/`, or the
+/// path in `env_var` (set by `cargo xtask bench`).
+fn built_module(env_var: &str, file_name: &str, what: &str) -> PathBuf {
+    let path = std::env::var_os(env_var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::env::workspace_root().join("target/tideway/probe_filter.wasm"));
+        .unwrap_or_else(|| crate::env::workspace_root().join("target/tideway").join(file_name));
     assert!(
         path.exists(),
-        "the probe filter module {} does not exist: run `cargo xtask build-wasm` (or `cargo xtask bench`)",
+        "the {what} filter module {} does not exist: run `cargo xtask build-wasm` (or `cargo xtask bench`)",
         path.display()
     );
     path

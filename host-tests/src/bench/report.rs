@@ -114,6 +114,19 @@ pub struct Section {
     pub raw: Value,
 }
 
+impl Section {
+    /// An empty section with its title, how it was produced, and the
+    /// columns of its per-variant table.
+    pub fn new(title: impl Into<String>, commands: Vec<String>, columns: &[&str]) -> Self {
+        Self {
+            title: title.into(),
+            commands,
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+}
+
 /// Everything one run produced.
 pub struct Report {
     pub mode: String,

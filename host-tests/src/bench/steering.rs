@@ -234,15 +234,11 @@ fn latency(mode: Mode, fleet: &Fleet, scenario: Scenario) -> Result<Section> {
             Scenario::Slowdown => format!("from the slowdown at {} s to the end", measure_from.as_secs_f64()),
         }
     );
-    let mut section = Section {
-        title: title.to_string(),
-        commands: vec![command.clone(), format!("Tideway config: {config}")],
-        columns: ["Policy", "p50 ms", "p99 ms", "p99.9 ms", "slow backend's share", "p99 ÷ ROUND_ROBIN", "p99 ÷ LEAST_REQUEST"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ..Section::default()
-    };
+    let mut section = Section::new(
+        title,
+        vec![command.clone(), format!("Tideway config: {config}")],
+        &["Policy", "p50 ms", "p99 ms", "p99.9 ms", "slow backend's share", "p99 ÷ ROUND_ROBIN", "p99 ÷ LEAST_REQUEST"],
+    );
     let mut raw = Vec::new();
     for (i, p) in policies.iter().enumerate() {
         let m = |f: fn(&(f64, f64, f64, f64, usize)) -> f64| median(&results[i].iter().map(f).collect::<Vec<_>>());
@@ -290,7 +286,7 @@ fn failure(mode: Mode, fleet: &Fleet) -> Result<Section> {
     let duration = fail_at + Duration::from_secs(mode.pick(3, 6));
     let config = tideway_config([1.0; 3], dynamic_scheduler(), false);
     // [policy][round] = (time to <1% in ms, success rate, share after 1 s, max later window share)
-    let mut results: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); policies.len()];
+    let mut results: Vec<Vec<FailureRun>> = vec![Vec::new(); policies.len()];
     for round in 0..rounds {
         for (i, &policy) in policies.iter().enumerate() {
             fleet.reset([FAST; 3]);
@@ -303,13 +299,15 @@ fn failure(mode: Mode, fleet: &Fleet) -> Result<Section> {
             fleet.reset([FAST; 3]);
             let r = failure_metrics(&samples, fail_at, duration);
             eprintln!(
-                "[failure] round {} {:<60} <1% after {} ms, success {:.3}%, share after 1 s {:.2}%, max later 100 ms window {:.1}%",
+                "[failure] round {} {:<60} <1% after {} ms, success {:.3}% ({} failed, {} in the first 100 ms), share after 1 s {:.2}%, max later 100 ms window {:.1}%",
                 round + 1,
                 variants[i].2,
-                fmt_num(r.0),
-                r.1 * 100.0,
-                r.2 * 100.0,
-                r.3 * 100.0
+                fmt_num(r.settle_ms),
+                r.success * 100.0,
+                r.failed,
+                r.failed_first_100ms,
+                r.share_after_1s * 100.0,
+                r.max_window_share_after * 100.0
             );
             results[i].push(r);
         }
@@ -320,42 +318,58 @@ fn failure(mode: Mode, fleet: &Fleet) -> Result<Section> {
         fail_at.as_secs_f64(),
         variants.each_ref().map(|v| v.2).join(", ")
     );
-    let mut section = Section {
-        title: "Hard failure of one destination".to_string(),
-        commands: vec![command.clone(), format!("Tideway config: {config}")],
-        columns: ["Policy", "time to < 1% (ms)", "success rate during failure", "failed destination's share after 1 s", "max 100 ms window share after first < 1%"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ..Section::default()
-    };
+    let mut section = Section::new(
+        "Hard failure of one destination",
+        vec![command.clone(), format!("Tideway config: {config}")],
+        &["Policy", "time to < 1% (ms)", "success rate during failure", "failed requests", "of which in the first 100 ms", "failed destination's share after 1 s", "max 100 ms window share after first < 1%"],
+    );
     let mut raw = Vec::new();
     for (i, p) in policies.iter().enumerate() {
-        let m = |f: fn(&(f64, f64, f64, f64)) -> f64| median(&results[i].iter().map(f).collect::<Vec<_>>());
+        let m = |f: fn(&FailureRun) -> f64| median(&results[i].iter().map(f).collect::<Vec<_>>());
         let name = variants[i].2.to_string();
         section.rows.push(vec![
             name,
-            fmt_num(m(|r| r.0)),
-            format!("{:.3}%", m(|r| r.1) * 100.0),
-            format!("{:.2}%", m(|r| r.2) * 100.0),
-            format!("{:.1}%", m(|r| r.3) * 100.0),
+            fmt_num(m(|r| r.settle_ms)),
+            format!("{:.3}%", m(|r| r.success) * 100.0),
+            format!("{:.0}", m(|r| r.failed)),
+            format!("{:.0}", m(|r| r.failed_first_100ms)),
+            format!("{:.2}%", m(|r| r.share_after_1s) * 100.0),
+            format!("{:.1}%", m(|r| r.max_window_share_after) * 100.0),
         ]);
         raw.push(json!({"policy": p.name(), "variant": variants[i].2, "outlier_detection": variants[i].1, "rounds": results[i].iter().map(|r| json!({
-            "time_to_under_1pct_ms": r.0, "success_rate": r.1, "share_after_1s": r.2, "max_window_share_after": r.3})).collect::<Vec<_>>()}));
+            "time_to_under_1pct_ms": r.settle_ms, "success_rate": r.success, "share_after_1s": r.share_after_1s, "max_window_share_after": r.max_window_share_after,
+            "failed": r.failed, "failed_first_100ms": r.failed_first_100ms})).collect::<Vec<_>>()}));
     }
-    let m = |i: usize, f: fn(&(f64, f64, f64, f64)) -> f64| median(&results[i].iter().map(f).collect::<Vec<_>>());
-    section.figures.push(Figure::new("Tideway: time until < 1% of traffic goes to the failed destination", m(0, |r| r.0), "ms", &command).target(Cmp::AtMost, 1000.0));
-    section.figures.push(Figure::new("Tideway: success rate during the failure", m(0, |r| r.1) * 100.0, "%", &command).target(Cmp::AtLeast, 99.95));
+    let m = |i: usize, f: fn(&FailureRun) -> f64| median(&results[i].iter().map(f).collect::<Vec<_>>());
+    section.figures.push(Figure::new("Tideway: time until < 1% of traffic goes to the failed destination", m(0, |r| r.settle_ms), "ms", &command).target(Cmp::AtMost, 1000.0));
+    section.figures.push(Figure::new("Tideway: success rate during the failure", m(0, |r| r.success) * 100.0, "%", &command).target(Cmp::AtLeast, 99.95));
     for (i, v) in variants.iter().enumerate().skip(1) {
-        section.figures.push(Figure::new(format!("{}: time until < 1%", v.2), m(i, |r| r.0), "ms", &command));
-        section.figures.push(Figure::new(format!("{}: success rate", v.2), m(i, |r| r.1) * 100.0, "%", &command));
+        section.figures.push(Figure::new(format!("{}: time until < 1%", v.2), m(i, |r| r.settle_ms), "ms", &command));
+        section.figures.push(Figure::new(format!("{}: success rate", v.2), m(i, |r| r.success) * 100.0, "%", &command));
     }
     section.notes.push("Time to < 1%: from the failure until the first 100 ms window (sliding in 10 ms steps, by response completion time) in which under 1% of responses came from the failed destination. Success: 2xx among all responses completed after the failure began. The last column shows re-admission probes: Tideway re-admits an ejected destination after ejectBaseMs (1 s, doubling), Envoy's outlier detection after base_ejection_time (30 s). Envoy's default max_ejection_percent (10%) permits no ejection among three hosts (its stats count ejections_overflow instead), hence the two ROUND_ROBIN rows.".to_string());
     section.raw = json!(raw);
     Ok(section)
 }
 
-fn failure_metrics(samples: &[Sample], fail_at: Duration, duration: Duration) -> (f64, f64, f64, f64) {
+/// What one hard-failure run measured.
+#[derive(Debug, Clone, Copy)]
+struct FailureRun {
+    /// Time until < 1% of a 100 ms window went to the failed destination (ms).
+    settle_ms: f64,
+    /// 2xx among responses completed after the failure began.
+    success: f64,
+    /// The failed destination's share after the first second.
+    share_after_1s: f64,
+    /// The largest 100 ms window share after it first fell under 1%.
+    max_window_share_after: f64,
+    /// Failed responses after the failure began…
+    failed: f64,
+    /// …and how many of them within its first 100 ms.
+    failed_first_100ms: f64,
+}
+
+fn failure_metrics(samples: &[Sample], fail_at: Duration, duration: Duration) -> FailureRun {
     let f = fail_at.as_micros() as u64;
     let end = duration.as_micros() as u64;
     let after: Vec<&Sample> = samples.iter().filter(|s| s.done_us >= f).collect();
@@ -380,7 +394,15 @@ fn failure_metrics(samples: &[Sample], fail_at: Duration, duration: Duration) ->
     }
     let after_1s = share_in(f + 1_000_000, u64::MAX).unwrap_or(f64::NAN);
     let time_ms = settled.map_or(f64::NAN, |t| (t - f) as f64 / 1000.0);
-    (time_ms, success, after_1s, max_after)
+    let failed: Vec<&&Sample> = after.iter().filter(|s| !s.ok()).collect();
+    FailureRun {
+        settle_ms: time_ms,
+        success,
+        share_after_1s: after_1s,
+        max_window_share_after: max_after,
+        failed: failed.len() as f64,
+        failed_first_100ms: failed.iter().filter(|s| s.done_us < f + window).count() as f64,
+    }
 }
 
 fn split(mode: Mode, fleet: &Fleet) -> Result<Section> {
