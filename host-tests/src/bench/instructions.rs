@@ -229,6 +229,7 @@ fn variants(mode: Mode, out: &Path, collector_port: u16) -> Vec<Variant> {
             ("add_header", "request header add"),
             ("replace_header", "request header replace"),
             ("read_status", "response :status read"),
+            (super::cost::STEERING_FLOOR_OPS, "steering floor: header map read + 1 header add + :status read"),
         ]
     };
     for (ops, prices) in probes {
