@@ -32,9 +32,14 @@ fn filter_wasm() -> std::path::PathBuf {
     let path = std::env::var_os("TIDEWAY_FILTER_WASM")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tideway/tideway_filter.wasm")
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/tideway/tideway_filter.wasm")
         });
-    assert!(path.exists(), "{} is missing: run `cargo xtask build-wasm`", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask build-wasm`",
+        path.display()
+    );
     path
 }
 
@@ -48,7 +53,15 @@ fn build_push_verify_pull_round_trip_of_the_real_filter() {
     let layout_arg = layout.to_str().expect("utf-8 path");
 
     let built = ok(&["image", "build", wasm_arg, "-o", layout_arg, "--tag", "v1"]);
-    let again = ok(&["image", "build", wasm_arg, "-o", work.path().join("again").to_str().expect("utf-8"), "--tag", "v1"]);
+    let again = ok(&[
+        "image",
+        "build",
+        wasm_arg,
+        "-o",
+        work.path().join("again").to_str().expect("utf-8"),
+        "--tag",
+        "v1",
+    ]);
     let manifest_digest = |s: &str| {
         s.lines()
             .find_map(|l| l.strip_prefix("manifest digest: sha256:"))
@@ -56,10 +69,20 @@ fn build_push_verify_pull_round_trip_of_the_real_filter() {
             .unwrap_or_else(|| panic!("build prints the manifest digest:\n{s}"))
     };
     let built_digest = manifest_digest(&built);
-    assert_eq!(built_digest, manifest_digest(&again), "builds are reproducible");
+    assert_eq!(
+        built_digest,
+        manifest_digest(&again),
+        "builds are reproducible"
+    );
 
     let target = format!("{}/tideway/filter:v1", registry.addr);
-    let pushed = ok(&["image", "push", "--plain-http", &format!("oci:{layout_arg}:v1"), &target]);
+    let pushed = ok(&[
+        "image",
+        "push",
+        "--plain-http",
+        &format!("oci:{layout_arg}:v1"),
+        &target,
+    ]);
     let url = pushed
         .lines()
         .find_map(|l| l.trim().strip_prefix("url: "))
@@ -70,15 +93,31 @@ fn build_push_verify_pull_round_trip_of_the_real_filter() {
         .find_map(|l| l.trim().strip_prefix("sha256: "))
         .unwrap_or_else(|| panic!("push prints the WasmPlugin sha256:\n{pushed}"))
         .to_string();
-    assert_eq!(url, format!("oci://{}/tideway/filter@sha256:{sha}", registry.addr));
-    assert_eq!(sha, built_digest, "the WasmPlugin sha256 is the manifest digest");
+    assert_eq!(
+        url,
+        format!("oci://{}/tideway/filter@sha256:{sha}", registry.addr)
+    );
+    assert_eq!(
+        sha, built_digest,
+        "the WasmPlugin sha256 is the manifest digest"
+    );
 
     let verified = ok(&["image", "verify", "--plain-http", &target]);
     assert!(verified.to_lowercase().contains("accept"), "{verified}");
 
     let pulled = work.path().join("pulled.wasm");
-    ok(&["image", "pull", "--plain-http", &url, "-o", pulled.to_str().expect("utf-8")]);
-    assert_eq!(std::fs::read(&pulled).expect("pulled"), std::fs::read(&wasm).expect("wasm"));
+    ok(&[
+        "image",
+        "pull",
+        "--plain-http",
+        &url,
+        "-o",
+        pulled.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(
+        std::fs::read(&pulled).expect("pulled"),
+        std::fs::read(&wasm).expect("wasm")
+    );
 
     let inspected = ok(&["image", "inspect", &format!("oci:{layout_arg}:v1")]);
     assert!(inspected.contains(&sha), "{inspected}");
@@ -88,7 +127,13 @@ fn build_push_verify_pull_round_trip_of_the_real_filter() {
 fn pushing_to_a_registry_that_is_down_fails_clearly() {
     let work = tempfile::tempdir().expect("tempdir");
     let layout = work.path().join("layout");
-    ok(&["image", "build", filter_wasm().to_str().expect("utf-8"), "-o", layout.to_str().expect("utf-8")]);
+    ok(&[
+        "image",
+        "build",
+        filter_wasm().to_str().expect("utf-8"),
+        "-o",
+        layout.to_str().expect("utf-8"),
+    ]);
     let port = common::free_port();
     let out = tideway(&[
         "image",

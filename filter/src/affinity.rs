@@ -104,7 +104,8 @@ mod tests {
         let moved = keys(n)
             .iter()
             .filter(|k| {
-                choose(k.as_bytes(), before.iter().copied()) != choose(k.as_bytes(), after.iter().copied())
+                choose(k.as_bytes(), before.iter().copied())
+                    != choose(k.as_bytes(), after.iter().copied())
             })
             .count();
         // a's share goes from 1/3 to 1.1/3.1: the minimum movement is 2.15%.

@@ -35,7 +35,11 @@ impl HostTable {
         if host.is_empty() {
             return None;
         }
-        if let Some((_, s)) = self.exact.iter().find(|(h, _)| h.as_bytes().eq_ignore_ascii_case(host)) {
+        if let Some((_, s)) = self
+            .exact
+            .iter()
+            .find(|(h, _)| h.as_bytes().eq_ignore_ascii_case(host))
+        {
             return Some(*s);
         }
         self.suffixes
@@ -67,7 +71,10 @@ mod tests {
     use super::*;
 
     fn table() -> HostTable {
-        let a = vec!["reviews.prod.svc.cluster.local".to_string(), "reviews".to_string()];
+        let a = vec![
+            "reviews.prod.svc.cluster.local".to_string(),
+            "reviews".to_string(),
+        ];
         let b = vec!["*.svc.cluster.local".to_string()];
         let c = vec!["*.prod.svc.cluster.local".to_string()];
         HostTable::new([(0, a.as_slice()), (1, b.as_slice()), (2, c.as_slice())])

@@ -35,7 +35,11 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid plugin configuration: {}: {}", self.field, self.message)
+        write!(
+            f,
+            "invalid plugin configuration: {}: {}",
+            self.field, self.message
+        )
     }
 }
 
@@ -405,7 +409,10 @@ impl ServiceConfig {
         if !is_header_name(&self.routing_header) {
             return Err(ConfigError::new(
                 format!("{at}.routingHeader"),
-                format!("{:?} is not a lowercase HTTP header name", self.routing_header),
+                format!(
+                    "{:?} is not a lowercase HTTP header name",
+                    self.routing_header
+                ),
             ));
         }
         match &self.affinity {
@@ -416,7 +423,9 @@ impl ServiceConfig {
                     format!("{name:?} is not a lowercase HTTP header name"),
                 ))
             }
-            AffinitySource::Cookie { name } if name.is_empty() || name.contains([';', '=', ' ']) => {
+            AffinitySource::Cookie { name }
+                if name.is_empty() || name.contains([';', '=', ' ']) =>
+            {
                 return Err(ConfigError::new(
                     format!("{at}.affinity.name"),
                     format!("{name:?} is not a cookie name"),
@@ -428,7 +437,10 @@ impl ServiceConfig {
             weights.validate(&format!("{at}.weights"))?;
         }
         if self.destinations.is_empty() {
-            return Err(ConfigError::new(format!("{at}.destinations"), "no destinations"));
+            return Err(ConfigError::new(
+                format!("{at}.destinations"),
+                "no destinations",
+            ));
         }
         let mut any_weight = false;
         for (k, dest) in self.destinations.iter().enumerate() {
@@ -487,7 +499,10 @@ fn check_finite_range(field: &str, value: f64, min: f64, max: f64) -> Result<(),
         } else {
             format!("a number in {min}..={max}")
         };
-        return Err(ConfigError::new(field, format!("{value} (must be {range})")));
+        return Err(ConfigError::new(
+            field,
+            format!("{value} (must be {range})"),
+        ));
     }
     Ok(())
 }
@@ -523,14 +538,29 @@ mod tests {
         assert_eq!(service.destinations[1].cluster(), "west");
         assert_eq!(config.scheduler, SchedulerConfig::default());
         assert!(!config.trust.all_sources);
-        assert!(config.hop_headers, "the hop headers are on unless turned off");
-        assert_eq!(config, PluginConfig { services: config.services.clone(), ..PluginConfig::default() });
+        assert!(
+            config.hop_headers,
+            "the hop headers are on unless turned off"
+        );
+        assert_eq!(
+            config,
+            PluginConfig {
+                services: config.services.clone(),
+                ..PluginConfig::default()
+            }
+        );
     }
 
     #[test]
     fn empty_bytes_govern_nothing() {
-        assert!(PluginConfig::from_json(b"").expect("empty ok").services.is_empty());
-        assert!(PluginConfig::from_json(b" \n").expect("blank ok").services.is_empty());
+        assert!(PluginConfig::from_json(b"")
+            .expect("empty ok")
+            .services
+            .is_empty());
+        assert!(PluginConfig::from_json(b" \n")
+            .expect("blank ok")
+            .services
+            .is_empty());
     }
 
     #[test]
@@ -543,8 +573,16 @@ mod tests {
     fn errors_name_field_and_value() {
         let cases = [
             (r#"{"schemaVersion":2}"#, "schemaVersion", "2"),
-            (r#"{"scheduler":{"weights":{"latency":-1}}}"#, "scheduler.weights.latency", "-1"),
-            (r#"{"scheduler":{"sharpness":100}}"#, "scheduler.sharpness", "100"),
+            (
+                r#"{"scheduler":{"weights":{"latency":-1}}}"#,
+                "scheduler.weights.latency",
+                "-1",
+            ),
+            (
+                r#"{"scheduler":{"sharpness":100}}"#,
+                "scheduler.sharpness",
+                "100",
+            ),
             (
                 r#"{"services":[{"name":"a","hosts":["a:80"],"destinations":[{"name":"x"}]}]}"#,
                 "services[0].hosts[0]",
@@ -595,7 +633,9 @@ mod tests {
         let config = PluginConfig::from_json(json.as_bytes()).expect("valid");
         assert_eq!(
             config.services[0].affinity,
-            AffinitySource::Cookie { name: "session".into() }
+            AffinitySource::Cookie {
+                name: "session".into()
+            }
         );
     }
 

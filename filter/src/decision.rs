@@ -166,7 +166,12 @@ pub struct Engine {
 impl Engine {
     /// Build from a validated config. `previous` carries learned latency and
     /// health over a reconfiguration for destinations that keep their names.
-    pub fn new(config: PluginConfig, local: LocalIdentity, seed: u64, previous: Option<&Engine>) -> Self {
+    pub fn new(
+        config: PluginConfig,
+        local: LocalIdentity,
+        seed: u64,
+        previous: Option<&Engine>,
+    ) -> Self {
         let services = config
             .services
             .iter()
@@ -194,7 +199,8 @@ impl Engine {
                     })
                     .collect();
                 let names: Vec<&str> = destinations.iter().map(|d| d.name.as_str()).collect();
-                let closeness: Vec<f64> = destinations.iter().map(|d| d.locality_affinity).collect();
+                let closeness: Vec<f64> =
+                    destinations.iter().map(|d| d.locality_affinity).collect();
                 let n = destinations.len();
                 Service {
                     name: sc.name.clone(),
@@ -211,7 +217,13 @@ impl Engine {
                 }
             })
             .collect();
-        let hosts = HostTable::new(config.services.iter().enumerate().map(|(i, s)| (i, s.hosts.as_slice())));
+        let hosts = HostTable::new(
+            config
+                .services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i, s.hosts.as_slice())),
+        );
         let decay_ns = config.scheduler.decay_ms as f64 * 1e6;
         Self {
             config,
@@ -241,7 +253,11 @@ impl Engine {
                     score::locality_affinity(local.locality.as_deref(), dc.locality.as_deref());
             }
             let names: Vec<&str> = svc.destinations.iter().map(|d| d.name.as_str()).collect();
-            let closeness: Vec<f64> = svc.destinations.iter().map(|d| d.locality_affinity).collect();
+            let closeness: Vec<f64> = svc
+                .destinations
+                .iter()
+                .map(|d| d.locality_affinity)
+                .collect();
             svc.failover = failover::order(&names, &closeness, &sc.failover);
         }
         self.local = local;
@@ -266,7 +282,11 @@ impl Engine {
         let decay_ns = self.decay_ns;
         let sharpness = self.config.scheduler.sharpness;
         let Some(svc) = self.services.get_mut(service) else {
-            return Decision { service, destination: None, reason: Reason::MeshDefault };
+            return Decision {
+                service,
+                destination: None,
+                reason: Reason::MeshDefault,
+            };
         };
         let (choice, reason) = match session_key {
             Some(key) => choose_by_affinity(svc, key, now_ns),
@@ -274,13 +294,34 @@ impl Engine {
         };
         match choice {
             Some(d) if svc.destinations[d].is_blocked(now_ns) => {
-                match svc.failover.iter().copied().find(|&i| usable(&svc.destinations[i], now_ns)) {
-                    Some(f) => Decision { service, destination: Some(f), reason: Reason::Failover },
-                    None => Decision { service, destination: None, reason: Reason::MeshDefault },
+                match svc
+                    .failover
+                    .iter()
+                    .copied()
+                    .find(|&i| usable(&svc.destinations[i], now_ns))
+                {
+                    Some(f) => Decision {
+                        service,
+                        destination: Some(f),
+                        reason: Reason::Failover,
+                    },
+                    None => Decision {
+                        service,
+                        destination: None,
+                        reason: Reason::MeshDefault,
+                    },
                 }
             }
-            Some(d) => Decision { service, destination: Some(d), reason },
-            None => Decision { service, destination: None, reason: Reason::MeshDefault },
+            Some(d) => Decision {
+                service,
+                destination: Some(d),
+                reason,
+            },
+            None => Decision {
+                service,
+                destination: None,
+                reason: Reason::MeshDefault,
+            },
         }
     }
 
@@ -301,14 +342,23 @@ impl Engine {
         now_ns: u64,
     ) -> HealthEvent {
         // Split borrows: the config is read while a destination is written.
-        let Self { config, services, decay_ns, .. } = self;
-        let Some(d) = services.get_mut(service).and_then(|s| s.destinations.get_mut(destination)) else {
+        let Self {
+            config,
+            services,
+            decay_ns,
+            ..
+        } = self;
+        let Some(d) = services
+            .get_mut(service)
+            .and_then(|s| s.destinations.get_mut(destination))
+        else {
             return HealthEvent::None;
         };
         if let Outcome::Status(_) = outcome {
             d.latency.observe(latency_ns as f64, now_ns, *decay_ns);
         }
-        d.health.record(outcome.is_success(), now_ns, &config.scheduler)
+        d.health
+            .record(outcome.is_success(), now_ns, &config.scheduler)
     }
 
     /// The request is over: it no longer counts as in flight.
@@ -319,7 +369,10 @@ impl Engine {
     }
 
     fn dest_mut(&mut self, service: usize, destination: usize) -> Option<&mut Destination> {
-        self.services.get_mut(service)?.destinations.get_mut(destination)
+        self.services
+            .get_mut(service)?
+            .destinations
+            .get_mut(destination)
     }
 
     /// The scores behind the last score-based decision of `service`, for
@@ -347,7 +400,11 @@ impl Engine {
 
     /// Merge every destination's record with the other workers' through
     /// shared data (on the tick).
-    pub fn sync_shared(&mut self, store: &mut dyn SharedStore, now_ns: u64) -> Vec<(String, shared_stats::DecodeError)> {
+    pub fn sync_shared(
+        &mut self,
+        store: &mut dyn SharedStore,
+        now_ns: u64,
+    ) -> Vec<(String, shared_stats::DecodeError)> {
         let decay_ns = self.decay_ns;
         let grace_ns = self.probe_grace_ns();
         let mut bad = Vec::new();
@@ -385,7 +442,11 @@ impl Engine {
     /// probe to fail, that worker to publish and this one to adopt, even if
     /// both learn only on their ticks.
     fn probe_grace_ns(&self) -> u64 {
-        self.config.scheduler.tick_ms.saturating_mul(3).saturating_mul(1_000_000)
+        self.config
+            .scheduler
+            .tick_ms
+            .saturating_mul(3)
+            .saturating_mul(1_000_000)
     }
 }
 
@@ -418,7 +479,8 @@ fn sync_destination(
         };
         if store.set(&d.shared_key, &merged.encode(), cas).is_ok() {
             d.latency = merged.latency;
-            d.health.merge_ejection(merged.ejected_until_ns, merged.ejections, probe_grace_ns);
+            d.health
+                .merge_ejection(merged.ejected_until_ns, merged.ejections, probe_grace_ns);
             break;
         }
     }
@@ -489,18 +551,27 @@ fn choose_by_score(
     sharpness: f64,
 ) -> (Option<usize>, Reason) {
     svc.inputs.clear();
-    svc.inputs.extend(svc.destinations.iter().map(|d| FactorInputs {
-        latency_ns: d.latency.value(now_ns, decay_ns),
-        in_flight: d.in_flight,
-        cost: d.cost,
-        locality_affinity: d.locality_affinity,
-    }));
+    svc.inputs
+        .extend(svc.destinations.iter().map(|d| FactorInputs {
+            latency_ns: d.latency.value(now_ns, decay_ns),
+            in_flight: d.in_flight,
+            cost: d.cost,
+            locality_affinity: d.locality_affinity,
+        }));
     score::score_all(&svc.weights, &svc.inputs, &mut svc.scores);
-    for ((e, d), s) in svc.effective.iter_mut().zip(&svc.destinations).zip(&svc.scores) {
+    for ((e, d), s) in svc
+        .effective
+        .iter_mut()
+        .zip(&svc.destinations)
+        .zip(&svc.scores)
+    {
         *e = d.weight * s.powf(sharpness);
     }
     if svc.static_only {
-        return (smooth_weighted_round_robin(&svc.effective, &mut svc.rotation), Reason::Static);
+        return (
+            smooth_weighted_round_robin(&svc.effective, &mut svc.rotation),
+            Reason::Static,
+        );
     }
     let Some(first) = rng.weighted_index(&svc.effective) else {
         return (None, Reason::MeshDefault);
@@ -519,7 +590,11 @@ fn choose_by_score(
     // idle decay makes whichever destination served last look a hair
     // slower, and a strict comparison would turn that noise into a steady
     // drift away from the configured weights.
-    let choice = if rank(second) > rank(first) * (1.0 + SCORE_TIE) { second } else { first };
+    let choice = if rank(second) > rank(first) * (1.0 + SCORE_TIE) {
+        second
+    } else {
+        first
+    };
     (Some(choice), Reason::Score)
 }
 
@@ -532,7 +607,15 @@ mod tests {
 
     fn engine(json: &str) -> Engine {
         let config = PluginConfig::from_json(json.as_bytes()).expect("valid config");
-        Engine::new(config, LocalIdentity { cluster: "local".into(), locality: Some("r1/z1".into()) }, 42, None)
+        Engine::new(
+            config,
+            LocalIdentity {
+                cluster: "local".into(),
+                locality: Some("r1/z1".into()),
+            },
+            42,
+            None,
+        )
     }
 
     fn three(weights: &str, extra: &str) -> String {
@@ -562,14 +645,22 @@ mod tests {
             assert!((pct - w).abs() <= 0.1, "{pct} vs {w}: {counts:?}");
         }
         // Exact over any window of 100 (the weights' total), interleaved.
-        let window: Vec<usize> = (0..100).filter_map(|i| e.decide(0, None, i).destination).collect();
+        let window: Vec<usize> = (0..100)
+            .filter_map(|i| e.decide(0, None, i).destination)
+            .collect();
         assert_eq!(window.iter().filter(|d| **d == 2).count(), 10);
-        assert!(window.windows(2).filter(|w| w[0] == 2 && w[1] == 2).count() == 0, "{window:?}");
+        assert!(
+            window.windows(2).filter(|w| w[0] == 2 && w[1] == 2).count() == 0,
+            "{window:?}"
+        );
     }
 
     #[test]
     fn slow_destination_loses_most_traffic() {
-        let mut e = engine(&three(r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#, ""));
+        let mut e = engine(&three(
+            r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#,
+            "",
+        ));
         // Equalise the weights so the effect is the latency's alone.
         for d in &mut e.services[0].destinations {
             d.weight = 1.0;
@@ -593,18 +684,27 @@ mod tests {
 
     #[test]
     fn session_sticks_and_only_fails_over_when_ejected() {
-        let mut e = engine(&three(r#"{"latency":1,"load":1,"cost":0,"affinity":0}"#, r#""affinity":{"source":"header","name":"x-user"},"#));
+        let mut e = engine(&three(
+            r#"{"latency":1,"load":1,"cost":0,"affinity":0}"#,
+            r#""affinity":{"source":"header","name":"x-user"},"#,
+        ));
         let first = e.decide(0, Some(b"alice"), 0);
         assert_eq!(first.reason, Reason::Affinity);
         for t in 0..100 {
-            assert_eq!(e.decide(0, Some(b"alice"), t).destination, first.destination);
+            assert_eq!(
+                e.decide(0, Some(b"alice"), t).destination,
+                first.destination
+            );
         }
         let home = first.destination.expect("chosen");
         e.services[0].destinations[home].health.ejected_until_ns = 1000;
         let moved = e.decide(0, Some(b"alice"), 10);
         assert_eq!(moved.reason, Reason::Failover);
         assert_ne!(moved.destination, first.destination);
-        assert_eq!(e.decide(0, Some(b"alice"), 1000).destination, first.destination);
+        assert_eq!(
+            e.decide(0, Some(b"alice"), 1000).destination,
+            first.destination
+        );
     }
 
     #[test]
@@ -622,7 +722,14 @@ mod tests {
         assert_eq!(counts.get(&(Some(0), Reason::Static)), None, "{counts:?}");
         assert_eq!(counts.get(&(Some(0), Reason::Failover)), None, "{counts:?}");
         // a's share fails over to b (same region), not c (other region).
-        assert!(counts.get(&(Some(1), Reason::Failover)).copied().unwrap_or(0) > 6500, "{counts:?}");
+        assert!(
+            counts
+                .get(&(Some(1), Reason::Failover))
+                .copied()
+                .unwrap_or(0)
+                > 6500,
+            "{counts:?}"
+        );
         assert_eq!(counts.get(&(Some(2), Reason::Failover)), None, "{counts:?}");
     }
 
@@ -642,7 +749,11 @@ mod tests {
         assert_eq!(probe.reason, Reason::Static);
         e.begin(0, 0);
         for _ in 0..1000 {
-            assert_ne!(e.decide(0, None, back).destination, Some(0), "a second probe while the first is out");
+            assert_ne!(
+                e.decide(0, None, back).destination,
+                Some(0),
+                "a second probe while the first is out"
+            );
         }
         e.observe(0, 0, Outcome::Status(200), MS, back + MS);
         e.end(0, 0);
@@ -665,7 +776,10 @@ mod tests {
 
     #[test]
     fn equal_latencies_keep_the_static_split_under_p2c() {
-        let mut e = engine(&three(r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#, ""));
+        let mut e = engine(&three(
+            r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#,
+            "",
+        ));
         let mut counts = [0u32; 3];
         let mut now = 0;
         for _ in 0..20_000 {
@@ -692,9 +806,13 @@ mod tests {
     fn reconfiguration_keeps_learned_state() {
         let mut e = engine(&three(static_weights(), ""));
         e.observe(0, 1, Outcome::Status(200), 7 * MS, 1);
-        let config = PluginConfig::from_json(three(static_weights(), "").as_bytes()).expect("valid");
+        let config =
+            PluginConfig::from_json(three(static_weights(), "").as_bytes()).expect("valid");
         let e2 = Engine::new(config, e.local.clone(), 1, Some(&e));
-        assert_eq!(e2.services[0].destinations[1].latency, e.services[0].destinations[1].latency);
+        assert_eq!(
+            e2.services[0].destinations[1].latency,
+            e.services[0].destinations[1].latency
+        );
     }
 
     #[derive(Default)]
@@ -706,7 +824,12 @@ mod tests {
         fn get(&mut self, key: &str) -> Option<(Vec<u8>, u32)> {
             self.map.get(key).cloned()
         }
-        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), shared_stats::CasMismatch> {
+        fn set(
+            &mut self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<(), shared_stats::CasMismatch> {
             let entry = self.map.entry(key.to_string()).or_insert((Vec::new(), 0));
             if let Some(cas) = cas {
                 if cas != entry.1 {
@@ -732,7 +855,10 @@ mod tests {
         assert!(!w2.services[0].destinations[2].health.is_ejected(30));
         w2.sync_shared(&mut store, 30);
         assert!(w2.services[0].destinations[2].health.is_ejected(30));
-        assert_eq!(w2.services[0].destinations[1].latency.raw_ns(), 80.0 * MS as f64);
+        assert_eq!(
+            w2.services[0].destinations[1].latency.raw_ns(),
+            80.0 * MS as f64
+        );
     }
 
     #[test]
@@ -748,7 +874,10 @@ mod tests {
         w1.sync_shared(&mut store, 20);
         w2.sync_shared(&mut store, 30);
         let tick = w2.config.scheduler.tick_ms * MS;
-        let (d1, d2) = (&w1.services[0].destinations[2], &w2.services[0].destinations[2]);
+        let (d1, d2) = (
+            &w1.services[0].destinations[2],
+            &w2.services[0].destinations[2],
+        );
         // When the ejection ends, the worker that ejected may probe…
         assert!(!d1.is_blocked(until));
         // …the adopting one holds back for three ticks, then probes too.
@@ -766,7 +895,8 @@ mod tests {
         assert!(w2.services[0].destinations[2].is_blocked(until + 3 * tick));
         assert!(!w1.services[0].destinations[2].is_blocked(again));
         // The shared record carries the real end, never a worker's grace.
-        let shared = SharedStats::decode(&store.map[&w1.services[0].destinations[2].shared_key].0).expect("record");
+        let shared = SharedStats::decode(&store.map[&w1.services[0].destinations[2].shared_key].0)
+            .expect("record");
         assert_eq!(shared.ejected_until_ns, again);
     }
 
@@ -784,20 +914,28 @@ mod tests {
             w1.sync_after_failure(&mut store, 0, 2, 11);
         }
         assert!(w1.services[0].destinations[2].is_blocked(12));
-        assert!(!w2.services[0].destinations[2].is_blocked(12), "w2 has not heard yet");
+        assert!(
+            !w2.services[0].destinations[2].is_blocked(12),
+            "w2 has not heard yet"
+        );
         // w2's next failure, well before any tick, brings the news: it stops
         // after 2 failures instead of its own 5.
         w2.observe(0, 2, Outcome::Status(503), MS, 12);
         w2.sync_after_failure(&mut store, 0, 2, 12);
         assert!(w2.services[0].destinations[2].is_blocked(13));
-        assert_eq!(w2.services[0].destinations[2].health.ejections, 1, "adopted, not ejected twice");
+        assert_eq!(
+            w2.services[0].destinations[2].health.ejections, 1,
+            "adopted, not ejected twice"
+        );
     }
 
     #[test]
     fn corrupt_shared_records_are_reported_and_replaced() {
         let mut w = engine(&three(static_weights(), ""));
         let mut store = MemStore::default();
-        store.map.insert(shared_stats::key("svc", "a"), (b"junk".to_vec(), 3));
+        store
+            .map
+            .insert(shared_stats::key("svc", "a"), (b"junk".to_vec(), 3));
         let bad = w.sync_shared(&mut store, 1);
         assert_eq!(bad.len(), 1);
         assert!(SharedStats::decode(&store.map[&shared_stats::key("svc", "a")].0).is_ok());

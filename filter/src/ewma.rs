@@ -55,7 +55,11 @@ impl PeakEwma {
 
     /// Record one observed latency.
     pub fn observe(&mut self, sample_ns: f64, now_ns: u64, decay_ns: f64) {
-        let sample_ns = if sample_ns.is_finite() { sample_ns.max(1.0) } else { return };
+        let sample_ns = if sample_ns.is_finite() {
+            sample_ns.max(1.0)
+        } else {
+            return;
+        };
         if self.estimate_ns <= 0.0 || sample_ns > self.estimate_ns {
             self.estimate_ns = sample_ns;
         } else {

@@ -19,8 +19,14 @@ pub struct HeaderMap<'a> {
 
 impl<'a> HeaderMap<'a> {
     pub fn parse(buf: &'a [u8]) -> Self {
-        let empty = Self { count: 0, sizes: &[], data: &[] };
-        let Some(count) = read_u32(buf, 0) else { return empty };
+        let empty = Self {
+            count: 0,
+            sizes: &[],
+            data: &[],
+        };
+        let Some(count) = read_u32(buf, 0) else {
+            return empty;
+        };
         let count = count as usize;
         let Some(sizes_end) = count.checked_mul(8).and_then(|n| n.checked_add(4)) else {
             return empty;
@@ -46,18 +52,28 @@ impl<'a> HeaderMap<'a> {
     }
 
     pub fn iter(&self) -> HeaderIter<'a> {
-        HeaderIter { map: *self, index: 0, offset: 0 }
+        HeaderIter {
+            map: *self,
+            index: 0,
+            offset: 0,
+        }
     }
 
     /// The first value of `name` (lowercase, as Envoy stores names).
     pub fn get(&self, name: &str) -> Option<&'a [u8]> {
-        self.iter().find(|(n, _)| *n == name.as_bytes()).map(|(_, v)| v)
+        self.iter()
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| v)
     }
 
     /// Every value of `name`, in order, into `out` (cleared first).
     pub fn get_all(&self, name: &str, out: &mut Vec<&'a [u8]>) {
         out.clear();
-        out.extend(self.iter().filter(|(n, _)| *n == name.as_bytes()).map(|(_, v)| v));
+        out.extend(
+            self.iter()
+                .filter(|(n, _)| *n == name.as_bytes())
+                .map(|(_, v)| v),
+        );
     }
 
     pub fn len(&self) -> usize {
@@ -126,8 +142,14 @@ pub fn cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
 }
 
 fn trim(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &s[start..end]
 }
 
@@ -165,7 +187,10 @@ mod tests {
 
     #[test]
     fn cookies() {
-        assert_eq!(cookie(b"a=1; session=abc ;b=2", "session"), Some(&b"abc"[..]));
+        assert_eq!(
+            cookie(b"a=1; session=abc ;b=2", "session"),
+            Some(&b"abc"[..])
+        );
         assert_eq!(cookie(b"a=1", "session"), None);
         assert_eq!(cookie(b"session", "session"), None);
     }

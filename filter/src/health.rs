@@ -41,7 +41,9 @@ pub struct Health {
 pub enum HealthEvent {
     None,
     /// The destination was ejected until the given time.
-    Ejected { until_ns: u64 },
+    Ejected {
+        until_ns: u64,
+    },
 }
 
 impl Health {
@@ -77,8 +79,8 @@ impl Health {
         }
         let by_probation = self.probation;
         let by_streak = self.consecutive_failures >= config.eject_consecutive_failures;
-        let by_rate =
-            self.responses >= config.eject_min_requests && self.error_rate >= config.eject_error_rate;
+        let by_rate = self.responses >= config.eject_min_requests
+            && self.error_rate >= config.eject_error_rate;
         if !(by_probation || by_streak || by_rate) {
             return HealthEvent::None;
         }
@@ -143,12 +145,22 @@ mod tests {
         for i in 0..4 {
             assert_eq!(h.record(false, i, &config), HealthEvent::None);
         }
-        assert_eq!(h.record(false, 10, &config), HealthEvent::Ejected { until_ns: 10 + 1000 * MS });
+        assert_eq!(
+            h.record(false, 10, &config),
+            HealthEvent::Ejected {
+                until_ns: 10 + 1000 * MS
+            }
+        );
         assert!(h.is_ejected(10 + 999 * MS));
         assert!(!h.is_ejected(10 + 1000 * MS));
         // Back on probation: the first failure ejects again, twice as long.
         let t = 2000 * MS;
-        assert_eq!(h.record(false, t, &config), HealthEvent::Ejected { until_ns: t + 2000 * MS });
+        assert_eq!(
+            h.record(false, t, &config),
+            HealthEvent::Ejected {
+                until_ns: t + 2000 * MS
+            }
+        );
         // Back again and healthy: probation ends, a streak is needed again.
         let t = t + 2000 * MS;
         assert_eq!(h.record(true, t, &config), HealthEvent::None);
@@ -156,7 +168,12 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(h.record(false, t, &config), HealthEvent::None);
         }
-        assert_eq!(h.record(false, t, &config), HealthEvent::Ejected { until_ns: t + 4000 * MS });
+        assert_eq!(
+            h.record(false, t, &config),
+            HealthEvent::Ejected {
+                until_ns: t + 4000 * MS
+            }
+        );
     }
 
     #[test]

@@ -51,8 +51,14 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(requests("svc", Some("east"), Reason::Affinity), "tideway.requests.svc.east.affinity");
-        assert_eq!(requests("svc", None, Reason::MeshDefault), "tideway.requests.svc.none.mesh_default");
+        assert_eq!(
+            requests("svc", Some("east"), Reason::Affinity),
+            "tideway.requests.svc.east.affinity"
+        );
+        assert_eq!(
+            requests("svc", None, Reason::MeshDefault),
+            "tideway.requests.svc.none.mesh_default"
+        );
         assert_ne!(config_hash(b"a"), config_hash(b"b"));
         assert!(config_hash(b"abc") <= u64::from(u32::MAX));
     }

@@ -85,7 +85,10 @@ struct EntropyPool {
 impl EntropyPool {
     const fn new() -> Self {
         // Starts exhausted: the first draw fills it.
-        Self { buf: [0; 4096], used: 4096 }
+        Self {
+            buf: [0; 4096],
+            used: 4096,
+        }
     }
 }
 
@@ -115,7 +118,8 @@ fn request_header_buffer() -> Option<Vec<u8>> {
     // our `proxy_on_memory_allocate` (the SDK's allocator, a Vec with
     // capacity == size), so rebuilding that Vec transfers ownership back.
     unsafe {
-        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders as i32, &mut data, &mut size) != 0 {
+        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders as i32, &mut data, &mut size) != 0
+        {
             return None;
         }
         if data.is_null() || size == 0 {
@@ -158,7 +162,10 @@ fn define(kind: MetricType, name: &str) -> u32 {
     match hostcalls::define_metric(kind, name) {
         Ok(id) => id,
         Err(status) => {
-            log(LogLevel::Warn, &format!("tideway: could not define metric {name}: {status:?}"));
+            log(
+                LogLevel::Warn,
+                &format!("tideway: could not define metric {name}: {status:?}"),
+            );
             u32::MAX
         }
     }
@@ -185,13 +192,24 @@ impl Metrics {
             .services
             .iter()
             .map(|s| {
-                let dest_names = s.destinations.iter().map(|d| Some(d.name.as_str())).chain([None]);
+                let dest_names = s
+                    .destinations
+                    .iter()
+                    .map(|d| Some(d.name.as_str()))
+                    .chain([None]);
                 dest_names
-                    .map(|d| Reason::ALL.map(|r| define(MetricType::Counter, &metrics::requests(&s.name, d, r))))
+                    .map(|d| {
+                        Reason::ALL
+                            .map(|r| define(MetricType::Counter, &metrics::requests(&s.name, d, r)))
+                    })
                     .collect()
             })
             .collect();
-        self.pending = self.requests.iter().map(|per_dest| vec![[0; 6]; per_dest.len()]).collect();
+        self.pending = self
+            .requests
+            .iter()
+            .map(|per_dest| vec![[0; 6]; per_dest.len()])
+            .collect();
         self.ejections = engine
             .services
             .iter()
@@ -205,7 +223,9 @@ impl Metrics {
     }
 
     fn count_decision(&mut self, d: &Decision) {
-        let Some(per_dest) = self.pending.get_mut(d.service) else { return };
+        let Some(per_dest) = self.pending.get_mut(d.service) else {
+            return;
+        };
         let slot = d.destination.unwrap_or(per_dest.len().saturating_sub(1));
         if let Some(counts) = per_dest.get_mut(slot) {
             counts[d.reason.index()] = counts[d.reason.index()].saturating_add(1);
@@ -271,7 +291,13 @@ impl Root {
                     Ok(Some(bytes)) => String::from_utf8(bytes).ok().filter(|s| !s.is_empty()),
                     Ok(None) => None,
                     Err(status) => {
-                        log(LogLevel::Warn, &format!("tideway: reading property node.{}: {status:?}", path.join(".")));
+                        log(
+                            LogLevel::Warn,
+                            &format!(
+                                "tideway: reading property node.{}: {status:?}",
+                                path.join(".")
+                            ),
+                        );
                         None
                     }
                 }
@@ -302,7 +328,13 @@ impl Root {
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, _body: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
         let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
@@ -310,7 +342,10 @@ impl Context for Root {
         if !status.starts_with(b"2") {
             log(
                 LogLevel::Warn,
-                &format!("tideway: span export failed: status {:?}", String::from_utf8_lossy(&status)),
+                &format!(
+                    "tideway: span export failed: status {:?}",
+                    String::from_utf8_lossy(&status)
+                ),
             );
         }
     }
@@ -323,10 +358,14 @@ impl RootContext for Root {
     }
 
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let bytes = hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
         let config = match PluginConfig::from_json(&bytes) {
             Ok(config) => config,
             Err(e) => {
@@ -345,7 +384,12 @@ impl RootContext for Root {
         let mut seed = [0u8; 8];
         host_random(&mut seed);
         let mut worker = self.worker.borrow_mut();
-        let engine = Engine::new(config, local, u64::from_le_bytes(seed), worker.engine.as_ref());
+        let engine = Engine::new(
+            config,
+            local,
+            u64::from_le_bytes(seed),
+            worker.engine.as_ref(),
+        );
         // Counts gathered under the old configuration go to its counters.
         worker.metrics.flush();
         worker.metrics.define_for(&engine);
@@ -373,7 +417,10 @@ impl RootContext for Root {
         let mut worker = self.worker.borrow_mut();
         if let Some(engine) = worker.engine.as_mut() {
             for (key, error) in engine.sync_shared(&mut HostSharedData, now) {
-                log(LogLevel::Warn, &format!("tideway: replaced shared record {key}: {error}"));
+                log(
+                    LogLevel::Warn,
+                    &format!("tideway: replaced shared record {key}: {error}"),
+                );
             }
         }
         worker.metrics.flush();
@@ -397,7 +444,11 @@ fn flush_spans(worker: &mut Worker) {
     if worker.spans.is_empty() {
         return;
     }
-    let Some(collector) = worker.engine.as_ref().and_then(|e| e.config.tracing.collector.clone()) else {
+    let Some(collector) = worker
+        .engine
+        .as_ref()
+        .and_then(|e| e.config.tracing.collector.clone())
+    else {
         worker.spans.clear();
         return;
     };
@@ -430,7 +481,10 @@ fn flush_spans(worker: &mut Worker) {
                 let _ = hostcalls::increment_metric(worker.metrics.spans_dropped, n);
                 log(
                     LogLevel::Warn,
-                    &format!("tideway: span export to cluster {:?} failed: {status:?}", collector.cluster),
+                    &format!(
+                        "tideway: span export to cluster {:?} failed: {status:?}",
+                        collector.cluster
+                    ),
                 );
             }
         }
@@ -440,8 +494,13 @@ fn flush_spans(worker: &mut Worker) {
 /// A failed request shares its destination's record at once (see
 /// `Engine::sync_after_failure`); successes never touch shared data.
 fn sync_after_failure(engine: &mut Engine, service: usize, destination: usize, now: u64) {
-    if let Some((key, error)) = engine.sync_after_failure(&mut HostSharedData, service, destination, now) {
-        log(LogLevel::Warn, &format!("tideway: replaced shared record {key}: {error}"));
+    if let Some((key, error)) =
+        engine.sync_after_failure(&mut HostSharedData, service, destination, now)
+    {
+        log(
+            LogLevel::Warn,
+            &format!("tideway: replaced shared record {key}: {error}"),
+        );
     }
 }
 
@@ -461,7 +520,10 @@ impl SharedStore for HostSharedData {
             Ok(()) => Ok(()),
             Err(Status::CasMismatch) => Err(CasMismatch),
             Err(status) => {
-                log(LogLevel::Warn, &format!("tideway: shared data write {key} failed: {status:?}"));
+                log(
+                    LogLevel::Warn,
+                    &format!("tideway: shared data write {key} failed: {status:?}"),
+                );
                 Ok(())
             }
         }
@@ -490,7 +552,13 @@ impl HttpContext for Request {
         let worker_rc = Rc::clone(&self.worker);
         let mut worker = worker_rc.borrow_mut();
         let generation = worker.generation;
-        let Worker { engine, metrics, identity_pending, entropy, .. } = &mut *worker;
+        let Worker {
+            engine,
+            metrics,
+            identity_pending,
+            entropy,
+            ..
+        } = &mut *worker;
         let Some(engine) = engine.as_mut() else {
             return Action::Continue;
         };
@@ -501,7 +569,10 @@ impl HttpContext for Request {
             let local = Root::local_identity(&engine.config);
             log(
                 LogLevel::Info,
-                &format!("tideway: local cluster {:?}, locality {:?}", local.cluster, local.locality),
+                &format!(
+                    "tideway: local cluster {:?}, locality {:?}",
+                    local.cluster, local.locality
+                ),
             );
             engine.set_local(local);
             *identity_pending = false;
@@ -511,7 +582,10 @@ impl HttpContext for Request {
             return Action::Continue;
         };
         let headers = HeaderMap::parse(&buffer);
-        let Some(service) = headers.get(":authority").and_then(|a| engine.service_for(a)) else {
+        let Some(service) = headers
+            .get(":authority")
+            .and_then(|a| engine.service_for(a))
+        else {
             return Action::Continue;
         };
         let now = now_ns();
@@ -522,9 +596,16 @@ impl HttpContext for Request {
         metrics.count_decision(&decision);
 
         let svc = &engine.services[service];
-        let target = decision.destination.map(|d| svc.destinations[d].cluster.as_str());
+        let target = decision
+            .destination
+            .map(|d| svc.destinations[d].cluster.as_str());
         let write = RequestHeaderWriter { received: &headers };
-        write.set(&svc.routing_header, decision.destination.map(|d| svc.destinations[d].name.as_bytes()));
+        write.set(
+            &svc.routing_header,
+            decision
+                .destination
+                .map(|d| svc.destinations[d].name.as_bytes()),
+        );
         if engine.config.hop_headers {
             write.set("x-cluster-source", Some(engine.local.cluster.as_bytes()));
             write.set("x-cluster-target", target.map(str::as_bytes));
@@ -535,7 +616,15 @@ impl HttpContext for Request {
             source_cluster: &engine.local.cluster,
             target_cluster: target.unwrap_or(""),
         };
-        let span = apply_trace(&engine.config.tracing, &headers, &hop, &svc.name, now, &write, entropy);
+        let span = apply_trace(
+            &engine.config.tracing,
+            &headers,
+            &hop,
+            &svc.name,
+            now,
+            &write,
+            entropy,
+        );
         self.routed = Some(Routed {
             generation,
             decision,
@@ -555,7 +644,11 @@ impl HttpContext for Request {
         let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
             .ok()
             .flatten()
-            .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u32>().ok()))
+            .and_then(|s| {
+                std::str::from_utf8(&s)
+                    .ok()
+                    .and_then(|s| s.parse::<u32>().ok())
+            })
             .unwrap_or(0);
         routed.status = u16::try_from(status).ok().filter(|s| *s > 0);
         let now = now_ns();
@@ -563,13 +656,19 @@ impl HttpContext for Request {
         if worker.generation != routed.generation {
             return Action::Continue;
         }
-        let Worker { engine, metrics, .. } = &mut *worker;
+        let Worker {
+            engine, metrics, ..
+        } = &mut *worker;
         let Some(engine) = engine.as_mut() else {
             return Action::Continue;
         };
         let decision = routed.decision;
         if let Some(d) = decision.destination {
-            let outcome = if status == 0 { Outcome::Reset } else { Outcome::Status(status) };
+            let outcome = if status == 0 {
+                Outcome::Reset
+            } else {
+                Outcome::Status(status)
+            };
             let latency = now.saturating_sub(routed.started_ns);
             let event = engine.observe(decision.service, d, outcome, latency, now);
             if !outcome.is_success() {
@@ -577,7 +676,11 @@ impl HttpContext for Request {
             }
             if let HealthEvent::Ejected { until_ns } = event {
                 let svc = &engine.services[decision.service];
-                if let Some(id) = metrics.ejections.get(decision.service).and_then(|e| e.get(d)) {
+                if let Some(id) = metrics
+                    .ejections
+                    .get(decision.service)
+                    .and_then(|e| e.get(d))
+                {
                     increment(*id);
                 }
                 log(
@@ -593,16 +696,24 @@ impl HttpContext for Request {
         }
         if engine.config.decision_header {
             let explanation = engine.explain(&decision);
-            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "x-tideway-decision", &explanation);
+            let _ = hostcalls::add_map_value(
+                MapType::HttpResponseHeaders,
+                "x-tideway-decision",
+                &explanation,
+            );
         }
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        let Some(routed) = self.routed.take() else { return };
+        let Some(routed) = self.routed.take() else {
+            return;
+        };
         // The clock is read again only if something here needs it: a span
         // to finish, or a request that ended without a response.
-        let now = if routed.span.is_some() || (!routed.responded && routed.decision.destination.is_some()) {
+        let now = if routed.span.is_some()
+            || (!routed.responded && routed.decision.destination.is_some())
+        {
             now_ns()
         } else {
             0
@@ -611,8 +722,15 @@ impl HttpContext for Request {
         if worker.generation != routed.generation {
             return;
         }
-        let Worker { engine, spans, metrics, .. } = &mut *worker;
-        let Some(engine) = engine.as_mut() else { return };
+        let Worker {
+            engine,
+            spans,
+            metrics,
+            ..
+        } = &mut *worker;
+        let Some(engine) = engine.as_mut() else {
+            return;
+        };
         let decision = routed.decision;
         if let Some(d) = decision.destination {
             if !routed.responded {
@@ -624,7 +742,12 @@ impl HttpContext for Request {
         }
         if let Some(mut span) = routed.span {
             span.finish(now, routed.status);
-            let cap = engine.config.tracing.collector.as_ref().map_or(0, |c| c.batch_size as usize);
+            let cap = engine
+                .config
+                .tracing
+                .collector
+                .as_ref()
+                .map_or(0, |c| c.batch_size as usize);
             // Bound the backlog if the collector is slow or down.
             if spans.len() < cap.saturating_mul(16) {
                 spans.push(span);
@@ -649,7 +772,9 @@ impl RequestHeaderWriter<'_, '_> {
         let present = self.received.get(name).is_some();
         let _ = match (value, present) {
             (Some(value), false) => add_request_header(name, value),
-            (Some(value), true) => hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value)),
+            (Some(value), true) => {
+                hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
+            }
             (None, true) => hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None),
             (None, false) => Ok(()),
         };
@@ -682,7 +807,11 @@ fn decide(engine: &mut Engine, service: usize, headers: &HeaderMap<'_>, now: u64
     if let Some(requested) = headers.get(&svc.routing_header) {
         if let Some(d) = engine.destination_named(service, requested) {
             if source_is_trusted(&engine.config) {
-                return Decision { service, destination: Some(d), reason: Reason::TrustedHeader };
+                return Decision {
+                    service,
+                    destination: Some(d),
+                    reason: Reason::TrustedHeader,
+                };
             }
         }
     }
@@ -707,10 +836,15 @@ fn source_is_trusted(config: &PluginConfig) -> bool {
     if config.trust.principals.is_empty() {
         return false;
     }
-    let Ok(Some(san)) = hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"]) else {
+    let Ok(Some(san)) = hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"])
+    else {
         return false;
     };
-    config.trust.principals.iter().any(|p| p.as_bytes() == san.as_slice())
+    config
+        .trust
+        .principals
+        .iter()
+        .any(|p| p.as_bytes() == san.as_slice())
 }
 
 /// Apply trace-context propagation; returns the span to record in span mode.

@@ -97,24 +97,51 @@ mod tests {
 
     #[test]
     fn slower_destination_scores_lower_in_proportion() {
-        let w = FactorWeights { latency: 1.0, load: 0.0, cost: 0.0, affinity: 0.0 };
+        let w = FactorWeights {
+            latency: 1.0,
+            load: 0.0,
+            cost: 0.0,
+            affinity: 0.0,
+        };
         let mut out = [0.0; 3];
-        score_all(&w, &[input(Some(1.0), 0, 0.0), input(Some(1.0), 0, 0.0), input(Some(10.0), 0, 0.0)], &mut out);
+        score_all(
+            &w,
+            &[
+                input(Some(1.0), 0, 0.0),
+                input(Some(1.0), 0, 0.0),
+                input(Some(10.0), 0, 0.0),
+            ],
+            &mut out,
+        );
         assert_eq!(out[0], 1.0);
         assert!((out[2] - 0.1).abs() < 1e-9, "{out:?}");
     }
 
     #[test]
     fn unmeasured_destination_counts_as_best() {
-        let w = FactorWeights { latency: 1.0, load: 0.0, cost: 0.0, affinity: 0.0 };
+        let w = FactorWeights {
+            latency: 1.0,
+            load: 0.0,
+            cost: 0.0,
+            affinity: 0.0,
+        };
         let mut out = [0.0; 2];
-        score_all(&w, &[input(None, 0, 0.0), input(Some(5.0), 0, 0.0)], &mut out);
+        score_all(
+            &w,
+            &[input(None, 0, 0.0), input(Some(5.0), 0, 0.0)],
+            &mut out,
+        );
         assert_eq!(out, [1.0, 1.0]);
     }
 
     #[test]
     fn load_and_cost_normalise() {
-        let w = FactorWeights { latency: 0.0, load: 1.0, cost: 1.0, affinity: 0.0 };
+        let w = FactorWeights {
+            latency: 0.0,
+            load: 1.0,
+            cost: 1.0,
+            affinity: 0.0,
+        };
         let mut out = [0.0; 2];
         score_all(&w, &[input(None, 0, 1.0), input(None, 3, 3.0)], &mut out);
         assert_eq!(out[0], 1.0);
@@ -131,15 +158,27 @@ mod tests {
 
     #[test]
     fn zero_weights_are_neutral() {
-        let w = FactorWeights { latency: 0.0, load: 0.0, cost: 0.0, affinity: 0.0 };
+        let w = FactorWeights {
+            latency: 0.0,
+            load: 0.0,
+            cost: 0.0,
+            affinity: 0.0,
+        };
         let mut out = [0.0; 2];
-        score_all(&w, &[input(Some(1.0), 0, 0.0), input(Some(9.0), 9, 9.0)], &mut out);
+        score_all(
+            &w,
+            &[input(Some(1.0), 0, 0.0), input(Some(9.0), 9, 9.0)],
+            &mut out,
+        );
         assert_eq!(out, [1.0, 1.0]);
     }
 
     #[test]
     fn locality_closeness() {
-        assert_eq!(locality_affinity(Some("us-east/a"), Some("us-east/a/x")), 1.0);
+        assert_eq!(
+            locality_affinity(Some("us-east/a"), Some("us-east/a/x")),
+            1.0
+        );
         assert_eq!(locality_affinity(Some("us-east/a"), Some("us-east/b")), 0.5);
         assert_eq!(locality_affinity(Some("us-east/a"), Some("eu-west/a")), 0.0);
         assert_eq!(locality_affinity(None, Some("eu-west/a")), 1.0);

@@ -41,8 +41,14 @@ pub enum DecodeError {
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Length(n) => write!(f, "shared stats record has {n} bytes, expected {ENCODED_LEN}"),
-            Self::Version(v) => write!(f, "shared stats record version {v}, expected {FORMAT_VERSION}"),
+            Self::Length(n) => write!(
+                f,
+                "shared stats record has {n} bytes, expected {ENCODED_LEN}"
+            ),
+            Self::Version(v) => write!(
+                f,
+                "shared stats record version {v}, expected {FORMAT_VERSION}"
+            ),
         }
     }
 }
@@ -59,7 +65,9 @@ impl SharedStats {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let bytes: &[u8; ENCODED_LEN] = bytes.try_into().map_err(|_| DecodeError::Length(bytes.len()))?;
+        let bytes: &[u8; ENCODED_LEN] = bytes
+            .try_into()
+            .map_err(|_| DecodeError::Length(bytes.len()))?;
         if bytes[0] != FORMAT_VERSION {
             return Err(DecodeError::Version(bytes[0]));
         }
@@ -83,7 +91,11 @@ impl SharedStats {
         let mine = self.latency.value(now_ns, decay_ns).unwrap_or(0.0);
         let theirs = other.latency.value(now_ns, decay_ns).unwrap_or(0.0);
         Self {
-            latency: if theirs > mine { other.latency } else { self.latency },
+            latency: if theirs > mine {
+                other.latency
+            } else {
+                self.latency
+            },
             ejected_until_ns: self.ejected_until_ns.max(other.ejected_until_ns),
             ejections: self.ejections.max(other.ejections),
         }
@@ -110,14 +122,23 @@ mod tests {
     fn encode_decode_round_trip() {
         let mut latency = PeakEwma::new();
         latency.observe(1234.5, 99, 1e9);
-        let s = SharedStats { latency, ejected_until_ns: 77, ejections: 3 };
+        let s = SharedStats {
+            latency,
+            ejected_until_ns: 77,
+            ejections: 3,
+        };
         assert_eq!(SharedStats::decode(&s.encode()), Ok(s));
     }
 
     #[test]
     fn bad_records_are_named() {
         assert_eq!(SharedStats::decode(b"xx"), Err(DecodeError::Length(2)));
-        let mut bytes = SharedStats { latency: PeakEwma::new(), ejected_until_ns: 0, ejections: 0 }.encode();
+        let mut bytes = SharedStats {
+            latency: PeakEwma::new(),
+            ejected_until_ns: 0,
+            ejections: 0,
+        }
+        .encode();
         bytes[0] = 9;
         assert_eq!(SharedStats::decode(&bytes), Err(DecodeError::Version(9)));
     }
@@ -128,8 +149,16 @@ mod tests {
         fast.observe(1e6, 10, 1e9);
         let mut slow = PeakEwma::new();
         slow.observe(50e6, 10, 1e9);
-        let a = SharedStats { latency: fast, ejected_until_ns: 0, ejections: 0 };
-        let b = SharedStats { latency: slow, ejected_until_ns: 500, ejections: 2 };
+        let a = SharedStats {
+            latency: fast,
+            ejected_until_ns: 0,
+            ejections: 0,
+        };
+        let b = SharedStats {
+            latency: slow,
+            ejected_until_ns: 500,
+            ejections: 2,
+        };
         let m = a.merge(&b, 10, 1e9);
         assert_eq!(m.latency, slow);
         assert_eq!(m.ejected_until_ns, 500);

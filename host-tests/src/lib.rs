@@ -2,6 +2,6 @@
 
 pub mod backend;
 pub mod bench;
-pub mod envoy;
 pub mod env;
+pub mod envoy;
 pub mod wasm_host;

@@ -23,7 +23,11 @@ impl Fleet {
             .collect();
         let dests: Vec<(&str, u16)> = backends.iter().map(|b| (b.name(), b.port)).collect();
         let envoy = Envoy::start(&EnvoySpec::new(config, &dests)).unwrap_or_else(|e| panic!("{e}"));
-        Fleet { backends, envoy, client: Client::new() }
+        Fleet {
+            backends,
+            envoy,
+            client: Client::new(),
+        }
     }
 
     fn get(&self, headers: &[(&str, &str)]) -> tideway_host_tests::envoy::Reply {
@@ -33,7 +37,10 @@ impl Fleet {
     }
 
     fn backend(&self, name: &str) -> &Backend {
-        self.backends.iter().find(|b| b.name() == name).expect("backend")
+        self.backends
+            .iter()
+            .find(|b| b.name() == name)
+            .expect("backend")
     }
 }
 
@@ -56,7 +63,10 @@ const STATIC: &str = r#"{"latency":0,"load":0,"cost":0,"affinity":0}"#;
 const DYNAMIC: &str = r#"{"latency":1,"load":0.2,"cost":0,"affinity":0}"#;
 
 fn header<'a>(recorded: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    recorded.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    recorded
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 #[test]
@@ -66,9 +76,16 @@ fn filter_sets_the_routing_header_and_envoy_routes_on_it() {
         let reply = fleet.get(&[]);
         assert_eq!(reply.status, 200, "{}", fleet.envoy.log_tail(20));
         let served_by = reply.header("x-backend").expect("x-backend").to_string();
-        let recorded = fleet.backend(&served_by).take_recorded().pop().expect("recorded");
+        let recorded = fleet
+            .backend(&served_by)
+            .take_recorded()
+            .pop()
+            .expect("recorded");
         // The route chosen by Envoy is the one the filter's header named.
-        assert_eq!(header(&recorded, "x-tideway-destination"), Some(served_by.as_str()));
+        assert_eq!(
+            header(&recorded, "x-tideway-destination"),
+            Some(served_by.as_str())
+        );
         assert_eq!(
             header(&recorded, "x-cluster-source"),
             Some("cluster-local"),
@@ -81,7 +98,13 @@ fn filter_sets_the_routing_header_and_envoy_routes_on_it() {
         );
         assert_eq!(header(&recorded, "x-service-name"), Some("reviews"));
     }
-    assert!(fleet.envoy.stat("wasmcustom.tideway.config.generation").expect("stat") >= 1);
+    assert!(
+        fleet
+            .envoy
+            .stat("wasmcustom.tideway.config.generation")
+            .expect("stat")
+            >= 1
+    );
 }
 
 #[test]
@@ -91,11 +114,16 @@ fn static_split_70_20_10_within_one_point() {
     let mut counts: HashMap<String, u32> = HashMap::new();
     for _ in 0..n {
         let reply = fleet.get(&[]);
-        *counts.entry(reply.header("x-backend").unwrap_or("?").to_string()).or_default() += 1;
+        *counts
+            .entry(reply.header("x-backend").unwrap_or("?").to_string())
+            .or_default() += 1;
     }
     for (name, expected) in [("east", 70.0), ("west", 20.0), ("south", 10.0)] {
         let pct = f64::from(counts.get(name).copied().unwrap_or(0)) / f64::from(n) * 100.0;
-        assert!((pct - expected).abs() <= 0.1, "{name}: {pct:.2}% (expected {expected}%): {counts:?}");
+        assert!(
+            (pct - expected).abs() <= 0.1,
+            "{name}: {pct:.2}% (expected {expected}%): {counts:?}"
+        );
     }
     // The filter adds its counts to Envoy's counters on the tick (100 ms).
     let name = "wasmcustom.tideway.requests.reviews.east.static";
@@ -111,7 +139,10 @@ fn static_split_70_20_10_within_one_point() {
 #[test]
 fn a_session_key_sticks_to_one_destination() {
     let fleet = Fleet::start(
-        &config(DYNAMIC, r#""affinity":{"source":"header","name":"x-user-id"},"#),
+        &config(
+            DYNAMIC,
+            r#""affinity":{"source":"header","name":"x-user-id"},"#,
+        ),
         2,
         false,
     );
@@ -149,17 +180,27 @@ fn a_destination_made_ten_times_slower_loses_most_traffic_within_two_seconds() {
     let mut counts: HashMap<String, u32> = HashMap::new();
     for _ in 0..400 {
         let reply = fleet.get(&[]);
-        *counts.entry(reply.header("x-backend").unwrap_or("?").to_string()).or_default() += 1;
+        *counts
+            .entry(reply.header("x-backend").unwrap_or("?").to_string())
+            .or_default() += 1;
     }
     let east = f64::from(counts.get("east").copied().unwrap_or(0)) / 400.0;
     // Its static share is 70%; "most of its traffic" lost means well under 35%.
-    assert!(east < 0.2, "east still gets {:.1}%: {counts:?}", east * 100.0);
+    assert!(
+        east < 0.2,
+        "east still gets {:.1}%: {counts:?}",
+        east * 100.0
+    );
 }
 
 #[test]
 fn a_destination_returning_503_is_ejected_and_traffic_fails_over() {
     // A long first ejection keeps east out for the whole test.
-    let fleet = Fleet::start(&config_with(STATIC, "", r#","ejectBaseMs":20000"#), 2, false);
+    let fleet = Fleet::start(
+        &config_with(STATIC, "", r#","ejectBaseMs":20000"#),
+        2,
+        false,
+    );
     fleet.backend("east").set_status(503);
     let mut failures = 0;
     for _ in 0..50 {
@@ -172,12 +213,30 @@ fn a_destination_returning_503_is_ejected_and_traffic_fails_over() {
     for _ in 0..300 {
         let reply = fleet.get(&[]);
         assert_eq!(reply.status, 200);
-        *counts.entry(reply.header("x-backend").unwrap_or("?").to_string()).or_default() += 1;
+        *counts
+            .entry(reply.header("x-backend").unwrap_or("?").to_string())
+            .or_default() += 1;
     }
     assert_eq!(counts.get("east"), None, "{counts:?}");
-    assert!(fleet.envoy.stat("wasmcustom.tideway.ejections.reviews.east").expect("stat") >= 1);
-    assert!(fleet.envoy.stat("wasmcustom.tideway.requests.reviews.west.failover").expect("stat") > 100);
-    assert!(fleet.envoy.log().contains("ejected reviews/east"), "{}", fleet.envoy.log_tail(30));
+    assert!(
+        fleet
+            .envoy
+            .stat("wasmcustom.tideway.ejections.reviews.east")
+            .expect("stat")
+            >= 1
+    );
+    assert!(
+        fleet
+            .envoy
+            .stat("wasmcustom.tideway.requests.reviews.west.failover")
+            .expect("stat")
+            > 100
+    );
+    assert!(
+        fleet.envoy.log().contains("ejected reviews/east"),
+        "{}",
+        fleet.envoy.log_tail(30)
+    );
 }
 
 #[test]
@@ -186,12 +245,24 @@ fn a_spoofed_routing_header_is_ignored_unless_trusted() {
     let mut counts: HashMap<String, u32> = HashMap::new();
     for _ in 0..200 {
         let reply = untrusted.get(&[("x-tideway-destination", "south")]);
-        *counts.entry(reply.header("x-backend").unwrap_or("?").to_string()).or_default() += 1;
+        *counts
+            .entry(reply.header("x-backend").unwrap_or("?").to_string())
+            .or_default() += 1;
     }
-    assert!(counts.get("south").copied().unwrap_or(0) < 60, "client chose its destination: {counts:?}");
+    assert!(
+        counts.get("south").copied().unwrap_or(0) < 60,
+        "client chose its destination: {counts:?}"
+    );
     drop(untrusted);
 
-    let trusted = Fleet::start(&config(STATIC, "").replace(r#""scheduler""#, r#""trust":{"allSources":true},"scheduler""#), 2, false);
+    let trusted = Fleet::start(
+        &config(STATIC, "").replace(
+            r#""scheduler""#,
+            r#""trust":{"allSources":true},"scheduler""#,
+        ),
+        2,
+        false,
+    );
     for _ in 0..50 {
         let reply = trusted.get(&[("x-tideway-destination", "south")]);
         assert_eq!(reply.header("x-backend"), Some("south"));

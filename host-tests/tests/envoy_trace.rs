@@ -11,13 +11,18 @@ const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 fn start() -> (Backend, Envoy) {
     let backend = Backend::start("east", 2, true).expect("backend");
-    let envoy = Envoy::start(&EnvoySpec::new(CONFIG, &[("east", backend.port)])).unwrap_or_else(|e| panic!("{e}"));
+    let envoy = Envoy::start(&EnvoySpec::new(CONFIG, &[("east", backend.port)]))
+        .unwrap_or_else(|e| panic!("{e}"));
     (backend, envoy)
 }
 
 fn received(backend: &Backend, name: &str) -> Vec<String> {
     let recorded = backend.take_recorded().pop().expect("one request recorded");
-    recorded.into_iter().filter(|(n, _)| n == name).map(|(_, v)| v).collect()
+    recorded
+        .into_iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .collect()
 }
 
 fn is_valid_traceparent(v: &str) -> bool {
@@ -27,7 +32,8 @@ fn is_valid_traceparent(v: &str) -> bool {
         && parts[1].len() == 32
         && parts[2].len() == 16
         && parts[3].len() == 2
-        && v.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && v.bytes()
+            .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         && parts[1] != "0".repeat(32)
         && parts[2] != "0".repeat(16)
 }
@@ -37,16 +43,34 @@ fn a_valid_traceparent_keeps_its_ids_and_tracestate_gains_our_member_first() {
     let (backend, envoy) = start();
     let client = Client::new();
     let reply = client
-        .get(&envoy.url("/"), HOST, &[("traceparent", TP), ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")])
+        .get(
+            &envoy.url("/"),
+            HOST,
+            &[
+                ("traceparent", TP),
+                ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
+            ],
+        )
         .expect("request");
     assert_eq!(reply.status, 200);
     let recorded = backend.take_recorded().pop().expect("recorded");
-    let get = |name: &str| recorded.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let get = |name: &str| {
+        recorded
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
     assert_eq!(get("traceparent").as_deref(), Some(TP));
     let tracestate = get("tracestate").expect("tracestate");
     let members: Vec<&str> = tracestate.split(',').map(str::trim).collect();
-    assert_eq!(members[0], "tideway=s:cluster-local;t:cluster-east", "{tracestate}");
-    assert_eq!(&members[1..], ["congo=t61rcWkgMzE", "rojo=00f067aa0ba902b7"]);
+    assert_eq!(
+        members[0], "tideway=s:cluster-local;t:cluster-east",
+        "{tracestate}"
+    );
+    assert_eq!(
+        &members[1..],
+        ["congo=t61rcWkgMzE", "rojo=00f067aa0ba902b7"]
+    );
 }
 
 #[test]
@@ -60,15 +84,30 @@ fn a_malformed_traceparent_is_replaced_by_a_valid_one() {
         "garbage",
     ] {
         client
-            .get(&envoy.url("/"), HOST, &[("traceparent", bad), ("tracestate", "congo=1")])
+            .get(
+                &envoy.url("/"),
+                HOST,
+                &[("traceparent", bad), ("tracestate", "congo=1")],
+            )
             .expect("request");
         let recorded = backend.take_recorded().pop().expect("recorded");
-        let get = |name: &str| recorded.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let get = |name: &str| {
+            recorded
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
         let tp = get("traceparent").expect("traceparent");
         assert!(is_valid_traceparent(&tp), "{bad} -> {tp}");
-        assert!(!tp.contains("0af7651916cd43dd8448eb211c80319c"), "{bad} -> {tp}");
+        assert!(
+            !tp.contains("0af7651916cd43dd8448eb211c80319c"),
+            "{bad} -> {tp}"
+        );
         // A new trace discards the old tracestate but for our member.
-        assert_eq!(get("tracestate").as_deref(), Some("tideway=s:cluster-local;t:cluster-east"));
+        assert_eq!(
+            get("tracestate").as_deref(),
+            Some("tideway=s:cluster-local;t:cluster-east")
+        );
     }
     // A request without any trace context gets one too.
     client.get(&envoy.url("/"), HOST, &[]).expect("request");
@@ -90,7 +129,10 @@ fn duplicated_traceparent_headers_start_a_new_trace() {
     let tps = received(&backend, "traceparent");
     assert_eq!(tps.len(), 1, "{tps:?}");
     assert!(is_valid_traceparent(&tps[0]));
-    assert!(!tps[0].contains("0af7651916cd43dd8448eb211c80319c"), "{tps:?}");
+    assert!(
+        !tps[0].contains("0af7651916cd43dd8448eb211c80319c"),
+        "{tps:?}"
+    );
 }
 
 #[test]
@@ -102,15 +144,26 @@ fn span_mode_sends_a_new_parent_id_downstream_and_exports_the_span_as_otlp_json(
         "scheduler":{"tickMs":100},
         "tracing":{"mode":"span","collector":{"cluster":"otel-collector","batchSize":8}}}"#;
     let mut spec = EnvoySpec::new(config, &[("east", backend.port)]);
-    spec.extra_clusters.push(("otel-collector".to_string(), collector.port));
+    spec.extra_clusters
+        .push(("otel-collector".to_string(), collector.port));
     let envoy = Envoy::start(&spec).unwrap_or_else(|e| panic!("{e}"));
-    let reply = Client::new().get(&envoy.url("/"), HOST, &[("traceparent", TP)]).expect("request");
+    let reply = Client::new()
+        .get(&envoy.url("/"), HOST, &[("traceparent", TP)])
+        .expect("request");
     assert_eq!(reply.status, 200);
 
-    let tp = received(&backend, "traceparent").pop().expect("traceparent");
+    let tp = received(&backend, "traceparent")
+        .pop()
+        .expect("traceparent");
     let parts: Vec<&str> = tp.split('-').collect();
-    assert_eq!(parts[1], "0af7651916cd43dd8448eb211c80319c", "same trace: {tp}");
-    assert_ne!(parts[2], "b7ad6b7169203331", "a new parent-id goes downstream: {tp}");
+    assert_eq!(
+        parts[1], "0af7651916cd43dd8448eb211c80319c",
+        "same trace: {tp}"
+    );
+    assert_ne!(
+        parts[2], "b7ad6b7169203331",
+        "a new parent-id goes downstream: {tp}"
+    );
 
     // The span is exported on a tick.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -118,13 +171,20 @@ fn span_mode_sends_a_new_parent_id_downstream_and_exports_the_span_as_otlp_json(
         if let Some(body) = collector.take_bodies().pop() {
             break body;
         }
-        assert!(std::time::Instant::now() < deadline, "no span export\n{}", envoy.log_tail(20));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no span export\n{}",
+            envoy.log_tail(20)
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     let export: serde_json::Value = serde_json::from_slice(&body).expect("OTLP JSON");
     let span = &export["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
     assert_eq!(span["traceId"], "0af7651916cd43dd8448eb211c80319c");
-    assert_eq!(span["spanId"], parts[2], "the exported span is the downstream parent");
+    assert_eq!(
+        span["spanId"], parts[2],
+        "the exported span is the downstream parent"
+    );
     assert_eq!(span["parentSpanId"], "b7ad6b7169203331");
     let attrs = span["attributes"].as_array().expect("attributes");
     let attr = |key: &str| {
@@ -134,19 +194,44 @@ fn span_mode_sends_a_new_parent_id_downstream_and_exports_the_span_as_otlp_json(
             .map(|a| a["value"].clone())
             .unwrap_or_else(|| panic!("attribute {key} missing: {span}"))
     };
-    assert_eq!(attr("tideway.cluster.source")["stringValue"], "cluster-local");
-    assert_eq!(attr("tideway.cluster.target")["stringValue"], "cluster-east");
+    assert_eq!(
+        attr("tideway.cluster.source")["stringValue"],
+        "cluster-local"
+    );
+    assert_eq!(
+        attr("tideway.cluster.target")["stringValue"],
+        "cluster-east"
+    );
     assert_eq!(attr("tideway.service.name")["stringValue"], "reviews");
-    assert!(envoy.stat("wasmcustom.tideway.spans.exported").expect("stat") >= 1);
+    assert!(
+        envoy
+            .stat("wasmcustom.tideway.spans.exported")
+            .expect("stat")
+            >= 1
+    );
 }
 
 #[test]
 fn the_decision_header_explains_the_choice_when_enabled() {
     let backend = Backend::start("east", 2, false).expect("backend");
-    let config = CONFIG.replace(r#""destinations""#, r#""affinity":{"source":"header","name":"x-user-id"},"destinations""#);
-    let config = format!("{},\"decisionHeader\":true}}", config.trim_end().trim_end_matches('}'));
-    let envoy = Envoy::start(&EnvoySpec::new(&config, &[("east", backend.port)])).unwrap_or_else(|e| panic!("{e}"));
-    let reply = Client::new().get(&envoy.url("/"), HOST, &[("x-user-id", "alice")]).expect("request");
-    let decision = reply.header("x-tideway-decision").expect("x-tideway-decision");
-    assert!(decision.contains("service=reviews; destination=east; reason=affinity"), "{decision}");
+    let config = CONFIG.replace(
+        r#""destinations""#,
+        r#""affinity":{"source":"header","name":"x-user-id"},"destinations""#,
+    );
+    let config = format!(
+        "{},\"decisionHeader\":true}}",
+        config.trim_end().trim_end_matches('}')
+    );
+    let envoy = Envoy::start(&EnvoySpec::new(&config, &[("east", backend.port)]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let reply = Client::new()
+        .get(&envoy.url("/"), HOST, &[("x-user-id", "alice")])
+        .expect("request");
+    let decision = reply
+        .header("x-tideway-decision")
+        .expect("x-tideway-decision");
+    assert!(
+        decision.contains("service=reviews; destination=east; reason=affinity"),
+        "{decision}"
+    );
 }

@@ -13,8 +13,8 @@
 
 use std::collections::BTreeMap;
 use tideway_host_tests::backend::Backend;
-use tideway_host_tests::envoy::{Client, Envoy, EnvoySpec};
 use tideway_host_tests::env;
+use tideway_host_tests::envoy::{Client, Envoy, EnvoySpec};
 use tideway_host_tests::wasm_host::{Host, HostBuilder};
 
 const REVIEWS: &str = "reviews.prod.svc.cluster.local";
@@ -71,25 +71,54 @@ fn scenario(name: impl Into<String>, host: &'static str, headers: &[(&str, &str)
     Scenario {
         name: name.into(),
         host,
-        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     }
 }
 
 fn scenarios() -> Vec<Scenario> {
     let mut out = vec![
         // (a) session affinity.
-        scenario("alice", REVIEWS, &[("x-user-id", "alice"), ("traceparent", TP), ("tracestate", TRACESTATE)]),
+        scenario(
+            "alice",
+            REVIEWS,
+            &[
+                ("x-user-id", "alice"),
+                ("traceparent", TP),
+                ("tracestate", TRACESTATE),
+            ],
+        ),
         // (b) a valid traceparent and tracestate.
-        scenario("w3c", REVIEWS, &[("x-user-id", "carol"), ("traceparent", TP), ("tracestate", TRACESTATE)]),
+        scenario(
+            "w3c",
+            REVIEWS,
+            &[
+                ("x-user-id", "carol"),
+                ("traceparent", TP),
+                ("tracestate", TRACESTATE),
+            ],
+        ),
         scenario(
             "future version",
             REVIEWS,
-            &[("x-user-id", "dave"), ("traceparent", "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-later")],
+            &[
+                ("x-user-id", "dave"),
+                (
+                    "traceparent",
+                    "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-later",
+                ),
+            ],
         ),
         scenario(
             "our member replaced",
             REVIEWS,
-            &[("x-user-id", "erin"), ("traceparent", TP), ("tracestate", "tideway=s:a;t:b,congo=t61rcWkgMzE")],
+            &[
+                ("x-user-id", "erin"),
+                ("traceparent", TP),
+                ("tracestate", "tideway=s:a;t:b,congo=t61rcWkgMzE"),
+            ],
         ),
         scenario(
             "b3 multi",
@@ -105,21 +134,40 @@ fn scenarios() -> Vec<Scenario> {
         scenario(
             "b3 single",
             REVIEWS,
-            &[("x-user-id", "grace"), ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0")],
+            &[
+                ("x-user-id", "grace"),
+                ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0"),
+            ],
         ),
         // (c) an untrusted routing header is ignored: both re-decide.
-        scenario("spoofed, single destination", RATINGS, &[("x-tideway-destination", "west"), ("traceparent", TP)]),
+        scenario(
+            "spoofed, single destination",
+            RATINGS,
+            &[("x-tideway-destination", "west"), ("traceparent", TP)],
+        ),
         scenario(
             "spoofed, affinity",
             REVIEWS,
-            &[("x-tideway-destination", "south"), ("x-user-id", "alice"), ("traceparent", TP)],
+            &[
+                ("x-tideway-destination", "south"),
+                ("x-user-id", "alice"),
+                ("traceparent", TP),
+            ],
         ),
         // A host no service claims passes untouched.
-        scenario("unclaimed host", "other.example.com", &[("traceparent", TP), ("tracestate", TRACESTATE)]),
+        scenario(
+            "unclaimed host",
+            "other.example.com",
+            &[("traceparent", TP), ("tracestate", TRACESTATE)],
+        ),
     ];
     for user in 0..24 {
         let id = format!("user-{user}");
-        out.push(scenario(format!("affinity {id}"), REVIEWS, &[("x-user-id", id.as_str()), ("traceparent", TP)]));
+        out.push(scenario(
+            format!("affinity {id}"),
+            REVIEWS,
+            &[("x-user-id", id.as_str()), ("traceparent", TP)],
+        ));
     }
     out
 }
@@ -127,12 +175,18 @@ fn scenarios() -> Vec<Scenario> {
 type Compared = BTreeMap<&'static str, Vec<String>>;
 
 fn compared(get_all: impl Fn(&str) -> Vec<String>) -> Compared {
-    COMPARED.iter().map(|name| (*name, get_all(name))).filter(|(_, v)| !v.is_empty()).collect()
+    COMPARED
+        .iter()
+        .map(|name| (*name, get_all(name)))
+        .filter(|(_, v)| !v.is_empty())
+        .collect()
 }
 
 fn in_envoy(scenarios: &[Scenario]) -> Vec<Compared> {
-    let backends: Vec<Backend> =
-        ["east", "west", "south"].iter().map(|n| Backend::start(n, 2, true).expect("backend")).collect();
+    let backends: Vec<Backend> = ["east", "west", "south"]
+        .iter()
+        .map(|n| Backend::start(n, 2, true).expect("backend"))
+        .collect();
     let dests: Vec<(&str, u16)> = backends.iter().map(|b| (b.name(), b.port)).collect();
     let mut spec = EnvoySpec::new(CONFIG, &dests);
     spec.concurrency = 2;
@@ -141,15 +195,26 @@ fn in_envoy(scenarios: &[Scenario]) -> Vec<Compared> {
     scenarios
         .iter()
         .map(|s| {
-            let headers: Vec<(&str, &str)> = s.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let headers: Vec<(&str, &str)> = s
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             let reply = client
                 .get(&envoy.url("/"), s.host, &headers)
                 .unwrap_or_else(|e| panic!("{}: {e}\n{}", s.name, envoy.log_tail(30)));
             assert_eq!(reply.status, 200, "{}: {}", s.name, envoy.log_tail(30));
-            let mut recorded: Vec<Vec<(String, String)>> = backends.iter().flat_map(|b| b.take_recorded()).collect();
+            let mut recorded: Vec<Vec<(String, String)>> =
+                backends.iter().flat_map(|b| b.take_recorded()).collect();
             assert_eq!(recorded.len(), 1, "{}: one upstream request", s.name);
             let recorded = recorded.pop().unwrap_or_default();
-            compared(|name| recorded.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect())
+            compared(|name| {
+                recorded
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
         })
         .collect()
 }
@@ -169,8 +234,12 @@ fn in_wasmtime(scenarios: &[Scenario]) -> (Vec<Compared>, Host) {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let mut headers: Vec<(&str, &str)> =
-                vec![(":method", "GET"), (":scheme", "http"), (":authority", s.host), (":path", "/")];
+            let mut headers: Vec<(&str, &str)> = vec![
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", s.host),
+                (":path", "/"),
+            ];
             headers.extend(s.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             let ex = host
                 .exchange(i % 2, &headers, &[(":status", "200")])
@@ -192,21 +261,44 @@ fn envoy_and_the_wasmtime_host_forward_identical_headers() {
             mismatches.push(format!("{}:\n  wasmtime: {h:?}\n  envoy:    {e:?}", s.name));
         }
     }
-    assert!(mismatches.is_empty(), "{} scenario(s) differ:\n{}\nhost logs:\n{}", mismatches.len(), mismatches.join("\n"), host.logs_text());
+    assert!(
+        mismatches.is_empty(),
+        "{} scenario(s) differ:\n{}\nhost logs:\n{}",
+        mismatches.len(),
+        mismatches.join("\n"),
+        host.logs_text()
+    );
 
     // The comparison is not vacuous: the filter acted in both.
-    let by_name: BTreeMap<&str, &Compared> = scenarios.iter().map(|s| s.name.as_str()).zip(&host_results).collect();
-    let get = |scenario: &str, header: &str| by_name[scenario].get(header).cloned().unwrap_or_default();
+    let by_name: BTreeMap<&str, &Compared> = scenarios
+        .iter()
+        .map(|s| s.name.as_str())
+        .zip(&host_results)
+        .collect();
+    let get =
+        |scenario: &str, header: &str| by_name[scenario].get(header).cloned().unwrap_or_default();
     assert_eq!(get("alice", "x-cluster-source"), ["cluster-local"]);
     assert_eq!(get("alice", "x-tideway-destination").len(), 1);
-    assert_eq!(get("spoofed, affinity", "x-tideway-destination"), get("alice", "x-tideway-destination"));
+    assert_eq!(
+        get("spoofed, affinity", "x-tideway-destination"),
+        get("alice", "x-tideway-destination")
+    );
     assert_eq!(get("w3c", "traceparent"), [TP]);
     assert!(get("w3c", "tracestate")[0].starts_with("tideway=s:cluster-local;t:cluster-"));
     assert!(get("w3c", "tracestate")[0].ends_with(TRACESTATE));
     assert_eq!(get("future version", "traceparent"), [TP]);
-    assert_eq!(get("b3 multi", "traceparent"), ["00-80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-01"]);
-    assert_eq!(get("spoofed, single destination", "x-tideway-destination"), ["east"]);
-    assert_eq!(get("unclaimed host", "x-tideway-destination"), Vec::<String>::new());
+    assert_eq!(
+        get("b3 multi", "traceparent"),
+        ["00-80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-01"]
+    );
+    assert_eq!(
+        get("spoofed, single destination", "x-tideway-destination"),
+        ["east"]
+    );
+    assert_eq!(
+        get("unclaimed host", "x-tideway-destination"),
+        Vec::<String>::new()
+    );
     assert_eq!(get("unclaimed host", "tracestate"), [TRACESTATE]);
     let homes: std::collections::BTreeSet<String> = scenarios
         .iter()
@@ -214,5 +306,8 @@ fn envoy_and_the_wasmtime_host_forward_identical_headers() {
         .filter(|(s, _)| s.name.starts_with("affinity "))
         .flat_map(|(_, r)| r.get("x-tideway-destination").cloned().unwrap_or_default())
         .collect();
-    assert!(homes.len() >= 2, "sessions spread over destinations: {homes:?}");
+    assert!(
+        homes.len() >= 2,
+        "sessions spread over destinations: {homes:?}"
+    );
 }

@@ -36,7 +36,12 @@ fn canary_config(a: f64, b: f64) -> serde_json::Value {
 }
 
 fn request<'a>(host: &'a str, path: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![(":method", "GET"), (":scheme", "http"), (":authority", host), (":path", path)]
+    vec![
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", host),
+        (":path", path),
+    ]
 }
 
 fn start(config: &serde_json::Value) -> Host {
@@ -48,7 +53,11 @@ fn config_accepted() {
     let host = start(&canary_config(50.0, 50.0));
     assert_eq!(host.configured, vec![true]);
     assert_eq!(host.abi_version(), "0.2.1");
-    assert!(host.stubbed_imports.is_empty(), "filter imports calls this host lacks: {:?}", host.stubbed_imports);
+    assert!(
+        host.stubbed_imports.is_empty(),
+        "filter imports calls this host lacks: {:?}",
+        host.stubbed_imports
+    );
 }
 
 #[test]
@@ -56,9 +65,16 @@ fn config_rejected_with_message() {
     let bad = json!({ "services": [], "bogusField": 1 });
     let host = builder(&bad).build().unwrap();
     assert_eq!(host.configured, vec![false]);
-    assert!(host.logged("bogusField"), "the error names the unknown field:\n{}", host.logs_text());
+    assert!(
+        host.logged("bogusField"),
+        "the error names the unknown field:\n{}",
+        host.logs_text()
+    );
 
-    let not_json = builder(&json!(null)).plugin_config("{not json").build().unwrap();
+    let not_json = builder(&json!(null))
+        .plugin_config("{not json")
+        .build()
+        .unwrap();
     assert_eq!(not_json.configured, vec![false]);
 }
 
@@ -67,26 +83,49 @@ fn hop_headers_off_leaves_only_the_routing_header() {
     let mut config = canary_config(50.0, 50.0);
     config["hopHeaders"] = json!(false);
     let mut host = start(&config);
-    let ex = host.exchange(0, &request("reviews", "/r"), &[(":status", "200")]).unwrap();
-    assert!(ex.upstream_request.get(ROUTING_HEADER).is_some(), "still routed:\n{}", host.logs_text());
+    let ex = host
+        .exchange(0, &request("reviews", "/r"), &[(":status", "200")])
+        .unwrap();
+    assert!(
+        ex.upstream_request.get(ROUTING_HEADER).is_some(),
+        "still routed:\n{}",
+        host.logs_text()
+    );
     for name in ["x-cluster-source", "x-cluster-target", "x-service-name"] {
-        assert_eq!(ex.upstream_request.get(name), None, "{name} is set with hopHeaders off");
+        assert_eq!(
+            ex.upstream_request.get(name),
+            None,
+            "{name} is set with hopHeaders off"
+        );
     }
 }
 
 #[test]
 fn sets_routing_header_and_service_name() {
     let mut host = start(&canary_config(50.0, 50.0));
-    let ex = host.exchange(0, &request("reviews", "/r"), &[(":status", "200")]).unwrap();
+    let ex = host
+        .exchange(0, &request("reviews", "/r"), &[(":status", "200")])
+        .unwrap();
     assert_eq!(ex.request_action, Action::Continue);
-    let dest = ex.upstream_request.get(ROUTING_HEADER).unwrap_or_else(|| panic!("no routing header:\n{}", host.logs_text()));
+    let dest = ex
+        .upstream_request
+        .get(ROUTING_HEADER)
+        .unwrap_or_else(|| panic!("no routing header:\n{}", host.logs_text()));
     assert!(dest == "cluster-a" || dest == "cluster-b", "{dest}");
-    assert_eq!(ex.upstream_request.get("x-service-name").as_deref(), Some("reviews"));
-    assert_eq!(ex.upstream_request.get("x-cluster-source").as_deref(), Some("cluster-a"));
+    assert_eq!(
+        ex.upstream_request.get("x-service-name").as_deref(),
+        Some("reviews")
+    );
+    assert_eq!(
+        ex.upstream_request.get("x-cluster-source").as_deref(),
+        Some("cluster-a")
+    );
     assert!(ex.route_cache_clears >= 1);
 
     // A host no service claims passes untouched.
-    let other = host.exchange(0, &request("ratings", "/"), &[(":status", "200")]).unwrap();
+    let other = host
+        .exchange(0, &request("ratings", "/"), &[(":status", "200")])
+        .unwrap();
     assert_eq!(other.upstream_request.get(ROUTING_HEADER), None);
 }
 
@@ -97,26 +136,39 @@ fn canary_split_precision_over_100k_requests() {
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     for i in 0..n {
         let path = format!("/item/{i}");
-        let ex = host.exchange(0, &request("reviews", &path), &[(":status", "200")]).unwrap();
+        let ex = host
+            .exchange(0, &request("reviews", &path), &[(":status", "200")])
+            .unwrap();
         let d = ex.upstream_request.get(ROUTING_HEADER).unwrap_or_default();
         *counts.entry(d).or_default() += 1;
     }
     let b = f64::from(*counts.get("cluster-b").unwrap_or(&0)) / f64::from(n);
-    assert!((b - 0.10).abs() < 0.005, "cluster-b share {b}, counts {counts:?}");
+    assert!(
+        (b - 0.10).abs() < 0.005,
+        "cluster-b share {b}, counts {counts:?}"
+    );
 }
 
 #[test]
 fn two_workers_merge_statistics_through_shared_data() {
-    let mut host = builder(&canary_config(50.0, 50.0)).workers(2).start().unwrap();
+    let mut host = builder(&canary_config(50.0, 50.0))
+        .workers(2)
+        .start()
+        .unwrap();
     for w in 0..2 {
         for i in 0..50 {
             let path = format!("/w{w}/{i}");
-            host.exchange(w, &request("reviews", &path), &[(":status", "200")]).unwrap();
+            host.exchange(w, &request("reviews", &path), &[(":status", "200")])
+                .unwrap();
         }
     }
     host.advance(Duration::from_secs(30)).unwrap();
     let keys: Vec<String> = host.shared_data().keys().cloned().collect();
-    assert!(keys.iter().any(|k| k.starts_with("tideway/")), "no tideway/ shared data after ticks: {keys:?}\n{}", host.logs_text());
+    assert!(
+        keys.iter().any(|k| k.starts_with("tideway/")),
+        "no tideway/ shared data after ticks: {keys:?}\n{}",
+        host.logs_text()
+    );
     assert!(host.failure(0).is_none() && host.failure(1).is_none());
 }
 
@@ -158,10 +210,15 @@ fn serve(
         host.advance(latency).unwrap();
     }
     let status = status.to_string();
-    host.response_headers(s, &[(":status", status.as_str())], true).unwrap();
+    host.response_headers(s, &[(":status", status.as_str())], true)
+        .unwrap();
     host.finish(s).unwrap();
     host.drop_stream(s);
-    assert!(host.failure(worker).is_none(), "worker {worker} trapped: {:?}", host.failure(worker));
+    assert!(
+        host.failure(worker).is_none(),
+        "worker {worker} trapped: {:?}",
+        host.failure(worker)
+    );
     (dest, forwarded)
 }
 
@@ -204,17 +261,31 @@ fn latency_only_a_ten_times_slower_destination_gets_under_5_percent() {
     for _ in 0..200 {
         warm.insert(serve(&mut host, 0, &req, upstream).0.expect("routed"));
     }
-    assert_eq!(warm.len(), 3, "every destination is measured during warm-up: {warm:?}");
+    assert_eq!(
+        warm.len(),
+        3,
+        "every destination is measured during warm-up: {warm:?}"
+    );
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     for _ in 0..2000 {
-        *counts.entry(serve(&mut host, 0, &req, upstream).0.expect("routed")).or_default() += 1;
+        *counts
+            .entry(serve(&mut host, 0, &req, upstream).0.expect("routed"))
+            .or_default() += 1;
     }
-    assert!(share(&counts, "c") < 0.05, "the 10x slower c still gets {:.1}%: {counts:?}", share(&counts, "c") * 100.0);
+    assert!(
+        share(&counts, "c") < 0.05,
+        "the 10x slower c still gets {:.1}%: {counts:?}",
+        share(&counts, "c") * 100.0
+    );
     // The fast ones split the rest by their equal weights.
     let (a, b) = (share(&counts, "a"), share(&counts, "b"));
     assert!(a > 0.35 && b > 0.35, "{counts:?}");
     assert!(counter(&mut host, "tideway.requests.reviews.a.score") > 0);
-    assert_eq!(counter(&mut host, "tideway.requests.reviews.a.static"), 0, "dynamic weights never decide statically");
+    assert_eq!(
+        counter(&mut host, "tideway.requests.reviews.a.static"),
+        0,
+        "dynamic weights never decide statically"
+    );
 }
 
 #[test]
@@ -225,7 +296,13 @@ fn latency_only_with_equal_latencies_the_split_follows_the_static_weights() {
     let n = 4000;
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     for _ in 0..n {
-        *counts.entry(serve(&mut host, 0, &req, |_| (ms(5), 200)).0.expect("routed")).or_default() += 1;
+        *counts
+            .entry(
+                serve(&mut host, 0, &req, |_| (ms(5), 200))
+                    .0
+                    .expect("routed"),
+            )
+            .or_default() += 1;
     }
     // Equal latencies must not bend the split. (P2C comparing scores that
     // differ only by the idle decay of the peak-EWMA — the destination
@@ -249,12 +326,21 @@ fn static_weights_decide_with_reason_static_whatever_the_latency() {
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     for _ in 0..3000 {
         // a is 50x slower: static weights ignore it.
-        let d = serve(&mut host, 0, &req, |d| (if d == Some("a") { ms(50) } else { ms(1) }, 200)).0;
+        let d = serve(&mut host, 0, &req, |d| {
+            (if d == Some("a") { ms(50) } else { ms(1) }, 200)
+        })
+        .0;
         *counts.entry(d.expect("routed")).or_default() += 1;
     }
     assert!((share(&counts, "a") - 0.80).abs() < 0.025, "{counts:?}");
-    assert_eq!(counter(&mut host, "tideway.requests.reviews.a.static"), u64::from(tally(&counts, "a")));
-    assert_eq!(counter(&mut host, "tideway.requests.reviews.b.static"), u64::from(tally(&counts, "b")));
+    assert_eq!(
+        counter(&mut host, "tideway.requests.reviews.a.static"),
+        u64::from(tally(&counts, "a"))
+    );
+    assert_eq!(
+        counter(&mut host, "tideway.requests.reviews.b.static"),
+        u64::from(tally(&counts, "b"))
+    );
 }
 
 // --- 2. session affinity ----------------------------------------------------------
@@ -274,20 +360,43 @@ fn affinity_config(weights: [f64; 3]) -> Value {
 
 #[test]
 fn a_session_key_maps_to_one_destination_across_requests_and_workers() {
-    let mut host = builder(&affinity_config([50.0, 30.0, 20.0])).workers(2).start().unwrap();
+    let mut host = builder(&affinity_config([50.0, 30.0, 20.0]))
+        .workers(2)
+        .start()
+        .unwrap();
     let mut req = request("reviews", "/");
     req.push(("x-user-id", "alice"));
     let home = route(&mut host, 0, &req).expect("routed");
     for i in 0..1000 {
         let w = i % 2;
         // Its home becoming slow changes scores, never the session's home.
-        let d = serve(&mut host, w, &req, |d| (if d == Some(home.as_str()) { ms(40) } else { ms(1) }, 200)).0;
-        assert_eq!(d.as_deref(), Some(home.as_str()), "request {i} on worker {w} moved");
+        let d = serve(&mut host, w, &req, |d| {
+            (
+                if d == Some(home.as_str()) {
+                    ms(40)
+                } else {
+                    ms(1)
+                },
+                200,
+            )
+        })
+        .0;
+        assert_eq!(
+            d.as_deref(),
+            Some(home.as_str()),
+            "request {i} on worker {w} moved"
+        );
         if i % 200 == 0 {
             host.tick_all().unwrap();
         }
     }
-    assert_eq!(counter(&mut host, &format!("tideway.requests.reviews.{home}.affinity")), 1001);
+    assert_eq!(
+        counter(
+            &mut host,
+            &format!("tideway.requests.reviews.{home}.affinity")
+        ),
+        1001
+    );
 
     // Many keys: each sticks, and together they spread by weight.
     let mut homes: BTreeMap<String, String> = BTreeMap::new();
@@ -325,21 +434,43 @@ fn raising_one_weight_by_10_percent_moves_few_keys_and_only_to_it() {
     }
     // Weighted rendezvous: shares follow the weights.
     for (name, expected) in [("east", 0.5), ("west", 0.3), ("south", 0.2)] {
-        assert!((share(&counts, name) - expected).abs() < 0.03, "{name}: {counts:?}");
+        assert!(
+            (share(&counts, name) - expected).abs() < 0.03,
+            "{name}: {counts:?}"
+        );
     }
 
     // west: 30 → 33 (+10%).
-    assert!(host.reconfigure(affinity_config([50.0, 33.0, 20.0]).to_string()).unwrap(), "{}", host.logs_text());
+    assert!(
+        host.reconfigure(affinity_config([50.0, 33.0, 20.0]).to_string())
+            .unwrap(),
+        "{}",
+        host.logs_text()
+    );
     let after = map_all(&mut host);
-    let moved: Vec<(usize, &String, &String)> =
-        before.iter().zip(&after).enumerate().filter(|(_, (b, a))| b != a).map(|(i, (b, a))| (i, b, a)).collect();
+    let moved: Vec<(usize, &String, &String)> = before
+        .iter()
+        .zip(&after)
+        .enumerate()
+        .filter(|(_, (b, a))| b != a)
+        .map(|(i, (b, a))| (i, b, a))
+        .collect();
     let fraction = moved.len() as f64 / keys.len() as f64;
     assert!(fraction <= 0.11, "{:.1}% of keys moved", fraction * 100.0);
     // The minimum disruption: west's share grows from 30/100 to 33/103,
     // about 2 points; far fewer than 11%.
-    assert!(fraction > 0.005 && fraction < 0.04, "{:.2}% of keys moved (expected ≈2%)", fraction * 100.0);
+    assert!(
+        fraction > 0.005 && fraction < 0.04,
+        "{:.2}% of keys moved (expected ≈2%)",
+        fraction * 100.0
+    );
     for (i, from, to) in &moved {
-        assert_eq!(to.as_str(), "west", "{} moved {from} -> {to}, not to the destination whose weight rose", keys[*i]);
+        assert_eq!(
+            to.as_str(),
+            "west",
+            "{} moved {from} -> {to}, not to the destination whose weight rose",
+            keys[*i]
+        );
     }
 }
 
@@ -374,7 +505,16 @@ fn fail_until_ejected(host: &mut Host, failing: &[&str], metric: &str) -> u32 {
     let before = counter(host, metric);
     let req = request("reviews", "/");
     for i in 1..=1000 {
-        serve(host, 0, &req, |d| (Duration::ZERO, if d.is_some_and(|d| failing.contains(&d)) { 503 } else { 200 }));
+        serve(host, 0, &req, |d| {
+            (
+                Duration::ZERO,
+                if d.is_some_and(|d| failing.contains(&d)) {
+                    503
+                } else {
+                    200
+                },
+            )
+        });
         if counter(host, metric) > before {
             return i;
         }
@@ -387,8 +527,19 @@ fn burst(host: &mut Host, n: u32, failing: &[&str]) -> BTreeMap<String, u32> {
     let req = request("reviews", "/");
     let mut counts = BTreeMap::new();
     for _ in 0..n {
-        let (d, _) = serve(host, 0, &req, |d| (Duration::ZERO, if d.is_some_and(|d| failing.contains(&d)) { 503 } else { 200 }));
-        *counts.entry(d.unwrap_or_else(|| "none".into())).or_default() += 1;
+        let (d, _) = serve(host, 0, &req, |d| {
+            (
+                Duration::ZERO,
+                if d.is_some_and(|d| failing.contains(&d)) {
+                    503
+                } else {
+                    200
+                },
+            )
+        });
+        *counts
+            .entry(d.unwrap_or_else(|| "none".into()))
+            .or_default() += 1;
     }
     counts
 }
@@ -397,51 +548,94 @@ fn burst(host: &mut Host, n: u32, failing: &[&str]) -> BTreeMap<String, u32> {
 fn five_503s_eject_for_1s_then_2s_and_failover_prefers_the_same_zone() {
     let mut host = ejection_host(&ejection_config());
     let ejections = "tideway.ejections.reviews.east";
-    let failover = |h: &mut Host, d: &str| counter(h, &format!("tideway.requests.reviews.{d}.failover"));
+    let failover =
+        |h: &mut Host, d: &str| counter(h, &format!("tideway.requests.reviews.{d}.failover"));
 
     fail_until_ejected(&mut host, &["east"], ejections);
     assert_eq!(counter(&mut host, ejections), 1);
-    assert_eq!(counter(&mut host, "tideway.requests.reviews.east.static"), 5, "exactly 5 consecutive 503s eject");
-    assert!(host.logged("ejected reviews/east for 1000 ms"), "{}", host.logs_text());
+    assert_eq!(
+        counter(&mut host, "tideway.requests.reviews.east.static"),
+        5,
+        "exactly 5 consecutive 503s eject"
+    );
+    assert!(
+        host.logged("ejected reviews/east for 1000 ms"),
+        "{}",
+        host.logs_text()
+    );
 
     // Ejected for [t, t+1s): no request reaches east; its share fails over
     // to the same-zone destination, never to the same-region one.
     for _ in 0..99 {
         host.advance(ms(10)).unwrap();
         let counts = burst(&mut host, 6, &["east"]);
-        assert_eq!(tally(&counts, "east"), 0, "east got traffic while ejected: {counts:?}");
+        assert_eq!(
+            tally(&counts, "east"),
+            0,
+            "east got traffic while ejected: {counts:?}"
+        );
     }
     host.advance(ms(9)).unwrap(); // t + 999 ms
     let counts = burst(&mut host, 60, &["east"]);
-    assert_eq!(tally(&counts, "east"), 0, "east got traffic 1 ms before its return: {counts:?}");
-    assert!(failover(&mut host, "near") > 150, "east's third of ~650 requests fails over to near: {}", failover(&mut host, "near"));
-    assert_eq!(failover(&mut host, "mid"), 0, "the same zone comes before the same region");
+    assert_eq!(
+        tally(&counts, "east"),
+        0,
+        "east got traffic 1 ms before its return: {counts:?}"
+    );
+    assert!(
+        failover(&mut host, "near") > 150,
+        "east's third of ~650 requests fails over to near: {}",
+        failover(&mut host, "near")
+    );
+    assert_eq!(
+        failover(&mut host, "mid"),
+        0,
+        "the same zone comes before the same region"
+    );
     assert_eq!(failover(&mut host, "east"), 0);
 
     // t + 1 s: east is back.
     host.advance(ms(1)).unwrap();
     let counts = burst(&mut host, 60, &[]);
-    assert!(tally(&counts, "east") > 5, "east gets traffic again at +1 s: {counts:?}");
+    assert!(
+        tally(&counts, "east") > 5,
+        "east gets traffic again at +1 s: {counts:?}"
+    );
 
     // It fails again: the second ejection lasts twice as long.
     fail_until_ejected(&mut host, &["east"], ejections);
     assert_eq!(counter(&mut host, ejections), 2);
-    assert!(host.logged("ejected reviews/east for 2000 ms"), "{}", host.logs_text());
+    assert!(
+        host.logged("ejected reviews/east for 2000 ms"),
+        "{}",
+        host.logs_text()
+    );
     for _ in 0..19 {
         host.advance(ms(100)).unwrap();
         let counts = burst(&mut host, 6, &["east"]);
-        assert_eq!(tally(&counts, "east"), 0, "east got traffic during its 2 s ejection: {counts:?}");
+        assert_eq!(
+            tally(&counts, "east"),
+            0,
+            "east got traffic during its 2 s ejection: {counts:?}"
+        );
     }
     host.advance(ms(99)).unwrap(); // t2 + 1999 ms
     assert_eq!(tally(&burst(&mut host, 60, &["east"]), "east"), 0);
     host.advance(ms(1)).unwrap(); // t2 + 2 s
     let counts = burst(&mut host, 60, &[]);
-    assert!(tally(&counts, "east") > 5, "east is back at +2 s: {counts:?}");
+    assert!(
+        tally(&counts, "east") > 5,
+        "east is back at +2 s: {counts:?}"
+    );
     assert_eq!(counter(&mut host, ejections), 2);
 
     // A third ejection doubles again (4 s).
     fail_until_ejected(&mut host, &["east"], ejections);
-    assert!(host.logged("ejected reviews/east for 4000 ms"), "{}", host.logs_text());
+    assert!(
+        host.logged("ejected reviews/east for 4000 ms"),
+        "{}",
+        host.logs_text()
+    );
 }
 
 #[test]
@@ -449,7 +643,10 @@ fn back_on_probation_the_first_failure_re_ejects_for_twice_as_long() {
     let mut host = ejection_host(&ejection_config());
     let ejections = "tideway.ejections.reviews.east";
     let to_east = |h: &mut Host| -> u64 {
-        ["static", "failover", "score"].iter().map(|r| counter(h, &format!("tideway.requests.reviews.east.{r}"))).sum()
+        ["static", "failover", "score"]
+            .iter()
+            .map(|r| counter(h, &format!("tideway.requests.reviews.east.{r}")))
+            .sum()
     };
     fail_until_ejected(&mut host, &["east"], ejections);
     assert_eq!(to_east(&mut host), 5);
@@ -460,12 +657,24 @@ fn back_on_probation_the_first_failure_re_ejects_for_twice_as_long() {
         host.advance(ms(previous_ms - 1)).unwrap();
         let sent = to_east(&mut host);
         burst(&mut host, 60, &["east"]);
-        assert_eq!(to_east(&mut host), sent, "east got traffic before its return");
+        assert_eq!(
+            to_east(&mut host),
+            sent,
+            "east got traffic before its return"
+        );
         host.advance(ms(1)).unwrap();
         let counts = burst(&mut host, 60, &["east"]);
-        assert_eq!(tally(&counts, "east"), 1, "on probation one failure re-ejects: {counts:?}");
+        assert_eq!(
+            tally(&counts, "east"),
+            1,
+            "on probation one failure re-ejects: {counts:?}"
+        );
         assert_eq!(counter(&mut host, ejections), n);
-        assert!(host.logged(&format!("ejected reviews/east for {backoff_ms} ms")), "{}", host.logs_text());
+        assert!(
+            host.logged(&format!("ejected reviews/east for {backoff_ms} ms")),
+            "{}",
+            host.logs_text()
+        );
     }
     // Back after 4 s and healthy: one success ends the probation, and a
     // single failure no longer ejects.
@@ -477,10 +686,16 @@ fn back_on_probation_the_first_failure_re_ejects_for_twice_as_long() {
     let req = request("reviews", "/");
     let mut failed = 0;
     while failed < 3 {
-        let (d, _) = serve(&mut host, 0, &req, |d| (Duration::ZERO, if d == Some("east") { 503 } else { 200 }));
+        let (d, _) = serve(&mut host, 0, &req, |d| {
+            (Duration::ZERO, if d == Some("east") { 503 } else { 200 })
+        });
         failed += u32::from(d.as_deref() == Some("east"));
     }
-    assert_eq!(counter(&mut host, ejections), 3, "three failures after a success do not eject");
+    assert_eq!(
+        counter(&mut host, ejections),
+        3,
+        "three failures after a success do not eject"
+    );
 }
 
 #[test]
@@ -499,21 +714,41 @@ fn failover_goes_same_zone_then_same_region_then_mesh_default() {
     fail_until_ejected(&mut host, &["far"], "tideway.ejections.reviews.far");
     let counts = burst(&mut host, 200, &[]);
     assert_eq!(tally(&counts, "far"), 0, "{counts:?}");
-    assert!(tally(&counts, "near") > 180, "far's traffic goes to the same zone: {counts:?}");
+    assert!(
+        tally(&counts, "near") > 180,
+        "far's traffic goes to the same zone: {counts:?}"
+    );
     assert!(counter(&mut host, "tideway.requests.reviews.near.failover") > 180);
 
     // near fails too: the same region is next.
-    fail_until_ejected(&mut host, &["far", "near"], "tideway.ejections.reviews.near");
+    fail_until_ejected(
+        &mut host,
+        &["far", "near"],
+        "tideway.ejections.reviews.near",
+    );
     let before = counter(&mut host, "tideway.requests.reviews.mid.failover");
     let counts = burst(&mut host, 200, &[]);
-    assert_eq!(tally(&counts, "far") + tally(&counts, "near"), 0, "{counts:?}");
+    assert_eq!(
+        tally(&counts, "far") + tally(&counts, "near"),
+        0,
+        "{counts:?}"
+    );
     assert_eq!(tally(&counts, "mid"), 200, "{counts:?}");
     assert!(counter(&mut host, "tideway.requests.reviews.mid.failover") - before > 180);
 
     // Everything ejected: no routing header, the mesh default serves.
-    fail_until_ejected(&mut host, &["far", "near", "mid"], "tideway.ejections.reviews.mid");
-    let (d, forwarded) = serve(&mut host, 0, &request("reviews", "/"), |_| (Duration::ZERO, 200));
-    assert_eq!(d, None, "no routing header when every destination is ejected");
+    fail_until_ejected(
+        &mut host,
+        &["far", "near", "mid"],
+        "tideway.ejections.reviews.mid",
+    );
+    let (d, forwarded) = serve(&mut host, 0, &request("reviews", "/"), |_| {
+        (Duration::ZERO, 200)
+    });
+    assert_eq!(
+        d, None,
+        "no routing header when every destination is ejected"
+    );
     assert_eq!(forwarded.get("x-cluster-target"), None);
     assert_eq!(forwarded.get("x-service-name").as_deref(), Some("reviews"));
     assert!(counter(&mut host, "tideway.requests.reviews.none.mesh_default") >= 1);
@@ -529,7 +764,10 @@ fn an_explicit_failover_list_overrides_locality() {
     fail_until_ejected(&mut host, &["east"], "tideway.ejections.reviews.east");
     burst(&mut host, 300, &[]);
     assert!(counter(&mut host, "tideway.requests.reviews.mid.failover") > 60);
-    assert_eq!(counter(&mut host, "tideway.requests.reviews.near.failover"), 0);
+    assert_eq!(
+        counter(&mut host, "tideway.requests.reviews.near.failover"),
+        0
+    );
 }
 
 // --- 4. trace context -------------------------------------------------------------
@@ -567,10 +805,20 @@ fn traced(host: &mut Host, extra: &[(&str, &str)]) -> HeaderMap {
 fn parse_tp(tp: &str) -> [String; 4] {
     let parts: Vec<&str> = tp.split('-').collect();
     assert_eq!(parts.len(), 4, "{tp}");
-    let lower_hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let lower_hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     assert_eq!(parts[0], "00", "{tp}");
-    assert!(lower_hex(parts[1], 32) && parts[1] != "0".repeat(32), "{tp}");
-    assert!(lower_hex(parts[2], 16) && parts[2] != "0".repeat(16), "{tp}");
+    assert!(
+        lower_hex(parts[1], 32) && parts[1] != "0".repeat(32),
+        "{tp}"
+    );
+    assert!(
+        lower_hex(parts[2], 16) && parts[2] != "0".repeat(16),
+        "{tp}"
+    );
     assert!(lower_hex(parts[3], 2), "{tp}");
     [0, 1, 2, 3].map(|i| parts[i].to_string())
 }
@@ -578,13 +826,28 @@ fn parse_tp(tp: &str) -> [String; 4] {
 #[test]
 fn w3c_valid_traceparent_passes_unchanged_and_tracestate_gets_our_member_first() {
     let mut host = trace_host(json!({}));
-    let up = traced(&mut host, &[("traceparent", TP), ("tracestate", TRACESTATE)]);
+    let up = traced(
+        &mut host,
+        &[("traceparent", TP), ("tracestate", TRACESTATE)],
+    );
     assert_eq!(up.get_all("traceparent"), vec![TP.to_string()]);
-    assert_eq!(up.get_all("tracestate"), vec![format!("{OUR_MEMBER},{TRACESTATE}")]);
+    assert_eq!(
+        up.get_all("tracestate"),
+        vec![format!("{OUR_MEMBER},{TRACESTATE}")]
+    );
 
     // An earlier hop's member of ours is replaced, not duplicated.
-    let up = traced(&mut host, &[("traceparent", TP), ("tracestate", "tideway=s:a;t:b,congo=t61rcWkgMzE")]);
-    assert_eq!(up.get("tracestate").as_deref(), Some(format!("{OUR_MEMBER},congo=t61rcWkgMzE").as_str()));
+    let up = traced(
+        &mut host,
+        &[
+            ("traceparent", TP),
+            ("tracestate", "tideway=s:a;t:b,congo=t61rcWkgMzE"),
+        ],
+    );
+    assert_eq!(
+        up.get("tracestate").as_deref(),
+        Some(format!("{OUR_MEMBER},congo=t61rcWkgMzE").as_str())
+    );
 
     // Not sampled (flags 00) passes unchanged too.
     let unsampled = TP.replace("-01", "-00");
@@ -597,12 +860,48 @@ fn w3c_valid_traceparent_passes_unchanged_and_tracestate_gets_our_member_first()
 fn w3c_invalid_or_duplicated_traceparent_starts_a_new_valid_trace() {
     let mut host = trace_host(json!({}));
     let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
-        ("uppercase", vec![("traceparent", "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01")]),
-        ("zero trace id", vec![("traceparent", "00-00000000000000000000000000000000-b7ad6b7169203331-01")]),
-        ("zero parent id", vec![("traceparent", "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01")]),
-        ("version ff", vec![("traceparent", "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]),
-        ("version 00 with a suffix", vec![("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x")]),
-        ("short", vec![("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333-01")]),
+        (
+            "uppercase",
+            vec![(
+                "traceparent",
+                "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+            )],
+        ),
+        (
+            "zero trace id",
+            vec![(
+                "traceparent",
+                "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            )],
+        ),
+        (
+            "zero parent id",
+            vec![(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            )],
+        ),
+        (
+            "version ff",
+            vec![(
+                "traceparent",
+                "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )],
+        ),
+        (
+            "version 00 with a suffix",
+            vec![(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+            )],
+        ),
+        (
+            "short",
+            vec![(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333-01",
+            )],
+        ),
         ("garbage", vec![("traceparent", "garbage")]),
         ("duplicated", vec![("traceparent", TP), ("traceparent", TP)]),
         ("missing", vec![]),
@@ -614,11 +913,19 @@ fn w3c_invalid_or_duplicated_traceparent_starts_a_new_valid_trace() {
         let tps = up.get_all("traceparent");
         assert_eq!(tps.len(), 1, "{what}: {tps:?}");
         let [_, trace, parent, flags] = parse_tp(&tps[0]);
-        assert_ne!(trace, TRACE_ID, "{what}: the invalid trace id was kept: {}", tps[0]);
+        assert_ne!(
+            trace, TRACE_ID,
+            "{what}: the invalid trace id was kept: {}",
+            tps[0]
+        );
         assert_ne!(parent, PARENT_ID, "{what}: {}", tps[0]);
         assert_eq!(flags, "01", "{what}: sampleRatio 1 samples new traces");
         // A new trace discards the old tracestate but for our member.
-        assert_eq!(up.get_all("tracestate"), vec![OUR_MEMBER.to_string()], "{what}");
+        assert_eq!(
+            up.get_all("tracestate"),
+            vec![OUR_MEMBER.to_string()],
+            "{what}"
+        );
         assert!(trace_ids.insert(trace), "{what}: a new trace id is new");
     }
 }
@@ -630,18 +937,31 @@ fn w3c_a_future_version_is_downgraded_to_00_with_the_same_ids() {
         "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-the-future-will-be-like",
         "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     ] {
-        let up = traced(&mut host, &[("traceparent", future), ("tracestate", TRACESTATE)]);
+        let up = traced(
+            &mut host,
+            &[("traceparent", future), ("tracestate", TRACESTATE)],
+        );
         assert_eq!(up.get_all("traceparent"), vec![TP.to_string()], "{future}");
         // Still the caller's trace: its tracestate is kept after ours.
-        assert_eq!(up.get("tracestate").as_deref(), Some(format!("{OUR_MEMBER},{TRACESTATE}").as_str()));
+        assert_eq!(
+            up.get("tracestate").as_deref(),
+            Some(format!("{OUR_MEMBER},{TRACESTATE}").as_str())
+        );
     }
     // A future version with a non-dash after the flags is invalid.
-    let up = traced(&mut host, &[("traceparent", "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01.x")]);
+    let up = traced(
+        &mut host,
+        &[(
+            "traceparent",
+            "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01.x",
+        )],
+    );
     assert_ne!(parse_tp(&up.get("traceparent").unwrap())[1], TRACE_ID);
 }
 
 fn collector_tracing(extra: Value) -> Value {
-    let mut t = json!({ "mode": "span", "collector": { "cluster": "otel-collector", "batchSize": 8 } });
+    let mut t =
+        json!({ "mode": "span", "collector": { "cluster": "otel-collector", "batchSize": 8 } });
     if let (Some(t), Some(extra)) = (t.as_object_mut(), extra.as_object()) {
         t.extend(extra.clone());
     }
@@ -654,7 +974,10 @@ fn exported_spans(host: &Host) -> Vec<Value> {
         .filter(|c| c.upstream == "otel-collector")
         .flat_map(|c| {
             let export: Value = serde_json::from_slice(&c.body).expect("OTLP JSON");
-            export["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().cloned().unwrap_or_default()
+            export["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
         })
         .collect()
 }
@@ -662,36 +985,70 @@ fn exported_spans(host: &Host) -> Vec<Value> {
 #[test]
 fn span_mode_new_parent_id_downstream_and_the_exported_span_obeys_the_parent_id_rule() {
     let mut host = trace_host(collector_tracing(json!({})));
-    host.on_http_call(Some("otel-collector"), HttpReply::status(200, ""), Duration::ZERO);
+    host.on_http_call(
+        Some("otel-collector"),
+        HttpReply::status(200, ""),
+        Duration::ZERO,
+    );
     let mut downstream_parents = Vec::new();
     for _ in 0..3 {
-        let up = traced(&mut host, &[("traceparent", TP), ("tracestate", TRACESTATE)]);
+        let up = traced(
+            &mut host,
+            &[("traceparent", TP), ("tracestate", TRACESTATE)],
+        );
         let [_, trace, parent, flags] = parse_tp(&up.get("traceparent").expect("traceparent"));
         assert_eq!(trace, TRACE_ID, "same trace");
         assert_eq!(flags, "01");
         assert_ne!(parent, PARENT_ID, "a new parent-id goes downstream");
-        assert_eq!(up.get("tracestate").as_deref(), Some(format!("{OUR_MEMBER},{TRACESTATE}").as_str()));
+        assert_eq!(
+            up.get("tracestate").as_deref(),
+            Some(format!("{OUR_MEMBER},{TRACESTATE}").as_str())
+        );
         downstream_parents.push(parent);
     }
     let distinct: BTreeSet<&String> = downstream_parents.iter().collect();
-    assert_eq!(distinct.len(), 3, "each request is its own span: {downstream_parents:?}");
+    assert_eq!(
+        distinct.len(),
+        3,
+        "each request is its own span: {downstream_parents:?}"
+    );
     // Not sampled: no span is recorded.
-    traced(&mut host, &[("traceparent", TP.replace("-01", "-00").as_str())]);
+    traced(
+        &mut host,
+        &[("traceparent", TP.replace("-01", "-00").as_str())],
+    );
 
-    assert!(host.http_calls().is_empty(), "spans are exported on the tick, not per request");
+    assert!(
+        host.http_calls().is_empty(),
+        "spans are exported on the tick, not per request"
+    );
     host.advance(host.tick_period(0)).unwrap();
     let calls = host.http_calls();
     assert_eq!(calls.len(), 1, "one batch: {calls:?}");
     let call = &calls[0];
     assert_eq!(call.headers.get(":method").as_deref(), Some("POST"));
     assert_eq!(call.headers.get(":path").as_deref(), Some("/v1/traces"));
-    assert_eq!(call.headers.get("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        call.headers.get("content-type").as_deref(),
+        Some("application/json")
+    );
     let spans = exported_spans(&host);
-    assert_eq!(spans.len(), 3, "the unsampled request has no span: {spans:?}");
+    assert_eq!(
+        spans.len(),
+        3,
+        "the unsampled request has no span: {spans:?}"
+    );
     for (span, parent) in spans.iter().zip(&downstream_parents) {
         assert_eq!(span["traceId"], TRACE_ID);
-        assert_eq!(span["parentSpanId"], PARENT_ID, "the span's parent is the incoming parent-id");
-        assert_eq!(span["spanId"].as_str(), Some(parent.as_str()), "the span is the downstream parent-id");
+        assert_eq!(
+            span["parentSpanId"], PARENT_ID,
+            "the span's parent is the incoming parent-id"
+        );
+        assert_eq!(
+            span["spanId"].as_str(),
+            Some(parent.as_str()),
+            "the span is the downstream parent-id"
+        );
     }
     assert_eq!(counter(&mut host, "tideway.spans.exported"), 3);
     host.advance(host.tick_period(0) * 3).unwrap();
@@ -701,7 +1058,11 @@ fn span_mode_new_parent_id_downstream_and_the_exported_span_obeys_the_parent_id_
 #[test]
 fn span_mode_a_new_trace_has_a_root_span() {
     let mut host = trace_host(collector_tracing(json!({})));
-    host.on_http_call(Some("otel-collector"), HttpReply::status(200, ""), Duration::ZERO);
+    host.on_http_call(
+        Some("otel-collector"),
+        HttpReply::status(200, ""),
+        Duration::ZERO,
+    );
     let up = traced(&mut host, &[("traceparent", "garbage")]);
     let [_, trace, parent, _] = parse_tp(&up.get("traceparent").unwrap());
     host.advance(host.tick_period(0)).unwrap();
@@ -709,7 +1070,13 @@ fn span_mode_a_new_trace_has_a_root_span() {
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0]["traceId"].as_str(), Some(trace.as_str()));
     assert_eq!(spans[0]["spanId"].as_str(), Some(parent.as_str()));
-    assert!(spans[0].get("parentSpanId").is_none_or(|p| p.is_null() || p == ""), "a root span: {}", spans[0]);
+    assert!(
+        spans[0]
+            .get("parentSpanId")
+            .is_none_or(|p| p.is_null() || p == ""),
+        "a root span: {}",
+        spans[0]
+    );
 }
 
 const B3_TRACE: &str = "80f198ee56343ba864fe8b2a57d3eff7";
@@ -722,7 +1089,10 @@ fn b3_multi_and_single_are_written_consistent_with_traceparent() {
     // From a traceparent (propagate mode): B3 carries the same ids.
     let up = traced(&mut host, &[("traceparent", TP)]);
     assert_eq!(up.get("traceparent").as_deref(), Some(TP));
-    assert_eq!(up.get("b3").as_deref(), Some(format!("{TRACE_ID}-{PARENT_ID}-1").as_str()));
+    assert_eq!(
+        up.get("b3").as_deref(),
+        Some(format!("{TRACE_ID}-{PARENT_ID}-1").as_str())
+    );
     assert_eq!(up.get("x-b3-traceid").as_deref(), Some(TRACE_ID));
     assert_eq!(up.get("x-b3-spanid").as_deref(), Some(PARENT_ID));
     assert_eq!(up.get("x-b3-sampled").as_deref(), Some("1"));
@@ -733,9 +1103,17 @@ fn b3_multi_and_single_are_written_consistent_with_traceparent() {
     // From B3 multi alone: traceparent is built from it, B3 kept as is.
     let up = traced(
         &mut host,
-        &[("x-b3-traceid", B3_TRACE), ("x-b3-spanid", B3_SPAN), ("x-b3-parentspanid", B3_PARENT), ("x-b3-sampled", "1")],
+        &[
+            ("x-b3-traceid", B3_TRACE),
+            ("x-b3-spanid", B3_SPAN),
+            ("x-b3-parentspanid", B3_PARENT),
+            ("x-b3-sampled", "1"),
+        ],
     );
-    assert_eq!(up.get("traceparent"), Some(format!("00-{B3_TRACE}-{B3_SPAN}-01")));
+    assert_eq!(
+        up.get("traceparent"),
+        Some(format!("00-{B3_TRACE}-{B3_SPAN}-01"))
+    );
     assert_eq!(up.get("x-b3-traceid").as_deref(), Some(B3_TRACE));
     assert_eq!(up.get("x-b3-spanid").as_deref(), Some(B3_SPAN));
     assert_eq!(up.get("x-b3-parentspanid").as_deref(), Some(B3_PARENT));
@@ -744,18 +1122,40 @@ fn b3_multi_and_single_are_written_consistent_with_traceparent() {
     assert_eq!(up.get("x-trace-id").as_deref(), Some(B3_TRACE));
 
     // From B3 single, not sampled.
-    let up = traced(&mut host, &[("b3", format!("{B3_TRACE}-{B3_SPAN}-0").as_str())]);
-    assert_eq!(up.get("traceparent"), Some(format!("00-{B3_TRACE}-{B3_SPAN}-00")));
+    let up = traced(
+        &mut host,
+        &[("b3", format!("{B3_TRACE}-{B3_SPAN}-0").as_str())],
+    );
+    assert_eq!(
+        up.get("traceparent"),
+        Some(format!("00-{B3_TRACE}-{B3_SPAN}-00"))
+    );
 
     // traceparent wins over a conflicting B3, which is rewritten to match.
-    let up = traced(&mut host, &[("traceparent", TP), ("b3", format!("{B3_TRACE}-{B3_SPAN}-1").as_str())]);
+    let up = traced(
+        &mut host,
+        &[
+            ("traceparent", TP),
+            ("b3", format!("{B3_TRACE}-{B3_SPAN}-1").as_str()),
+        ],
+    );
     assert_eq!(up.get("traceparent").as_deref(), Some(TP));
-    assert_eq!(up.get("b3").as_deref(), Some(format!("{TRACE_ID}-{PARENT_ID}-1").as_str()));
+    assert_eq!(
+        up.get("b3").as_deref(),
+        Some(format!("{TRACE_ID}-{PARENT_ID}-1").as_str())
+    );
     assert_eq!(up.get("x-b3-traceid").as_deref(), Some(TRACE_ID));
 
     // Disabled: B3 is neither read nor written.
     let mut plain = trace_host(json!({}));
-    let up = traced(&mut plain, &[("x-b3-traceid", B3_TRACE), ("x-b3-spanid", B3_SPAN), ("x-b3-sampled", "1")]);
+    let up = traced(
+        &mut plain,
+        &[
+            ("x-b3-traceid", B3_TRACE),
+            ("x-b3-spanid", B3_SPAN),
+            ("x-b3-sampled", "1"),
+        ],
+    );
     assert_ne!(parse_tp(&up.get("traceparent").unwrap())[1], B3_TRACE);
     assert_eq!(up.get("b3"), None);
     assert_eq!(up.get("x-trace-id"), None);
@@ -767,7 +1167,10 @@ fn b3_in_span_mode_names_the_incoming_parent() {
     let up = traced(&mut host, &[("traceparent", TP)]);
     let [_, trace, parent, _] = parse_tp(&up.get("traceparent").unwrap());
     assert_eq!(trace, TRACE_ID);
-    assert_eq!(up.get("b3"), Some(format!("{TRACE_ID}-{parent}-1-{PARENT_ID}")));
+    assert_eq!(
+        up.get("b3"),
+        Some(format!("{TRACE_ID}-{parent}-1-{PARENT_ID}"))
+    );
     assert_eq!(up.get("x-b3-traceid").as_deref(), Some(TRACE_ID));
     assert_eq!(up.get("x-b3-spanid"), Some(parent));
     assert_eq!(up.get("x-b3-parentspanid").as_deref(), Some(PARENT_ID));
@@ -785,7 +1188,12 @@ fn two_worker_host(weights: Value) -> Host {
     builder(&config).workers(2).start().unwrap()
 }
 
-fn east_share(host: &mut Host, worker: usize, n: u32, upstream: impl Fn(Option<&str>) -> (Duration, u16)) -> f64 {
+fn east_share(
+    host: &mut Host,
+    worker: usize,
+    n: u32,
+    upstream: impl Fn(Option<&str>) -> (Duration, u16),
+) -> f64 {
     let req = request("reviews", "/");
     let mut east = 0;
     for _ in 0..n {
@@ -803,11 +1211,17 @@ fn worker_0_ejects_east() -> Host {
     let req = request("reviews", "/");
     let mut failures = 0;
     while counter(&mut host, "tideway.ejections.reviews.east") == 0 {
-        serve(&mut host, 0, &req, |d| (Duration::ZERO, if d == Some("east") { 503 } else { 200 }));
+        serve(&mut host, 0, &req, |d| {
+            (Duration::ZERO, if d == Some("east") { 503 } else { 200 })
+        });
         failures += 1;
         assert!(failures < 100, "worker 0 never ejected east");
     }
-    assert_eq!(east_share(&mut host, 0, 100, |_| (Duration::ZERO, 200)), 0.0, "worker 0 ejected east");
+    assert_eq!(
+        east_share(&mut host, 0, 100, |_| (Duration::ZERO, 200)),
+        0.0,
+        "worker 0 ejected east"
+    );
     host
 }
 
@@ -816,13 +1230,20 @@ fn an_ejection_on_one_worker_reaches_the_other_at_its_next_tick() {
     let mut host = worker_0_ejects_east();
     // Worker 1 has not heard of it: successes never read shared data.
     let before = east_share(&mut host, 1, 200, |_| (Duration::ZERO, 200));
-    assert!(before > 0.3, "worker 1 still routes to east before a tick: {before}");
+    assert!(
+        before > 0.3,
+        "worker 1 still routes to east before a tick: {before}"
+    );
     // Worker 0 published when it ejected: worker 1's own tick is enough.
     host.tick(1).unwrap();
     let after = east_share(&mut host, 1, 300, |_| (Duration::ZERO, 200));
     assert_eq!(after, 0.0, "worker 1 still routes to east after its tick");
     assert!(counter(&mut host, "tideway.requests.reviews.west.failover") > 100);
-    assert_eq!(counter(&mut host, "tideway.ejections.reviews.east"), 1, "the merge adopts, it does not count again");
+    assert_eq!(
+        counter(&mut host, "tideway.ejections.reviews.east"),
+        1,
+        "the merge adopts, it does not count again"
+    );
 }
 
 #[test]
@@ -833,13 +1254,26 @@ fn an_ejection_on_one_worker_reaches_the_other_at_its_next_failure() {
     let req = request("reviews", "/");
     let mut sent_to_east = 0;
     while sent_to_east == 0 {
-        if serve(&mut host, 1, &req, |d| (Duration::ZERO, if d == Some("east") { 503 } else { 200 })).0.as_deref() == Some("east") {
+        if serve(&mut host, 1, &req, |d| {
+            (Duration::ZERO, if d == Some("east") { 503 } else { 200 })
+        })
+        .0
+        .as_deref()
+            == Some("east")
+        {
             sent_to_east += 1;
         }
     }
     let after = east_share(&mut host, 1, 300, |_| (Duration::ZERO, 200));
-    assert_eq!(after, 0.0, "worker 1 still routes to east after one failure there");
-    assert_eq!(counter(&mut host, "tideway.ejections.reviews.east"), 1, "adopted, not ejected again");
+    assert_eq!(
+        after, 0.0,
+        "worker 1 still routes to east after one failure there"
+    );
+    assert_eq!(
+        counter(&mut host, "tideway.ejections.reviews.east"),
+        1,
+        "adopted, not ejected again"
+    );
 }
 
 #[test]
@@ -852,11 +1286,15 @@ fn a_latency_peak_on_one_worker_reaches_the_other_after_both_ticked() {
     // Worker 0 sees east become 10x slower.
     let mut slow_seen = 0;
     for _ in 0..200 {
-        let (d, _) = serve(&mut host, 0, &request("reviews", "/"), |d| (if d == Some("east") { ms(20) } else { ms(2) }, 200));
+        let (d, _) = serve(&mut host, 0, &request("reviews", "/"), |d| {
+            (if d == Some("east") { ms(20) } else { ms(2) }, 200)
+        });
         slow_seen += u32::from(d.as_deref() == Some("east"));
     }
     assert!(slow_seen >= 1);
-    let on0 = east_share(&mut host, 0, 300, |d| (if d == Some("east") { ms(20) } else { ms(2) }, 200));
+    let on0 = east_share(&mut host, 0, 300, |d| {
+        (if d == Some("east") { ms(20) } else { ms(2) }, 200)
+    });
     assert!(on0 < 0.05, "worker 0 shuns the slow east: {on0}");
     // Worker 1's own upstream view stays healthy (2 ms for both): only the
     // merge can tell it about the peak.
@@ -883,13 +1321,27 @@ fn identity_is_read_from_xds_node_when_node_is_not_served() {
         "scheduler": { "ejectBaseMs": 60000, "ejectMaxMs": 60000 }
     });
     let mut host = builder(&config).legacy_node(false).start().unwrap();
-    let (_, up) = serve(&mut host, 0, &request("reviews", "/"), |_| (Duration::ZERO, 200));
-    assert_eq!(up.get("x-cluster-source").as_deref(), Some("cluster-a"), "{}", host.logs_text());
+    let (_, up) = serve(&mut host, 0, &request("reviews", "/"), |_| {
+        (Duration::ZERO, 200)
+    });
+    assert_eq!(
+        up.get("x-cluster-source").as_deref(),
+        Some("cluster-a"),
+        "{}",
+        host.logs_text()
+    );
     assert!(!host.logged("reading property"), "{}", host.logs_text());
     fail_until_ejected(&mut host, &["far"], "tideway.ejections.reviews.far");
     burst(&mut host, 100, &[]);
-    assert!(counter(&mut host, "tideway.requests.reviews.near.failover") > 80, "{:?}", host.metrics());
-    assert_eq!(counter(&mut host, "tideway.requests.reviews.mid.failover"), 0);
+    assert!(
+        counter(&mut host, "tideway.requests.reviews.near.failover") > 80,
+        "{:?}",
+        host.metrics()
+    );
+    assert_eq!(
+        counter(&mut host, "tideway.requests.reviews.mid.failover"),
+        0
+    );
 }
 
 proptest! {

@@ -101,12 +101,23 @@ fn unimplemented_host_call_returns_12_and_is_logged() {
     let status = host.call_export_i32(0, "t_grpc_cancel", &[]).unwrap();
     assert_eq!(status, Some(Status::Unimplemented.code()));
     assert_eq!(Status::Unimplemented.code(), 12);
-    assert!(host.logged("unimplemented host call: proxy_grpc_cancel"), "{}", host.logs_text());
-    let record = host.logs().into_iter().find(|r| r.message.contains("proxy_grpc_cancel")).unwrap();
+    assert!(
+        host.logged("unimplemented host call: proxy_grpc_cancel"),
+        "{}",
+        host.logs_text()
+    );
+    let record = host
+        .logs()
+        .into_iter()
+        .find(|r| r.message.contains("proxy_grpc_cancel"))
+        .unwrap();
     assert_eq!(record.source, LogSource::Host);
 
     // An import outside the ABI list still links and still answers 12.
-    assert!(host.stubbed_imports.iter().any(|n| n == "env::proxy_made_up_call"));
+    assert!(host
+        .stubbed_imports
+        .iter()
+        .any(|n| n == "env::proxy_made_up_call"));
     assert_eq!(host.call_export_i32(0, "t_made_up", &[]).unwrap(), Some(12));
     assert!(host.logged("unimplemented host call: proxy_made_up_call"));
 }
@@ -115,22 +126,49 @@ fn unimplemented_host_call_returns_12_and_is_logged() {
 fn shared_data_cas_semantics_across_two_workers() {
     let mut host = HostBuilder::new(module()).workers(2).start().unwrap();
     // Missing key: NotFound.
-    assert_eq!(host.call_export_i32(0, "t_get_shared", &[]).unwrap(), Some(Status::NotFound.code()));
+    assert_eq!(
+        host.call_export_i32(0, "t_get_shared", &[]).unwrap(),
+        Some(Status::NotFound.code())
+    );
     // Worker 0 writes unconditionally: the first CAS is 1.
-    assert_eq!(host.call_export_i32(0, "t_set_shared", &[0]).unwrap(), Some(0));
+    assert_eq!(
+        host.call_export_i32(0, "t_set_shared", &[0]).unwrap(),
+        Some(0)
+    );
     // Worker 1 sees the value and CAS 1.
-    assert_eq!(host.call_export_i32(1, "t_get_shared", &[]).unwrap(), Some(0));
+    assert_eq!(
+        host.call_export_i32(1, "t_get_shared", &[]).unwrap(),
+        Some(0)
+    );
     assert_eq!(host.call_export_i32(1, "t_last_cas", &[]).unwrap(), Some(1));
-    assert_eq!(host.call_export_i32(1, "t_last_size", &[]).unwrap(), Some(5));
+    assert_eq!(
+        host.call_export_i32(1, "t_last_size", &[]).unwrap(),
+        Some(5)
+    );
     // Worker 1 writes with the CAS it read: ok, CAS becomes 2.
-    assert_eq!(host.call_export_i32(1, "t_set_shared", &[1]).unwrap(), Some(0));
+    assert_eq!(
+        host.call_export_i32(1, "t_set_shared", &[1]).unwrap(),
+        Some(0)
+    );
     // Worker 0 writes with the stale CAS 1: CasMismatch.
-    assert_eq!(host.call_export_i32(0, "t_set_shared", &[1]).unwrap(), Some(Status::CasMismatch.code()));
-    assert_eq!(host.call_export_i32(0, "t_get_shared", &[]).unwrap(), Some(0));
+    assert_eq!(
+        host.call_export_i32(0, "t_set_shared", &[1]).unwrap(),
+        Some(Status::CasMismatch.code())
+    );
+    assert_eq!(
+        host.call_export_i32(0, "t_get_shared", &[]).unwrap(),
+        Some(0)
+    );
     assert_eq!(host.call_export_i32(0, "t_last_cas", &[]).unwrap(), Some(2));
     // CAS 2 is current: ok. Unconditional writes always succeed.
-    assert_eq!(host.call_export_i32(0, "t_set_shared", &[2]).unwrap(), Some(0));
-    assert_eq!(host.call_export_i32(1, "t_set_shared", &[0]).unwrap(), Some(0));
+    assert_eq!(
+        host.call_export_i32(0, "t_set_shared", &[2]).unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        host.call_export_i32(1, "t_set_shared", &[0]).unwrap(),
+        Some(0)
+    );
     let entry = host.shared_data().get("key").cloned().unwrap();
     assert_eq!(entry.value, b"value");
     assert_eq!(entry.cas, 4);
@@ -143,7 +181,10 @@ fn shared_data_is_partitioned_by_vm_id_not_shared_between_hosts() {
     let mut a = HostBuilder::new(module()).vm_id("a").start().unwrap();
     let mut b = HostBuilder::new(module()).vm_id("b").start().unwrap();
     assert_eq!(a.call_export_i32(0, "t_set_shared", &[0]).unwrap(), Some(0));
-    assert_eq!(b.call_export_i32(0, "t_get_shared", &[]).unwrap(), Some(Status::NotFound.code()));
+    assert_eq!(
+        b.call_export_i32(0, "t_get_shared", &[]).unwrap(),
+        Some(Status::NotFound.code())
+    );
 }
 
 #[test]
@@ -163,43 +204,98 @@ fn logs_are_captured_with_levels_and_stdio() {
 #[test]
 fn bad_pointers_are_an_error_status_not_a_host_panic() {
     let mut host = HostBuilder::new(module()).start().unwrap();
-    assert_eq!(host.call_export_i32(0, "t_bad_pointer", &[]).unwrap(), Some(Status::InvalidMemoryAccess.code()));
+    assert_eq!(
+        host.call_export_i32(0, "t_bad_pointer", &[]).unwrap(),
+        Some(Status::InvalidMemoryAccess.code())
+    );
 }
 
 #[test]
 fn node_metadata_property_is_the_raw_string() {
-    let mut host = HostBuilder::new(module()).cluster_id("cluster-a").start().unwrap();
-    assert_eq!(host.call_export_i32(0, "t_cluster_id", &[]).unwrap(), Some(0));
-    assert_eq!(host.call_export_i32(0, "t_last_size", &[]).unwrap(), Some(9));
+    let mut host = HostBuilder::new(module())
+        .cluster_id("cluster-a")
+        .start()
+        .unwrap();
+    assert_eq!(
+        host.call_export_i32(0, "t_cluster_id", &[]).unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        host.call_export_i32(0, "t_last_size", &[]).unwrap(),
+        Some(9)
+    );
     let mut missing = HostBuilder::new(module()).start().unwrap();
-    assert_eq!(missing.call_export_i32(0, "t_cluster_id", &[]).unwrap(), Some(Status::NotFound.code()));
+    assert_eq!(
+        missing.call_export_i32(0, "t_cluster_id", &[]).unwrap(),
+        Some(Status::NotFound.code())
+    );
 }
 
 #[test]
 fn node_is_served_as_xds_node_and_optionally_only_so() {
     // Envoy 1.40 serves the node as `xds.node`; older releases as `node`.
-    let mut both = HostBuilder::new(module()).cluster_id("cluster-a").start().unwrap();
-    assert_eq!(both.call_export_i32(0, "t_xds_cluster_id", &[]).unwrap(), Some(0));
-    assert_eq!(both.call_export_i32(0, "t_last_size", &[]).unwrap(), Some(9));
-    assert_eq!(both.call_export_i32(0, "t_cluster_id", &[]).unwrap(), Some(0));
-    let mut envoy_1_40 = HostBuilder::new(module()).cluster_id("cluster-a").legacy_node(false).start().unwrap();
-    assert_eq!(envoy_1_40.call_export_i32(0, "t_xds_cluster_id", &[]).unwrap(), Some(0));
-    assert_eq!(envoy_1_40.call_export_i32(0, "t_last_size", &[]).unwrap(), Some(9));
-    assert_eq!(envoy_1_40.call_export_i32(0, "t_cluster_id", &[]).unwrap(), Some(Status::NotFound.code()));
+    let mut both = HostBuilder::new(module())
+        .cluster_id("cluster-a")
+        .start()
+        .unwrap();
+    assert_eq!(
+        both.call_export_i32(0, "t_xds_cluster_id", &[]).unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        both.call_export_i32(0, "t_last_size", &[]).unwrap(),
+        Some(9)
+    );
+    assert_eq!(
+        both.call_export_i32(0, "t_cluster_id", &[]).unwrap(),
+        Some(0)
+    );
+    let mut envoy_1_40 = HostBuilder::new(module())
+        .cluster_id("cluster-a")
+        .legacy_node(false)
+        .start()
+        .unwrap();
+    assert_eq!(
+        envoy_1_40
+            .call_export_i32(0, "t_xds_cluster_id", &[])
+            .unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        envoy_1_40.call_export_i32(0, "t_last_size", &[]).unwrap(),
+        Some(9)
+    );
+    assert_eq!(
+        envoy_1_40.call_export_i32(0, "t_cluster_id", &[]).unwrap(),
+        Some(Status::NotFound.code())
+    );
 }
 
 #[test]
 fn configuration_rejection_is_reported() {
-    let err = HostBuilder::new(module()).plugin_config("no").start().err().unwrap();
+    let err = HostBuilder::new(module())
+        .plugin_config("no")
+        .start()
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("rejected"), "{err}");
-    let host = HostBuilder::new(module()).plugin_config("no").build().unwrap();
+    let host = HostBuilder::new(module())
+        .plugin_config("no")
+        .build()
+        .unwrap();
     assert_eq!(host.configured, vec![false]);
 }
 
 #[test]
 fn request_headers_are_mutable_and_forwarded() {
     let mut host = HostBuilder::new(module()).start().unwrap();
-    let ex = host.exchange(0, &[(":authority", "a"), (":path", "/")], &[(":status", "200")]).unwrap();
+    let ex = host
+        .exchange(
+            0,
+            &[(":authority", "a"), (":path", "/")],
+            &[(":status", "200")],
+        )
+        .unwrap();
     assert_eq!(ex.request_action, Action::Continue);
     assert_eq!(ex.upstream_request.get("x-wat").as_deref(), Some("value"));
     // Envoy clears the route cache itself when request headers change.
@@ -209,7 +305,10 @@ fn request_headers_are_mutable_and_forwarded() {
 #[test]
 fn ticks_follow_the_fake_clock_per_worker() {
     let mut host = HostBuilder::new(module()).workers(2).start().unwrap();
-    assert_eq!(host.call_export_i32(0, "t_start_tick", &[]).unwrap(), Some(0));
+    assert_eq!(
+        host.call_export_i32(0, "t_start_tick", &[]).unwrap(),
+        Some(0)
+    );
     host.advance(Duration::from_millis(999)).unwrap();
     assert_eq!(host.call_export_i32(0, "t_ticks", &[]).unwrap(), Some(0));
     host.advance(Duration::from_millis(1)).unwrap();
@@ -225,45 +324,88 @@ fn ticks_follow_the_fake_clock_per_worker() {
 #[test]
 fn metrics_are_shared_by_name_across_workers() {
     let mut host = HostBuilder::new(module()).workers(2).start().unwrap();
-    let id0 = host.call_export_i32(0, "t_define_counter", &[]).unwrap().unwrap();
-    let id1 = host.call_export_i32(1, "t_define_counter", &[]).unwrap().unwrap();
+    let id0 = host
+        .call_export_i32(0, "t_define_counter", &[])
+        .unwrap()
+        .unwrap();
+    let id1 = host
+        .call_export_i32(1, "t_define_counter", &[])
+        .unwrap()
+        .unwrap();
     assert_eq!(host.call_export_i32(0, "t_inc", &[id0]).unwrap(), Some(0));
     assert_eq!(host.call_export_i32(1, "t_inc", &[id1]).unwrap(), Some(0));
     assert_eq!(host.metric("ticks").unwrap().value, 2);
-    assert_eq!(host.call_export_i32(0, "t_inc", &[12345]).unwrap(), Some(Status::NotFound.code()));
+    assert_eq!(
+        host.call_export_i32(0, "t_inc", &[12345]).unwrap(),
+        Some(Status::NotFound.code())
+    );
 }
 
 #[test]
 fn http_calls_reply_timeout_and_fail() {
     let mut host = HostBuilder::new(module()).start().unwrap();
     // Scripted reply after 50ms of fake time.
-    host.on_http_call(Some("upstream"), HttpReply::status(200, "ok"), Duration::from_millis(50));
-    assert_eq!(host.call_export_i32(0, "t_http_call", &[1000]).unwrap(), Some(0));
+    host.on_http_call(
+        Some("upstream"),
+        HttpReply::status(200, "ok"),
+        Duration::from_millis(50),
+    );
+    assert_eq!(
+        host.call_export_i32(0, "t_http_call", &[1000]).unwrap(),
+        Some(0)
+    );
     assert_eq!(host.pending_http_calls().len(), 1);
-    assert_eq!(host.http_calls()[0].headers.get(":authority").as_deref(), Some("a"));
+    assert_eq!(
+        host.http_calls()[0].headers.get(":authority").as_deref(),
+        Some("a")
+    );
     host.advance(Duration::from_millis(49)).unwrap();
-    assert_eq!(host.call_export_i32(0, "t_last_response", &[]).unwrap(), Some(-1));
+    assert_eq!(
+        host.call_export_i32(0, "t_last_response", &[]).unwrap(),
+        Some(-1)
+    );
     host.advance(Duration::from_millis(1)).unwrap();
-    assert_eq!(host.call_export_i32(0, "t_last_response", &[]).unwrap(), Some(1));
+    assert_eq!(
+        host.call_export_i32(0, "t_last_response", &[]).unwrap(),
+        Some(1)
+    );
 
     // No reply: Envoy's timeout (a 504 with 2 headers) at the timeout.
     let mut host = HostBuilder::new(module()).start().unwrap();
     host.on_http_call(None, HttpReply::NoReply, Duration::ZERO);
-    assert_eq!(host.call_export_i32(0, "t_http_call", &[200]).unwrap(), Some(0));
+    assert_eq!(
+        host.call_export_i32(0, "t_http_call", &[200]).unwrap(),
+        Some(0)
+    );
     host.advance(Duration::from_millis(199)).unwrap();
-    assert_eq!(host.call_export_i32(0, "t_last_response", &[]).unwrap(), Some(-1));
+    assert_eq!(
+        host.call_export_i32(0, "t_last_response", &[]).unwrap(),
+        Some(-1)
+    );
     host.advance(Duration::from_millis(1)).unwrap();
-    assert_eq!(host.call_export_i32(0, "t_last_response", &[]).unwrap(), Some(2));
+    assert_eq!(
+        host.call_export_i32(0, "t_last_response", &[]).unwrap(),
+        Some(2)
+    );
 
     // A reset: 0 headers, right after the dispatching call returns.
     let mut host = HostBuilder::new(module()).start().unwrap();
     host.on_http_call(None, HttpReply::Failure, Duration::ZERO);
-    assert_eq!(host.call_export_i32(0, "t_http_call", &[0]).unwrap(), Some(0));
+    assert_eq!(
+        host.call_export_i32(0, "t_http_call", &[0]).unwrap(),
+        Some(0)
+    );
     host.pump().unwrap();
-    assert_eq!(host.call_export_i32(0, "t_last_response", &[]).unwrap(), Some(0));
+    assert_eq!(
+        host.call_export_i32(0, "t_last_response", &[]).unwrap(),
+        Some(0)
+    );
 
     // Rejected dispatch and unknown cluster.
     let mut host = HostBuilder::new(module()).start().unwrap();
     host.known_clusters(&["elsewhere"]);
-    assert_eq!(host.call_export_i32(0, "t_http_call", &[0]).unwrap(), Some(Status::BadArgument.code()));
+    assert_eq!(
+        host.call_export_i32(0, "t_http_call", &[0]).unwrap(),
+        Some(Status::BadArgument.code())
+    );
 }

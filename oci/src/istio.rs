@@ -203,14 +203,16 @@ pub fn extract(
                     variant: Variant::SoloOci,
                     wasm,
                 },
-                Err(oci) => return Err(fetch_err(
-                    format!(
+                Err(oci) => {
+                    return Err(fetch_err(
+                        format!(
                         "the given image is in invalid format as an OCI image: 2 errors occurred: \
                              * could not parse as compat variant: {compat} \
                              * could not parse as oci variant: {oci}"
                     ),
-                    Some(hint_for(manifest)),
-                )),
+                        Some(hint_for(manifest)),
+                    ))
+                }
             },
         }
     };

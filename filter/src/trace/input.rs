@@ -23,7 +23,10 @@ pub struct OneValue<'a> {
 impl<'a> OneValue<'a> {
     /// A header seen once with `value`.
     pub fn new(value: &'a [u8]) -> Self {
-        Self { first: Some(value), count: 1 }
+        Self {
+            first: Some(value),
+            count: 1,
+        }
     }
 
     /// Records one more value of the header.
@@ -206,11 +209,17 @@ mod tests {
         let mut i = TraceInput::default();
         i.push_header(b"b3", b"0");
         i.push_header(b"x-b3-sampled", b"1");
-        assert_eq!(i.b3_value().and_then(|v| v.sampling()), Some(b3::Sampling::Deny));
+        assert_eq!(
+            i.b3_value().and_then(|v| v.sampling()),
+            Some(b3::Sampling::Deny)
+        );
         // invalid single falls back to multi
         let mut i = TraceInput::default();
         i.push_header(b"b3", b"zz");
         i.push_header(b"x-b3-sampled", b"1");
-        assert_eq!(i.b3_value().and_then(|v| v.sampling()), Some(b3::Sampling::Accept));
+        assert_eq!(
+            i.b3_value().and_then(|v| v.sampling()),
+            Some(b3::Sampling::Accept)
+        );
     }
 }

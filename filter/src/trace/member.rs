@@ -29,7 +29,9 @@ fn needs_escape(b: u8) -> bool {
 }
 
 fn encoded_len(name: &str) -> usize {
-    name.bytes().map(|b| if needs_escape(b) { 3 } else { 1 }).sum()
+    name.bytes()
+        .map(|b| if needs_escape(b) { 3 } else { 1 })
+        .sum()
 }
 
 /// Appends `name` encoded, using at most `budget` characters.
@@ -119,8 +121,14 @@ mod tests {
 
     #[test]
     fn plain_names() {
-        let v = enc("outbound|8080||reviews.default.svc.cluster.local", "eu-west");
-        assert_eq!(v, "s:outbound|8080||reviews.default.svc.cluster.local;t:eu-west");
+        let v = enc(
+            "outbound|8080||reviews.default.svc.cluster.local",
+            "eu-west",
+        );
+        assert_eq!(
+            v,
+            "s:outbound|8080||reviews.default.svc.cluster.local;t:eu-west"
+        );
         assert!(is_valid_value(v.as_bytes()));
     }
 
@@ -129,7 +137,10 @@ mod tests {
         let v = enc("a b,c=d;e%f", "é\t:");
         assert_eq!(v, "s:a%20b%2Cc%3Dd%3Be%25f;t:%C3%A9%09:");
         assert!(is_valid_value(v.as_bytes()));
-        assert_eq!(parse_member_value(&v), Some(("a b,c=d;e%f".into(), "é\t:".into())));
+        assert_eq!(
+            parse_member_value(&v),
+            Some(("a b,c=d;e%f".into(), "é\t:".into()))
+        );
         // empty names are fine
         assert_eq!(enc("", ""), "s:;t:");
         assert!(is_valid_value(b"s:;t:"));

@@ -64,7 +64,13 @@ pub struct SpanRecord {
 impl SpanRecord {
     /// Starts a record for `ctx` if the context is to be recorded
     /// ([`SpanContext::record`]); `None` otherwise.
-    pub fn start(ctx: &SpanContext, hop: &HopInfo<'_>, name: &str, service_name: &str, start_unix_nanos: u64) -> Option<Self> {
+    pub fn start(
+        ctx: &SpanContext,
+        hop: &HopInfo<'_>,
+        name: &str,
+        service_name: &str,
+        start_unix_nanos: u64,
+    ) -> Option<Self> {
         ctx.record.then(|| SpanRecord {
             trace_id: ctx.trace_id,
             span_id: ctx.span_id,
@@ -217,7 +223,11 @@ mod tests {
     }
 
     fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
-        span["attributes"].as_array()?.iter().find(|a| a["key"] == key).map(|a| &a["value"])
+        span["attributes"]
+            .as_array()?
+            .iter()
+            .find(|a| a["key"] == key)
+            .map(|a| &a["value"])
     }
 
     #[test]
@@ -225,7 +235,10 @@ mod tests {
         let v = encode(&[record()]);
         let rs = &v["resourceSpans"][0];
         assert_eq!(rs["resource"]["attributes"][0]["key"], "service.name");
-        assert_eq!(rs["resource"]["attributes"][0]["value"]["stringValue"], "tideway-filter");
+        assert_eq!(
+            rs["resource"]["attributes"][0]["value"]["stringValue"],
+            "tideway-filter"
+        );
         let ss = &rs["scopeSpans"][0];
         assert_eq!(ss["scope"]["name"], "tideway");
         let span = &ss["spans"][0];
@@ -237,17 +250,37 @@ mod tests {
         assert_eq!(span["startTimeUnixNano"], "1700000000000000000");
         assert_eq!(span["endTimeUnixNano"], "1700000000123456789");
         assert_eq!(span["status"]["code"], 2);
-        assert_eq!(attr(span, ATTR_SOURCE).map(|v| &v["stringValue"]), Some(&Value::from("outbound|8080||a.default.svc.cluster.local")));
-        assert_eq!(attr(span, ATTR_TARGET).map(|v| &v["stringValue"]), Some(&Value::from("eu-west")));
-        assert_eq!(attr(span, ATTR_SERVICE).map(|v| &v["stringValue"]), Some(&Value::from("reviews")));
-        assert_eq!(attr(span, ATTR_HTTP_STATUS).map(|v| &v["intValue"]), Some(&Value::from("503")));
+        assert_eq!(
+            attr(span, ATTR_SOURCE).map(|v| &v["stringValue"]),
+            Some(&Value::from("outbound|8080||a.default.svc.cluster.local"))
+        );
+        assert_eq!(
+            attr(span, ATTR_TARGET).map(|v| &v["stringValue"]),
+            Some(&Value::from("eu-west"))
+        );
+        assert_eq!(
+            attr(span, ATTR_SERVICE).map(|v| &v["stringValue"]),
+            Some(&Value::from("reviews"))
+        );
+        assert_eq!(
+            attr(span, ATTR_HTTP_STATUS).map(|v| &v["intValue"]),
+            Some(&Value::from("503"))
+        );
     }
 
     #[test]
     fn optional_fields_omitted() {
-        let r = SpanRecord { parent_span_id: None, http_status_code: None, error: false, ..record() };
+        let r = SpanRecord {
+            parent_span_id: None,
+            http_status_code: None,
+            error: false,
+            ..record()
+        };
         let v = encode(&[r.clone(), r]);
-        let spans = v["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().expect("spans").clone();
+        let spans = v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+            .as_array()
+            .expect("spans")
+            .clone();
         assert_eq!(spans.len(), 2);
         assert!(spans[0].get("parentSpanId").is_none());
         assert!(spans[0].get("status").is_none());
@@ -274,7 +307,10 @@ mod tests {
             traceparent_rejected: false,
             record: true,
         };
-        let hop = HopInfo { source_cluster: "a", target_cluster: "b" };
+        let hop = HopInfo {
+            source_cluster: "a",
+            target_cluster: "b",
+        };
         let mut r = SpanRecord::start(&ctx, &hop, "route", "svc", 10).expect("recorded");
         assert_eq!(r.parent_span_id, Some(SpanId([3; 8])));
         r.finish(20, Some(200));
@@ -284,7 +320,17 @@ mod tests {
         assert_eq!(r.end_unix_nanos, 10);
         r.finish(30, Some(500));
         assert!(r.error);
-        assert!(SpanRecord::start(&SpanContext { record: false, ..ctx }, &hop, "route", "svc", 10).is_none());
+        assert!(SpanRecord::start(
+            &SpanContext {
+                record: false,
+                ..ctx
+            },
+            &hop,
+            "route",
+            "svc",
+            10
+        )
+        .is_none());
     }
 
     proptest! {

@@ -136,7 +136,13 @@ pub struct TraceOutput {
 
 impl TraceOutput {
     fn new(context: SpanContext) -> Self {
-        Self { context, tracestate: MergeStats::default(), buf: String::with_capacity(160), ops: [None; MAX_OPS], len: 0 }
+        Self {
+            context,
+            tracestate: MergeStats::default(),
+            buf: String::with_capacity(160),
+            ops: [None; MAX_OPS],
+            len: 0,
+        }
     }
 
     fn push(&mut self, op: RawOp) {
@@ -164,10 +170,17 @@ impl TraceOutput {
 
     /// The header operations, in order.
     pub fn ops(&self) -> impl Iterator<Item = HeaderOp<'_>> + '_ {
-        self.ops.iter().take(self.len).flatten().map(move |op| match *op {
-            RawOp::Set(name, start, end) => HeaderOp::Set { name, value: self.buf.get(start..end).unwrap_or("") },
-            RawOp::Remove(name) => HeaderOp::Remove { name },
-        })
+        self.ops
+            .iter()
+            .take(self.len)
+            .flatten()
+            .map(move |op| match *op {
+                RawOp::Set(name, start, end) => HeaderOp::Set {
+                    name,
+                    value: self.buf.get(start..end).unwrap_or(""),
+                },
+                RawOp::Remove(name) => HeaderOp::Remove { name },
+            })
     }
 
     /// Number of operations.
@@ -190,7 +203,8 @@ impl TraceOutput {
 
     /// Whether `name` is removed.
     pub fn removes(&self, name: &str) -> bool {
-        self.ops().any(|op| matches!(op, HeaderOp::Remove { name: n } if n == name))
+        self.ops()
+            .any(|op| matches!(op, HeaderOp::Remove { name: n } if n == name))
     }
 }
 
@@ -210,7 +224,12 @@ pub fn sample(ratio: f64, rng: &mut dyn TraceRng) -> bool {
 }
 
 /// Computes the trace context to forward and the header operations.
-pub fn propagate(cfg: &TracingConfig, input: &TraceInput<'_>, hop: &HopInfo<'_>, rng: &mut dyn TraceRng) -> TraceOutput {
+pub fn propagate(
+    cfg: &TracingConfig,
+    input: &TraceInput<'_>,
+    hop: &HopInfo<'_>,
+    rng: &mut dyn TraceRng,
+) -> TraceOutput {
     let w3c = input.traceparent.single().and_then(w3c::parse_traceparent);
     let traceparent_rejected = input.traceparent.is_present() && w3c.is_none();
     let b3_in = if cfg.b3 { input.b3_value() } else { None };
@@ -220,20 +239,35 @@ pub fn propagate(cfg: &TracingConfig, input: &TraceInput<'_>, hop: &HopInfo<'_>,
     };
 
     let (trace_id, incoming_parent, flags, source) = if let Some(p) = w3c {
-        (p.context.trace_id, Some(p.context.parent_id), p.context.flags & KNOWN_FLAGS, ContextSource::TraceParent)
+        (
+            p.context.trace_id,
+            Some(p.context.parent_id),
+            p.context.flags & KNOWN_FLAGS,
+            ContextSource::TraceParent,
+        )
     } else if let Some(c) = b3_ctx_in {
         let sampled = match c.sampling {
             Some(s) => s.sampled(),
             None => sample(cfg.sample_ratio, rng),
         };
-        (c.trace_id, Some(c.span_id), if sampled { FLAG_SAMPLED } else { 0 }, ContextSource::B3)
+        (
+            c.trace_id,
+            Some(c.span_id),
+            if sampled { FLAG_SAMPLED } else { 0 },
+            ContextSource::B3,
+        )
     } else {
         let trace_id = TraceId::random(rng);
         let sampled = match b3_in.and_then(|v| v.sampling()) {
             Some(s) => s.sampled(),
             None => sample(cfg.sample_ratio, rng),
         };
-        (trace_id, None, if sampled { FLAG_SAMPLED } else { 0 }, ContextSource::New)
+        (
+            trace_id,
+            None,
+            if sampled { FLAG_SAMPLED } else { 0 },
+            ContextSource::New,
+        )
     };
 
     let span_id = match (cfg.mode, incoming_parent) {
@@ -265,13 +299,21 @@ pub fn propagate(cfg: &TracingConfig, input: &TraceInput<'_>, hop: &HopInfo<'_>,
     // traceparent
     let passthrough = cfg.mode == TraceMode::Propagate && matches!(w3c, Some(p) if p.version == 0);
     if !passthrough {
-        let tp = TraceParent { trace_id, parent_id: span_id, flags };
+        let tp = TraceParent {
+            trace_id,
+            parent_id: span_id,
+            flags,
+        };
         out.set_with(TRACEPARENT, |s| w3c::write_traceparent(&tp, s));
     }
 
     // tracestate: our member first, always.
     {
-        let incoming: &[&[u8]] = if source == ContextSource::TraceParent { &input.tracestate } else { &[] };
+        let incoming: &[&[u8]] = if source == ContextSource::TraceParent {
+            &input.tracestate
+        } else {
+            &[]
+        };
         let key = cfg.tracestate_key.as_str();
         out.tracestate = out.set_with(TRACESTATE, |s| {
             s.push_str(key);
@@ -286,7 +328,9 @@ pub fn propagate(cfg: &TracingConfig, input: &TraceInput<'_>, hop: &HopInfo<'_>,
         let same_trace_in = b3_ctx_in.filter(|c| c.trace_id == trace_id);
         let parent_span_id = match cfg.mode {
             TraceMode::Span => incoming_parent,
-            TraceMode::Propagate => same_trace_in.filter(|c| c.span_id == span_id).and_then(|c| c.parent_span_id),
+            TraceMode::Propagate => same_trace_in
+                .filter(|c| c.span_id == span_id)
+                .and_then(|c| c.parent_span_id),
         };
         let debug_in = b3_in.and_then(|v| v.sampling()) == Some(Sampling::Debug)
             && (b3_ctx_in.is_none() || same_trace_in.is_some());
@@ -295,7 +339,12 @@ pub fn propagate(cfg: &TracingConfig, input: &TraceInput<'_>, hop: &HopInfo<'_>,
             (true, false) => Sampling::Accept,
             (false, _) => Sampling::Deny,
         };
-        let b3_out = B3Context { trace_id, span_id, parent_span_id, sampling: Some(sampling) };
+        let b3_out = B3Context {
+            trace_id,
+            span_id,
+            parent_span_id,
+            sampling: Some(sampling),
+        };
         if b3_in != Some(B3Value::Context(b3_out)) {
             write_b3(&mut out, &b3_out, input);
         }
@@ -321,7 +370,11 @@ fn write_b3(out: &mut TraceOutput, ctx: &B3Context, input: &TraceInput<'_>) {
         None => {}
     }
     for (name, value) in b3::multi_sampled_and_flags(ctx) {
-        let present = if name == b3::X_B3_SAMPLED { input.b3_sampled.is_present() } else { input.b3_flags.is_present() };
+        let present = if name == b3::X_B3_SAMPLED {
+            input.b3_sampled.is_present()
+        } else {
+            input.b3_flags.is_present()
+        };
         match value {
             Some(v) => out.set_static(name, v),
             None if present => out.remove(name),
@@ -341,7 +394,10 @@ mod tests {
 
     const TID: &str = "12345678901234567890123456789012";
     const TP: &str = "00-12345678901234567890123456789012-1234567890123456-01";
-    const HOP: HopInfo<'static> = HopInfo { source_cluster: "eu-west", target_cluster: "us-east" };
+    const HOP: HopInfo<'static> = HopInfo {
+        source_cluster: "eu-west",
+        target_cluster: "us-east",
+    };
 
     fn cfg() -> TracingConfig {
         TracingConfig::default()
@@ -350,23 +406,33 @@ mod tests {
     fn span_cfg() -> TracingConfig {
         TracingConfig {
             mode: TraceMode::Span,
-            collector: Some(CollectorConfig { cluster: "otel".into(), ..Default::default() }),
+            collector: Some(CollectorConfig {
+                cluster: "otel".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
 
     fn run(cfg: &TracingConfig, headers: &[(&str, &str)]) -> TraceOutput {
-        let input = TraceInput::from_headers(headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        let input =
+            TraceInput::from_headers(headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
         propagate(cfg, &input, &HOP, &mut TestRng(42))
     }
 
     /// The traceparent seen downstream: the written one, else the incoming one.
-    fn downstream_tp(out: &TraceOutput, headers: &[(&str, &str)]) -> Option<w3c::ParsedTraceParent> {
+    fn downstream_tp(
+        out: &TraceOutput,
+        headers: &[(&str, &str)],
+    ) -> Option<w3c::ParsedTraceParent> {
         match out.value_of(TRACEPARENT) {
             Some(v) => w3c::parse_traceparent(v.as_bytes()),
             None => {
-                let vals: Vec<&[u8]> =
-                    headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(TRACEPARENT)).map(|(_, v)| v.as_bytes()).collect();
+                let vals: Vec<&[u8]> = headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(TRACEPARENT))
+                    .map(|(_, v)| v.as_bytes())
+                    .collect();
                 w3c::parse_traceparent_values(&vals)
             }
         }
@@ -375,20 +441,39 @@ mod tests {
     fn ts_keys(out: &TraceOutput) -> Vec<String> {
         let v = out.value_of(TRACESTATE).unwrap_or("");
         let vals = [v.as_bytes()];
-        members(&vals).filter_map(Result::ok).map(|m| m.key.to_string()).collect()
+        members(&vals)
+            .filter_map(Result::ok)
+            .map(|m| m.key.to_string())
+            .collect()
     }
 
     #[test]
     fn propagate_mode_valid_traceparent_passes_unchanged() {
         let h = [("traceparent", TP), ("tracestate", "foo=1,bar=2")];
         let out = run(&cfg(), &h);
-        assert_eq!(out.value_of(TRACEPARENT), None, "traceparent is not rewritten");
-        assert_eq!(ts_keys(&out), ["tideway", "foo", "bar"], "our member first, the rest kept");
-        assert_eq!(out.len(), 1, "only tracestate is written: {:?}", out.ops().collect::<Vec<_>>());
+        assert_eq!(
+            out.value_of(TRACEPARENT),
+            None,
+            "traceparent is not rewritten"
+        );
+        assert_eq!(
+            ts_keys(&out),
+            ["tideway", "foo", "bar"],
+            "our member first, the rest kept"
+        );
+        assert_eq!(
+            out.len(),
+            1,
+            "only tracestate is written: {:?}",
+            out.ops().collect::<Vec<_>>()
+        );
         let c = out.context;
         assert_eq!(c.trace_id.to_string(), TID);
         assert_eq!(c.span_id.to_string(), "1234567890123456");
-        assert_eq!(c.parent_span_id.map(|p| p.to_string()).as_deref(), Some("1234567890123456"));
+        assert_eq!(
+            c.parent_span_id.map(|p| p.to_string()).as_deref(),
+            Some("1234567890123456")
+        );
         assert!(c.sampled && !c.restarted && !c.record && !c.traceparent_rejected);
         assert_eq!(c.source, ContextSource::TraceParent);
         // header name case does not matter
@@ -404,10 +489,14 @@ mod tests {
 
     #[test]
     fn propagate_mode_future_version_downgraded() {
-        let v = "cc-12345678901234567890123456789012-1234567890123456-07-what-the-future-will-be-like";
+        let v =
+            "cc-12345678901234567890123456789012-1234567890123456-07-what-the-future-will-be-like";
         let out = run(&cfg(), &[("traceparent", v), ("tracestate", "foo=1")]);
         // unknown flag bits zeroed, same ids, version 00
-        assert_eq!(out.value_of(TRACEPARENT), Some("00-12345678901234567890123456789012-1234567890123456-03"));
+        assert_eq!(
+            out.value_of(TRACEPARENT),
+            Some("00-12345678901234567890123456789012-1234567890123456-03")
+        );
         assert_eq!(ts_keys(&out), ["tideway", "foo"]);
         assert!(!out.context.restarted);
     }
@@ -435,7 +524,11 @@ mod tests {
             assert_eq!(written.version, 0);
             assert_eq!(written.context.trace_id, c.trace_id);
             assert_eq!(written.context.parent_id, c.span_id);
-            assert_eq!(ts_keys(&out), ["tideway"], "incoming tracestate discarded for {tp}");
+            assert_eq!(
+                ts_keys(&out),
+                ["tideway"],
+                "incoming tracestate discarded for {tp}"
+            );
         }
         let out = run(&cfg(), &[("tracestate", "foo=1,bar=2")]);
         assert!(out.context.restarted && !out.context.traceparent_rejected);
@@ -445,8 +538,14 @@ mod tests {
     #[test]
     fn duplicated_traceparent_restarts() {
         let h = [
-            ("traceparent", "00-12345678901234567890123456789011-1234567890123456-01"),
-            ("traceparent", "00-12345678901234567890123456789012-1234567890123456-01"),
+            (
+                "traceparent",
+                "00-12345678901234567890123456789011-1234567890123456-01",
+            ),
+            (
+                "traceparent",
+                "00-12345678901234567890123456789012-1234567890123456-01",
+            ),
         ];
         let out = run(&cfg(), &h);
         let c = out.context;
@@ -457,18 +556,32 @@ mod tests {
 
     #[test]
     fn restart_uses_sample_ratio() {
-        let never = TracingConfig { sample_ratio: 0.0, ..cfg() };
+        let never = TracingConfig {
+            sample_ratio: 0.0,
+            ..cfg()
+        };
         let out = run(&never, &[]);
         assert!(!out.context.sampled);
-        assert!(out.value_of(TRACEPARENT).is_some_and(|v| v.ends_with("-00")));
+        assert!(out
+            .value_of(TRACEPARENT)
+            .is_some_and(|v| v.ends_with("-00")));
         let always = run(&cfg(), &[]);
         assert!(always.context.sampled);
-        assert!(always.value_of(TRACEPARENT).is_some_and(|v| v.ends_with("-01")));
+        assert!(always
+            .value_of(TRACEPARENT)
+            .is_some_and(|v| v.ends_with("-01")));
         // about half with 0.5
-        let half = TracingConfig { sample_ratio: 0.5, ..cfg() };
+        let half = TracingConfig {
+            sample_ratio: 0.5,
+            ..cfg()
+        };
         let mut rng = TestRng(1);
         let n = (0..2000)
-            .filter(|_| propagate(&half, &TraceInput::default(), &HOP, &mut rng).context.sampled)
+            .filter(|_| {
+                propagate(&half, &TraceInput::default(), &HOP, &mut rng)
+                    .context
+                    .sampled
+            })
             .count();
         assert!((850..1150).contains(&n), "{n}");
     }
@@ -484,7 +597,13 @@ mod tests {
 
     #[test]
     fn span_mode_new_parent_id_same_trace_and_flags() {
-        let h = [("traceparent", "00-12345678901234567890123456789012-1234567890123456-03"), ("tracestate", "foo=1,tideway=old,bar=2")];
+        let h = [
+            (
+                "traceparent",
+                "00-12345678901234567890123456789012-1234567890123456-03",
+            ),
+            ("tracestate", "foo=1,tideway=old,bar=2"),
+        ];
         let out = run(&span_cfg(), &h);
         let c = out.context;
         let tp = downstream_tp(&out, &h).expect("written");
@@ -492,18 +611,36 @@ mod tests {
         assert_ne!(tp.context.parent_id.to_string(), "1234567890123456");
         assert_eq!(tp.context.parent_id, c.span_id);
         assert_eq!(tp.context.flags, 0x03, "sampled and random kept");
-        assert_eq!(c.parent_span_id.map(|p| p.to_string()).as_deref(), Some("1234567890123456"));
+        assert_eq!(
+            c.parent_span_id.map(|p| p.to_string()).as_deref(),
+            Some("1234567890123456")
+        );
         assert!(c.record && !c.restarted);
         assert_eq!(ts_keys(&out), ["tideway", "foo", "bar"]);
         let ts = out.value_of(TRACESTATE).unwrap_or("");
-        let ours = ts.split(',').next().and_then(|m| m.strip_prefix("tideway=")).unwrap_or("");
-        assert_eq!(parse_member_value(ours), Some(("eu-west".into(), "us-east".into())));
+        let ours = ts
+            .split(',')
+            .next()
+            .and_then(|m| m.strip_prefix("tideway="))
+            .unwrap_or("");
+        assert_eq!(
+            parse_member_value(ours),
+            Some(("eu-west".into(), "us-east".into()))
+        );
         // not sampled -> not recorded
-        let h = [("traceparent", "00-12345678901234567890123456789012-1234567890123456-00")];
+        let h = [(
+            "traceparent",
+            "00-12345678901234567890123456789012-1234567890123456-00",
+        )];
         assert!(!run(&span_cfg(), &h).context.record);
         // unknown flag bits are zeroed when rewriting
-        let h = [("traceparent", "00-12345678901234567890123456789012-1234567890123456-ff")];
-        assert!(run(&span_cfg(), &h).value_of(TRACEPARENT).is_some_and(|v| v.ends_with("-03")));
+        let h = [(
+            "traceparent",
+            "00-12345678901234567890123456789012-1234567890123456-ff",
+        )];
+        assert!(run(&span_cfg(), &h)
+            .value_of(TRACEPARENT)
+            .is_some_and(|v| v.ends_with("-03")));
     }
 
     #[test]
@@ -511,7 +648,11 @@ mod tests {
         let many: Vec<String> = (1..=33).map(|i| format!("bar{i:02}={i:02}")).collect();
         let a = many[..20].join(",");
         let b = format!("{},BAD=1,foo=bar=baz", many[20..].join(","));
-        let h = [("traceparent", TP), ("tracestate", a.as_str()), ("tracestate", b.as_str())];
+        let h = [
+            ("traceparent", TP),
+            ("tracestate", a.as_str()),
+            ("tracestate", b.as_str()),
+        ];
         let out = run(&span_cfg(), &h);
         let keys = ts_keys(&out);
         assert_eq!(keys.len(), MAX_MEMBERS);
@@ -544,57 +685,116 @@ mod tests {
     #[test]
     fn b3_continues_trace_without_traceparent() {
         let c = TracingConfig { b3: true, ..cfg() };
-        let h = [("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90"), ("tracestate", "foo=1")];
+        let h = [
+            (
+                "b3",
+                "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+            ),
+            ("tracestate", "foo=1"),
+        ];
         let out = run(&c, &h);
         let ctx = out.context;
         assert_eq!(ctx.source, ContextSource::B3);
         assert!(!ctx.restarted && ctx.sampled);
-        assert_eq!(out.value_of(TRACEPARENT), Some("00-80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-01"));
-        assert_eq!(ts_keys(&out), ["tideway"], "tracestate without traceparent is discarded");
+        assert_eq!(
+            out.value_of(TRACEPARENT),
+            Some("00-80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-01")
+        );
+        assert_eq!(
+            ts_keys(&out),
+            ["tideway"],
+            "tracestate without traceparent is discarded"
+        );
         // B3 already says exactly this: not rewritten
         assert!(out.value_of("b3").is_none());
         assert!(out.value_of(b3::X_B3_TRACEID).is_none());
         // 64-bit multi, span mode: padded trace id, new span, parent = incoming span
-        let s = TracingConfig { b3: true, ..span_cfg() };
-        let h = [("X-B3-TraceId", "a3ce929d0e0e4736"), ("X-B3-SpanId", "e457b5a2e4d86bd1"), ("X-B3-Sampled", "0")];
+        let s = TracingConfig {
+            b3: true,
+            ..span_cfg()
+        };
+        let h = [
+            ("X-B3-TraceId", "a3ce929d0e0e4736"),
+            ("X-B3-SpanId", "e457b5a2e4d86bd1"),
+            ("X-B3-Sampled", "0"),
+        ];
         let out = run(&s, &h);
         let ctx = out.context;
         assert_eq!(ctx.trace_id.to_string(), "0000000000000000a3ce929d0e0e4736");
         assert!(!ctx.sampled && !ctx.record);
-        assert_eq!(ctx.parent_span_id.map(|p| p.to_string()).as_deref(), Some("e457b5a2e4d86bd1"));
+        assert_eq!(
+            ctx.parent_span_id.map(|p| p.to_string()).as_deref(),
+            Some("e457b5a2e4d86bd1")
+        );
         let span = ctx.span_id.to_string();
-        assert_eq!(out.value_of(TRACEPARENT), Some(format!("00-0000000000000000a3ce929d0e0e4736-{span}-00").as_str()));
-        assert_eq!(out.value_of("b3"), Some(format!("0000000000000000a3ce929d0e0e4736-{span}-0-e457b5a2e4d86bd1").as_str()));
+        assert_eq!(
+            out.value_of(TRACEPARENT),
+            Some(format!("00-0000000000000000a3ce929d0e0e4736-{span}-00").as_str())
+        );
+        assert_eq!(
+            out.value_of("b3"),
+            Some(format!("0000000000000000a3ce929d0e0e4736-{span}-0-e457b5a2e4d86bd1").as_str())
+        );
         assert_eq!(out.value_of(b3::X_B3_SPANID), Some(span.as_str()));
-        assert_eq!(out.value_of(b3::X_B3_PARENTSPANID), Some("e457b5a2e4d86bd1"));
+        assert_eq!(
+            out.value_of(b3::X_B3_PARENTSPANID),
+            Some("e457b5a2e4d86bd1")
+        );
         assert_eq!(out.value_of(b3::X_B3_SAMPLED), Some("0"));
     }
 
     #[test]
     fn b3_written_consistent_with_traceparent() {
         let c = TracingConfig { b3: true, ..cfg() };
-        let h = [("traceparent", TP), ("x-b3-flags", "1"), ("x-b3-parentspanid", "0000000000000001"), ("b3", "1")];
+        let h = [
+            ("traceparent", TP),
+            ("x-b3-flags", "1"),
+            ("x-b3-parentspanid", "0000000000000001"),
+            ("b3", "1"),
+        ];
         let out = run(&c, &h);
         assert_eq!(out.value_of(TRACEPARENT), None);
-        assert_eq!(out.value_of("b3"), Some("12345678901234567890123456789012-1234567890123456-1"));
+        assert_eq!(
+            out.value_of("b3"),
+            Some("12345678901234567890123456789012-1234567890123456-1")
+        );
         assert_eq!(out.value_of(b3::X_B3_TRACEID), Some(TID));
         assert_eq!(out.value_of(b3::X_B3_SPANID), Some("1234567890123456"));
         assert_eq!(out.value_of(b3::X_B3_SAMPLED), Some("1"));
         assert!(out.removes(b3::X_B3_FLAGS), "stale debug flag removed");
         assert!(out.removes(b3::X_B3_PARENTSPANID), "stale parent removed");
         // B3 that disagrees with a valid traceparent loses
-        let h = [("traceparent", TP), ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0")];
+        let h = [
+            ("traceparent", TP),
+            ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0"),
+        ];
         let out = run(&c, &h);
         assert_eq!(out.context.trace_id.to_string(), TID);
-        assert_eq!(out.value_of("b3"), Some("12345678901234567890123456789012-1234567890123456-1"));
+        assert_eq!(
+            out.value_of("b3"),
+            Some("12345678901234567890123456789012-1234567890123456-1")
+        );
         // debug carried when B3 describes the same trace
-        let h = [("traceparent", TP), ("b3", "12345678901234567890123456789012-1234567890123456-d")];
+        let h = [
+            ("traceparent", TP),
+            ("b3", "12345678901234567890123456789012-1234567890123456-d"),
+        ];
         let out = run(&c, &h);
-        assert_eq!(out.value_of("b3"), None, "{:?}", out.ops().collect::<Vec<_>>());
+        assert_eq!(
+            out.value_of("b3"),
+            None,
+            "{:?}",
+            out.ops().collect::<Vec<_>>()
+        );
         assert_eq!(out.value_of(TRACEPARENT), None);
-        let s = TracingConfig { b3: true, ..span_cfg() };
+        let s = TracingConfig {
+            b3: true,
+            ..span_cfg()
+        };
         let out = run(&s, &h);
-        assert!(out.value_of("b3").is_some_and(|v| v.contains("-d-1234567890123456")));
+        assert!(out
+            .value_of("b3")
+            .is_some_and(|v| v.contains("-d-1234567890123456")));
         assert_eq!(out.value_of(b3::X_B3_FLAGS), Some("1"));
         assert_eq!(out.value_of(b3::X_B3_SAMPLED), None);
     }
@@ -612,20 +812,38 @@ mod tests {
 
     #[test]
     fn legacy_headers() {
-        let c = TracingConfig { legacy_headers: true, ..cfg() };
+        let c = TracingConfig {
+            legacy_headers: true,
+            ..cfg()
+        };
         let out = run(&c, &[("traceparent", TP)]);
         assert_eq!(out.value_of(X_TRACE_ID), Some(TID));
         assert_eq!(out.value_of(X_SPAN_ID), Some("1234567890123456"));
         assert_eq!(out.len(), 3, "legacy pair plus tracestate");
-        let s = TracingConfig { legacy_headers: true, ..span_cfg() };
+        let s = TracingConfig {
+            legacy_headers: true,
+            ..span_cfg()
+        };
         let out = run(&s, &[("traceparent", TP)]);
-        assert_eq!(out.value_of(X_SPAN_ID), Some(out.context.span_id.to_string().as_str()));
+        assert_eq!(
+            out.value_of(X_SPAN_ID),
+            Some(out.context.span_id.to_string().as_str())
+        );
     }
 
     #[test]
     fn all_options_fit_in_the_op_array() {
-        let c = TracingConfig { b3: true, legacy_headers: true, ..span_cfg() };
-        let h = [("traceparent", TP), ("x-b3-parentspanid", "0000000000000001"), ("x-b3-flags", "0"), ("x-b3-sampled", "1")];
+        let c = TracingConfig {
+            b3: true,
+            legacy_headers: true,
+            ..span_cfg()
+        };
+        let h = [
+            ("traceparent", TP),
+            ("x-b3-parentspanid", "0000000000000001"),
+            ("x-b3-flags", "0"),
+            ("x-b3-sampled", "1"),
+        ];
         let out = run(&c, &h);
         // traceparent, tracestate, b3, traceid, spanid, parentspanid, sampled, flags(remove), 2 legacy
         assert_eq!(out.len(), MAX_OPS);
@@ -644,8 +862,14 @@ mod tests {
 
     fn header_strategy() -> impl Strategy<Value = (String, Vec<u8>)> {
         let names = prop_oneof![
-            Just("traceparent"), Just("tracestate"), Just("b3"), Just("x-b3-traceid"),
-            Just("x-b3-spanid"), Just("x-b3-parentspanid"), Just("x-b3-sampled"), Just("x-b3-flags"),
+            Just("traceparent"),
+            Just("tracestate"),
+            Just("b3"),
+            Just("x-b3-traceid"),
+            Just("x-b3-spanid"),
+            Just("x-b3-parentspanid"),
+            Just("x-b3-sampled"),
+            Just("x-b3-flags"),
         ];
         (names, proptest::collection::vec(any::<u8>(), 0..80)).prop_map(|(n, v)| (n.to_string(), v))
     }

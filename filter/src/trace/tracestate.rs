@@ -75,7 +75,10 @@ pub fn is_valid_key_level1(key: &[u8]) -> bool {
             None => false,
         },
         Some(at) => {
-            let (tenant, system) = (key.get(..at).unwrap_or(&[]), key.get(at + 1..).unwrap_or(&[]));
+            let (tenant, system) = (
+                key.get(..at).unwrap_or(&[]),
+                key.get(at + 1..).unwrap_or(&[]),
+            );
             let tenant_ok = match tenant.split_first() {
                 Some((first, rest)) => {
                     (is_lcalpha(*first) || first.is_ascii_digit())
@@ -122,7 +125,9 @@ pub fn is_valid_value(value: &[u8]) -> bool {
     !value.is_empty()
         && value.len() <= MAX_VALUE_LEN
         && value.last() != Some(&b' ')
-        && value.iter().all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
+        && value
+            .iter()
+            .all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
 }
 
 /// Parses one list-member (already split on `,`). `Ok(None)` is an empty
@@ -162,7 +167,12 @@ pub fn members<'a>(values: &'a [&'a [u8]]) -> impl Iterator<Item = Result<Member
 ///
 /// `own_key`/`own_value` are trusted to be valid (the configuration is
 /// validated and [`super::member`] only produces valid values).
-pub fn write_tracestate(out: &mut String, own_key: &str, own_value: &str, incoming: &[&[u8]]) -> MergeStats {
+pub fn write_tracestate(
+    out: &mut String,
+    own_key: &str,
+    own_value: &str,
+    incoming: &[&[u8]],
+) -> MergeStats {
     out.reserve(own_key.len() + 1 + own_value.len());
     out.push_str(own_key);
     out.push('=');
@@ -231,13 +241,21 @@ mod tests {
 
     #[test]
     fn spec_examples() {
-        assert_eq!(collect(&[b"congo=t61rcWkgMzE"]), vec![("congo".into(), "t61rcWkgMzE".into())]);
+        assert_eq!(
+            collect(&[b"congo=t61rcWkgMzE"]),
+            vec![("congo".into(), "t61rcWkgMzE".into())]
+        );
         let v = collect(&[b"rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"]);
         assert_eq!(v.len(), 2);
         assert_eq!(v[0], ("rojo".into(), "00f067aa0ba902b7".into()));
         // Congo after Rojo: congo moves left, rojo keeps its value
         let mut out = String::new();
-        write_tracestate(&mut out, "congo", "ucfJifl5GOE", &[b"rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"]);
+        write_tracestate(
+            &mut out,
+            "congo",
+            "ucfJifl5GOE",
+            &[b"rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"],
+        );
         assert_eq!(out, "congo=ucfJifl5GOE,rojo=00f067aa0ba902b7");
     }
 
@@ -246,10 +264,19 @@ mod tests {
         let v = collect(&[b"foo=1,bar=2", b"rojo=1,congo=2", b"baz=3"]);
         let keys: Vec<&str> = v.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["foo", "bar", "rojo", "congo", "baz"]);
-        for h in [&b"foo=1 \t , \t bar=2, \t baz=3"[..], b"foo=1\t \t,\t \tbar=2,\t \tbaz=3"] {
+        for h in [
+            &b"foo=1 \t , \t bar=2, \t baz=3"[..],
+            b"foo=1\t \t,\t \tbar=2,\t \tbaz=3",
+        ] {
             assert_eq!(collect(&[h]).len(), 3);
         }
-        for h in [&b" foo=1"[..], b"\tfoo=1", b"foo=1 ", b"foo=1\t", b"\t foo=1 \t"] {
+        for h in [
+            &b" foo=1"[..],
+            b"\tfoo=1",
+            b"foo=1 ",
+            b"foo=1\t",
+            b"\t foo=1 \t",
+        ] {
             assert_eq!(collect(&[h]), vec![("foo".into(), "1".into())], "{h:?}");
         }
         // empty headers and empty members are fine
@@ -305,7 +332,10 @@ mod tests {
         let k256 = "z".repeat(256);
         let k257 = "z".repeat(257);
         let h = format!("foo=1,{k256}=1,{k257}=1");
-        let keys: Vec<String> = collect(&[h.as_bytes()]).into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<String> = collect(&[h.as_bytes()])
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(keys, vec!["foo".to_string(), k256]);
         let v256 = "v".repeat(256);
         let v257 = "v".repeat(257);
@@ -329,9 +359,15 @@ mod tests {
         assert!(is_valid_key_level1("z".repeat(256).as_bytes()));
         assert!(!is_valid_key_level1("z".repeat(257).as_bytes()));
         // tenant up to 241, system up to 14 (the Level 1 test suite's bounds)
-        assert!(is_valid_key_level1(format!("{}@{}", "t".repeat(241), "v".repeat(14)).as_bytes()));
-        assert!(!is_valid_key_level1(format!("{}@v", "t".repeat(242)).as_bytes()));
-        assert!(!is_valid_key_level1(format!("t@{}", "v".repeat(15)).as_bytes()));
+        assert!(is_valid_key_level1(
+            format!("{}@{}", "t".repeat(241), "v".repeat(14)).as_bytes()
+        ));
+        assert!(!is_valid_key_level1(
+            format!("{}@v", "t".repeat(242)).as_bytes()
+        ));
+        assert!(!is_valid_key_level1(
+            format!("t@{}", "v".repeat(15)).as_bytes()
+        ));
     }
 
     #[test]
@@ -367,9 +403,17 @@ mod tests {
         let h32 = all[..32].join(",");
         assert_eq!(collect(&[h32.as_bytes()]).len(), 32);
         // split over several header fields like the test suite
-        let parts = [all[..10].join(","), all[10..20].join(","), all[20..30].join(","), all[30..33].join(",")];
+        let parts = [
+            all[..10].join(","),
+            all[10..20].join(","),
+            all[20..30].join(","),
+            all[30..33].join(","),
+        ];
         let (out, st) = merged(&parts.iter().map(String::as_str).collect::<Vec<_>>());
-        let keys: Vec<&str> = out.split(',').map(|m| m.split('=').next().unwrap_or("")).collect();
+        let keys: Vec<&str> = out
+            .split(',')
+            .map(|m| m.split('=').next().unwrap_or(""))
+            .collect();
         assert_eq!(keys.len(), MAX_MEMBERS);
         assert_eq!(keys[0], "tideway");
         assert_eq!(keys[1], "bar01");

@@ -75,8 +75,14 @@ pub(crate) fn is_ows(b: u8) -> bool {
 
 /// `bytes` without leading and trailing `OWS`.
 pub(crate) fn trim_ows(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| !is_ows(b)).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|&b| !is_ows(b)).map_or(start, |i| i + 1);
+    let start = bytes
+        .iter()
+        .position(|&b| !is_ows(b))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|&b| !is_ows(b))
+        .map_or(start, |i| i + 1);
     bytes.get(start..end).unwrap_or(&[])
 }
 
@@ -109,7 +115,11 @@ pub fn parse_traceparent(value: &[u8]) -> Option<ParsedTraceParent> {
         return None;
     }
     Some(ParsedTraceParent {
-        context: TraceParent { trace_id, parent_id, flags: flags[0] },
+        context: TraceParent {
+            trace_id,
+            parent_id,
+            flags: flags[0],
+        },
         version,
     })
 }
@@ -156,7 +166,10 @@ mod tests {
     fn spec_examples() {
         let p = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").expect("valid");
         assert_eq!(p.version, 0);
-        assert_eq!(p.context.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            p.context.trace_id.to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_eq!(p.context.parent_id.to_string(), "00f067aa0ba902b7");
         assert_eq!(p.context.flags, 0x01);
         assert!(p.context.sampled());
@@ -197,7 +210,10 @@ mod tests {
     #[test]
     fn version_00_must_be_exactly_55_chars() {
         assert!(parse(&format!("00-{TID}-1234567890123456-01.")).is_none());
-        assert!(parse(&format!("00-{TID}-1234567890123456-01-what-the-future-will-be-like")).is_none());
+        assert!(parse(&format!(
+            "00-{TID}-1234567890123456-01-what-the-future-will-be-like"
+        ))
+        .is_none());
     }
 
     #[test]
@@ -205,10 +221,15 @@ mod tests {
         let p = parse(&format!("cc-{TID}-1234567890123456-01")).expect("valid");
         assert_eq!(p.version, 0xcc);
         assert_eq!(p.context.trace_id.to_string(), TID);
-        let p = parse(&format!("cc-{TID}-1234567890123456-01-what-the-future-will-be-like"))
-            .expect("valid");
+        let p = parse(&format!(
+            "cc-{TID}-1234567890123456-01-what-the-future-will-be-like"
+        ))
+        .expect("valid");
         assert_eq!(p.context.parent_id.to_string(), "1234567890123456");
-        assert!(parse(&format!("cc-{TID}-1234567890123456-01.what-the-future-will-be-like")).is_none());
+        assert!(parse(&format!(
+            "cc-{TID}-1234567890123456-01.what-the-future-will-be-like"
+        ))
+        .is_none());
         // shorter than 55 is never parsed, whatever the version
         assert!(parse(&format!("cc-{TID}-1234567890123456-1")).is_none());
         // the future part is not interpreted, even if it is not ASCII

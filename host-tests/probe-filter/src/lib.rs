@@ -46,7 +46,9 @@ fn read_request_headers() {
     // SAFETY: the host allocates the buffer through the SDK's allocator
     // (a Vec with capacity == size); rebuilding the Vec frees it.
     unsafe {
-        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders as i32, &mut data, &mut size) == 0 && !data.is_null() {
+        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders as i32, &mut data, &mut size) == 0
+            && !data.is_null()
+        {
             drop(Vec::from_raw_parts(data, size, size));
         }
     }
@@ -80,15 +82,24 @@ impl Op {
     fn run(self) {
         let _ = match self {
             Op::Clock => hostcalls::get_current_time().map(drop),
-            Op::ReadAuthority => hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":authority").map(drop),
-            Op::ReadMissing => hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-probe-absent").map(drop),
+            Op::ReadAuthority => {
+                hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":authority").map(drop)
+            }
+            Op::ReadMissing => {
+                hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-probe-absent")
+                    .map(drop)
+            }
             Op::ReadRequestHeaders => {
                 read_request_headers();
                 Ok(())
             }
             Op::AddHeader => hostcalls::add_map_value(MapType::HttpRequestHeaders, "x-probe", "1"),
-            Op::ReplaceHeader => hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-probe", Some("1")),
-            Op::ReadStatus => hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").map(drop),
+            Op::ReplaceHeader => {
+                hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-probe", Some("1"))
+            }
+            Op::ReadStatus => {
+                hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").map(drop)
+            }
         };
     }
 }
@@ -111,7 +122,9 @@ impl RootContext for ProbeRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(ProbeRequest { ops: Rc::clone(&self.ops) }))
+        Some(Box::new(ProbeRequest {
+            ops: Rc::clone(&self.ops),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -127,12 +140,18 @@ impl Context for ProbeRequest {}
 
 impl HttpContext for ProbeRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.ops.iter().filter(|op| **op != Op::ReadStatus).for_each(|op| op.run());
+        self.ops
+            .iter()
+            .filter(|op| **op != Op::ReadStatus)
+            .for_each(|op| op.run());
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.ops.iter().filter(|op| **op == Op::ReadStatus).for_each(|op| op.run());
+        self.ops
+            .iter()
+            .filter(|op| **op == Op::ReadStatus)
+            .for_each(|op| op.run());
         Action::Continue
     }
 }

@@ -66,7 +66,14 @@ pub const STEERING_FLOOR_OPS: &str = "read_request_headers,add_header,read_statu
 
 fn variants(collector_port: u16) -> Vec<Variant> {
     let base = |config: Option<String>| {
-        let mut spec = EnvoySpec::new("", &[("east", collector_port), ("west", collector_port), ("south", collector_port)]);
+        let mut spec = EnvoySpec::new(
+            "",
+            &[
+                ("east", collector_port),
+                ("west", collector_port),
+                ("south", collector_port),
+            ],
+        );
         spec.filter_config = config;
         spec.direct_response = true;
         spec.direct_response_all = true;
@@ -79,11 +86,26 @@ fn variants(collector_port: u16) -> Vec<Variant> {
     let mut floor = base(Some(STEERING_FLOOR_OPS.to_string()));
     floor.wasm = super::probe_wasm();
     vec![
-        Variant { name: "no filter", spec: base(None) },
-        Variant { name: "no-op filter", spec: noop },
-        Variant { name: "probe: header map read + 1 header add + :status read", spec: floor },
-        Variant { name: "Tideway (trace propagate)", spec: base(Some(tideway_config(false))) },
-        Variant { name: "Tideway (trace spans + export)", spec: base(Some(tideway_config(true))) },
+        Variant {
+            name: "no filter",
+            spec: base(None),
+        },
+        Variant {
+            name: "no-op filter",
+            spec: noop,
+        },
+        Variant {
+            name: "probe: header map read + 1 header add + :status read",
+            spec: floor,
+        },
+        Variant {
+            name: "Tideway (trace propagate)",
+            spec: base(Some(tideway_config(false))),
+        },
+        Variant {
+            name: "Tideway (trace spans + export)",
+            spec: base(Some(tideway_config(true))),
+        },
     ]
 }
 
@@ -104,7 +126,10 @@ pub fn run(mode: Mode) -> Result<Vec<Section>> {
 
     let rounds = mode.pick(2, 5);
     let seconds = mode.pick(3, 10);
-    eprintln!("[cost] warm-up, then {rounds} rounds × {} variants × {seconds} s", variants.len());
+    eprintln!(
+        "[cost] warm-up, then {rounds} rounds × {} variants × {seconds} s",
+        variants.len()
+    );
     for e in &envoys {
         wrk::run(e.port, CONNECTIONS, mode.pick(1, 3), &script)?;
     }
@@ -131,7 +156,9 @@ pub fn run(mode: Mode) -> Result<Vec<Section>> {
             .map(|(a, b)| a.requests_per_sec / b.requests_per_sec)
             .collect()
     };
-    let command = results[0][0].command.replace(&format!(":{}/", envoys[0].port), ":<port>/");
+    let command = results[0][0]
+        .command
+        .replace(&format!(":{}/", envoys[0].port), ":<port>/");
     let mut section = Section::new(
         "Filter cost",
         vec![
@@ -142,7 +169,12 @@ pub fn run(mode: Mode) -> Result<Vec<Section>> {
     );
     let mut raw = Vec::new();
     for (i, v) in variants.iter().enumerate() {
-        let rps = median(&results[i].iter().map(|r| r.requests_per_sec).collect::<Vec<_>>());
+        let rps = median(
+            &results[i]
+                .iter()
+                .map(|r| r.requests_per_sec)
+                .collect::<Vec<_>>(),
+        );
         let p50 = median(&results[i].iter().map(|r| r.p50_us).collect::<Vec<_>>());
         let p99 = median(&results[i].iter().map(|r| r.p99_us).collect::<Vec<_>>());
         let ratio = median(&per_round_ratio(i));
@@ -170,12 +202,22 @@ pub fn run(mode: Mode) -> Result<Vec<Section>> {
     }
     let full = SPAN;
     section.figures.push(
-        Figure::new("Tideway (all on, span export) throughput ÷ no-op filter", median(&per_round_ratio(full)), "×", &command)
-            .target(Cmp::AtLeast, 0.90),
+        Figure::new(
+            "Tideway (all on, span export) throughput ÷ no-op filter",
+            median(&per_round_ratio(full)),
+            "×",
+            &command,
+        )
+        .target(Cmp::AtLeast, 0.90),
     );
     section.figures.push(
-        Figure::new("Tideway (trace propagate) throughput ÷ no-op filter", median(&per_round_ratio(PROPAGATE)), "×", &command)
-            .target(Cmp::AtLeast, 0.90),
+        Figure::new(
+            "Tideway (trace propagate) throughput ÷ no-op filter",
+            median(&per_round_ratio(PROPAGATE)),
+            "×",
+            &command,
+        )
+        .target(Cmp::AtLeast, 0.90),
     );
     section.figures.push(Figure::new(
         "steering floor (probe: header map read, one header add, :status read) throughput ÷ no-op filter",
@@ -183,7 +225,12 @@ pub fn run(mode: Mode) -> Result<Vec<Section>> {
         "×",
         &command,
     ));
-    section.figures.push(Figure::new("no-op filter throughput ÷ no filter", 1.0 / median(&per_round_ratio(NO_FILTER)), "×", &command));
+    section.figures.push(Figure::new(
+        "no-op filter throughput ÷ no filter",
+        1.0 / median(&per_round_ratio(NO_FILTER)),
+        "×",
+        &command,
+    ));
     section.notes.push(format!(
         "The probe row is the host-call floor of any steering filter: the probe filter (host-tests/probe-filter, config \"{STEERING_FLOOR_OPS}\") makes only the three calls steering cannot do without and runs no logic at all."
     ));
@@ -193,7 +240,11 @@ pub fn run(mode: Mode) -> Result<Vec<Section>> {
         stats
             .lines()
             .filter(|l| pred(l))
-            .filter_map(|l| l.rsplit(": ").next().and_then(|v| v.trim().parse::<u64>().ok()))
+            .filter_map(|l| {
+                l.rsplit(": ")
+                    .next()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
             .sum()
     };
     let decisions = sum(&|l| l.contains("tideway.requests."));
@@ -268,7 +319,11 @@ fn memory_and_start(mode: Mode, script: &std::path::Path, collector_port: u16) -
     let med: Vec<f64> = ready_ms.iter().map(|v| median(v)).collect();
     eprintln!("[start] time to ready (ms): {med:?}");
 
-    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len() as f64).unwrap_or(f64::NAN);
+    let size = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.len() as f64)
+            .unwrap_or(f64::NAN)
+    };
     let filter_bytes = size(&variants[SPAN].spec.wasm);
     let noop_bytes = size(&variants[NOOP].spec.wasm);
     let mut section = Section::new(
@@ -281,18 +336,57 @@ fn memory_and_start(mode: Mode, script: &std::path::Path, collector_port: u16) -
         &["Variant", "time to ready (median ms)", "minus no filter (ms)"],
     );
     for (i, v) in variants.iter().enumerate() {
-        section.rows.push(vec![v.name.to_string(), format!("{:.0}", med[i]), format!("{:+.0}", med[i] - med[0])]);
+        section.rows.push(vec![
+            v.name.to_string(),
+            format!("{:.0}", med[i]),
+            format!("{:+.0}", med[i] - med[0]),
+        ]);
     }
-    section.figures.push(Figure::new(format!("Envoy RSS after warm-up"), start_rss as f64 / 1024.0, "MiB", &command));
-    section.figures.push(Figure::new(format!("Envoy RSS after {last} more requests"), end_rss as f64 / 1024.0, "MiB", &command));
+    section.figures.push(Figure::new(
+        format!("Envoy RSS after warm-up"),
+        start_rss as f64 / 1024.0,
+        "MiB",
+        &command,
+    ));
+    section.figures.push(Figure::new(
+        format!("Envoy RSS after {last} more requests"),
+        end_rss as f64 / 1024.0,
+        "MiB",
+        &command,
+    ));
     section.figures.push(
-        Figure::new("RSS growth over the second half of those requests", (end_rss as f64 - half_rss as f64) / 1024.0, "MiB", &command)
-            .target(Cmp::AtMost, 1.0),
+        Figure::new(
+            "RSS growth over the second half of those requests",
+            (end_rss as f64 - half_rss as f64) / 1024.0,
+            "MiB",
+            &command,
+        )
+        .target(Cmp::AtMost, 1.0),
     );
-    section.figures.push(Figure::new("filter module size", filter_bytes / 1024.0, "KiB", "cargo xtask build-wasm"));
-    section.figures.push(Figure::new("no-op module size", noop_bytes / 1024.0, "KiB", "cargo xtask build-wasm"));
-    section.figures.push(Figure::new("VM start: Tideway time-to-ready − no filter", med[SPAN] - med[NO_FILTER], "ms", "Envoy::start (harness)"));
-    section.figures.push(Figure::new("VM start: no-op time-to-ready − no filter", med[NOOP] - med[NO_FILTER], "ms", "Envoy::start (harness)"));
+    section.figures.push(Figure::new(
+        "filter module size",
+        filter_bytes / 1024.0,
+        "KiB",
+        "cargo xtask build-wasm",
+    ));
+    section.figures.push(Figure::new(
+        "no-op module size",
+        noop_bytes / 1024.0,
+        "KiB",
+        "cargo xtask build-wasm",
+    ));
+    section.figures.push(Figure::new(
+        "VM start: Tideway time-to-ready − no filter",
+        med[SPAN] - med[NO_FILTER],
+        "ms",
+        "Envoy::start (harness)",
+    ));
+    section.figures.push(Figure::new(
+        "VM start: no-op time-to-ready − no filter",
+        med[NOOP] - med[NO_FILTER],
+        "ms",
+        "Envoy::start (harness)",
+    ));
     section.notes.push(format!(
         "RSS checkpoints (requests → KiB): {}. \"No growth\" is judged over the second half (target ≤ 1 MiB, an allowance for allocator noise).",
         checkpoints

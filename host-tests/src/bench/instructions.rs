@@ -80,16 +80,23 @@ pub fn run(mode: Mode) -> Result<Section> {
             .iter()
             .map(|v| {
                 scope.spawn(move || {
-                    Envoy::start(&v.spec).with_context(|| format!("starting Envoy under callgrind ({})", v.name))
+                    Envoy::start(&v.spec)
+                        .with_context(|| format!("starting Envoy under callgrind ({})", v.name))
                 })
             })
             .collect();
         starting
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("an Envoy start-up thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("an Envoy start-up thread panicked")))
+            })
             .collect::<Result<_>>()
     })?;
-    eprintln!("[instructions] all ready after {:.0} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "[instructions] all ready after {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let mut measured = Vec::new();
     let mut command = String::new();
@@ -108,7 +115,8 @@ pub fn run(mode: Mode) -> Result<Section> {
         if load.requests == 0 {
             bail!("{}: no requests were served under callgrind", v.name);
         }
-        let per_request = load.instructions.saturating_sub(idle.instructions) as f64 / load.requests as f64;
+        let per_request =
+            load.instructions.saturating_sub(idle.instructions) as f64 / load.requests as f64;
         eprintln!(
             "[instructions] {:<40} {:>9.0} instructions/request ({} requests; idle {:.1} M/s)",
             v.name,
@@ -150,20 +158,35 @@ pub fn run(mode: Mode) -> Result<Section> {
             "seconds": seconds,
         }));
         if let Some(call) = v.prices {
-            section.figures.push(Figure::new(format!("host call price: {call}"), per_request - noop, "instructions", &command));
+            section.figures.push(Figure::new(
+                format!("host call price: {call}"),
+                per_request - noop,
+                "instructions",
+                &command,
+            ));
         }
     }
     let full = measured[2].0;
     let span = measured[3].0;
     section.figures.insert(
         0,
-        Figure::new("no-op ÷ Tideway (trace propagate), instructions per request", noop / full, "×", &command)
-            .target(Cmp::AtLeast, 0.90),
+        Figure::new(
+            "no-op ÷ Tideway (trace propagate), instructions per request",
+            noop / full,
+            "×",
+            &command,
+        )
+        .target(Cmp::AtLeast, 0.90),
     );
     section.figures.insert(
         1,
-        Figure::new("no-op ÷ Tideway (trace spans + export), instructions per request", noop / span, "×", &command)
-            .target(Cmp::AtLeast, 0.90),
+        Figure::new(
+            "no-op ÷ Tideway (trace spans + export), instructions per request",
+            noop / span,
+            "×",
+            &command,
+        )
+        .target(Cmp::AtLeast, 0.90),
     );
     section.notes.push(
         "The target is the throughput target (≥ 0.90× the no-op filter) restated in instructions: with Envoy CPU-bound, \
@@ -191,7 +214,10 @@ fn variants(mode: Mode, out: &Path, collector_port: u16) -> Vec<Variant> {
             "--tool=callgrind".to_string(),
             // V8 writes code it then runs: re-translate it when it changes.
             "--smc-check=all-non-file".to_string(),
-            format!("--callgrind-out-file={}", out.join(format!("variant{n}.callgrind")).display()),
+            format!(
+                "--callgrind-out-file={}",
+                out.join(format!("variant{n}.callgrind")).display()
+            ),
         ];
         n += 1;
         spec
@@ -199,9 +225,21 @@ fn variants(mode: Mode, out: &Path, collector_port: u16) -> Vec<Variant> {
     let probe = |ops: &str| Some(ops.to_string());
     let tideway = super::cost::tideway_config(false);
     let mut variants = vec![
-        Variant { name: "no filter", spec: spec(None, None), prices: None },
-        Variant { name: "no-op filter", spec: spec(Some(String::new()), Some(super::noop_wasm())), prices: None },
-        Variant { name: "Tideway (trace propagate)", spec: spec(Some(tideway.clone()), None), prices: None },
+        Variant {
+            name: "no filter",
+            spec: spec(None, None),
+            prices: None,
+        },
+        Variant {
+            name: "no-op filter",
+            spec: spec(Some(String::new()), Some(super::noop_wasm())),
+            prices: None,
+        },
+        Variant {
+            name: "Tideway (trace propagate)",
+            spec: spec(Some(tideway.clone()), None),
+            prices: None,
+        },
         Variant {
             name: "Tideway (trace spans + export)",
             spec: spec(Some(super::cost::tideway_config(true)), None),
@@ -209,7 +247,10 @@ fn variants(mode: Mode, out: &Path, collector_port: u16) -> Vec<Variant> {
         },
         Variant {
             name: "Tideway (trace propagate), hopHeaders off",
-            spec: spec(Some(tideway.replacen('{', r#"{"hopHeaders":false,"#, 1)), None),
+            spec: spec(
+                Some(tideway.replacen('{', r#"{"hopHeaders":false,"#, 1)),
+                None,
+            ),
             prices: None,
         },
         Variant {
@@ -219,17 +260,29 @@ fn variants(mode: Mode, out: &Path, collector_port: u16) -> Vec<Variant> {
         },
     ];
     let probes: &[(&'static str, &'static str)] = if mode.quick {
-        &[("read_request_headers", "header map read (one call, all request headers)")]
+        &[(
+            "read_request_headers",
+            "header map read (one call, all request headers)",
+        )]
     } else {
         &[
             ("clock", "clock read (returns a number)"),
             ("read_missing", "request header read, header absent"),
-            ("read_authority", "request header read, header present (bytes copied back)"),
-            ("read_request_headers", "header map read (one call, all request headers)"),
+            (
+                "read_authority",
+                "request header read, header present (bytes copied back)",
+            ),
+            (
+                "read_request_headers",
+                "header map read (one call, all request headers)",
+            ),
             ("add_header", "request header add"),
             ("replace_header", "request header replace"),
             ("read_status", "response :status read"),
-            (super::cost::STEERING_FLOOR_OPS, "steering floor: header map read + 1 header add + :status read"),
+            (
+                super::cost::STEERING_FLOOR_OPS,
+                "steering floor: header map read + 1 header add + :status read",
+            ),
         ]
     };
     for (ops, prices) in probes {
@@ -243,7 +296,11 @@ fn variants(mode: Mode, out: &Path, collector_port: u16) -> Vec<Variant> {
 }
 
 /// Zero the counts, run `during`, dump, and read back what was counted.
-fn window(envoy: &Envoy, dump_prefix: &Path, during: impl FnOnce() -> Result<()>) -> Result<Window> {
+fn window(
+    envoy: &Envoy,
+    dump_prefix: &Path,
+    during: impl FnOnce() -> Result<()>,
+) -> Result<Window> {
     let pid = envoy.pid().to_string();
     callgrind_control(&["-z", &pid])?;
     let before = envoy.stat("http.ingress.downstream_rq_total")?;
@@ -258,20 +315,33 @@ fn window(envoy: &Envoy, dump_prefix: &Path, during: impl FnOnce() -> Result<()>
         let now = dumps(dump_prefix)?;
         if let Some(new) = now.iter().find(|p| !existing.contains(p)) {
             if let Some(instructions) = totals(new) {
-                return Ok(Window { instructions, requests: after.saturating_sub(before) });
+                return Ok(Window {
+                    instructions,
+                    requests: after.saturating_sub(before),
+                });
             }
         }
         if Instant::now() > deadline {
-            bail!("callgrind wrote no dump for pid {pid} within 120 s ({})", dump_prefix.display());
+            bail!(
+                "callgrind wrote no dump for pid {pid} within 120 s ({})",
+                dump_prefix.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
 fn callgrind_control(args: &[&str]) -> Result<()> {
-    let out = Command::new("callgrind_control").args(args).output().context("running callgrind_control")?;
+    let out = Command::new("callgrind_control")
+        .args(args)
+        .output()
+        .context("running callgrind_control")?;
     if !out.status.success() {
-        bail!("callgrind_control {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "callgrind_control {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -279,12 +349,19 @@ fn callgrind_control(args: &[&str]) -> Result<()> {
 /// Dump files callgrind wrote for one variant (`<prefix>.<n>`).
 fn dumps(prefix: &Path) -> Result<Vec<PathBuf>> {
     let dir = prefix.parent().context("dump prefix has no directory")?;
-    let stem = prefix.file_name().and_then(|f| f.to_str()).context("dump prefix is not UTF-8")?;
+    let stem = prefix
+        .file_name()
+        .and_then(|f| f.to_str())
+        .context("dump prefix is not UTF-8")?;
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         let name = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
-        if name.strip_prefix(stem).and_then(|r| r.strip_prefix('.')).is_some_and(|n| n.parse::<u32>().is_ok()) {
+        if name
+            .strip_prefix(stem)
+            .and_then(|r| r.strip_prefix('.'))
+            .is_some_and(|n| n.parse::<u32>().is_ok())
+        {
             found.push(path);
         }
     }
@@ -295,7 +372,10 @@ fn dumps(prefix: &Path) -> Result<Vec<PathBuf>> {
 fn totals(path: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines()
-        .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }

@@ -98,7 +98,10 @@ pub fn run(spec: &LoadSpec<'_>, mut events: Vec<Event<'_>>) -> Result<Vec<Sample
 fn worker(spec: &LoadSpec<'_>, addr: SocketAddr, next: &AtomicU64, start: Instant) -> Vec<Sample> {
     let mut out = Vec::with_capacity(16_384);
     let mut conn: Option<BufReader<TcpStream>> = None;
-    let fixed = spec.headers.is_none().then(|| build_request(spec.host, &[]));
+    let fixed = spec
+        .headers
+        .is_none()
+        .then(|| build_request(spec.host, &[]));
     loop {
         if start.elapsed() >= spec.duration {
             break;
@@ -174,7 +177,10 @@ fn exchange(
     c.get_mut().write_all(request)?;
     let mut line = String::new();
     if c.read_line(&mut line)? == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
     }
     let status: u16 = line
         .split_whitespace()
@@ -194,7 +200,9 @@ fn exchange(
         if l.is_empty() {
             break;
         }
-        let Some((name, value)) = l.split_once(':') else { continue };
+        let Some((name, value)) = l.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
             length = value.parse().ok();
@@ -203,7 +211,10 @@ fn exchange(
         } else if name.eq_ignore_ascii_case("connection") {
             close = value.eq_ignore_ascii_case("close");
         } else if name.eq_ignore_ascii_case("x-backend") {
-            backend = backends.iter().position(|b| *b == value).map_or(NO_BACKEND, |i| i as u8);
+            backend = backends
+                .iter()
+                .position(|b| *b == value)
+                .map_or(NO_BACKEND, |i| i as u8);
         }
     }
     if chunked {
@@ -250,8 +261,11 @@ pub fn latency_percentiles<'a>(samples: impl IntoIterator<Item = &'a Sample>) ->
 pub fn check_some_ok(samples: &[Sample], what: &str) -> Result<()> {
     let ok = samples.iter().filter(|s| s.ok()).count();
     if ok == 0 {
-        return Err(anyhow::anyhow!("{what}: no successful responses in {} requests", samples.len()))
-            .context("is Envoy routing to the backends?");
+        return Err(anyhow::anyhow!(
+            "{what}: no successful responses in {} requests",
+            samples.len()
+        ))
+        .context("is Envoy routing to the backends?");
     }
     Ok(())
 }

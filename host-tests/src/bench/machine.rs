@@ -11,7 +11,11 @@ pub fn describe(envoy: &Path, filter: &Path, noop: &Path) -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".to_string());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_total_kib: u64 = meminfo
@@ -20,17 +24,29 @@ pub fn describe(envoy: &Path, filter: &Path, noop: &Path) -> Value {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let os = std::fs::read_to_string("/etc/os-release")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+        .find_map(|l| {
+            l.strip_prefix("PRETTY_NAME=")
+                .map(|v| v.trim_matches('"').to_string())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let envoy_version = first_line(Command::new(envoy).arg("--version"))
-        .map(|v| v.split_once("version:").map_or(v.clone(), |(_, r)| r.trim().to_string()))
+        .map(|v| {
+            v.split_once("version:")
+                .map_or(v.clone(), |(_, r)| r.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".to_string());
-    let commit = first_line(Command::new("git").args(["rev-parse", "--short=12", "HEAD"])).unwrap_or_default();
+    let commit = first_line(Command::new("git").args(["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_default();
     let dirty = Command::new("git")
         .args(["status", "--porcelain", "--untracked-files=no"])
         .output()
@@ -74,7 +90,11 @@ pub fn summary(m: &Value) -> String {
 
 fn first_line(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    let text = if out.stdout.is_empty() { out.stderr } else { out.stdout };
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
     String::from_utf8_lossy(&text)
         .lines()
         .map(str::trim)

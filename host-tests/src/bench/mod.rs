@@ -76,7 +76,11 @@ pub fn probe_wasm() -> PathBuf {
 fn built_module(env_var: &str, file_name: &str, what: &str) -> PathBuf {
     let path = std::env::var_os(env_var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::env::workspace_root().join("target/tideway").join(file_name));
+        .unwrap_or_else(|| {
+            crate::env::workspace_root()
+                .join("target/tideway")
+                .join(file_name)
+        });
     assert!(
         path.exists(),
         "the {what} filter module {} does not exist: run `cargo xtask build-wasm` (or `cargo xtask bench`)",

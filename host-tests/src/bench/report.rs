@@ -28,8 +28,19 @@ pub struct Figure {
 }
 
 impl Figure {
-    pub fn new(name: impl Into<String>, value: f64, unit: &str, command: impl Into<String>) -> Self {
-        Self { name: name.into(), value, unit: unit.to_string(), target: None, command: command.into() }
+    pub fn new(
+        name: impl Into<String>,
+        value: f64,
+        unit: &str,
+        command: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            value,
+            unit: unit.to_string(),
+            target: None,
+            command: command.into(),
+        }
     }
 
     pub fn target(mut self, cmp: Cmp, value: f64) -> Self {
@@ -140,8 +151,14 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!("## Tideway benchmarks ({} mode)\n\n", self.mode));
-        out.push_str(&format!("Command: `{}` ({:.0} s)\n\n", self.invocation, self.elapsed_s));
-        out.push_str(&format!("Machine: {}\n\n", super::machine::summary(&self.machine)));
+        out.push_str(&format!(
+            "Command: `{}` ({:.0} s)\n\n",
+            self.invocation, self.elapsed_s
+        ));
+        out.push_str(&format!(
+            "Machine: {}\n\n",
+            super::machine::summary(&self.machine)
+        ));
         out.push_str("| Benchmark | Figure | Value | Target | Met |\n|---|---|---|---|---|\n");
         for s in &self.sections {
             for f in &s.figures {
@@ -150,7 +167,14 @@ impl Report {
                     Some(false) => "✗",
                     None => "",
                 };
-                out.push_str(&format!("| {} | {} | {} | {} | {} |\n", s.title, f.name, f.value_text(), f.target_text(), met));
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {} |\n",
+                    s.title,
+                    f.name,
+                    f.value_text(),
+                    f.target_text(),
+                    met
+                ));
             }
         }
         out.push('\n');

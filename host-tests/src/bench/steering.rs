@@ -61,9 +61,11 @@ impl Policy {
 
 /// Tideway's `scheduler` section when it steers dynamically (latency and
 /// load on, everything else at its default). `--scheduler JSON` replaces it.
-pub const DYNAMIC_SCHEDULER: &str = r#"{"weights":{"latency":1,"load":0.3,"cost":0,"affinity":0},"tickMs":100}"#;
+pub const DYNAMIC_SCHEDULER: &str =
+    r#"{"weights":{"latency":1,"load":0.3,"cost":0,"affinity":0},"tickMs":100}"#;
 /// …and for an exact static split.
-pub const STATIC_SCHEDULER: &str = r#"{"weights":{"latency":0,"load":0,"cost":0,"affinity":0},"tickMs":100}"#;
+pub const STATIC_SCHEDULER: &str =
+    r#"{"weights":{"latency":0,"load":0,"cost":0,"affinity":0},"tickMs":100}"#;
 
 static SCHEDULER_OVERRIDE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -73,12 +75,18 @@ pub fn set_dynamic_scheduler(scheduler: String) {
 }
 
 fn dynamic_scheduler() -> &'static str {
-    SCHEDULER_OVERRIDE.get().map_or(DYNAMIC_SCHEDULER, String::as_str)
+    SCHEDULER_OVERRIDE
+        .get()
+        .map_or(DYNAMIC_SCHEDULER, String::as_str)
 }
 
 /// A Tideway configuration over the three destinations.
 pub fn tideway_config(weights: [f64; 3], scheduler: &str, affinity: bool) -> String {
-    let affinity = if affinity { r#""affinity":{"source":"header","name":"x-user-id"},"# } else { "" };
+    let affinity = if affinity {
+        r#""affinity":{"source":"header","name":"x-user-id"},"#
+    } else {
+        ""
+    };
     let dests: Vec<String> = DESTINATIONS
         .iter()
         .zip(weights)
@@ -117,7 +125,13 @@ impl Fleet {
     /// The Envoy for `policy`. Tideway: its filter with `config`, one route
     /// per destination. Envoy's balancers: no filter, everything falls to
     /// the `mesh-default` cluster holding the three backends.
-    fn spec(&self, policy: Policy, config: &str, weights: &[u32], outlier_detection: bool) -> EnvoySpec {
+    fn spec(
+        &self,
+        policy: Policy,
+        config: &str,
+        weights: &[u32],
+        outlier_detection: bool,
+    ) -> EnvoySpec {
         let mut spec = EnvoySpec::new(config, &self.dests());
         spec.concurrency = ENVOY_WORKERS;
         if policy != Policy::Tideway {
@@ -134,7 +148,13 @@ impl Fleet {
         spec
     }
 
-    fn load<'a>(&self, envoy: &Envoy, duration: Duration, total: Option<u64>, headers: Option<load::HeaderFn<'a>>) -> LoadSpec<'a> {
+    fn load<'a>(
+        &self,
+        envoy: &Envoy,
+        duration: Duration,
+        total: Option<u64>,
+        headers: Option<load::HeaderFn<'a>>,
+    ) -> LoadSpec<'a> {
         LoadSpec {
             port: envoy.port,
             host: HOST,
@@ -180,11 +200,20 @@ enum Scenario {
 }
 
 fn latency(mode: Mode, fleet: &Fleet, scenario: Scenario) -> Result<Section> {
-    let policies = [Policy::Tideway, Policy::RoundRobin, Policy::LeastRequest, Policy::Random];
+    let policies = [
+        Policy::Tideway,
+        Policy::RoundRobin,
+        Policy::LeastRequest,
+        Policy::Random,
+    ];
     let rounds = mode.pick(1, 3);
     let duration = Duration::from_secs(mode.pick(4, 10));
     let (title, delays, measure_from) = match scenario {
-        Scenario::Heterogeneous => ("Heterogeneous latency (2, 2, 20 ms)", [FAST, FAST, SLOW], Duration::from_secs(1)),
+        Scenario::Heterogeneous => (
+            "Heterogeneous latency (2, 2, 20 ms)",
+            [FAST, FAST, SLOW],
+            Duration::from_secs(1),
+        ),
         Scenario::Slowdown => ("Slowdown mid-run (east 2 → 20 ms)", [FAST; 3], duration / 2),
     };
     let config = tideway_config([1.0; 3], dynamic_scheduler(), false);
@@ -205,11 +234,20 @@ fn latency(mode: Mode, fleet: &Fleet, scenario: Scenario) -> Result<Section> {
             let from = measure_from.as_micros() as u64;
             let measured: Vec<&Sample> = samples.iter().filter(|s| s.done_us >= from).collect();
             let (p50, p99, p999) = load::latency_percentiles(measured.iter().copied());
-            let slow_share = measured.iter().filter(|s| s.backend == 0 && scenario == Scenario::Slowdown || s.backend == 2 && scenario == Scenario::Heterogeneous).count() as f64
+            let slow_share = measured
+                .iter()
+                .filter(|s| {
+                    s.backend == 0 && scenario == Scenario::Slowdown
+                        || s.backend == 2 && scenario == Scenario::Heterogeneous
+                })
+                .count() as f64
                 / measured.len().max(1) as f64;
             eprintln!(
                 "[{}] round {} {:<14} p50 {} p99 {} p99.9 {} ms, slow share {:.1}%, {} requests",
-                match scenario { Scenario::Heterogeneous => "hetero", Scenario::Slowdown => "slowdown" },
+                match scenario {
+                    Scenario::Heterogeneous => "hetero",
+                    Scenario::Slowdown => "slowdown",
+                },
                 round + 1,
                 policy.name(),
                 ms(p50),
@@ -223,7 +261,13 @@ fn latency(mode: Mode, fleet: &Fleet, scenario: Scenario) -> Result<Section> {
     }
     fleet.reset([FAST; 3]);
     let ratio = |a: usize, b: usize, f: fn(&(f64, f64, f64, f64, usize)) -> f64| {
-        median(&results[a].iter().zip(&results[b]).map(|(x, y)| f(x) / f(y)).collect::<Vec<_>>())
+        median(
+            &results[a]
+                .iter()
+                .zip(&results[b])
+                .map(|(x, y)| f(x) / f(y))
+                .collect::<Vec<_>>(),
+        )
     };
     let command = format!(
         "tideway-bench load: {CONCURRENCY} keep-alive connections, closed loop, {} s per run, {rounds} round(s) alternating {}; envoy --concurrency {ENVOY_WORKERS}; measured: {}",
@@ -237,11 +281,21 @@ fn latency(mode: Mode, fleet: &Fleet, scenario: Scenario) -> Result<Section> {
     let mut section = Section::new(
         title,
         vec![command.clone(), format!("Tideway config: {config}")],
-        &["Policy", "p50 ms", "p99 ms", "p99.9 ms", "slow backend's share", "p99 ÷ ROUND_ROBIN", "p99 ÷ LEAST_REQUEST"],
+        &[
+            "Policy",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "slow backend's share",
+            "p99 ÷ ROUND_ROBIN",
+            "p99 ÷ LEAST_REQUEST",
+        ],
     );
     let mut raw = Vec::new();
     for (i, p) in policies.iter().enumerate() {
-        let m = |f: fn(&(f64, f64, f64, f64, usize)) -> f64| median(&results[i].iter().map(f).collect::<Vec<_>>());
+        let m = |f: fn(&(f64, f64, f64, f64, usize)) -> f64| {
+            median(&results[i].iter().map(f).collect::<Vec<_>>())
+        };
         section.rows.push(vec![
             p.name().to_string(),
             ms(m(|r| r.0)),
@@ -259,12 +313,27 @@ fn latency(mode: Mode, fleet: &Fleet, scenario: Scenario) -> Result<Section> {
         Scenario::Slowdown => "slowdown",
     };
     section.figures.push(
-        Figure::new(format!("{short}: Tideway p99 ÷ ROUND_ROBIN p99"), ratio(0, 1, |r| r.1), "×", &command).target(Cmp::AtMost, 0.5),
+        Figure::new(
+            format!("{short}: Tideway p99 ÷ ROUND_ROBIN p99"),
+            ratio(0, 1, |r| r.1),
+            "×",
+            &command,
+        )
+        .target(Cmp::AtMost, 0.5),
     );
     section.figures.push(
-        Figure::new(format!("{short}: Tideway p99 ÷ LEAST_REQUEST p99"), ratio(0, 2, |r| r.1), "×", &command).target(Cmp::AtMost, 0.8),
+        Figure::new(
+            format!("{short}: Tideway p99 ÷ LEAST_REQUEST p99"),
+            ratio(0, 2, |r| r.1),
+            "×",
+            &command,
+        )
+        .target(Cmp::AtMost, 0.8),
     );
-    section.notes.push("Ratios are medians of the per-round ratios (each round runs every policy back to back).".to_string());
+    section.notes.push(
+        "Ratios are medians of the per-round ratios (each round runs every policy back to back)."
+            .to_string(),
+    );
     section.raw = json!(raw);
     Ok(section)
 }
@@ -276,9 +345,21 @@ fn failure(mode: Mode, fleet: &Fleet) -> Result<Section> {
     let all = json!({"max_ejection_percent": 100});
     let variants: [(Policy, Option<serde_json::Value>, &str); 4] = [
         (Policy::Tideway, None, "Tideway"),
-        (Policy::RoundRobin, Some(json!({})), "ROUND_ROBIN + outlier_detection {} (defaults)"),
-        (Policy::RoundRobin, Some(all.clone()), "ROUND_ROBIN + outlier_detection {max_ejection_percent: 100}"),
-        (Policy::LeastRequest, Some(all), "LEAST_REQUEST + outlier_detection {max_ejection_percent: 100}"),
+        (
+            Policy::RoundRobin,
+            Some(json!({})),
+            "ROUND_ROBIN + outlier_detection {} (defaults)",
+        ),
+        (
+            Policy::RoundRobin,
+            Some(all.clone()),
+            "ROUND_ROBIN + outlier_detection {max_ejection_percent: 100}",
+        ),
+        (
+            Policy::LeastRequest,
+            Some(all),
+            "LEAST_REQUEST + outlier_detection {max_ejection_percent: 100}",
+        ),
     ];
     let policies = variants.each_ref().map(|v| v.0);
     let rounds = mode.pick(1, 3);
@@ -295,7 +376,10 @@ fn failure(mode: Mode, fleet: &Fleet) -> Result<Section> {
             let envoy = Envoy::start(&spec)?;
             let spec = fleet.load(&envoy, duration, None, None);
             let east = &fleet.backends[0];
-            let samples = load::run(&spec, vec![(fail_at, Box::new(move || east.set_status(503)))])?;
+            let samples = load::run(
+                &spec,
+                vec![(fail_at, Box::new(move || east.set_status(503)))],
+            )?;
             fleet.reset([FAST; 3]);
             let r = failure_metrics(&samples, fail_at, duration);
             eprintln!(
@@ -321,7 +405,15 @@ fn failure(mode: Mode, fleet: &Fleet) -> Result<Section> {
     let mut section = Section::new(
         "Hard failure of one destination",
         vec![command.clone(), format!("Tideway config: {config}")],
-        &["Policy", "time to < 1% (ms)", "success rate during failure", "failed requests", "of which in the first 100 ms", "failed destination's share after 1 s", "max 100 ms window share after first < 1%"],
+        &[
+            "Policy",
+            "time to < 1% (ms)",
+            "success rate during failure",
+            "failed requests",
+            "of which in the first 100 ms",
+            "failed destination's share after 1 s",
+            "max 100 ms window share after first < 1%",
+        ],
     );
     let mut raw = Vec::new();
     for (i, p) in policies.iter().enumerate() {
@@ -340,12 +432,39 @@ fn failure(mode: Mode, fleet: &Fleet) -> Result<Section> {
             "time_to_under_1pct_ms": r.settle_ms, "success_rate": r.success, "share_after_1s": r.share_after_1s, "max_window_share_after": r.max_window_share_after,
             "failed": r.failed, "failed_first_100ms": r.failed_first_100ms})).collect::<Vec<_>>()}));
     }
-    let m = |i: usize, f: fn(&FailureRun) -> f64| median(&results[i].iter().map(f).collect::<Vec<_>>());
-    section.figures.push(Figure::new("Tideway: time until < 1% of traffic goes to the failed destination", m(0, |r| r.settle_ms), "ms", &command).target(Cmp::AtMost, 1000.0));
-    section.figures.push(Figure::new("Tideway: success rate during the failure", m(0, |r| r.success) * 100.0, "%", &command).target(Cmp::AtLeast, 99.95));
+    let m =
+        |i: usize, f: fn(&FailureRun) -> f64| median(&results[i].iter().map(f).collect::<Vec<_>>());
+    section.figures.push(
+        Figure::new(
+            "Tideway: time until < 1% of traffic goes to the failed destination",
+            m(0, |r| r.settle_ms),
+            "ms",
+            &command,
+        )
+        .target(Cmp::AtMost, 1000.0),
+    );
+    section.figures.push(
+        Figure::new(
+            "Tideway: success rate during the failure",
+            m(0, |r| r.success) * 100.0,
+            "%",
+            &command,
+        )
+        .target(Cmp::AtLeast, 99.95),
+    );
     for (i, v) in variants.iter().enumerate().skip(1) {
-        section.figures.push(Figure::new(format!("{}: time until < 1%", v.2), m(i, |r| r.settle_ms), "ms", &command));
-        section.figures.push(Figure::new(format!("{}: success rate", v.2), m(i, |r| r.success) * 100.0, "%", &command));
+        section.figures.push(Figure::new(
+            format!("{}: time until < 1%", v.2),
+            m(i, |r| r.settle_ms),
+            "ms",
+            &command,
+        ));
+        section.figures.push(Figure::new(
+            format!("{}: success rate", v.2),
+            m(i, |r| r.success) * 100.0,
+            "%",
+            &command,
+        ));
     }
     section.notes.push("Time to < 1%: from the failure until the first 100 ms window (sliding in 10 ms steps, by response completion time) in which under 1% of responses came from the failed destination. Success: 2xx among all responses completed after the failure began. The last column shows re-admission probes: Tideway re-admits an ejected destination after ejectBaseMs (1 s, doubling), Envoy's outlier detection after base_ejection_time (30 s). Envoy's default max_ejection_percent (10%) permits no ejection among three hosts (its stats count ejections_overflow instead), hence the two ROUND_ROBIN rows.".to_string());
     section.raw = json!(raw);
@@ -376,7 +495,10 @@ fn failure_metrics(samples: &[Sample], fail_at: Duration, duration: Duration) ->
     let success = after.iter().filter(|s| s.ok()).count() as f64 / after.len().max(1) as f64;
     let window = 100_000u64;
     let share_in = |lo: u64, hi: u64| -> Option<f64> {
-        let w: Vec<&&Sample> = after.iter().filter(|s| s.done_us > lo && s.done_us <= hi).collect();
+        let w: Vec<&&Sample> = after
+            .iter()
+            .filter(|s| s.done_us > lo && s.done_us <= hi)
+            .collect();
         (!w.is_empty()).then(|| w.iter().filter(|s| s.backend == 0).count() as f64 / w.len() as f64)
     };
     let mut settled: Option<u64> = None;
@@ -419,19 +541,39 @@ fn split(mode: Mode, fleet: &Fleet) -> Result<Section> {
         let before: Vec<u64> = fleet.backends.iter().map(Backend::served).collect();
         let spec = fleet.load(&envoy, Duration::from_secs(300), Some(n), None);
         let samples = load::run(&spec, Vec::new())?;
-        let served: Vec<u64> = fleet.backends.iter().zip(&before).map(|(b, s)| b.served() - s).collect();
+        let served: Vec<u64> = fleet
+            .backends
+            .iter()
+            .zip(&before)
+            .map(|(b, s)| b.served() - s)
+            .collect();
         let total: u64 = served.iter().sum();
-        let shares: Vec<f64> = served.iter().map(|s| *s as f64 / total.max(1) as f64 * 100.0).collect();
-        let dev = shares.iter().zip(target).map(|(s, t)| (s - t).abs()).fold(0.0, f64::max);
+        let shares: Vec<f64> = served
+            .iter()
+            .map(|s| *s as f64 / total.max(1) as f64 * 100.0)
+            .collect();
+        let dev = shares
+            .iter()
+            .zip(target)
+            .map(|(s, t)| (s - t).abs())
+            .fold(0.0, f64::max);
         let errors = samples.iter().filter(|s| !s.ok()).count();
-        eprintln!("[split] {:<14} {:?} → max deviation {dev:.3} pp ({errors} errors)", policy.name(), shares);
+        eprintln!(
+            "[split] {:<14} {:?} → max deviation {dev:.3} pp ({errors} errors)",
+            policy.name(),
+            shares
+        );
         if policy == Policy::Tideway {
             tideway_dev = dev;
         }
         rows.push(vec![
             policy.name().to_string(),
             total.to_string(),
-            shares.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>().join(" / "),
+            shares
+                .iter()
+                .map(|s| format!("{s:.3}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
             format!("{dev:.3}"),
         ]);
         raw.push(json!({"policy": policy.name(), "served": served, "shares_pct": shares, "max_deviation_pp": dev, "errors": errors}));
@@ -465,7 +607,11 @@ fn affinity(mode: Mode, fleet: &Fleet) -> Result<Section> {
         let envoy = Envoy::start(spec)?;
         let load = fleet.load(&envoy, Duration::from_secs(120), Some(keys), Some(&headers));
         let samples = load::run(&load, Vec::new())?;
-        Ok(samples.iter().filter(|s| s.ok()).map(|s| (s.seq % keys, s.backend)).collect())
+        Ok(samples
+            .iter()
+            .filter(|s| s.ok())
+            .map(|s| (s.seq % keys, s.backend))
+            .collect())
     };
     let mut rows = Vec::new();
     let mut raw = Vec::new();
@@ -481,17 +627,23 @@ fn affinity(mode: Mode, fleet: &Fleet) -> Result<Section> {
             let ints: Vec<u32> = w.iter().map(|x| (x * 10.0).round() as u32).collect();
             fleet.spec(policy, &config, &ints, false)
         };
-        let before = route_all(&spec_for(w0)).with_context(|| format!("{}: first pass", policy.name()))?;
+        let before =
+            route_all(&spec_for(w0)).with_context(|| format!("{}: first pass", policy.name()))?;
         let again = route_all(&spec_for(w0))?;
         let after = route_all(&spec_for(w1))?;
         let compare = |a: &HashMap<u64, u8>, b: &HashMap<u64, u8>| {
             let common: Vec<u64> = a.keys().filter(|k| b.contains_key(k)).copied().collect();
             let moved = common.iter().filter(|k| a[k] != b[k]).count();
-            (moved as f64 / common.len().max(1) as f64 * 100.0, common.len())
+            (
+                moved as f64 / common.len().max(1) as f64 * 100.0,
+                common.len(),
+            )
         };
         let (unstable, _) = compare(&before, &again);
         let (moved, compared) = compare(&before, &after);
-        let east_share = |m: &HashMap<u64, u8>| m.values().filter(|b| **b == 0).count() as f64 / m.len().max(1) as f64 * 100.0;
+        let east_share = |m: &HashMap<u64, u8>| {
+            m.values().filter(|b| **b == 0).count() as f64 / m.len().max(1) as f64 * 100.0
+        };
         eprintln!(
             "[affinity] {:<10} moved {moved:.2}% of {compared} keys (unchanged config: {unstable:.2}%), east {:.1}% → {:.1}%",
             policy.name(),
@@ -507,8 +659,17 @@ fn affinity(mode: Mode, fleet: &Fleet) -> Result<Section> {
         ]);
         raw.push(json!({"policy": policy.name(), "keys": compared, "moved_pct": moved, "unstable_pct": unstable,
             "east_share_before": east_share(&before), "east_share_after": east_share(&after)}));
-        let f = Figure::new(format!("{}: sessions moved by a 10% weight change", policy.name()), moved, "%", &command);
-        figures.push(if policy == Policy::Tideway { f.target(Cmp::AtMost, 11.0) } else { f });
+        let f = Figure::new(
+            format!("{}: sessions moved by a 10% weight change", policy.name()),
+            moved,
+            "%",
+            &command,
+        );
+        figures.push(if policy == Policy::Tideway {
+            f.target(Cmp::AtMost, 11.0)
+        } else {
+            f
+        });
     }
     fleet.reset([FAST; 3]);
     Ok(Section {

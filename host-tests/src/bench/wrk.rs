@@ -67,7 +67,11 @@ pub fn run(port: u16, connections: u32, seconds: u32, script: &Path) -> Result<W
         .context("could not run wrk (Debian package wrk; `cargo xtask setup` installs it)")?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     if !out.status.success() {
-        bail!("{command} failed ({}): {text}{}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{command} failed ({}): {text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     parse(&text, command)
 }
@@ -99,7 +103,11 @@ fn parse(text: &str, command: String) -> Result<WrkResult> {
             // "connect 0, read 0, write 0, timeout 0"
             r.socket_errors = v
                 .split(',')
-                .filter_map(|p| p.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
+                .filter_map(|p| {
+                    p.split_whitespace()
+                        .nth(1)
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
                 .sum();
         }
     }

@@ -25,19 +25,30 @@ fn main() -> Result<()> {
         match arg.as_str() {
             "--quick" => quick = true,
             "--only" => only = Some(args.next().context("--only needs a benchmark name")?),
-            "--scheduler" => bench::steering::set_dynamic_scheduler(args.next().context("--scheduler needs a JSON object")?),
+            "--scheduler" => bench::steering::set_dynamic_scheduler(
+                args.next().context("--scheduler needs a JSON object")?,
+            ),
             "--out" => out = Some(PathBuf::from(args.next().context("--out needs a file")?)),
             "-h" | "--help" => {
                 println!("tideway-bench [--quick] [--only cost|instructions|steering|latency|failure|split|affinity] [--scheduler JSON] [--out FILE]");
-                println!("  --scheduler: Tideway's scheduler section for the dynamic steering runs");
+                println!(
+                    "  --scheduler: Tideway's scheduler section for the dynamic steering runs"
+                );
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
     if let Some(o) = &only {
-        if o != "cost" && o != "instructions" && o != "steering" && !bench::steering::PARTS.contains(&o.as_str()) {
-            bail!("--only takes cost, instructions, steering, {}; not {o:?}", bench::steering::PARTS.join(", "));
+        if o != "cost"
+            && o != "instructions"
+            && o != "steering"
+            && !bench::steering::PARTS.contains(&o.as_str())
+        {
+            bail!(
+                "--only takes cost, instructions, steering, {}; not {o:?}",
+                bench::steering::PARTS.join(", ")
+            );
         }
     }
     let mode = Mode { quick };
@@ -46,7 +57,11 @@ fn main() -> Result<()> {
     let filter = tideway_host_tests::env::filter_wasm();
     let noop = bench::noop_wasm();
     let machine = machine::describe(&envoy, &filter, &noop);
-    eprintln!("tideway-bench ({} mode): {}", mode.name(), machine::summary(&machine));
+    eprintln!(
+        "tideway-bench ({} mode): {}",
+        mode.name(),
+        machine::summary(&machine)
+    );
 
     let mut sections = Vec::new();
     if only.is_none() || only.as_deref() == Some("cost") {

@@ -37,13 +37,25 @@ fn main() -> anyhow::Result<()> {
     let dests: Vec<(&str, u16)> = backends.iter().map(|b| (b.name(), b.port)).collect();
     let envoy = Envoy::start(&EnvoySpec::new(DEFAULT_CONFIG, &dests))?;
     let client = Client::new();
-    println!("Envoy 1.40 with the Tideway filter on 127.0.0.1:{} (admin :{})", envoy.port, envoy.admin_port);
-    println!("backends: {}", backends.iter().map(|b| format!("{}=:{}", b.name(), b.port)).collect::<Vec<_>>().join(" "));
+    println!(
+        "Envoy 1.40 with the Tideway filter on 127.0.0.1:{} (admin :{})",
+        envoy.port, envoy.admin_port
+    );
+    println!(
+        "backends: {}",
+        backends
+            .iter()
+            .map(|b| format!("{}=:{}", b.name(), b.port))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
 
     let one = client.get(&envoy.url("/"), HOST, &[])?;
-    println!("\none request: served by {:?}\n  x-tideway-decision: {}",
+    println!(
+        "\none request: served by {:?}\n  x-tideway-decision: {}",
         one.header("x-backend").unwrap_or("?"),
-        one.header("x-tideway-decision").unwrap_or("?"));
+        one.header("x-tideway-decision").unwrap_or("?")
+    );
 
     let phase = |title: &str, n: usize| -> anyhow::Result<()> {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -53,7 +65,9 @@ fn main() -> anyhow::Result<()> {
             if reply.status >= 500 {
                 errors += 1;
             }
-            *counts.entry(reply.header("x-backend").unwrap_or("?").to_string()).or_default() += 1;
+            *counts
+                .entry(reply.header("x-backend").unwrap_or("?").to_string())
+                .or_default() += 1;
         }
         let spread: Vec<String> = counts
             .iter()

@@ -7,8 +7,8 @@
 //! moves it, so time-dependent behaviour (ejection, backoff, EWMA decay) is
 //! reproducible to the nanosecond.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// 2024-01-01T00:00:00Z: a fixed, plausible wall-clock start.

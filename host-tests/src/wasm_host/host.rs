@@ -123,7 +123,9 @@ impl HostBuilder {
     }
     /// A `node.metadata` entry (a Struct value; JSON numbers become doubles).
     pub fn node_metadata(mut self, key: &str, value: serde_json::Value) -> Self {
-        self.node.metadata.insert(key.into(), PropValue::from_json(&value));
+        self.node
+            .metadata
+            .insert(key.into(), PropValue::from_json(&value));
         self
     }
     /// Istio's `node.metadata.CLUSTER_ID`.
@@ -179,10 +181,20 @@ impl HostBuilder {
         imports::add_to_linker(&mut linker)?;
         unimplemented::add_known(&engine, &mut linker)?;
         let stubbed = unimplemented::add_missing(&engine, &mut linker, &module)?;
-        let clock = self.start_nanos.map(FakeClock::starting_at).unwrap_or_default();
+        let clock = self
+            .start_nanos
+            .map(FakeClock::starting_at)
+            .unwrap_or_default();
         let shared = Arc::new(HostShared::new(clock, self.echo_logs));
         for name in &stubbed {
-            shared.log(0, LogLevel::Warn, LogSource::Host, format!("import {name} is not implemented by this host; calls answer Unimplemented"));
+            shared.log(
+                0,
+                LogLevel::Warn,
+                LogSource::Host,
+                format!(
+                    "import {name} is not implemented by this host; calls answer Unimplemented"
+                ),
+            );
         }
         let plugin = Arc::new(PluginInfo {
             vm_id: self.vm_id.clone(),
@@ -209,7 +221,12 @@ impl HostBuilder {
                 },
             )?);
         }
-        let mut host = Host { shared, workers, configured: Vec::new(), stubbed_imports: stubbed };
+        let mut host = Host {
+            shared,
+            workers,
+            configured: Vec::new(),
+            stubbed_imports: stubbed,
+        };
         for w in 0..host.workers.len() {
             let ok = host.start_worker(w)?;
             host.configured.push(ok);
@@ -223,7 +240,10 @@ impl HostBuilder {
     pub fn start(self) -> anyhow::Result<Host> {
         let host = self.build()?;
         if let Some(w) = host.configured.iter().position(|ok| !ok) {
-            bail!("worker {w} rejected the plugin configuration; logs:\n{}", host.logs_text());
+            bail!(
+                "worker {w} rejected the plugin configuration; logs:\n{}",
+                host.logs_text()
+            );
         }
         Ok(host)
     }
@@ -295,13 +315,25 @@ fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
 impl Host {
     fn start_worker(&mut self, w: usize) -> anyhow::Result<bool> {
         let worker = &mut self.workers[w];
-        worker.call::<(i32, i32), ()>("proxy_on_context_create", ROOT_CONTEXT_ID, (ROOT_CONTEXT_ID as i32, 0))?;
+        worker.call::<(i32, i32), ()>(
+            "proxy_on_context_create",
+            ROOT_CONTEXT_ID,
+            (ROOT_CONTEXT_ID as i32, 0),
+        )?;
         let vm_len = worker.state().vm_config.len() as i32;
         let started = worker
-            .call::<(i32, i32), i32>("proxy_on_vm_start", ROOT_CONTEXT_ID, (ROOT_CONTEXT_ID as i32, vm_len))?
+            .call::<(i32, i32), i32>(
+                "proxy_on_vm_start",
+                ROOT_CONTEXT_ID,
+                (ROOT_CONTEXT_ID as i32, vm_len),
+            )?
             .unwrap_or(1);
         if started == 0 {
-            worker.state().log(LogLevel::Error, LogSource::Host, "proxy_on_vm_start returned false".into());
+            worker.state().log(
+                LogLevel::Error,
+                LogSource::Host,
+                "proxy_on_vm_start returned false".into(),
+            );
             return Ok(false);
         }
         let config = worker.state().plugin_config.clone();
@@ -312,11 +344,19 @@ impl Host {
         let worker = &mut self.workers[w];
         let len = config.len() as i32;
         worker.state_mut().config_buffer = Some(config);
-        let r = worker.call::<(i32, i32), i32>("proxy_on_configure", ROOT_CONTEXT_ID, (ROOT_CONTEXT_ID as i32, len));
+        let r = worker.call::<(i32, i32), i32>(
+            "proxy_on_configure",
+            ROOT_CONTEXT_ID,
+            (ROOT_CONTEXT_ID as i32, len),
+        );
         worker.state_mut().config_buffer = None;
         let ok = r?.unwrap_or(1) != 0;
         if !ok {
-            worker.state().log(LogLevel::Error, LogSource::Host, "proxy_on_configure returned false: configuration rejected".into());
+            worker.state().log(
+                LogLevel::Error,
+                LogSource::Host,
+                "proxy_on_configure returned false: configuration rejected".into(),
+            );
         }
         Ok(ok)
     }
@@ -365,7 +405,11 @@ impl Host {
 
     /// Calls `proxy_on_tick` on one worker now, regardless of its period.
     pub fn tick(&mut self, worker: usize) -> anyhow::Result<()> {
-        self.workers[worker].call::<i32, ()>("proxy_on_tick", ROOT_CONTEXT_ID, ROOT_CONTEXT_ID as i32)?;
+        self.workers[worker].call::<i32, ()>(
+            "proxy_on_tick",
+            ROOT_CONTEXT_ID,
+            ROOT_CONTEXT_ID as i32,
+        )?;
         self.pump()
     }
 
@@ -381,7 +425,9 @@ impl Host {
     /// HTTP-call reply and timeout that falls due on the way (each at its
     /// own time).
     pub fn advance(&mut self, by: Duration) -> anyhow::Result<()> {
-        let target = self.now_nanos().saturating_add(u64::try_from(by.as_nanos()).unwrap_or(u64::MAX));
+        let target = self
+            .now_nanos()
+            .saturating_add(u64::try_from(by.as_nanos()).unwrap_or(u64::MAX));
         loop {
             // Earliest due event ≤ target.
             let mut next: Option<(u64, Event)> = None;
@@ -414,7 +460,11 @@ impl Host {
                 Event::Tick(w) => {
                     let period = u64::from(self.workers[w].state().tick_period_ms) * 1_000_000;
                     self.workers[w].state_mut().next_tick_at = Some(at + period.max(1));
-                    self.workers[w].call::<i32, ()>("proxy_on_tick", ROOT_CONTEXT_ID, ROOT_CONTEXT_ID as i32)?;
+                    self.workers[w].call::<i32, ()>(
+                        "proxy_on_tick",
+                        ROOT_CONTEXT_ID,
+                        ROOT_CONTEXT_ID as i32,
+                    )?;
                 }
                 Event::Call(_) => {}
             }
@@ -434,7 +484,11 @@ impl Host {
             let ready = lock(&self.shared.queues).ready.pop_front();
             if let Some((owner, token)) = ready {
                 if let Some(w) = self.workers.get_mut(owner.worker) {
-                    w.call::<(i32, i32), ()>("proxy_on_queue_ready", owner.context_id, (owner.context_id as i32, token as i32))?;
+                    w.call::<(i32, i32), ()>(
+                        "proxy_on_queue_ready",
+                        owner.context_id,
+                        (owner.context_id as i32, token as i32),
+                    )?;
                 }
                 continue;
             }
@@ -442,7 +496,8 @@ impl Host {
             let due = {
                 let mut pending = lock(&self.shared.pending_calls);
                 let idx = pending.iter().position(|p| {
-                    p.reply.as_ref().is_some_and(|(at, _)| *at <= now) || p.timeout_at.is_some_and(|t| t <= now)
+                    p.reply.as_ref().is_some_and(|(at, _)| *at <= now)
+                        || p.timeout_at.is_some_and(|t| t <= now)
                 });
                 idx.map(|i| pending.remove(i))
             };
@@ -459,24 +514,45 @@ impl Host {
             _ => HttpReply::timeout_reply(),
         };
         let (response, status) = match reply {
-            HttpReply::Response { headers, body, trailers } => (
+            HttpReply::Response {
+                headers,
+                body,
+                trailers,
+            } => (
                 DeliveredResponse {
-                    headers: HeaderMap::from_pairs(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()))),
+                    headers: HeaderMap::from_pairs(
+                        headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
+                    ),
                     body,
-                    trailers: HeaderMap::from_pairs(trailers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()))),
+                    trailers: HeaderMap::from_pairs(
+                        trailers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
+                    ),
                 },
                 (0, String::new()),
             ),
-            _ => (DeliveredResponse::default(), (Status::BrokenConnection as u32, "reset".to_string())),
+            _ => (
+                DeliveredResponse::default(),
+                (Status::BrokenConnection as u32, "reset".to_string()),
+            ),
         };
-        let counts = (response.headers.len() as i32, response.body.len() as i32, response.trailers.len() as i32);
+        let counts = (
+            response.headers.len() as i32,
+            response.body.len() as i32,
+            response.trailers.len() as i32,
+        );
         let w = &mut self.workers[p.call.worker];
         w.state_mut().http_response = Some(response);
         w.state_mut().status = status;
         let r = w.call::<(i32, i32, i32, i32, i32), ()>(
             "proxy_on_http_call_response",
             p.call.context_id,
-            (p.call.context_id as i32, p.call.token as i32, counts.0, counts.1, counts.2),
+            (
+                p.call.context_id as i32,
+                p.call.token as i32,
+                counts.0,
+                counts.1,
+                counts.2,
+            ),
         );
         w.state_mut().http_response = None;
         w.state_mut().status = (0, String::new());
@@ -487,13 +563,23 @@ impl Host {
 
     /// Creates an HTTP context on `worker` (`proxy_on_context_create`).
     pub fn stream(&mut self, worker: usize) -> anyhow::Result<HttpStream> {
-        let w = self.workers.get_mut(worker).ok_or_else(|| anyhow!("no worker {worker}"))?;
+        let w = self
+            .workers
+            .get_mut(worker)
+            .ok_or_else(|| anyhow!("no worker {worker}"))?;
         let id = w.next_context_id;
         w.next_context_id += 1;
         let now = self.shared.clock.now_nanos();
         w.state_mut().streams.insert(id, StreamState::new(id, now));
-        w.call::<(i32, i32), ()>("proxy_on_context_create", id, (id as i32, ROOT_CONTEXT_ID as i32))?;
-        Ok(HttpStream { worker, context_id: id })
+        w.call::<(i32, i32), ()>(
+            "proxy_on_context_create",
+            id,
+            (id as i32, ROOT_CONTEXT_ID as i32),
+        )?;
+        Ok(HttpStream {
+            worker,
+            context_id: id,
+        })
     }
 
     fn stream_state_mut(&mut self, s: HttpStream) -> anyhow::Result<&mut StreamState> {
@@ -505,16 +591,34 @@ impl Host {
 
     /// The state of a stream (headers, local response, counters).
     pub fn stream_state(&self, s: HttpStream) -> Option<&StreamState> {
-        self.workers.get(s.worker)?.state().streams.get(&s.context_id)
+        self.workers
+            .get(s.worker)?
+            .state()
+            .streams
+            .get(&s.context_id)
     }
 
     /// Sets a per-request property by dotted path (e.g. `source.address`).
-    pub fn set_stream_property(&mut self, s: HttpStream, path: &str, value: PropValue) -> anyhow::Result<()> {
-        self.stream_state_mut(s)?.attributes.extra.insert(path.into(), value);
+    pub fn set_stream_property(
+        &mut self,
+        s: HttpStream,
+        path: &str,
+        value: PropValue,
+    ) -> anyhow::Result<()> {
+        self.stream_state_mut(s)?
+            .attributes
+            .extra
+            .insert(path.into(), value);
         Ok(())
     }
 
-    fn run_headers(&mut self, s: HttpStream, export: &'static str, count: usize, eos: bool) -> anyhow::Result<Action> {
+    fn run_headers(
+        &mut self,
+        s: HttpStream,
+        export: &'static str,
+        count: usize,
+        eos: bool,
+    ) -> anyhow::Result<Action> {
         let r = self.workers[s.worker].call::<(i32, i32, i32), i32>(
             export,
             s.context_id,
@@ -526,7 +630,12 @@ impl Host {
 
     /// `proxy_on_request_headers`. On `Continue` the request headers are
     /// forwarded (and no longer writable, as in Envoy).
-    pub fn request_headers(&mut self, s: HttpStream, headers: &[(&str, &str)], end_of_stream: bool) -> anyhow::Result<Action> {
+    pub fn request_headers(
+        &mut self,
+        s: HttpStream,
+        headers: &[(&str, &str)],
+        end_of_stream: bool,
+    ) -> anyhow::Result<Action> {
         let map = header_map(headers);
         let count = map.len();
         {
@@ -544,7 +653,12 @@ impl Host {
     }
 
     /// `proxy_on_request_body`.
-    pub fn request_body(&mut self, s: HttpStream, body: &[u8], end_of_stream: bool) -> anyhow::Result<Action> {
+    pub fn request_body(
+        &mut self,
+        s: HttpStream,
+        body: &[u8],
+        end_of_stream: bool,
+    ) -> anyhow::Result<Action> {
         {
             let st = self.stream_state_mut(s)?;
             st.phase = Phase::RequestBody;
@@ -554,7 +668,11 @@ impl Host {
         let r = self.workers[s.worker].call::<(i32, i32, i32), i32>(
             "proxy_on_request_body",
             s.context_id,
-            (s.context_id as i32, body.len() as i32, i32::from(end_of_stream)),
+            (
+                s.context_id as i32,
+                body.len() as i32,
+                i32::from(end_of_stream),
+            ),
         )?;
         let action = Action::from_code(r.unwrap_or(0));
         if action == Action::Continue {
@@ -565,7 +683,12 @@ impl Host {
     }
 
     /// `proxy_on_response_headers`.
-    pub fn response_headers(&mut self, s: HttpStream, headers: &[(&str, &str)], end_of_stream: bool) -> anyhow::Result<Action> {
+    pub fn response_headers(
+        &mut self,
+        s: HttpStream,
+        headers: &[(&str, &str)],
+        end_of_stream: bool,
+    ) -> anyhow::Result<Action> {
         let map = header_map(headers);
         let count = map.len();
         {
@@ -584,7 +707,12 @@ impl Host {
     }
 
     /// `proxy_on_response_body`.
-    pub fn response_body(&mut self, s: HttpStream, body: &[u8], end_of_stream: bool) -> anyhow::Result<Action> {
+    pub fn response_body(
+        &mut self,
+        s: HttpStream,
+        body: &[u8],
+        end_of_stream: bool,
+    ) -> anyhow::Result<Action> {
         {
             let st = self.stream_state_mut(s)?;
             st.phase = Phase::ResponseBody;
@@ -594,7 +722,11 @@ impl Host {
         let r = self.workers[s.worker].call::<(i32, i32, i32), i32>(
             "proxy_on_response_body",
             s.context_id,
-            (s.context_id as i32, body.len() as i32, i32::from(end_of_stream)),
+            (
+                s.context_id as i32,
+                body.len() as i32,
+                i32::from(end_of_stream),
+            ),
         )?;
         let action = Action::from_code(r.unwrap_or(0));
         if action == Action::Continue {
@@ -629,23 +761,33 @@ impl Host {
 
     /// The request headers as the filter left them (what goes upstream).
     pub fn upstream_request(&self, s: HttpStream) -> HeaderMap {
-        self.stream_state(s).map(|st| st.request_headers.clone()).unwrap_or_default()
+        self.stream_state(s)
+            .map(|st| st.request_headers.clone())
+            .unwrap_or_default()
     }
 
     /// The response headers as the filter left them.
     pub fn downstream_response(&self, s: HttpStream) -> HeaderMap {
-        self.stream_state(s).map(|st| st.response_headers.clone()).unwrap_or_default()
+        self.stream_state(s)
+            .map(|st| st.response_headers.clone())
+            .unwrap_or_default()
     }
 
     pub fn local_response(&self, s: HttpStream) -> Option<LocalResponse> {
-        self.stream_state(s).and_then(|st| st.local_response.clone())
+        self.stream_state(s)
+            .and_then(|st| st.local_response.clone())
     }
 
     /// One whole request on `worker`: request headers (end of stream), then,
     /// unless the filter paused or answered locally, response headers (end
     /// of stream), then the end of the stream. Returns what happened; the
     /// stream's state is dropped afterwards.
-    pub fn exchange(&mut self, worker: usize, request: &[(&str, &str)], response: &[(&str, &str)]) -> anyhow::Result<Exchange> {
+    pub fn exchange(
+        &mut self,
+        worker: usize,
+        request: &[(&str, &str)],
+        response: &[(&str, &str)],
+    ) -> anyhow::Result<Exchange> {
         let s = self.stream(worker)?;
         let request_action = self.request_headers(s, request, true)?;
         let mut response_action = None;
@@ -654,7 +796,10 @@ impl Host {
             response_action = Some(self.response_headers(s, response, true)?);
         }
         self.finish(s)?;
-        let st = self.stream_state(s).cloned().ok_or_else(|| anyhow!("stream vanished"))?;
+        let st = self
+            .stream_state(s)
+            .cloned()
+            .ok_or_else(|| anyhow!("stream vanished"))?;
         self.drop_stream(s);
         Ok(Exchange {
             stream: s,
@@ -673,7 +818,12 @@ impl Host {
     /// Scripts the answer to calls to `upstream` (`None`: any upstream).
     /// Rules are tried in order; the first that matches answers.
     pub fn on_http_call(&mut self, upstream: Option<&str>, reply: HttpReply, delay: Duration) {
-        lock(&self.shared.http_rules).push(HttpRule { upstream: upstream.map(Into::into), reply, delay, times: None });
+        lock(&self.shared.http_rules).push(HttpRule {
+            upstream: upstream.map(Into::into),
+            reply,
+            delay,
+            times: None,
+        });
     }
 
     /// Adds a full rule (e.g. one that answers only N times).
@@ -693,11 +843,19 @@ impl Host {
 
     /// Calls dispatched and not answered yet.
     pub fn pending_http_calls(&self) -> Vec<HttpCall> {
-        lock(&self.shared.pending_calls).iter().map(|p| p.call.clone()).collect()
+        lock(&self.shared.pending_calls)
+            .iter()
+            .map(|p| p.call.clone())
+            .collect()
     }
 
     /// Answers a pending call now (by worker and token).
-    pub fn reply_http_call(&mut self, worker: usize, token: u32, reply: HttpReply) -> anyhow::Result<()> {
+    pub fn reply_http_call(
+        &mut self,
+        worker: usize,
+        token: u32,
+        reply: HttpReply,
+    ) -> anyhow::Result<()> {
         let now = self.now_nanos();
         {
             let mut pending = lock(&self.shared.pending_calls);
@@ -718,12 +876,17 @@ impl Host {
 
     /// All logs as text, one line per record.
     pub fn logs_text(&self) -> String {
-        lock(&self.shared.logs).iter().map(|r| format!("{r}\n")).collect()
+        lock(&self.shared.logs)
+            .iter()
+            .map(|r| format!("{r}\n"))
+            .collect()
     }
 
     /// Whether any log line contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
-        lock(&self.shared.logs).iter().any(|r| r.message.contains(needle))
+        lock(&self.shared.logs)
+            .iter()
+            .any(|r| r.message.contains(needle))
     }
 
     pub fn clear_logs(&mut self) {
@@ -771,7 +934,12 @@ impl Host {
 
     /// Calls any export by name with i32 arguments, acting as the root
     /// context. For hand-written test modules.
-    pub fn call_export_i32(&mut self, worker: usize, name: &'static str, args: &[i32]) -> anyhow::Result<Option<i32>> {
+    pub fn call_export_i32(
+        &mut self,
+        worker: usize,
+        name: &'static str,
+        args: &[i32],
+    ) -> anyhow::Result<Option<i32>> {
         let w = &mut self.workers[worker];
         let ctx = ROOT_CONTEXT_ID;
         match args.len() {

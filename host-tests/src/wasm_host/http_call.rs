@@ -37,7 +37,11 @@ pub struct HttpCall {
 #[derive(Debug, Clone, PartialEq)]
 pub enum HttpReply {
     /// A response: `:status` should be among the headers.
-    Response { headers: Vec<(String, String)>, body: Vec<u8>, trailers: Vec<(String, String)> },
+    Response {
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        trailers: Vec<(String, String)>,
+    },
     /// The connection is reset: 0/0/0 and status BrokenConnection.
     Failure,
     /// Never answer: the call's own timeout fires (504), or it stays pending.

@@ -44,7 +44,11 @@ fn map_ref(state: &VmState, ty: MapType) -> Option<&HeaderMap> {
     if let (MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers, Some(r)) =
         (ty, state.http_response.as_ref())
     {
-        return Some(if ty == MapType::HttpCallResponseHeaders { &r.headers } else { &r.trailers });
+        return Some(if ty == MapType::HttpCallResponseHeaders {
+            &r.headers
+        } else {
+            &r.trailers
+        });
     }
     let s = stream(state)?;
     // In on_log (Done) Envoy exposes the access-log copies of the maps.
@@ -83,11 +87,7 @@ fn map_type(code: i32) -> HostResult<MapType> {
     MapType::from_code(code).ok_or(Status::BadArgument)
 }
 
-fn mutate_map(
-    caller: &mut C<'_>,
-    ty: i32,
-    f: impl FnOnce(&mut HeaderMap),
-) -> HostResult<()> {
+fn mutate_map(caller: &mut C<'_>, ty: i32, f: impl FnOnce(&mut HeaderMap)) -> HostResult<()> {
     let ty = map_type(ty)?;
     let state = caller.data_mut();
     let map = map_mut(state, ty).ok_or(Status::BadArgument)?;
@@ -101,7 +101,8 @@ fn stream_property(s: &StreamState, top: &str, start_nanos: u64) -> Option<PropV
     let header_map = |m: &HeaderMap| {
         let mut out: BTreeMap<String, PropValue> = BTreeMap::new();
         for (k, _) in m.entries() {
-            out.entry(k.clone()).or_insert_with(|| PropValue::String(m.get_all(k).join(",")));
+            out.entry(k.clone())
+                .or_insert_with(|| PropValue::String(m.get_all(k).join(",")));
         }
         PropValue::Map(out)
     };
@@ -118,9 +119,15 @@ fn stream_property(s: &StreamState, top: &str, start_nanos: u64) -> Option<PropV
             put("path", path.clone().map(PropValue::String));
             put(
                 "url_path",
-                path.as_deref().map(|p| PropValue::String(p.split('?').next().unwrap_or("").to_string())),
+                path.as_deref()
+                    .map(|p| PropValue::String(p.split('?').next().unwrap_or("").to_string())),
             );
-            put("query", path.as_deref().and_then(|p| p.split_once('?')).map(|(_, q)| PropValue::String(q.to_string())));
+            put(
+                "query",
+                path.as_deref()
+                    .and_then(|p| p.split_once('?'))
+                    .map(|(_, q)| PropValue::String(q.to_string())),
+            );
             put("host", h(":authority").map(PropValue::String));
             put("scheme", h(":scheme").map(PropValue::String));
             put("method", h(":method").map(PropValue::String));
@@ -173,7 +180,9 @@ fn get_property(state: &VmState, raw_path: &[u8]) -> HostResult<Vec<u8>> {
                 Some(PropValue::Map(m)) => m.clone(),
                 _ => BTreeMap::new(),
             };
-            fields.entry("node".to_string()).or_insert_with(|| plugin.node.to_value());
+            fields
+                .entry("node".to_string())
+                .or_insert_with(|| plugin.node.to_value());
             PropValue::Map(fields)
         }
         "plugin_name" => PropValue::String(plugin.plugin_name.clone()),
@@ -191,14 +200,21 @@ fn get_property(state: &VmState, raw_path: &[u8]) -> HostResult<Vec<u8>> {
                     .attributes
                     .extra
                     .iter()
-                    .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|rest| (rest.to_string(), v.clone())))
+                    .filter_map(|(k, v)| {
+                        k.strip_prefix(&prefix)
+                            .map(|rest| (rest.to_string(), v.clone()))
+                    })
                     .collect();
                 if !sub.is_empty() {
                     let v = PropValue::Map(sub);
                     return Ok(resolve(&v, &segs[1..])?.serialize());
                 }
             }
-            plugin.extra_properties.get(top).cloned().ok_or(Status::NotFound)?
+            plugin
+                .extra_properties
+                .get(top)
+                .cloned()
+                .ok_or(Status::NotFound)?
         }
     };
     Ok(resolve(&root, &segs[1..])?.serialize())
@@ -208,9 +224,11 @@ fn buffer(state: &VmState, ty: BufferType) -> HostResult<Vec<u8>> {
     match ty {
         BufferType::VmConfiguration => Ok(state.vm_config.clone()),
         BufferType::PluginConfiguration => state.config_buffer.clone().ok_or(Status::NotFound),
-        BufferType::HttpCallResponseBody => {
-            state.http_response.as_ref().map(|r| r.body.clone()).ok_or(Status::NotFound)
-        }
+        BufferType::HttpCallResponseBody => state
+            .http_response
+            .as_ref()
+            .map(|r| r.body.clone())
+            .ok_or(Status::NotFound),
         BufferType::HttpRequestBody => match stream(state) {
             Some(s) if s.request_body_open => Ok(s.request_body.clone()),
             _ => Err(Status::NotFound),
@@ -226,32 +244,52 @@ fn buffer(state: &VmState, ty: BufferType) -> HostResult<Vec<u8>> {
 /// Adds every implemented `env.proxy_*` function to `linker`.
 pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     // --- logging, time, ticks -------------------------------------------------
-    linker.func_wrap("env", "proxy_log", |mut c: C<'_>, level: i32, ptr: i32, len: i32| -> i32 {
-        status((|| {
-            let level = LogLevel::from_code(level).ok_or(Status::BadArgument)?;
-            let msg = read(&mut c, ptr, len)?;
-            c.data().log(level, LogSource::Module, String::from_utf8_lossy(&msg).into_owned());
-            Ok(())
-        })())
-    })?;
-    linker.func_wrap("env", "proxy_get_log_level", |mut c: C<'_>, ret: i32| -> i32 {
-        let level = *lock(&c.data().shared.log_level) as u32;
-        status(write_u32(&mut c, ret, level))
-    })?;
-    linker.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: C<'_>, ret: i32| -> i32 {
-        let now = c.data().shared.clock.now_nanos();
-        status(write_u64(&mut c, ret, now))
-    })?;
-    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut c: C<'_>, period: i32| -> i32 {
-        let s = c.data_mut();
-        s.tick_period_ms = period as u32;
-        s.next_tick_at = if period == 0 {
-            None
-        } else {
-            Some(s.shared.clock.now_nanos() + u64::from(period as u32) * 1_000_000)
-        };
-        Status::Ok.code()
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_log",
+        |mut c: C<'_>, level: i32, ptr: i32, len: i32| -> i32 {
+            status((|| {
+                let level = LogLevel::from_code(level).ok_or(Status::BadArgument)?;
+                let msg = read(&mut c, ptr, len)?;
+                c.data().log(
+                    level,
+                    LogSource::Module,
+                    String::from_utf8_lossy(&msg).into_owned(),
+                );
+                Ok(())
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_log_level",
+        |mut c: C<'_>, ret: i32| -> i32 {
+            let level = *lock(&c.data().shared.log_level) as u32;
+            status(write_u32(&mut c, ret, level))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut c: C<'_>, ret: i32| -> i32 {
+            let now = c.data().shared.clock.now_nanos();
+            status(write_u64(&mut c, ret, now))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |mut c: C<'_>, period: i32| -> i32 {
+            let s = c.data_mut();
+            s.tick_period_ms = period as u32;
+            s.next_tick_at = if period == 0 {
+                None
+            } else {
+                Some(s.shared.clock.now_nanos() + u64::from(period as u32) * 1_000_000)
+            };
+            Status::Ok.code()
+        },
+    )?;
 
     // --- buffers ----------------------------------------------------------------
     linker.func_wrap(
@@ -263,7 +301,11 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 let data = buffer(c.data(), ty)?;
                 let (start, max) = (start as u32 as usize, max as u32 as usize);
                 start.checked_add(max).ok_or(Status::BadArgument)?;
-                let slice = if start >= data.len() { &[][..] } else { &data[start..data.len().min(start + max)] };
+                let slice = if start >= data.len() {
+                    &[][..]
+                } else {
+                    &data[start..data.len().min(start + max)]
+                };
                 copy_out(&mut c, slice, ret_ptr, ret_size)
             })())
         },
@@ -319,18 +361,25 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             status((|| {
                 let ty = map_type(ty)?;
                 // Envoy returns an empty map, not an error, when the map is absent.
-                let bytes = map_ref(c.data(), ty).filter(|m| !m.is_empty()).map(|m| m.encode()).unwrap_or_default();
+                let bytes = map_ref(c.data(), ty)
+                    .filter(|m| !m.is_empty())
+                    .map(|m| m.encode())
+                    .unwrap_or_default();
                 copy_out(&mut c, &bytes, ret_ptr, ret_size)
             })())
         },
     )?;
-    linker.func_wrap("env", "proxy_set_header_map_pairs", |mut c: C<'_>, ty: i32, ptr: i32, len: i32| -> i32 {
-        status((|| {
-            let bytes = read(&mut c, ptr, len)?;
-            let pairs = decode_pairs(&bytes).map_err(|_| Status::BadArgument)?;
-            mutate_map(&mut c, ty, |m| m.set_all(pairs))
-        })())
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_header_map_pairs",
+        |mut c: C<'_>, ty: i32, ptr: i32, len: i32| -> i32 {
+            status((|| {
+                let bytes = read(&mut c, ptr, len)?;
+                let pairs = decode_pairs(&bytes).map_err(|_| Status::BadArgument)?;
+                mutate_map(&mut c, ty, |m| m.set_all(pairs))
+            })())
+        },
+    )?;
     linker.func_wrap(
         "env",
         "proxy_get_header_map_value",
@@ -366,19 +415,30 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap("env", "proxy_remove_header_map_value", |mut c: C<'_>, ty: i32, kp: i32, kl: i32| -> i32 {
-        status((|| {
-            let key = read_string(&mut c, kp, kl)?;
-            mutate_map(&mut c, ty, |m| m.remove(&key))
-        })())
-    })?;
-    linker.func_wrap("env", "proxy_get_header_map_size", |mut c: C<'_>, ty: i32, ret: i32| -> i32 {
-        status((|| {
-            let ty = map_type(ty)?;
-            let size = map_ref(c.data(), ty).ok_or(Status::BadArgument)?.encode().len();
-            write_u32(&mut c, ret, size as u32)
-        })())
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        |mut c: C<'_>, ty: i32, kp: i32, kl: i32| -> i32 {
+            status((|| {
+                let key = read_string(&mut c, kp, kl)?;
+                mutate_map(&mut c, ty, |m| m.remove(&key))
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_size",
+        |mut c: C<'_>, ty: i32, ret: i32| -> i32 {
+            status((|| {
+                let ty = map_type(ty)?;
+                let size = map_ref(c.data(), ty)
+                    .ok_or(Status::BadArgument)?
+                    .encode()
+                    .len();
+                write_u32(&mut c, ret, size as u32)
+            })())
+        },
+    )?;
 
     // --- properties ---------------------------------------------------------------
     linker.func_wrap(
@@ -392,16 +452,20 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap("env", "proxy_set_property", |mut c: C<'_>, pp: i32, pl: i32, vp: i32, vl: i32| -> i32 {
-        status((|| {
-            let path = read(&mut c, pp, pl)?;
-            let value = read(&mut c, vp, vl)?;
-            let path = path.strip_suffix(&[0]).map(|p| p.to_vec()).unwrap_or(path);
-            let s = stream_mut(c.data_mut()).ok_or(Status::NotFound)?;
-            s.filter_state.insert(path, value);
-            Ok(())
-        })())
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_property",
+        |mut c: C<'_>, pp: i32, pl: i32, vp: i32, vl: i32| -> i32 {
+            status((|| {
+                let path = read(&mut c, pp, pl)?;
+                let value = read(&mut c, vp, vl)?;
+                let path = path.strip_suffix(&[0]).map(|p| p.to_vec()).unwrap_or(path);
+                let s = stream_mut(c.data_mut()).ok_or(Status::NotFound)?;
+                s.filter_state.insert(path, value);
+                Ok(())
+            })())
+        },
+    )?;
 
     // --- shared data and queues ---------------------------------------------------
     linker.func_wrap(
@@ -429,21 +493,30 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 let value = read(&mut c, vp, vl)?;
                 let s = c.data();
                 let mut store = lock(&s.shared.shared_data);
-                store.set(&s.plugin.vm_id, &key, &value, cas as u32).map(|_| ())
+                store
+                    .set(&s.plugin.vm_id, &key, &value, cas as u32)
+                    .map(|_| ())
             })())
         },
     )?;
-    linker.func_wrap("env", "proxy_register_shared_queue", |mut c: C<'_>, np: i32, nl: i32, ret: i32| -> i32 {
-        status((|| {
-            let name = read_string(&mut c, np, nl)?;
-            let token = {
-                let s = c.data();
-                let owner = QueueOwner { worker: s.worker, context_id: s.root_context_id };
-                lock(&s.shared.queues).register(&s.plugin.vm_id, &name, owner)
-            };
-            write_u32(&mut c, ret, token)
-        })())
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |mut c: C<'_>, np: i32, nl: i32, ret: i32| -> i32 {
+            status((|| {
+                let name = read_string(&mut c, np, nl)?;
+                let token = {
+                    let s = c.data();
+                    let owner = QueueOwner {
+                        worker: s.worker,
+                        context_id: s.root_context_id,
+                    };
+                    lock(&s.shared.queues).register(&s.plugin.vm_id, &name, owner)
+                };
+                write_u32(&mut c, ret, token)
+            })())
+        },
+    )?;
     linker.func_wrap(
         "env",
         "proxy_resolve_shared_queue",
@@ -466,12 +539,16 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap("env", "proxy_enqueue_shared_queue", |mut c: C<'_>, token: i32, vp: i32, vl: i32| -> i32 {
-        status((|| {
-            let value = read(&mut c, vp, vl)?;
-            lock(&c.data().shared.queues).enqueue(token as u32, &value)
-        })())
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |mut c: C<'_>, token: i32, vp: i32, vl: i32| -> i32 {
+            status((|| {
+                let value = read(&mut c, vp, vl)?;
+                lock(&c.data().shared.queues).enqueue(token as u32, &value)
+            })())
+        },
+    )?;
 
     // --- stream control -----------------------------------------------------------
     fn continue_stream(s: &mut VmState, ty: StreamType) -> HostResult<()> {
@@ -489,31 +566,39 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         }
         Ok(())
     }
-    linker.func_wrap("env", "proxy_continue_stream", |mut c: C<'_>, ty: i32| -> i32 {
-        status((|| {
-            let ty = StreamType::from_code(ty).ok_or(Status::BadArgument)?;
-            continue_stream(c.data_mut(), ty)
-        })())
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_continue_stream",
+        |mut c: C<'_>, ty: i32| -> i32 {
+            status((|| {
+                let ty = StreamType::from_code(ty).ok_or(Status::BadArgument)?;
+                continue_stream(c.data_mut(), ty)
+            })())
+        },
+    )?;
     linker.func_wrap("env", "proxy_continue_request", |mut c: C<'_>| -> i32 {
         status(continue_stream(c.data_mut(), StreamType::HttpRequest))
     })?;
     linker.func_wrap("env", "proxy_continue_response", |mut c: C<'_>| -> i32 {
         status(continue_stream(c.data_mut(), StreamType::HttpResponse))
     })?;
-    linker.func_wrap("env", "proxy_close_stream", |mut c: C<'_>, ty: i32| -> i32 {
-        status((|| {
-            let ty = StreamType::from_code(ty).ok_or(Status::BadArgument)?;
-            if let Some(st) = stream_mut(c.data_mut()) {
-                match ty {
-                    StreamType::HttpRequest => st.closed_request = true,
-                    StreamType::HttpResponse => st.closed_response = true,
-                    _ => {}
+    linker.func_wrap(
+        "env",
+        "proxy_close_stream",
+        |mut c: C<'_>, ty: i32| -> i32 {
+            status((|| {
+                let ty = StreamType::from_code(ty).ok_or(Status::BadArgument)?;
+                if let Some(st) = stream_mut(c.data_mut()) {
+                    match ty {
+                        StreamType::HttpRequest => st.closed_request = true,
+                        StreamType::HttpResponse => st.closed_response = true,
+                        _ => {}
+                    }
                 }
-            }
-            Ok(())
-        })())
-    })?;
+                Ok(())
+            })())
+        },
+    )?;
     linker.func_wrap("env", "proxy_clear_route_cache", |mut c: C<'_>| -> i32 {
         if let Some(st) = stream_mut(c.data_mut()) {
             st.route_cache_clears += 1;
@@ -524,42 +609,71 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_send_local_response",
-        |mut c: C<'_>, code: i32, dp: i32, dl: i32, bp: i32, bl: i32, hp: i32, hl: i32, grpc: i32| -> i32 {
+        |mut c: C<'_>,
+         code: i32,
+         dp: i32,
+         dl: i32,
+         bp: i32,
+         bl: i32,
+         hp: i32,
+         hl: i32,
+         grpc: i32|
+         -> i32 {
             status((|| {
                 let details = String::from_utf8_lossy(&read(&mut c, dp, dl)?).into_owned();
                 let body = read(&mut c, bp, bl)?;
-                let headers = decode_pairs(&read(&mut c, hp, hl)?).map_err(|_| Status::BadArgument)?;
+                let headers =
+                    decode_pairs(&read(&mut c, hp, hl)?).map_err(|_| Status::BadArgument)?;
                 let headers = headers
                     .into_iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
+                    .map(|(k, v)| {
+                        (
+                            k.to_ascii_lowercase(),
+                            String::from_utf8_lossy(&v).into_owned(),
+                        )
+                    })
                     .collect();
                 let st = stream_mut(c.data_mut()).ok_or(Status::NotFound)?;
-                st.local_response = Some(LocalResponse { status: code as u32, details, body, headers, grpc_status: grpc });
+                st.local_response = Some(LocalResponse {
+                    status: code as u32,
+                    details,
+                    body,
+                    headers,
+                    grpc_status: grpc,
+                });
                 Ok(())
             })())
         },
     )?;
-    linker.func_wrap("env", "proxy_set_effective_context", |mut c: C<'_>, id: i32| -> i32 {
-        let s = c.data_mut();
-        let id = id as u32;
-        if id == s.root_context_id || s.streams.contains_key(&id) {
-            s.effective_context = Some(id);
-            Status::Ok.code()
-        } else {
-            Status::BadArgument.code()
-        }
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |mut c: C<'_>, id: i32| -> i32 {
+            let s = c.data_mut();
+            let id = id as u32;
+            if id == s.root_context_id || s.streams.contains_key(&id) {
+                s.effective_context = Some(id);
+                Status::Ok.code()
+            } else {
+                Status::BadArgument.code()
+            }
+        },
+    )?;
     linker.func_wrap("env", "proxy_done", |mut c: C<'_>| -> i32 {
         c.data_mut().done_called = true;
         Status::Ok.code()
     })?;
-    linker.func_wrap("env", "proxy_get_status", |mut c: C<'_>, code_ptr: i32, ret_ptr: i32, ret_size: i32| -> i32 {
-        status((|| {
-            let (code, msg) = c.data().status.clone();
-            write_u32(&mut c, code_ptr, code)?;
-            copy_out(&mut c, msg.as_bytes(), ret_ptr, ret_size)
-        })())
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_status",
+        |mut c: C<'_>, code_ptr: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+            status((|| {
+                let (code, msg) = c.data().status.clone();
+                write_u32(&mut c, code_ptr, code)?;
+                copy_out(&mut c, msg.as_bytes(), ret_ptr, ret_size)
+            })())
+        },
+    )?;
 
     // --- foreign functions ----------------------------------------------------------
     linker.func_wrap(
@@ -596,35 +710,57 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     )?;
 
     // --- metrics --------------------------------------------------------------------
-    linker.func_wrap("env", "proxy_define_metric", |mut c: C<'_>, ty: i32, np: i32, nl: i32, ret: i32| -> i32 {
-        status((|| {
-            let kind = MetricType::from_code(ty).ok_or(Status::BadArgument)?;
-            let name = read_string(&mut c, np, nl)?;
-            let id = {
-                let s = c.data_mut();
-                let mut metrics = lock(&s.shared.metrics);
-                s.metric_ids.define(&mut metrics, kind, &name)
-            };
-            write_u32(&mut c, ret, id)
-        })())
-    })?;
-    linker.func_wrap("env", "proxy_increment_metric", |c: C<'_>, id: i32, offset: i64| -> i32 {
-        let s = c.data();
-        status(s.metric_ids.increment(&mut lock(&s.shared.metrics), id as u32, offset))
-    })?;
-    linker.func_wrap("env", "proxy_record_metric", |c: C<'_>, id: i32, value: i64| -> i32 {
-        let s = c.data();
-        status(s.metric_ids.record(&mut lock(&s.shared.metrics), id as u32, value as u64))
-    })?;
-    linker.func_wrap("env", "proxy_get_metric", |mut c: C<'_>, id: i32, ret: i32| -> i32 {
-        status((|| {
-            let value = {
-                let s = c.data();
-                s.metric_ids.get(&lock(&s.shared.metrics), id as u32)?
-            };
-            write_u64(&mut c, ret, value)
-        })())
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_define_metric",
+        |mut c: C<'_>, ty: i32, np: i32, nl: i32, ret: i32| -> i32 {
+            status((|| {
+                let kind = MetricType::from_code(ty).ok_or(Status::BadArgument)?;
+                let name = read_string(&mut c, np, nl)?;
+                let id = {
+                    let s = c.data_mut();
+                    let mut metrics = lock(&s.shared.metrics);
+                    s.metric_ids.define(&mut metrics, kind, &name)
+                };
+                write_u32(&mut c, ret, id)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |c: C<'_>, id: i32, offset: i64| -> i32 {
+            let s = c.data();
+            status(
+                s.metric_ids
+                    .increment(&mut lock(&s.shared.metrics), id as u32, offset),
+            )
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |c: C<'_>, id: i32, value: i64| -> i32 {
+            let s = c.data();
+            status(
+                s.metric_ids
+                    .record(&mut lock(&s.shared.metrics), id as u32, value as u64),
+            )
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut c: C<'_>, id: i32, ret: i32| -> i32 {
+            status((|| {
+                let value = {
+                    let s = c.data();
+                    s.metric_ids.get(&lock(&s.shared.metrics), id as u32)?
+                };
+                write_u64(&mut c, ret, value)
+            })())
+        },
+    )?;
 
     // --- HTTP calls -----------------------------------------------------------------
     linker.func_wrap(
@@ -644,15 +780,20 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
          -> i32 {
             status((|| {
                 let upstream = read_string(&mut c, up, ul)?;
-                let headers = decode_pairs(&read(&mut c, hp, hl)?).map_err(|_| Status::BadArgument)?;
+                let headers =
+                    decode_pairs(&read(&mut c, hp, hl)?).map_err(|_| Status::BadArgument)?;
                 let body = read(&mut c, bp, bl)?;
-                let trailers = decode_pairs(&read(&mut c, tp, tl)?).map_err(|_| Status::BadArgument)?;
+                let trailers =
+                    decode_pairs(&read(&mut c, tp, tl)?).map_err(|_| Status::BadArgument)?;
                 write_u32(&mut c, ret, 0)?;
                 if timeout_ms < 0 {
                     return Err(Status::BadArgument);
                 }
                 let headers = HeaderMap::from_pairs(headers);
-                if headers.get(":path").is_none() || headers.get(":method").is_none() || headers.get(":authority").is_none() {
+                if headers.get(":path").is_none()
+                    || headers.get(":method").is_none()
+                    || headers.get(":authority").is_none()
+                {
                     return Err(Status::BadArgument);
                 }
                 let token = {
@@ -667,7 +808,8 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                     let rule = {
                         let mut rules = lock(&s.shared.http_rules);
                         let idx = rules.iter().position(|r| {
-                            r.upstream.as_deref().is_none_or(|u| u == upstream) && r.times != Some(0)
+                            r.upstream.as_deref().is_none_or(|u| u == upstream)
+                                && r.times != Some(0)
                         });
                         idx.map(|i| {
                             let r = &mut rules[i];
@@ -699,7 +841,11 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                     });
                     let timeout_at = (timeout_ms > 0).then(|| now + timeout_ms as u64 * 1_000_000);
                     lock(&s.shared.http_calls).push(call.clone());
-                    lock(&s.shared.pending_calls).push(PendingCall { call, reply, timeout_at });
+                    lock(&s.shared.pending_calls).push(PendingCall {
+                        call,
+                        reply,
+                        timeout_at,
+                    });
                     token
                 };
                 write_u32(&mut c, ret, token)

@@ -31,6 +31,10 @@ pub struct LogRecord {
 
 impl fmt::Display for LogRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[worker {}] [{:?}] [{:?}] {}", self.worker, self.level, self.source, self.message)
+        write!(
+            f,
+            "[worker {}] [{:?}] [{:?}] {}",
+            self.worker, self.level, self.source, self.message
+        )
     }
 }

@@ -32,7 +32,9 @@ pub fn read(caller: &mut Caller<'_, VmState>, ptr: i32, len: i32) -> HostResult<
     let mem = memory(caller)?;
     let data = mem.data(&*caller);
     let end = ptr.checked_add(len).ok_or(Status::InvalidMemoryAccess)?;
-    data.get(ptr..end).map(|s| s.to_vec()).ok_or(Status::InvalidMemoryAccess)
+    data.get(ptr..end)
+        .map(|s| s.to_vec())
+        .ok_or(Status::InvalidMemoryAccess)
 }
 
 /// Reads a UTF-8 string (`BadArgument` if it is not UTF-8).
@@ -45,7 +47,9 @@ pub fn write(caller: &mut Caller<'_, VmState>, ptr: i32, bytes: &[u8]) -> HostRe
     let ptr = ptr as u32 as usize;
     let mem = memory(caller)?;
     let data = mem.data_mut(&mut *caller);
-    let end = ptr.checked_add(bytes.len()).ok_or(Status::InvalidMemoryAccess)?;
+    let end = ptr
+        .checked_add(bytes.len())
+        .ok_or(Status::InvalidMemoryAccess)?;
     data.get_mut(ptr..end)
         .ok_or(Status::InvalidMemoryAccess)?
         .copy_from_slice(bytes);
@@ -64,7 +68,11 @@ pub fn write_u64(caller: &mut Caller<'_, VmState>, ptr: i32, value: u64) -> Host
 /// allocator, traps in it, or returns null.
 pub fn alloc(caller: &mut Caller<'_, VmState>, size: usize) -> HostResult<i32> {
     let size = i32::try_from(size).map_err(|_| Status::InvalidMemoryAccess)?;
-    let malloc = caller.data().malloc.clone().ok_or(Status::InvalidMemoryAccess)?;
+    let malloc = caller
+        .data()
+        .malloc
+        .clone()
+        .ok_or(Status::InvalidMemoryAccess)?;
     match malloc.call(&mut *caller, size) {
         Ok(0) => Err(Status::InvalidMemoryAccess),
         Ok(ptr) => Ok(ptr),
@@ -74,7 +82,12 @@ pub fn alloc(caller: &mut Caller<'_, VmState>, size: usize) -> HostResult<i32> {
 
 /// cpp-host's `copyToPointerSize`: allocate, copy, and store the address and
 /// size at `ptr_ptr` / `size_ptr`.
-pub fn copy_out(caller: &mut Caller<'_, VmState>, bytes: &[u8], ptr_ptr: i32, size_ptr: i32) -> HostResult<()> {
+pub fn copy_out(
+    caller: &mut Caller<'_, VmState>,
+    bytes: &[u8],
+    ptr_ptr: i32,
+    size_ptr: i32,
+) -> HostResult<()> {
     let addr = if bytes.is_empty() {
         0
     } else {

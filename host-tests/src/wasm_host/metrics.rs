@@ -38,9 +38,11 @@ impl Metrics {
     }
 
     fn ensure(&mut self, name: &str, kind: MetricType) {
-        self.by_name
-            .entry(name.to_string())
-            .or_insert(MetricValue { kind, value: 0, samples: Vec::new() });
+        self.by_name.entry(name.to_string()).or_insert(MetricValue {
+            kind,
+            value: 0,
+            samples: Vec::new(),
+        });
     }
 }
 
@@ -114,6 +116,10 @@ impl MetricIds {
         if kind == MetricType::Histogram {
             return Err(Status::BadArgument);
         }
-        metrics.by_name.get(name).map(|m| m.value).ok_or(Status::NotFound)
+        metrics
+            .by_name
+            .get(name)
+            .map(|m| m.value)
+            .ok_or(Status::NotFound)
     }
 }

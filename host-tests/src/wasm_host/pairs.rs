@@ -23,7 +23,9 @@ impl HeaderMap {
     }
 
     /// Builds a map from string pairs, lower-casing the keys as Envoy does.
-    pub fn from_pairs<K: AsRef<str>, V: AsRef<[u8]>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<[u8]>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
         let mut map = Self::new();
         for (k, v) in pairs {
             map.add(k.as_ref(), v.as_ref());
@@ -55,12 +57,16 @@ impl HeaderMap {
     /// The first value of `key` (case-insensitive), as Envoy returns it.
     pub fn get_bytes(&self, key: &str) -> Option<&[u8]> {
         let key = key.to_ascii_lowercase();
-        self.entries.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_slice())
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_slice())
     }
 
     /// The first value of `key` as a string (lossy).
     pub fn get(&self, key: &str) -> Option<String> {
-        self.get_bytes(key).map(|v| String::from_utf8_lossy(v).into_owned())
+        self.get_bytes(key)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
     /// Every value of `key`, in order.
@@ -75,7 +81,8 @@ impl HeaderMap {
 
     /// Appends a value (Envoy `addCopy`).
     pub fn add(&mut self, key: &str, value: &[u8]) {
-        self.entries.push((key.to_ascii_lowercase(), value.to_vec()));
+        self.entries
+            .push((key.to_ascii_lowercase(), value.to_vec()));
     }
 
     /// Replaces every value of `key` by one value, or appends it (Envoy `setCopy`:
@@ -115,7 +122,11 @@ impl HeaderMap {
 
     /// This map in the ABI wire format.
     pub fn encode(&self) -> Vec<u8> {
-        encode_pairs(self.entries.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())))
+        encode_pairs(
+            self.entries
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_slice())),
+        )
     }
 }
 
@@ -160,7 +171,12 @@ pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, PairsError> 
         .checked_mul(8)
         .and_then(|n| n.checked_add(4))
         .filter(|n| *n <= bytes.len())
-        .ok_or_else(|| PairsError(format!("map claims {count} pairs, buffer has {} bytes", bytes.len())))?;
+        .ok_or_else(|| {
+            PairsError(format!(
+                "map claims {count} pairs, buffer has {} bytes",
+                bytes.len()
+            ))
+        })?;
     let mut data = header;
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
@@ -168,7 +184,11 @@ pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, PairsError> 
         let value_len = read_u32(8 + i * 8)?;
         let take = |at: usize, len: usize| -> Result<&[u8], PairsError> {
             bytes
-                .get(at..at.checked_add(len).ok_or_else(|| PairsError("size overflow".into()))?)
+                .get(
+                    at..at
+                        .checked_add(len)
+                        .ok_or_else(|| PairsError("size overflow".into()))?,
+                )
                 .ok_or_else(|| PairsError(format!("pair {i} runs past the end of the buffer")))
         };
         let key = take(data, key_len)?;
@@ -195,7 +215,10 @@ mod tests {
         expected.extend_from_slice(b":method\0GET\0powered-by\0proxy-wasm\0");
         assert_eq!(bytes, expected);
         let decoded = decode_pairs(&bytes).unwrap();
-        assert_eq!(decoded[1], ("powered-by".to_string(), b"proxy-wasm".to_vec()));
+        assert_eq!(
+            decoded[1],
+            ("powered-by".to_string(), b"proxy-wasm".to_vec())
+        );
     }
 
     #[test]
@@ -209,6 +232,9 @@ mod tests {
     fn replace_keeps_first_position() {
         let mut map = HeaderMap::from_pairs([("a", "1"), ("b", "2"), ("a", "3")]);
         map.replace("A", b"9");
-        assert_eq!(map.pairs(), vec![("a".into(), "9".into()), ("b".into(), "2".into())]);
+        assert_eq!(
+            map.pairs(),
+            vec![("a".into(), "9".into()), ("b".into(), "2".into())]
+        );
     }
 }

@@ -41,7 +41,10 @@ pub enum PropValue {
     Map(BTreeMap<String, PropValue>),
     List(Vec<PropValue>),
     /// A protobuf message: its binary encoding, and its fields for navigation.
-    Message { encoded: Vec<u8>, fields: BTreeMap<String, PropValue> },
+    Message {
+        encoded: Vec<u8>,
+        fields: BTreeMap<String, PropValue>,
+    },
 }
 
 impl PropValue {
@@ -50,13 +53,17 @@ impl PropValue {
         match self {
             PropValue::String(s) => s.as_bytes().to_vec(),
             PropValue::Bytes(b) => b.clone(),
-            PropValue::Int(i) | PropValue::Timestamp(i) | PropValue::Duration(i) => i.to_le_bytes().to_vec(),
+            PropValue::Int(i) | PropValue::Timestamp(i) | PropValue::Duration(i) => {
+                i.to_le_bytes().to_vec()
+            }
             PropValue::Uint(u) => u.to_le_bytes().to_vec(),
             PropValue::Double(d) => d.to_le_bytes().to_vec(),
             PropValue::Bool(b) => vec![u8::from(*b)],
             PropValue::Map(m) => {
-                let entries: Vec<(Vec<u8>, Vec<u8>)> =
-                    m.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.serialize())).collect();
+                let entries: Vec<(Vec<u8>, Vec<u8>)> = m
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes().to_vec(), v.serialize()))
+                    .collect();
                 encode_pairs(entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
             }
             PropValue::List(l) => {
@@ -85,10 +92,14 @@ impl PropValue {
             serde_json::Value::Bool(b) => PropValue::Bool(*b),
             serde_json::Value::Number(n) => PropValue::Double(n.as_f64().unwrap_or(0.0)),
             serde_json::Value::String(s) => PropValue::String(s.clone()),
-            serde_json::Value::Array(a) => PropValue::List(a.iter().map(PropValue::from_json).collect()),
-            serde_json::Value::Object(o) => {
-                PropValue::Map(o.iter().map(|(k, v)| (k.clone(), PropValue::from_json(v))).collect())
+            serde_json::Value::Array(a) => {
+                PropValue::List(a.iter().map(PropValue::from_json).collect())
             }
+            serde_json::Value::Object(o) => PropValue::Map(
+                o.iter()
+                    .map(|(k, v)| (k.clone(), PropValue::from_json(v)))
+                    .collect(),
+            ),
         }
     }
 }
@@ -192,7 +203,11 @@ pub struct Locality {
 
 impl Locality {
     pub fn new(region: &str, zone: &str, sub_zone: &str) -> Self {
-        Self { region: region.into(), zone: zone.into(), sub_zone: sub_zone.into() }
+        Self {
+            region: region.into(),
+            zone: zone.into(),
+            sub_zone: sub_zone.into(),
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -207,9 +222,15 @@ impl Locality {
         let fields = BTreeMap::from([
             ("region".to_string(), PropValue::String(self.region.clone())),
             ("zone".to_string(), PropValue::String(self.zone.clone())),
-            ("sub_zone".to_string(), PropValue::String(self.sub_zone.clone())),
+            (
+                "sub_zone".to_string(),
+                PropValue::String(self.sub_zone.clone()),
+            ),
         ]);
-        PropValue::Message { encoded: self.encode(), fields }
+        PropValue::Message {
+            encoded: self.encode(),
+            fields,
+        }
     }
 }
 
@@ -241,11 +262,20 @@ impl NodeInfo {
     pub fn to_value(&self) -> PropValue {
         let fields = BTreeMap::from([
             ("id".to_string(), PropValue::String(self.id.clone())),
-            ("cluster".to_string(), PropValue::String(self.cluster.clone())),
-            ("metadata".to_string(), PropValue::Map(self.metadata.clone())),
+            (
+                "cluster".to_string(),
+                PropValue::String(self.cluster.clone()),
+            ),
+            (
+                "metadata".to_string(),
+                PropValue::Map(self.metadata.clone()),
+            ),
             ("locality".to_string(), self.locality.to_value()),
         ]);
-        PropValue::Message { encoded: self.encode(), fields }
+        PropValue::Message {
+            encoded: self.encode(),
+            fields,
+        }
     }
 }
 
@@ -265,7 +295,10 @@ mod tests {
 
     #[test]
     fn paths_split_on_nul() {
-        assert_eq!(split_path(b"node\0metadata\0CLUSTER_ID").unwrap(), vec!["node", "metadata", "CLUSTER_ID"]);
+        assert_eq!(
+            split_path(b"node\0metadata\0CLUSTER_ID").unwrap(),
+            vec!["node", "metadata", "CLUSTER_ID"]
+        );
         assert_eq!(split_path(b"node\0").unwrap(), vec!["node"]);
         assert_eq!(split_path(b""), Err(Status::NotFound));
     }

@@ -38,14 +38,20 @@ pub struct SharedData {
 
 impl Default for SharedData {
     fn default() -> Self {
-        Self { data: HashMap::new(), next_cas: 1 }
+        Self {
+            data: HashMap::new(),
+            next_cas: 1,
+        }
     }
 }
 
 impl SharedData {
     /// Starts the CAS counter elsewhere (to test wrap-around).
     pub fn with_next_cas(next_cas: u32) -> Self {
-        Self { data: HashMap::new(), next_cas: next_cas.max(1) }
+        Self {
+            data: HashMap::new(),
+            next_cas: next_cas.max(1),
+        }
     }
 
     fn take_cas(&mut self) -> u32 {
@@ -72,16 +78,22 @@ impl SharedData {
             }
         }
         let stamp = self.take_cas();
-        self.data
-            .entry(vm_id.to_string())
-            .or_default()
-            .insert(key.to_string(), SharedEntry { value: value.to_vec(), cas: stamp });
+        self.data.entry(vm_id.to_string()).or_default().insert(
+            key.to_string(),
+            SharedEntry {
+                value: value.to_vec(),
+                cas: stamp,
+            },
+        );
         Ok(stamp)
     }
 
     /// All keys of one `vm_id`, sorted.
     pub fn keys(&self, vm_id: &str) -> Vec<String> {
-        self.data.get(vm_id).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+        self.data
+            .get(vm_id)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// A snapshot of one `vm_id`'s entries.
@@ -131,7 +143,10 @@ impl SharedQueues {
                 t
             }
         };
-        let queue = self.queues.entry(token).or_insert_with(|| Queue { owner, items: VecDeque::new() });
+        let queue = self.queues.entry(token).or_insert_with(|| Queue {
+            owner,
+            items: VecDeque::new(),
+        });
         queue.owner = owner;
         token
     }

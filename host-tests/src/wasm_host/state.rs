@@ -80,7 +80,10 @@ impl HostShared {
             http_rules: Mutex::new(Vec::new()),
             known_clusters: Mutex::new(None),
             foreign_functions: Mutex::new(
-                ["clear_route_cache"].iter().map(|s| s.to_string()).collect(),
+                ["clear_route_cache"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
             ),
             log_level: Mutex::new(LogLevel::Trace),
             echo_logs,
@@ -88,7 +91,12 @@ impl HostShared {
     }
 
     pub fn log(&self, worker: usize, level: LogLevel, source: LogSource, message: String) {
-        let record = LogRecord { worker, level, source, message };
+        let record = LogRecord {
+            worker,
+            level,
+            source,
+            message,
+        };
         if self.echo_logs {
             eprintln!("{record}");
         }
@@ -257,11 +265,14 @@ impl VmState {
             }
             let new = &contents[*seen..];
             // Only whole lines; a partial line waits for its newline.
-            let Some(last_nl) = new.iter().rposition(|b| *b == b'\n') else { continue };
+            let Some(last_nl) = new.iter().rposition(|b| *b == b'\n') else {
+                continue;
+            };
             let text = String::from_utf8_lossy(&new[..last_nl]).into_owned();
             *seen += last_nl + 1;
             for line in text.lines() {
-                self.shared.log(self.worker, level, LogSource::Stdio, line.to_string());
+                self.shared
+                    .log(self.worker, level, LogSource::Stdio, line.to_string());
             }
         }
     }

@@ -29,28 +29,51 @@ pub const KNOWN_UNIMPLEMENTED: &[(&str, usize)] = &[
     ("proxy_call_foreign_function_async", 6),
 ];
 
-fn stub(engine: &wasmtime::Engine, linker: &mut Linker<VmState>, module: &str, name: &str, ty: FuncType) -> wasmtime::Result<()> {
-    let label = if module == "env" { name.to_string() } else { format!("{module}::{name}") };
+fn stub(
+    engine: &wasmtime::Engine,
+    linker: &mut Linker<VmState>,
+    module: &str,
+    name: &str,
+    ty: FuncType,
+) -> wasmtime::Result<()> {
+    let label = if module == "env" {
+        name.to_string()
+    } else {
+        format!("{module}::{name}")
+    };
     let _ = engine;
-    linker.func_new(module, name, ty, move |c: Caller<'_, VmState>, _params: &[Val], results: &mut [Val]| {
-        c.data().log(LogLevel::Error, LogSource::Host, format!("unimplemented host call: {label}"));
-        for r in results.iter_mut() {
-            *r = match r {
-                Val::I64(_) => Val::I64(0),
-                Val::F32(_) => Val::F32(0),
-                Val::F64(_) => Val::F64(0),
-                _ => Val::I32(Status::Unimplemented.code()),
-            };
-        }
-        Ok(())
-    })?;
+    linker.func_new(
+        module,
+        name,
+        ty,
+        move |c: Caller<'_, VmState>, _params: &[Val], results: &mut [Val]| {
+            c.data().log(
+                LogLevel::Error,
+                LogSource::Host,
+                format!("unimplemented host call: {label}"),
+            );
+            for r in results.iter_mut() {
+                *r = match r {
+                    Val::I64(_) => Val::I64(0),
+                    Val::F32(_) => Val::F32(0),
+                    Val::F64(_) => Val::F64(0),
+                    _ => Val::I32(Status::Unimplemented.code()),
+                };
+            }
+            Ok(())
+        },
+    )?;
     Ok(())
 }
 
 /// Defines the known-unimplemented ABI calls.
 pub fn add_known(engine: &wasmtime::Engine, linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     for (name, arity) in KNOWN_UNIMPLEMENTED {
-        let ty = FuncType::new(engine, std::iter::repeat_n(ValType::I32, *arity), [ValType::I32]);
+        let ty = FuncType::new(
+            engine,
+            std::iter::repeat_n(ValType::I32, *arity),
+            [ValType::I32],
+        );
         stub(engine, linker, "env", name, ty)?;
     }
     Ok(())
@@ -58,7 +81,11 @@ pub fn add_known(engine: &wasmtime::Engine, linker: &mut Linker<VmState>) -> was
 
 /// Defines every remaining function import of `module` the linker lacks.
 /// Returns the names it stubbed.
-pub fn add_missing(engine: &wasmtime::Engine, linker: &mut Linker<VmState>, module: &Module) -> wasmtime::Result<Vec<String>> {
+pub fn add_missing(
+    engine: &wasmtime::Engine,
+    linker: &mut Linker<VmState>,
+    module: &Module,
+) -> wasmtime::Result<Vec<String>> {
     let mut stubbed = Vec::new();
     let missing: Vec<(String, String, FuncType)> = module
         .imports()

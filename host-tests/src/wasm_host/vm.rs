@@ -62,7 +62,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(engine: &wasmtime::Engine, linker: &Linker<VmState>, module: &Module, cfg: WorkerConfig) -> anyhow::Result<Worker> {
+    pub fn new(
+        engine: &wasmtime::Engine,
+        linker: &Linker<VmState>,
+        module: &Module,
+        cfg: WorkerConfig,
+    ) -> anyhow::Result<Worker> {
         let stdout = MemoryOutputPipe::new(64 << 20);
         let stderr = MemoryOutputPipe::new(64 << 20);
         let clock = cfg.shared.clock.clone();
@@ -102,12 +107,19 @@ impl Worker {
             done_called: false,
         };
         let mut store = Store::new(engine, state);
-        let instance = linker.instantiate(&mut store, module).map_err(anyhow::Error::from).context("instantiating the module")?;
-        let abi_version = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0", "proxy_abi_version_0_1_0"]
-            .iter()
-            .find(|n| instance.get_func(&mut store, n).is_some())
-            .map(|n| n.trim_start_matches("proxy_abi_version_").replace('_', "."))
-            .ok_or_else(|| anyhow!("not a proxy-wasm module: no proxy_abi_version_* export"))?;
+        let instance = linker
+            .instantiate(&mut store, module)
+            .map_err(anyhow::Error::from)
+            .context("instantiating the module")?;
+        let abi_version = [
+            "proxy_abi_version_0_2_1",
+            "proxy_abi_version_0_2_0",
+            "proxy_abi_version_0_1_0",
+        ]
+        .iter()
+        .find(|n| instance.get_func(&mut store, n).is_some())
+        .map(|n| n.trim_start_matches("proxy_abi_version_").replace('_', "."))
+        .ok_or_else(|| anyhow!("not a proxy-wasm module: no proxy_abi_version_* export"))?;
         let malloc = ["proxy_on_memory_allocate", "malloc"]
             .iter()
             .find_map(|n| instance.get_typed_func::<i32, i32>(&mut store, n).ok());
@@ -123,9 +135,17 @@ impl Worker {
         };
         // A WASI reactor initializes its runtime in `_initialize`; a command
         // module would use `_start` (cpp-host calls whichever exists).
-        if worker.instance.get_func(&mut worker.store, "_initialize").is_some() {
+        if worker
+            .instance
+            .get_func(&mut worker.store, "_initialize")
+            .is_some()
+        {
             worker.call::<(), ()>("_initialize", 0, ())?;
-        } else if worker.instance.get_func(&mut worker.store, "_start").is_some() {
+        } else if worker
+            .instance
+            .get_func(&mut worker.store, "_start")
+            .is_some()
+        {
             worker.call::<(), ()>("_start", 0, ())?;
         }
         Ok(worker)
@@ -136,7 +156,10 @@ impl Worker {
         self.instance.get_func(&mut self.store, name).is_some()
     }
 
-    fn func<P: WasmParams, R: WasmResults>(&mut self, name: &'static str) -> anyhow::Result<Option<TypedFunc<P, R>>> {
+    fn func<P: WasmParams, R: WasmResults>(
+        &mut self,
+        name: &'static str,
+    ) -> anyhow::Result<Option<TypedFunc<P, R>>> {
         let func = match self.funcs.get(name) {
             Some(f) => *f,
             None => match self.instance.get_func(&mut self.store, name) {
@@ -155,11 +178,18 @@ impl Worker {
     }
 
     /// Calls export `name` acting as `context_id`. `Ok(None)`: not exported.
-    pub fn call<P: WasmParams, R: WasmResults>(&mut self, name: &'static str, context_id: u32, params: P) -> anyhow::Result<Option<R>> {
+    pub fn call<P: WasmParams, R: WasmResults>(
+        &mut self,
+        name: &'static str,
+        context_id: u32,
+        params: P,
+    ) -> anyhow::Result<Option<R>> {
         if let Some(reason) = &self.failed {
             bail!("worker {} VM has failed earlier: {reason}", self.index);
         }
-        let Some(f) = self.func::<P, R>(name)? else { return Ok(None) };
+        let Some(f) = self.func::<P, R>(name)? else {
+            return Ok(None);
+        };
         {
             let s = self.store.data_mut();
             s.current_context = context_id;
@@ -180,7 +210,9 @@ impl Worker {
                     Some(exit) => format!("module called proc_exit({}) in {name}", exit.0),
                     None => format!("trap in {name} (context {context_id}): {e:?}"),
                 };
-                self.store.data().log(LogLevel::Critical, LogSource::Host, msg.clone());
+                self.store
+                    .data()
+                    .log(LogLevel::Critical, LogSource::Host, msg.clone());
                 self.failed = Some(msg.clone());
                 Err(anyhow!(msg))
             }
