@@ -22,13 +22,13 @@
 
 use crate::affinity;
 use crate::authority::HostTable;
-use crate::config::{AffinitySource, FactorWeights, PluginConfig};
+use crate::config::{AffinitySource, FactorWeights, PluginConfig, SchedulerConfig};
 use crate::ewma::PeakEwma;
 use crate::failover;
 use crate::health::{Health, HealthEvent};
 use crate::rng::Rng;
 use crate::score::{self, FactorInputs};
-use crate::shared_stats::{self, SharedStats, SharedStore};
+use crate::shared_stats::{self, SharedStats, SharedStore, StreakOp};
 
 /// Why a destination was chosen; a metrics dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -355,7 +355,16 @@ impl Engine {
             return HealthEvent::None;
         };
         if let Outcome::Status(_) = outcome {
-            d.latency.observe(latency_ns as f64, now_ns, *decay_ns);
+            // A failure may only raise the estimate: a destination that
+            // answers 503 at once must not look fast and draw traffic.
+            let raises = || {
+                d.latency
+                    .value(now_ns, *decay_ns)
+                    .is_some_and(|v| latency_ns as f64 > v)
+            };
+            if outcome.is_success() || raises() {
+                d.latency.observe(latency_ns as f64, now_ns, *decay_ns);
+            }
         }
         d.health
             .record(outcome.is_success(), now_ns, &config.scheduler)
@@ -405,36 +414,77 @@ impl Engine {
         store: &mut dyn SharedStore,
         now_ns: u64,
     ) -> Vec<(String, shared_stats::DecodeError)> {
-        let decay_ns = self.decay_ns;
-        let grace_ns = self.probe_grace_ns();
+        let probe_grace_ns = self.probe_grace_ns();
+        let Self {
+            config,
+            services,
+            decay_ns,
+            ..
+        } = self;
+        let sync = SyncParams {
+            now_ns,
+            decay_ns: *decay_ns,
+            probe_grace_ns,
+            scheduler: &config.scheduler,
+        };
         let mut bad = Vec::new();
-        for svc in &mut self.services {
+        for svc in services.iter_mut() {
             for d in &mut svc.destinations {
-                bad.extend(sync_destination(d, store, now_ns, decay_ns, grace_ns));
+                bad.extend(sync_destination(d, store, &sync, StreakOp::Keep).1);
             }
         }
         bad
     }
 
-    /// Merge one destination's record now, after a failure of it.
+    /// Share a response's outcome with the other workers, after
+    /// [`Engine::observe`] recorded it here.
     ///
-    /// Why on failures and not only on the tick: every worker counts its
-    /// own failures, so when a destination goes down each worker would pay
-    /// its own streak of `ejectConsecutiveFailures` before ejecting it. A
-    /// failure is where a worker needs the others' news, and the only place
-    /// worth paying for it: the worker that ejects publishes at once, and
-    /// every other worker adopts the ejection at its next failure, not at
-    /// the next tick. Successes never touch shared data.
-    pub fn sync_after_failure(
+    /// A failure merges the destination's record at once and adds to the
+    /// shared failure streak. Why not only on the tick: were the streak
+    /// counted per worker, each worker would pay its own
+    /// `ejectConsecutiveFailures` before ejecting a destination that went
+    /// down. Counted across workers, the failure that completes the streak
+    /// anywhere ejects the destination (inside the compare-and-swap, so one
+    /// worker ejects), the ejecting worker publishes at once, and every
+    /// other worker adopts the ejection at its next failure, not at the next
+    /// tick.
+    ///
+    /// A success touches shared data only when this worker last saw a
+    /// streak in the record, to end it; in steady health successes make no
+    /// host call at all.
+    pub fn share_outcome(
         &mut self,
         store: &mut dyn SharedStore,
         service: usize,
         destination: usize,
+        success: bool,
         now_ns: u64,
-    ) -> Option<(String, shared_stats::DecodeError)> {
-        let (decay_ns, grace_ns) = (self.decay_ns, self.probe_grace_ns());
-        let d = self.dest_mut(service, destination)?;
-        sync_destination(d, store, now_ns, decay_ns, grace_ns)
+    ) -> (HealthEvent, Option<(String, shared_stats::DecodeError)>) {
+        let probe_grace_ns = self.probe_grace_ns();
+        let Self {
+            config,
+            services,
+            decay_ns,
+            ..
+        } = self;
+        let Some(d) = services
+            .get_mut(service)
+            .and_then(|s| s.destinations.get_mut(destination))
+        else {
+            return (HealthEvent::None, None);
+        };
+        let op = match (success, d.health.shared_streak) {
+            (false, _) => StreakOp::Fail,
+            (true, 0) => return (HealthEvent::None, None),
+            (true, _) => StreakOp::Reset,
+        };
+        let sync = SyncParams {
+            now_ns,
+            decay_ns: *decay_ns,
+            probe_grace_ns,
+            scheduler: &config.scheduler,
+        };
+        sync_destination(d, store, &sync, op)
     }
 
     /// How long a worker that adopted an ejection leaves the re-admission
@@ -450,26 +500,37 @@ impl Engine {
     }
 }
 
-/// Read-merge-write one destination's shared record (compare-and-swap,
-/// retried a few times against concurrent writers).
-fn sync_destination(
-    d: &mut Destination,
-    store: &mut dyn SharedStore,
+/// What a sync needs from the engine.
+struct SyncParams<'c> {
     now_ns: u64,
     decay_ns: f64,
     probe_grace_ns: u64,
-) -> Option<(String, shared_stats::DecodeError)> {
+    scheduler: &'c SchedulerConfig,
+}
+
+/// Read-merge-write one destination's shared record (compare-and-swap,
+/// retried a few times against concurrent writers), applying `op` to the
+/// shared failure streak; a `Fail` that completes the streak ejects the
+/// destination here.
+fn sync_destination(
+    d: &mut Destination,
+    store: &mut dyn SharedStore,
+    p: &SyncParams<'_>,
+    op: StreakOp,
+) -> (HealthEvent, Option<(String, shared_stats::DecodeError)>) {
     const ATTEMPTS: usize = 4;
+    let now_ns = p.now_ns;
     let mine = SharedStats {
         latency: d.latency,
         ejected_until_ns: d.health.ejected_until_ns,
         ejections: d.health.ejections,
+        failure_streak: 0,
     };
     let mut bad = None;
     for _ in 0..ATTEMPTS {
-        let (merged, cas) = match store.get(&d.shared_key) {
+        let (mut merged, cas) = match store.get(&d.shared_key) {
             Some((bytes, cas)) => match SharedStats::decode(&bytes) {
-                Ok(theirs) => (mine.merge(&theirs, now_ns, decay_ns), Some(cas)),
+                Ok(theirs) => (mine.merge(&theirs, now_ns, p.decay_ns), Some(cas)),
                 Err(e) => {
                     bad = Some((d.shared_key.clone(), e));
                     (mine, Some(cas))
@@ -477,14 +538,36 @@ fn sync_destination(
             },
             None => (mine, None),
         };
+        merged.failure_streak = match op {
+            StreakOp::Keep => merged.failure_streak,
+            StreakOp::Fail => merged.failure_streak.saturating_add(1),
+            StreakOp::Reset => 0,
+        };
+        let mut health = d.health;
+        let mut event = HealthEvent::None;
+        if now_ns < merged.ejected_until_ns {
+            // Failures during an ejection are late answers to requests sent
+            // before it; they do not start the next streak.
+            merged.failure_streak = 0;
+        } else if op == StreakOp::Fail
+            && merged.failure_streak >= p.scheduler.eject_consecutive_failures
+        {
+            health.ejections = health.ejections.max(merged.ejections);
+            let until_ns = health.eject(now_ns, p.scheduler);
+            event = HealthEvent::Ejected { until_ns };
+            merged.ejected_until_ns = until_ns;
+            merged.ejections = health.ejections;
+            merged.failure_streak = 0;
+        }
         if store.set(&d.shared_key, &merged.encode(), cas).is_ok() {
             d.latency = merged.latency;
-            d.health
-                .merge_ejection(merged.ejected_until_ns, merged.ejections, probe_grace_ns);
-            break;
+            health.merge_ejection(merged.ejected_until_ns, merged.ejections, p.probe_grace_ns);
+            health.shared_streak = merged.failure_streak;
+            d.health = health;
+            return (event, bad);
         }
     }
-    bad
+    (HealthEvent::None, bad)
 }
 
 fn usable(d: &Destination, now_ns: u64) -> bool {
@@ -818,10 +901,13 @@ mod tests {
     #[derive(Default)]
     struct MemStore {
         map: HashMap<String, (Vec<u8>, u32)>,
+        /// Host calls made (gets and sets).
+        calls: usize,
     }
 
     impl SharedStore for MemStore {
         fn get(&mut self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.calls += 1;
             self.map.get(key).cloned()
         }
         fn set(
@@ -830,6 +916,7 @@ mod tests {
             value: &[u8],
             cas: Option<u32>,
         ) -> Result<(), shared_stats::CasMismatch> {
+            self.calls += 1;
             let entry = self.map.entry(key.to_string()).or_insert((Vec::new(), 0));
             if let Some(cas) = cas {
                 if cas != entry.1 {
@@ -908,10 +995,10 @@ mod tests {
         // Both workers see the destination fail; w1 reaches the streak
         // first and publishes the ejection with the failure that caused it.
         w2.observe(0, 2, Outcome::Status(503), MS, 10);
-        w2.sync_after_failure(&mut store, 0, 2, 10);
+        w2.share_outcome(&mut store, 0, 2, false, 10);
         for _ in 0..5 {
             w1.observe(0, 2, Outcome::Status(503), MS, 11);
-            w1.sync_after_failure(&mut store, 0, 2, 11);
+            w1.share_outcome(&mut store, 0, 2, false, 11);
         }
         assert!(w1.services[0].destinations[2].is_blocked(12));
         assert!(
@@ -921,11 +1008,95 @@ mod tests {
         // w2's next failure, well before any tick, brings the news: it stops
         // after 2 failures instead of its own 5.
         w2.observe(0, 2, Outcome::Status(503), MS, 12);
-        w2.sync_after_failure(&mut store, 0, 2, 12);
+        w2.share_outcome(&mut store, 0, 2, false, 12);
         assert!(w2.services[0].destinations[2].is_blocked(13));
         assert_eq!(
             w2.services[0].destinations[2].health.ejections, 1,
             "adopted, not ejected twice"
+        );
+    }
+
+    /// One failure (or success) as the proxy layer records it.
+    fn respond(w: &mut Engine, store: &mut MemStore, status: u32, now: u64) -> HealthEvent {
+        let outcome = Outcome::Status(status);
+        let local = w.observe(0, 2, outcome, MS, now);
+        let (shared, _) = w.share_outcome(store, 0, 2, outcome.is_success(), now);
+        match (local, shared) {
+            (e @ HealthEvent::Ejected { .. }, _) | (_, e) => e,
+        }
+    }
+
+    #[test]
+    fn a_streak_split_across_workers_ejects_at_the_threshold() {
+        let mut w1 = engine(&three(static_weights(), ""));
+        let mut w2 = engine(&three(static_weights(), ""));
+        let mut store = MemStore::default();
+        for t in 0..3 {
+            assert_eq!(respond(&mut w1, &mut store, 503, t), HealthEvent::None);
+        }
+        assert_eq!(respond(&mut w2, &mut store, 503, 3), HealthEvent::None);
+        // The fifth failure in the proxy, the second on w2: ejected.
+        assert!(matches!(
+            respond(&mut w2, &mut store, 503, 4),
+            HealthEvent::Ejected { .. }
+        ));
+        assert!(w2.services[0].destinations[2].is_blocked(5));
+        // w1 adopts it with its next (late) failure, without ejecting again.
+        assert_eq!(respond(&mut w1, &mut store, 503, 5), HealthEvent::None);
+        assert!(w1.services[0].destinations[2].is_blocked(6));
+        let shared = SharedStats::decode(&store.map[&w1.services[0].destinations[2].shared_key].0)
+            .expect("record");
+        assert_eq!(shared.ejections, 1);
+        assert_eq!(shared.failure_streak, 0, "an ejection ends the streak");
+    }
+
+    #[test]
+    fn a_success_ends_the_shared_streak() {
+        let mut w1 = engine(&three(static_weights(), ""));
+        let mut w2 = engine(&three(static_weights(), ""));
+        let mut store = MemStore::default();
+        for t in 0..2 {
+            respond(&mut w1, &mut store, 503, t);
+            respond(&mut w2, &mut store, 503, t);
+        }
+        // Four failures in a row so far; a success on w2 breaks the run…
+        assert_eq!(respond(&mut w2, &mut store, 200, 3), HealthEvent::None);
+        // …so two more failures are not the fifth and sixth in a row.
+        assert_eq!(respond(&mut w1, &mut store, 503, 4), HealthEvent::None);
+        assert_eq!(respond(&mut w2, &mut store, 503, 5), HealthEvent::None);
+        assert!(!w1.services[0].destinations[2].is_blocked(6));
+        assert!(!w2.services[0].destinations[2].is_blocked(6));
+    }
+
+    #[test]
+    fn successes_in_steady_health_make_no_shared_data_call() {
+        let mut w = engine(&three(static_weights(), ""));
+        let mut store = MemStore::default();
+        for t in 0..100 {
+            respond(&mut w, &mut store, 200, t);
+        }
+        assert_eq!(store.calls, 0);
+        // After a failure the next success publishes the end of the
+        // streak, once.
+        respond(&mut w, &mut store, 503, 100);
+        let after_failure = store.calls;
+        respond(&mut w, &mut store, 200, 101);
+        respond(&mut w, &mut store, 200, 102);
+        assert_eq!(store.calls, after_failure + 2, "one get and one set");
+    }
+
+    #[test]
+    fn a_fast_failure_does_not_make_a_destination_look_fast() {
+        let mut w = engine(&three(static_weights(), ""));
+        w.observe(0, 2, Outcome::Status(200), 50 * MS, 10);
+        let before = w.services[0].destinations[2].latency.raw_ns();
+        w.observe(0, 2, Outcome::Status(503), MS, 11);
+        assert_eq!(w.services[0].destinations[2].latency.raw_ns(), before);
+        // A slow failure still raises it (peak-EWMA believes a rise).
+        w.observe(0, 2, Outcome::Status(503), 200 * MS, 12);
+        assert_eq!(
+            w.services[0].destinations[2].latency.raw_ns(),
+            200.0 * MS as f64
         );
     }
 

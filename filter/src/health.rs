@@ -34,6 +34,11 @@ pub struct Health {
     /// send the re-admission probe before this time (ns), leaving it to the
     /// worker that ejected. See [`Health::merge_ejection`].
     pub probe_not_before_ns: u64,
+    /// The failure streak of the shared record (all workers' failures since
+    /// a published success) as this worker last read it. Non-zero means a
+    /// success here must be published to end it; zero keeps successes off
+    /// shared data.
+    pub shared_streak: u32,
 }
 
 /// What recording an outcome did.
@@ -84,6 +89,14 @@ impl Health {
         if !(by_probation || by_streak || by_rate) {
             return HealthEvent::None;
         }
+        HealthEvent::Ejected {
+            until_ns: self.eject(now_ns, config),
+        }
+    }
+
+    /// Eject now, for the next length in the backoff series; returns the
+    /// end of the ejection.
+    pub fn eject(&mut self, now_ns: u64, config: &SchedulerConfig) -> u64 {
         self.ejections = self.ejections.saturating_add(1);
         let until_ns = now_ns.saturating_add(Self::backoff_ns(self.ejections, config));
         self.ejected_until_ns = until_ns;
@@ -95,7 +108,7 @@ impl Health {
         self.error_rate = 0.0;
         self.responses = 0;
         self.probation = true;
-        HealthEvent::Ejected { until_ns }
+        until_ns
     }
 
     /// Length of the `n`th ejection (n ≥ 1) in a series.

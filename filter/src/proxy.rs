@@ -491,17 +491,54 @@ fn flush_spans(worker: &mut Worker) {
     }
 }
 
-/// A failed request shares its destination's record at once (see
-/// `Engine::sync_after_failure`); successes never touch shared data.
-fn sync_after_failure(engine: &mut Engine, service: usize, destination: usize, now: u64) {
-    if let Some((key, error)) =
-        engine.sync_after_failure(&mut HostSharedData, service, destination, now)
-    {
+/// Record a response's outcome here and share it with the other workers
+/// (`Engine::share_outcome`: a failure at once, a success only to end a
+/// failure streak); an ejection, by this worker's streak or the shared one,
+/// is counted and logged.
+fn record_outcome(
+    engine: &mut Engine,
+    metrics: &Metrics,
+    service: usize,
+    destination: usize,
+    outcome: Outcome,
+    latency_ns: u64,
+    now: u64,
+) {
+    let local = engine.observe(service, destination, outcome, latency_ns, now);
+    let (shared, bad) = engine.share_outcome(
+        &mut HostSharedData,
+        service,
+        destination,
+        outcome.is_success(),
+        now,
+    );
+    if let Some((key, error)) = bad {
         log(
             LogLevel::Warn,
             &format!("tideway: replaced shared record {key}: {error}"),
         );
     }
+    let until_ns = match (local, shared) {
+        (HealthEvent::Ejected { until_ns }, _) | (_, HealthEvent::Ejected { until_ns }) => until_ns,
+        _ => return,
+    };
+    if let Some(id) = metrics
+        .ejections
+        .get(service)
+        .and_then(|e| e.get(destination))
+    {
+        increment(*id);
+    }
+    let svc = &engine.services[service];
+    log(
+        LogLevel::Warn,
+        &format!(
+            "tideway: ejected {}/{} for {} ms",
+            svc.name,
+            svc.destinations[destination].name,
+            until_ns.saturating_sub(now) / 1_000_000
+        ),
+    );
 }
 
 /// Shared data through the host, for the merge on the tick and after a failure.
@@ -670,29 +707,7 @@ impl HttpContext for Request {
                 Outcome::Status(status)
             };
             let latency = now.saturating_sub(routed.started_ns);
-            let event = engine.observe(decision.service, d, outcome, latency, now);
-            if !outcome.is_success() {
-                sync_after_failure(engine, decision.service, d, now);
-            }
-            if let HealthEvent::Ejected { until_ns } = event {
-                let svc = &engine.services[decision.service];
-                if let Some(id) = metrics
-                    .ejections
-                    .get(decision.service)
-                    .and_then(|e| e.get(d))
-                {
-                    increment(*id);
-                }
-                log(
-                    LogLevel::Warn,
-                    &format!(
-                        "tideway: ejected {}/{} for {} ms",
-                        svc.name,
-                        svc.destinations[d].name,
-                        until_ns.saturating_sub(now) / 1_000_000
-                    ),
-                );
-            }
+            record_outcome(engine, metrics, decision.service, d, outcome, latency, now);
         }
         if engine.config.decision_header {
             let explanation = engine.explain(&decision);
@@ -735,8 +750,15 @@ impl HttpContext for Request {
         if let Some(d) = decision.destination {
             if !routed.responded {
                 let latency = now.saturating_sub(routed.started_ns);
-                engine.observe(decision.service, d, Outcome::Reset, latency, now);
-                sync_after_failure(engine, decision.service, d, now);
+                record_outcome(
+                    engine,
+                    metrics,
+                    decision.service,
+                    d,
+                    Outcome::Reset,
+                    latency,
+                    now,
+                );
             }
             engine.end(decision.service, d);
         }

@@ -11,12 +11,19 @@
 //!
 //! The merge keeps the peak: the slower latency estimate and the later
 //! ejection win, matching the peak-EWMA rule that a rise is believed at once.
+//!
+//! The record also counts the destination's failure streak across workers
+//! (failures since a success was last published), so a destination that
+//! goes down is ejected after `ejectConsecutiveFailures` failures in the
+//! whole proxy, as Envoy's outlier detection counts them, not after that
+//! many on each worker. That count is not merged but changed by the
+//! operation a sync carries ([`StreakOp`]).
 
 use crate::ewma::PeakEwma;
 
 pub const KEY_PREFIX: &str = "tideway/";
-const FORMAT_VERSION: u8 = 1;
-const ENCODED_LEN: usize = 1 + 8 + 8 + 8 + 4;
+const FORMAT_VERSION: u8 = 2;
+const ENCODED_LEN: usize = 1 + 8 + 8 + 8 + 4 + 4;
 
 /// The shared-data key of a destination's record.
 pub fn key(service: &str, destination: &str) -> String {
@@ -29,6 +36,20 @@ pub struct SharedStats {
     pub latency: PeakEwma,
     pub ejected_until_ns: u64,
     pub ejections: u32,
+    /// Failures of the destination, on any worker, since a success was
+    /// last published.
+    pub failure_streak: u32,
+}
+
+/// What a sync does to the shared failure streak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreakOp {
+    /// Leave it (the tick).
+    Keep,
+    /// One more failure.
+    Fail,
+    /// A success ends it.
+    Reset,
 }
 
 /// Why a shared record was not understood (it is then overwritten).
@@ -61,6 +82,7 @@ impl SharedStats {
         out[9..17].copy_from_slice(&self.latency.updated_at_ns().to_le_bytes());
         out[17..25].copy_from_slice(&self.ejected_until_ns.to_le_bytes());
         out[25..29].copy_from_slice(&self.ejections.to_le_bytes());
+        out[29..33].copy_from_slice(&self.failure_streak.to_le_bytes());
         out
     }
 
@@ -76,17 +98,22 @@ impl SharedStats {
             b.copy_from_slice(&bytes[i..i + 8]);
             u64::from_le_bytes(b)
         };
-        let mut e = [0u8; 4];
-        e.copy_from_slice(&bytes[25..29]);
+        let u32_at = |i: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&bytes[i..i + 4]);
+            u32::from_le_bytes(b)
+        };
         Ok(Self {
             latency: PeakEwma::from_parts(f64::from_bits(u64_at(1)), u64_at(9)),
             ejected_until_ns: u64_at(17),
-            ejections: u32::from_le_bytes(e),
+            ejections: u32_at(25),
+            failure_streak: u32_at(29),
         })
     }
 
     /// Merge two views: the higher current latency estimate, the later
-    /// ejection.
+    /// ejection. The failure streak is the larger; a sync then applies its
+    /// [`StreakOp`] to the stored one.
     pub fn merge(&self, other: &Self, now_ns: u64, decay_ns: f64) -> Self {
         let mine = self.latency.value(now_ns, decay_ns).unwrap_or(0.0);
         let theirs = other.latency.value(now_ns, decay_ns).unwrap_or(0.0);
@@ -98,6 +125,7 @@ impl SharedStats {
             },
             ejected_until_ns: self.ejected_until_ns.max(other.ejected_until_ns),
             ejections: self.ejections.max(other.ejections),
+            failure_streak: self.failure_streak.max(other.failure_streak),
         }
     }
 }
@@ -126,6 +154,7 @@ mod tests {
             latency,
             ejected_until_ns: 77,
             ejections: 3,
+            failure_streak: 4,
         };
         assert_eq!(SharedStats::decode(&s.encode()), Ok(s));
     }
@@ -137,6 +166,7 @@ mod tests {
             latency: PeakEwma::new(),
             ejected_until_ns: 0,
             ejections: 0,
+            failure_streak: 0,
         }
         .encode();
         bytes[0] = 9;
@@ -153,11 +183,13 @@ mod tests {
             latency: fast,
             ejected_until_ns: 0,
             ejections: 0,
+            failure_streak: 1,
         };
         let b = SharedStats {
             latency: slow,
             ejected_until_ns: 500,
             ejections: 2,
+            failure_streak: 0,
         };
         let m = a.merge(&b, 10, 1e9);
         assert_eq!(m.latency, slow);

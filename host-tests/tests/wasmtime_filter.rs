@@ -1277,6 +1277,53 @@ fn an_ejection_on_one_worker_reaches_the_other_at_its_next_failure() {
 }
 
 #[test]
+fn failures_on_two_workers_add_up_to_one_streak() {
+    let mut host = two_worker_host(static_only());
+    let req = request("reviews", "/");
+    // East fails on both workers, alternately: neither sees five in a row
+    // of its own before the proxy has seen five.
+    let mut east_failures = [0u32; 2];
+    let mut turn = 0;
+    while counter(&mut host, "tideway.ejections.reviews.east") == 0 {
+        let worker = turn % 2;
+        let (d, _) = serve(&mut host, worker, &req, |d| {
+            (Duration::ZERO, if d == Some("east") { 503 } else { 200 })
+        });
+        if d.as_deref() == Some("east") {
+            east_failures[worker] += 1;
+            turn += 1;
+        }
+        assert!(
+            east_failures.iter().sum::<u32>() <= 5,
+            "no ejection after {east_failures:?}"
+        );
+    }
+    assert_eq!(east_failures.iter().sum::<u32>(), 5, "{east_failures:?}");
+    assert!(east_failures.iter().all(|n| *n < 5), "{east_failures:?}");
+    // The worker that completed the streak stops at once; the other at its
+    // next failure, without ejecting again.
+    let ejector = (turn - 1) % 2;
+    assert_eq!(
+        east_share(&mut host, ejector, 100, |_| (Duration::ZERO, 200)),
+        0.0
+    );
+    let other = 1 - ejector;
+    for _ in 0..100 {
+        let (d, _) = serve(&mut host, other, &req, |d| {
+            (Duration::ZERO, if d == Some("east") { 503 } else { 200 })
+        });
+        if d.as_deref() == Some("east") {
+            break;
+        }
+    }
+    assert_eq!(
+        east_share(&mut host, other, 100, |_| (Duration::ZERO, 200)),
+        0.0
+    );
+    assert_eq!(counter(&mut host, "tideway.ejections.reviews.east"), 1);
+}
+
+#[test]
 fn a_latency_peak_on_one_worker_reaches_the_other_after_both_ticked() {
     let mut host = two_worker_host(latency_only());
     // Both workers learn: east and west answer in 2 ms.
