@@ -128,6 +128,102 @@ pub struct ServiceConfig {
     /// that must split exactly sets latency and load to zero here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<FactorWeights>,
+    /// Active re-admission: when an ejection ends, an out-of-band health
+    /// request decides whether the destination comes back, instead of a
+    /// client's request. Absent: the first client request after the
+    /// ejection is the probe (as Envoy's outlier detection re-admits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeConfig>,
+}
+
+/// The out-of-band health request of [`ServiceConfig::probe`], sent by the
+/// filter itself (proxy-wasm `dispatch_http_call`) to the destination's
+/// Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProbeConfig {
+    /// The Envoy cluster of a destination, `{destination}` standing for its
+    /// name. Under Istio, the subset's outbound cluster:
+    /// `outbound|9080|{destination}|reviews.prod.svc.cluster.local`.
+    pub cluster: String,
+    /// Request path (`GET`); a 2xx answer re-admits.
+    #[serde(default = "default_probe_path")]
+    pub path: String,
+    /// `:authority` of the probe. Default: the service's first exact host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// No answer within this time is a failed probe.
+    #[serde(default = "default_probe_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// What [`ProbeConfig::cluster`] substitutes a destination's name for.
+pub const PROBE_CLUSTER_PLACEHOLDER: &str = "{destination}";
+
+fn default_probe_path() -> String {
+    "/".to_string()
+}
+
+fn default_probe_timeout_ms() -> u64 {
+    1_000
+}
+
+impl ProbeConfig {
+    /// The Envoy cluster probed for `destination`.
+    pub fn cluster_for(&self, destination: &str) -> String {
+        self.cluster.replace(PROBE_CLUSTER_PLACEHOLDER, destination)
+    }
+
+    /// The probe's `:authority` for `service`.
+    pub fn authority_for<'a>(&'a self, service: &'a ServiceConfig) -> &'a str {
+        self.authority
+            .as_deref()
+            .or_else(|| {
+                service
+                    .hosts
+                    .iter()
+                    .find(|h| !h.starts_with("*."))
+                    .map(String::as_str)
+            })
+            .unwrap_or("")
+    }
+
+    fn validate(&self, at: &str, service: &ServiceConfig) -> Result<(), ConfigError> {
+        if !self.cluster.contains(PROBE_CLUSTER_PLACEHOLDER) {
+            return Err(ConfigError::new(
+                format!("{at}.cluster"),
+                format!(
+                    "{:?} has no {PROBE_CLUSTER_PLACEHOLDER} (each destination needs its own cluster)",
+                    self.cluster
+                ),
+            ));
+        }
+        if !self.path.starts_with('/') || self.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(ConfigError::new(
+                format!("{at}.path"),
+                format!(
+                    "{:?} is not a request path (starts with /, no spaces)",
+                    self.path
+                ),
+            ));
+        }
+        if !(1..=60_000).contains(&self.timeout_ms) {
+            return Err(ConfigError::new(
+                format!("{at}.timeoutMs"),
+                format!("{} (must be 1…60000)", self.timeout_ms),
+            ));
+        }
+        match &self.authority {
+            Some(a) if a.is_empty() || a.bytes().any(|b| b <= b' ' || b == 0x7f) => Err(
+                ConfigError::new(format!("{at}.authority"), format!("{a:?} is not a host")),
+            ),
+            None if self.authority_for(service).is_empty() => Err(ConfigError::new(
+                format!("{at}.authority"),
+                "absent, and the service has no exact host to default to",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn default_routing_header() -> String {
@@ -436,6 +532,9 @@ impl ServiceConfig {
         if let Some(weights) = &self.weights {
             weights.validate(&format!("{at}.weights"))?;
         }
+        if let Some(probe) = &self.probe {
+            probe.validate(&format!("{at}.probe"), self)?;
+        }
         if self.destinations.is_empty() {
             return Err(ConfigError::new(
                 format!("{at}.destinations"),
@@ -623,6 +722,65 @@ mod tests {
             let err = PluginConfig::from_json(json.as_bytes()).expect_err(json);
             assert_eq!(err.field, field, "{json}: {err}");
             assert!(err.to_string().contains(value), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn probe_config_parses_and_expands_the_cluster() {
+        let json = r#"{"services":[{"name":"reviews","hosts":["*.x","reviews.prod"],
+            "probe":{"cluster":"outbound|9080|{destination}|reviews.prod","path":"/healthz"},
+            "destinations":[{"name":"east"}]}]}"#;
+        let config = PluginConfig::from_json(json.as_bytes()).expect("valid");
+        let service = &config.services[0];
+        let probe = service.probe.as_ref().expect("probe");
+        assert_eq!(probe.cluster_for("east"), "outbound|9080|east|reviews.prod");
+        assert_eq!(
+            probe.authority_for(service),
+            "reviews.prod",
+            "first exact host"
+        );
+        assert_eq!(probe.timeout_ms, 1000);
+    }
+
+    #[test]
+    fn bad_probe_config_is_named() {
+        let with = |probe: &str, hosts: &str| {
+            format!(
+                r#"{{"services":[{{"name":"a","hosts":{hosts},"probe":{probe},"destinations":[{{"name":"x"}}]}}]}}"#
+            )
+        };
+        let cases = [
+            (
+                with(r#"{"cluster":"east"}"#, r#"["a.svc"]"#),
+                "services[0].probe.cluster",
+                "\"east\"",
+            ),
+            (
+                with(
+                    r#"{"cluster":"c-{destination}","path":"healthz"}"#,
+                    r#"["a.svc"]"#,
+                ),
+                "services[0].probe.path",
+                "\"healthz\"",
+            ),
+            (
+                with(
+                    r#"{"cluster":"c-{destination}","timeoutMs":0}"#,
+                    r#"["a.svc"]"#,
+                ),
+                "services[0].probe.timeoutMs",
+                "0",
+            ),
+            (
+                with(r#"{"cluster":"c-{destination}"}"#, r#"["*.a.svc"]"#),
+                "services[0].probe.authority",
+                "no exact host",
+            ),
+        ];
+        for (json, field, value) in cases {
+            let err = PluginConfig::from_json(json.as_bytes()).unwrap_err();
+            assert_eq!(err.field, field, "{json}: {err}");
+            assert!(err.message.contains(value), "{json}: {err}");
         }
     }
 

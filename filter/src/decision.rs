@@ -101,16 +101,51 @@ pub struct Destination {
     pub health: Health,
     pub in_flight: u32,
     pub shared_key: String,
+    /// Active re-admission, when the service configures a probe.
+    pub probe: Option<ActiveProbe>,
+}
+
+/// A destination's out-of-band re-admission probe (`ServiceConfig::probe`).
+///
+/// Ejections are told apart by their end time: a probe passed (or in
+/// flight) for one ejection says nothing about the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveProbe {
+    /// The Envoy cluster the probe is sent to.
+    pub cluster: String,
+    /// The ejection a probe is in flight for.
+    in_flight_for: Option<u64>,
+    /// The ejection a probe passed for (or that fell back to passive
+    /// re-admission because no probe could be sent).
+    passed_for: u64,
+}
+
+impl ActiveProbe {
+    pub fn new(cluster: String) -> Self {
+        Self {
+            cluster,
+            in_flight_for: None,
+            passed_for: 0,
+        }
+    }
 }
 
 impl Destination {
-    /// Not to be chosen now: ejected, or back on probation with its one
-    /// probe request still in flight (half-open, as a circuit breaker): a
-    /// destination that is still down then costs one failed request per
-    /// ejection period instead of every request sent before the probe's
-    /// answer.
+    /// Not to be chosen now: ejected; back on probation and, with active
+    /// probing, no probe has passed yet; or back on probation with its one
+    /// client request still in flight (half-open, as a circuit breaker): a
+    /// destination that is still down then costs at most one failed client
+    /// request per ejection period, and none with active probing.
     pub fn is_blocked(&self, now_ns: u64) -> bool {
-        self.health.is_ejected(now_ns) || (self.health.probation && self.in_flight > 0)
+        self.health.is_ejected(now_ns)
+            || (self.health.probation && (self.in_flight > 0 || self.awaiting_probe()))
+    }
+
+    /// Active probing is on and no probe passed for the current ejection.
+    fn awaiting_probe(&self) -> bool {
+        self.probe
+            .as_ref()
+            .is_some_and(|p| p.passed_for != self.health.ejected_until_ns)
     }
 }
 
@@ -195,6 +230,10 @@ impl Engine {
                             health: learned.map(|d| d.health).unwrap_or_default(),
                             in_flight: 0,
                             shared_key: shared_stats::key(&sc.name, &dc.name),
+                            probe: sc
+                                .probe
+                                .as_ref()
+                                .map(|p| ActiveProbe::new(p.cluster_for(&dc.name))),
                         }
                     })
                     .collect();
@@ -382,6 +421,106 @@ impl Engine {
             .get_mut(service)?
             .destinations
             .get_mut(destination)
+    }
+
+    /// Destinations whose re-admission probe is due: ejection over (and,
+    /// for an adopted ejection, the ejecting worker's turn over), no probe
+    /// passed or in flight for it. Called on the tick.
+    pub fn probes_due(&self, now_ns: u64) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.services.iter().enumerate().flat_map(move |(s, svc)| {
+            svc.destinations
+                .iter()
+                .enumerate()
+                .filter_map(move |(d, dest)| {
+                    let probe = dest.probe.as_ref()?;
+                    let due = dest.health.probation
+                        && !dest.health.is_ejected(now_ns)
+                        && dest.awaiting_probe()
+                        && probe.in_flight_for.is_none();
+                    due.then_some((s, d))
+                })
+        })
+    }
+
+    /// A probe for `destination`'s current ejection was sent (`sent`), or
+    /// could not be (the cluster is unknown to Envoy, say): then the
+    /// destination falls back to passive re-admission for this ejection
+    /// rather than staying out for good.
+    pub fn probe_dispatched(&mut self, service: usize, destination: usize, sent: bool) {
+        if let Some(d) = self.dest_mut(service, destination) {
+            let until = d.health.ejected_until_ns;
+            if let Some(p) = d.probe.as_mut() {
+                if sent {
+                    p.in_flight_for = Some(until);
+                } else {
+                    p.passed_for = until;
+                }
+            }
+        }
+    }
+
+    /// A probe's answer: 2xx (`passed`) re-admits the destination (on
+    /// probation: its first client failure ejects it again); anything
+    /// else ejects it again for the next backoff length. An answer for an
+    /// ejection that has since been replaced is ignored.
+    pub fn probe_result(
+        &mut self,
+        service: usize,
+        destination: usize,
+        passed: bool,
+        now_ns: u64,
+    ) -> HealthEvent {
+        let Self {
+            config, services, ..
+        } = self;
+        let Some(d) = services
+            .get_mut(service)
+            .and_then(|s| s.destinations.get_mut(destination))
+        else {
+            return HealthEvent::None;
+        };
+        let Some(p) = d.probe.as_mut() else {
+            return HealthEvent::None;
+        };
+        let current = d.health.ejected_until_ns;
+        if p.in_flight_for.take() != Some(current) || d.health.is_ejected(now_ns) {
+            return HealthEvent::None;
+        }
+        if passed {
+            p.passed_for = current;
+            return HealthEvent::None;
+        }
+        HealthEvent::Ejected {
+            until_ns: d.health.eject(now_ns, &config.scheduler),
+        }
+    }
+
+    /// Publish one destination's record now (after an ejection that did
+    /// not come from a response, such as a failed probe).
+    pub fn publish(
+        &mut self,
+        store: &mut dyn SharedStore,
+        service: usize,
+        destination: usize,
+        now_ns: u64,
+    ) -> Option<(String, shared_stats::DecodeError)> {
+        let probe_grace_ns = self.probe_grace_ns();
+        let Self {
+            config,
+            services,
+            decay_ns,
+            ..
+        } = self;
+        let d = services
+            .get_mut(service)
+            .and_then(|s| s.destinations.get_mut(destination))?;
+        let sync = SyncParams {
+            now_ns,
+            decay_ns: *decay_ns,
+            probe_grace_ns,
+            scheduler: &config.scheduler,
+        };
+        sync_destination(d, store, &sync, StreakOp::Keep).1
     }
 
     /// The scores behind the last score-based decision of `service`, for
@@ -814,6 +953,83 @@ mod tests {
             "{counts:?}"
         );
         assert_eq!(counts.get(&(Some(2), Reason::Failover)), None, "{counts:?}");
+    }
+
+    const PROBE: &str =
+        r#""probe":{"cluster":"outbound|80|{destination}|svc.local","path":"/healthz"},"#;
+
+    /// Eject destination a (index 0) by a streak of 503s at time 0.
+    fn eject_a(e: &mut Engine) -> u64 {
+        for _ in 0..5 {
+            e.observe(0, 0, Outcome::Status(503), MS, 0);
+        }
+        e.services[0].destinations[0].health.ejected_until_ns
+    }
+
+    #[test]
+    fn with_active_probing_a_returning_destination_waits_for_a_passing_probe() {
+        let mut e = engine(&three(static_weights(), PROBE));
+        assert_eq!(
+            e.services[0].destinations[0]
+                .probe
+                .as_ref()
+                .map(|p| p.cluster.as_str()),
+            Some("outbound|80|a|svc.local")
+        );
+        let until = eject_a(&mut e);
+        assert_eq!(e.probes_due(until - 1).count(), 0, "still ejected");
+        // The ejection is over, but no client request goes there: a probe does.
+        assert!(e.services[0].destinations[0].is_blocked(until));
+        assert_eq!(e.probes_due(until).collect::<Vec<_>>(), vec![(0, 0)]);
+        e.probe_dispatched(0, 0, true);
+        assert_eq!(e.probes_due(until).count(), 0, "one probe at a time");
+        // It fails: ejected again, twice as long, and no client paid for it.
+        let again = match e.probe_result(0, 0, false, until + MS) {
+            HealthEvent::Ejected { until_ns } => until_ns,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(again, until + MS + 2000 * MS);
+        for t in [until, again - 1, again] {
+            assert!(e.services[0].destinations[0].is_blocked(t), "at {t}");
+        }
+        // The next probe passes: clients may go there again.
+        assert_eq!(e.probes_due(again).collect::<Vec<_>>(), vec![(0, 0)]);
+        e.probe_dispatched(0, 0, true);
+        assert_eq!(e.probe_result(0, 0, true, again + MS), HealthEvent::None);
+        assert!(!e.services[0].destinations[0].is_blocked(again + MS));
+        assert_eq!(e.probes_due(again + MS).count(), 0);
+    }
+
+    #[test]
+    fn a_probe_that_cannot_be_sent_falls_back_to_a_client_request() {
+        let mut e = engine(&three(static_weights(), PROBE));
+        let until = eject_a(&mut e);
+        e.probe_dispatched(0, 0, false);
+        assert!(!e.services[0].destinations[0].is_blocked(until));
+        assert_eq!(e.probes_due(until).count(), 0);
+    }
+
+    #[test]
+    fn a_probe_answer_for_a_replaced_ejection_is_ignored() {
+        let mut e = engine(&three(static_weights(), PROBE));
+        let until = eject_a(&mut e);
+        e.probe_dispatched(0, 0, true);
+        // Meanwhile another worker's newer ejection is adopted.
+        let newer = until + 5000 * MS;
+        e.services[0].destinations[0]
+            .health
+            .merge_ejection(newer, 2, 0);
+        assert_eq!(e.probe_result(0, 0, true, until + MS), HealthEvent::None);
+        assert!(e.services[0].destinations[0].is_blocked(newer));
+        assert_eq!(e.probes_due(newer).collect::<Vec<_>>(), vec![(0, 0)]);
+    }
+
+    #[test]
+    fn without_a_probe_config_no_probe_is_ever_due() {
+        let mut e = engine(&three(static_weights(), ""));
+        let until = eject_a(&mut e);
+        assert_eq!(e.probes_due(until).count(), 0);
+        assert!(!e.services[0].destinations[0].is_blocked(until));
     }
 
     #[test]

@@ -260,6 +260,16 @@ struct Worker {
     /// node properties (possible only in a stream context).
     identity_pending: bool,
     spans: Vec<SpanRecord>,
+    /// Re-admission probes awaiting their answer.
+    probes: Vec<PendingProbe>,
+}
+
+/// A probe sent with `dispatch_http_call`, by its token.
+struct PendingProbe {
+    token: u32,
+    generation: u64,
+    service: usize,
+    destination: usize,
 }
 
 struct Root {
@@ -276,6 +286,7 @@ impl Root {
                 entropy: EntropyPool::new(),
                 identity_pending: false,
                 spans: Vec::new(),
+                probes: Vec::new(),
             })),
         }
     }
@@ -330,15 +341,22 @@ impl Root {
 impl Context for Root {
     fn on_http_call_response(
         &mut self,
-        _token: u32,
+        token: u32,
         _headers: usize,
         _body: usize,
         _trailers: usize,
     ) {
+        // A reset or timeout arrives with no headers: no status, a failure.
         let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
             .unwrap_or_default();
+        let mut worker = self.worker.borrow_mut();
+        if let Some(i) = worker.probes.iter().position(|p| p.token == token) {
+            let probe = worker.probes.swap_remove(i);
+            probe_answered(&mut worker, &probe, &status);
+            return;
+        }
         if !status.starts_with(b"2") {
             log(
                 LogLevel::Warn,
@@ -423,6 +441,7 @@ impl RootContext for Root {
                 );
             }
         }
+        send_probes(&mut worker, now);
         worker.metrics.flush();
         flush_spans(&mut worker);
     }
@@ -491,6 +510,94 @@ fn flush_spans(worker: &mut Worker) {
     }
 }
 
+/// Send the re-admission probes that are due (see `Engine::probes_due`).
+fn send_probes(worker: &mut Worker, now: u64) {
+    let Worker {
+        engine,
+        probes,
+        generation,
+        ..
+    } = worker;
+    let Some(engine) = engine.as_mut() else {
+        return;
+    };
+    let due: Vec<(usize, usize)> = engine.probes_due(now).collect();
+    for (service, destination) in due {
+        let (Some(config), Some(dest)) = (
+            engine.config.services.get(service),
+            engine.services[service].destinations.get(destination),
+        ) else {
+            continue;
+        };
+        let (Some(probe), Some(active)) = (config.probe.as_ref(), dest.probe.as_ref()) else {
+            continue;
+        };
+        let headers = vec![
+            (":method", "GET"),
+            (":path", probe.path.as_str()),
+            (":authority", probe.authority_for(config)),
+            ("user-agent", "tideway-probe"),
+        ];
+        let sent = hostcalls::dispatch_http_call(
+            &active.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(probe.timeout_ms),
+        );
+        match sent {
+            Ok(token) => probes.push(PendingProbe {
+                token,
+                generation: *generation,
+                service,
+                destination,
+            }),
+            Err(status) => log(
+                LogLevel::Warn,
+                &format!(
+                    "tideway: probe of {}/{} to cluster {:?} not sent ({status:?}); the next client request probes instead",
+                    config.name, dest.name, active.cluster
+                ),
+            ),
+        }
+        engine.probe_dispatched(service, destination, sent.is_ok());
+    }
+}
+
+/// A probe's answer: re-admit, or eject again and tell the other workers.
+fn probe_answered(worker: &mut Worker, probe: &PendingProbe, status: &[u8]) {
+    if probe.generation != worker.generation {
+        return;
+    }
+    let Worker {
+        engine, metrics, ..
+    } = worker;
+    let Some(engine) = engine.as_mut() else {
+        return;
+    };
+    let now = now_ns();
+    let passed = status.first() == Some(&b'2') && status.len() == 3;
+    let event = engine.probe_result(probe.service, probe.destination, passed, now);
+    if let HealthEvent::Ejected { until_ns } = event {
+        report_ejection(
+            engine,
+            metrics,
+            probe.service,
+            probe.destination,
+            until_ns,
+            now,
+        );
+        if let Some((key, error)) =
+            engine.publish(&mut HostSharedData, probe.service, probe.destination, now)
+        {
+            log(
+                LogLevel::Warn,
+                &format!("tideway: replaced shared record {key}: {error}"),
+            );
+        }
+    }
+}
+
 /// Record a response's outcome here and share it with the other workers
 /// (`Engine::share_outcome`: a failure at once, a success only to end a
 /// failure streak); an ejection, by this worker's streak or the shared one,
@@ -522,6 +629,18 @@ fn record_outcome(
         (HealthEvent::Ejected { until_ns }, _) | (_, HealthEvent::Ejected { until_ns }) => until_ns,
         _ => return,
     };
+    report_ejection(engine, metrics, service, destination, until_ns, now);
+}
+
+/// Count and log an ejection.
+fn report_ejection(
+    engine: &Engine,
+    metrics: &Metrics,
+    service: usize,
+    destination: usize,
+    until_ns: u64,
+    now: u64,
+) {
     if let Some(id) = metrics
         .ejections
         .get(service)

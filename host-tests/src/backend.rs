@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// The headers one request arrived with (names lowercase).
+/// A recorded request: `:path`, then its headers (names lowercased).
 pub type RecordedHeaders = Vec<(String, String)>;
 
 struct Shared {
@@ -124,16 +125,16 @@ fn serve(server: &tiny_http::Server, shared: &Shared) {
         let mut body = Vec::new();
         let _ = std::io::Read::read_to_end(request.as_reader(), &mut body);
         if shared.record {
-            let headers: RecordedHeaders = request
-                .headers()
-                .iter()
-                .map(|h| {
-                    (
-                        h.field.as_str().as_str().to_ascii_lowercase(),
-                        h.value.as_str().to_string(),
-                    )
-                })
-                .collect();
+            // The request line's path first, as `:path`.
+            let headers: RecordedHeaders =
+                std::iter::once((":path".to_string(), request.url().to_string()))
+                    .chain(request.headers().iter().map(|h| {
+                        (
+                            h.field.as_str().as_str().to_ascii_lowercase(),
+                            h.value.as_str().to_string(),
+                        )
+                    }))
+                    .collect();
             if let Ok(mut recorded) = shared.recorded.lock() {
                 recorded.push(headers);
             }

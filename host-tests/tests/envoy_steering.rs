@@ -240,6 +240,54 @@ fn a_destination_returning_503_is_ejected_and_traffic_fails_over() {
 }
 
 #[test]
+fn with_a_probe_configured_envoy_probes_an_ejected_destination_and_no_client_pays() {
+    let probe = r#""probe":{"cluster":"dest-{destination}","path":"/healthz"},"#;
+    let fleet = Fleet::start(
+        &config_with(STATIC, probe, r#","ejectBaseMs":300"#),
+        2,
+        true,
+    );
+    fleet.backend("east").set_status(503);
+    let mut failures = 0;
+    for _ in 0..50 {
+        if fleet.get(&[]).status == 503 {
+            failures += 1;
+        }
+    }
+    assert!(failures <= 6, "{failures} requests failed before ejection");
+    fleet.backend("east").take_recorded();
+    // Ejections of 300 ms, 600 ms, 1.2 s… each ended by a failing probe:
+    // no client request reaches east.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let reply = fleet.get(&[]);
+        assert_eq!(reply.status, 200, "{}", fleet.envoy.log_tail(20));
+    }
+    let recorded = fleet.backend("east").take_recorded();
+    assert!(!recorded.is_empty(), "east was never probed");
+    for r in &recorded {
+        assert_eq!(header(r, "user-agent"), Some("tideway-probe"), "{r:?}");
+        assert_eq!(header(r, ":path"), Some("/healthz"), "{r:?}");
+        assert_eq!(header(r, "host"), Some(HOST), "{r:?}");
+    }
+    // East recovers: a probe passes and clients are sent there again.
+    fleet.backend("east").set_status(200);
+    let until = Instant::now() + Duration::from_secs(8);
+    loop {
+        let reply = fleet.get(&[]);
+        assert_eq!(reply.status, 200);
+        if reply.header("x-backend") == Some("east") {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "east never re-admitted\n{}",
+            fleet.envoy.log_tail(20)
+        );
+    }
+}
+
+#[test]
 fn a_spoofed_routing_header_is_ignored_unless_trusted() {
     let untrusted = Fleet::start(&config(STATIC, ""), 2, false);
     let mut counts: HashMap<String, u32> = HashMap::new();

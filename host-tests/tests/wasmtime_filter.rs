@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tideway_host_tests::env;
+use tideway_host_tests::wasm_host::http_call::HttpRule;
 use tideway_host_tests::wasm_host::{Action, HeaderMap, Host, HostBuilder, HttpReply};
 
 const ROUTING_HEADER: &str = "x-tideway-destination";
@@ -542,6 +543,84 @@ fn burst(host: &mut Host, n: u32, failing: &[&str]) -> BTreeMap<String, u32> {
             .or_default() += 1;
     }
     counts
+}
+
+#[test]
+fn active_probes_decide_re_admission_without_a_client_request() {
+    let mut config = ejection_config();
+    config["services"][0]["probe"] =
+        json!({ "cluster": "probe-{destination}", "path": "/healthz", "timeoutMs": 500 });
+    let mut host = ejection_host(&config);
+    host.known_clusters(&["probe-east", "probe-mid", "probe-near"]);
+    // East's health endpoint fails once, then passes.
+    host.add_http_rule(HttpRule {
+        upstream: Some("probe-east".into()),
+        reply: HttpReply::status(503, ""),
+        delay: Duration::ZERO,
+        times: Some(1),
+    });
+    host.on_http_call(
+        Some("probe-east"),
+        HttpReply::status(200, ""),
+        Duration::ZERO,
+    );
+    let ejections = "tideway.ejections.reviews.east";
+    fail_until_ejected(&mut host, &["east"], ejections);
+    assert!(host.http_calls().is_empty(), "no probe while ejected");
+
+    // The ejection ends; the next tick probes, the probe fails: ejected
+    // again for twice as long, and no client request went to east.
+    let mut to_east = 0;
+    for _ in 0..12 {
+        host.advance(ms(100)).unwrap();
+        to_east += tally(&burst(&mut host, 6, &["east"]), "east");
+    }
+    assert_eq!(to_east, 0, "a client request was risked on east");
+    let calls = host.http_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].upstream, "probe-east");
+    assert_eq!(calls[0].headers.get(":path").as_deref(), Some("/healthz"));
+    assert_eq!(calls[0].headers.get(":method").as_deref(), Some("GET"));
+    assert_eq!(
+        calls[0].headers.get(":authority").as_deref(),
+        Some("reviews")
+    );
+    assert_eq!(calls[0].timeout, ms(500));
+    assert_eq!(counter(&mut host, ejections), 2);
+    assert!(
+        host.logged("ejected reviews/east for 2000 ms"),
+        "{}",
+        host.logs_text()
+    );
+
+    // Two seconds on, the next probe passes and east gets traffic again.
+    for _ in 0..21 {
+        host.advance(ms(100)).unwrap();
+        to_east += tally(&burst(&mut host, 6, &[]), "east");
+    }
+    assert_eq!(host.http_calls().len(), 2);
+    assert!(to_east > 0, "east never re-admitted");
+    assert_eq!(counter(&mut host, ejections), 2);
+}
+
+#[test]
+fn an_unknown_probe_cluster_falls_back_to_client_re_admission() {
+    let mut config = ejection_config();
+    config["services"][0]["probe"] = json!({ "cluster": "nowhere-{destination}" });
+    let mut host = ejection_host(&config);
+    host.known_clusters(&["probe-east"]);
+    fail_until_ejected(&mut host, &["east"], "tideway.ejections.reviews.east");
+    let mut to_east = 0;
+    for _ in 0..13 {
+        host.advance(ms(100)).unwrap();
+        to_east += tally(&burst(&mut host, 6, &[]), "east");
+    }
+    assert!(to_east > 0, "east stayed out for good");
+    assert!(
+        host.logged("probe of reviews/east to cluster \"nowhere-east\" not sent"),
+        "{}",
+        host.logs_text()
+    );
 }
 
 #[test]
