@@ -504,22 +504,11 @@ impl Engine {
         destination: usize,
         now_ns: u64,
     ) -> Option<(String, shared_stats::DecodeError)> {
-        let probe_grace_ns = self.probe_grace_ns();
-        let Self {
-            config,
-            services,
-            decay_ns,
-            ..
-        } = self;
+        let (services, sync) = self.for_sync(now_ns);
         let d = services
-            .get_mut(service)
-            .and_then(|s| s.destinations.get_mut(destination))?;
-        let sync = SyncParams {
-            now_ns,
-            decay_ns: *decay_ns,
-            probe_grace_ns,
-            scheduler: &config.scheduler,
-        };
+            .get_mut(service)?
+            .destinations
+            .get_mut(destination)?;
         sync_destination(d, store, &sync, StreakOp::Keep).1
     }
 
@@ -553,19 +542,7 @@ impl Engine {
         store: &mut dyn SharedStore,
         now_ns: u64,
     ) -> Vec<(String, shared_stats::DecodeError)> {
-        let probe_grace_ns = self.probe_grace_ns();
-        let Self {
-            config,
-            services,
-            decay_ns,
-            ..
-        } = self;
-        let sync = SyncParams {
-            now_ns,
-            decay_ns: *decay_ns,
-            probe_grace_ns,
-            scheduler: &config.scheduler,
-        };
+        let (services, sync) = self.for_sync(now_ns);
         let mut bad = Vec::new();
         for svc in services.iter_mut() {
             for d in &mut svc.destinations {
@@ -599,13 +576,7 @@ impl Engine {
         success: bool,
         now_ns: u64,
     ) -> (HealthEvent, Option<(String, shared_stats::DecodeError)>) {
-        let probe_grace_ns = self.probe_grace_ns();
-        let Self {
-            config,
-            services,
-            decay_ns,
-            ..
-        } = self;
+        let (services, sync) = self.for_sync(now_ns);
         let Some(d) = services
             .get_mut(service)
             .and_then(|s| s.destinations.get_mut(destination))
@@ -617,13 +588,20 @@ impl Engine {
             (true, 0) => return (HealthEvent::None, None),
             (true, _) => StreakOp::Reset,
         };
+        sync_destination(d, store, &sync, op)
+    }
+
+    /// The services to sync and what a sync needs, borrowed apart: the
+    /// config is read while destinations are written.
+    fn for_sync(&mut self, now_ns: u64) -> (&mut [Service], SyncParams<'_>) {
+        let probe_grace_ns = self.probe_grace_ns();
         let sync = SyncParams {
             now_ns,
-            decay_ns: *decay_ns,
+            decay_ns: self.decay_ns,
             probe_grace_ns,
-            scheduler: &config.scheduler,
+            scheduler: &self.config.scheduler,
         };
-        sync_destination(d, store, &sync, op)
+        (&mut self.services, sync)
     }
 
     /// How long a worker that adopted an ejection leaves the re-admission

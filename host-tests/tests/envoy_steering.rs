@@ -44,6 +44,19 @@ impl Fleet {
     }
 }
 
+/// East starts answering 503; within 50 requests it must be ejected, at
+/// the cost of at most 6 failed ones.
+fn fail_east_until_ejected(fleet: &Fleet) {
+    fleet.backend("east").set_status(503);
+    let mut failures = 0;
+    for _ in 0..50 {
+        if fleet.get(&[]).status == 503 {
+            failures += 1;
+        }
+    }
+    assert!(failures <= 6, "{failures} requests failed before ejection");
+}
+
 fn config(weights: &str, extra: &str) -> String {
     config_with(weights, extra, "")
 }
@@ -201,14 +214,7 @@ fn a_destination_returning_503_is_ejected_and_traffic_fails_over() {
         2,
         false,
     );
-    fleet.backend("east").set_status(503);
-    let mut failures = 0;
-    for _ in 0..50 {
-        if fleet.get(&[]).status == 503 {
-            failures += 1;
-        }
-    }
-    assert!(failures <= 6, "{failures} requests failed before ejection");
+    fail_east_until_ejected(&fleet);
     let mut counts: HashMap<String, u32> = HashMap::new();
     for _ in 0..300 {
         let reply = fleet.get(&[]);
@@ -247,14 +253,7 @@ fn with_a_probe_configured_envoy_probes_an_ejected_destination_and_no_client_pay
         2,
         true,
     );
-    fleet.backend("east").set_status(503);
-    let mut failures = 0;
-    for _ in 0..50 {
-        if fleet.get(&[]).status == 503 {
-            failures += 1;
-        }
-    }
-    assert!(failures <= 6, "{failures} requests failed before ejection");
+    fail_east_until_ejected(&fleet);
     fleet.backend("east").take_recorded();
     // Ejections of 300 ms, 600 ms, 1.2 s… each ended by a failing probe:
     // no client request reaches east.
