@@ -7,7 +7,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
-use tideway_oci::auth::{self, Secret};
+use tideway_oci::auth::{self, CredentialSource, Secret};
 use tideway_oci::fetched::FetchedImage;
 use tideway_oci::image::{self, BuildOptions, ImageFormat};
 use tideway_oci::istio::{self, Rules};
@@ -30,9 +30,12 @@ Typical flow:
   tideway image push oci:out/filter-oci:v1 registry.example.com/tideway/filter:v1
   tideway image verify registry.example.com/tideway/filter:v1
 
-`push` prints the two WasmPlugin fields to use, e.g.:
-  url: oci://registry.example.com/tideway/filter@sha256:3b1f…
-  sha256: 3b1f…
+`push` prints the WasmPlugin fragment to use, e.g.:
+  spec:
+    url: oci://registry.example.com/tideway/filter@sha256:3b1f…
+    sha256: 3b1f…
+    imagePullPolicy: IfNotPresent
+    imagePullSecret: tideway-pull     (only when credentials were used)
 
 IMPORTANT: for oci:// URLs Istio compares `sha256` with the digest of the image
 MANIFEST, not with the sha256 of the .wasm file (a frequent mistake, see
@@ -51,12 +54,24 @@ Builds are reproducible: the same .wasm always gives the same manifest digest.
 Images are named either by a registry reference (host[:port]/repo[:tag][@sha256:…],
 an oci:// prefix is fine) or by an OCI layout directory as oci:DIR[:TAG].
 
-Registry access: credentials come from --username with --password-stdin (or the
-TIDEWAY_REGISTRY_USERNAME / TIDEWAY_REGISTRY_PASSWORD environment variables), else
-from the Docker config (credHelpers/credsStore/auths in $DOCKER_CONFIG/config.json
-or ~/.docker/config.json, as written by `docker login`), else anonymous. TLS is
-always used unless --plain-http is given; trust a private CA with --ca-file.
-Transient failures (connection refused, 5xx, 429) are retried with backoff.";
+Registry credentials, first match wins (Docker's order):
+  1. --username with --password-stdin (or TIDEWAY_REGISTRY_USERNAME /
+     TIDEWAY_REGISTRY_PASSWORD);
+  2. the Docker config: --docker-config FILE, else $DOCKER_CONFIG/config.json,
+     else ~/.docker/config.json: `credHelpers` for the registry, else
+     `credsStore` (both run `docker-credential-<name> get`), else `auths`
+     (`auth`, `username`/`password`, `identitytoken`, `registrytoken`);
+  3. anonymous.
+--docker-config also takes a Kubernetes Secret of type
+kubernetes.io/dockerconfigjson as JSON (`kubectl get secret NAME -o json`), so
+the Secret a WasmPlugin's imagePullSecret names also serves the push.
+Registries with token auth (Docker Hub, Harbor, GHCR, GitLab, Quay,
+Distribution `auth: token`) are handled: the credentials are exchanged for a
+token per repository, renewed when the registry refuses it.
+TLS is always used unless --plain-http is given; trust a private CA with
+--ca-file. A registry that speaks the other protocol is recognised at once.
+Transient failures (connection refused, 5xx, 429) are retried with backoff.
+Secrets never appear in output or logs.";
 
 /// Arguments of `tideway image`.
 #[derive(Debug, Args)]
@@ -127,6 +142,11 @@ struct PushArgs {
     source: String,
     /// Destination: host[:port]/repository[:tag] (or @sha256:… to pin).
     reference: String,
+    /// The imagePullSecret to name in the printed WasmPlugin fragment when
+    /// credentials were used [default: the Secret's name with a Secret
+    /// --docker-config, else tideway-pull].
+    #[arg(long, value_name = "NAME")]
+    pull_secret: Option<String>,
     #[command(flatten)]
     build: BuildOpts,
     #[command(flatten)]
@@ -194,7 +214,7 @@ struct RegistryArgs {
     /// Password from the environment (never pass it as a flag: it would show in `ps`).
     #[arg(long = "password-env-only", env = "TIDEWAY_REGISTRY_PASSWORD", hide = true, hide_env_values = true, value_parser = parse_secret)]
     password: Option<Secret>,
-    /// Docker config file with credentials [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json].
+    /// Docker config.json, or a kubernetes.io/dockerconfigjson Secret as JSON, with credentials [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json].
     #[arg(long, value_name = "FILE")]
     docker_config: Option<PathBuf>,
     /// Extra CA certificate (PEM) to trust for the registry's TLS (repeatable).
@@ -228,8 +248,18 @@ impl BuildOpts {
     }
 }
 
+/// A registry client and where its credentials came from.
+struct Connected {
+    registry: Registry,
+    source: CredentialSource,
+}
+
 impl RegistryArgs {
     fn client(&self, registry_host: &str) -> anyhow::Result<Registry> {
+        Ok(self.connect(registry_host)?.registry)
+    }
+
+    fn connect(&self, registry_host: &str) -> anyhow::Result<Connected> {
         let mut password = self.password.clone();
         if self.password_stdin {
             let mut s = String::new();
@@ -252,7 +282,7 @@ impl RegistryArgs {
                 std::fs::read(f).with_context(|| format!("reading --ca-file {}", f.display()))?,
             );
         }
-        Ok(Registry::new(RegistryOptions {
+        let registry = Registry::new(RegistryOptions {
             credentials,
             plain_http: self.plain_http,
             ca_certs_pem,
@@ -261,7 +291,8 @@ impl RegistryArgs {
                 ..RetryPolicy::default()
             },
             ..RegistryOptions::default()
-        })?)
+        })?;
+        Ok(Connected { registry, source })
     }
 }
 
@@ -316,6 +347,30 @@ fn print_wasm_plugin_fields(url: &str, digest: &Digest) {
     println!("WasmPlugin fields (sha256 is the image MANIFEST digest, not the .wasm file's hash):");
     println!("  url: {url}");
     println!("  sha256: {}", digest.hex());
+}
+
+/// The imagePullSecret a WasmPlugin needs after a push with credentials from `source`.
+fn pull_secret_name(source: &CredentialSource, flag: Option<&str>) -> Option<String> {
+    match (source, flag) {
+        (CredentialSource::None, _) => None,
+        (_, Some(name)) => Some(name.to_string()),
+        (CredentialSource::KubernetesSecret { name, .. }, None) => Some(name.clone()),
+        (_, None) => Some(DEFAULT_PULL_SECRET.to_string()),
+    }
+}
+
+const DEFAULT_PULL_SECRET: &str = "tideway-pull";
+
+/// The `spec` fields of a WasmPlugin that loads the pushed image, as YAML.
+fn wasm_plugin_fragment(url: &str, digest: &Digest, pull_secret: Option<&str>) -> String {
+    let mut out = format!(
+        "spec:\n  url: {url}\n  sha256: {}\n  imagePullPolicy: IfNotPresent\n",
+        digest.hex()
+    );
+    if let Some(name) = pull_secret {
+        out.push_str(&format!("  imagePullSecret: {name}\n"));
+    }
+    out
 }
 
 /// Runs `tideway image …`.
@@ -384,7 +439,10 @@ fn push(a: PushArgs) -> anyhow::Result<()> {
             image::build(&wasm, &a.build.options()).with_context(|| path.display().to_string())?
         }
     };
-    let client = a.registry.client(reference.registry())?;
+    let Connected {
+        registry: client,
+        source,
+    } = a.registry.connect(reference.registry())?;
     let report = runtime()?.block_on(client.push(&image, &reference))?;
     println!("pushed {reference}");
     println!("manifest digest: {}", report.manifest_digest);
@@ -411,7 +469,28 @@ fn push(a: PushArgs) -> anyhow::Result<()> {
             "warning: Istio would NOT accept this image; run `tideway image verify` for the reason"
         );
     }
-    print_wasm_plugin_fields(&report.wasm_plugin_url(), &report.manifest_digest);
+    let pull_secret = pull_secret_name(&source, a.pull_secret.as_deref());
+    println!();
+    println!("WasmPlugin fragment (sha256 is the image MANIFEST digest, not the .wasm file's hash):");
+    print!(
+        "{}",
+        wasm_plugin_fragment(
+            &report.wasm_plugin_url(),
+            &report.manifest_digest,
+            pull_secret.as_deref()
+        )
+    );
+    if let Some(name) = &pull_secret {
+        println!(
+            "imagePullSecret {name}: a kubernetes.io/dockerconfigjson Secret in the WasmPlugin's namespace with credentials for {} (credentials used here: {source})",
+            reference.registry()
+        );
+        if !matches!(source, CredentialSource::KubernetesSecret { .. }) {
+            println!(
+                "  e.g. kubectl create secret generic {name} --type=kubernetes.io/dockerconfigjson --from-file=.dockerconfigjson=$HOME/.docker/config.json"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -609,6 +688,35 @@ mod tests {
         };
         p.registry.password = Some(Secret::new("hunter2"));
         assert!(!format!("{p:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_fragment_names_the_pull_secret_only_when_credentials_were_used() {
+        let d = Digest::of(b"m");
+        let url = format!("oci://reg.example/f@{d}");
+        assert_eq!(
+            wasm_plugin_fragment(&url, &d, None),
+            format!(
+                "spec:\n  url: {url}\n  sha256: {}\n  imagePullPolicy: IfNotPresent\n",
+                d.hex()
+            )
+        );
+        assert!(wasm_plugin_fragment(&url, &d, Some("regcred"))
+            .ends_with("  imagePullSecret: regcred\n"));
+        let secret = CredentialSource::KubernetesSecret {
+            path: "s.json".into(),
+            name: "from-secret".into(),
+        };
+        assert_eq!(pull_secret_name(&CredentialSource::None, Some("x")), None);
+        assert_eq!(
+            pull_secret_name(&secret, None).as_deref(),
+            Some("from-secret")
+        );
+        assert_eq!(pull_secret_name(&secret, Some("x")).as_deref(), Some("x"));
+        assert_eq!(
+            pull_secret_name(&CredentialSource::Explicit, None).as_deref(),
+            Some(DEFAULT_PULL_SECRET)
+        );
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! `tideway image` end to end, as a user runs it: the real filter module is
-//! built into an image, pushed to a real `docker-registry`, verified the way
-//! Istio's fetcher would, and pulled back byte-identical.
+//! built into an image, pushed to a real `docker-registry` (plain, and with
+//! token auth behind a token server of the test's own), verified the way
+//! Istio's fetcher would, and pulled back byte-identical; credentials come
+//! from where users keep them, and never show in the output.
 
 #[path = "../../oci/tests/common/mod.rs"]
 mod common;
 
-use std::process::{Command, Output};
+use common::token_server::{Grant, Policy, TokenServer};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 fn tideway(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tideway"))
@@ -145,4 +150,396 @@ fn pushing_to_a_registry_that_is_down_fails_clearly() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
+
+const WRITER_PASSWORD: &str = "wr1ter-Pa55-never-printed";
+const READER_PASSWORD: &str = "r3ader-Pa55-never-printed";
+
+fn token_registry() -> (TokenServer, common::Registry) {
+    let server = TokenServer::start(Policy::new(
+        &[("writer", WRITER_PASSWORD), ("reader", READER_PASSWORD)],
+        vec![
+            Grant::user("writer", "team/", &["pull", "push"]),
+            Grant::user("reader", "team/", &["pull"]),
+        ],
+    ));
+    let registry = common::Registry::token_auth(&server);
+    (server, registry)
+}
+
+/// Runs tideway with extra environment and standard input; debug logging on,
+/// so that a secret in any log line would show.
+fn tideway_with(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tideway"));
+    cmd.args(args)
+        .env("RUST_LOG", "debug")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("TIDEWAY_REGISTRY_USERNAME")
+        .env_remove("TIDEWAY_REGISTRY_PASSWORD")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("running tideway");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("writing stdin");
+    }
+    child.wait_with_output().expect("waiting for tideway")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_no_secret(out: &Output, secrets: &[&str]) {
+    let (stdout, stderr) = text(out);
+    for s in secrets {
+        assert!(
+            !stdout.contains(s) && !stderr.contains(s),
+            "a secret leaked:\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+}
+
+fn succeeded(out: &Output, what: &str) -> String {
+    let (stdout, stderr) = text(out);
+    assert!(
+        out.status.success(),
+        "{what} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout
+}
+
+/// The `error: …` line tideway ends a failed run with.
+fn error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    let (_, stderr) = text(out);
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("error: "))
+        .unwrap_or_else(|| panic!("no error line:\n{stderr}"))
+        .to_string()
+}
+
+fn write_ca(dir: &Path, server: &TokenServer) -> PathBuf {
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &server.tls.ca_pem).expect("writing the CA");
+    ca
+}
+
+fn small_wasm(dir: &Path, tag: &str) -> PathBuf {
+    let p = dir.join(format!("{tag}.wasm"));
+    std::fs::write(&p, common::wasm_module(tag)).expect("writing wasm");
+    p
+}
+
+/// The digest hex in the printed fragment, after checking the fragment's shape.
+fn fragment_digest(stdout: &str, repo_url: &str, pull_secret: Option<&str>) -> String {
+    let start = stdout
+        .find("\nspec:\n")
+        .unwrap_or_else(|| panic!("push prints the WasmPlugin fragment:\n{stdout}"));
+    let fragment: Vec<&str> = stdout[start + 1..].lines().take(6).collect();
+    let sha = fragment[2]
+        .strip_prefix("  sha256: ")
+        .unwrap_or_else(|| panic!("{fragment:?}"))
+        .to_string();
+    assert_eq!(fragment[1], format!("  url: {repo_url}@sha256:{sha}"));
+    assert_eq!(fragment[3], "  imagePullPolicy: IfNotPresent");
+    match pull_secret {
+        Some(name) => assert_eq!(fragment[4], format!("  imagePullSecret: {name}")),
+        None => assert!(
+            !stdout.contains("imagePullSecret"),
+            "no credentials, no pull secret:\n{stdout}"
+        ),
+    }
+    sha
+}
+
+#[test]
+fn push_to_a_token_registry_with_a_credential_helper_then_verify_and_skopeo() {
+    let (server, registry) = token_registry();
+    let work = tempfile::tempdir().expect("tempdir");
+    let ca = write_ca(work.path(), &server);
+    // A credential helper (Docker's protocol: server URL on stdin, JSON out)
+    // that knows the writer; the config's `auths` holds the reader, which
+    // must lose to the helper as in Docker.
+    let bin = work.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    let helper = bin.join("docker-credential-tideway-test");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread server\nif [ \"$server\" = \"{}\" ]; then\n  printf '{{\"ServerURL\":\"%s\",\"Username\":\"writer\",\"Secret\":\"{WRITER_PASSWORD}\"}}' \"$server\"\nelse\n  echo 'credentials not found in native keychain'; exit 1\nfi\n",
+            registry.addr
+        ),
+    )
+    .expect("writing the helper");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
+    let docker_dir = work.path().join("docker");
+    std::fs::create_dir_all(&docker_dir).expect("docker dir");
+    use base64::Engine as _;
+    let reader_auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("reader:{READER_PASSWORD}"));
+    std::fs::write(
+        docker_dir.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{0}":{{"auth":"{reader_auth}"}}}},"credHelpers":{{"{0}":"tideway-test"}}}}"#,
+            registry.addr
+        ),
+    )
+    .expect("writing config.json");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let env = [
+        ("DOCKER_CONFIG", docker_dir.to_str().expect("utf-8")),
+        ("PATH", path.as_str()),
+    ];
+    let wasm = filter_wasm();
+    let target = format!("{}/team/filter:v1", registry.addr);
+    let ca_arg = ca.to_str().expect("utf-8");
+    let pushed = tideway_with(
+        &[
+            "image",
+            "push",
+            wasm.to_str().expect("utf-8"),
+            &target,
+            "--ca-file",
+            ca_arg,
+        ],
+        &env,
+        None,
+    );
+    assert_no_secret(&pushed, &[WRITER_PASSWORD, READER_PASSWORD]);
+    let stdout = succeeded(&pushed, "push with a credential helper");
+    let sha = fragment_digest(
+        &stdout,
+        &format!("oci://{}/team/filter", registry.addr),
+        Some("tideway-pull"),
+    );
+    assert!(
+        stdout.contains("credential helper docker-credential-tideway-test"),
+        "{stdout}"
+    );
+
+    let verified = tideway_with(
+        &[
+            "image",
+            "verify",
+            &target,
+            "--ca-file",
+            ca_arg,
+            "--sha256",
+            &sha,
+        ],
+        &env,
+        None,
+    );
+    assert_no_secret(&verified, &[WRITER_PASSWORD, READER_PASSWORD]);
+    assert!(succeeded(&verified, "verify").contains("ACCEPTED"));
+
+    // skopeo pulls what was pushed, with the same credentials.
+    let layout = work.path().join("from-skopeo");
+    common::skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--src-cert-dir",
+        server.tls.ca_dir.to_str().expect("utf-8"),
+        "--src-creds",
+        &format!("writer:{WRITER_PASSWORD}"),
+        &format!("docker://{target}"),
+        &format!("oci:{}:v1", layout.display()),
+    ]);
+    let index = std::fs::read_to_string(layout.join("index.json")).expect("skopeo's index");
+    assert!(index.contains(&format!("sha256:{sha}")), "{index}");
+}
+
+#[test]
+fn password_stdin_wins_over_the_docker_config_and_a_kubernetes_secret_names_the_pull_secret() {
+    let (server, registry) = token_registry();
+    let work = tempfile::tempdir().expect("tempdir");
+    let ca = write_ca(work.path(), &server);
+    let ca_arg = ca.to_str().expect("utf-8");
+    let wasm = small_wasm(work.path(), "stdin");
+    let wasm_arg = wasm.to_str().expect("utf-8");
+    let target = format!("{}/team/filter:v1", registry.addr);
+    let repo_url = format!("oci://{}/team/filter", registry.addr);
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+
+    // The Docker config has the reader (pull only); the flags name the writer.
+    let docker_dir = work.path().join("docker");
+    std::fs::create_dir_all(&docker_dir).expect("docker dir");
+    std::fs::write(
+        docker_dir.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#,
+            registry.addr,
+            b64(&format!("reader:{READER_PASSWORD}"))
+        ),
+    )
+    .expect("config.json");
+    let env = [("DOCKER_CONFIG", docker_dir.to_str().expect("utf-8"))];
+    let out = tideway_with(
+        &[
+            "image",
+            "push",
+            wasm_arg,
+            &target,
+            "--ca-file",
+            ca_arg,
+            "--username",
+            "writer",
+            "--password-stdin",
+            "--pull-secret",
+            "regcred",
+        ],
+        &env,
+        Some(&format!("{WRITER_PASSWORD}\n")),
+    );
+    assert_no_secret(&out, &[WRITER_PASSWORD, READER_PASSWORD]);
+    fragment_digest(
+        &succeeded(&out, "push with --password-stdin"),
+        &repo_url,
+        Some("regcred"),
+    );
+
+    // Without flags the config's reader is used, and refused word for word.
+    let out = tideway_with(
+        &["image", "push", wasm_arg, &target, "--ca-file", ca_arg],
+        &env,
+        None,
+    );
+    assert_no_secret(&out, &[READER_PASSWORD]);
+    assert_eq!(
+        error_line(&out),
+        format!(
+            "denied: user \"reader\" lacks push access to repository team/filter on registry {} (the token server granted: pull)",
+            registry.addr
+        )
+    );
+
+    // A wrong password read from stdin: refused by the token server, not shown.
+    let wrong = "wrong-Pa55-from-stdin";
+    let out = tideway_with(
+        &[
+            "image",
+            "push",
+            wasm_arg,
+            &target,
+            "--ca-file",
+            ca_arg,
+            "--username",
+            "writer",
+            "--password-stdin",
+        ],
+        &env,
+        Some(wrong),
+    );
+    assert_no_secret(&out, &[wrong]);
+    assert!(
+        error_line(&out).starts_with(&format!(
+            "unauthorized: registry {} refused access to team/filter as user \"writer\": the token server {} refused the request (401)",
+            registry.addr,
+            server.realm()
+        )),
+        "{}",
+        error_line(&out)
+    );
+
+    // The Secret Istio's imagePullSecret names serves the push, and the
+    // fragment names it.
+    let docker_config = format!(
+        r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#,
+        registry.addr,
+        b64(&format!("writer:{WRITER_PASSWORD}"))
+    );
+    let secret = work.path().join("secret.json");
+    std::fs::write(
+        &secret,
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Secret","metadata":{{"name":"filter-pull","namespace":"istio-system"}},"type":"kubernetes.io/dockerconfigjson","data":{{".dockerconfigjson":"{}"}}}}"#,
+            b64(&docker_config)
+        ),
+    )
+    .expect("secret.json");
+    let out = tideway_with(
+        &[
+            "image",
+            "push",
+            wasm_arg,
+            &target,
+            "--ca-file",
+            ca_arg,
+            "--docker-config",
+            secret.to_str().expect("utf-8"),
+        ],
+        &[],
+        None,
+    );
+    assert_no_secret(&out, &[WRITER_PASSWORD, &b64(&docker_config)]);
+    fragment_digest(
+        &succeeded(&out, "push with a Kubernetes Secret"),
+        &repo_url,
+        Some("filter-pull"),
+    );
+}
+
+#[test]
+fn protocol_mismatches_are_named_with_the_flag_to_use_and_not_retried() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let wasm = small_wasm(work.path(), "mismatch");
+    let wasm_arg = wasm.to_str().expect("utf-8");
+
+    let plain = common::Registry::plain();
+    let started = std::time::Instant::now();
+    let out = tideway(&[
+        "image",
+        "push",
+        wasm_arg,
+        &format!("{}/tideway/filter:v1", plain.addr),
+    ]);
+    assert_eq!(
+        error_line(&out),
+        format!("{} speaks plain HTTP; use --plain-http", plain.addr)
+    );
+    let (_, stderr) = text(&out);
+    assert!(!stderr.contains("retrying"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+
+    let tls = common::Registry::tls_open();
+    let out = tideway(&[
+        "image",
+        "push",
+        "--plain-http",
+        wasm_arg,
+        &format!("{}/tideway/filter:v1", tls.addr),
+    ]);
+    assert_eq!(
+        error_line(&out),
+        format!("{} speaks HTTPS; drop --plain-http", tls.addr)
+    );
+    let (_, stderr) = text(&out);
+    assert!(!stderr.contains("retrying"), "{stderr}");
 }

@@ -63,6 +63,10 @@ pub enum Credentials {
     },
     /// A ready registry bearer token (Docker config `registrytoken`).
     Bearer(Secret),
+    /// An OAuth2 refresh token (Docker config `identitytoken`, or a credential
+    /// helper answering `Username: "<token>"`), exchanged at the registry's
+    /// token server for an access token (the refresh-token grant).
+    IdentityToken(Secret),
 }
 
 impl fmt::Debug for Credentials {
@@ -75,6 +79,7 @@ impl fmt::Debug for Credentials {
                 .field("password", &"<redacted>")
                 .finish(),
             Credentials::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            Credentials::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
         }
     }
 }
@@ -94,7 +99,9 @@ impl Credentials {
                         .encode(format!("{username}:{}", password.expose())),
                 );
             }
-            Credentials::Bearer(token) => secrets.push(token.expose().to_string()),
+            Credentials::Bearer(token) | Credentials::IdentityToken(token) => {
+                secrets.push(token.expose().to_string())
+            }
         }
         for s in secrets.iter().filter(|s| !s.is_empty()) {
             out = out.replace(s.as_str(), "<redacted>");
@@ -108,6 +115,7 @@ impl Credentials {
             Credentials::Anonymous => "anonymous".to_string(),
             Credentials::Basic { username, .. } => format!("user {username:?}"),
             Credentials::Bearer(_) => "a bearer token".to_string(),
+            Credentials::IdentityToken(_) => "an identity token".to_string(),
         }
     }
 }
@@ -121,6 +129,14 @@ pub enum CredentialSource {
     Helper(String),
     /// The `auths` section of a Docker config file.
     DockerConfig(PathBuf),
+    /// A Kubernetes `kubernetes.io/dockerconfigjson` Secret (the kind a
+    /// WasmPlugin's `imagePullSecret` names), read from a file.
+    KubernetesSecret {
+        /// The file.
+        path: PathBuf,
+        /// The Secret's `metadata.name`.
+        name: String,
+    },
     /// Nothing found: anonymous.
     None,
 }
@@ -131,6 +147,9 @@ impl fmt::Display for CredentialSource {
             CredentialSource::Explicit => f.write_str("flags/environment"),
             CredentialSource::Helper(h) => write!(f, "credential helper docker-credential-{h}"),
             CredentialSource::DockerConfig(p) => write!(f, "{}", p.display()),
+            CredentialSource::KubernetesSecret { path, name } => {
+                write!(f, "Secret {name} in {}", path.display())
+            }
             CredentialSource::None => f.write_str("no credentials"),
         }
     }
@@ -228,7 +247,16 @@ pub fn resolve(
             path: path.to_path_buf(),
             detail,
         })? {
-        Some(c) => Ok((c, CredentialSource::DockerConfig(path.to_path_buf()))),
+        Some(c) => {
+            let source = match &config.secret_name {
+                Some(name) => CredentialSource::KubernetesSecret {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                },
+                None => CredentialSource::DockerConfig(path.to_path_buf()),
+            };
+            Ok((c, source))
+        }
         None => Ok((Credentials::Anonymous, CredentialSource::None)),
     }
 }
@@ -243,6 +271,9 @@ pub struct DockerConfig {
     cred_helpers: BTreeMap<String, String>,
     #[serde(default)]
     creds_store: Option<String>,
+    /// Set when the file was a Kubernetes Secret wrapping this config.
+    #[serde(skip)]
+    secret_name: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -282,15 +313,68 @@ fn normalize_registry(key: &str) -> String {
 }
 
 impl DockerConfig {
-    /// Parses the file's JSON. Errors never quote the file's content.
+    /// Parses a Docker `config.json`, or a Kubernetes Secret of type
+    /// `kubernetes.io/dockerconfigjson` as JSON (`kubectl get secret NAME -o
+    /// json`): its `data[".dockerconfigjson"]` (base64) or `stringData` is the
+    /// same config, so one Secret serves `tideway image push` and Istio's
+    /// `imagePullSecret`. Errors never quote the file's content.
     pub fn parse(text: &str) -> Result<Self, String> {
-        serde_json::from_str(text).map_err(|e| {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
             format!(
-                "not valid Docker config JSON (line {}, column {})",
+                "not valid JSON (line {}, column {}); expected a Docker config.json or a Kubernetes dockerconfigjson Secret in JSON",
                 e.line(),
                 e.column()
             )
-        })
+        })?;
+        if value.get("kind").and_then(|k| k.as_str()) == Some("Secret") {
+            return Self::from_secret(&value);
+        }
+        serde_json::from_value(value)
+            .map_err(|e| format!("not a Docker config: {}", describe_json_error(&e)))
+    }
+
+    fn from_secret(secret: &serde_json::Value) -> Result<Self, String> {
+        let name = secret
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let ty = secret.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        if ty != "kubernetes.io/dockerconfigjson" {
+            return Err(format!(
+                "Secret {name:?} has type {ty:?}; registry credentials need type \"kubernetes.io/dockerconfigjson\" (kubectl create secret docker-registry)"
+            ));
+        }
+        let inner = if let Some(b64) = secret
+            .pointer("/data/.dockerconfigjson")
+            .and_then(|v| v.as_str())
+        {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|_| {
+                    format!("Secret {name:?}: data.\".dockerconfigjson\" is not valid base64")
+                })?;
+            String::from_utf8(bytes).map_err(|_| {
+                format!("Secret {name:?}: data.\".dockerconfigjson\" is not UTF-8 after base64 decoding")
+            })?
+        } else if let Some(text) = secret
+            .pointer("/stringData/.dockerconfigjson")
+            .and_then(|v| v.as_str())
+        {
+            text.to_string()
+        } else {
+            return Err(format!(
+                "Secret {name:?} has no data.\".dockerconfigjson\" (nor stringData.\".dockerconfigjson\")"
+            ));
+        };
+        let mut config: DockerConfig = serde_json::from_str(&inner).map_err(|e| {
+            format!(
+                "Secret {name:?}: .dockerconfigjson is not a Docker config: {}",
+                describe_json_error(&e)
+            )
+        })?;
+        config.secret_name = (!name.is_empty()).then_some(name);
+        Ok(config)
     }
 
     /// The credential helper configured for `registry`, if any.
@@ -316,6 +400,11 @@ impl DockerConfig {
         if let Some(token) = entry.registrytoken.as_ref().filter(|t| !t.is_empty()) {
             return Ok(Some(Credentials::Bearer(Secret::new(token.clone()))));
         }
+        // `docker login` against a token-auth registry keeps an OAuth2
+        // refresh token here instead of the password; Docker prefers it.
+        if let Some(token) = entry.identitytoken.as_ref().filter(|t| !t.is_empty()) {
+            return Ok(Some(Credentials::IdentityToken(Secret::new(token.clone()))));
+        }
         if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
             if !u.is_empty() {
                 return Ok(Some(Credentials::Basic {
@@ -338,14 +427,13 @@ impl DockerConfig {
                 password: Secret::new(p.to_string()),
             }));
         }
-        if entry.identitytoken.is_some() {
-            tracing::warn!(
-                registry = %key,
-                "Docker config holds an OAuth2 identity token for this registry; that flow is not supported, continuing anonymously"
-            );
-        }
         Ok(None)
     }
+}
+
+/// A serde_json error without the offending value (which may be a secret).
+fn describe_json_error(e: &serde_json::Error) -> String {
+    format!("line {}, column {}", e.line(), e.column())
 }
 
 #[derive(Deserialize)]
@@ -391,8 +479,8 @@ fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>, AuthE
     let reply: HelperReply = serde_json::from_slice(&out.stdout)
         .map_err(|_| err(format!("{program} did not print the expected JSON")))?;
     if reply.username == "<token>" {
-        tracing::warn!(%registry, "credential helper returned an OAuth2 identity token; that flow is not supported, continuing anonymously");
-        return Ok(None);
+        // The helper protocol's marker for an identity (refresh) token.
+        return Ok(Some(Credentials::IdentityToken(Secret::new(reply.secret))));
     }
     Ok(Some(Credentials::Basic {
         username: reply.username,

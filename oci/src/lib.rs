@@ -5,6 +5,9 @@
 //! * [`layout`] writes/reads it as an OCI image layout directory;
 //! * [`registry`] pushes/pulls it over the OCI Distribution API (via the
 //!   `oci-client` crate) with auth, TLS and bounded retries;
+//! * [`token`] is the registry token flow (Bearer challenge, token server);
+//! * [`auth`] finds credentials where users keep them (flags, Docker config,
+//!   credential helpers, a Kubernetes `dockerconfigjson` Secret);
 //! * [`istio`] answers "would Istio's agent accept this image?", mirroring
 //!   `pkg/wasm/imagefetcher.go`.
 //!
@@ -24,6 +27,7 @@ pub mod media_types;
 pub mod reference;
 pub mod registry;
 pub mod retry;
+pub mod token;
 pub mod wasm;
 
 pub use digest::Digest;

@@ -1,11 +1,17 @@
 //! Pushing and pulling images over the OCI Distribution API.
 //!
-//! The wire protocol and auth handshakes come from the `oci-client` crate
-//! (anonymous; HTTP basic; the `WWW-Authenticate: Bearer` token flow, where
-//! a username/password is exchanged for a token; rustls TLS with extra root
-//! CAs; plain HTTP on request). This module adds what a release tool needs
-//! on top:
+//! The wire protocol comes from the `oci-client` crate (rustls TLS with extra
+//! root CAs; plain HTTP on request). This module adds what a release tool
+//! needs on top:
 //!
+//! * the first request to a registry is `GET /v2/`, which tells how it wants
+//!   clients to authenticate (open, HTTP basic, or a `Bearer` challenge) and
+//!   catches a plain-HTTP/TLS mismatch at once, with the flag to use and
+//!   without retries;
+//! * token auth ([`crate::token`]): a token per repository and access (pull;
+//!   pull+push) from the realm, kept for its `expires_in`, renewed once when
+//!   the registry refuses it (expired, revoked), and a refusal of the action
+//!   itself explained ("user \"reader\" lacks push access to repository …");
 //! * push uploads exactly our bytes: each blob is `HEAD`-checked first and
 //!   skipped when present (so a re-run after an interrupted push only sends
 //!   what is missing), otherwise uploaded as `POST` + `PUT ?digest=`
@@ -32,11 +38,14 @@ use crate::manifest::{Descriptor, Manifest, ManifestError};
 use crate::media_types;
 use crate::reference::ImageRef;
 use crate::retry::{retry, Exhausted, RetryPolicy};
+use crate::token::{self, Challenge, Token, TokenError};
 use futures_util::StreamExt;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Largest blob a pull will accept (the descriptor's size is checked before downloading).
@@ -89,6 +98,32 @@ pub enum RegistryError {
         who: String,
         /// The registry's answer (scrubbed).
         detail: String,
+    },
+    /// Token auth: the registry refused an action the token does not grant.
+    #[error("denied: {who} lacks {missing} access to repository {repository} on registry {registry} (the token server granted: {granted}){hint}")]
+    Denied {
+        /// `host[:port]`.
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// Which identity was used.
+        who: String,
+        /// The actions asked for and not granted, e.g. `push`.
+        missing: String,
+        /// What the token did grant on the repository (`pull`, or `nothing`).
+        granted: String,
+        /// Advice for anonymous requests (empty otherwise).
+        hint: String,
+    },
+    /// Plain HTTP sent to a TLS port, or TLS to a plain-HTTP one.
+    #[error("{registry} speaks {speaks}; {advice}")]
+    SchemeMismatch {
+        /// `host[:port]`.
+        registry: String,
+        /// `plain HTTP` or `HTTPS`.
+        speaks: &'static str,
+        /// The flag to change.
+        advice: &'static str,
     },
     /// Still failing after all retries (down, unreachable, 5xx, 429).
     #[error("registry {registry} is unavailable: {operation} failed after {attempts} attempt(s): {detail}")]
@@ -221,20 +256,68 @@ impl PushReport {
 
 /// A registry client.
 pub struct Registry {
-    client: Client,
-    auth: RegistryAuth,
-    credentials: Credentials,
-    retry: RetryPolicy,
-    max_blob_size: u64,
+    options: RegistryOptions,
+    /// The `oci-client` client for open and basic-auth registries.
+    shared: Arc<Session>,
+    /// For `GET /v2/` and token requests.
+    http: reqwest::Client,
+    /// How each registry (`host[:port]`) authenticates, learnt once.
+    access: tokio::sync::Mutex<HashMap<String, Access>>,
+    /// Token-auth sessions by (registry, repository, access).
+    tokens: Mutex<HashMap<(String, String, Need), Arc<Session>>>,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
-            .field("credentials", &self.credentials)
-            .field("retry", &self.retry)
+            .field("credentials", &self.options.credentials)
+            .field("plain_http", &self.options.plain_http)
+            .field("retry", &self.options.retry)
             .finish_non_exhaustive()
     }
+}
+
+/// How a registry wants clients to authenticate (its answer to `GET /v2/`).
+#[derive(Debug, Clone)]
+enum Access {
+    /// No authentication asked for.
+    Open,
+    /// HTTP basic auth (or a challenge we leave to `oci-client`).
+    Basic,
+    /// Token auth: get a token from the challenge's realm.
+    Token(Challenge),
+}
+
+/// The access an operation needs on a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Need {
+    Pull,
+    Push,
+}
+
+impl Need {
+    fn actions(self) -> &'static [&'static str] {
+        match self {
+            Need::Pull => &["pull"],
+            Need::Push => &["pull", "push"],
+        }
+    }
+}
+
+/// An `oci-client` client with the authentication to use with it.
+struct Session {
+    client: Client,
+    auth: RegistryAuth,
+    bearer: Option<Bearer>,
+}
+
+/// The token a token-auth session sends.
+struct Bearer {
+    token: Token,
+    /// False for a ready token from the user (`registrytoken`): not renewable.
+    renewable: bool,
+    /// What the token grants on the repository, when it is a readable JWT.
+    granted: Option<Vec<String>>,
 }
 
 /// The context an error is mapped in.
@@ -254,40 +337,42 @@ impl Registry {
                 )));
             }
         }
-        let config = ClientConfig {
-            protocol: if options.plain_http {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            extra_root_certificates: options
-                .ca_certs_pem
-                .iter()
-                .map(|pem| Certificate {
-                    encoding: CertificateEncoding::Pem,
-                    data: pem.clone(),
-                })
-                .collect(),
-            use_monolithic_push: true,
-            platform_resolver: None,
-            connect_timeout: Some(options.connect_timeout),
-            read_timeout: Some(options.read_timeout),
-            ..ClientConfig::default()
-        };
         let auth = match &options.credentials {
-            Credentials::Anonymous => RegistryAuth::Anonymous,
+            Credentials::Anonymous | Credentials::IdentityToken(_) => RegistryAuth::Anonymous,
             Credentials::Basic { username, password } => {
                 RegistryAuth::Basic(username.clone(), password.expose().to_string())
             }
             Credentials::Bearer(token) => RegistryAuth::Bearer(token.expose().to_string()),
         };
-        Ok(Self {
-            client: Client::new(config),
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .read_timeout(options.read_timeout)
+            .user_agent(concat!("tideway/", env!("CARGO_PKG_VERSION")));
+        for pem in &options.ca_certs_pem {
+            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| {
+                RegistryError::Config(format!("CA certificate is not usable: {e}"))
+            })?;
+            http = http.tls_certs_merge([cert]);
+        }
+        let http = http
+            .build()
+            .map_err(|e| RegistryError::Config(error_chain(&e)))?;
+        let shared = Arc::new(Session {
+            client: oci_client(&options)?,
             auth,
-            credentials: options.credentials,
-            retry: options.retry,
-            max_blob_size: options.max_blob_size,
+            bearer: None,
+        });
+        Ok(Self {
+            options,
+            shared,
+            http,
+            access: tokio::sync::Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn credentials(&self) -> &Credentials {
+        &self.options.credentials
     }
 
     /// Runs `op` under the retry policy, turning exhausted transient errors
@@ -302,7 +387,7 @@ impl Registry {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, RegistryError>>,
     {
-        retry(self.retry, operation, RegistryError::is_transient, op)
+        retry(self.options.retry, operation, RegistryError::is_transient, op)
             .await
             .map_err(|Exhausted { error, attempts }| match error {
                 RegistryError::Unavailable { detail, .. } => RegistryError::Unavailable {
@@ -315,20 +400,258 @@ impl Registry {
             })
     }
 
+    /// How the registry of `reference` authenticates (asked once).
+    async fn access(&self, reference: &ImageRef) -> Result<Access, RegistryError> {
+        let host = reference.client_ref().resolve_registry().to_string();
+        let mut known = self.access.lock().await;
+        if let Some(a) = known.get(&host) {
+            return Ok(a.clone());
+        }
+        let a = self.probe(reference, &host).await?;
+        tracing::debug!(registry = %host, access = ?a, "registry authentication");
+        known.insert(host, a.clone());
+        Ok(a)
+    }
+
+    /// `GET /v2/`: the registry's auth challenge, or a clear error when it
+    /// speaks the other protocol (Go's TLS server answers plain HTTP with a
+    /// 400 "Client sent an HTTP request to an HTTPS server"; a plain server
+    /// answers a TLS ClientHello with HTTP, which rustls reports as an
+    /// invalid record content type).
+    async fn probe(&self, reference: &ImageRef, host: &str) -> Result<Access, RegistryError> {
+        let registry = reference.registry().to_string();
+        let scheme = if self.options.plain_http {
+            "http"
+        } else {
+            "https"
+        };
+        let url = format!("{scheme}://{host}/v2/");
+        let response = match self.http.get(&url).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let detail = self.credentials().scrub(&error_chain(&e));
+                return Err(self.transport_error(&registry, "registry API check (GET /v2/)", detail));
+            }
+        };
+        let status = response.status().as_u16();
+        let challenge = response
+            .headers()
+            .get_all(reqwest::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        match status {
+            200..=299 => Ok(Access::Open),
+            401 => Ok(challenge
+                .iter()
+                .find_map(|h| token::parse_bearer_challenge(h))
+                .map(Access::Token)
+                .unwrap_or(Access::Basic)),
+            408 | 429 | 500..=599 => Err(RegistryError::Unavailable {
+                registry,
+                operation: "registry API check (GET /v2/)".into(),
+                attempts: 1,
+                detail: format!("HTTP {status}"),
+            }),
+            _ => {
+                let body = response.text().await.unwrap_or_default();
+                if self.options.plain_http && speaks_tls_reply(&body) {
+                    return Err(RegistryError::SchemeMismatch {
+                        registry,
+                        speaks: "HTTPS",
+                        advice: "drop --plain-http",
+                    });
+                }
+                // Not the /v2/ answer of a registry; let the operation itself
+                // report what the server says.
+                Ok(Access::Open)
+            }
+        }
+    }
+
+    /// A request that got no HTTP answer: mismatch, TLS, or unavailable.
+    fn transport_error(&self, registry: &str, operation: &str, detail: String) -> RegistryError {
+        if !self.options.plain_http && speaks_plain_http_failure(&detail) {
+            RegistryError::SchemeMismatch {
+                registry: registry.to_string(),
+                speaks: "plain HTTP",
+                advice: "use --plain-http",
+            }
+        } else if is_tls_failure(&detail) {
+            RegistryError::Tls {
+                registry: registry.to_string(),
+                detail,
+            }
+        } else {
+            RegistryError::Unavailable {
+                registry: registry.to_string(),
+                operation: operation.to_string(),
+                attempts: 1,
+                detail,
+            }
+        }
+    }
+
+    /// The client and authentication for `need` on `reference`'s repository.
+    /// `renew` skips a cached token (the registry just refused it).
+    async fn session(
+        &self,
+        reference: &ImageRef,
+        need: Need,
+        renew: bool,
+    ) -> Result<Arc<Session>, RegistryError> {
+        let challenge = match self.access(reference).await? {
+            Access::Token(c) => c,
+            Access::Basic if matches!(self.credentials(), Credentials::IdentityToken(_)) => {
+                return Err(RegistryError::Config(format!(
+                    "registry {} asks for HTTP basic auth, but the credentials found are an identity token, which only a token-auth registry accepts; give --username with --password-stdin",
+                    reference.registry()
+                )))
+            }
+            Access::Open | Access::Basic => return Ok(self.shared.clone()),
+        };
+        let key = (
+            reference.registry().to_string(),
+            reference.repository().to_string(),
+            need,
+        );
+        if !renew {
+            let cached = lock(&self.tokens).get(&key).cloned();
+            if let Some(s) = cached.filter(|s| s.bearer.as_ref().is_some_and(|b| b.token.is_fresh()))
+            {
+                return Ok(s);
+            }
+        }
+        let scope = token::repository_scope(reference.repository(), need.actions());
+        let renewable = !matches!(self.credentials(), Credentials::Bearer(_));
+        let token = token::fetch(
+            &self.http,
+            &challenge,
+            &scope,
+            self.credentials(),
+            !self.options.plain_http,
+        )
+        .await
+        .map_err(|e| self.token_error(reference, e))?;
+        tracing::debug!(registry = %reference.registry(), %scope, renew, "got a registry token");
+        let granted = token::granted_actions(token.value.expose(), reference.repository());
+        let session = Arc::new(Session {
+            client: oci_client(&self.options)?,
+            auth: RegistryAuth::Bearer(token.value.expose().to_string()),
+            bearer: Some(Bearer {
+                token,
+                renewable,
+                granted,
+            }),
+        });
+        lock(&self.tokens).insert(key, session.clone());
+        Ok(session)
+    }
+
+    fn token_error(&self, reference: &ImageRef, e: TokenError) -> RegistryError {
+        let registry = reference.registry().to_string();
+        let detail = self.credentials().scrub(&e.to_string());
+        match e {
+            TokenError::Refused { .. } => self.unauthorized(reference, detail),
+            TokenError::Unavailable { .. } => RegistryError::Unavailable {
+                registry,
+                operation: "token request".into(),
+                attempts: 1,
+                detail,
+            },
+            TokenError::BadReply { .. } => RegistryError::Protocol {
+                registry,
+                operation: "token request".into(),
+                detail,
+            },
+            TokenError::InsecureRealm { .. } => RegistryError::Config(detail),
+        }
+    }
+
+    fn unauthorized(&self, reference: &ImageRef, detail: String) -> RegistryError {
+        RegistryError::Unauthorized {
+            registry: reference.registry().to_string(),
+            repository: reference.repository().to_string(),
+            who: self.credentials().describe(),
+            detail: format!("{detail}{}", self.anonymous_hint()),
+        }
+    }
+
+    fn anonymous_hint(&self) -> &'static str {
+        if matches!(self.credentials(), Credentials::Anonymous) {
+            "; no credentials were given (use --username with --password-stdin, TIDEWAY_REGISTRY_USERNAME/TIDEWAY_REGISTRY_PASSWORD, docker login, or --docker-config)"
+        } else {
+            ""
+        }
+    }
+
+    /// Runs `op` with a session for `need`. When the registry refuses a
+    /// token: if the token grants what is needed (so it expired or was
+    /// revoked), gets a new one and runs `op` once more; if it does not,
+    /// says which action is missing.
+    async fn authorized<T, F, Fut>(
+        &self,
+        reference: &ImageRef,
+        need: Need,
+        mut op: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut(Arc<Session>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        let mut session = self.session(reference, need, false).await?;
+        let mut renewed = false;
+        loop {
+            let error = match op(session.clone()).await {
+                Err(e @ RegistryError::Unauthorized { .. }) => e,
+                other => return other,
+            };
+            let Some(bearer) = &session.bearer else {
+                return Err(error);
+            };
+            let missing: Vec<&str> = match &bearer.granted {
+                Some(granted) => need
+                    .actions()
+                    .iter()
+                    .copied()
+                    .filter(|a| !granted.iter().any(|g| g == a))
+                    .collect(),
+                None => Vec::new(),
+            };
+            if !missing.is_empty() {
+                let granted = bearer.granted.as_deref().unwrap_or_default();
+                return Err(RegistryError::Denied {
+                    registry: reference.registry().to_string(),
+                    repository: reference.repository().to_string(),
+                    who: self.credentials().describe(),
+                    missing: missing.join(","),
+                    granted: if granted.is_empty() {
+                        "nothing".into()
+                    } else {
+                        granted.join(",")
+                    },
+                    hint: self.anonymous_hint().to_string(),
+                });
+            }
+            if renewed || !bearer.renewable {
+                return Err(error);
+            }
+            tracing::info!(
+                registry = %reference.registry(),
+                repository = %reference.repository(),
+                "the registry refused the token (expired or revoked); getting a new one"
+            );
+            session = self.session(reference, need, true).await?;
+            renewed = true;
+        }
+    }
+
     /// Maps an `oci-client` error to ours, scrubbing secrets from its text.
     fn map_err(&self, ctx: &Ctx<'_>, e: OciDistributionError) -> RegistryError {
-        let detail = self.credentials.scrub(&error_chain(&e));
+        let detail = self.credentials().scrub(&error_chain(&e));
         let registry = ctx.reference.registry().to_string();
-        let unauthorized = |detail: String| RegistryError::Unauthorized {
-            registry: registry.clone(),
-            repository: ctx.reference.repository().to_string(),
-            who: self.credentials.describe(),
-            detail: if matches!(self.credentials, Credentials::Anonymous) {
-                format!("{detail}; no credentials were given (use --username with --password-stdin, TIDEWAY_REGISTRY_USERNAME/TIDEWAY_REGISTRY_PASSWORD, or docker login)")
-            } else {
-                detail
-            },
-        };
+        let unauthorized = |detail: String| self.unauthorized(ctx.reference, detail);
         let unavailable = |detail: String| RegistryError::Unavailable {
             registry: registry.clone(),
             operation: ctx.operation.to_string(),
@@ -371,12 +694,10 @@ impl Registry {
             OciDistributionError::RequestError(re) => {
                 if let Some(status) = re.status() {
                     by_status(status.as_u16(), detail)
-                } else if is_tls_failure(&detail) {
-                    RegistryError::Tls { registry, detail }
                 } else if re.is_builder() {
                     RegistryError::Config(detail)
                 } else {
-                    unavailable(detail)
+                    self.transport_error(&registry, ctx.operation, detail)
                 }
             }
             OciDistributionError::IoError(_) => unavailable(detail),
@@ -431,33 +752,38 @@ impl Registry {
         let digest = descriptor.digest.to_string();
         let op = format!("upload of blob {digest}");
         let bytes = bytes_of(data);
-        self.retrying(reference, &op, || async {
-            let head_ctx = Ctx {
-                reference,
-                operation: "blob existence check (HEAD)",
-            };
-            self.client
-                .store_auth_if_needed(r.resolve_registry(), &self.auth)
-                .await;
-            let exists = self
-                .client
-                .blob_exists(r, &digest)
-                .await
-                .map_err(|e| self.map_err(&head_ctx, e))?;
-            if exists {
-                tracing::info!(%digest, size = descriptor.size, "blob already present, skipped");
-                return Ok(BlobStatus::AlreadyPresent);
-            }
-            let ctx = Ctx {
-                reference,
-                operation: &op,
-            };
-            self.client
-                .push_blob(r, bytes.clone(), &digest)
-                .await
-                .map_err(|e| self.map_err(&ctx, e))?;
-            tracing::info!(%digest, size = descriptor.size, "blob uploaded");
-            Ok(BlobStatus::Uploaded)
+        self.retrying(reference, &op, || {
+            self.authorized(reference, Need::Push, |s| {
+                let (op, digest, bytes) = (&op, &digest, bytes.clone());
+                async move {
+                    let head_ctx = Ctx {
+                        reference,
+                        operation: "blob existence check (HEAD)",
+                    };
+                    s.client
+                        .store_auth_if_needed(r.resolve_registry(), &s.auth)
+                        .await;
+                    let exists = s
+                        .client
+                        .blob_exists(r, digest)
+                        .await
+                        .map_err(|e| self.map_err(&head_ctx, e))?;
+                    if exists {
+                        tracing::info!(%digest, size = descriptor.size, "blob already present, skipped");
+                        return Ok(BlobStatus::AlreadyPresent);
+                    }
+                    let ctx = Ctx {
+                        reference,
+                        operation: op,
+                    };
+                    s.client
+                        .push_blob(r, bytes, digest)
+                        .await
+                        .map_err(|e| self.map_err(&ctx, e))?;
+                    tracing::info!(%digest, size = descriptor.size, "blob uploaded");
+                    Ok(BlobStatus::Uploaded)
+                }
+            })
         })
         .await
     }
@@ -477,40 +803,42 @@ impl Registry {
         })?;
         let body = bytes_of(manifest);
         let op = "manifest upload (PUT)";
-        self.retrying(reference, op, || async {
-            self.client
-                .store_auth_if_needed(r.resolve_registry(), &self.auth)
-                .await;
-            self.client
-                .push_manifest_raw(r, body.clone(), content_type.clone())
-                .await
-                .map_err(|e| {
-                    self.map_err(
-                        &Ctx {
-                            reference,
-                            operation: op,
-                        },
-                        e,
-                    )
-                })
+        let ctx = Ctx {
+            reference,
+            operation: op,
+        };
+        self.retrying(reference, op, || {
+            self.authorized(reference, Need::Push, |s| {
+                let (body, content_type, ctx) = (body.clone(), content_type.clone(), &ctx);
+                async move {
+                    s.client
+                        .store_auth_if_needed(r.resolve_registry(), &s.auth)
+                        .await;
+                    s.client
+                        .push_manifest_raw(r, body, content_type)
+                        .await
+                        .map_err(|e| self.map_err(ctx, e))
+                }
+            })
         })
         .await?;
         let pinned = reference.with_digest(&expected);
         let op = "manifest read-back (HEAD)";
+        let ctx = Ctx {
+            reference,
+            operation: op,
+        };
         let served = self
-            .retrying(reference, op, || async {
-                self.client
-                    .fetch_manifest_digest(pinned.client_ref(), &self.auth)
-                    .await
-                    .map_err(|e| {
-                        self.map_err(
-                            &Ctx {
-                                reference,
-                                operation: op,
-                            },
-                            e,
-                        )
-                    })
+            .retrying(reference, op, || {
+                self.authorized(reference, Need::Push, |s| {
+                    let (pinned, ctx) = (&pinned, &ctx);
+                    async move {
+                        s.client
+                            .fetch_manifest_digest(pinned.client_ref(), &s.auth)
+                            .await
+                            .map_err(|e| self.map_err(ctx, e))
+                    }
+                })
             })
             .await?;
         let served = Digest::parse(&served).map_err(|e| RegistryError::Protocol {
@@ -537,25 +865,28 @@ impl Registry {
     ) -> Result<(Vec<u8>, Digest), RegistryError> {
         let r = reference.client_ref();
         let op = "manifest fetch";
+        let ctx = Ctx {
+            reference,
+            operation: op,
+        };
         let (bytes, _) = self
-            .retrying(reference, op, || async {
-                self.client
-                    .pull_manifest_raw(r, &self.auth, media_types::ACCEPTED_MANIFESTS)
-                    .await
-                    .map_err(|e| match e {
-                        OciDistributionError::DigestError(d) => RegistryError::Protocol {
-                            registry: reference.registry().to_string(),
-                            operation: op.to_string(),
-                            detail: format!("manifest digest check failed: {d}"),
-                        },
-                        e => self.map_err(
-                            &Ctx {
-                                reference,
-                                operation: op,
-                            },
-                            e,
-                        ),
-                    })
+            .retrying(reference, op, || {
+                self.authorized(reference, Need::Pull, |s| {
+                    let ctx = &ctx;
+                    async move {
+                        s.client
+                            .pull_manifest_raw(r, &s.auth, media_types::ACCEPTED_MANIFESTS)
+                            .await
+                            .map_err(|e| match e {
+                                OciDistributionError::DigestError(d) => RegistryError::Protocol {
+                                    registry: reference.registry().to_string(),
+                                    operation: op.to_string(),
+                                    detail: format!("manifest digest check failed: {d}"),
+                                },
+                                e => self.map_err(ctx, e),
+                            })
+                    }
+                })
             })
             .await?;
         let bytes = bytes.to_vec();
@@ -582,12 +913,12 @@ impl Registry {
         what: &str,
         descriptor: &Descriptor,
     ) -> Result<Vec<u8>, RegistryError> {
-        if descriptor.size > self.max_blob_size {
+        if descriptor.size > self.options.max_blob_size {
             return Err(RegistryError::TooLarge {
                 reference: reference.to_string(),
                 what: what.to_string(),
                 size: descriptor.size,
-                max: self.max_blob_size,
+                max: self.options.max_blob_size,
             });
         }
         let r = reference.client_ref();
@@ -597,51 +928,57 @@ impl Registry {
             reference: reference.to_string(),
             source,
         };
-        self.retrying(reference, &op, || async {
-            self.client
-                .store_auth_if_needed(r.resolve_registry(), &self.auth)
-                .await;
-            let ctx = Ctx {
-                reference,
-                operation: &op,
-            };
-            let mut stream = self
-                .client
-                .pull_blob_stream(r, digest.as_str())
-                .await
-                .map_err(|e| self.map_err(&ctx, e))?;
-            let mut buf: Vec<u8> =
-                Vec::with_capacity(usize::try_from(descriptor.size).unwrap_or(0).min(64 << 20));
-            while let Some(chunk) = stream.next().await {
-                match chunk {
-                    Ok(b) => {
-                        buf.extend_from_slice(&b);
-                        if buf.len() as u64 > descriptor.size {
-                            return Err(integrity(IntegrityError::Size {
-                                what: what.to_string(),
-                                digest: descriptor.digest.clone(),
-                                expected: descriptor.size,
-                                actual: buf.len() as u64,
-                            }));
+        let ctx = Ctx {
+            reference,
+            operation: &op,
+        };
+        self.retrying(reference, &op, || {
+            self.authorized(reference, Need::Pull, |s| {
+                let (ctx, digest, op) = (&ctx, &digest, &op);
+                async move {
+                    s.client
+                        .store_auth_if_needed(r.resolve_registry(), &s.auth)
+                        .await;
+                    let mut stream = s
+                        .client
+                        .pull_blob_stream(r, digest.as_str())
+                        .await
+                        .map_err(|e| self.map_err(ctx, e))?;
+                    let mut buf: Vec<u8> = Vec::with_capacity(
+                        usize::try_from(descriptor.size).unwrap_or(0).min(64 << 20),
+                    );
+                    while let Some(chunk) = stream.next().await {
+                        match chunk {
+                            Ok(b) => {
+                                buf.extend_from_slice(&b);
+                                if buf.len() as u64 > descriptor.size {
+                                    return Err(integrity(IntegrityError::Size {
+                                        what: what.to_string(),
+                                        digest: descriptor.digest.clone(),
+                                        expected: descriptor.size,
+                                        actual: buf.len() as u64,
+                                    }));
+                                }
+                            }
+                            Err(e) => {
+                                // oci-client's own digest check fails at the end of the
+                                // stream; report the mismatch, do not retry it.
+                                if buf.len() as u64 == descriptor.size {
+                                    verify_blob(what, descriptor, &buf).map_err(integrity)?;
+                                }
+                                return Err(RegistryError::Unavailable {
+                                    registry: reference.registry().to_string(),
+                                    operation: op.clone(),
+                                    attempts: 1,
+                                    detail: self.credentials().scrub(&e.to_string()),
+                                });
+                            }
                         }
                     }
-                    Err(e) => {
-                        // oci-client's own digest check fails at the end of the
-                        // stream; report the mismatch, do not retry it.
-                        if buf.len() as u64 == descriptor.size {
-                            verify_blob(what, descriptor, &buf).map_err(integrity)?;
-                        }
-                        return Err(RegistryError::Unavailable {
-                            registry: reference.registry().to_string(),
-                            operation: op.clone(),
-                            attempts: 1,
-                            detail: self.credentials.scrub(&e.to_string()),
-                        });
-                    }
+                    verify_blob(what, descriptor, &buf).map_err(integrity)?;
+                    Ok(buf)
                 }
-            }
-            verify_blob(what, descriptor, &buf).map_err(integrity)?;
-            Ok(buf)
+            })
         })
         .await
     }
@@ -710,7 +1047,7 @@ fn bytes_of(data: &[u8]) -> bytes::Bytes {
 
 /// An error and its sources, joined with `: ` (reqwest hides the useful part,
 /// e.g. "connection refused", in the source chain).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
@@ -727,6 +1064,50 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 fn is_tls_failure(detail: &str) -> bool {
     let d = detail.to_ascii_lowercase();
     d.contains("certificate") || d.contains("invalidcertificate") || d.contains("tls handshake")
+}
+
+/// rustls reading an HTTP reply where a TLS record should be.
+fn speaks_plain_http_failure(detail: &str) -> bool {
+    let d = detail.to_ascii_lowercase();
+    d.contains("invalidcontenttype") || d.contains("corrupt message")
+}
+
+/// The 400 body a TLS server sends back to a plain-HTTP request (Go, nginx).
+fn speaks_tls_reply(body: &str) -> bool {
+    let b = body.to_ascii_lowercase();
+    b.contains("http request to an https server") || b.contains("plain http request was sent to https port")
+}
+
+/// The `oci-client` client for `options` (an unusable TLS setup is an error
+/// here, where `Client::new` would silently fall back to defaults).
+fn oci_client(options: &RegistryOptions) -> Result<Client, RegistryError> {
+    let config = ClientConfig {
+        protocol: if options.plain_http {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
+        extra_root_certificates: options
+            .ca_certs_pem
+            .iter()
+            .map(|pem| Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem.clone(),
+            })
+            .collect(),
+        use_monolithic_push: true,
+        platform_resolver: None,
+        connect_timeout: Some(options.connect_timeout),
+        read_timeout: Some(options.read_timeout),
+        ..ClientConfig::default()
+    };
+    Client::try_from(config).map_err(|e| RegistryError::Config(error_chain(&e)))
+}
+
+/// Locks a mutex, taking the data of a poisoned one (a panicked holder
+/// leaves a cache that is still valid).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

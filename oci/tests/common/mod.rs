@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod token_server;
+
 pub const REGISTRY_BIN: &str = "docker-registry";
 
 /// Panics with install advice unless `bin` runs.
@@ -53,11 +55,15 @@ pub fn wasm_module(tag: &str) -> Vec<u8> {
 }
 
 /// TLS material for a registry on 127.0.0.1: a CA and a server cert it signed.
+#[derive(Clone)]
 pub struct TlsFiles {
     pub ca_pem: Vec<u8>,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
     pub ca_dir: PathBuf,
+    /// The server certificate and its PKCS#8 key, DER (for the token server).
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
 }
 
 pub fn make_tls(dir: &Path) -> TlsFiles {
@@ -97,6 +103,8 @@ pub fn make_tls(dir: &Path) -> TlsFiles {
         cert_path,
         key_path,
         ca_dir,
+        cert_der: leaf_cert.der().to_vec(),
+        key_der: leaf_key.serialize_der(),
     }
 }
 
@@ -131,23 +139,42 @@ pub struct Registry {
 impl Registry {
     /// No auth, plain HTTP.
     pub fn plain() -> Self {
-        Self::start_on(None, false, None)
+        Self::start_on(None, false, None, None)
     }
 
     /// htpasswd (bcrypt) basic auth over TLS with a test CA.
     pub fn tls_basic_auth(user: &str, password: &str) -> Self {
-        Self::start_on(None, true, Some((user, password)))
+        Self::start_on(None, true, Some((user, password)), None)
+    }
+
+    /// No auth over TLS with a test CA.
+    pub fn tls_open() -> Self {
+        Self::start_on(None, true, None, None)
+    }
+
+    /// Token auth (`auth: token`) over TLS, trusting `server`'s signing
+    /// certificate, with `server`'s TLS material (one CA for both).
+    pub fn token_auth(server: &token_server::TokenServer) -> Self {
+        Self::start_on(None, true, None, Some(server))
     }
 
     /// Plain registry on a given port (for "comes up late" tests).
     pub fn plain_on(port: u16) -> Self {
-        Self::start_on(Some(port), false, None)
+        Self::start_on(Some(port), false, None, None)
     }
 
-    fn start_on(fixed_port: Option<u16>, tls: bool, auth: Option<(&str, &str)>) -> Self {
+    fn start_on(
+        fixed_port: Option<u16>,
+        tls: bool,
+        auth: Option<(&str, &str)>,
+        token: Option<&token_server::TokenServer>,
+    ) -> Self {
         require_tool(REGISTRY_BIN, "docker-registry");
         let dir = tempfile::tempdir().expect("tempdir");
-        let tls = tls.then(|| make_tls(dir.path()));
+        let tls = match token {
+            Some(t) => Some(t.tls.clone()),
+            None => tls.then(|| make_tls(dir.path())),
+        };
         let mut htpasswd_path = None;
         if let Some((user, password)) = auth {
             require_tool("htpasswd", "apache2-utils");
@@ -176,6 +203,15 @@ impl Registry {
                     "  tls:\n    certificate: {}\n    key: {}\n",
                     t.cert_path.display(),
                     t.key_path.display()
+                ));
+            }
+            if let Some(t) = token {
+                config.push_str(&format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    t.realm(),
+                    token_server::SERVICE,
+                    token_server::ISSUER,
+                    t.rootcertbundle.display()
                 ));
             }
             if let Some(p) = &htpasswd_path {
