@@ -471,7 +471,9 @@ fn push(a: PushArgs) -> anyhow::Result<()> {
     }
     let pull_secret = pull_secret_name(&source, a.pull_secret.as_deref());
     println!();
-    println!("WasmPlugin fragment (sha256 is the image MANIFEST digest, not the .wasm file's hash):");
+    println!(
+        "WasmPlugin fragment (sha256 is the image MANIFEST digest, not the .wasm file's hash):"
+    );
     print!(
         "{}",
         wasm_plugin_fragment(

@@ -291,8 +291,7 @@ fn push_to_a_token_registry_with_a_credential_helper_then_verify_and_skopeo() {
     .expect("writing the helper");
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     let docker_dir = work.path().join("docker");
     std::fs::create_dir_all(&docker_dir).expect("docker dir");

@@ -4,7 +4,13 @@
 //! 1. explicit values (CLI flags `--username` + `--password-stdin`/`--password`,
 //!    or the `TIDEWAY_REGISTRY_USERNAME` / `TIDEWAY_REGISTRY_PASSWORD` env vars);
 //! 2. the Docker client config (`$DOCKER_CONFIG/config.json`, else
-//!    `~/.docker/config.json`): `credHelpers`/`credsStore` helpers, then `auths`;
+//!    `~/.docker/config.json`, or a file given): the registry's `credHelpers`
+//!    entry, else `credsStore` (`docker-credential-<name> get`; `<token>` as
+//!    the user name means an identity token), else `auths` (`registrytoken`,
+//!    then `identitytoken`, then `username`/`password`, then `auth`, as
+//!    Docker prefers them). The file may also be a Kubernetes
+//!    `kubernetes.io/dockerconfigjson` Secret in JSON: the Secret an Istio
+//!    `imagePullSecret` names then serves the push too;
 //! 3. anonymous.
 //!
 //! Secrets live in [`Secret`], whose `Debug`/`Display` print `<redacted>`, so
@@ -447,13 +453,22 @@ struct HelperReply {
 /// Runs `docker-credential-<helper> get` with the registry on stdin (the Docker
 /// credential-helper protocol). "credentials not found" means no credentials.
 fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>, AuthError> {
+    let program = format!("docker-credential-{helper}");
+    run_helper_program(helper, &program, registry)
+}
+
+/// [`run_helper`] with the program named (a path in tests).
+fn run_helper_program(
+    helper: &str,
+    program: &str,
+    registry: &str,
+) -> Result<Option<Credentials>, AuthError> {
     let err = |detail: String| AuthError::Helper {
         helper: helper.to_string(),
         registry: registry.to_string(),
         detail,
     };
-    let program = format!("docker-credential-{helper}");
-    let mut child = Command::new(&program)
+    let mut child = Command::new(program)
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -610,6 +625,132 @@ mod tests {
         assert_eq!(
             resolve("r.example", None, None, Some(&missing)).unwrap().0,
             Credentials::Anonymous
+        );
+    }
+
+    #[test]
+    fn identity_and_registry_tokens_win_over_the_password_as_in_docker() {
+        let json = format!(
+            r#"{{"auths":{{"a.example":{{"auth":"{0}","identitytoken":"refresh-1"}},"b.example":{{"auth":"{0}","identitytoken":"refresh-2","registrytoken":"rt"}},"c.example":{{"auth":"{0}","identitytoken":""}}}}}}"#,
+            b64("u:p")
+        );
+        let cfg = DockerConfig::parse(&json).unwrap();
+        assert_eq!(
+            cfg.credentials_for("a.example").unwrap(),
+            Some(Credentials::IdentityToken(Secret::new("refresh-1")))
+        );
+        assert_eq!(
+            cfg.credentials_for("b.example").unwrap(),
+            Some(Credentials::Bearer(Secret::new("rt")))
+        );
+        assert!(matches!(
+            cfg.credentials_for("c.example").unwrap(),
+            Some(Credentials::Basic { username, .. }) if username == "u"
+        ));
+        let shown = format!("{:?}", cfg.credentials_for("a.example").unwrap());
+        assert!(!shown.contains("refresh-1"), "{shown}");
+    }
+
+    #[test]
+    fn a_kubernetes_dockerconfigjson_secret_is_read_and_named() {
+        let inner = format!(
+            r#"{{"auths":{{"r.example":{{"auth":"{}"}}}}}}"#,
+            b64("bot:pw")
+        );
+        let secret = |ty: &str, data: &str| {
+            format!(
+                r#"{{"apiVersion":"v1","kind":"Secret","metadata":{{"name":"pull"}},"type":"{ty}",{data}}}"#
+            )
+        };
+        let cfg = DockerConfig::parse(&secret(
+            "kubernetes.io/dockerconfigjson",
+            &format!(r#""data":{{".dockerconfigjson":"{}"}}"#, b64(&inner)),
+        ))
+        .unwrap();
+        assert_eq!(cfg.secret_name.as_deref(), Some("pull"));
+        assert!(matches!(
+            cfg.credentials_for("r.example").unwrap(),
+            Some(Credentials::Basic { username, .. }) if username == "bot"
+        ));
+        let from_string_data = DockerConfig::parse(&secret(
+            "kubernetes.io/dockerconfigjson",
+            &format!(
+                r#""stringData":{{".dockerconfigjson":{}}}"#,
+                serde_json::to_string(&inner).unwrap()
+            ),
+        ))
+        .unwrap();
+        assert!(from_string_data
+            .credentials_for("r.example")
+            .unwrap()
+            .is_some());
+        let opaque = DockerConfig::parse(&secret("Opaque", r#""data":{}"#)).unwrap_err();
+        assert_eq!(
+            opaque,
+            r#"Secret "pull" has type "Opaque"; registry credentials need type "kubernetes.io/dockerconfigjson" (kubectl create secret docker-registry)"#
+        );
+        let missing =
+            DockerConfig::parse(&secret("kubernetes.io/dockerconfigjson", r#""data":{}"#))
+                .unwrap_err();
+        assert!(
+            missing.contains(r#"no data.".dockerconfigjson""#),
+            "{missing}"
+        );
+        let bad = DockerConfig::parse(&secret(
+            "kubernetes.io/dockerconfigjson",
+            r#""data":{".dockerconfigjson":"hunter2!!"}"#,
+        ))
+        .unwrap_err();
+        assert!(
+            bad.contains("not valid base64") && !bad.contains("hunter2"),
+            "{bad}"
+        );
+        // A type error in the wrapped config does not quote the value.
+        let typed = DockerConfig::parse(&secret(
+            "kubernetes.io/dockerconfigjson",
+            &format!(
+                r#""data":{{".dockerconfigjson":"{}"}}"#,
+                b64(r#"{"auths":"hunter2"}"#)
+            ),
+        ))
+        .unwrap_err();
+        assert!(!typed.contains("hunter2"), "{typed}");
+    }
+
+    #[test]
+    fn a_helper_answering_token_gives_an_identity_token_and_not_found_means_none() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("docker-credential-t");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nread s\ncase \"$s\" in\n  tok.example) echo '{\"ServerURL\":\"tok.example\",\"Username\":\"<token>\",\"Secret\":\"refresh-9\"}' ;;\n  pw.example) echo '{\"ServerURL\":\"pw.example\",\"Username\":\"bot\",\"Secret\":\"pw\"}' ;;\n  broken.example) echo 'oops hunter2' >&2; exit 3 ;;\n  *) echo 'credentials not found in native keychain'; exit 1 ;;\nesac\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let program = script.to_str().unwrap();
+        assert_eq!(
+            run_helper_program("t", program, "tok.example").unwrap(),
+            Some(Credentials::IdentityToken(Secret::new("refresh-9")))
+        );
+        assert_eq!(
+            run_helper_program("t", program, "pw.example").unwrap(),
+            Some(Credentials::Basic {
+                username: "bot".into(),
+                password: Secret::new("pw")
+            })
+        );
+        assert_eq!(
+            run_helper_program("t", program, "other.example").unwrap(),
+            None
+        );
+        let err = run_helper_program("t", program, "broken.example")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("credential helper docker-credential-t for broken.example:")
+                && !err.contains("hunter2"),
+            "{err}"
         );
     }
 

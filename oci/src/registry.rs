@@ -100,21 +100,8 @@ pub enum RegistryError {
         detail: String,
     },
     /// Token auth: the registry refused an action the token does not grant.
-    #[error("denied: {who} lacks {missing} access to repository {repository} on registry {registry} (the token server granted: {granted}){hint}")]
-    Denied {
-        /// `host[:port]`.
-        registry: String,
-        /// The repository.
-        repository: String,
-        /// Which identity was used.
-        who: String,
-        /// The actions asked for and not granted, e.g. `push`.
-        missing: String,
-        /// What the token did grant on the repository (`pull`, or `nothing`).
-        granted: String,
-        /// Advice for anonymous requests (empty otherwise).
-        hint: String,
-    },
+    #[error("{0}")]
+    Denied(Box<Denial>),
     /// Plain HTTP sent to a TLS port, or TLS to a plain-HTTP one.
     #[error("{registry} speaks {speaks}; {advice}")]
     SchemeMismatch {
@@ -215,6 +202,24 @@ pub enum RegistryError {
         /// The error (scrubbed).
         detail: String,
     },
+}
+
+/// A refused action, with what the token server did grant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("denied: {who} lacks {missing} access to repository {repository} on registry {registry} (the token server granted: {granted}){hint}")]
+pub struct Denial {
+    /// `host[:port]`.
+    pub registry: String,
+    /// The repository.
+    pub repository: String,
+    /// Which identity was used.
+    pub who: String,
+    /// The actions asked for and not granted, e.g. `push`.
+    pub missing: String,
+    /// What the token did grant on the repository (`pull`, or `nothing`).
+    pub granted: String,
+    /// Advice for anonymous requests (empty otherwise).
+    pub hint: &'static str,
 }
 
 impl RegistryError {
@@ -349,9 +354,8 @@ impl Registry {
             .read_timeout(options.read_timeout)
             .user_agent(concat!("tideway/", env!("CARGO_PKG_VERSION")));
         for pem in &options.ca_certs_pem {
-            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| {
-                RegistryError::Config(format!("CA certificate is not usable: {e}"))
-            })?;
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| RegistryError::Config(format!("CA certificate is not usable: {e}")))?;
             http = http.tls_certs_merge([cert]);
         }
         let http = http
@@ -387,17 +391,22 @@ impl Registry {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, RegistryError>>,
     {
-        retry(self.options.retry, operation, RegistryError::is_transient, op)
-            .await
-            .map_err(|Exhausted { error, attempts }| match error {
-                RegistryError::Unavailable { detail, .. } => RegistryError::Unavailable {
-                    registry: reference.registry().to_string(),
-                    operation: operation.to_string(),
-                    attempts,
-                    detail,
-                },
-                other => other,
-            })
+        retry(
+            self.options.retry,
+            operation,
+            RegistryError::is_transient,
+            op,
+        )
+        .await
+        .map_err(|Exhausted { error, attempts }| match error {
+            RegistryError::Unavailable { detail, .. } => RegistryError::Unavailable {
+                registry: reference.registry().to_string(),
+                operation: operation.to_string(),
+                attempts,
+                detail,
+            },
+            other => other,
+        })
     }
 
     /// How the registry of `reference` authenticates (asked once).
@@ -430,7 +439,11 @@ impl Registry {
             Ok(r) => r,
             Err(e) => {
                 let detail = self.credentials().scrub(&error_chain(&e));
-                return Err(self.transport_error(&registry, "registry API check (GET /v2/)", detail));
+                return Err(self.transport_error(
+                    &registry,
+                    "registry API check (GET /v2/)",
+                    detail,
+                ));
             }
         };
         let status = response.status().as_u16();
@@ -518,7 +531,8 @@ impl Registry {
         );
         if !renew {
             let cached = lock(&self.tokens).get(&key).cloned();
-            if let Some(s) = cached.filter(|s| s.bearer.as_ref().is_some_and(|b| b.token.is_fresh()))
+            if let Some(s) =
+                cached.filter(|s| s.bearer.as_ref().is_some_and(|b| b.token.is_fresh()))
             {
                 return Ok(s);
             }
@@ -621,7 +635,7 @@ impl Registry {
             };
             if !missing.is_empty() {
                 let granted = bearer.granted.as_deref().unwrap_or_default();
-                return Err(RegistryError::Denied {
+                return Err(RegistryError::Denied(Box::new(Denial {
                     registry: reference.registry().to_string(),
                     repository: reference.repository().to_string(),
                     who: self.credentials().describe(),
@@ -631,8 +645,8 @@ impl Registry {
                     } else {
                         granted.join(",")
                     },
-                    hint: self.anonymous_hint().to_string(),
-                });
+                    hint: self.anonymous_hint(),
+                })));
             }
             if renewed || !bearer.renewable {
                 return Err(error);
@@ -1075,7 +1089,8 @@ fn speaks_plain_http_failure(detail: &str) -> bool {
 /// The 400 body a TLS server sends back to a plain-HTTP request (Go, nginx).
 fn speaks_tls_reply(body: &str) -> bool {
     let b = body.to_ascii_lowercase();
-    b.contains("http request to an https server") || b.contains("plain http request was sent to https port")
+    b.contains("http request to an https server")
+        || b.contains("plain http request was sent to https port")
 }
 
 /// The `oci-client` client for `options` (an unusable TLS setup is an error

@@ -4,15 +4,18 @@
 //! with `auth: token` use it (distribution's `docs/spec/auth/token.md`, and
 //! `oauth.md` for the refresh-token grant Docker's `identitytoken` needs).
 //!
-//! Hand-written rather than left to `oci-client` (0.18), whose flow, run here
-//! against Distribution 2.8, (1) drops the token server's answer: a refused
-//! password becomes an anonymous request and a bare "authentication
-//! required"; (2) never renews a token the registry refuses, and trusts the
-//! token's own `exp` claim for caching, so a clock skew or an early
-//! revocation fails the push; (3) has no refresh-token grant. Here a token is
-//! fetched with the user's credentials, kept for the `expires_in` the token
-//! server gave, and handed to `oci-client` as a ready bearer token
-//! ([`crate::registry`] renews it when the registry refuses it).
+//! Hand-written rather than left to `oci-client` (0.18), whose own flow, run
+//! against Distribution 2.8 with `auth: token`, (1) drops the token server's
+//! answer: a wrong password ends as a bare `UnauthorizedError { url }`, the
+//! token server's "invalid username or password" lost; (2) never retries
+//! with a new token when the registry refuses one: it re-fetches only when
+//! the token's own `exp` claim says so, ignores `expires_in`, and keeps an
+//! opaque token (GHCR) for a fixed 60 s; (3) reports a missing action as a
+//! 401 listing every action of the request; (4) has no refresh-token grant
+//! (a `TODO` in its `_auth`). Here a token is fetched with the user's
+//! credentials, kept for the `expires_in` the token server gave, and handed
+//! to `oci-client` as a ready bearer token ([`crate::registry`] renews it
+//! once when the registry refuses it, and names the missing action).
 //!
 //! Tokens are opaque to clients; [`granted_actions`] only peeks into a JWT's
 //! `access` claim to EXPLAIN a refusal ("the token server granted: pull").
@@ -300,7 +303,10 @@ pub async fn fetch(
         }
         // A ready registry token needs no exchange (the caller uses it as is).
         Credentials::Bearer(token) => {
-            return Ok(Token::new(token.clone(), Duration::from_secs(10 * 365 * 24 * 3600)))
+            return Ok(Token::new(
+                token.clone(),
+                Duration::from_secs(10 * 365 * 24 * 3600),
+            ))
         }
     };
     let response = request.send().await.map_err(|e| TokenError::Unavailable {
@@ -325,8 +331,7 @@ pub async fn fetch(
     }
     let reply: TokenReply = serde_json::from_str(&body).map_err(|_| TokenError::BadReply {
         realm: realm.clone(),
-        detail: "the reply is not the token JSON ({\"token\": …} or {\"access_token\": …})"
-            .into(),
+        detail: "the reply is not the token JSON ({\"token\": …} or {\"access_token\": …})".into(),
     })?;
     let value = reply
         .token
@@ -411,10 +416,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.realm, "https://auth.example/token");
         assert_eq!(c.service.as_deref(), Some("registry.example"));
-        assert_eq!(
-            c.scope.as_deref(),
-            Some("repository:team/filter:pull,push")
-        );
+        assert_eq!(c.scope.as_deref(), Some("repository:team/filter:pull,push"));
         assert_eq!(c.error.as_deref(), Some("insufficient_scope"));
     }
 
@@ -444,7 +446,10 @@ mod tests {
         let t = jwt(
             r#"{"access":[{"type":"repository","name":"team/filter","actions":["pull"]},{"type":"repository","name":"other","actions":["push"]}]}"#,
         );
-        assert_eq!(granted_actions(&t, "team/filter"), Some(vec!["pull".into()]));
+        assert_eq!(
+            granted_actions(&t, "team/filter"),
+            Some(vec!["pull".into()])
+        );
         assert_eq!(granted_actions(&t, "nope"), Some(vec![]));
         assert_eq!(granted_actions(&jwt(r#"{"sub":"x"}"#), "a"), Some(vec![]));
         assert_eq!(granted_actions("opaque-ghs_token", "a"), None);

@@ -162,7 +162,7 @@ async fn pushing_without_push_access_names_the_repository_and_the_action() {
         .push(&image, &target)
         .await
         .unwrap_err();
-    assert!(matches!(err, RegistryError::Denied { .. }), "{err:?}");
+    assert!(matches!(err, RegistryError::Denied(_)), "{err:?}");
     assert_eq!(
         err.to_string(),
         format!(

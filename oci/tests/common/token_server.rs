@@ -147,7 +147,9 @@ impl TokenServer {
                 .expect("TLS versions")
                 .with_no_client_auth()
                 .with_single_cert(
-                    vec![rustls::pki_types::CertificateDer::from(tls.cert_der.clone())],
+                    vec![rustls::pki_types::CertificateDer::from(
+                        tls.cert_der.clone(),
+                    )],
                     rustls::pki_types::PrivateKeyDer::Pkcs8(
                         rustls::pki_types::PrivatePkcs8KeyDer::from(tls.key_der.clone()),
                     ),
@@ -322,12 +324,8 @@ fn handle(
                 .to_string(),
         );
     }
-    let check_password = |user: &str, password: &str| {
-        policy
-            .users
-            .iter()
-            .any(|(u, p)| u == user && p == password)
-    };
+    let check_password =
+        |user: &str, password: &str| policy.users.iter().any(|(u, p)| u == user && p == password);
     let who: Option<String> = match method {
         "POST" => match param("grant_type").as_deref() {
             Some("refresh_token") => {
