@@ -512,7 +512,6 @@ fn protocol_mismatches_are_named_with_the_flag_to_use_and_not_retried() {
     let wasm_arg = wasm.to_str().expect("utf-8");
 
     let plain = common::Registry::plain();
-    let started = std::time::Instant::now();
     let out = tideway(&[
         "image",
         "push",
@@ -525,7 +524,6 @@ fn protocol_mismatches_are_named_with_the_flag_to_use_and_not_retried() {
     );
     let (_, stderr) = text(&out);
     assert!(!stderr.contains("retrying"), "{stderr}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(3));
 
     let tls = common::Registry::tls_open();
     let out = tideway(&[

@@ -326,11 +326,18 @@ impl DockerConfig {
     /// `imagePullSecret`. Errors never quote the file's content.
     pub fn parse(text: &str) -> Result<Self, String> {
         let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-            format!(
-                "not valid JSON (line {}, column {}); expected a Docker config.json or a Kubernetes dockerconfigjson Secret in JSON",
-                e.line(),
-                e.column()
-            )
+            let looks_like_yaml = text
+                .lines()
+                .any(|l| l.starts_with("kind:") || l.starts_with("apiVersion:"));
+            if looks_like_yaml {
+                "this looks like a Kubernetes manifest in YAML; give the Secret as JSON (kubectl get secret NAME -o json)".to_string()
+            } else {
+                format!(
+                    "not valid JSON (line {}, column {}); expected a Docker config.json or a Kubernetes dockerconfigjson Secret in JSON",
+                    e.line(),
+                    e.column()
+                )
+            }
         })?;
         if value.get("kind").and_then(|k| k.as_str()) == Some("Secret") {
             return Self::from_secret(&value);
@@ -684,6 +691,11 @@ mod tests {
             .credentials_for("r.example")
             .unwrap()
             .is_some());
+        let yaml = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: pull\n";
+        assert_eq!(
+            DockerConfig::parse(yaml).unwrap_err(),
+            "this looks like a Kubernetes manifest in YAML; give the Secret as JSON (kubectl get secret NAME -o json)"
+        );
         let opaque = DockerConfig::parse(&secret("Opaque", r#""data":{}"#)).unwrap_err();
         assert_eq!(
             opaque,

@@ -530,10 +530,18 @@ impl Registry {
             need,
         );
         if !renew {
-            let cached = lock(&self.tokens).get(&key).cloned();
-            if let Some(s) =
-                cached.filter(|s| s.bearer.as_ref().is_some_and(|b| b.token.is_fresh()))
-            {
+            // A pull+push token serves a pull as well.
+            let cached = {
+                let tokens = lock(&self.tokens);
+                let push_key = (key.0.clone(), key.1.clone(), Need::Push);
+                let fresh = [&key, &push_key]
+                    .into_iter()
+                    .filter_map(|k| tokens.get(k))
+                    .find(|s| s.bearer.as_ref().is_some_and(|b| b.token.is_fresh()))
+                    .cloned();
+                fresh
+            };
+            if let Some(s) = cached {
                 return Ok(s);
             }
         }

@@ -257,7 +257,8 @@ const CLIENT_ID: &str = "tideway";
 /// Gets a token for `scope` from the challenge's realm with `credentials`:
 /// basic auth for a username/password (GET), the OAuth2 refresh-token grant
 /// for an identity token (POST), nothing for anonymous (GET).
-/// `registry_over_https` forbids sending credentials to an `http://` realm.
+/// `registry_over_https` forbids sending credentials to an `http://` realm
+/// (unless it is on loopback), which Docker would do.
 pub async fn fetch(
     http: &reqwest::Client,
     challenge: &Challenge,
@@ -272,6 +273,7 @@ pub async fn fetch(
     })?;
     if registry_over_https
         && url.scheme() != "https"
+        && !is_loopback(&url)
         && !matches!(credentials, Credentials::Anonymous)
     {
         return Err(TokenError::InsecureRealm { realm });
@@ -346,6 +348,18 @@ pub async fn fetch(
         _ => DEFAULT_TOKEN_LIFETIME,
     };
     Ok(Token::new(Secret::new(value), lifetime))
+}
+
+/// A realm on this machine: plain HTTP there exposes nothing on the network.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn shorten(s: &str) -> String {
@@ -454,6 +468,48 @@ mod tests {
         assert_eq!(granted_actions(&jwt(r#"{"sub":"x"}"#), "a"), Some(vec![]));
         assert_eq!(granted_actions("opaque-ghs_token", "a"), None);
         assert_eq!(granted_actions("a.!!!.c", "a"), None);
+    }
+
+    #[tokio::test]
+    async fn credentials_never_go_to_a_plain_http_realm_off_this_machine() {
+        let http = reqwest::Client::new();
+        let creds = Credentials::Basic {
+            username: "u".into(),
+            password: Secret::new("p"),
+        };
+        let challenge = |realm: &str| Challenge {
+            realm: realm.into(),
+            service: None,
+            scope: None,
+            error: None,
+        };
+        let err = fetch(
+            &http,
+            &challenge("http://auth.example/token"),
+            "repository:a:pull",
+            &creds,
+            true,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err,
+            TokenError::InsecureRealm {
+                realm: "http://auth.example/token".into()
+            }
+        );
+        assert!(is_loopback(
+            &reqwest::Url::parse("http://127.0.0.1:1/t").unwrap()
+        ));
+        assert!(is_loopback(
+            &reqwest::Url::parse("http://[::1]:1/t").unwrap()
+        ));
+        assert!(is_loopback(
+            &reqwest::Url::parse("http://localhost/t").unwrap()
+        ));
+        assert!(!is_loopback(
+            &reqwest::Url::parse("http://10.0.0.1/t").unwrap()
+        ));
     }
 
     #[test]
