@@ -35,7 +35,7 @@ Typical flow:
     url: oci://registry.example.com/tideway/filter@sha256:3b1f…
     sha256: 3b1f…
     imagePullPolicy: IfNotPresent
-    imagePullSecret: tideway-pull     (only when credentials were used)
+    imagePullSecret: tideway-pull     (only when the registry asked for credentials)
 
 IMPORTANT: for oci:// URLs Istio compares `sha256` with the digest of the image
 MANIFEST, not with the sha256 of the .wasm file (a frequent mistake, see
@@ -469,7 +469,8 @@ fn push(a: PushArgs) -> anyhow::Result<()> {
             "warning: Istio would NOT accept this image; run `tideway image verify` for the reason"
         );
     }
-    let pull_secret = pull_secret_name(&source, a.pull_secret.as_deref());
+    let pull_secret =
+        pull_secret_name(&source, a.pull_secret.as_deref()).filter(|_| report.authenticated);
     println!();
     println!(
         "WasmPlugin fragment (sha256 is the image MANIFEST digest, not the .wasm file's hash):"

@@ -107,6 +107,34 @@ fn build_push_verify_pull_round_trip_of_the_real_filter() {
         "the WasmPlugin sha256 is the manifest digest"
     );
 
+    fragment_digest(
+        &pushed,
+        &format!("oci://{}/tideway/filter", registry.addr),
+        None,
+    );
+    // Credentials given to a registry that does not ask for them: Istio's
+    // pull needs no secret either.
+    let again = tideway_with(
+        &[
+            "image",
+            "push",
+            "--plain-http",
+            &format!("oci:{layout_arg}:v1"),
+            &target,
+        ],
+        &[
+            ("TIDEWAY_REGISTRY_USERNAME", "someone"),
+            ("TIDEWAY_REGISTRY_PASSWORD", "unused-Pa55"),
+        ],
+        None,
+    );
+    assert_no_secret(&again, &["unused-Pa55"]);
+    fragment_digest(
+        &succeeded(&again, "push with unneeded credentials"),
+        &format!("oci://{}/tideway/filter", registry.addr),
+        None,
+    );
+
     let verified = ok(&["image", "verify", "--plain-http", &target]);
     assert!(verified.to_lowercase().contains("accept"), "{verified}");
 

@@ -246,6 +246,9 @@ pub struct PushReport {
     pub manifest_digest: Digest,
     /// Each blob (layers, then config) and what happened to it.
     pub blobs: Vec<(Descriptor, BlobStatus)>,
+    /// The registry asked for authentication and credentials were sent: a
+    /// pull (Istio's) will need them too, as an `imagePullSecret`.
+    pub authenticated: bool,
 }
 
 impl PushReport {
@@ -752,10 +755,12 @@ impl Registry {
         }
         self.push_manifest(reference, &image.manifest, &image.manifest_media_type)
             .await?;
+        let asked = !matches!(self.access(reference).await?, Access::Open);
         Ok(PushReport {
             reference: reference.clone(),
             manifest_digest: digest,
             blobs,
+            authenticated: asked && !matches!(self.credentials(), Credentials::Anonymous),
         })
     }
 

@@ -43,6 +43,10 @@ async fn push_skopeo_copy_and_pull_round_trip_is_byte_identical() {
         .unwrap();
     assert_eq!(report.manifest_digest, image.manifest_digest());
     assert!(report.blobs.iter().all(|(_, s)| *s == BlobStatus::Uploaded));
+    assert!(
+        !report.authenticated,
+        "an open registry needs no pull secret"
+    );
     assert_eq!(
         report.wasm_plugin_url(),
         format!(

@@ -74,6 +74,7 @@ async fn push_pull_and_skopeo_with_a_token_from_the_token_server() {
     let c = client(&server, user(WRITER, WRITER_PASSWORD));
     let report = c.push(&image, &target).await.unwrap();
     assert_eq!(report.manifest_digest, image.manifest_digest());
+    assert!(report.authenticated);
     let pulled = c.pull(&target).await.unwrap();
     assert_eq!(
         pulled.istio_verdict("u", Rules::default()).unwrap().wasm,
