@@ -305,3 +305,29 @@ async fn a_kubernetes_pull_secret_serves_the_push() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_token_server_that_is_down_is_retried_then_named() {
+    let server = TokenServer::start(policy());
+    let reg = Registry::token_auth(&server);
+    server.stop();
+    let target = reference(&reg, "team/filter:v1");
+    let err = client(&server, user(WRITER, WRITER_PASSWORD))
+        .pull(&target)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Unavailable { attempts: 2, .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "registry {} is unavailable: manifest fetch failed after 2 attempt(s): the token server {} is unavailable:",
+            reg.addr,
+            server.realm()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(WRITER_PASSWORD), "{text}");
+}

@@ -210,6 +210,19 @@ impl TokenServer {
         self.issued.lock().unwrap().clone()
     }
 
+    /// Stops answering (the port then refuses connections); files stay.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the token server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// How many token requests were refused (bad password, unknown refresh token).
     pub fn refusals(&self) -> u64 {
         self.refusals.load(Ordering::Relaxed)
