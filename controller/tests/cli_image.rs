@@ -183,17 +183,27 @@ fn pushing_to_a_registry_that_is_down_fails_clearly() {
 const WRITER_PASSWORD: &str = "wr1ter-Pa55-never-printed";
 const READER_PASSWORD: &str = "r3ader-Pa55-never-printed";
 
+const REFRESH_TOKEN: &str = "refresh-cli-never-printed";
+
 fn token_registry() -> (TokenServer, common::Registry) {
-    let server = TokenServer::start(Policy::new(
+    let mut policy = Policy::new(
         &[("writer", WRITER_PASSWORD), ("reader", READER_PASSWORD)],
         vec![
             Grant::user("writer", "team/", &["pull", "push"]),
             Grant::user("reader", "team/", &["pull"]),
         ],
-    ));
+    );
+    policy
+        .refresh_tokens
+        .push((REFRESH_TOKEN.to_string(), "writer".to_string()));
+    let server = TokenServer::start(policy);
     let registry = common::Registry::token_auth(&server);
     (server, registry)
 }
+
+/// The start of every JWT (base64url of `{"`): registry tokens must not be
+/// logged either.
+const JWT_PREFIX: &str = "eyJ";
 
 /// Runs tideway with extra environment and standard input; debug logging on,
 /// so that a secret in any log line would show.
@@ -358,7 +368,7 @@ fn push_to_a_token_registry_with_a_credential_helper_then_verify_and_skopeo() {
         &env,
         None,
     );
-    assert_no_secret(&pushed, &[WRITER_PASSWORD, READER_PASSWORD]);
+    assert_no_secret(&pushed, &[WRITER_PASSWORD, READER_PASSWORD, JWT_PREFIX]);
     let stdout = succeeded(&pushed, "push with a credential helper");
     let sha = fragment_digest(
         &stdout,
@@ -567,4 +577,47 @@ fn protocol_mismatches_are_named_with_the_flag_to_use_and_not_retried() {
     );
     let (_, stderr) = text(&out);
     assert!(!stderr.contains("retrying"), "{stderr}");
+}
+
+#[test]
+fn an_identity_token_from_docker_login_is_used_and_never_shown() {
+    let (server, registry) = token_registry();
+    let work = tempfile::tempdir().expect("tempdir");
+    let ca = write_ca(work.path(), &server);
+    let wasm = small_wasm(work.path(), "identity");
+    let docker_dir = work.path().join("docker");
+    std::fs::create_dir_all(&docker_dir).expect("docker dir");
+    // What `docker login` leaves for a registry whose token server hands out
+    // refresh tokens.
+    std::fs::write(
+        docker_dir.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"","identitytoken":"{REFRESH_TOKEN}"}}}}}}"#,
+            registry.addr
+        ),
+    )
+    .expect("config.json");
+    let out = tideway_with(
+        &[
+            "image",
+            "push",
+            wasm.to_str().expect("utf-8"),
+            &format!("{}/team/filter:v1", registry.addr),
+            "--ca-file",
+            ca.to_str().expect("utf-8"),
+        ],
+        &[("DOCKER_CONFIG", docker_dir.to_str().expect("utf-8"))],
+        None,
+    );
+    assert_no_secret(&out, &[REFRESH_TOKEN, JWT_PREFIX]);
+    fragment_digest(
+        &succeeded(&out, "push with an identity token"),
+        &format!("oci://{}/team/filter", registry.addr),
+        Some("tideway-pull"),
+    );
+    let issued = server.issued();
+    assert!(
+        !issued.is_empty() && issued.iter().all(|i| i.method == "POST"),
+        "the refresh-token grant was used: {issued:?}"
+    );
 }
