@@ -361,6 +361,20 @@ fn pull_secret_name(source: &CredentialSource, flag: Option<&str>) -> Option<Str
 
 const DEFAULT_PULL_SECRET: &str = "tideway-pull";
 
+/// How to create the pull Secret from what the push used (no secret values).
+fn pull_secret_hint(name: &str, source: &CredentialSource, registry: &str) -> Option<String> {
+    match source {
+        CredentialSource::KubernetesSecret { .. } | CredentialSource::None => None,
+        CredentialSource::DockerConfig(path) => Some(format!(
+            "kubectl create secret generic {name} --type=kubernetes.io/dockerconfigjson --from-file=.dockerconfigjson={}",
+            path.display()
+        )),
+        CredentialSource::Explicit | CredentialSource::Helper(_) => Some(format!(
+            "kubectl create secret docker-registry {name} --docker-server={registry} --docker-username=USER --docker-password=PASSWORD"
+        )),
+    }
+}
+
 /// The `spec` fields of a WasmPlugin that loads the pushed image, as YAML.
 fn wasm_plugin_fragment(url: &str, digest: &Digest, pull_secret: Option<&str>) -> String {
     let mut out = format!(
@@ -488,10 +502,8 @@ fn push(a: PushArgs) -> anyhow::Result<()> {
             "imagePullSecret {name}: a kubernetes.io/dockerconfigjson Secret in the WasmPlugin's namespace with credentials for {} (credentials used here: {source})",
             reference.registry()
         );
-        if !matches!(source, CredentialSource::KubernetesSecret { .. }) {
-            println!(
-                "  e.g. kubectl create secret generic {name} --type=kubernetes.io/dockerconfigjson --from-file=.dockerconfigjson=$HOME/.docker/config.json"
-            );
+        if let Some(hint) = pull_secret_hint(name, &source, reference.registry()) {
+            println!("  create it with: {hint}");
         }
     }
     Ok(())
@@ -711,6 +723,13 @@ mod tests {
             name: "from-secret".into(),
         };
         assert_eq!(pull_secret_name(&CredentialSource::None, Some("x")), None);
+        assert_eq!(
+            pull_secret_hint("p", &CredentialSource::DockerConfig("/h/.docker/config.json".into()), "r:5000").as_deref(),
+            Some("kubectl create secret generic p --type=kubernetes.io/dockerconfigjson --from-file=.dockerconfigjson=/h/.docker/config.json")
+        );
+        assert!(pull_secret_hint("p", &secret, "r:5000").is_none());
+        assert!(pull_secret_hint("p", &CredentialSource::Explicit, "r:5000")
+            .is_some_and(|h| h.contains("docker-registry p --docker-server=r:5000")));
         assert_eq!(
             pull_secret_name(&secret, None).as_deref(),
             Some("from-secret")
