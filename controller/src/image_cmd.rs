@@ -63,8 +63,8 @@ Registry credentials, first match wins (Docker's order):
      (`auth`, `username`/`password`, `identitytoken`, `registrytoken`);
   3. anonymous.
 --docker-config also takes a Kubernetes Secret of type
-kubernetes.io/dockerconfigjson as JSON (`kubectl get secret NAME -o json`), so
-the Secret a WasmPlugin's imagePullSecret names also serves the push.
+kubernetes.io/dockerconfigjson, YAML or JSON (`kubectl get secret NAME -o yaml`),
+so the Secret a WasmPlugin's imagePullSecret names also serves the push.
 Registries with token auth (Docker Hub, Harbor, GHCR, GitLab, Quay,
 Distribution `auth: token`) are handled: the credentials are exchanged for a
 token per repository, renewed when the registry refuses it.
@@ -214,7 +214,7 @@ struct RegistryArgs {
     /// Password from the environment (never pass it as a flag: it would show in `ps`).
     #[arg(long = "password-env-only", env = "TIDEWAY_REGISTRY_PASSWORD", hide = true, hide_env_values = true, value_parser = parse_secret)]
     password: Option<Secret>,
-    /// Docker config.json, or a kubernetes.io/dockerconfigjson Secret as JSON, with credentials [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json].
+    /// Docker config.json, or a kubernetes.io/dockerconfigjson Secret (YAML or JSON), with credentials [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json].
     #[arg(long, value_name = "FILE")]
     docker_config: Option<PathBuf>,
     /// Extra CA certificate (PEM) to trust for the registry's TLS (repeatable).

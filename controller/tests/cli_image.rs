@@ -512,15 +512,17 @@ fn password_stdin_wins_over_the_docker_config_and_a_kubernetes_secret_names_the_
         registry.addr,
         b64(&format!("writer:{WRITER_PASSWORD}"))
     );
-    let secret = work.path().join("secret.json");
+    // In YAML, as `kubectl create secret docker-registry filter-pull
+    // --dry-run=client -o yaml` prints it.
+    let secret = work.path().join("secret.yaml");
     std::fs::write(
         &secret,
         format!(
-            r#"{{"apiVersion":"v1","kind":"Secret","metadata":{{"name":"filter-pull","namespace":"istio-system"}},"type":"kubernetes.io/dockerconfigjson","data":{{".dockerconfigjson":"{}"}}}}"#,
+            "apiVersion: v1\ndata:\n  .dockerconfigjson: {}\nkind: Secret\nmetadata:\n  creationTimestamp: null\n  name: filter-pull\ntype: kubernetes.io/dockerconfigjson\n",
             b64(&docker_config)
         ),
     )
-    .expect("secret.json");
+    .expect("secret.yaml");
     let out = tideway_with(
         &[
             "image",

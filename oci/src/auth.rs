@@ -9,7 +9,7 @@
 //!    the user name means an identity token), else `auths` (`registrytoken`,
 //!    then `identitytoken`, then `username`/`password`, then `auth`, as
 //!    Docker prefers them). The file may also be a Kubernetes
-//!    `kubernetes.io/dockerconfigjson` Secret in JSON: the Secret an Istio
+//!    `kubernetes.io/dockerconfigjson` Secret (YAML or JSON): the Secret an Istio
 //!    `imagePullSecret` names then serves the push too;
 //! 3. anonymous.
 //!
@@ -320,25 +320,35 @@ fn normalize_registry(key: &str) -> String {
 
 impl DockerConfig {
     /// Parses a Docker `config.json`, or a Kubernetes Secret of type
-    /// `kubernetes.io/dockerconfigjson` as JSON (`kubectl get secret NAME -o
-    /// json`): its `data[".dockerconfigjson"]` (base64) or `stringData` is the
+    /// `kubernetes.io/dockerconfigjson` in JSON or YAML (`kubectl get secret
+    /// NAME -o yaml`): its `data[".dockerconfigjson"]` (base64) or `stringData` is the
     /// same config, so one Secret serves `tideway image push` and Istio's
     /// `imagePullSecret`. Errors never quote the file's content.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-            let looks_like_yaml = text
-                .lines()
-                .any(|l| l.starts_with("kind:") || l.starts_with("apiVersion:"));
-            if looks_like_yaml {
-                "this looks like a Kubernetes manifest in YAML; give the Secret as JSON (kubectl get secret NAME -o json)".to_string()
-            } else {
+        let value: serde_json::Value = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| {
                 format!(
-                    "not valid JSON (line {}, column {}); expected a Docker config.json or a Kubernetes dockerconfigjson Secret in JSON",
+                    "not valid JSON (line {}, column {}); expected a Docker config.json or a Kubernetes dockerconfigjson Secret",
                     e.line(),
                     e.column()
                 )
+            })?
+        } else {
+            // Not JSON: a Kubernetes manifest in YAML, or nothing we know.
+            let value: serde_json::Value = yaml_serde::from_str(text).map_err(|e| {
+                let at = e
+                    .location()
+                    .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                    .unwrap_or_default();
+                format!("neither JSON nor YAML{at}; expected a Docker config.json or a Kubernetes dockerconfigjson Secret")
+            })?;
+            if value.get("kind").and_then(|k| k.as_str()) != Some("Secret") {
+                return Err(
+                    "YAML that is not a Kubernetes Secret; expected a Docker config.json or a Kubernetes dockerconfigjson Secret".into(),
+                );
             }
-        })?;
+            value
+        };
         if value.get("kind").and_then(|k| k.as_str()) == Some("Secret") {
             return Self::from_secret(&value);
         }
@@ -691,10 +701,29 @@ mod tests {
             .credentials_for("r.example")
             .unwrap()
             .is_some());
-        let yaml = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: pull\n";
+        // As `kubectl create secret docker-registry --dry-run=client -o yaml` prints it.
+        let yaml = format!(
+            "apiVersion: v1\ndata:\n  .dockerconfigjson: {}\nkind: Secret\nmetadata:\n  creationTimestamp: null\n  name: regcred\ntype: kubernetes.io/dockerconfigjson\n",
+            b64(&inner)
+        );
+        let cfg = DockerConfig::parse(&yaml).unwrap();
+        assert_eq!(cfg.secret_name.as_deref(), Some("regcred"));
+        assert!(cfg.credentials_for("r.example").unwrap().is_some());
+        // stringData with the config as a block scalar, as people write it.
+        let yaml = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: handmade\n  namespace: istio-system\ntype: kubernetes.io/dockerconfigjson\nstringData:\n  .dockerconfigjson: |\n    {inner}\n"
+        );
+        let cfg = DockerConfig::parse(&yaml).unwrap();
+        assert_eq!(cfg.secret_name.as_deref(), Some("handmade"));
+        assert!(cfg.credentials_for("r.example").unwrap().is_some());
         assert_eq!(
-            DockerConfig::parse(yaml).unwrap_err(),
-            "this looks like a Kubernetes manifest in YAML; give the Secret as JSON (kubectl get secret NAME -o json)"
+            DockerConfig::parse("apiVersion: v1\nkind: ConfigMap\n").unwrap_err(),
+            "YAML that is not a Kubernetes Secret; expected a Docker config.json or a Kubernetes dockerconfigjson Secret"
+        );
+        let broken = DockerConfig::parse("kind: Secret\n  data: [hunter2\n").unwrap_err();
+        assert!(
+            broken.starts_with("neither JSON nor YAML") && !broken.contains("hunter2"),
+            "{broken}"
         );
         let opaque = DockerConfig::parse(&secret("Opaque", r#""data":{}"#)).unwrap_err();
         assert_eq!(
