@@ -113,11 +113,11 @@ async fn push_pull_and_skopeo_with_a_token_from_the_token_server() {
 
 #[tokio::test]
 async fn a_token_that_expires_mid_push_is_renewed() {
-    // Tokens the registry accepts for ~3 s, while the token server claims
+    // Tokens the registry accepts for 4-5 s, while the token server claims
     // 300 s (as with clock skew or an early revocation): only a client that
     // renews on refusal gets through.
     let mut p = policy();
-    p.valid_for = Duration::from_secs(3);
+    p.valid_for = Duration::from_secs(5);
     p.expires_in = 300;
     let server = TokenServer::start(p);
     let reg = Registry::token_auth(&server);
@@ -132,7 +132,7 @@ async fn a_token_that_expires_mid_push_is_renewed() {
     let before = server.issued().len();
     assert_eq!(before, 1, "one token for the blobs: {:?}", server.issued());
     // The push goes on after the token lapsed at the registry.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     let digest = c
         .push_manifest(&target, &image.manifest, &image.manifest_media_type)
         .await
