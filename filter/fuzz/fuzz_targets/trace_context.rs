@@ -14,8 +14,10 @@
 //!   forwarded context (propagate mode);
 //! - the context continues a valid incoming `traceparent`; in span mode
 //!   the forwarded parent-id is new and the caller's is the span's parent;
-//! - a written `tracestate` is a valid one (every member valid, at most
-//!   32, keys unique); if ours is in it, it is first;
+//! - span mode writes `tracestate`, ours first, and the result is valid
+//!   (every member valid, at most 32, keys unique); propagate mode never
+//!   writes it: it is forwarded untouched when it belongs to the continued
+//!   trace and is valid, and removed otherwise;
 //! - B3 is written only when enabled, and then says the forwarded context;
 //!   the legacy headers exactly when enabled, with the forwarded ids;
 //! - no header is written twice, or both written and removed.
@@ -24,7 +26,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tideway_filter::trace::b3::{self, B3Value, Sampling};
-use tideway_filter::trace::tracestate::{members, MAX_MEMBERS};
+use tideway_filter::trace::tracestate::{check, members, MAX_MEMBERS};
 use tideway_filter::trace::w3c::{parse_traceparent, FLAG_SAMPLED, KNOWN_FLAGS};
 use tideway_filter::trace::{
     propagate, CollectorConfig, ContextSource, HeaderOp, HopInfo, TraceInput, TraceMode, TraceRng,
@@ -173,17 +175,32 @@ fuzz_target!(|data: &[u8]| {
     }
     assert!(!out.removes("traceparent"));
 
-    if let Some(ts) = out.value_of("tracestate") {
-        let written = [ts.as_bytes()];
-        let mut keys: Vec<&str> = Vec::new();
-        for m in members(&written) {
-            let m = m.unwrap_or_else(|()| panic!("written tracestate is invalid: {ts:?}"));
-            assert!(!keys.contains(&m.key), "duplicate key in {ts:?}");
-            keys.push(m.key);
+    match out.value_of("tracestate") {
+        Some(ts) => {
+            assert!(span, "propagate mode wrote tracestate {ts:?}");
+            let written = [ts.as_bytes()];
+            let mut keys: Vec<&str> = Vec::new();
+            for m in members(&written) {
+                let m = m.unwrap_or_else(|()| panic!("written tracestate is invalid: {ts:?}"));
+                assert!(!keys.contains(&m.key), "duplicate key in {ts:?}");
+                keys.push(m.key);
+            }
+            assert!(keys.len() <= MAX_MEMBERS);
+            assert_eq!(keys.first(), Some(&cfg.tracestate_key.as_str()), "{ts:?}");
+            if ctx.source != ContextSource::TraceParent {
+                assert_eq!(keys.len(), 1, "a new trace kept old members: {ts:?}");
+            }
         }
-        assert!(keys.len() <= MAX_MEMBERS);
-        if let Some(at) = keys.iter().position(|k| *k == cfg.tracestate_key) {
-            assert_eq!(at, 0, "our member is not first: {ts:?}");
+        None => {
+            assert!(!span, "span mode did not write tracestate");
+            let forwardable = ctx.source == ContextSource::TraceParent
+                && check(&input.tracestate).is_forwardable();
+            assert_eq!(
+                out.removes("tracestate"),
+                !input.tracestate.is_empty() && !forwardable,
+                "tracestate {:?}",
+                input.tracestate
+            );
         }
     }
 

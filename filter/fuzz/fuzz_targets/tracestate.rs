@@ -12,15 +12,17 @@
 //! - the merged header is itself a valid `tracestate`: every member valid,
 //!   ours first, keys unique, at most 32 members;
 //! - the members after ours are exactly what the policy of
-//!   `tracestate::append_incoming` says (modelled here independently), and
-//!   its statistics account for every incoming member.
+//!   `tracestate::append_incoming` says (modelled here independently: one
+//!   invalid member or more than 32 discard the incoming list whole;
+//!   otherwise ours and repeated keys are dropped and the rest cut to 31),
+//!   and its statistics account for every incoming member.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tideway_filter::trace::member::{parse_member_value, write_member_value};
 use tideway_filter::trace::tracestate::{
-    is_valid_key, is_valid_value, members, write_tracestate, MAX_MEMBERS, MAX_VALUE_LEN,
+    check, is_valid_key, is_valid_value, members, write_tracestate, MAX_MEMBERS, MAX_VALUE_LEN,
 };
 
 const OWN_KEY: &str = "tideway";
@@ -70,8 +72,10 @@ fuzz_target!(|data: &[u8]| {
     let target = String::from_utf8_lossy(values.get(1).copied().unwrap_or_default());
     let own_value = check_member_value(&source, &target);
 
-    // The model: valid members in order, ours and repeated keys dropped,
-    // then cut so that the whole list, ours included, has 32 members.
+    // The model: a list with an invalid member, or more than 32, is
+    // discarded whole; otherwise valid members in order, ours and repeated
+    // keys dropped, then cut so that the whole list, ours included, has 32
+    // members.
     let mut total = 0usize;
     let mut invalid = 0usize;
     let mut skipped = 0usize;
@@ -92,6 +96,14 @@ fuzz_target!(|data: &[u8]| {
             truncated += 1;
         }
     }
+    let discarded = invalid > 0 || total - invalid > MAX_MEMBERS;
+    let check = check(&values);
+    assert_eq!((check.valid, check.invalid), (total - invalid, invalid));
+    assert_eq!(check.is_forwardable(), !discarded);
+    if discarded {
+        model.clear();
+        (skipped, truncated) = (0, 0);
+    }
 
     let mut out = String::new();
     let stats = write_tracestate(&mut out, OWN_KEY, &own_value, &values);
@@ -108,10 +120,13 @@ fuzz_target!(|data: &[u8]| {
     assert!(!out.contains(",,") && !out.ends_with(','));
     assert_eq!(stats.kept, model.len());
     assert_eq!(stats.invalid, invalid);
+    assert_eq!(stats.discarded, discarded);
     assert_eq!(stats.replaced_or_duplicate, skipped);
     assert_eq!(stats.truncated, truncated);
-    assert_eq!(
-        stats.kept + stats.invalid + stats.replaced_or_duplicate + stats.truncated,
-        total
-    );
+    if !discarded {
+        assert_eq!(
+            stats.kept + stats.replaced_or_duplicate + stats.truncated,
+            total
+        );
+    }
 });
