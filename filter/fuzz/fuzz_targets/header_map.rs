@@ -4,15 +4,33 @@
 //!
 //! Properties: a map that parses yields exactly `len()` pairs (validation up
 //! front is what lets iteration skip error paths); those pairs, serialised
-//! again, are byte for byte the prefix of the input the parser read, with
-//! only the terminator bytes normalised to NUL (so the parser reads the
-//! format, not something near it); `get` and `get_all` agree with iteration;
-//! the cookie reader never panics on any value.
+//! again (by this target's own writer of the format), are byte for byte the
+//! prefix of the input the parser read, with only the terminator bytes
+//! normalised to NUL (so the parser reads the format, not something near
+//! it), and parse back to themselves; `get` agrees with iteration; the
+//! cookie reader never panics on any value.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tideway_filter::header_map::{cookie, serialize, HeaderMap};
+use tideway_filter::header_map::{cookie, HeaderMap};
+
+/// The format as Envoy's `exportPairs` writes it.
+fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let len = |n: usize| u32::try_from(n).expect("fits").to_le_bytes();
+    let mut out = len(pairs.len()).to_vec();
+    for (name, value) in pairs {
+        out.extend_from_slice(&len(name.len()));
+        out.extend_from_slice(&len(value.len()));
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name);
+        out.push(0);
+        out.extend_from_slice(value);
+        out.push(0);
+    }
+    out
+}
 
 fuzz_target!(|data: &[u8]| {
     let map = HeaderMap::parse(data);
@@ -24,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
         // An empty map is either a valid count of 0 or malformed input.
         return;
     }
-    let rendered = serialize(pairs.iter().copied());
+    let rendered = serialize(&pairs);
     assert!(rendered.len() <= data.len());
     let mut expected = data[..rendered.len()].to_vec();
     let mut at = 4 + 8 * pairs.len();
@@ -43,7 +61,6 @@ fuzz_target!(|data: &[u8]| {
     let reparsed: Vec<(&[u8], &[u8])> = HeaderMap::parse(&rendered).iter().collect();
     assert_eq!(reparsed, pairs);
 
-    let mut all = Vec::new();
     for (name, value) in &pairs {
         if let Ok(name) = std::str::from_utf8(name) {
             let first = pairs
@@ -51,9 +68,6 @@ fuzz_target!(|data: &[u8]| {
                 .find(|(n, _)| *n == name.as_bytes())
                 .map(|p| p.1);
             assert_eq!(map.get(name), first);
-            map.get_all(name, &mut all);
-            assert!(all.contains(value));
-            assert_eq!(all.first().copied(), first);
         }
         if let Some(found) = cookie(value, "session") {
             // A cookie value is a sub-slice of the header, trimmed.
