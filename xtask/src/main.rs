@@ -44,6 +44,8 @@ const TEST_PACKAGES: &[&str] = &[
     "binaryen",
     // callgrind, for the benchmark's instruction counts.
     "valgrind",
+    // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
+    "g++",
 ];
 
 #[derive(Debug, Parser)]
