@@ -414,8 +414,9 @@ fn is_dns_label(s: &str) -> bool {
 /// Whether a routing header that arrives with the request is honoured.
 ///
 /// By default it is not: a client outside the mesh must not pick its
-/// destination, so the header (and every `x-tideway-*` header) is removed and
-/// the decision made anew.
+/// destination, so the decision is made anew and overwrites the header, and
+/// every other `x-tideway-*` request header is removed
+/// (`decision::request`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct TrustConfig {
@@ -469,9 +470,7 @@ impl PluginConfig {
         }
         self.scheduler.validate()?;
         self.local.validate()?;
-        self.tracing
-            .validate()
-            .map_err(|e| ConfigError::new(e.field, format!("{} ({})", e.value, e.reason)))?;
+        self.tracing.validate()?;
         for principal in &self.trust.principals {
             if principal.is_empty() {
                 return Err(ConfigError::new("trust.principals", "empty principal"));
