@@ -285,16 +285,6 @@ impl Engine {
 
 /// The failover order of `svc`'s destinations by their current locality
 /// closeness, after the configured explicit order.
-fn failover_order(svc: &Service, explicit: &[String]) -> Vec<usize> {
-    let names: Vec<&str> = svc.destinations.iter().map(|d| d.name.as_str()).collect();
-    let closeness: Vec<f64> = svc
-        .destinations
-        .iter()
-        .map(|d| d.locality_affinity)
-        .collect();
-    failover::order(&names, &closeness, explicit)
-}
-
 /// The host table for this proxy's namespace and cluster domain.
 fn host_table(config: &PluginConfig, local: &LocalIdentity) -> HostTable {
     HostTable::new(
@@ -308,4 +298,14 @@ fn host_table(config: &PluginConfig, local: &LocalIdentity) -> HostTable {
             cluster_domain: config.local.cluster_domain(),
         },
     )
+}
+
+fn failover_order(svc: &Service, explicit: &[String]) -> Vec<usize> {
+    let names: Vec<&str> = svc.destinations.iter().map(|d| d.name.as_str()).collect();
+    let closeness: Vec<f64> = svc
+        .destinations
+        .iter()
+        .map(|d| d.locality_affinity)
+        .collect();
+    failover::order(&names, &closeness, explicit)
 }
