@@ -431,19 +431,21 @@ pub(crate) fn show(value: &Value) -> String {
     }
 }
 
-/// `shared/` of the project: `$TIDEWAY_SHARED`, else `../shared` beside the
-/// workspace root (where CI lays it).
+/// `shared/` of the project: `$TIDEWAY_SHARED`, else the nearest
+/// `shared/` beside the workspace root or one of its ancestors (CI lays it
+/// beside the clone; a git worktree may sit deeper).
 pub fn shared_dir() -> std::path::PathBuf {
     if let Some(dir) = std::env::var_os("TIDEWAY_SHARED") {
         return dir.into();
     }
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    // controller/crd-validate → the workspace root → its parent.
-    manifest
-        .ancestors()
-        .nth(3)
-        .unwrap_or(manifest)
-        .join("shared")
+    // controller/crd-validate → the workspace root → its ancestors.
+    let root = manifest.ancestors().nth(2).unwrap_or(manifest);
+    root.ancestors()
+        .skip(1)
+        .map(|dir| dir.join("shared"))
+        .find(|dir| dir.join("istio/crd-all.gen.yaml").exists())
+        .unwrap_or_else(|| root.join("../shared"))
 }
 
 /// prometheus-operator's `PrometheusRule` (monitoring.coreos.com/v1), as a

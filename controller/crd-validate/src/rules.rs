@@ -147,10 +147,10 @@ fn part(url: &CelValue, name: &str) -> Result<CelValue, ExecutionError> {
     let CelValue::Map(map) = url else {
         return Err(ExecutionError::function_error(name, "not a URL"));
     };
-    if map.get(&"__url__".to_string()).is_none() {
+    if map.get(&cel::objects::KeyRef::String("__url__")).is_none() {
         return Err(ExecutionError::function_error(name, "not a URL"));
     }
-    map.get(&name.to_string())
+    map.get(&cel::objects::KeyRef::String(name))
         .cloned()
         .ok_or_else(|| ExecutionError::function_error(name, "not a URL"))
 }

@@ -180,7 +180,7 @@ fn a_wrong_type_or_enum_value_is_rejected() {
 fn a_header_match_with_two_match_types_is_rejected_by_one_of() {
     let mut vs = virtual_service();
     vs["spec"]["http"][0]["match"][0]["headers"]["x-tideway-destination"] = json!({"exact": "east", "prefix": "e"});
-    assert_rejected_at(&vs, "spec.http[0].match[0].headers[\"x-tideway-destination\"]", "");
+    assert_rejected_at(&vs, "spec.http[0].match[0].headers.x-tideway-destination", "more than one");
 }
 
 #[test]
@@ -241,12 +241,14 @@ fn durations_below_a_millisecond_fail_the_cel_rule() {
 #[test]
 fn label_rules_and_map_lists() {
     let mut dr = destination_rule();
-    dr["spec"]["subsets"][0]["labels"] = json!({"topology.istio.io/cluster": "east-*"});
+    dr["spec"]["workloadSelector"] = json!({"matchLabels": {"app.kubernetes.io/name": "rev*"}});
     assert_rejected_at(
         &dr,
-        "spec.subsets[0].labels[\"topology.istio.io/cluster\"]",
+        "spec.workloadSelector.matchLabels[\"app.kubernetes.io/name\"]",
         "wildcard not allowed",
     );
+    dr["spec"]["workloadSelector"] = json!({"matchLabels": {"": "reviews"}});
+    assert_rejected_at(&dr, "spec.workloadSelector.matchLabels", "key must not be empty");
     let mut wp = wasm_plugin();
     wp["spec"]["match"][0]["ports"] = json!([{"number": 9080}, {"number": 9080}]);
     assert_rejected_at(&wp, "spec.match[0].ports[1]", "duplicate entry");

@@ -238,3 +238,43 @@ fn the_member_role_covers_every_rendered_kind() {
         }
     }
 }
+
+/// The checks on the built-in kinds can fail: each mutation of a real
+/// manifest is rejected at its path.
+#[test]
+fn broken_controller_manifests_are_rejected() {
+    let docs = documents();
+    let catalog = catalog(&docs);
+    let find = |k: &str, n: &str| {
+        docs.iter()
+            .map(|(_, d)| d)
+            .find(|d| kind(d) == k && name(d) == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {k} {n}"))
+    };
+    let rejected = |doc: &Value, path: &str, needle: &str| {
+        let invalid = catalog.validate(doc).expect_err("accepted a broken manifest");
+        assert!(invalid.has(path, needle), "want {path} / {needle:?}, got\n{invalid}");
+    };
+    let mut deployment = find("Deployment", "tideway-controller");
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy2"] = "Always".into();
+    rejected(&deployment, "spec.template.spec.containers[0]", "unknown field(s) imagePullPolicy2");
+    let mut deployment = find("Deployment", "tideway-controller");
+    deployment["spec"]["replicas"] = "two".into();
+    rejected(&deployment, "spec.replicas", "invalid type");
+    let mut role = find("ClusterRole", "tideway-member");
+    role["rules"][0]["verbs"] = serde_json::json!(["get", "apply"]);
+    rejected(&role, "rules[0].verbs", "\"apply\" is not a verb");
+    let mut role = find("ClusterRole", "tideway-member");
+    role["rules"][0]["resources"] = serde_json::json!(["virtualservice"]);
+    rejected(&role, "rules[0].resources", "\"virtualservice\" is not served");
+    let mut role = find("ClusterRole", "tideway-member");
+    role["rules"][0]["verbs"] = serde_json::json!(["*"]);
+    rejected(&role, "rules[0].verbs", "wildcard");
+    let mut role = find("Role", "tideway-controller");
+    role["rules"][1]["verbs"] = serde_json::json!(["create", "get"]);
+    rejected(&role, "rules[1].resourceNames", "cannot restrict \"create\"");
+    let mut service = find("Service", "tideway-controller");
+    service["metadata"]["namespace"] = "Tideway_System".into();
+    rejected(&service, "metadata.namespace", "DNS-1123 label");
+}
