@@ -284,11 +284,7 @@ impl Envoy {
             admin_port: 0,
             dir,
         };
-        let ready_within = Duration::from_secs(if command_prefix.is_empty() {
-            60
-        } else {
-            900
-        });
+        let ready_within = Duration::from_secs(if command_prefix.is_empty() { 60 } else { 900 });
         if let Err(e) = envoy.wait_ready(&admin_path, ready_within) {
             bail!("{e}\n--- tail of Envoy's log ---\n{}", envoy.log_tail(40));
         }

@@ -125,7 +125,12 @@ pub fn translate(
     let of_kind = |kind: &str| -> Vec<&Value> {
         objects
             .iter()
-            .filter(|o| o["kind"] == kind && o["apiVersion"].as_str().is_some_and(|a| a.contains("istio.io/")))
+            .filter(|o| {
+                o["kind"] == kind
+                    && o["apiVersion"]
+                        .as_str()
+                        .is_some_and(|a| a.contains("istio.io/"))
+            })
             .collect()
     };
     let virtual_services = of_kind("VirtualService");
@@ -135,7 +140,11 @@ pub fn translate(
     let mut rules: BTreeMap<String, &Value> = BTreeMap::new();
     for dr in &destination_rules {
         let ns = namespace(dr);
-        let host = fqdn(dr["spec"]["host"].as_str().unwrap_or(""), ns, &proxy.cluster_domain);
+        let host = fqdn(
+            dr["spec"]["host"].as_str().unwrap_or(""),
+            ns,
+            &proxy.cluster_domain,
+        );
         rules.insert(host, dr);
     }
 
@@ -154,7 +163,15 @@ pub fn translate(
                 .any(|h| fqdn(h, ns, &proxy.cluster_domain) == service.hostname)
         });
         let routes = match vs {
-            Some(vs) => vs_routes(vs, service, services, port, &rules, proxy, &mut untranslated)?,
+            Some(vs) => vs_routes(
+                vs,
+                service,
+                services,
+                port,
+                &rules,
+                proxy,
+                &mut untranslated,
+            )?,
             // No VirtualService: istiod's default route to the service.
             None => vec![json!({
                 "name": "default",
@@ -184,7 +201,14 @@ pub fn translate(
         "ignore_port_in_host_matching": true
     });
 
-    let http_filters = http_filters(&of_kind("WasmPlugin"), proxy, direction, port, wasm_file, &mut untranslated)?;
+    let http_filters = http_filters(
+        &of_kind("WasmPlugin"),
+        proxy,
+        direction,
+        port,
+        wasm_file,
+        &mut untranslated,
+    )?;
     Ok(Translation {
         route_config,
         clusters,
@@ -199,7 +223,9 @@ pub fn cluster_name(port: u16, subset: &str, host: &str) -> String {
 }
 
 fn namespace(object: &Value) -> &str {
-    object["metadata"]["namespace"].as_str().unwrap_or("default")
+    object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default")
 }
 
 /// A host as written in a VirtualService or DestinationRule in namespace
@@ -237,8 +263,15 @@ pub fn domains(service: &Service, proxy: &Proxy) -> Vec<String> {
     out
 }
 
-fn service_clusters(service: &Service, port: u16, dr: Option<&Value>, untranslated: &mut Vec<String>) -> Result<Vec<Value>> {
-    let top = dr.map(|d| d["spec"]["trafficPolicy"].clone()).unwrap_or(Value::Null);
+fn service_clusters(
+    service: &Service,
+    port: u16,
+    dr: Option<&Value>,
+    untranslated: &mut Vec<String>,
+) -> Result<Vec<Value>> {
+    let top = dr
+        .map(|d| d["spec"]["trafficPolicy"].clone())
+        .unwrap_or(Value::Null);
     let mut out = vec![cluster(
         &cluster_name(port, "", &service.hostname),
         service.endpoints.iter().collect(),
@@ -247,13 +280,24 @@ fn service_clusters(service: &Service, port: u16, dr: Option<&Value>, untranslat
         untranslated,
     )?];
     if let Some(dr) = dr {
-        for (i, subset) in dr["spec"]["subsets"].as_array().into_iter().flatten().enumerate() {
-            let name = subset["name"].as_str().ok_or_else(|| anyhow!("subsets[{i}] has no name"))?;
+        for (i, subset) in dr["spec"]["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let name = subset["name"]
+                .as_str()
+                .ok_or_else(|| anyhow!("subsets[{i}] has no name"))?;
             let labels = subset["labels"].as_object().cloned().unwrap_or_default();
             let endpoints: Vec<&Endpoint> = service
                 .endpoints
                 .iter()
-                .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k).map(String::as_str) == v.as_str()))
+                .filter(|e| {
+                    labels
+                        .iter()
+                        .all(|(k, v)| e.labels.get(k).map(String::as_str) == v.as_str())
+                })
                 .collect();
             let policy = merge(&top, &subset["trafficPolicy"]);
             out.push(cluster(
@@ -280,7 +324,13 @@ fn merge(top: &Value, subset: &Value) -> Value {
     Value::Object(out)
 }
 
-fn cluster(name: &str, endpoints: Vec<&Endpoint>, policy: &Value, at: &str, untranslated: &mut Vec<String>) -> Result<Value> {
+fn cluster(
+    name: &str,
+    endpoints: Vec<&Endpoint>,
+    policy: &Value,
+    at: &str,
+    untranslated: &mut Vec<String>,
+) -> Result<Value> {
     let mut cluster = json!({
         "name": name,
         "type": "STATIC",
@@ -305,7 +355,12 @@ fn cluster(name: &str, endpoints: Vec<&Endpoint>, policy: &Value, at: &str, untr
                         other => bail!("{at}.loadBalancer.simple {other:?} is not translated"),
                     });
                 } else if value.get("consistentHash").is_some() {
-                    cluster["lb_policy"] = json!(if value["consistentHash"].get("maglev").is_some() { "MAGLEV" } else { "RING_HASH" });
+                    cluster["lb_policy"] =
+                        json!(if value["consistentHash"].get("maglev").is_some() {
+                            "MAGLEV"
+                        } else {
+                            "RING_HASH"
+                        });
                 }
                 for key in value.as_object().into_iter().flat_map(|m| m.keys()) {
                     if !matches!(key.as_str(), "simple" | "consistentHash") {
@@ -345,8 +400,16 @@ fn cluster(name: &str, endpoints: Vec<&Endpoint>, policy: &Value, at: &str, untr
             "outlierDetection" => {
                 let mut od = Map::new();
                 for (field, envoy, enforcing) in [
-                    ("consecutive5xxErrors", "consecutive_5xx", "enforcing_consecutive_5xx"),
-                    ("consecutiveGatewayErrors", "consecutive_gateway_failure", "enforcing_consecutive_gateway_failure"),
+                    (
+                        "consecutive5xxErrors",
+                        "consecutive_5xx",
+                        "enforcing_consecutive_5xx",
+                    ),
+                    (
+                        "consecutiveGatewayErrors",
+                        "consecutive_gateway_failure",
+                        "enforcing_consecutive_gateway_failure",
+                    ),
                 ] {
                     if let Some(n) = value[field].as_u64() {
                         od.insert(envoy.into(), json!(n));
@@ -356,7 +419,10 @@ fn cluster(name: &str, endpoints: Vec<&Endpoint>, policy: &Value, at: &str, untr
                         od.insert(enforcing.into(), json!(0));
                     }
                 }
-                for (field, envoy) in [("interval", "interval"), ("baseEjectionTime", "base_ejection_time")] {
+                for (field, envoy) in [
+                    ("interval", "interval"),
+                    ("baseEjectionTime", "base_ejection_time"),
+                ] {
                     if let Some(d) = value[field].as_str() {
                         od.insert(envoy.into(), json!(d));
                     }
@@ -372,7 +438,12 @@ fn cluster(name: &str, endpoints: Vec<&Endpoint>, policy: &Value, at: &str, untr
                 for key in value.as_object().into_iter().flat_map(|m| m.keys()) {
                     let done = matches!(
                         key.as_str(),
-                        "consecutive5xxErrors" | "consecutiveGatewayErrors" | "interval" | "baseEjectionTime" | "maxEjectionPercent" | "minHealthPercent"
+                        "consecutive5xxErrors"
+                            | "consecutiveGatewayErrors"
+                            | "interval"
+                            | "baseEjectionTime"
+                            | "maxEjectionPercent"
+                            | "minHealthPercent"
                     );
                     if !done {
                         untranslated.push(format!("{name}: {at}.outlierDetection.{key}"));
@@ -409,10 +480,18 @@ fn vs_routes(
     let ns = namespace(vs);
     let vs_name = vs["metadata"]["name"].as_str().unwrap_or("?");
     let mut out = Vec::new();
-    'routes: for (i, http) in vs["spec"]["http"].as_array().into_iter().flatten().enumerate() {
+    'routes: for (i, http) in vs["spec"]["http"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let at = format!("VirtualService {ns}/{vs_name} spec.http[{i}]");
         for key in http.as_object().into_iter().flat_map(|m| m.keys()) {
-            if !matches!(key.as_str(), "name" | "match" | "route" | "timeout" | "retries" | "fault" | "headers") {
+            if !matches!(
+                key.as_str(),
+                "name" | "match" | "route" | "timeout" | "retries" | "fault" | "headers"
+            ) {
                 untranslated.push(format!("{at}.{key}"));
             }
         }
@@ -429,11 +508,17 @@ fn vs_routes(
                 continue;
             }
             if let Some(labels) = m["sourceLabels"].as_object() {
-                if !labels.iter().all(|(k, v)| proxy.labels.get(k).map(String::as_str) == v.as_str()) {
+                if !labels
+                    .iter()
+                    .all(|(k, v)| proxy.labels.get(k).map(String::as_str) == v.as_str())
+                {
                     continue;
                 }
             }
-            if m["sourceNamespace"].as_str().is_some_and(|s| s != proxy.namespace) {
+            if m["sourceNamespace"]
+                .as_str()
+                .is_some_and(|s| s != proxy.namespace)
+            {
                 continue;
             }
             let route_match = translate_match(m, &format!("{at}.match[{j}]"), untranslated)?;
@@ -460,7 +545,10 @@ fn vs_routes(
 }
 
 fn is_catch_all(route_match: &Value) -> bool {
-    let keys: Vec<&String> = route_match.as_object().map(|m| m.keys().collect()).unwrap_or_default();
+    let keys: Vec<&String> = route_match
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
     keys.len() == 1 && route_match["prefix"] == "/"
 }
 
@@ -481,7 +569,9 @@ fn translate_match(m: &Value, at: &str, untranslated: &mut Vec<String>) -> Resul
     match m.get("uri") {
         Some(uri) if uri.get("exact").is_some() => out["path"] = uri["exact"].clone(),
         Some(uri) if uri.get("prefix").is_some() => out["prefix"] = uri["prefix"].clone(),
-        Some(uri) if uri.get("regex").is_some() => out["safe_regex"] = json!({"regex": uri["regex"]}),
+        Some(uri) if uri.get("regex").is_some() => {
+            out["safe_regex"] = json!({"regex": uri["regex"]})
+        }
         Some(_) => bail!("{at}.uri: no exact, prefix or regex"),
         None => out["prefix"] = json!("/"),
     }
@@ -490,7 +580,8 @@ fn translate_match(m: &Value, at: &str, untranslated: &mut Vec<String>) -> Resul
     }
     let mut headers = Vec::new();
     for (field, invert) in [("headers", false), ("withoutHeaders", true)] {
-        let mut names: Vec<(&String, &Value)> = m[field].as_object().into_iter().flatten().collect();
+        let mut names: Vec<(&String, &Value)> =
+            m[field].as_object().into_iter().flatten().collect();
         names.sort_by(|a, b| a.0.cmp(b.0));
         for (name, value) in names {
             let mut header = json!({"name": name.to_ascii_lowercase()});
@@ -505,7 +596,11 @@ fn translate_match(m: &Value, at: &str, untranslated: &mut Vec<String>) -> Resul
             headers.push(header);
         }
     }
-    for (field, pseudo) in [("method", ":method"), ("authority", ":authority"), ("scheme", ":scheme")] {
+    for (field, pseudo) in [
+        ("method", ":method"),
+        ("authority", ":authority"),
+        ("scheme", ":scheme"),
+    ] {
         if let Some(value) = m.get(field) {
             headers.push(json!({"name": pseudo, "string_match": string_matcher(value, &format!("{at}.{field}"))?}));
         }
@@ -523,8 +618,18 @@ fn translate_match(m: &Value, at: &str, untranslated: &mut Vec<String>) -> Resul
     for key in m.as_object().into_iter().flat_map(|o| o.keys()) {
         let done = matches!(
             key.as_str(),
-            "name" | "uri" | "ignoreUriCase" | "headers" | "withoutHeaders" | "method" | "authority" | "scheme"
-                | "queryParams" | "port" | "sourceLabels" | "sourceNamespace"
+            "name"
+                | "uri"
+                | "ignoreUriCase"
+                | "headers"
+                | "withoutHeaders"
+                | "method"
+                | "authority"
+                | "scheme"
+                | "queryParams"
+                | "port"
+                | "sourceLabels"
+                | "sourceNamespace"
         );
         if !done {
             untranslated.push(format!("{at}.{key}"));
@@ -550,14 +655,22 @@ fn route_action(
     }
     let mut clusters = Vec::new();
     for (k, d) in destinations.iter().enumerate() {
-        let host_raw = d["destination"]["host"].as_str().ok_or_else(|| anyhow!("{at}.route[{k}].destination.host missing"))?;
+        let host_raw = d["destination"]["host"]
+            .as_str()
+            .ok_or_else(|| anyhow!("{at}.route[{k}].destination.host missing"))?;
         let host = fqdn(host_raw, vs_ns, &proxy.cluster_domain);
         let target = services
             .iter()
             .find(|s| s.hostname == host)
-            .ok_or_else(|| anyhow!("{at}.route[{k}].destination.host {host_raw:?} ({host}) is no known service"))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "{at}.route[{k}].destination.host {host_raw:?} ({host}) is no known service"
+                )
+            })?;
         let dest_port = match d["destination"]["port"]["number"].as_u64() {
-            Some(p) => u16::try_from(p).map_err(|_| anyhow!("{at}.route[{k}].destination.port {p}"))?,
+            Some(p) => {
+                u16::try_from(p).map_err(|_| anyhow!("{at}.route[{k}].destination.port {p}"))?
+            }
             None if target.ports.len() == 1 => target.ports[0],
             None if target.hostname == service.hostname => port,
             None => bail!("{at}.route[{k}].destination.port: required, {host} has several ports"),
@@ -565,13 +678,19 @@ fn route_action(
         let subset = d["destination"]["subset"].as_str().unwrap_or("");
         if !subset.is_empty() {
             let defined = rules.get(&host).is_some_and(|dr| {
-                dr["spec"]["subsets"].as_array().into_iter().flatten().any(|s| s["name"] == subset)
+                dr["spec"]["subsets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s["name"] == subset)
             });
             if !defined {
                 bail!("{at}.route[{k}].destination.subset {subset:?}: no DestinationRule for {host} defines it (istiod would route to a cluster that does not exist: 503)");
             }
         }
-        let weight = d["weight"].as_u64().unwrap_or(if destinations.len() == 1 { 100 } else { 0 });
+        let weight = d["weight"]
+            .as_u64()
+            .unwrap_or(if destinations.len() == 1 { 100 } else { 0 });
         clusters.push((cluster_name(dest_port, subset, &host), weight, host));
     }
     let mut action = if clusters.len() == 1 {
@@ -605,7 +724,13 @@ fn route_action(
         Some(r) => {
             let mut retry_on = Vec::new();
             let mut codes = Vec::new();
-            for item in r["retryOn"].as_str().unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            for item in r["retryOn"]
+                .as_str()
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+            {
                 match item.parse::<u32>() {
                     Ok(code) => codes.push(code),
                     Err(_) => retry_on.push(item.to_string()),
@@ -615,10 +740,11 @@ fn route_action(
                 retry_on.push("retriable-status-codes".into());
             }
             if retry_on.is_empty() {
-                retry_on = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
-                    .split(',')
-                    .map(str::to_string)
-                    .collect();
+                retry_on =
+                    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+                        .split(',')
+                        .map(str::to_string)
+                        .collect();
             }
             let mut policy = json!({
                 "retry_on": retry_on.join(","),
@@ -646,7 +772,8 @@ fn fault_config(fault: &Value) -> Value {
         let value = p["value"].as_f64().unwrap_or(100.0);
         json!({"numerator": (value * 10_000.0).round() as u64, "denominator": "MILLION"})
     };
-    let mut out = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"});
+    let mut out =
+        json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"});
     if let Some(delay) = fault.get("delay") {
         out["delay"] = json!({"fixed_delay": delay["fixedDelay"], "percentage": percent(&delay["percentage"])});
     }
@@ -668,7 +795,10 @@ pub fn plugin_applies(plugin: &Value, proxy: &Proxy, direction: Direction, port:
         return false;
     }
     if let Some(labels) = spec["selector"]["matchLabels"].as_object() {
-        if !labels.iter().all(|(k, v)| proxy.labels.get(k).map(String::as_str) == v.as_str()) {
+        if !labels
+            .iter()
+            .all(|(k, v)| proxy.labels.get(k).map(String::as_str) == v.as_str())
+        {
             return false;
         }
     }
@@ -681,7 +811,12 @@ pub fn plugin_applies(plugin: &Value, proxy: &Proxy, direction: Direction, port:
             Direction::Outbound => matches!(mode, "CLIENT" | "CLIENT_AND_SERVER" | "UNDEFINED"),
             Direction::Inbound => matches!(mode, "SERVER" | "CLIENT_AND_SERVER" | "UNDEFINED"),
         };
-        let ports: Vec<u64> = m["ports"].as_array().into_iter().flatten().filter_map(|p| p["number"].as_u64()).collect();
+        let ports: Vec<u64> = m["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["number"].as_u64())
+            .collect();
         direction_ok && (ports.is_empty() || ports.contains(&u64::from(port)))
     })
 }
@@ -690,7 +825,10 @@ pub fn plugin_applies(plugin: &Value, proxy: &Proxy, direction: Direction, port:
 /// module already fetched to a local file by istio-agent).
 pub fn wasm_filter(plugin: &Value, wasm_file: &Path) -> Value {
     let spec = &plugin["spec"];
-    let config_json = spec.get("pluginConfig").map(Value::to_string).unwrap_or_default();
+    let config_json = spec
+        .get("pluginConfig")
+        .map(Value::to_string)
+        .unwrap_or_default();
     let mut config = json!({
         "name": format!("{}.{}", namespace(plugin), plugin["metadata"]["name"].as_str().unwrap_or("")),
         "root_id": spec["pluginName"].as_str().unwrap_or(""),
@@ -720,31 +858,57 @@ fn http_filters(
     wasm_file: &Path,
     untranslated: &mut Vec<String>,
 ) -> Result<Vec<Value>> {
-    let mut applied: Vec<&Value> = plugins.iter().copied().filter(|p| plugin_applies(p, proxy, direction, port)).collect();
+    let mut applied: Vec<&Value> = plugins
+        .iter()
+        .copied()
+        .filter(|p| plugin_applies(p, proxy, direction, port))
+        .collect();
     // Higher priority first; ties by namespace/name (istiod's order).
     applied.sort_by(|a, b| {
         let pa = a["spec"]["priority"].as_i64().unwrap_or(0);
         let pb = b["spec"]["priority"].as_i64().unwrap_or(0);
         pb.cmp(&pa)
             .then_with(|| namespace(a).cmp(namespace(b)))
-            .then_with(|| a["metadata"]["name"].as_str().cmp(&b["metadata"]["name"].as_str()))
+            .then_with(|| {
+                a["metadata"]["name"]
+                    .as_str()
+                    .cmp(&b["metadata"]["name"].as_str())
+            })
     });
     for p in &applied {
         for key in p["spec"].as_object().into_iter().flat_map(|m| m.keys()) {
-            if matches!(key.as_str(), "imagePullSecret" | "imagePullPolicy" | "verificationKey" | "vmConfig" | "type") {
+            if matches!(
+                key.as_str(),
+                "imagePullSecret" | "imagePullPolicy" | "verificationKey" | "vmConfig" | "type"
+            ) {
                 untranslated.push(format!("WasmPlugin {}: spec.{key}", p["metadata"]["name"]));
             }
         }
     }
-    let phase = |p: &&Value| p["spec"]["phase"].as_str().unwrap_or("UNSPECIFIED_PHASE").to_string();
+    let phase = |p: &&Value| {
+        p["spec"]["phase"]
+            .as_str()
+            .unwrap_or("UNSPECIFIED_PHASE")
+            .to_string()
+    };
     let mut out = Vec::new();
     for wanted in ["AUTHN", "AUTHZ"] {
-        out.extend(applied.iter().filter(|p| phase(p) == wanted).map(|p| wasm_filter(p, wasm_file)));
+        out.extend(
+            applied
+                .iter()
+                .filter(|p| phase(p) == wanted)
+                .map(|p| wasm_filter(p, wasm_file)),
+        );
     }
     out.push(json!({"name": "envoy.filters.http.fault",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}));
     for wanted in ["STATS", "UNSPECIFIED_PHASE"] {
-        out.extend(applied.iter().filter(|p| phase(p) == wanted).map(|p| wasm_filter(p, wasm_file)));
+        out.extend(
+            applied
+                .iter()
+                .filter(|p| phase(p) == wanted)
+                .map(|p| wasm_filter(p, wasm_file)),
+        );
     }
     out.push(json!({"name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
@@ -756,11 +920,22 @@ impl Translation {
     /// with the node identity istiod's sidecar has (`CLUSTER_ID`,
     /// locality). `without_wasm` drops the WasmPlugin filters (the filter
     /// removed: the mesh's own routing alone).
-    pub fn bootstrap(&self, cluster_id: &str, locality: (&str, &str), log_dir: &Path, without_wasm: bool) -> Value {
+    pub fn bootstrap(
+        &self,
+        cluster_id: &str,
+        locality: (&str, &str),
+        log_dir: &Path,
+        without_wasm: bool,
+    ) -> Value {
         let filters: Vec<Value> = self
             .http_filters
             .iter()
-            .filter(|f| !(without_wasm && f["typed_config"]["@type"].as_str().is_some_and(|t| t.ends_with("wasm.v3.Wasm"))))
+            .filter(|f| {
+                !(without_wasm
+                    && f["typed_config"]["@type"]
+                        .as_str()
+                        .is_some_and(|t| t.ends_with("wasm.v3.Wasm")))
+            })
             .cloned()
             .collect();
         json!({
@@ -797,7 +972,11 @@ impl Translation {
     pub fn wasm_filters(&self) -> usize {
         self.http_filters
             .iter()
-            .filter(|f| f["typed_config"]["@type"].as_str().is_some_and(|t| t.ends_with("wasm.v3.Wasm")))
+            .filter(|f| {
+                f["typed_config"]["@type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("wasm.v3.Wasm"))
+            })
             .count()
     }
 }
@@ -825,7 +1004,10 @@ mod tests {
                 .map(|(i, c)| Endpoint {
                     address: "127.0.0.1".into(),
                     port: 10_000 + i as u16,
-                    labels: BTreeMap::from([("topology.istio.io/cluster".to_string(), format!("cluster-{c}"))]),
+                    labels: BTreeMap::from([(
+                        "topology.istio.io/cluster".to_string(),
+                        format!("cluster-{c}"),
+                    )]),
                 })
                 .collect(),
         }
@@ -854,30 +1036,72 @@ mod tests {
 
     #[test]
     fn routes_clusters_and_domains_as_istiod_builds_them() {
-        let t = translate(&objects(), &[service()], &proxy("prod"), Direction::Outbound, 9080, Path::new("/f.wasm"))
-            .expect("translates");
+        let t = translate(
+            &objects(),
+            &[service()],
+            &proxy("prod"),
+            Direction::Outbound,
+            9080,
+            Path::new("/f.wasm"),
+        )
+        .expect("translates");
         let vh = &t.route_config["virtual_hosts"][0];
         assert_eq!(vh["name"], "reviews.prod.svc.cluster.local:9080");
         assert_eq!(
             vh["domains"],
-            json!(["reviews.prod.svc.cluster.local", "reviews", "reviews.prod.svc", "reviews.prod"])
+            json!([
+                "reviews.prod.svc.cluster.local",
+                "reviews",
+                "reviews.prod.svc",
+                "reviews.prod"
+            ])
         );
         let routes = vh["routes"].as_array().expect("routes");
         // The catch-all ends the list: "unreachable" is not emitted.
         assert_eq!(routes.len(), 2, "{routes:?}");
-        assert_eq!(routes[0]["match"]["headers"][0]["string_match"]["exact"], "east");
-        assert_eq!(routes[0]["route"]["cluster"], "outbound|9080|east|reviews.prod.svc.cluster.local");
-        assert_eq!(routes[1]["route"]["cluster"], "outbound|9080||reviews.prod.svc.cluster.local");
-        let names: Vec<&str> = t.clusters.iter().filter_map(|c| c["name"].as_str()).collect();
-        assert_eq!(names, ["outbound|9080||reviews.prod.svc.cluster.local",
-            "outbound|9080|east|reviews.prod.svc.cluster.local", "outbound|9080|west|reviews.prod.svc.cluster.local"]);
+        assert_eq!(
+            routes[0]["match"]["headers"][0]["string_match"]["exact"],
+            "east"
+        );
+        assert_eq!(
+            routes[0]["route"]["cluster"],
+            "outbound|9080|east|reviews.prod.svc.cluster.local"
+        );
+        assert_eq!(
+            routes[1]["route"]["cluster"],
+            "outbound|9080||reviews.prod.svc.cluster.local"
+        );
+        let names: Vec<&str> = t
+            .clusters
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "outbound|9080||reviews.prod.svc.cluster.local",
+                "outbound|9080|east|reviews.prod.svc.cluster.local",
+                "outbound|9080|west|reviews.prod.svc.cluster.local"
+            ]
+        );
         let east = &t.clusters[1];
-        assert_eq!(east["load_assignment"]["endpoints"][0]["lb_endpoints"].as_array().map(Vec::len), Some(1));
+        assert_eq!(
+            east["load_assignment"]["endpoints"][0]["lb_endpoints"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
         assert_eq!(east["outlier_detection"]["consecutive_5xx"], 3);
         assert_eq!(east["outlier_detection"]["enforcing_consecutive_5xx"], 100);
-        assert!(t.untranslated.iter().any(|u| u.contains("tls")), "{:?}", t.untranslated);
+        assert!(
+            t.untranslated.iter().any(|u| u.contains("tls")),
+            "{:?}",
+            t.untranslated
+        );
         assert_eq!(t.wasm_filters(), 1);
-        let config = &t.http_filters[0]["typed_config"]["config"];
+        // No phase: after the fault filter, right before the router.
+        assert_eq!(t.http_filters[0]["name"], "envoy.filters.http.fault");
+        let config = &t.http_filters[1]["typed_config"]["config"];
         assert_eq!(config["configuration"]["value"], r#"{"a":1}"#);
         assert_eq!(config["failure_policy"], "FAIL_CLOSED");
     }
@@ -885,20 +1109,59 @@ mod tests {
     #[test]
     fn a_client_mode_plugin_never_runs_inbound_nor_for_other_namespaces_or_with_target_refs() {
         let objects = objects();
-        let t = translate(&objects, &[service()], &proxy("prod"), Direction::Inbound, 9080, Path::new("/f.wasm")).expect("ok");
+        let t = translate(
+            &objects,
+            &[service()],
+            &proxy("prod"),
+            Direction::Inbound,
+            9080,
+            Path::new("/f.wasm"),
+        )
+        .expect("ok");
         assert_eq!(t.wasm_filters(), 0);
-        let other = translate(&objects, &[service()], &proxy("other"), Direction::Outbound, 9080, Path::new("/f.wasm")).expect("ok");
+        let other = translate(
+            &objects,
+            &[service()],
+            &proxy("other"),
+            Direction::Outbound,
+            9080,
+            Path::new("/f.wasm"),
+        )
+        .expect("ok");
         assert_eq!(other.wasm_filters(), 0);
         // From another namespace, the short name is not a domain.
         let domains = other.route_config["virtual_hosts"][0]["domains"].clone();
-        assert!(!domains.as_array().expect("list").iter().any(|d| d == "reviews"), "{domains}");
+        assert!(
+            !domains
+                .as_array()
+                .expect("list")
+                .iter()
+                .any(|d| d == "reviews"),
+            "{domains}"
+        );
         let mut with_refs = objects.clone();
         with_refs[2]["spec"]["targetRefs"] = json!([{"kind": "Service", "name": "reviews"}]);
-        let t = translate(&with_refs, &[service()], &proxy("prod"), Direction::Outbound, 9080, Path::new("/f.wasm")).expect("ok");
+        let t = translate(
+            &with_refs,
+            &[service()],
+            &proxy("prod"),
+            Direction::Outbound,
+            9080,
+            Path::new("/f.wasm"),
+        )
+        .expect("ok");
         assert_eq!(t.wasm_filters(), 0, "targetRefs do not attach to sidecars");
         let mut selected = objects;
         selected[2]["spec"]["selector"] = json!({"matchLabels": {"app": "ratings"}});
-        let t = translate(&selected, &[service()], &proxy("prod"), Direction::Outbound, 9080, Path::new("/f.wasm")).expect("ok");
+        let t = translate(
+            &selected,
+            &[service()],
+            &proxy("prod"),
+            Direction::Outbound,
+            9080,
+            Path::new("/f.wasm"),
+        )
+        .expect("ok");
         assert_eq!(t.wasm_filters(), 0, "the selector does not match the proxy");
     }
 
@@ -906,8 +1169,19 @@ mod tests {
     fn a_subset_no_destination_rule_defines_is_an_error() {
         let mut objects = objects();
         objects[0]["spec"]["http"][0]["route"][0]["destination"]["subset"] = json!("south");
-        let err = translate(&objects, &[service()], &proxy("prod"), Direction::Outbound, 9080, Path::new("/f.wasm"))
-            .expect_err("must fail");
-        assert!(err.to_string().contains("spec.http[0].route[0].destination.subset \"south\""), "{err}");
+        let err = translate(
+            &objects,
+            &[service()],
+            &proxy("prod"),
+            Direction::Outbound,
+            9080,
+            Path::new("/f.wasm"),
+        )
+        .expect_err("must fail");
+        assert!(
+            err.to_string()
+                .contains("spec.http[0].route[0].destination.subset \"south\""),
+            "{err}"
+        );
     }
 }

@@ -33,7 +33,15 @@ fn examples() -> Vec<(String, PathBuf)> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.join("policy.yaml").exists())
-        .map(|p| (p.file_name().unwrap_or_default().to_string_lossy().to_string(), p.join("policy.yaml")))
+        .map(|p| {
+            (
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string(),
+                p.join("policy.yaml"),
+            )
+        })
         .collect();
     out.sort();
     assert!(out.len() >= 6, "the seed article's six examples: {out:?}");
@@ -51,9 +59,12 @@ struct Rendered {
 fn render(policy_path: &Path) -> Rendered {
     let policy_text = std::fs::read_to_string(policy_path).expect("policy");
     let fleet_text = std::fs::read_to_string(examples_dir().join("fleet.yaml")).expect("fleet");
-    let policy = tideway_controller::load::policy_from_str(&policy_text, "policy").unwrap_or_else(|e| panic!("{e}"));
-    let fleet = tideway_controller::load::fleet_from_str(&fleet_text, "fleet").unwrap_or_else(|e| panic!("{e}"));
-    let compiled = tideway_controller::compile(&policy, &fleet, None).unwrap_or_else(|e| panic!("{e}"));
+    let policy = tideway_controller::load::policy_from_str(&policy_text, "policy")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let fleet = tideway_controller::load::fleet_from_str(&fleet_text, "fleet")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let compiled =
+        tideway_controller::compile(&policy, &fleet, None).unwrap_or_else(|e| panic!("{e}"));
     let fleet_value = serde_json::to_value(&fleet).expect("fleet json");
     let localities = fleet_value["spec"]["clusters"]
         .as_array()
@@ -94,7 +105,11 @@ struct Pods {
 impl Pods {
     fn start(destination_rule: &Value, clusters: &[String]) -> Pods {
         let mut extras: BTreeSet<BTreeMap<String, String>> = BTreeSet::new();
-        for subset in destination_rule["spec"]["subsets"].as_array().into_iter().flatten() {
+        for subset in destination_rule["spec"]["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let labels: BTreeMap<String, String> = subset["labels"]
                 .as_object()
                 .into_iter()
@@ -150,7 +165,10 @@ impl Pods {
 }
 
 fn header<'a>(recorded: &'a RecordedHeaders, name: &str) -> Option<&'a str> {
-    recorded.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    recorded
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// The labels of subset `name` of the DestinationRule.
@@ -185,7 +203,10 @@ fn callers(objects: &[Value]) -> Vec<Caller> {
         .into_iter()
         .map(|p| Caller {
             proxy: Proxy {
-                namespace: p["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
+                namespace: p["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
                 labels: p["spec"]["selector"]["matchLabels"]
                     .as_object()
                     .into_iter()
@@ -194,7 +215,11 @@ fn callers(objects: &[Value]) -> Vec<Caller> {
                     .collect(),
                 cluster_domain: "cluster.local".into(),
             },
-            plugin_name: format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap_or(""), p["metadata"]["name"].as_str().unwrap_or("")),
+            plugin_name: format!(
+                "{}/{}",
+                p["metadata"]["namespace"].as_str().unwrap_or(""),
+                p["metadata"]["name"].as_str().unwrap_or("")
+            ),
         })
         .collect()
 }
@@ -208,11 +233,16 @@ fn rendered_routes_steer_every_request_to_the_cluster_the_filter_names() {
         let rendered = render(&policy_path);
         let clusters: Vec<String> = rendered.localities.keys().cloned().collect();
         for (member, objects) in &rendered.members {
-            let dr = *of_kind(objects, "DestinationRule").first().expect("a DestinationRule");
+            let dr = *of_kind(objects, "DestinationRule")
+                .first()
+                .expect("a DestinationRule");
             let host = dr["spec"]["host"].as_str().expect("host").to_string();
             let (name, namespace) = {
                 let mut parts = host.split('.');
-                (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string())
+                (
+                    parts.next().unwrap_or("").to_string(),
+                    parts.next().unwrap_or("").to_string(),
+                )
             };
             let pods = Pods::start(dr, &clusters);
             let services = vec![Service {
@@ -223,17 +253,47 @@ fn rendered_routes_steer_every_request_to_the_cluster_the_filter_names() {
             }];
             let stable = subset_labels(dr, "stable");
             for caller in callers(objects) {
-                let translation = istio_routes::translate(objects, &services, &caller.proxy, Direction::Outbound, rendered.port, &wasm)
-                    .unwrap_or_else(|e| panic!("{example}/{member}: {e}"));
-                assert_eq!(translation.wasm_filters(), 1, "{example}/{member}: {} must apply to its caller", caller.plugin_name);
-                let inbound = istio_routes::translate(objects, &services, &caller.proxy, Direction::Inbound, rendered.port, &wasm)
-                    .expect("inbound");
-                assert_eq!(inbound.wasm_filters(), 0, "{example}/{member}: the filter must not run inbound");
+                let translation = istio_routes::translate(
+                    objects,
+                    &services,
+                    &caller.proxy,
+                    Direction::Outbound,
+                    rendered.port,
+                    &wasm,
+                )
+                .unwrap_or_else(|e| panic!("{example}/{member}: {e}"));
+                assert_eq!(
+                    translation.wasm_filters(),
+                    1,
+                    "{example}/{member}: {} must apply to its caller",
+                    caller.plugin_name
+                );
+                let inbound = istio_routes::translate(
+                    objects,
+                    &services,
+                    &caller.proxy,
+                    Direction::Inbound,
+                    rendered.port,
+                    &wasm,
+                )
+                .expect("inbound");
+                assert_eq!(
+                    inbound.wasm_filters(),
+                    0,
+                    "{example}/{member}: the filter must not run inbound"
+                );
                 let (region, zone) = rendered.localities.get(member).cloned().unwrap_or_default();
-                let envoy = Envoy::start_with(|dir| translation.bootstrap(member, (&region, &zone), dir, false), 1)
-                    .unwrap_or_else(|e| panic!("{example}/{member}: {e}"));
-                let mut hosts = vec![host.clone(), format!("{name}.{namespace}"), format!("{name}.{namespace}.svc"),
-                    format!("{host}:{}", rendered.port)];
+                let envoy = Envoy::start_with(
+                    |dir| translation.bootstrap(member, (&region, &zone), dir, false),
+                    1,
+                )
+                .unwrap_or_else(|e| panic!("{example}/{member}: {e}"));
+                let mut hosts = vec![
+                    host.clone(),
+                    format!("{name}.{namespace}"),
+                    format!("{name}.{namespace}.svc"),
+                    format!("{host}:{}", rendered.port),
+                ];
                 if caller.proxy.namespace == namespace {
                     hosts.push(name.clone());
                 }
@@ -242,15 +302,26 @@ fn rendered_routes_steer_every_request_to_the_cluster_the_filter_names() {
                     let authority = &hosts[i % hosts.len()];
                     let reply = client
                         .get(&envoy.url("/"), authority, &[])
-                        .unwrap_or_else(|e| panic!("{example}/{member}: {e}\n{}", envoy.log_tail(30)));
-                    assert_eq!(reply.status, 200, "{example}/{member} host {authority}: {}\n{}", reply.body, envoy.log_tail(30));
+                        .unwrap_or_else(|e| {
+                            panic!("{example}/{member}: {e}\n{}", envoy.log_tail(30))
+                        });
+                    assert_eq!(
+                        reply.status,
+                        200,
+                        "{example}/{member} host {authority}: {}\n{}",
+                        reply.body,
+                        envoy.log_tail(30)
+                    );
                     let backend = reply.header("x-backend").expect("x-backend").to_string();
                     let request = pods.last_request(&backend);
                     let pod = pods.labels_of(&backend);
                     let chosen = header(&request, "x-tideway-destination")
                         .unwrap_or_else(|| panic!("{example}/{member} host {authority}: the filter did not steer: {request:?}"));
-                    let subset = subset_labels(dr, chosen)
-                        .unwrap_or_else(|| panic!("{example}/{member}: the filter named {chosen:?}, which is no subset"));
+                    let subset = subset_labels(dr, chosen).unwrap_or_else(|| {
+                        panic!(
+                            "{example}/{member}: the filter named {chosen:?}, which is no subset"
+                        )
+                    });
                     assert_eq!(
                         pod.get(CLUSTER_LABEL), subset.get(CLUSTER_LABEL),
                         "{example}/{member} host {authority}: the filter chose {chosen} but a pod of {:?} served it",
@@ -267,16 +338,30 @@ fn rendered_routes_steer_every_request_to_the_cluster_the_filter_names() {
 
                 // The filter removed: the VirtualService's default route
                 // serves every request, unsteered.
-                let bare = Envoy::start_with(|dir| translation.bootstrap(member, (&region, &zone), dir, true), 1)
-                    .unwrap_or_else(|e| panic!("{example}/{member}: {e}"));
+                let bare = Envoy::start_with(
+                    |dir| translation.bootstrap(member, (&region, &zone), dir, true),
+                    1,
+                )
+                .unwrap_or_else(|e| panic!("{example}/{member}: {e}"));
                 for authority in &hosts {
                     let reply = client.get(&bare.url("/"), authority, &[]).expect("request");
-                    assert_eq!(reply.status, 200, "{example}/{member} without the filter, host {authority}: {}", reply.body);
+                    assert_eq!(
+                        reply.status, 200,
+                        "{example}/{member} without the filter, host {authority}: {}",
+                        reply.body
+                    );
                     let backend = reply.header("x-backend").expect("x-backend").to_string();
                     let request = pods.last_request(&backend);
-                    assert_eq!(header(&request, "x-tideway-destination"), None, "{request:?}");
+                    assert_eq!(
+                        header(&request, "x-tideway-destination"),
+                        None,
+                        "{request:?}"
+                    );
                     if let Some(stable) = &stable {
-                        assert!(selects(stable, pods.labels_of(&backend)), "{example}/{member}: the default route left the stable version");
+                        assert!(
+                            selects(stable, pods.labels_of(&backend)),
+                            "{example}/{member}: the default route left the stable version"
+                        );
                     }
                 }
                 runs += 1;

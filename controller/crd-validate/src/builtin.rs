@@ -47,7 +47,12 @@ pub const RESOURCES: &[(&str, &[&str])] = &[
     ("events.k8s.io", &["events"]),
     (
         "rbac.authorization.k8s.io",
-        &["clusterroles", "clusterrolebindings", "roles", "rolebindings"],
+        &[
+            "clusterroles",
+            "clusterrolebindings",
+            "roles",
+            "rolebindings",
+        ],
     ),
     // prometheus-operator's CRD (not in shared/): the kind Tideway renders.
     ("monitoring.coreos.com", &["prometheusrules"]),
@@ -149,7 +154,11 @@ fn dropped(input: &Value, kept: &Value, path: String, out: &mut Vec<Violation>) 
                     // serialise back (`args: []`) is not an unknown field.
                     None if is_empty(value) => {}
                     None => out.push(Violation {
-                        path: if path.is_empty() { String::new() } else { path.clone() },
+                        path: if path.is_empty() {
+                            String::new()
+                        } else {
+                            path.clone()
+                        },
                         message: format!("unknown field(s) {key} (value {})", show(value)),
                     }),
                 }

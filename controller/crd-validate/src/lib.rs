@@ -139,12 +139,11 @@ impl Catalog {
     pub fn load_yaml(&mut self, text: &str, origin: &str) -> Result<usize, LoadError> {
         let mut count = 0;
         for document in serde_yaml_ng::Deserializer::from_str(text) {
-            let value: Value = serde::Deserialize::deserialize(document).map_err(|source| {
-                LoadError::Yaml {
+            let value: Value =
+                serde::Deserialize::deserialize(document).map_err(|source| LoadError::Yaml {
                     origin: origin.to_string(),
                     source,
-                }
-            })?;
+                })?;
             if value.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition") {
                 self.load_crd(&value, origin)?;
                 count += 1;
@@ -257,13 +256,19 @@ impl Catalog {
     /// Validates one object. An object of a kind the catalog does not
     /// know is invalid (a typo in `apiVersion` is the commonest mistake).
     pub fn validate(&self, object: &Value) -> Result<(), Invalid> {
-        let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let api_version = object
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
         let name = object
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or("?");
-        let label = match object.pointer("/metadata/namespace").and_then(Value::as_str) {
+        let label = match object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+        {
             Some(ns) => format!("{kind} {ns}/{name} ({api_version})"),
             None => format!("{kind} {name} ({api_version})"),
         };
@@ -323,11 +328,19 @@ impl Catalog {
     /// wildcards, and `resourceNames` only with verbs they can restrict.
     pub fn rbac_rules(&self, role: &Value) -> Vec<Violation> {
         let mut out = Vec::new();
-        let rules = role.get("rules").and_then(Value::as_array).cloned().unwrap_or_default();
+        let rules = role
+            .get("rules")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let strings = |rule: &Value, field: &str| -> Vec<String> {
             rule.get(field)
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         for (i, rule) in rules.iter().enumerate() {
@@ -337,19 +350,38 @@ impl Catalog {
             let verbs = strings(rule, "verbs");
             let names = strings(rule, "resourceNames");
             if groups.is_empty() {
-                out.push(Violation { path: at("apiGroups"), message: "empty: the rule grants nothing".into() });
+                out.push(Violation {
+                    path: at("apiGroups"),
+                    message: "empty: the rule grants nothing".into(),
+                });
             }
             if verbs.is_empty() {
-                out.push(Violation { path: at("verbs"), message: "empty: the rule grants nothing".into() });
+                out.push(Violation {
+                    path: at("verbs"),
+                    message: "empty: the rule grants nothing".into(),
+                });
             }
-            for (field, values) in [("apiGroups", &groups), ("resources", &resources), ("verbs", &verbs)] {
+            for (field, values) in [
+                ("apiGroups", &groups),
+                ("resources", &resources),
+                ("verbs", &verbs),
+            ] {
                 if values.iter().any(|v| v == "*") {
-                    out.push(Violation { path: at(field), message: "a wildcard is not least privilege".into() });
+                    out.push(Violation {
+                        path: at(field),
+                        message: "a wildcard is not least privilege".into(),
+                    });
                 }
             }
             for verb in &verbs {
                 if verb != "*" && !builtin::VERBS.contains(&verb.as_str()) {
-                    out.push(Violation { path: at("verbs"), message: format!("{verb:?} is not a verb of the Kubernetes authorizer ({})", builtin::VERBS.join(", ")) });
+                    out.push(Violation {
+                        path: at("verbs"),
+                        message: format!(
+                            "{verb:?} is not a verb of the Kubernetes authorizer ({})",
+                            builtin::VERBS.join(", ")
+                        ),
+                    });
                 }
             }
             for resource in &resources {
@@ -475,7 +507,8 @@ pub fn istio_and_karmada() -> Result<Catalog, String> {
         .load_crd(&prometheus_rule_crd(), "prometheus_rule.json")
         .map_err(|e| e.to_string())?;
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
         catalog
             .load_yaml(&text, &file.display().to_string())
             .map_err(|e| e.to_string())?;

@@ -42,7 +42,10 @@ pub(crate) fn validate(metadata: Option<&Value>, namespaced: bool) -> Vec<Violat
         if !CLIENT_FIELDS.contains(&key.as_str()) {
             fail(
                 "metadata".into(),
-                format!("unknown field(s) {key} (a client sets only {})", CLIENT_FIELDS.join(", ")),
+                format!(
+                    "unknown field(s) {key} (a client sets only {})",
+                    CLIENT_FIELDS.join(", ")
+                ),
             );
         }
     }
@@ -55,7 +58,10 @@ pub(crate) fn validate(metadata: Option<&Value>, namespaced: bool) -> Vec<Violat
                 );
             }
         }
-        Some(other) => fail("metadata.name".into(), format!("{} is not a string", show(other))),
+        Some(other) => fail(
+            "metadata.name".into(),
+            format!("{} is not a string", show(other)),
+        ),
         None if metadata.contains_key("generateName") => {}
         None => fail("metadata.name".into(), "required".into()),
     }
@@ -64,14 +70,11 @@ pub(crate) fn validate(metadata: Option<&Value>, namespaced: bool) -> Vec<Violat
             "metadata.namespace".into(),
             format!("{ns:?} set on a cluster-scoped kind"),
         ),
-        Some(Value::String(ns)) => {
-            if ns.len() > 63 || !DNS_LABEL.is_match(ns) {
-                fail(
-                    "metadata.namespace".into(),
-                    format!("{ns:?} is not a DNS-1123 label (lowercase alphanumerics and '-', at most 63)"),
-                );
-            }
-        }
+        Some(Value::String(ns)) if ns.len() > 63 || !DNS_LABEL.is_match(ns) => fail(
+            "metadata.namespace".into(),
+            format!("{ns:?} is not a DNS-1123 label (lowercase alphanumerics and '-', at most 63)"),
+        ),
+        Some(Value::String(_)) => {}
         Some(other) => fail(
             "metadata.namespace".into(),
             format!("{} is not a string", show(other)),
@@ -83,7 +86,10 @@ pub(crate) fn validate(metadata: Option<&Value>, namespaced: bool) -> Vec<Violat
             continue;
         };
         let Some(map) = map.as_object() else {
-            fail(format!("metadata.{field}"), format!("{} is not a map", show(map)));
+            fail(
+                format!("metadata.{field}"),
+                format!("{} is not a map", show(map)),
+            );
             continue;
         };
         let mut total = 0;
@@ -109,7 +115,10 @@ pub(crate) fn validate(metadata: Option<&Value>, namespaced: bool) -> Vec<Violat
             }
         }
         if !values_are_labels && total > 256 * 1024 {
-            fail("metadata.annotations".into(), format!("{total} bytes, more than 256 KiB"));
+            fail(
+                "metadata.annotations".into(),
+                format!("{total} bytes, more than 256 KiB"),
+            );
         }
     }
     out
@@ -151,7 +160,10 @@ mod tests {
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"metadata.name"), "{errors:?}");
         assert!(paths.contains(&"metadata"), "{errors:?}");
-        assert!(paths.contains(&"metadata.labels[\"bad key!\"]"), "{errors:?}");
+        assert!(
+            paths.contains(&"metadata.labels[\"bad key!\"]"),
+            "{errors:?}"
+        );
         assert!(paths.contains(&"metadata.labels.k"), "{errors:?}");
         let errors = validate(Some(&json!({"name": "a", "namespace": "prod"})), false);
         assert_eq!(errors[0].path, "metadata.namespace");

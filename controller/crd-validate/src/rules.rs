@@ -17,7 +17,14 @@ use std::sync::Arc;
 
 /// Functions a rule may call that the environment provides. Anything else
 /// (an unknown function is only found when a rule runs) is refused at load.
-const KUBERNETES_FUNCTIONS: &[&str] = &["isURL", "url", "getScheme", "getHost", "getPort", "getEscapedPath"];
+const KUBERNETES_FUNCTIONS: &[&str] = &[
+    "isURL",
+    "url",
+    "getScheme",
+    "getHost",
+    "getPort",
+    "getEscapedPath",
+];
 
 pub(crate) struct Rules {
     env: Arc<Env>,
@@ -115,10 +122,37 @@ impl Rules {
 /// provide (the functions of these the CRDs call are evaluated by the
 /// `cel` crate).
 const STANDARD_FUNCTIONS: &[&str] = &[
-    "has", "all", "exists", "exists_one", "map", "filter", "size", "contains", "startsWith",
-    "endsWith", "matches", "int", "uint", "double", "string", "bytes", "bool", "duration",
-    "timestamp", "type", "dyn", "charAt", "indexOf", "lastIndexOf", "lowerAscii", "upperAscii",
-    "replace", "split", "substring", "trim", "join",
+    "has",
+    "all",
+    "exists",
+    "exists_one",
+    "map",
+    "filter",
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "bool",
+    "duration",
+    "timestamp",
+    "type",
+    "dyn",
+    "charAt",
+    "indexOf",
+    "lastIndexOf",
+    "lowerAscii",
+    "upperAscii",
+    "replace",
+    "split",
+    "substring",
+    "trim",
+    "join",
 ];
 
 /// `url(string)`: as Kubernetes does, a request URI first, then parsed
@@ -128,7 +162,10 @@ fn to_url(s: Arc<String>) -> Result<CelValue, ExecutionError> {
         .and_then(|_| parse_reference(&s))
         .map(url_value)
         .map_err(|e| {
-            ExecutionError::function_error("url", format!("URL parse error during conversion from string: {e}"))
+            ExecutionError::function_error(
+                "url",
+                format!("URL parse error during conversion from string: {e}"),
+            )
         })
 }
 

@@ -209,7 +209,10 @@ mod tests {
         let errors = check(schema.clone(), obj(json!({"a": "x", "b": 1})));
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].path, "spec");
-        assert!(errors[0].message.contains("unknown field(s) b"), "{errors:?}");
+        assert!(
+            errors[0].message.contains("unknown field(s) b"),
+            "{errors:?}"
+        );
         assert!(check(schema, obj(json!({"free": {"anything": [1]}}))).is_empty());
     }
 

@@ -138,9 +138,8 @@ fn split_host_port(host_port: &str) -> Result<(String, String), String> {
     }
     // The characters Go's host parser does not accept unescaped.
     for c in host.chars() {
-        let allowed = c.is_ascii_alphanumeric()
-            || "-._~!$&'()*+,;=:[]<>\"%".contains(c)
-            || !c.is_ascii();
+        let allowed =
+            c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:[]<>\"%".contains(c) || !c.is_ascii();
         if !allowed {
             return Err(format!("invalid character {c:?} in host name"));
         }
@@ -155,7 +154,10 @@ mod tests {
     #[test]
     fn go_request_uri_rules() {
         let oci = parse_request_uri("oci://registry.example/tideway/filter@sha256:ab").unwrap();
-        assert_eq!((oci.scheme.as_str(), oci.host.as_str()), ("oci", "registry.example"));
+        assert_eq!(
+            (oci.scheme.as_str(), oci.host.as_str()),
+            ("oci", "registry.example")
+        );
         assert_eq!(oci.path, "/tideway/filter@sha256:ab");
         // A registry with a port and no scheme: the host is read as a scheme.
         let odd = parse_request_uri("localhost:5000/tideway/filter").unwrap();

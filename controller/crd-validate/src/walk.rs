@@ -37,7 +37,11 @@ fn node(
                 Outcome::Holds | Outcome::NotApplicable => {}
                 Outcome::Fails => out.push(Violation {
                     path: at,
-                    message: format!("{message} (rule {}, value {})", rule.replace('\n', " "), show(value)),
+                    message: format!(
+                        "{message} (rule {}, value {})",
+                        rule.replace('\n', " "),
+                        show(value)
+                    ),
                 }),
                 Outcome::Error(e) => out.push(Violation {
                     path: at,
@@ -55,9 +59,7 @@ fn node(
             let properties = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties").filter(|a| a.is_object());
             for (key, child) in map {
-                let child_schema = properties
-                    .and_then(|p| p.get(key))
-                    .or(additional);
+                let child_schema = properties.and_then(|p| p.get(key)).or(additional);
                 if let Some(child_schema) = child_schema {
                     let mut child_path = path.clone();
                     push_key(&mut child_path, key);
@@ -69,7 +71,14 @@ fn node(
             list_type(schema, items, &path, out);
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
-                    node(item_schema, item, format!("{path}[{i}]"), rules, context, out);
+                    node(
+                        item_schema,
+                        item,
+                        format!("{path}[{i}]"),
+                        rules,
+                        context,
+                        out,
+                    );
                 }
             }
         }

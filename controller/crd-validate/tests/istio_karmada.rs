@@ -101,14 +101,20 @@ fn override_policy() -> Value {
 
 fn rejected(object: &Value) -> Invalid {
     match CATALOG.validate(object) {
-        Ok(()) => panic!("accepted an invalid object:\n{}", serde_json::to_string_pretty(object).unwrap_or_default()),
+        Ok(()) => panic!(
+            "accepted an invalid object:\n{}",
+            serde_json::to_string_pretty(object).unwrap_or_default()
+        ),
         Err(e) => e,
     }
 }
 
 fn assert_rejected_at(object: &Value, path: &str, needle: &str) {
     let invalid = rejected(object);
-    assert!(invalid.has(path, needle), "expected a violation at {path} containing {needle:?}; got\n{invalid}");
+    assert!(
+        invalid.has(path, needle),
+        "expected a violation at {path} containing {needle:?}; got\n{invalid}"
+    );
 }
 
 #[test]
@@ -164,7 +170,11 @@ fn an_unknown_field_is_rejected_with_its_path() {
 fn a_wrong_type_or_enum_value_is_rejected() {
     let mut dr = destination_rule();
     dr["spec"]["trafficPolicy"]["connectionPool"]["tcp"]["maxConnections"] = json!("100");
-    assert_rejected_at(&dr, "spec.trafficPolicy.connectionPool.tcp.maxConnections", "\"100\"");
+    assert_rejected_at(
+        &dr,
+        "spec.trafficPolicy.connectionPool.tcp.maxConnections",
+        "\"100\"",
+    );
     let mut wp = wasm_plugin();
     wp["spec"]["failStrategy"] = json!("FAIL_SOFT");
     assert_rejected_at(&wp, "spec.failStrategy", "FAIL_SOFT");
@@ -179,8 +189,13 @@ fn a_wrong_type_or_enum_value_is_rejected() {
 #[test]
 fn a_header_match_with_two_match_types_is_rejected_by_one_of() {
     let mut vs = virtual_service();
-    vs["spec"]["http"][0]["match"][0]["headers"]["x-tideway-destination"] = json!({"exact": "east", "prefix": "e"});
-    assert_rejected_at(&vs, "spec.http[0].match[0].headers.x-tideway-destination", "more than one");
+    vs["spec"]["http"][0]["match"][0]["headers"]["x-tideway-destination"] =
+        json!({"exact": "east", "prefix": "e"});
+    assert_rejected_at(
+        &vs,
+        "spec.http[0].match[0].headers.x-tideway-destination",
+        "more than one",
+    );
 }
 
 #[test]
@@ -195,7 +210,12 @@ fn selector_and_target_refs_together_are_rejected_by_the_cel_rule() {
 
 #[test]
 fn a_bad_sha256_is_rejected() {
-    for bad in ["ABCDEF", &DIGEST.to_uppercase(), &DIGEST[1..], &format!("sha256:{DIGEST}")] {
+    for bad in [
+        "ABCDEF",
+        &DIGEST.to_uppercase(),
+        &DIGEST[1..],
+        &format!("sha256:{DIGEST}"),
+    ] {
         let mut wp = wasm_plugin();
         wp["spec"]["sha256"] = json!(bad);
         assert_rejected_at(&wp, "spec.sha256", "does not match");
@@ -221,7 +241,11 @@ fn the_url_rule_is_evaluated_as_kubernetes_parses_urls() {
     ] {
         let mut wp = wasm_plugin();
         wp["spec"]["url"] = json!(good);
-        assert!(CATALOG.validate(&wp).is_ok(), "{good}: {:?}", CATALOG.validate(&wp));
+        assert!(
+            CATALOG.validate(&wp).is_ok(),
+            "{good}: {:?}",
+            CATALOG.validate(&wp)
+        );
     }
 }
 
@@ -229,13 +253,25 @@ fn the_url_rule_is_evaluated_as_kubernetes_parses_urls() {
 fn durations_below_a_millisecond_fail_the_cel_rule() {
     let mut vs = virtual_service();
     vs["spec"]["http"][0]["timeout"] = json!("500us");
-    assert_rejected_at(&vs, "spec.http[0].timeout", "duration(self) >= duration('1ms')");
+    assert_rejected_at(
+        &vs,
+        "spec.http[0].timeout",
+        "duration(self) >= duration('1ms')",
+    );
     let mut dr = destination_rule();
     dr["spec"]["trafficPolicy"]["outlierDetection"]["interval"] = json!("0s");
-    assert_rejected_at(&dr, "spec.trafficPolicy.outlierDetection.interval", "duration");
+    assert_rejected_at(
+        &dr,
+        "spec.trafficPolicy.outlierDetection.interval",
+        "duration",
+    );
     let mut dr = destination_rule();
     dr["spec"]["trafficPolicy"]["outlierDetection"]["interval"] = json!("ten seconds");
-    assert_rejected_at(&dr, "spec.trafficPolicy.outlierDetection.interval", "could not be evaluated");
+    assert_rejected_at(
+        &dr,
+        "spec.trafficPolicy.outlierDetection.interval",
+        "could not be evaluated",
+    );
 }
 
 #[test]
@@ -248,12 +284,17 @@ fn label_rules_and_map_lists() {
         "wildcard not allowed",
     );
     dr["spec"]["workloadSelector"] = json!({"matchLabels": {"": "reviews"}});
-    assert_rejected_at(&dr, "spec.workloadSelector.matchLabels", "key must not be empty");
+    assert_rejected_at(
+        &dr,
+        "spec.workloadSelector.matchLabels",
+        "key must not be empty",
+    );
     let mut wp = wasm_plugin();
     wp["spec"]["match"][0]["ports"] = json!([{"number": 9080}, {"number": 9080}]);
     assert_rejected_at(&wp, "spec.match[0].ports[1]", "duplicate entry");
     let mut wp = wasm_plugin();
-    wp["spec"]["targetRefs"] = json!([{"kind": "Service", "name": "reviews", "namespace": "other"}]);
+    wp["spec"]["targetRefs"] =
+        json!([{"kind": "Service", "name": "reviews", "namespace": "other"}]);
     wp["spec"].as_object_mut().map(|s| s.remove("selector"));
     assert_rejected_at(&wp, "spec.targetRefs[0].namespace", "cross namespace");
 }
@@ -271,7 +312,11 @@ fn service_entry_and_security_rules() {
     assert_rejected_at(&se, "spec", "endpoints");
     let mut se_ok = se.clone();
     se_ok["spec"]["resolution"] = json!("STATIC");
-    assert!(CATALOG.validate(&se_ok).is_ok(), "{:?}", CATALOG.validate(&se_ok));
+    assert!(
+        CATALOG.validate(&se_ok).is_ok(),
+        "{:?}",
+        CATALOG.validate(&se_ok)
+    );
     let mut se_port = se_ok.clone();
     se_port["spec"]["ports"][0]["number"] = json!(0);
     assert_rejected_at(&se_port, "spec.ports[0].number", "");
@@ -300,7 +345,11 @@ fn metadata_and_kind_are_checked() {
     assert_rejected_at(&vs, "metadata.name", "DNS-1123");
     let mut vs = virtual_service();
     vs["metadata"]["labels"] = json!({"tideway.dev/policy": "a value with spaces"});
-    assert_rejected_at(&vs, "metadata.labels[\"tideway.dev/policy\"]", "label value");
+    assert_rejected_at(
+        &vs,
+        "metadata.labels[\"tideway.dev/policy\"]",
+        "label value",
+    );
     let mut vs = virtual_service();
     vs["apiVersion"] = json!("networking.istio.io/v2");
     assert_rejected_at(&vs, "", "no CRD serves");

@@ -23,10 +23,7 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for path in entries {
         if path.is_dir() {
             yaml_files(&path, out);
-        } else if path
-            .extension()
-            .is_some_and(|x| x == "yaml" || x == "yml")
-        {
+        } else if path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
             out.push(path);
         }
     }
@@ -36,10 +33,15 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn documents() -> Vec<(PathBuf, Value)> {
     let mut files = Vec::new();
     yaml_files(&manifests_dir(), &mut files);
-    assert!(!files.is_empty(), "no YAML under {}", manifests_dir().display());
+    assert!(
+        !files.is_empty(),
+        "no YAML under {}",
+        manifests_dir().display()
+    );
     let mut out = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let text =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let docs = yaml_documents(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         out.extend(docs.into_iter().map(|d| (file.clone(), d)));
     }
@@ -68,7 +70,10 @@ fn name(doc: &Value) -> &str {
 }
 
 fn of_kind<'a>(docs: &'a [(PathBuf, Value)], k: &str) -> Vec<&'a Value> {
-    docs.iter().filter(|(_, d)| kind(d) == k).map(|(_, d)| d).collect()
+    docs.iter()
+        .filter(|(_, d)| kind(d) == k)
+        .map(|(_, d)| d)
+        .collect()
 }
 
 #[test]
@@ -78,12 +83,19 @@ fn every_object_under_manifests_validates() {
     let mut failures = Vec::new();
     let mut checked = 0;
     for (file, doc) in &docs {
-        let shown = file.strip_prefix(manifests_dir()).unwrap_or(file).display().to_string();
+        let shown = file
+            .strip_prefix(manifests_dir())
+            .unwrap_or(file)
+            .display()
+            .to_string();
         match kind(doc) {
             // The CRDs were loaded (and their schemas compiled) above.
             "CustomResourceDefinition" => {
                 if doc["apiVersion"] != "apiextensions.k8s.io/v1" {
-                    failures.push(format!("{shown}: CRD {} is not apiextensions.k8s.io/v1", name(doc)));
+                    failures.push(format!(
+                        "{shown}: CRD {} is not apiextensions.k8s.io/v1",
+                        name(doc)
+                    ));
                 }
             }
             // Not an API object: kustomize's own file (checked below).
@@ -96,7 +108,12 @@ fn every_object_under_manifests_validates() {
         }
         checked += 1;
     }
-    assert!(failures.is_empty(), "{} of {checked} objects invalid:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} objects invalid:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -104,9 +121,20 @@ fn the_controller_manifests_fit_together() {
     let docs = documents();
     let accounts: BTreeSet<(String, String)> = of_kind(&docs, "ServiceAccount")
         .iter()
-        .map(|d| (d["metadata"]["namespace"].as_str().unwrap_or("").to_string(), name(d).to_string()))
+        .map(|d| {
+            (
+                d["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                name(d).to_string(),
+            )
+        })
         .collect();
-    let cluster_roles: BTreeSet<&str> = of_kind(&docs, "ClusterRole").iter().map(|d| name(d)).collect();
+    let cluster_roles: BTreeSet<&str> = of_kind(&docs, "ClusterRole")
+        .iter()
+        .map(|d| name(d))
+        .collect();
     let roles: BTreeSet<(&str, &str)> = of_kind(&docs, "Role")
         .iter()
         .map(|d| (d["metadata"]["namespace"].as_str().unwrap_or(""), name(d)))
@@ -120,23 +148,40 @@ fn the_controller_manifests_fit_together() {
         let exists = match binding["roleRef"]["kind"].as_str() {
             Some("ClusterRole") => cluster_roles.contains(role),
             Some("Role") => roles.contains(&(namespace, role)),
-            other => panic!("{} {}: roleRef.kind {other:?}", kind(binding), name(binding)),
+            other => panic!(
+                "{} {}: roleRef.kind {other:?}",
+                kind(binding),
+                name(binding)
+            ),
         };
-        assert!(exists, "{} {}: roleRef {role} is not in manifests/", kind(binding), name(binding));
+        assert!(
+            exists,
+            "{} {}: roleRef {role} is not in manifests/",
+            kind(binding),
+            name(binding)
+        );
         for subject in binding["subjects"].as_array().into_iter().flatten() {
             assert_eq!(subject["kind"], "ServiceAccount", "{subject}");
             let key = (
                 subject["namespace"].as_str().unwrap_or("").to_string(),
                 subject["name"].as_str().unwrap_or("").to_string(),
             );
-            assert!(accounts.contains(&key), "{}: subject {key:?} has no ServiceAccount", name(binding));
+            assert!(
+                accounts.contains(&key),
+                "{}: subject {key:?} has no ServiceAccount",
+                name(binding)
+            );
         }
     }
     // No Secret is readable cluster-wide.
     for role in of_kind(&docs, "ClusterRole") {
         for rule in role["rules"].as_array().into_iter().flatten() {
             let resources = rule["resources"].to_string();
-            assert!(!resources.contains("\"secrets\""), "ClusterRole {} grants secrets", name(role));
+            assert!(
+                !resources.contains("\"secrets\""),
+                "ClusterRole {} grants secrets",
+                name(role)
+            );
         }
     }
 
@@ -146,9 +191,15 @@ fn the_controller_manifests_fit_together() {
     let pod = &deployment["spec"]["template"];
     let account = pod["spec"]["serviceAccountName"].as_str().unwrap_or("");
     let namespace = deployment["metadata"]["namespace"].as_str().unwrap_or("");
-    assert!(accounts.contains(&(namespace.to_string(), account.to_string())), "{account}");
+    assert!(
+        accounts.contains(&(namespace.to_string(), account.to_string())),
+        "{account}"
+    );
     let container = &pod["spec"]["containers"][0];
-    assert_eq!(container["args"][0], "run", "the controller runs `tideway run`");
+    assert_eq!(
+        container["args"][0], "run",
+        "the controller runs `tideway run`"
+    );
     let ports: BTreeSet<&str> = container["ports"]
         .as_array()
         .into_iter()
@@ -157,22 +208,47 @@ fn the_controller_manifests_fit_together() {
         .collect();
     for probe in ["livenessProbe", "readinessProbe"] {
         let port = container[probe]["httpGet"]["port"].as_str().unwrap_or("");
-        assert!(ports.contains(port), "{probe} names port {port:?}, not one of {ports:?}");
+        assert!(
+            ports.contains(port),
+            "{probe} names port {port:?}, not one of {ports:?}"
+        );
     }
-    let labels = pod["metadata"]["labels"].as_object().cloned().unwrap_or_default();
-    let selector = deployment["spec"]["selector"]["matchLabels"].as_object().cloned().unwrap_or_default();
-    assert!(selector.iter().all(|(k, v)| labels.get(k) == Some(v)), "the Deployment's selector misses its pods");
+    let labels = pod["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let selector = deployment["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "the Deployment's selector misses its pods"
+    );
     for service in of_kind(&docs, "Service") {
-        let selects = service["spec"]["selector"].as_object().cloned().unwrap_or_default();
+        let selects = service["spec"]["selector"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         assert!(!selects.is_empty());
-        assert!(selects.iter().all(|(k, v)| labels.get(k) == Some(v)), "Service {} selects no controller pod", name(service));
+        assert!(
+            selects.iter().all(|(k, v)| labels.get(k) == Some(v)),
+            "Service {} selects no controller pod",
+            name(service)
+        );
         for port in service["spec"]["ports"].as_array().into_iter().flatten() {
             let target = port["targetPort"].as_str().unwrap_or("");
-            assert!(ports.contains(target), "Service port targets {target:?}, not one of {ports:?}");
+            assert!(
+                ports.contains(target),
+                "Service port targets {target:?}, not one of {ports:?}"
+            );
         }
     }
     // The leader-election Lease is in the Deployment's namespace.
-    assert!(roles.iter().any(|(ns, _)| *ns == namespace), "no Role in {namespace}");
+    assert!(
+        roles.iter().any(|(ns, _)| *ns == namespace),
+        "no Role in {namespace}"
+    );
 }
 
 #[test]
@@ -210,9 +286,15 @@ fn the_member_role_covers_every_rendered_kind() {
         member.iter().any(|role| {
             role["rules"].as_array().into_iter().flatten().any(|rule| {
                 let has = |field: &str, value: &str| {
-                    rule[field].as_array().into_iter().flatten().any(|v| v == value)
+                    rule[field]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|v| v == value)
                 };
-                has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+                has("apiGroups", group)
+                    && has("resources", resource)
+                    && has("verbs", verb)
                     && rule.get("resourceNames").is_none()
             })
         })
@@ -220,9 +302,14 @@ fn the_member_role_covers_every_rendered_kind() {
     let mut rendered_kinds = BTreeSet::new();
     for (file, doc) in &docs {
         let api_version = doc["apiVersion"].as_str().unwrap_or("");
-        let in_a_member = ["networking.istio.io/", "security.istio.io/", "extensions.istio.io/", "monitoring.coreos.com/"]
-            .iter()
-            .any(|g| api_version.starts_with(g));
+        let in_a_member = [
+            "networking.istio.io/",
+            "security.istio.io/",
+            "extensions.istio.io/",
+            "monitoring.coreos.com/",
+        ]
+        .iter()
+        .any(|g| api_version.starts_with(g));
         if !in_a_member {
             continue;
         }
@@ -234,7 +321,10 @@ fn the_member_role_covers_every_rendered_kind() {
     }
     for (group, resource) in &rendered_kinds {
         for verb in ["get", "create", "patch", "delete"] {
-            assert!(grants(group, resource, verb), "tideway-member cannot {verb} {group}/{resource}");
+            assert!(
+                grants(group, resource, verb),
+                "tideway-member cannot {verb} {group}/{resource}"
+            );
         }
     }
 }
@@ -253,12 +343,21 @@ fn broken_controller_manifests_are_rejected() {
             .unwrap_or_else(|| panic!("no {k} {n}"))
     };
     let rejected = |doc: &Value, path: &str, needle: &str| {
-        let invalid = catalog.validate(doc).expect_err("accepted a broken manifest");
-        assert!(invalid.has(path, needle), "want {path} / {needle:?}, got\n{invalid}");
+        let invalid = catalog
+            .validate(doc)
+            .expect_err("accepted a broken manifest");
+        assert!(
+            invalid.has(path, needle),
+            "want {path} / {needle:?}, got\n{invalid}"
+        );
     };
     let mut deployment = find("Deployment", "tideway-controller");
     deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy2"] = "Always".into();
-    rejected(&deployment, "spec.template.spec.containers[0]", "unknown field(s) imagePullPolicy2");
+    rejected(
+        &deployment,
+        "spec.template.spec.containers[0]",
+        "unknown field(s) imagePullPolicy2",
+    );
     let mut deployment = find("Deployment", "tideway-controller");
     deployment["spec"]["replicas"] = "two".into();
     rejected(&deployment, "spec.replicas", "invalid type");
@@ -267,13 +366,21 @@ fn broken_controller_manifests_are_rejected() {
     rejected(&role, "rules[0].verbs", "\"apply\" is not a verb");
     let mut role = find("ClusterRole", "tideway-member");
     role["rules"][0]["resources"] = serde_json::json!(["virtualservice"]);
-    rejected(&role, "rules[0].resources", "\"virtualservice\" is not served");
+    rejected(
+        &role,
+        "rules[0].resources",
+        "\"virtualservice\" is not served",
+    );
     let mut role = find("ClusterRole", "tideway-member");
     role["rules"][0]["verbs"] = serde_json::json!(["*"]);
     rejected(&role, "rules[0].verbs", "wildcard");
     let mut role = find("Role", "tideway-controller");
     role["rules"][1]["verbs"] = serde_json::json!(["create", "get"]);
-    rejected(&role, "rules[1].resourceNames", "cannot restrict \"create\"");
+    rejected(
+        &role,
+        "rules[1].resourceNames",
+        "cannot restrict \"create\"",
+    );
     let mut service = find("Service", "tideway-controller");
     service["metadata"]["namespace"] = "Tideway_System".into();
     rejected(&service, "metadata.namespace", "DNS-1123 label");
