@@ -33,6 +33,8 @@ pub struct EnvoySpec {
     /// `node.metadata.CLUSTER_ID` and `node.locality`, as Istio sets them.
     pub node_cluster_id: String,
     pub node_locality: (String, String),
+    /// `node.metadata.NAMESPACE`, as Istio sets it; `None` = absent.
+    pub node_namespace: Option<String>,
     /// Return a fixed response instead of proxying (filter-cost benchmarks).
     pub direct_response: bool,
     /// With `direct_response`: the per-destination routes answer directly
@@ -70,6 +72,7 @@ impl EnvoySpec {
             concurrency: 1,
             node_cluster_id: "cluster-local".to_string(),
             node_locality: ("region-1".to_string(), "zone-a".to_string()),
+            node_namespace: None,
             direct_response: false,
             direct_response_all: false,
             lb_policy: "ROUND_ROBIN".to_string(),
@@ -179,11 +182,15 @@ impl EnvoySpec {
         for (name, port) in &self.extra_clusters {
             clusters.push(cluster(name.clone(), vec![*port], &[], false));
         }
+        let mut metadata = json!({"CLUSTER_ID": self.node_cluster_id});
+        if let Some(ns) = &self.node_namespace {
+            metadata["NAMESPACE"] = json!(ns);
+        }
         json!({
             "node": {
                 "id": "tideway-test",
                 "cluster": "tideway-test",
-                "metadata": {"CLUSTER_ID": self.node_cluster_id},
+                "metadata": metadata,
                 "locality": {"region": self.node_locality.0, "zone": self.node_locality.1}
             },
             "admin": {
