@@ -189,6 +189,9 @@ pub struct SchedulerSpec {
     /// Time constant of the latency and error EWMAs, ms. Default 5000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decay_ms: Option<u64>,
+    /// The latency an unmeasured destination is scored at, ms. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_rtt_ms: Option<u64>,
     /// When a destination is ejected, and for how long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ejection: Option<EjectionSpec>,
