@@ -51,6 +51,7 @@ pub struct TrafficPolicySpec {
     /// The service being steered.
     pub service: ServiceSpec,
     /// Where requests can go: one entry per member cluster serving it.
+    #[schemars(length(min = 1))]
     pub destinations: Vec<DestinationSpec>,
     /// Factor weights and health thresholds of the filter's scheduler.
     #[serde(default)]
@@ -126,6 +127,7 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// The service port callers use.
+    #[schemars(range(min = 1))]
     pub port: u16,
     /// `HTTP` (default), `HTTP2` or `GRPC`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,9 +156,11 @@ pub struct DestinationSpec {
     pub name: Option<String>,
     /// Base traffic weight (≥ 0). Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
     pub weight: Option<f64>,
     /// Relative cost of serving here (≥ 0; lower is better). Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
     pub cost: Option<f64>,
 }
 
@@ -173,22 +177,30 @@ impl DestinationSpec {
 pub struct SchedulerSpec {
     /// Weight of observed latency (peak-EWMA). Default 0.4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
     pub weight_latency: Option<f64>,
     /// Weight of requests in flight. Default 0.3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
     pub weight_load: Option<f64>,
     /// Weight of the destinations' cost. Default 0.1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
     pub weight_cost: Option<f64>,
     /// Weight of locality affinity (nearer is better). Default 0.2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
     pub weight_affinity: Option<f64>,
     /// How strongly scores bend the base weights (`weight × score^sharpness`). Default 4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 64.0))]
     pub sharpness: Option<f64>,
     /// Time constant of the latency and error EWMAs, ms. Default 5000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decay_ms: Option<u64>,
+    /// The latency an unmeasured destination is scored at, ms. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_rtt_ms: Option<u64>,
     /// When a destination is ejected, and for how long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ejection: Option<EjectionSpec>,
@@ -203,6 +215,7 @@ pub struct EjectionSpec {
     pub consecutive_failures: Option<u32>,
     /// Error-rate EWMA (0..1) that ejects… Default 0.5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub error_rate: Option<f64>,
     /// …after at least this many responses. Default 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -241,6 +254,7 @@ pub struct CanarySpec {
     /// Labels of the stable version's pods, e.g. `version: v1`.
     pub stable_labels: BTreeMap<String, String>,
     /// Percent of the matched requests sent to the canary (0..=100).
+    #[schemars(range(max = 100))]
     pub weight: u32,
     /// Which requests take part (Istio `HTTPMatchRequest`s: headers, uri,
     /// sourceLabels). Empty: all requests.
@@ -431,6 +445,7 @@ impl Default for ObservabilitySpec {
 )]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FleetSpec {
+    #[schemars(length(min = 1))]
     pub clusters: Vec<FleetMember>,
     /// The multi-cluster mesh these members form (informational for
     /// rendering; the east-west gateways per network).

@@ -77,16 +77,14 @@ pub fn check(text: &str, source: &str) -> Result<Vec<Checked>, FieldErrors> {
     errors.into_result().map(|()| out)
 }
 
-/// Parse and validate one configuration value, paths under `prefix`.
+/// Parse and validate one configuration value with the filter's own
+/// [`PluginConfig::from_value`] (the function `on_configure` uses), paths
+/// under `prefix`.
 pub fn check_value(config: &Value, prefix: &str) -> Result<PluginConfig, FieldError> {
     if config.is_null() {
         return Ok(PluginConfig::default());
     }
-    let parsed: PluginConfig = load::from_value(config, prefix)?;
-    parsed
-        .validate()
-        .map_err(|e| FieldError::new(e.field, e.message, "").under(prefix))?;
-    Ok(parsed)
+    PluginConfig::from_value(config.clone()).map_err(|e| load::from_config_error(&e).under(prefix))
 }
 
 #[cfg(test)]

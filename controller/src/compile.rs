@@ -252,21 +252,13 @@ impl<'a> Context<'a> {
         })
     }
 
-    /// The host names callers in `caller_ns` use for the service, as the
-    /// filter matches them (`:authority` without port). Istio serves the
-    /// short forms on the service's virtual host; `name` alone resolves only
-    /// inside the service's own namespace.
-    fn filter_hosts(&self, caller_ns: &str) -> Vec<String> {
-        let svc = &self.policy.spec.service;
-        let mut hosts = vec![
-            self.fqdn.clone(),
-            format!("{}.{}.svc", svc.name, self.service_ns),
-            format!("{}.{}", svc.name, self.service_ns),
-        ];
-        if caller_ns == self.service_ns {
-            hosts.push(svc.name.clone());
-        }
-        for h in &svc.hosts {
+    /// The hosts the filter matches. The filter itself serves a Kubernetes
+    /// FQDN under every name Istio does (`name.ns.svc`, `name.ns`, and bare
+    /// `name` from a proxy in the service's namespace, any port), so the FQDN
+    /// plus the policy's extra names is the whole list.
+    fn filter_hosts(&self) -> Vec<String> {
+        let mut hosts = vec![self.fqdn.clone()];
+        for h in &self.policy.spec.service.hosts {
             if !hosts.contains(h) {
                 hosts.push(h.clone());
             }
@@ -290,6 +282,7 @@ impl<'a> Context<'a> {
             },
             sharpness: s.sharpness.unwrap_or(defaults.sharpness),
             decay_ms: s.decay_ms.unwrap_or(defaults.decay_ms),
+            default_rtt_ms: s.default_rtt_ms.unwrap_or(defaults.default_rtt_ms),
             eject_consecutive_failures: e
                 .consecutive_failures
                 .unwrap_or(defaults.eject_consecutive_failures),
@@ -322,7 +315,7 @@ impl<'a> Context<'a> {
             schema_version: SCHEMA_VERSION,
             services: vec![ServiceConfig {
                 name: spec.service.name.clone(),
-                hosts: self.filter_hosts(&caller.namespace),
+                hosts: self.filter_hosts(),
                 destinations,
                 routing_header: self.routing_header.clone(),
                 affinity,
@@ -331,9 +324,13 @@ impl<'a> Context<'a> {
                 probe: None,
             }],
             scheduler,
+            // Each WasmPlugin serves one member and one caller namespace:
+            // its identity is known here, whatever Envoy's node says.
             local: LocalConfig {
                 cluster: Some(member.name.clone()),
                 locality: member.locality(),
+                namespace: Some(caller.namespace.clone()),
+                cluster_domain: spec.service.cluster_domain.clone(),
             },
             trust: TrustConfig {
                 all_sources: false,

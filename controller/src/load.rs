@@ -50,6 +50,24 @@ pub fn from_value<T: DeserializeOwned>(value: &Value, prefix: &str) -> Result<T,
 
 /// Split serde's message into value and expectation.
 fn serde_error(path: &str, message: &str) -> FieldError {
+    split_serde_message(path, message)
+        .unwrap_or_else(|| FieldError::new(path, "?", message.to_string()))
+}
+
+/// The filter's own `ConfigError` (field path + message) in the shared
+/// shape: serde's typing messages split into value and expectation, the
+/// filter's validation messages (which say value and rule) kept whole.
+pub fn from_config_error(e: &tideway_filter::config::ConfigError) -> FieldError {
+    split_serde_message(&e.field, &e.message)
+        .map(|mut f| {
+            // The filter already completed the path with the field named.
+            f.path = e.field.clone();
+            f
+        })
+        .unwrap_or_else(|| FieldError::new(e.field.clone(), e.message.clone(), ""))
+}
+
+fn split_serde_message(path: &str, message: &str) -> Option<FieldError> {
     // `unknown field `weigths`, expected one of `cluster`, `name``
     if let Some(rest) = message.strip_prefix("unknown field `") {
         if let Some((field, expected)) = rest.split_once("`, ") {
@@ -61,20 +79,20 @@ fn serde_error(path: &str, message: &str) -> FieldError {
                 format!("{path}.{field}")
             };
             let expected = expected.strip_prefix("expected ").unwrap_or(expected);
-            return FieldError::new(
+            return Some(FieldError::new(
                 path,
                 format!("unknown field `{field}`"),
                 format!("a known field: {expected}"),
-            );
+            ));
         }
         if let Some(field) = rest.strip_suffix('`') {
-            return FieldError::new(
+            return Some(FieldError::new(
                 format!("{path}.{field}")
                     .trim_start_matches('.')
                     .to_string(),
                 format!("unknown field `{field}`"),
                 "no fields here",
-            );
+            ));
         }
     }
     if let Some(rest) = message.strip_prefix("missing field `") {
@@ -84,21 +102,21 @@ fn serde_error(path: &str, message: &str) -> FieldError {
         } else {
             format!("{path}.{field}")
         };
-        return FieldError::missing(path, "this required field");
+        return Some(FieldError::missing(path, "this required field"));
     }
     for prefix in ["invalid type: ", "invalid value: ", "invalid length "] {
         if let Some(rest) = message.strip_prefix(prefix) {
             if let Some((value, expected)) = rest.rsplit_once(", expected ") {
-                return FieldError::new(path, value, expected);
+                return Some(FieldError::new(path, value, expected));
             }
         }
     }
     if let Some(rest) = message.strip_prefix("unknown variant `") {
         if let Some((variant, expected)) = rest.split_once("`, expected ") {
-            return FieldError::new(path, format!("`{variant}`"), expected);
+            return Some(FieldError::new(path, format!("`{variant}`"), expected));
         }
     }
-    FieldError::new(path, "?", message.to_string())
+    None
 }
 
 /// Top-level keys every Kubernetes object may have.

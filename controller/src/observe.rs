@@ -41,6 +41,21 @@ fn requests_selector(service: &str, destination: Option<&str>) -> String {
     format!("{{__name__=~\"{}\"}}", names.join("|"))
 }
 
+/// Every request counter of the service: each destination and `none`.
+fn all_requests_selector(service: &str, destinations: &[&str]) -> String {
+    let names: Vec<String> = destinations
+        .iter()
+        .map(|d| Some(*d))
+        .chain(std::iter::once(None))
+        .flat_map(|d| {
+            Reason::ALL
+                .iter()
+                .map(move |r| prometheus_name(&metrics::requests(service, d, *r)))
+        })
+        .collect();
+    format!("{{__name__=~\"{}\"}}", names.join("|"))
+}
+
 fn ejections_selector(service: &str, destinations: &[&str]) -> String {
     let names: Vec<String> = destinations
         .iter()
@@ -115,14 +130,9 @@ pub fn prometheus_rule(policy: &TrafficPolicy, fqdn: &str) -> Value {
                 {
                     "alert": "TidewayNotSteering",
                     "expr": format!(
-                        "sum(rate({}[10m])) / sum(rate({{__name__=~\"{}\"}}[10m])) > 0.5",
+                        "sum(rate({}[10m])) / sum(rate({}[10m])) > 0.5",
                         requests_selector(service, None),
-                        destinations
-                            .iter()
-                            .map(|d| Reason::ALL.iter().map(|r| prometheus_name(&metrics::requests(service, Some(d), *r))).collect::<Vec<_>>().join("|"))
-                            .chain(std::iter::once(Reason::ALL.iter().map(|r| prometheus_name(&metrics::requests(service, None, *r))).collect::<Vec<_>>().join("|")))
-                            .collect::<Vec<_>>()
-                            .join("|")
+                        all_requests_selector(service, &destinations)
                     ),
                     "for": "10m",
                     "labels": {"severity": "warning", "service": service},

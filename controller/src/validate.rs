@@ -273,6 +273,15 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
             "milliseconds > 0",
         ));
     }
+    if let Some(v) = s.default_rtt_ms {
+        if !(1..=60_000).contains(&v) {
+            errors.push(FieldError::json(
+                "spec.scheduler.defaultRttMs",
+                &v,
+                "milliseconds in 1..=60000",
+            ));
+        }
+    }
     if let Some(e) = &s.ejection {
         if e.consecutive_failures == Some(0) {
             errors.push(FieldError::json(
