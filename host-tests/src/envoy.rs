@@ -229,6 +229,24 @@ pub struct Envoy {
 
 impl Envoy {
     pub fn start(spec: &EnvoySpec) -> Result<Self> {
+        Self::launch(
+            |dir| spec.bootstrap(dir),
+            &spec.command_prefix,
+            spec.concurrency,
+        )
+    }
+
+    /// Starts Envoy on a bootstrap of the caller's (given the directory
+    /// for its logs). Its first listener is the one requests go to.
+    pub fn start_with(bootstrap: impl FnOnce(&Path) -> Value, concurrency: u32) -> Result<Self> {
+        Self::launch(bootstrap, &[], concurrency)
+    }
+
+    fn launch(
+        bootstrap: impl FnOnce(&Path) -> Value,
+        command_prefix: &[String],
+        concurrency: u32,
+    ) -> Result<Self> {
         let binary = crate::env::envoy();
         let dir = tempfile::tempdir().context("creating a temp dir for Envoy")?;
         let config_path = dir.path().join("envoy.json");
@@ -236,9 +254,9 @@ impl Envoy {
         let log_path = dir.path().join("envoy.log");
         std::fs::write(
             &config_path,
-            serde_json::to_vec_pretty(&spec.bootstrap(dir.path()))?,
+            serde_json::to_vec_pretty(&bootstrap(dir.path()))?,
         )?;
-        let mut command = match spec.command_prefix.split_first() {
+        let mut command = match command_prefix.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
                 c.args(args).arg(&binary);
@@ -261,7 +279,7 @@ impl Envoy {
                 "--file-flush-interval-msec",
                 "50",
             ])
-            .args(["--concurrency", &spec.concurrency.to_string()])
+            .args(["--concurrency", &concurrency.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -273,11 +291,7 @@ impl Envoy {
             admin_port: 0,
             dir,
         };
-        let ready_within = Duration::from_secs(if spec.command_prefix.is_empty() {
-            60
-        } else {
-            900
-        });
+        let ready_within = Duration::from_secs(if command_prefix.is_empty() { 60 } else { 900 });
         if let Err(e) = envoy.wait_ready(&admin_path, ready_within) {
             bail!("{e}\n--- tail of Envoy's log ---\n{}", envoy.log_tail(40));
         }
