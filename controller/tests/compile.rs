@@ -380,9 +380,12 @@ fn karmada_form_overrides_only_local_per_member() {
             .find(|p| &p["metadata"]["namespace"] == ns)
             .expect("template in the override's namespace");
         for r in o["spec"]["overrideRules"].as_array().expect("rules") {
-            let member = r["targetCluster"]["clusterNames"][0].as_str().expect("member");
+            let member = r["targetCluster"]["clusterNames"][0]
+                .as_str()
+                .expect("member");
             let mut applied = (*template).clone();
-            applied["spec"]["pluginConfig"]["local"] = r["overriders"]["plaintext"][0]["value"].clone();
+            applied["spec"]["pluginConfig"]["local"] =
+                r["overriders"]["plaintext"][0]["value"].clone();
             let own = per_member.member(member);
             let own = own
                 .iter()

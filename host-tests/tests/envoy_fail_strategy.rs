@@ -41,14 +41,18 @@ fn run(policy: &str, n: usize) -> (Vec<u16>, u64) {
     (statuses, backend.served())
 }
 
+/// The request whose callback crashes the VM is lost (Envoy answers 503);
+/// from then on the filter is bypassed and every request is served by the
+/// default route. (Measured with Envoy 1.40: `[503, 200, 200, …]`.)
 #[test]
-fn fail_open_serves_every_request_by_the_default_route_while_the_vm_is_down() {
+fn fail_open_serves_every_request_after_the_crash_by_the_default_route() {
     let (statuses, served) = run("FAIL_OPEN", 20);
+    assert_eq!(statuses[0], 503, "the crashing request: {statuses:?}");
     assert!(
-        statuses.iter().all(|s| *s == 200),
-        "FAIL_OPEN: every request is served: {statuses:?}"
+        statuses[1..].iter().all(|s| *s == 200),
+        "FAIL_OPEN: every later request is served: {statuses:?}"
     );
-    assert_eq!(served, 20, "by the backend, through the default route");
+    assert_eq!(served, 19, "by the backend, through the default route");
 }
 
 #[test]
@@ -58,18 +62,18 @@ fn fail_closed_would_fail_requests_which_is_why_render_refuses_it() {
         statuses.iter().skip(1).all(|s| *s >= 500),
         "FAIL_CLOSED: requests after the crash fail: {statuses:?}"
     );
-    assert!(served < 10, "{served}");
+    assert_eq!(served, 0, "nothing reaches the backend");
 }
 
 /// `FAIL_RELOAD` (accepted by render, not its default): a new VM for the
-/// next request. A filter that crashes on every request keeps failing the
-/// requests it crashes on — the failure mode FAIL_OPEN avoids.
+/// next request — which, for a filter that crashes on every request, crashes
+/// again: every request fails, where FAIL_OPEN loses only the first.
 #[test]
-fn fail_reload_recreates_the_vm_but_the_crashing_request_is_lost() {
-    let (statuses, _) = run("FAIL_RELOAD", 10);
-    eprintln!("FAIL_RELOAD statuses: {statuses:?}");
+fn fail_reload_loses_every_request_a_crashing_vm_sees() {
+    let (statuses, served) = run("FAIL_RELOAD", 10);
     assert!(
-        statuses.iter().any(|s| *s != 200),
-        "FAIL_RELOAD does not serve a request whose VM crashes: {statuses:?}"
+        statuses.iter().all(|s| *s == 503),
+        "FAIL_RELOAD: {statuses:?}"
     );
+    assert_eq!(served, 0);
 }
