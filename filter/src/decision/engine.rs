@@ -5,6 +5,7 @@
 //! latency and health over for destinations that keep their names, so a
 //! config push does not forget that a destination is down.
 
+use super::outcome::grpc_failure_set;
 use super::probe::ActiveProbe;
 use super::{Decision, Reason};
 use crate::authority::HostTable;
@@ -92,6 +93,8 @@ pub struct Engine {
     epoch: u64,
     /// Finished spans waiting for export (span mode), bounded.
     pub(super) spans: Vec<SpanRecord>,
+    /// `scheduler.grpcFailureCodes` as a bit set.
+    pub(super) grpc_failures: u32,
 }
 
 impl Engine {
@@ -160,7 +163,9 @@ impl Engine {
                 .map(|(i, s)| (i, s.hosts.as_slice())),
         );
         let decay_ns = config.scheduler.decay_ms as f64 * 1e6;
+        let grpc_failures = grpc_failure_set(&config.scheduler.grpc_failure_codes);
         Self {
+            grpc_failures,
             config,
             local,
             services,
