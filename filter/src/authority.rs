@@ -25,7 +25,7 @@ impl HostTable {
                 }
             }
         }
-        table.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         table
     }
 
