@@ -27,7 +27,10 @@ fn requests(host: &mut Host, n: usize) {
         let ex = host
             .exchange(
                 0,
-                &[(":authority", "reviews.prod.svc.cluster.local"), (":path", "/")],
+                &[
+                    (":authority", "reviews.prod.svc.cluster.local"),
+                    (":path", "/"),
+                ],
                 &[(":status", "200")],
             )
             .expect("exchange");
