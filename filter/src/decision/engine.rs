@@ -285,6 +285,21 @@ impl Engine {
 
 /// The failover order of `svc`'s destinations by their current locality
 /// closeness, after the configured explicit order.
+/// The host table for this proxy's namespace and cluster domain.
+fn host_table(config: &PluginConfig, local: &LocalIdentity) -> HostTable {
+    HostTable::new(
+        config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.hosts.as_slice())),
+        ProxyDomain {
+            namespace: local.namespace.as_deref(),
+            cluster_domain: config.local.cluster_domain(),
+        },
+    )
+}
+
 fn failover_order(svc: &Service, explicit: &[String]) -> Vec<usize> {
     let names: Vec<&str> = svc.destinations.iter().map(|d| d.name.as_str()).collect();
     let closeness: Vec<f64> = svc
