@@ -309,18 +309,3 @@ fn failover_order(svc: &Service, explicit: &[String]) -> Vec<usize> {
         .collect();
     failover::order(&names, &closeness, explicit)
 }
-
-/// The host table for this proxy's namespace and cluster domain.
-fn host_table(config: &PluginConfig, local: &LocalIdentity) -> HostTable {
-    HostTable::new(
-        config
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (i, s.hosts.as_slice())),
-        ProxyDomain {
-            namespace: local.namespace.as_deref(),
-            cluster_domain: config.local.cluster_domain(),
-        },
-    )
-}
