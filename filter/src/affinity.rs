@@ -27,7 +27,7 @@ pub fn stable_hash(key: &[u8], destination: &str) -> u64 {
 /// The rendezvous score of a destination with weight `weight` for `key`.
 /// Zero weight never wins.
 pub fn rendezvous_score(key: &[u8], destination: &str, weight: f64) -> f64 {
-    if !(weight > 0.0) {
+    if weight.is_nan() || weight <= 0.0 {
         return f64::NEG_INFINITY;
     }
     // Top 53 bits → a uniform float strictly inside (0, 1).

@@ -330,7 +330,16 @@ pub struct SchedulerConfig {
     pub eject_max_ms: u64,
     /// How often each worker merges statistics through shared data.
     pub tick_ms: u64,
+    /// For gRPC requests (`content-type: application/grpc*`), the
+    /// `grpc-status` codes that count as the destination's failure. Default:
+    /// those Envoy's outlier detection counts (the codes its gRPC-to-HTTP
+    /// mapping turns into a 5xx): UNKNOWN 2, DEADLINE_EXCEEDED 4,
+    /// UNIMPLEMENTED 12, INTERNAL 13, UNAVAILABLE 14, DATA_LOSS 15.
+    pub grpc_failure_codes: Vec<u32>,
 }
+
+/// The default [`SchedulerConfig::grpc_failure_codes`].
+pub const DEFAULT_GRPC_FAILURE_CODES: [u32; 6] = [2, 4, 12, 13, 14, 15];
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
@@ -345,6 +354,7 @@ impl Default for SchedulerConfig {
             eject_base_ms: 1_000,
             eject_max_ms: 30_000,
             tick_ms: 200,
+            grpc_failure_codes: DEFAULT_GRPC_FAILURE_CODES.to_vec(),
         }
     }
 }
@@ -524,6 +534,18 @@ impl SchedulerConfig {
                 "scheduler.ejectConsecutiveFailures",
                 "0 (must be ≥ 1)",
             ));
+        }
+        for (i, &code) in self.grpc_failure_codes.iter().enumerate() {
+            let at = format!("scheduler.grpcFailureCodes[{i}]");
+            if !(1..=16).contains(&code) {
+                return Err(ConfigError::new(
+                    at,
+                    format!("{code} (must be a gRPC status code 1..=16; 0 is OK)"),
+                ));
+            }
+            if self.grpc_failure_codes[..i].contains(&code) {
+                return Err(ConfigError::new(at, format!("{code} is listed twice")));
+            }
         }
         if self.eject_base_ms == 0 || self.eject_max_ms < self.eject_base_ms {
             return Err(ConfigError::new(
@@ -1013,6 +1035,21 @@ mod tests {
                 r#"{"scheduler":{"sharpness":100}}"#,
                 "scheduler.sharpness",
                 "100",
+            ),
+            (
+                r#"{"scheduler":{"grpcFailureCodes":[14,0]}}"#,
+                "scheduler.grpcFailureCodes[1]",
+                "0 (must be a gRPC status code",
+            ),
+            (
+                r#"{"scheduler":{"grpcFailureCodes":[14,17]}}"#,
+                "scheduler.grpcFailureCodes[1]",
+                "17",
+            ),
+            (
+                r#"{"scheduler":{"grpcFailureCodes":[14,14]}}"#,
+                "scheduler.grpcFailureCodes[1]",
+                "14 is listed twice",
             ),
             (
                 r#"{"services":[{"name":"a","hosts":["a:80"],"destinations":[{"name":"x"}]}]}"#,

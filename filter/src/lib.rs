@@ -11,6 +11,14 @@
 //!   converts between Envoy and the core: it hands the core the request
 //!   headers and what it asks for, and writes back what the core decided.
 
+// Nothing reachable from the host may panic: a panic traps the VM, and a
+// trapped VM takes the listener's traffic with it (Kuadrant's wasm-shim
+// denies the same).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod affinity;
 pub mod authority;
 pub mod config;
@@ -26,5 +34,7 @@ pub mod score;
 pub mod shared_stats;
 pub mod trace;
 
-#[cfg(target_arch = "wasm32")]
+// The proxy-wasm layer links only into the wasm module; clippy checks it
+// natively too (it is never linked there).
+#[cfg(any(target_arch = "wasm32", clippy))]
 mod proxy;

@@ -32,6 +32,15 @@ pub const CONFIG_REJECTED: &str = "tideway.config.rejected";
 /// Counter: requests the filter could not decide for (e.g. unreadable
 /// headers); they pass untouched to the mesh default.
 pub const DECISION_ERRORS: &str = "tideway.decision_errors";
+/// Counter: host calls that failed (any status but `Ok`, and `NotFound`
+/// from a read, which only means "absent"). Each such failure made the
+/// filter decide nothing for what it was doing: the request took the mesh's
+/// default route, or the tick's merge waits for the next tick.
+pub const HOST_CALL_ERRORS: &str = "tideway.host_call_errors";
+/// Gauge: 1 when this proxy's locality is known (from `local.locality` or
+/// Envoy's `node.locality`), 0 when it is not and locality scoring and
+/// locality-ordered failover are off.
+pub const LOCALITY_KNOWN: &str = "tideway.local.locality_known";
 /// Counter: spans exported / dropped (span mode).
 pub const SPANS_EXPORTED: &str = "tideway.spans.exported";
 pub const SPANS_DROPPED: &str = "tideway.spans.dropped";

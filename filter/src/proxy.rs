@@ -6,6 +6,14 @@
 //! `Engine::complete`, and what the core reports back (an ejection, a span,
 //! a replaced shared record) becomes counters and log lines.
 //!
+//! No host-call failure can trap the VM: every call goes through `abi`,
+//! whose wrappers return the host's status instead of panicking (the SDK's
+//! would), and the callbacks come through `exports`, not the SDK's
+//! dispatcher. A failed call means "decide nothing, let the mesh route":
+//! the request passes with the mesh's default route, nothing is recorded
+//! about its destination, and the failure is counted in
+//! `tideway.host_call_errors`.
+//!
 //! Host calls are what a request pays for here, not the scoring: measured
 //! with callgrind on Envoy 1.40 (`cargo xtask bench -- --only instructions`),
 //! a plain host call costs about 2k instructions and any call that returns
@@ -20,11 +28,10 @@
 //! Counters are kept in the VM and added to Envoy's on the tick, and trace
 //! ids come from a pool of host entropy refilled 4 KiB at a time. Shared
 //! data is touched on the tick and after a failed request, never on a
-//! successful one. Input never reaches a panic: header
-//! values are bytes, and every host call's error is handled.
-//!
-//! The SDK's convenience getters (`get_http_request_header`) panic on
-//! non-UTF-8 values, so this layer uses the byte-level hostcalls instead.
+//! successful one.
+
+mod abi;
+mod exports;
 
 use crate::config::PluginConfig;
 use crate::decision::{
@@ -36,49 +43,27 @@ use crate::health::HealthEvent;
 use crate::metrics;
 use crate::shared_stats::{SharedStore, StoreError};
 use crate::trace;
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
-use std::cell::RefCell;
-use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use abi::{Level, Map, MetricKind};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::new()) });
-}}
-
-#[link(wasm_import_module = "wasi_snapshot_preview1")]
-extern "C" {
-    fn random_get(buf: *mut u8, buf_len: usize) -> i32;
+fn log(level: Level, message: &str) {
+    abi::log(level, message);
 }
 
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_get_header_map_pairs(map_type: i32, data: *mut *mut u8, size: *mut usize) -> i32;
-    fn proxy_add_header_map_value(
-        map_type: i32,
-        key_data: *const u8,
-        key_size: usize,
-        value_data: *const u8,
-        value_size: usize,
-    ) -> i32;
+/// The host's clock; 0 when it fails (only where a time is informational).
+fn now_or_zero() -> u64 {
+    abi::now_ns().unwrap_or(0)
 }
 
 /// Fill `buf` from the host's entropy (WASI `random_get`).
 fn host_random(buf: &mut [u8]) {
-    if buf.is_empty() {
+    if buf.is_empty() || abi::random(buf) {
         return;
     }
-    // SAFETY: the pointer and length describe a live, writable buffer.
-    let errno = unsafe { random_get(buf.as_mut_ptr(), buf.len()) };
-    if errno != 0 {
-        // No entropy from the host: fall back to the clock so ids still
-        // differ; never stop serving over it.
-        let t = now_ns().to_le_bytes();
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b ^= t[i % 8].wrapping_add(i as u8);
-        }
+    // No entropy from the host: fall back to the clock so ids still differ;
+    // never stop serving over it.
+    let t = now_or_zero().to_le_bytes();
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b ^= t[i % 8].wrapping_add(i as u8);
     }
 }
 
@@ -118,39 +103,8 @@ impl trace::TraceRng for EntropyPool {
     }
 }
 
-/// Every request header in one host call; the buffer is ours to free.
-fn request_header_buffer() -> Option<Vec<u8>> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the host writes a pointer to a buffer it allocated through
-    // our `proxy_on_memory_allocate` (the SDK's allocator, a Vec with
-    // capacity == size), so rebuilding that Vec transfers ownership back.
-    unsafe {
-        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders as i32, &mut data, &mut size) != 0
-        {
-            return None;
-        }
-        if data.is_null() || size == 0 {
-            return Some(Vec::new());
-        }
-        Some(Vec::from_raw_parts(data, size, size))
-    }
-}
-
-fn now_ns() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
-}
-
-/// Metric ids, defined once per configuration, and the counts not yet added
-/// to Envoy's counters (flushed on the tick: one host call per counter that
-/// moved, instead of one per request).
+/// Metric ids, defined once per configuration (`u32::MAX`: the host
+/// refused to define it, so it is skipped).
 #[derive(Default)]
 struct Metrics {
     /// [service][destination, then one slot for `none`][reason]
@@ -160,37 +114,44 @@ struct Metrics {
     hash: u32,
     rejected: u32,
     decision_errors: u32,
+    host_call_errors: u32,
+    locality_known: u32,
     spans_exported: u32,
     spans_dropped: u32,
 }
 
-fn define(kind: MetricType, name: &str) -> u32 {
-    match hostcalls::define_metric(kind, name) {
-        Ok(id) => id,
-        Err(status) => {
-            log(
-                LogLevel::Warn,
-                &format!("tideway: could not define metric {name}: {status:?}"),
-            );
-            u32::MAX
-        }
-    }
+fn define(kind: MetricKind, name: &str) -> u32 {
+    abi::define_metric(kind, name).unwrap_or_else(|e| {
+        log(
+            Level::Warn,
+            &format!("tideway: could not define metric {name}: {e}"),
+        );
+        u32::MAX
+    })
 }
 
 fn add(id: u32, n: i64) {
     if id != u32::MAX && n != 0 {
-        let _ = hostcalls::increment_metric(id, n);
+        let _ = abi::increment_metric(id, n);
+    }
+}
+
+fn record(id: u32, value: u64) {
+    if id != u32::MAX {
+        let _ = abi::record_metric(id, value);
     }
 }
 
 impl Metrics {
     fn define_fixed(&mut self) {
-        self.generation = define(MetricType::Gauge, metrics::CONFIG_GENERATION);
-        self.hash = define(MetricType::Gauge, metrics::CONFIG_HASH);
-        self.rejected = define(MetricType::Counter, metrics::CONFIG_REJECTED);
-        self.decision_errors = define(MetricType::Counter, metrics::DECISION_ERRORS);
-        self.spans_exported = define(MetricType::Counter, metrics::SPANS_EXPORTED);
-        self.spans_dropped = define(MetricType::Counter, metrics::SPANS_DROPPED);
+        self.generation = define(MetricKind::Gauge, metrics::CONFIG_GENERATION);
+        self.hash = define(MetricKind::Gauge, metrics::CONFIG_HASH);
+        self.rejected = define(MetricKind::Counter, metrics::CONFIG_REJECTED);
+        self.decision_errors = define(MetricKind::Counter, metrics::DECISION_ERRORS);
+        self.host_call_errors = define(MetricKind::Counter, metrics::HOST_CALL_ERRORS);
+        self.locality_known = define(MetricKind::Gauge, metrics::LOCALITY_KNOWN);
+        self.spans_exported = define(MetricKind::Counter, metrics::SPANS_EXPORTED);
+        self.spans_dropped = define(MetricKind::Counter, metrics::SPANS_DROPPED);
     }
 
     fn define_for(&mut self, engine: &Engine) {
@@ -206,7 +167,7 @@ impl Metrics {
                 dest_names
                     .map(|d| {
                         Reason::ALL
-                            .map(|r| define(MetricType::Counter, &metrics::requests(&s.name, d, r)))
+                            .map(|r| define(MetricKind::Counter, &metrics::requests(&s.name, d, r)))
                     })
                     .collect()
             })
@@ -217,7 +178,7 @@ impl Metrics {
             .map(|s| {
                 s.destinations
                     .iter()
-                    .map(|d| define(MetricType::Counter, &metrics::ejections(&s.name, &d.name)))
+                    .map(|d| define(MetricKind::Counter, &metrics::ejections(&s.name, &d.name)))
                     .collect()
             })
             .collect();
@@ -239,8 +200,8 @@ impl Metrics {
     }
 }
 
-/// State shared by the root context and this worker's HTTP contexts (one
-/// VM is single-threaded, so `Rc<RefCell>` is enough).
+/// One root context's state: its engine, metric ids, entropy and the
+/// probes it sent. A VM is single-threaded; its contexts live in `exports`.
 struct Worker {
     engine: Option<Engine>,
     metrics: Metrics,
@@ -250,9 +211,11 @@ struct Worker {
     identity_pending: bool,
     /// Re-admission probes awaiting their answer.
     probes: Vec<PendingProbe>,
+    /// The unknown-locality warning was logged (it is logged once).
+    locality_warned: bool,
 }
 
-/// A probe sent with `dispatch_http_call`, by its token.
+/// A probe sent with `proxy_http_call`, by its token.
 struct PendingProbe {
     token: u32,
     epoch: u64,
@@ -260,130 +223,92 @@ struct PendingProbe {
     destination: usize,
 }
 
-struct Root {
-    worker: Rc<RefCell<Worker>>,
-}
-
-impl Root {
-    fn new() -> Self {
-        Self {
-            worker: Rc::new(RefCell::new(Worker {
-                engine: None,
-                metrics: Metrics::default(),
-                entropy: EntropyPool::new(),
-                identity_pending: false,
-                probes: Vec::new(),
-            })),
-        }
-    }
-
-    /// This proxy's cluster and locality: config first, else Envoy's node
-    /// properties as Istio sets them.
-    fn local_identity(config: &PluginConfig) -> LocalIdentity {
-        // Envoy 1.40 serves the node as `xds.node`; older releases as `node`.
-        let property = |path: &[&str]| -> Option<String> {
-            let read = |prefix: &[&str]| -> Option<String> {
-                let full: Vec<&str> = prefix.iter().chain(path).copied().collect();
-                match hostcalls::get_property(full) {
-                    Ok(Some(bytes)) => String::from_utf8(bytes).ok().filter(|s| !s.is_empty()),
-                    Ok(None) => None,
-                    Err(status) => {
-                        log(
-                            LogLevel::Warn,
-                            &format!(
-                                "tideway: reading property node.{}: {status:?}",
-                                path.join(".")
-                            ),
-                        );
-                        None
-                    }
-                }
-            };
-            read(&["xds", "node"]).or_else(|| read(&["node"]))
-        };
-        let cluster = config
-            .local
-            .cluster
-            .clone()
-            .or_else(|| property(&["metadata", "CLUSTER_ID"]))
-            .unwrap_or_default();
-        let locality = config.local.locality.clone().or_else(|| {
-            let region = property(&["locality", "region"])?;
-            let mut out = region;
-            if let Some(zone) = property(&["locality", "zone"]) {
-                out.push('/');
-                out.push_str(&zone);
-                if let Some(sub) = property(&["locality", "sub_zone"]) {
-                    out.push('/');
-                    out.push_str(&sub);
+/// This proxy's cluster and locality: config first, else Envoy's node
+/// properties as Istio sets them.
+fn local_identity(config: &PluginConfig) -> LocalIdentity {
+    // Envoy 1.40 serves the node as `xds.node`; older releases as `node`.
+    let property = |path: &[&str]| -> Option<String> {
+        let read = |prefix: &[&str]| -> Option<String> {
+            let full: Vec<&str> = prefix.iter().chain(path).copied().collect();
+            match abi::property(&full) {
+                Ok(Some(bytes)) => String::from_utf8(bytes).ok().filter(|s| !s.is_empty()),
+                Ok(None) => None,
+                Err(e) => {
+                    log(
+                        Level::Warn,
+                        &format!("tideway: reading property node.{}: {e}", path.join(".")),
+                    );
+                    None
                 }
             }
-            Some(out)
-        });
-        let namespace = config
-            .local
-            .namespace
-            .clone()
-            .or_else(|| property(&["metadata", "NAMESPACE"]));
-        LocalIdentity {
-            cluster,
-            locality,
-            namespace,
+        };
+        read(&["xds", "node"]).or_else(|| read(&["node"]))
+    };
+    let cluster = config
+        .local
+        .cluster
+        .clone()
+        .or_else(|| property(&["metadata", "CLUSTER_ID"]))
+        .unwrap_or_default();
+    let locality = config.local.locality.clone().or_else(|| {
+        let region = property(&["locality", "region"])?;
+        let mut out = region;
+        if let Some(zone) = property(&["locality", "zone"]) {
+            out.push('/');
+            out.push_str(&zone);
+            if let Some(sub) = property(&["locality", "sub_zone"]) {
+                out.push('/');
+                out.push_str(&sub);
+            }
         }
+        Some(out)
+    });
+    let namespace = config
+        .local
+        .namespace
+        .clone()
+        .or_else(|| property(&["metadata", "NAMESPACE"]));
+    LocalIdentity {
+        cluster,
+        locality,
+        namespace,
     }
 }
 
-impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        _body: usize,
-        _trailers: usize,
-    ) {
-        // A reset or timeout arrives with no headers: no status, a failure.
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let mut worker = self.worker.borrow_mut();
-        if let Some(i) = worker.probes.iter().position(|p| p.token == token) {
-            let probe = worker.probes.swap_remove(i);
-            probe_answered(&mut worker, &probe, &status);
-            return;
-        }
-        if !status.starts_with(b"2") {
-            log(
-                LogLevel::Warn,
-                &format!(
-                    "tideway: span export failed: status {:?}",
-                    String::from_utf8_lossy(&status)
-                ),
-            );
+impl Worker {
+    fn new() -> Self {
+        Self {
+            engine: None,
+            metrics: Metrics::default(),
+            entropy: EntropyPool::new(),
+            identity_pending: false,
+            probes: Vec::new(),
+            locality_warned: false,
         }
     }
-}
 
-impl RootContext for Root {
-    fn on_vm_start(&mut self, _size: usize) -> bool {
-        self.worker.borrow_mut().metrics.define_fixed();
+    fn on_vm_start(&mut self) -> bool {
+        self.metrics.define_fixed();
         true
     }
 
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
-            0,
-            usize::MAX,
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = match abi::plugin_configuration(size) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Unreadable is not empty: keep serving the previous one.
+                log(
+                    Level::Error,
+                    &format!("tideway: plugin configuration unreadable: {e}"),
+                );
+                return false;
+            }
+        };
         let config = match PluginConfig::from_json(&bytes) {
             Ok(config) => config,
             Err(e) => {
-                log(LogLevel::Error, &format!("tideway: {e}"));
-                add(self.worker.borrow().metrics.rejected, 1);
+                log(Level::Error, &format!("tideway: {e}"));
+                add(self.metrics.rejected, 1);
                 // Envoy rejects the update; the previous engine (if any)
                 // keeps serving.
                 return false;
@@ -391,27 +316,26 @@ impl RootContext for Root {
         };
         // If Envoy does not expose the node to the root context yet, what
         // is missing is read again on the first request.
-        let local = Self::local_identity(&config);
+        let local = local_identity(&config);
         let identity_pending =
             local.cluster.is_empty() || local.locality.is_none() || local.namespace.is_none();
-        let tick = Duration::from_millis(config.scheduler.tick_ms);
+        let tick_ms = u32::try_from(config.scheduler.tick_ms).unwrap_or(u32::MAX);
         let mut seed = [0u8; 8];
         host_random(&mut seed);
-        let mut worker = self.worker.borrow_mut();
         // What was gathered under the old configuration goes to its
         // counters and its collector.
-        flush(&mut worker);
+        self.flush();
         let engine = Engine::new(
             config,
             local,
             u64::from_le_bytes(seed),
-            worker.engine.as_ref(),
+            self.engine.as_ref(),
         );
-        worker.metrics.define_for(&engine);
-        let _ = hostcalls::record_metric(worker.metrics.generation, engine.epoch());
-        let _ = hostcalls::record_metric(worker.metrics.hash, metrics::config_hash(&bytes));
+        self.metrics.define_for(&engine);
+        record(self.metrics.generation, engine.epoch());
+        record(self.metrics.hash, metrics::config_hash(&bytes));
         log(
-            LogLevel::Info,
+            Level::Info,
             &format!(
                 "tideway: configuration accepted: {} service(s), local cluster {:?}, locality {:?}",
                 engine.services.len(),
@@ -419,48 +343,224 @@ impl RootContext for Root {
                 engine.local.locality
             ),
         );
-        worker.engine = Some(engine);
-        worker.identity_pending = identity_pending;
-        drop(worker);
-        let _ = hostcalls::set_tick_period(tick);
+        let locality_known = engine.local.locality.is_some();
+        self.engine = Some(engine);
+        self.identity_pending = identity_pending;
+        if !identity_pending || locality_known {
+            Self::locality_resolved(&self.metrics, &mut self.locality_warned, locality_known);
+        }
+        if let Err(e) = abi::set_tick_period_ms(tick_ms) {
+            // No tick: no cross-worker merge and no probes, but requests
+            // are still routed on this worker's own view.
+            log(Level::Error, &format!("tideway: no tick period: {e}"));
+        }
         true
     }
 
     fn on_tick(&mut self) {
-        let now = now_ns();
-        let mut worker = self.worker.borrow_mut();
-        if let Some(engine) = worker.engine.as_mut() {
+        if let (Some(engine), Ok(now)) = (self.engine.as_mut(), abi::now_ns()) {
             for (key, error) in engine.sync_shared(&mut HostSharedData, now) {
                 log(
-                    LogLevel::Warn,
+                    Level::Warn,
+                    &format!("tideway: replaced shared record {key}: {error}"),
+                );
+            }
+            self.send_probes(now);
+        }
+        self.flush();
+    }
+
+    /// Hand Envoy what was gathered: decision counts, finished spans,
+    /// failed host calls.
+    fn flush(&mut self) {
+        if let Some(engine) = self.engine.as_mut() {
+            self.metrics.flush(engine);
+            export_spans(engine, &self.metrics);
+        }
+        add(self.metrics.host_call_errors, i64::from(abi::take_errors()));
+    }
+
+    /// Send the re-admission probes that are due (see `Engine::probes_due`).
+    fn send_probes(&mut self, now: u64) {
+        let Some(engine) = self.engine.as_mut() else {
+            return;
+        };
+        let due: Vec<(usize, usize)> = engine.probes_due(now).collect();
+        for (service, destination) in due {
+            let (Some(config), Some(dest)) = (
+                engine.config.services.get(service),
+                engine.services[service].destinations.get(destination),
+            ) else {
+                continue;
+            };
+            let (Some(probe), Some(active)) = (config.probe.as_ref(), dest.probe.as_ref()) else {
+                continue;
+            };
+            let headers = [
+                (":method", "GET"),
+                (":path", probe.path.as_str()),
+                (":authority", probe.authority_for(config)),
+                ("user-agent", "tideway-probe"),
+            ];
+            let timeout = u32::try_from(probe.timeout_ms).unwrap_or(u32::MAX);
+            let sent = abi::http_call(&active.cluster, &headers, &[], timeout);
+            match sent {
+                Ok(token) => self.probes.push(PendingProbe {
+                    token,
+                    epoch: engine.epoch(),
+                    service,
+                    destination,
+                }),
+                Err(e) => log(
+                    Level::Warn,
+                    &format!(
+                        "tideway: probe of {}/{} to cluster {:?} not sent ({e}); the next client request probes instead",
+                        config.name, dest.name, active.cluster
+                    ),
+                ),
+            }
+            engine.probe_dispatched(service, destination, sent.is_ok());
+        }
+    }
+
+    /// An HTTP call's answer: a probe's, or a span export's.
+    fn on_http_call_response(&mut self, token: u32) {
+        // A reset or timeout arrives with no headers: no status, a failure.
+        let status = abi::header(Map::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if let Some(i) = self.probes.iter().position(|p| p.token == token) {
+            let probe = self.probes.swap_remove(i);
+            self.probe_answered(&probe, &status);
+            return;
+        }
+        if !status.starts_with(b"2") {
+            log(
+                Level::Warn,
+                &format!(
+                    "tideway: span export failed: status {:?}",
+                    String::from_utf8_lossy(&status)
+                ),
+            );
+        }
+    }
+
+    /// A probe's answer: re-admit, or eject again and tell the other workers.
+    fn probe_answered(&mut self, probe: &PendingProbe, status: &[u8]) {
+        let Some(engine) = self.engine.as_mut().filter(|e| e.epoch() == probe.epoch) else {
+            return;
+        };
+        let Ok(now) = abi::now_ns() else {
+            // When is unknown, so the answer cannot be placed: the probe is
+            // resent on a later tick.
+            engine.probe_dispatched(probe.service, probe.destination, false);
+            return;
+        };
+        let passed = status.first() == Some(&b'2') && status.len() == 3;
+        let event = engine.probe_result(probe.service, probe.destination, passed, now);
+        if let HealthEvent::Ejected { until_ns } = event {
+            report_ejection(
+                engine,
+                &self.metrics,
+                probe.service,
+                probe.destination,
+                until_ns,
+                now,
+            );
+            if let Some((key, error)) =
+                engine.publish(&mut HostSharedData, probe.service, probe.destination, now)
+            {
+                log(
+                    Level::Warn,
                     &format!("tideway: replaced shared record {key}: {error}"),
                 );
             }
         }
-        send_probes(&mut worker, now);
-        flush(&mut worker);
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request {
-            worker: Rc::clone(&self.worker),
-            flight: None,
-        }))
+    /// This proxy's locality is settled: known, or not at all — then say
+    /// so once, since locality scoring and locality-ordered failover are
+    /// silently off without it.
+    fn locality_resolved(metrics: &Metrics, warned: &mut bool, known: bool) {
+        record(metrics.locality_known, u64::from(known));
+        if !known && !*warned {
+            *warned = true;
+            log(
+                Level::Warn,
+                "tideway: this proxy's locality is unknown (no local.locality in the plugin \
+                 configuration, and Envoy's node.locality is empty): locality scoring and \
+                 locality-ordered failover are off. Istio sets node.locality from the pod \
+                 label topology.istio.io/locality (region/zone/subzone) or the cloud's \
+                 metadata; set one of those, or local.locality.",
+            );
+        }
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    /// A request's headers: route it (or leave it to the mesh).
+    fn on_request_headers(&mut self) -> Option<InFlight> {
+        let engine = self.engine.as_mut().filter(|e| !e.services.is_empty())?;
+        if self.identity_pending {
+            let local = local_identity(&engine.config);
+            log(
+                Level::Info,
+                &format!(
+                    "tideway: local cluster {:?}, locality {:?}",
+                    local.cluster, local.locality
+                ),
+            );
+            let locality_known = local.locality.is_some();
+            engine.set_local(local);
+            self.identity_pending = false;
+            Self::locality_resolved(&self.metrics, &mut self.locality_warned, locality_known);
+        }
+        let Ok(buffer) = abi::header_map_pairs(Map::RequestHeaders) else {
+            add(self.metrics.decision_errors, 1);
+            return None;
+        };
+        let headers = HeaderMap::parse(&buffer);
+        engine.route(
+            &headers,
+            &mut RouteCalls {
+                entropy: &mut self.entropy,
+            },
+        )
     }
-}
 
-/// Hand Envoy what the engine gathered: decision counts, finished spans.
-fn flush(worker: &mut Worker) {
-    let Worker {
-        engine, metrics, ..
-    } = worker;
-    if let Some(engine) = engine.as_mut() {
-        metrics.flush(engine);
-        export_spans(engine, metrics);
+    /// A routed request's response headers.
+    fn on_response_headers(&mut self, flight: &mut InFlight) {
+        let Some(done) = self.complete(flight, StreamEvent::ResponseHeaders) else {
+            return;
+        };
+        if let Some(header) = done.decision_header {
+            let _ = abi::add_header(
+                Map::ResponseHeaders,
+                "x-tideway-decision",
+                header.as_bytes(),
+            );
+        }
+    }
+
+    /// A routed request's response trailers (a gRPC call's status).
+    fn on_response_trailers(&mut self, flight: &mut InFlight) {
+        self.complete(flight, StreamEvent::ResponseTrailers);
+    }
+
+    /// A routed request's stream is over.
+    fn on_log(&mut self, flight: &mut InFlight) {
+        self.complete(flight, StreamEvent::End);
+    }
+
+    /// Hand one stream event to the core and act on its report.
+    fn complete(&mut self, flight: &mut InFlight, event: StreamEvent) -> Option<Completion> {
+        let engine = self.engine.as_mut()?;
+        let mut calls = StreamCalls {
+            shared: HostSharedData,
+            now: None,
+        };
+        let done = engine.complete(flight, event, &mut calls);
+        report(engine, &self.metrics, &done, calls.now.unwrap_or(0));
+        Some(done)
     }
 }
 
@@ -476,112 +576,31 @@ fn export_spans(engine: &mut Engine, metrics: &Metrics) {
         if !trace::otlp::encode_batch(batch, &mut body) {
             continue;
         }
-        let headers = vec![
+        let headers = [
             (":method", "POST"),
             (":path", collector.path.as_str()),
             (":authority", collector.authority()),
             ("content-type", "application/json"),
         ];
-        let sent = hostcalls::dispatch_http_call(
+        let sent = abi::http_call(
             &collector.cluster,
-            headers,
-            Some(body.as_bytes()),
-            vec![],
-            Duration::from_millis(u64::from(collector.timeout_ms)),
+            &headers,
+            body.as_bytes(),
+            collector.timeout_ms,
         );
         let n = batch.len() as i64;
         match sent {
             Ok(_) => add(metrics.spans_exported, n),
-            Err(status) => {
+            Err(e) => {
                 add(metrics.spans_dropped, n);
                 log(
-                    LogLevel::Warn,
+                    Level::Warn,
                     &format!(
-                        "tideway: span export to cluster {:?} failed: {status:?}",
+                        "tideway: span export to cluster {:?} failed: {e}",
                         collector.cluster
                     ),
                 );
             }
-        }
-    }
-}
-
-/// Send the re-admission probes that are due (see `Engine::probes_due`).
-fn send_probes(worker: &mut Worker, now: u64) {
-    let Worker { engine, probes, .. } = worker;
-    let Some(engine) = engine.as_mut() else {
-        return;
-    };
-    let due: Vec<(usize, usize)> = engine.probes_due(now).collect();
-    for (service, destination) in due {
-        let (Some(config), Some(dest)) = (
-            engine.config.services.get(service),
-            engine.services[service].destinations.get(destination),
-        ) else {
-            continue;
-        };
-        let (Some(probe), Some(active)) = (config.probe.as_ref(), dest.probe.as_ref()) else {
-            continue;
-        };
-        let headers = vec![
-            (":method", "GET"),
-            (":path", probe.path.as_str()),
-            (":authority", probe.authority_for(config)),
-            ("user-agent", "tideway-probe"),
-        ];
-        let sent = hostcalls::dispatch_http_call(
-            &active.cluster,
-            headers,
-            None,
-            vec![],
-            Duration::from_millis(probe.timeout_ms),
-        );
-        match sent {
-            Ok(token) => probes.push(PendingProbe {
-                token,
-                epoch: engine.epoch(),
-                service,
-                destination,
-            }),
-            Err(status) => log(
-                LogLevel::Warn,
-                &format!(
-                    "tideway: probe of {}/{} to cluster {:?} not sent ({status:?}); the next client request probes instead",
-                    config.name, dest.name, active.cluster
-                ),
-            ),
-        }
-        engine.probe_dispatched(service, destination, sent.is_ok());
-    }
-}
-
-/// A probe's answer: re-admit, or eject again and tell the other workers.
-fn probe_answered(worker: &mut Worker, probe: &PendingProbe, status: &[u8]) {
-    let Worker {
-        engine, metrics, ..
-    } = worker;
-    let Some(engine) = engine.as_mut().filter(|e| e.epoch() == probe.epoch) else {
-        return;
-    };
-    let now = now_ns();
-    let passed = status.first() == Some(&b'2') && status.len() == 3;
-    let event = engine.probe_result(probe.service, probe.destination, passed, now);
-    if let HealthEvent::Ejected { until_ns } = event {
-        report_ejection(
-            engine,
-            metrics,
-            probe.service,
-            probe.destination,
-            until_ns,
-            now,
-        );
-        if let Some((key, error)) =
-            engine.publish(&mut HostSharedData, probe.service, probe.destination, now)
-        {
-            log(
-                LogLevel::Warn,
-                &format!("tideway: replaced shared record {key}: {error}"),
-            );
         }
     }
 }
@@ -593,7 +612,7 @@ fn report(engine: &Engine, metrics: &Metrics, done: &Completion, now: u64) {
     }
     if let Some((key, error)) = &done.bad_record {
         log(
-            LogLevel::Warn,
+            Level::Warn,
             &format!("tideway: replaced shared record {key}: {error}"),
         );
     }
@@ -618,13 +637,18 @@ fn report_ejection(
     {
         add(*id, 1);
     }
-    let svc = &engine.services[service];
+    let Some(svc) = engine.services.get(service) else {
+        return;
+    };
+    let name = svc
+        .destinations
+        .get(destination)
+        .map_or("?", |d| d.name.as_str());
     log(
-        LogLevel::Warn,
+        Level::Warn,
         &format!(
-            "tideway: ejected {}/{} for {} ms",
+            "tideway: ejected {}/{name} for {} ms",
             svc.name,
-            svc.destinations[destination].name,
             until_ns.saturating_sub(now) / 1_000_000
         ),
     );
@@ -635,21 +659,17 @@ struct HostSharedData;
 
 impl SharedStore for HostSharedData {
     fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(value), Some(cas))) => Ok(Some((value, cas))),
-            Ok(_) => Ok(None),
-            Err(_) => Err(StoreError::Unavailable),
-        }
+        abi::shared_data(key).map_err(|_| StoreError::Unavailable)
     }
 
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
+        match abi::set_shared_data(key, value, cas.unwrap_or(0)) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
-            Err(status) => {
+            Err(abi::HostError(abi::CAS_MISMATCH)) => Err(StoreError::CasMismatch),
+            Err(e) => {
                 log(
-                    LogLevel::Warn,
-                    &format!("tideway: shared data write {key} failed: {status:?}"),
+                    Level::Warn,
+                    &format!("tideway: shared data write {key} failed: {e}"),
                 );
                 Err(StoreError::Unavailable)
             }
@@ -664,11 +684,11 @@ struct RouteCalls<'w> {
 
 impl RouteHost for RouteCalls<'_> {
     fn now_ns(&mut self) -> Result<u64, HostFailure> {
-        Ok(now_ns())
+        abi::now_ns().map_err(|_| HostFailure)
     }
 
     fn peer_principal(&mut self) -> Option<Vec<u8>> {
-        hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"])
+        abi::property(&["connection", "uri_san_peer_certificate"])
             .ok()
             .flatten()
     }
@@ -679,11 +699,11 @@ impl RouteHost for RouteCalls<'_> {
         value: Option<&[u8]>,
         present: bool,
     ) -> Result<(), HostFailure> {
+        let map = Map::RequestHeaders;
         match (value, present) {
-            (Some(value), false) => add_request_header(name, value),
-            (value, true) => {
-                hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value)
-            }
+            (Some(value), false) => abi::add_header(map, name, value),
+            (Some(value), true) => abi::replace_header(map, name, value),
+            (None, true) => abi::remove_header(map, name),
             (None, false) => Ok(()),
         }
         .map_err(|_| HostFailure)
@@ -697,125 +717,42 @@ impl RouteHost for RouteCalls<'_> {
 /// What the core asks of the host while completing a request.
 struct StreamCalls {
     shared: HostSharedData,
+    /// The clock, read at most once per step.
     now: Option<u64>,
-}
-
-impl StreamCalls {
-    fn new() -> Self {
-        Self {
-            shared: HostSharedData,
-            now: None,
-        }
-    }
 }
 
 impl StreamHost for StreamCalls {
     fn now_ns(&mut self) -> Result<u64, HostFailure> {
-        Ok(*self.now.get_or_insert_with(now_ns))
+        if let Some(now) = self.now {
+            return Ok(now);
+        }
+        let now = abi::now_ns().map_err(|_| HostFailure)?;
+        self.now = Some(now);
+        Ok(now)
     }
 
     fn response_header(&mut self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
-        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).map_err(|_| HostFailure)
+        abi::header(Map::ResponseHeaders, name).map_err(|_| HostFailure)
+    }
+
+    fn response_trailer(&mut self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
+        abi::header(Map::ResponseTrailers, name).map_err(|_| HostFailure)
+    }
+
+    fn response_flags(&mut self) -> Result<u64, HostFailure> {
+        // An integer property: 8 bytes, little-endian.
+        match abi::property(&["response", "flags"]) {
+            Ok(Some(bytes)) => bytes
+                .get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_le_bytes)
+                .ok_or(HostFailure),
+            Ok(None) => Ok(0),
+            Err(_) => Err(HostFailure),
+        }
     }
 
     fn shared_store(&mut self) -> &mut dyn SharedStore {
         &mut self.shared
-    }
-}
-
-struct Request {
-    worker: Rc<RefCell<Worker>>,
-    flight: Option<InFlight>,
-}
-
-impl Request {
-    /// Hand one stream event to the core and act on its report.
-    fn complete(&mut self, event: StreamEvent) -> Option<Completion> {
-        let flight = self.flight.as_mut()?;
-        let mut worker = self.worker.borrow_mut();
-        let Worker {
-            engine, metrics, ..
-        } = &mut *worker;
-        let engine = engine.as_mut()?;
-        let mut calls = StreamCalls::new();
-        let done = engine.complete(flight, event, &mut calls);
-        report(engine, metrics, &done, calls.now.unwrap_or(0));
-        Some(done)
-    }
-}
-
-impl Context for Request {}
-
-impl HttpContext for Request {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let mut worker = self.worker.borrow_mut();
-        let Worker {
-            engine,
-            metrics,
-            identity_pending,
-            entropy,
-            ..
-        } = &mut *worker;
-        let Some(engine) = engine.as_mut().filter(|e| !e.services.is_empty()) else {
-            return Action::Continue;
-        };
-        if *identity_pending {
-            let local = Root::local_identity(&engine.config);
-            log(
-                LogLevel::Info,
-                &format!(
-                    "tideway: local cluster {:?}, locality {:?}",
-                    local.cluster, local.locality
-                ),
-            );
-            engine.set_local(local);
-            *identity_pending = false;
-        }
-        let Some(buffer) = request_header_buffer() else {
-            add(metrics.decision_errors, 1);
-            return Action::Continue;
-        };
-        let headers = HeaderMap::parse(&buffer);
-        self.flight = engine.route(&headers, &mut RouteCalls { entropy });
-        Action::Continue
-    }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Some(header) = self
-            .complete(StreamEvent::ResponseHeaders)
-            .and_then(|done| done.decision_header)
-        {
-            let _ = hostcalls::add_map_value(
-                MapType::HttpResponseHeaders,
-                "x-tideway-decision",
-                &header,
-            );
-        }
-        Action::Continue
-    }
-
-    fn on_log(&mut self) {
-        self.complete(StreamEvent::End);
-        self.flight = None;
-    }
-}
-
-/// `proxy_add_header_map_value` with a byte value (the SDK's wrapper takes
-/// `&str` only).
-fn add_request_header(name: &str, value: &[u8]) -> Result<(), Status> {
-    // SAFETY: pointers and lengths describe live slices for the call.
-    let status = unsafe {
-        proxy_add_header_map_value(
-            MapType::HttpRequestHeaders as i32,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
-    };
-    if status == 0 {
-        Ok(())
-    } else {
-        Err(Status::InternalFailure)
     }
 }

@@ -56,6 +56,10 @@ pub struct EnvoySpec {
     /// A command Envoy runs under (e.g. `valgrind --tool=callgrind …`);
     /// empty = Envoy itself. Start-up may then take minutes.
     pub command_prefix: Vec<String>,
+    /// Every route's upstream timeout (e.g. `"0.3s"`); `None`: Envoy's 15 s.
+    pub route_timeout: Option<String>,
+    /// Speak HTTP/2 (h2c) to the backends, as Istio does for gRPC ports.
+    pub upstream_http2: bool,
 }
 
 impl EnvoySpec {
@@ -80,6 +84,8 @@ impl EnvoySpec {
             outlier_detection: None,
             hash_header: None,
             command_prefix: Vec::new(),
+            route_timeout: None,
+            upstream_http2: false,
         }
     }
 
@@ -94,6 +100,12 @@ impl EnvoySpec {
                     ]},
                     "route": {"cluster": format!("dest-{name}")}
                 })
+            })
+            .map(|mut route| {
+                if let Some(timeout) = &self.route_timeout {
+                    route["route"]["timeout"] = json!(timeout);
+                }
+                route
             })
             .map(|mut route| {
                 if self.direct_response && self.direct_response_all {
@@ -114,6 +126,9 @@ impl EnvoySpec {
             let mut route = json!({"cluster": "mesh-default"});
             if let Some(header) = &self.hash_header {
                 route["hash_policy"] = json!([{"header": {"header_name": header}}]);
+            }
+            if let Some(timeout) = &self.route_timeout {
+                route["timeout"] = json!(timeout);
             }
             json!({"match": {"prefix": "/"}, "route": route})
         };
@@ -163,6 +178,14 @@ impl EnvoySpec {
             });
             if let (true, Some(od)) = (steered, &self.outlier_detection) {
                 c["outlier_detection"] = od.clone();
+            }
+            if steered && self.upstream_http2 {
+                c["typed_extension_protocol_options"] = json!({
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}
+                    }
+                });
             }
             c
         };

@@ -5,6 +5,7 @@
 //! latency and health over for destinations that keep their names, so a
 //! config push does not forget that a destination is down.
 
+use super::outcome::grpc_failure_set;
 use super::probe::ActiveProbe;
 use super::{Decision, Reason};
 use crate::authority::{HostTable, ProxyDomain};
@@ -94,6 +95,8 @@ pub struct Engine {
     epoch: u64,
     /// Finished spans waiting for export (span mode), bounded.
     pub(super) spans: Vec<SpanRecord>,
+    /// `scheduler.grpcFailureCodes` as a bit set.
+    pub(super) grpc_failures: u32,
 }
 
 impl Engine {
@@ -160,7 +163,9 @@ impl Engine {
             })
             .collect();
         let hosts = host_table(&config, &local);
+        let grpc_failures = grpc_failure_set(&config.scheduler.grpc_failure_codes);
         Self {
+            grpc_failures,
             config,
             local,
             services,

@@ -96,7 +96,7 @@ fn smooth_weighted_round_robin(weights: &[f64], rotation: &mut [f64]) -> Option<
     let mut best: Option<usize> = None;
     for i in 0..weights.len().min(rotation.len()) {
         let w = weights[i];
-        if !(w > 0.0) {
+        if w.is_nan() || w <= 0.0 {
             continue;
         }
         rotation[i] += w;

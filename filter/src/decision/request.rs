@@ -11,7 +11,7 @@
 //! only when something needs it).
 
 use super::engine::Engine;
-use super::outcome::Outcome;
+use super::outcome::{is_grpc, upstream_failure, Outcome};
 use super::sync::BadRecord;
 use super::{Decision, Reason};
 use crate::config::{AffinitySource, PluginConfig};
@@ -57,6 +57,12 @@ pub trait StreamHost {
     fn now_ns(&mut self) -> Result<u64, HostFailure>;
     /// A response header's value (`Ok(None)`: absent).
     fn response_header(&mut self, name: &str) -> Result<Option<Vec<u8>>, HostFailure>;
+    /// A response trailer's value (`Ok(None)`: absent). Asked only for
+    /// gRPC calls.
+    fn response_trailer(&mut self, name: &str) -> Result<Option<Vec<u8>>, HostFailure>;
+    /// Envoy's response flags (`response.flags`), asked only for a stream
+    /// that ended without response headers.
+    fn response_flags(&mut self) -> Result<u64, HostFailure>;
     /// The shared data the workers merge their statistics through.
     fn shared_store(&mut self) -> &mut dyn SharedStore;
 }
@@ -66,6 +72,8 @@ pub trait StreamHost {
 pub enum StreamEvent {
     /// The response headers arrived.
     ResponseHeaders,
+    /// The response trailers arrived (a gRPC call's `grpc-status`).
+    ResponseTrailers,
     /// The stream is over (Envoy's access-log callback).
     End,
 }
@@ -78,6 +86,10 @@ pub struct InFlight {
     pub decision: Decision,
     started_ns: u64,
     responded: bool,
+    /// A gRPC call: its outcome is its `grpc-status`.
+    grpc: bool,
+    /// The destination's outcome is recorded (it counts once).
+    outcome_recorded: bool,
     /// A host call failed on the way: nothing is recorded for it.
     unrecorded: bool,
     ended: bool,
@@ -160,9 +172,13 @@ impl Engine {
             present(&svc.routing_header),
         );
         if written.is_err() {
-            // Without our header the mesh's default route serves it.
+            // Without our header the mesh's default route serves it; a
+            // client's copy must not route it instead.
             decision.destination = None;
             decision.reason = Reason::MeshDefault;
+            if present(&svc.routing_header) {
+                let _ = host.set_request_header(&svc.routing_header, None, true);
+            }
         }
         let target = decision
             .destination
@@ -206,6 +222,8 @@ impl Engine {
             decision,
             started_ns: now,
             responded: false,
+            grpc: headers.get("content-type").is_some_and(is_grpc),
+            outcome_recorded: false,
             unrecorded: false,
             ended: false,
             status: None,
@@ -242,13 +260,73 @@ impl Engine {
                 };
                 let status = status.and_then(|s| parse_status(&s));
                 flight.status = status.and_then(|s| u16::try_from(s).ok());
-                if let (Some(d), Ok(now)) = (decision.destination, host.now_ns()) {
-                    let outcome = status.map_or(Outcome::Reset, Outcome::Status);
+                // A gRPC call that answers 200 tells its outcome in
+                // `grpc-status`: here for a trailers-only response, else in
+                // the trailers. Either way the latency sample is the time to
+                // these headers, not the stream's lifetime.
+                let outcome = match status {
+                    Some(200) if flight.grpc => match host.response_header("grpc-status") {
+                        Ok(grpc) => grpc
+                            .as_deref()
+                            .and_then(parse_grpc_status)
+                            .map(Outcome::Grpc),
+                        Err(_) => {
+                            flight.unrecorded = true;
+                            None
+                        }
+                    },
+                    other => other.map(Outcome::Status),
+                };
+                if let (Some(d), Some(_), Ok(now)) = (decision.destination, status, host.now_ns()) {
                     let latency = now.saturating_sub(flight.started_ns);
-                    self.record(decision.service, d, outcome, latency, now, host, &mut done);
+                    match outcome {
+                        Some(outcome) => {
+                            flight.outcome_recorded = true;
+                            self.record(
+                                decision.service,
+                                d,
+                                outcome,
+                                Some(latency),
+                                now,
+                                host,
+                                &mut done,
+                            );
+                        }
+                        None if !flight.unrecorded => {
+                            self.observe_latency(decision.service, d, latency, now);
+                        }
+                        None => {}
+                    }
                 }
                 if self.config.decision_header {
                     done.decision_header = Some(self.explain(&decision));
+                }
+            }
+            StreamEvent::ResponseTrailers => {
+                if !flight.grpc || flight.outcome_recorded || flight.unrecorded || flight.ended {
+                    return done;
+                }
+                let Some(d) = decision.destination else {
+                    return done;
+                };
+                let code = match host.response_trailer("grpc-status") {
+                    Ok(code) => code.as_deref().and_then(parse_grpc_status),
+                    Err(_) => {
+                        flight.unrecorded = true;
+                        return done;
+                    }
+                };
+                if let (Some(code), Ok(now)) = (code, host.now_ns()) {
+                    flight.outcome_recorded = true;
+                    self.record(
+                        decision.service,
+                        d,
+                        Outcome::Grpc(code),
+                        None,
+                        now,
+                        host,
+                        &mut done,
+                    );
                 }
             }
             StreamEvent::End => {
@@ -256,27 +334,28 @@ impl Engine {
                     return done;
                 }
                 flight.ended = true;
-                // The clock is read again only if something here needs it: a
-                // span to finish, or a request that ended without a response.
-                let unanswered =
-                    !flight.responded && !flight.unrecorded && decision.destination.is_some();
-                let now = if flight.span.is_some() || unanswered {
+                // No outcome yet (no response, or a gRPC stream that ended
+                // without `grpc-status`): Envoy's verdict says whose doing
+                // that was. The clock is read again only if something here
+                // needs it.
+                let undecided = !flight.outcome_recorded
+                    && !flight.unrecorded
+                    && (!flight.responded || flight.grpc)
+                    && decision.destination.is_some();
+                let now = if flight.span.is_some() || undecided {
                     host.now_ns().ok()
                 } else {
                     None
                 };
                 if let Some(d) = decision.destination {
-                    if let (true, Some(now)) = (unanswered, now) {
-                        let latency = now.saturating_sub(flight.started_ns);
-                        self.record(
-                            decision.service,
-                            d,
-                            Outcome::Reset,
-                            latency,
-                            now,
-                            host,
-                            &mut done,
-                        );
+                    // One property read, only on this path.
+                    let verdict = match (undecided, now) {
+                        (true, Some(_)) => host.response_flags().ok().and_then(upstream_failure),
+                        _ => None,
+                    };
+                    if let (Some(outcome), Some(now)) = (verdict, now) {
+                        // No latency sample: nothing answered.
+                        self.record(decision.service, d, outcome, None, now, host, &mut done);
                     }
                     self.end(decision.service, d);
                 }
@@ -310,19 +389,15 @@ impl Engine {
         service: usize,
         destination: usize,
         outcome: Outcome,
-        latency_ns: u64,
+        latency_ns: Option<u64>,
         now: u64,
         host: &mut dyn StreamHost,
         done: &mut Completion,
     ) {
         let local = self.observe(service, destination, outcome, latency_ns, now);
-        let (shared, bad) = self.share_outcome(
-            host.shared_store(),
-            service,
-            destination,
-            outcome.is_success(),
-            now,
-        );
+        let success = outcome.is_success(self.grpc_failures);
+        let (shared, bad) =
+            self.share_outcome(host.shared_store(), service, destination, success, now);
         done.bad_record = bad;
         if let (HealthEvent::Ejected { until_ns }, _) | (_, HealthEvent::Ejected { until_ns }) =
             (local, shared)
@@ -349,15 +424,17 @@ impl Engine {
         }
     }
 
-    /// This worker's view of one outcome: the latency sample and health.
+    /// This worker's view of one outcome: the latency sample (if it has
+    /// one) and health.
     pub(super) fn observe(
         &mut self,
         service: usize,
         destination: usize,
         outcome: Outcome,
-        latency_ns: u64,
+        latency_ns: Option<u64>,
         now_ns: u64,
     ) -> HealthEvent {
+        let success = outcome.is_success(self.grpc_failures);
         let scheduler = &self.config.scheduler;
         let Some(d) = self
             .services
@@ -366,14 +443,28 @@ impl Engine {
         else {
             return HealthEvent::None;
         };
-        if let Outcome::Status(_) = outcome {
-            if outcome.is_success() {
+        if let Some(latency_ns) = latency_ns {
+            if success {
                 d.latency.observe(latency_ns as f64, now_ns);
             } else {
                 d.latency.observe_failure(latency_ns as f64, now_ns);
             }
         }
-        d.health.record(outcome.is_success(), now_ns, scheduler)
+        d.health.record(success, now_ns, scheduler)
+    }
+
+    /// A latency sample alone: a gRPC call's response headers, its outcome
+    /// still to come in the trailers.
+    fn observe_latency(
+        &mut self,
+        service: usize,
+        destination: usize,
+        latency_ns: u64,
+        now_ns: u64,
+    ) {
+        if let Some(d) = self.dest_mut(service, destination) {
+            d.latency.observe(latency_ns as f64, now_ns);
+        }
     }
 }
 
@@ -434,6 +525,11 @@ fn strip_untrusted(
             let _ = host.set_request_header(name, None, true);
         }
     }
+}
+
+/// `grpc-status` as a number (`None`: not a number).
+fn parse_grpc_status(bytes: &[u8]) -> Option<u32> {
+    std::str::from_utf8(bytes).ok()?.trim().parse::<u32>().ok()
 }
 
 /// `:status` as a number (`None`: absent, not a number, or 0).

@@ -88,7 +88,7 @@ fn slow_destination_loses_most_traffic() {
         counts[d] += 1;
         let latency = if d == 2 { 50 * MS } else { 5 * MS };
         e.begin(0, d);
-        e.observe(0, d, Outcome::Status(200), latency, now);
+        e.observe(0, d, Outcome::Status(200), Some(latency), now);
         e.end(0, d);
         let _ = i;
     }
@@ -118,7 +118,7 @@ fn a_shunned_slow_destination_is_remeasured_not_assumed_fast() {
         per_second[(now / (1000 * MS)).min(29) as usize][d] += 1;
         let latency = if d == 2 { 50 * MS } else { 5 * MS };
         e.begin(0, d);
-        e.observe(0, d, Outcome::Status(200), latency, now);
+        e.observe(0, d, Outcome::Status(200), Some(latency), now);
         e.end(0, d);
     }
     for (second, counts) in per_second.iter().enumerate() {
@@ -148,7 +148,7 @@ fn an_unmeasured_destination_is_not_taken_for_the_best() {
         d.weight = 1.0;
     }
     for d in [0, 1] {
-        e.observe(0, d, Outcome::Status(200), 5 * MS, 1);
+        e.observe(0, d, Outcome::Status(200), Some(5 * MS), 1);
     }
     // c has never answered; its first request stays in flight.
     let mut counts = [0u32; 3];
@@ -192,7 +192,7 @@ fn session_sticks_and_only_fails_over_when_ejected() {
 fn failing_destination_is_ejected_and_traffic_fails_over_by_locality() {
     let mut e = engine(&three(static_weights(), ""));
     for _ in 0..5 {
-        e.observe(0, 0, Outcome::Status(503), MS, 0);
+        e.observe(0, 0, Outcome::Status(503), Some(MS), 0);
     }
     assert!(e.services[0].destinations[0].health.is_ejected(1));
     let mut counts = HashMap::new();
@@ -220,7 +220,7 @@ const PROBE: &str =
 /// Eject destination a (index 0) by a streak of 503s at time 0.
 fn eject_a(e: &mut Engine) -> u64 {
     for _ in 0..5 {
-        e.observe(0, 0, Outcome::Status(503), MS, 0);
+        e.observe(0, 0, Outcome::Status(503), Some(MS), 0);
     }
     e.services[0].destinations[0].health.ejected_until_ns
 }
@@ -295,7 +295,7 @@ fn without_a_probe_config_no_probe_is_ever_due() {
 fn a_returning_destination_gets_one_probe_at_a_time() {
     let mut e = engine(&three(static_weights(), ""));
     for _ in 0..5 {
-        e.observe(0, 0, Outcome::Status(503), MS, 0);
+        e.observe(0, 0, Outcome::Status(503), Some(MS), 0);
     }
     let back = 1000 * MS;
     let probe = loop {
@@ -313,7 +313,7 @@ fn a_returning_destination_gets_one_probe_at_a_time() {
             "a second probe while the first is out"
         );
     }
-    e.observe(0, 0, Outcome::Status(200), MS, back + MS);
+    e.observe(0, 0, Outcome::Status(200), Some(MS), back + MS);
     e.end(0, 0);
     e.begin(0, 0);
     // Healthy again: in-flight requests no longer block it.
@@ -344,7 +344,7 @@ fn equal_latencies_keep_the_static_split_under_p2c() {
         now += MS;
         let d = e.decide(0, None, now).destination.expect("chosen");
         counts[d] += 1;
-        e.observe(0, d, Outcome::Status(200), 5 * MS, now);
+        e.observe(0, d, Outcome::Status(200), Some(5 * MS), now);
     }
     for (c, w) in counts.iter().zip([70.0, 20.0, 10.0]) {
         let pct = f64::from(*c) / 200.0;
@@ -355,7 +355,7 @@ fn equal_latencies_keep_the_static_split_under_p2c() {
 #[test]
 fn reconfiguration_keeps_learned_state() {
     let mut e = engine(&three(static_weights(), ""));
-    e.observe(0, 1, Outcome::Status(200), 7 * MS, 1);
+    e.observe(0, 1, Outcome::Status(200), Some(7 * MS), 1);
     let config = PluginConfig::from_json(three(static_weights(), "").as_bytes()).expect("valid");
     let e2 = Engine::new(config, e.local.clone(), 1, Some(&e));
     assert_eq!(
@@ -404,9 +404,9 @@ fn workers_share_ejections_and_latency_peaks() {
     let mut w2 = engine(&three(static_weights(), ""));
     let mut store = MemStore::default();
     for _ in 0..5 {
-        w1.observe(0, 2, Outcome::Status(503), MS, 10);
+        w1.observe(0, 2, Outcome::Status(503), Some(MS), 10);
     }
-    w1.observe(0, 1, Outcome::Status(200), 80 * MS, 10);
+    w1.observe(0, 1, Outcome::Status(200), Some(80 * MS), 10);
     assert!(w1.sync_shared(&mut store, 20).is_empty());
     assert!(!w2.services[0].destinations[2].health.is_ejected(30));
     w2.sync_shared(&mut store, 30);
@@ -423,7 +423,7 @@ fn only_the_ejecting_worker_probes_when_the_ejection_ends() {
     let mut w2 = engine(&three(static_weights(), ""));
     let mut store = MemStore::default();
     for _ in 0..5 {
-        w1.observe(0, 2, Outcome::Status(503), MS, 10);
+        w1.observe(0, 2, Outcome::Status(503), Some(MS), 10);
     }
     let until = w1.services[0].destinations[2].health.ejected_until_ns;
     assert!(until > 10);
@@ -443,7 +443,7 @@ fn only_the_ejecting_worker_probes_when_the_ejection_ends() {
 
     // The probe fails: w1 ejects again for twice as long, publishes,
     // and w2 adopts it before its grace is over.
-    w1.observe(0, 2, Outcome::Status(503), MS, until);
+    w1.observe(0, 2, Outcome::Status(503), Some(MS), until);
     let again = w1.services[0].destinations[2].health.ejected_until_ns;
     assert_eq!(again, until + 2000 * MS);
     w1.sync_shared(&mut store, until + tick);
@@ -463,10 +463,10 @@ fn a_failure_adopts_another_workers_ejection_at_once() {
     let mut store = MemStore::default();
     // Both workers see the destination fail; w1 reaches the streak
     // first and publishes the ejection with the failure that caused it.
-    w2.observe(0, 2, Outcome::Status(503), MS, 10);
+    w2.observe(0, 2, Outcome::Status(503), Some(MS), 10);
     w2.share_outcome(&mut store, 0, 2, false, 10);
     for _ in 0..5 {
-        w1.observe(0, 2, Outcome::Status(503), MS, 11);
+        w1.observe(0, 2, Outcome::Status(503), Some(MS), 11);
         w1.share_outcome(&mut store, 0, 2, false, 11);
     }
     assert!(w1.services[0].destinations[2].is_blocked(12));
@@ -476,7 +476,7 @@ fn a_failure_adopts_another_workers_ejection_at_once() {
     );
     // w2's next failure, well before any tick, brings the news: it stops
     // after 2 failures instead of its own 5.
-    w2.observe(0, 2, Outcome::Status(503), MS, 12);
+    w2.observe(0, 2, Outcome::Status(503), Some(MS), 12);
     w2.share_outcome(&mut store, 0, 2, false, 12);
     assert!(w2.services[0].destinations[2].is_blocked(13));
     assert_eq!(
@@ -571,12 +571,12 @@ fn successes_in_steady_health_make_no_shared_data_call() {
 #[test]
 fn a_fast_failure_does_not_make_a_destination_look_fast() {
     let mut w = engine(&three(static_weights(), ""));
-    w.observe(0, 2, Outcome::Status(200), 50 * MS, 10);
+    w.observe(0, 2, Outcome::Status(200), Some(50 * MS), 10);
     let before = w.services[0].destinations[2].latency.estimate_ns();
-    w.observe(0, 2, Outcome::Status(503), MS, 11);
+    w.observe(0, 2, Outcome::Status(503), Some(MS), 11);
     assert_eq!(w.services[0].destinations[2].latency.estimate_ns(), before);
     // A slow failure still raises it (peak-EWMA believes a rise).
-    w.observe(0, 2, Outcome::Status(503), 200 * MS, 12);
+    w.observe(0, 2, Outcome::Status(503), Some(200 * MS), 12);
     assert_eq!(
         w.services[0].destinations[2].latency.estimate_ns(),
         200.0 * MS as f64
@@ -606,6 +606,14 @@ struct TestHost {
     response: Vec<(String, Vec<u8>)>,
     store: MemStore,
     rng: CountingRng,
+    /// Writes of this header fail, as a host in trouble answers.
+    failing_header: Option<&'static str>,
+    /// Envoy's `response.flags`, and how often they were read.
+    flags: u64,
+    flags_read: usize,
+    trailers: Vec<(String, Vec<u8>)>,
+    /// Response headers and trailers read, by name.
+    reads: Vec<String>,
 }
 
 #[derive(Default)]
@@ -651,6 +659,9 @@ impl RouteHost for TestHost {
         value: Option<&[u8]>,
         present: bool,
     ) -> Result<(), HostFailure> {
+        if self.failing_header == Some(name) && value.is_some() {
+            return Err(HostFailure);
+        }
         self.writes
             .push((name.to_string(), value.map(<[u8]>::to_vec), present));
         Ok(())
@@ -665,6 +676,7 @@ impl StreamHost for TestHost {
         Ok(self.now)
     }
     fn response_header(&mut self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
+        self.reads.push(name.to_string());
         Ok(self
             .response
             .iter()
@@ -673,6 +685,18 @@ impl StreamHost for TestHost {
     }
     fn shared_store(&mut self) -> &mut dyn SharedStore {
         &mut self.store
+    }
+    fn response_trailer(&mut self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
+        self.reads.push(format!("trailer {name}"));
+        Ok(self
+            .trailers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone()))
+    }
+    fn response_flags(&mut self) -> Result<u64, HostFailure> {
+        self.flags_read += 1;
+        Ok(self.flags)
     }
 }
 
@@ -912,4 +936,260 @@ fn decision_counts_are_drained_once() {
     let mut again = 0;
     e.drain_decision_counts(|_, _, _, _| again += 1);
     assert_eq!(again, 0);
+}
+
+#[test]
+fn a_failed_routing_header_write_leaves_the_request_to_the_mesh() {
+    let mut e = engine(&three(static_weights(), ""));
+    let mut host = TestHost::at(1);
+    host.failing_header = Some("x-tideway-destination");
+    let buf = headers(&[(":authority", "svc.local"), ("x-tideway-destination", "c")]);
+    let mut flight = e
+        .route(&HeaderMap::parse(&buf), &mut host)
+        .expect("governed");
+    assert_eq!(
+        (flight.decision.destination, flight.decision.reason),
+        (None, Reason::MeshDefault)
+    );
+    // The client's copy is removed instead of left to route the request.
+    assert_eq!(host.written("x-tideway-destination"), Some(None));
+    assert!(e.services[0].destinations.iter().all(|d| d.in_flight == 0));
+    host.response = vec![(":status".into(), b"503".to_vec())];
+    e.complete(&mut flight, StreamEvent::ResponseHeaders, &mut host);
+    e.complete(&mut flight, StreamEvent::End, &mut host);
+    assert!(e.services[0]
+        .destinations
+        .iter()
+        .all(|d| d.health.consecutive_failures == 0));
+}
+
+#[test]
+fn a_failed_clock_decides_nothing_and_strips_the_routing_header() {
+    struct NoClock(TestHost);
+    impl RouteHost for NoClock {
+        fn now_ns(&mut self) -> Result<u64, HostFailure> {
+            Err(HostFailure)
+        }
+        fn peer_principal(&mut self) -> Option<Vec<u8>> {
+            self.0.peer_principal()
+        }
+        fn set_request_header(
+            &mut self,
+            name: &str,
+            value: Option<&[u8]>,
+            present: bool,
+        ) -> Result<(), HostFailure> {
+            self.0.set_request_header(name, value, present)
+        }
+        fn trace_rng(&mut self) -> &mut dyn TraceRng {
+            self.0.trace_rng()
+        }
+    }
+    let mut e = engine(&three(static_weights(), ""));
+    let mut host = NoClock(TestHost::at(1));
+    let buf = headers(&[(":authority", "svc.local"), ("x-tideway-destination", "c")]);
+    assert!(e.route(&HeaderMap::parse(&buf), &mut host).is_none());
+    assert_eq!(host.0.writes.len(), 1, "{:?}", host.0.writes);
+    assert_eq!(host.0.written("x-tideway-destination"), Some(None));
+}
+
+#[test]
+fn a_shared_store_that_fails_is_never_written_over() {
+    let mut e = engine(&trusting(static_weights(), ""));
+    let mut store = MemStore {
+        failing: true,
+        ..MemStore::default()
+    };
+    // Failures still eject on this worker's own streak.
+    let events: Vec<HealthEvent> = (0..5)
+        .map(|t| respond(&mut e, &mut store, 503, t))
+        .collect();
+    assert!(
+        matches!(events[4], HealthEvent::Ejected { .. }),
+        "{events:?}"
+    );
+    assert!(e.sync_shared(&mut store, 10).is_empty());
+    assert!(store.map.is_empty());
+    assert_eq!(e.services[0].destinations[2].health.shared_streak, 0);
+}
+
+/// A request to `c` that ends with no response, Envoy's flags saying why.
+fn unanswered(e: &mut Engine, flags: u64, now: u64) -> TestHost {
+    let mut host = TestHost::at(now);
+    host.flags = flags;
+    let buf = headers(&[(":authority", "svc.local"), ("x-tideway-destination", "c")]);
+    let mut flight = e
+        .route(&HeaderMap::parse(&buf), &mut host)
+        .expect("governed");
+    e.complete(&mut flight, StreamEvent::End, &mut host);
+    host
+}
+
+#[test]
+fn clients_that_hang_up_never_eject_a_destination() {
+    const DC: u64 = 1 << 14;
+    let mut e = engine(&trusting(static_weights(), ""));
+    for t in 0..50 {
+        let host = unanswered(&mut e, DC, t);
+        assert_eq!(host.flags_read, 1, "the flags are read once");
+    }
+    let c = &e.services[0].destinations[2];
+    assert!(!c.health.is_ejected(51), "{:?}", c.health);
+    assert_eq!((c.in_flight, c.health.consecutive_failures), (0, 0));
+}
+
+#[test]
+fn an_upstream_that_resets_or_times_out_is_ejected() {
+    for flags in [1 << 4, 1 << 2, 1 << 5] {
+        let mut e = engine(&trusting(static_weights(), ""));
+        for t in 0..5 {
+            unanswered(&mut e, flags, t);
+        }
+        assert!(
+            e.services[0].destinations[2].health.is_ejected(6),
+            "flags {flags:#x}"
+        );
+    }
+}
+
+#[test]
+fn an_answered_request_never_reads_the_flags() {
+    let mut e = engine(&trusting(static_weights(), ""));
+    let mut store = MemStore::default();
+    respond(&mut e, &mut store, 200, 1);
+    let mut host = TestHost::at(2);
+    host.response = vec![(":status".into(), b"200".to_vec())];
+    let buf = headers(&[(":authority", "svc.local")]);
+    let mut flight = e
+        .route(&HeaderMap::parse(&buf), &mut host)
+        .expect("governed");
+    e.complete(&mut flight, StreamEvent::ResponseHeaders, &mut host);
+    e.complete(&mut flight, StreamEvent::End, &mut host);
+    assert_eq!(host.flags_read, 0);
+}
+
+/// One gRPC call to `c`: response headers at `+5 ms` carrying `in_headers`,
+/// trailers at `+10 min` carrying `in_trailers`, then the end.
+fn grpc_call(
+    e: &mut Engine,
+    now: u64,
+    in_headers: &[(&str, &str)],
+    in_trailers: &[(&str, &str)],
+) -> TestHost {
+    let mut host = TestHost::at(now);
+    let buf = headers(&[
+        (":authority", "svc.local"),
+        ("content-type", "application/grpc"),
+        ("x-tideway-destination", "c"),
+    ]);
+    let mut flight = e
+        .route(&HeaderMap::parse(&buf), &mut host)
+        .expect("governed");
+    host.now = now + 5 * MS;
+    host.response = [(":status", "200")]
+        .iter()
+        .chain(in_headers)
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
+    e.complete(&mut flight, StreamEvent::ResponseHeaders, &mut host);
+    assert_eq!(e.services[0].destinations[2].in_flight, 1, "streaming");
+    host.now = now + 600_000 * MS;
+    host.trailers = in_trailers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
+    if !in_trailers.is_empty() {
+        e.complete(&mut flight, StreamEvent::ResponseTrailers, &mut host);
+    }
+    e.complete(&mut flight, StreamEvent::End, &mut host);
+    assert_eq!(
+        e.services[0].destinations[2].in_flight, 0,
+        "ended with the stream"
+    );
+    host
+}
+
+#[test]
+fn a_grpc_destination_answering_unavailable_in_the_trailers_is_ejected() {
+    let mut e = engine(&trusting(static_weights(), ""));
+    for t in 0..5 {
+        grpc_call(&mut e, t * 1_000_000 * MS, &[], &[("grpc-status", "14")]);
+    }
+    assert!(e.services[0].destinations[2]
+        .health
+        .is_ejected(4_000_001 * MS));
+}
+
+#[test]
+fn a_trailers_only_grpc_error_is_read_from_the_headers() {
+    let mut e = engine(&trusting(static_weights(), ""));
+    for t in 0..5 {
+        let host = grpc_call(&mut e, t * 1_000_000 * MS, &[("grpc-status", "14")], &[]);
+        assert!(!host.reads.iter().any(|r| r.starts_with("trailer")));
+    }
+    assert!(e.services[0].destinations[2]
+        .health
+        .is_ejected(4_000_001 * MS));
+}
+
+#[test]
+fn a_long_grpc_stream_is_not_a_slow_destination() {
+    let mut e = engine(&trusting(static_weights(), ""));
+    grpc_call(&mut e, 0, &[], &[("grpc-status", "0")]);
+    // The sample is the 5 ms to the response headers, not the ten minutes.
+    assert_eq!(
+        e.services[0].destinations[2].latency.estimate_ns(),
+        5.0 * MS as f64
+    );
+    assert_eq!(e.services[0].destinations[2].health.consecutive_failures, 0);
+}
+
+#[test]
+fn grpc_codes_outside_the_failure_set_are_the_callers_business() {
+    let mut e = engine(&trusting(static_weights(), ""));
+    for t in 0..10 {
+        // NOT_FOUND, INVALID_ARGUMENT: the call was wrong, not the server.
+        let code = if t % 2 == 0 { "5" } else { "3" };
+        grpc_call(&mut e, t * 1_000_000 * MS, &[], &[("grpc-status", code)]);
+    }
+    assert!(!e.services[0].destinations[2]
+        .health
+        .is_ejected(10_000_000 * MS));
+    // Configured otherwise, NOT_FOUND ejects.
+    let weights = format!(r#"{},"grpcFailureCodes":[5]"#, static_weights());
+    let mut e = engine(&trusting(&weights, ""));
+    for t in 0..5 {
+        grpc_call(&mut e, t * 1_000_000 * MS, &[], &[("grpc-status", "5")]);
+    }
+    assert!(e.services[0].destinations[2]
+        .health
+        .is_ejected(4_000_001 * MS));
+}
+
+#[test]
+fn plain_http_pays_nothing_for_grpc() {
+    let mut e = engine(&trusting(static_weights(), ""));
+    let mut host = TestHost::at(1);
+    host.response = vec![
+        (":status".into(), b"200".to_vec()),
+        ("grpc-status".into(), b"14".to_vec()),
+    ];
+    let buf = headers(&[(":authority", "svc.local"), ("x-tideway-destination", "c")]);
+    let mut flight = e
+        .route(&HeaderMap::parse(&buf), &mut host)
+        .expect("governed");
+    e.complete(&mut flight, StreamEvent::ResponseHeaders, &mut host);
+    e.complete(&mut flight, StreamEvent::ResponseTrailers, &mut host);
+    e.complete(&mut flight, StreamEvent::End, &mut host);
+    assert_eq!(host.reads, vec![":status".to_string()]);
+    assert_eq!(e.services[0].destinations[2].health.consecutive_failures, 0);
+}
+
+#[test]
+fn a_grpc_stream_that_ends_without_a_status_asks_envoy_why() {
+    let mut e = engine(&trusting(static_weights(), ""));
+    // The client went away mid-stream (flags 0 or DC): nothing recorded.
+    let host = grpc_call(&mut e, 0, &[], &[]);
+    assert_eq!(host.flags_read, 1);
+    assert_eq!(e.services[0].destinations[2].health.consecutive_failures, 0);
 }

@@ -56,6 +56,7 @@ pub struct HostBuilder {
     seed: u64,
     start_nanos: Option<u64>,
     echo_logs: bool,
+    failing_calls: Vec<(String, Status)>,
 }
 
 impl HostBuilder {
@@ -77,6 +78,7 @@ impl HostBuilder {
             seed: DEFAULT_SEED,
             start_nanos: None,
             echo_logs: std::env::var_os("WASM_HOST_ECHO_LOGS").is_some(),
+            failing_calls: Vec::new(),
         }
     }
 
@@ -171,6 +173,13 @@ impl HostBuilder {
         self
     }
 
+    /// Import `name` answers `status` from the start, `on_vm_start` and
+    /// `on_configure` included (see [`Host::fail_call`]).
+    pub fn failing_call(mut self, name: &str, status: Status) -> Self {
+        self.failing_calls.push((name.into(), status));
+        self
+    }
+
     /// Loads the module and creates the workers, then runs `on_vm_start` and
     /// `on_configure` on each. Configuration results are in
     /// [`Host::configured`]; use [`start`](Self::start) to fail on rejection.
@@ -186,6 +195,7 @@ impl HostBuilder {
             .map(FakeClock::starting_at)
             .unwrap_or_default();
         let shared = Arc::new(HostShared::new(clock, self.echo_logs));
+        lock(&shared.failing_calls).extend(self.failing_calls.iter().cloned());
         for name in &stubbed {
             shared.log(
                 0,
@@ -920,6 +930,19 @@ impl Host {
     pub fn set_shared_data(&mut self, key: &str, value: &[u8], cas: u32) -> Result<u32, Status> {
         let vm_id = self.workers[0].state().plugin.vm_id.clone();
         lock(&self.shared.shared_data).set(&vm_id, key, value, cas)
+    }
+
+    /// Makes import `name` (e.g. `proxy_get_header_map_pairs`) answer
+    /// `status` on every call, without doing its work, until
+    /// [`clear_failing_calls`](Self::clear_failing_calls): how a test shows
+    /// the module survives a host that fails.
+    pub fn fail_call(&mut self, name: &str, status: Status) {
+        lock(&self.shared.failing_calls).insert(name.to_string(), status);
+    }
+
+    /// Every import does its work again.
+    pub fn clear_failing_calls(&mut self) {
+        lock(&self.shared.failing_calls).clear();
     }
 
     /// Sets what `proxy_get_log_level` answers.

@@ -29,6 +29,14 @@ fn status(r: HostResult<()>) -> i32 {
 
 type C<'a> = Caller<'a, VmState>;
 
+/// The status a test made this import answer instead of doing its work
+/// ([`super::Host::fail_call`]), if any.
+fn injected(c: &C<'_>, name: &str) -> Option<i32> {
+    lock(&c.data().shared.failing_calls)
+        .get(name)
+        .map(|s| s.code())
+}
+
 /// The HTTP stream of the acting context, if it is one.
 fn stream(state: &VmState) -> Option<&StreamState> {
     state.streams.get(&state.acting_context())
@@ -248,6 +256,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_log",
         |mut c: C<'_>, level: i32, ptr: i32, len: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_log") {
+                return s;
+            }
             status((|| {
                 let level = LogLevel::from_code(level).ok_or(Status::BadArgument)?;
                 let msg = read(&mut c, ptr, len)?;
@@ -264,6 +275,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_log_level",
         |mut c: C<'_>, ret: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_get_log_level") {
+                return s;
+            }
             let level = *lock(&c.data().shared.log_level) as u32;
             status(write_u32(&mut c, ret, level))
         },
@@ -272,6 +286,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_current_time_nanoseconds",
         |mut c: C<'_>, ret: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_get_current_time_nanoseconds") {
+                return s;
+            }
             let now = c.data().shared.clock.now_nanos();
             status(write_u64(&mut c, ret, now))
         },
@@ -280,6 +297,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_tick_period_milliseconds",
         |mut c: C<'_>, period: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_set_tick_period_milliseconds") {
+                return s;
+            }
             let s = c.data_mut();
             s.tick_period_ms = period as u32;
             s.next_tick_at = if period == 0 {
@@ -296,6 +316,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_buffer_bytes",
         |mut c: C<'_>, ty: i32, start: i32, max: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_get_buffer_bytes") {
+                return s;
+            }
             status((|| {
                 let ty = BufferType::from_code(ty).ok_or(Status::BadArgument)?;
                 let data = buffer(c.data(), ty)?;
@@ -314,6 +337,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_buffer_status",
         |mut c: C<'_>, ty: i32, len_ptr: i32, flags_ptr: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_get_buffer_status") {
+                return s;
+            }
             status((|| {
                 let ty = BufferType::from_code(ty).ok_or(Status::BadArgument)?;
                 let len = buffer(c.data(), ty)?.len();
@@ -326,6 +352,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_buffer_bytes",
         |mut c: C<'_>, ty: i32, start: i32, size: i32, ptr: i32, len: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_set_buffer_bytes") {
+                return s;
+            }
             status((|| {
                 let ty = BufferType::from_code(ty).ok_or(Status::BadArgument)?;
                 let data = read(&mut c, ptr, len)?;
@@ -358,6 +387,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_pairs",
         |mut c: C<'_>, ty: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_get_header_map_pairs") {
+                return s;
+            }
             status((|| {
                 let ty = map_type(ty)?;
                 // Envoy returns an empty map, not an error, when the map is absent.
@@ -373,6 +405,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_header_map_pairs",
         |mut c: C<'_>, ty: i32, ptr: i32, len: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_set_header_map_pairs") {
+                return s;
+            }
             status((|| {
                 let bytes = read(&mut c, ptr, len)?;
                 let pairs = decode_pairs(&bytes).map_err(|_| Status::BadArgument)?;
@@ -384,6 +419,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_value",
         |mut c: C<'_>, ty: i32, kp: i32, kl: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_get_header_map_value") {
+                return s;
+            }
             status((|| {
                 let ty = map_type(ty)?;
                 let key = read_string(&mut c, kp, kl)?;
@@ -397,6 +435,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_add_header_map_value",
         |mut c: C<'_>, ty: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_add_header_map_value") {
+                return s;
+            }
             status((|| {
                 let key = read_string(&mut c, kp, kl)?;
                 let value = read(&mut c, vp, vl)?;
@@ -408,6 +449,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_replace_header_map_value",
         |mut c: C<'_>, ty: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_replace_header_map_value") {
+                return s;
+            }
             status((|| {
                 let key = read_string(&mut c, kp, kl)?;
                 let value = read(&mut c, vp, vl)?;
@@ -419,6 +463,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_remove_header_map_value",
         |mut c: C<'_>, ty: i32, kp: i32, kl: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_remove_header_map_value") {
+                return s;
+            }
             status((|| {
                 let key = read_string(&mut c, kp, kl)?;
                 mutate_map(&mut c, ty, |m| m.remove(&key))
@@ -429,6 +476,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_size",
         |mut c: C<'_>, ty: i32, ret: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_get_header_map_size") {
+                return s;
+            }
             status((|| {
                 let ty = map_type(ty)?;
                 let size = map_ref(c.data(), ty)
@@ -445,6 +495,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_property",
         |mut c: C<'_>, pp: i32, pl: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_get_property") {
+                return s;
+            }
             status((|| {
                 let path = read(&mut c, pp, pl)?;
                 let value = get_property(c.data(), &path)?;
@@ -456,6 +509,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_property",
         |mut c: C<'_>, pp: i32, pl: i32, vp: i32, vl: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_set_property") {
+                return s;
+            }
             status((|| {
                 let path = read(&mut c, pp, pl)?;
                 let value = read(&mut c, vp, vl)?;
@@ -472,6 +528,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_shared_data",
         |mut c: C<'_>, kp: i32, kl: i32, ret_ptr: i32, ret_size: i32, cas_ptr: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_get_shared_data") {
+                return s;
+            }
             status((|| {
                 let key = read_string(&mut c, kp, kl)?;
                 let entry = {
@@ -488,6 +547,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_shared_data",
         |mut c: C<'_>, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_set_shared_data") {
+                return s;
+            }
             status((|| {
                 let key = read_string(&mut c, kp, kl)?;
                 let value = read(&mut c, vp, vl)?;
@@ -503,6 +565,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_register_shared_queue",
         |mut c: C<'_>, np: i32, nl: i32, ret: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_register_shared_queue") {
+                return s;
+            }
             status((|| {
                 let name = read_string(&mut c, np, nl)?;
                 let token = {
@@ -521,6 +586,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_resolve_shared_queue",
         |mut c: C<'_>, vp: i32, vl: i32, np: i32, nl: i32, ret: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_resolve_shared_queue") {
+                return s;
+            }
             status((|| {
                 let vm_id = read_string(&mut c, vp, vl)?;
                 let name = read_string(&mut c, np, nl)?;
@@ -533,6 +601,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_dequeue_shared_queue",
         |mut c: C<'_>, token: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_dequeue_shared_queue") {
+                return s;
+            }
             status((|| {
                 let item = lock(&c.data().shared.queues).dequeue(token as u32)?;
                 copy_out(&mut c, &item, ret_ptr, ret_size)
@@ -543,6 +614,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_enqueue_shared_queue",
         |mut c: C<'_>, token: i32, vp: i32, vl: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_enqueue_shared_queue") {
+                return s;
+            }
             status((|| {
                 let value = read(&mut c, vp, vl)?;
                 lock(&c.data().shared.queues).enqueue(token as u32, &value)
@@ -570,6 +644,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_continue_stream",
         |mut c: C<'_>, ty: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_continue_stream") {
+                return s;
+            }
             status((|| {
                 let ty = StreamType::from_code(ty).ok_or(Status::BadArgument)?;
                 continue_stream(c.data_mut(), ty)
@@ -577,15 +654,24 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         },
     )?;
     linker.func_wrap("env", "proxy_continue_request", |mut c: C<'_>| -> i32 {
+        if let Some(s) = injected(&c, "proxy_continue_request") {
+            return s;
+        }
         status(continue_stream(c.data_mut(), StreamType::HttpRequest))
     })?;
     linker.func_wrap("env", "proxy_continue_response", |mut c: C<'_>| -> i32 {
+        if let Some(s) = injected(&c, "proxy_continue_response") {
+            return s;
+        }
         status(continue_stream(c.data_mut(), StreamType::HttpResponse))
     })?;
     linker.func_wrap(
         "env",
         "proxy_close_stream",
         |mut c: C<'_>, ty: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_close_stream") {
+                return s;
+            }
             status((|| {
                 let ty = StreamType::from_code(ty).ok_or(Status::BadArgument)?;
                 if let Some(st) = stream_mut(c.data_mut()) {
@@ -600,6 +686,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         },
     )?;
     linker.func_wrap("env", "proxy_clear_route_cache", |mut c: C<'_>| -> i32 {
+        if let Some(s) = injected(&c, "proxy_clear_route_cache") {
+            return s;
+        }
         if let Some(st) = stream_mut(c.data_mut()) {
             st.route_cache_clears += 1;
             st.explicit_route_cache_clears += 1;
@@ -619,6 +708,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
          hl: i32,
          grpc: i32|
          -> i32 {
+            if let Some(s) = injected(&c, "proxy_send_local_response") {
+                return s;
+            }
             status((|| {
                 let details = String::from_utf8_lossy(&read(&mut c, dp, dl)?).into_owned();
                 let body = read(&mut c, bp, bl)?;
@@ -649,6 +741,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_effective_context",
         |mut c: C<'_>, id: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_set_effective_context") {
+                return s;
+            }
             let s = c.data_mut();
             let id = id as u32;
             if id == s.root_context_id || s.streams.contains_key(&id) {
@@ -660,6 +755,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         },
     )?;
     linker.func_wrap("env", "proxy_done", |mut c: C<'_>| -> i32 {
+        if let Some(s) = injected(&c, "proxy_done") {
+            return s;
+        }
         c.data_mut().done_called = true;
         Status::Ok.code()
     })?;
@@ -667,6 +765,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_status",
         |mut c: C<'_>, code_ptr: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_get_status") {
+                return s;
+            }
             status((|| {
                 let (code, msg) = c.data().status.clone();
                 write_u32(&mut c, code_ptr, code)?;
@@ -680,6 +781,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_call_foreign_function",
         |mut c: C<'_>, np: i32, nl: i32, ap: i32, al: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_call_foreign_function") {
+                return s;
+            }
             status((|| {
                 let name = read_string(&mut c, np, nl)?;
                 let args = read(&mut c, ap, al)?;
@@ -714,6 +818,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_define_metric",
         |mut c: C<'_>, ty: i32, np: i32, nl: i32, ret: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_define_metric") {
+                return s;
+            }
             status((|| {
                 let kind = MetricType::from_code(ty).ok_or(Status::BadArgument)?;
                 let name = read_string(&mut c, np, nl)?;
@@ -730,6 +837,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_increment_metric",
         |c: C<'_>, id: i32, offset: i64| -> i32 {
+            if let Some(s) = injected(&c, "proxy_increment_metric") {
+                return s;
+            }
             let s = c.data();
             status(
                 s.metric_ids
@@ -741,6 +851,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_record_metric",
         |c: C<'_>, id: i32, value: i64| -> i32 {
+            if let Some(s) = injected(&c, "proxy_record_metric") {
+                return s;
+            }
             let s = c.data();
             status(
                 s.metric_ids
@@ -752,6 +865,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_metric",
         |mut c: C<'_>, id: i32, ret: i32| -> i32 {
+            if let Some(s) = injected(&c, "proxy_get_metric") {
+                return s;
+            }
             status((|| {
                 let value = {
                     let s = c.data();
@@ -778,6 +894,9 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
          timeout_ms: i32,
          ret: i32|
          -> i32 {
+            if let Some(s) = injected(&c, "proxy_http_call") {
+                return s;
+            }
             status((|| {
                 let upstream = read_string(&mut c, up, ul)?;
                 let headers =

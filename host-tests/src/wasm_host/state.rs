@@ -5,7 +5,7 @@
 //! in [`HostShared`] behind `Arc<Mutex<_>>`, like Envoy's process-wide
 //! singletons.
 
-use super::abi::LogLevel;
+use super::abi::{LogLevel, Status};
 use super::clock::FakeClock;
 use super::http_call::{DeliveredResponse, HttpCall, HttpRule, PendingCall};
 use super::logs::{LogRecord, LogSource};
@@ -64,6 +64,9 @@ pub struct HostShared {
     pub log_level: Mutex<LogLevel>,
     /// Echo every captured log line to stderr as it happens.
     pub echo_logs: bool,
+    /// Imports a test made fail: each answers its status instead of doing
+    /// its work (`Host::fail_call`).
+    pub failing_calls: Mutex<BTreeMap<String, Status>>,
 }
 
 impl HostShared {
@@ -87,6 +90,7 @@ impl HostShared {
             ),
             log_level: Mutex::new(LogLevel::Trace),
             echo_logs,
+            failing_calls: Mutex::new(BTreeMap::new()),
         }
     }
 
