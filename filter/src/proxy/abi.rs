@@ -101,7 +101,8 @@ pub enum MetricKind {
     Gauge = 1,
 }
 
-const PLUGIN_CONFIGURATION: u32 = 2;
+/// `BufferType::PluginConfiguration`.
+const PLUGIN_CONFIGURATION: u32 = 7;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
