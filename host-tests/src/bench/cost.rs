@@ -343,7 +343,7 @@ fn memory_and_start(mode: Mode, script: &std::path::Path, collector_port: u16) -
         ]);
     }
     section.figures.push(Figure::new(
-        format!("Envoy RSS after warm-up"),
+        "Envoy RSS after warm-up".to_string(),
         start_rss as f64 / 1024.0,
         "MiB",
         &command,

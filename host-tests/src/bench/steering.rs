@@ -199,6 +199,10 @@ enum Scenario {
     Slowdown,
 }
 
+/// One round of one policy in a latency part: (p50, p99, p99.9 in ms, the slow
+/// backend's share of requests, requests measured).
+type LatencyRound = (f64, f64, f64, f64, usize);
+
 fn latency(mode: Mode, fleet: &Fleet, scenario: Scenario) -> Result<Section> {
     let policies = [
         Policy::Tideway,
@@ -217,8 +221,8 @@ fn latency(mode: Mode, fleet: &Fleet, scenario: Scenario) -> Result<Section> {
         Scenario::Slowdown => ("Slowdown mid-run (east 2 → 20 ms)", [FAST; 3], duration / 2),
     };
     let config = tideway_config([1.0; 3], dynamic_scheduler(), false);
-    // [policy][round] = (p50, p99, p99.9, share of the slow backend, requests)
-    let mut results: Vec<Vec<(f64, f64, f64, f64, usize)>> = vec![Vec::new(); policies.len()];
+    // [policy][round]
+    let mut results: Vec<Vec<LatencyRound>> = vec![Vec::new(); policies.len()];
     for round in 0..rounds {
         for (i, &policy) in policies.iter().enumerate() {
             fleet.reset(delays);

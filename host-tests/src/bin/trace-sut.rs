@@ -14,7 +14,6 @@
 //!   and flags, and passes `tracestate` on as it received it.
 
 use std::hash::{BuildHasher, Hasher};
-use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tideway_host_tests::envoy::{Envoy, EnvoySpec};
 

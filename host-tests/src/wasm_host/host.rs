@@ -265,7 +265,8 @@ fn compiled(wasm: &[u8], source: &str) -> anyhow::Result<(Engine, Module)> {
     use std::collections::HashMap;
     use std::hash::{DefaultHasher, Hash, Hasher};
     use std::sync::{Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<HashMap<(u64, usize), (Engine, Module)>>> = OnceLock::new();
+    type ModuleCache = Mutex<HashMap<(u64, usize), (Engine, Module)>>;
+    static CACHE: OnceLock<ModuleCache> = OnceLock::new();
     let mut h = DefaultHasher::new();
     wasm.hash(&mut h);
     let key = (h.finish(), wasm.len());
