@@ -1,6 +1,8 @@
 //! `tideway`: the command-line face of the controller.
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tideway_controller::{check_config, load, render, FieldErrors};
 
 mod image_cmd;
 
@@ -16,11 +18,67 @@ struct Cli {
 enum Command {
     // OCI packaging of the filter; its help text lives on `ImageArgs`.
     Image(image_cmd::ImageArgs),
-    /// Check a filter plugin configuration (JSON) the way the filter will parse it.
+    /// Compile a TrafficPolicy and its Fleet into Istio resources, one folder per member cluster.
+    #[command(long_about = RENDER_LONG_ABOUT)]
+    Render(RenderArgs),
+    /// Check a filter configuration the way the filter parses it: JSON, YAML, or a whole WasmPlugin.
+    #[command(long_about = CHECK_LONG_ABOUT)]
     CheckConfig {
-        /// Path to the plugin configuration JSON.
-        path: std::path::PathBuf,
+        /// A plugin configuration (JSON or YAML), or a file of WasmPlugin objects.
+        path: PathBuf,
     },
+    /// Print the TrafficPolicy and Fleet CustomResourceDefinitions (YAML).
+    Crds,
+}
+
+const RENDER_LONG_ABOUT: &str = "\
+Compile a TrafficPolicy and its Fleet into the Istio resources each member
+cluster needs, and write them as YAML:
+
+  DIR/<member>/<NN>-<kind>-<namespace>-<name>.yaml     (kubectl apply -f DIR/<member>/)
+
+With --karmada, the resources are written once under DIR/karmada/, with a
+PropagationPolicy per namespace sending them to every member and an
+OverridePolicy filling in each member's own cluster id and locality in the
+filter's configuration.
+
+Every member gets: a WasmPlugin per caller namespace (the filter, pinned by
+digest, client side only), a DestinationRule (one subset per member cluster),
+a VirtualService (one route per destination on the routing header, canary
+routes, and a default route), PeerAuthentication / AuthorizationPolicy when
+the policy has a security section, the AuthorizationPolicy refusing the
+routing header at the ingress gateways, a ServiceEntry for crossRegion, and a
+PrometheusRule and Grafana dashboard ConfigMap.
+
+Errors name the field path, the value found and what was expected; the exit
+status is 1. The same input always gives byte-identical files.";
+
+const CHECK_LONG_ABOUT: &str = "\
+Check a filter configuration exactly as the filter parses it (the same types),
+with every error at its full path (`services[0].destinations[1].weight`), the
+value found and what was expected. Reads the plugin configuration as JSON or
+YAML, or a WasmPlugin (its spec.pluginConfig; every WasmPlugin of a
+multi-document file, e.g. `kubectl get wasmplugin -A -o yaml` items saved one per
+document, or a file `tideway render` wrote). Exit status 1 on any error.";
+
+#[derive(Debug, clap::Args)]
+struct RenderArgs {
+    /// The TrafficPolicy (YAML or JSON).
+    #[arg(short = 'f', long = "filename", value_name = "POLICY")]
+    policy: PathBuf,
+    /// The Fleet the policy spans (YAML or JSON).
+    #[arg(long, value_name = "FLEET")]
+    fleet: PathBuf,
+    /// The filter image, pinned by manifest digest: host/repo[:tag]@sha256:<hex>
+    /// (what `tideway image push` prints). Overrides spec.plugin.image.
+    #[arg(long, value_name = "REF@sha256:…")]
+    image: Option<String>,
+    /// Output directory (created).
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    output: PathBuf,
+    /// Write the Karmada form (resources once + PropagationPolicy/OverridePolicy).
+    #[arg(long)]
+    karmada: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,13 +103,69 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Image(args) => image_cmd::run(args),
+        Command::Render(args) => render_cmd(args),
         Command::CheckConfig { path } => {
-            let bytes = std::fs::read(&path)
-                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-            let config = tideway_filter::config::PluginConfig::from_json(&bytes)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            println!("ok: {} service(s)", config.services.len());
+            let text = load::read(&path)?;
+            let checked = check_config::check(&text, &path.display().to_string())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            for c in checked {
+                let at = if c.origin.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", c.origin)
+                };
+                println!("ok: {at}{} service(s)", c.config.services.len());
+            }
+            Ok(())
+        }
+        Command::Crds => {
+            for crd in tideway_controller::api::crds() {
+                print!("---\n{}", serde_yaml::to_string(&crd)?);
+            }
             Ok(())
         }
     }
+}
+
+fn render_cmd(args: RenderArgs) -> anyhow::Result<()> {
+    let policy_text = load::read(&args.policy)?;
+    let fleet_text = load::read(&args.fleet)?;
+    let source = |e: FieldErrors, path: &PathBuf| {
+        let mut e = e;
+        e.source = if e.source.is_empty() {
+            path.display().to_string()
+        } else {
+            format!("{} ({})", path.display(), e.source)
+        };
+        anyhow::anyhow!("{e}")
+    };
+    let policy = load::policy_from_str(&policy_text, "TrafficPolicy")
+        .map_err(|e| source(e, &args.policy))?;
+    let fleet = load::fleet_from_str(&fleet_text, "Fleet").map_err(|e| source(e, &args.fleet))?;
+    let image = args
+        .image
+        .as_deref()
+        .map(|r| tideway_controller::Image::parse("--image", r))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let compiled = tideway_controller::compile(&policy, &fleet, image.as_ref())
+        .map_err(|e| source(e, &args.policy))?;
+    let name = policy.metadata.name.as_deref().unwrap_or("");
+    let files = if args.karmada {
+        render::karmada(&compiled, name)
+    } else {
+        render::per_member(&compiled)
+    };
+    render::write(&args.output, &files)?;
+    println!(
+        "wrote {} file(s) under {} ({})",
+        files.len(),
+        args.output.display(),
+        if args.karmada {
+            "karmada/".to_string()
+        } else {
+            compiled.order.join(", ")
+        }
+    );
+    Ok(())
 }

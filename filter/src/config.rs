@@ -109,8 +109,11 @@ impl Default for PluginConfig {
 pub struct ServiceConfig {
     /// Service name, used in metrics, `x-service-name` and shared-data keys.
     pub name: String,
-    /// Hosts matched against `:authority` without its port: exact names, or
-    /// `*.suffix` which matches any host ending in `.suffix`.
+    /// Hosts matched against `:authority` (any port, any case): exact names,
+    /// or `*.suffix` which matches any host ending in `.suffix`. A
+    /// Kubernetes FQDN (`reviews.production.svc.cluster.local`) also matches
+    /// the names Istio serves it under: `reviews.production.svc`,
+    /// `reviews.production`, and `reviews` from a proxy in `production`.
     pub hosts: Vec<String>,
     /// The candidate destinations (member clusters or subsets).
     pub destinations: Vec<DestinationConfig>,
@@ -308,8 +311,13 @@ pub struct SchedulerConfig {
     /// How strongly the score bends the static weights: a destination's
     /// effective weight is `weight × score^sharpness`.
     pub sharpness: f64,
-    /// Time constant of the latency and error EWMAs, in milliseconds.
+    /// Time constant τ of the latency and error EWMAs, in milliseconds: a
+    /// latency fall is believed as `1 − e^(−Δt/τ)` of the time since the
+    /// last sample (`ewma`).
     pub decay_ms: u64,
+    /// The latency an unmeasured destination is scored at until its first
+    /// response, in milliseconds (Linkerd's balancer starts at 30 ms too).
+    pub default_rtt_ms: u64,
     /// Consecutive failures that eject a destination.
     pub eject_consecutive_failures: u32,
     /// Error-rate EWMA (0..1) that ejects a destination…
@@ -330,6 +338,7 @@ impl Default for SchedulerConfig {
             weights: FactorWeights::default(),
             sharpness: 4.0,
             decay_ms: 5_000,
+            default_rtt_ms: 30,
             eject_consecutive_failures: 5,
             eject_error_rate: 0.5,
             eject_min_requests: 10,
@@ -341,14 +350,65 @@ impl Default for SchedulerConfig {
 }
 
 /// This proxy's identity. Unset fields come from Envoy's node properties as
-/// Istio sets them (`node.metadata.CLUSTER_ID`, `node.locality`).
+/// Istio sets them (`node.metadata.CLUSTER_ID`, `node.locality`,
+/// `node.metadata.NAMESPACE`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LocalConfig {
+    /// This proxy's member cluster (`x-cluster-source`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// `region/zone/subzone` of this proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality: Option<String>,
+    /// This proxy's Kubernetes namespace: a service's bare short name
+    /// (`reviews`) is matched only from the service's own namespace, as
+    /// Istio serves it (`authority`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The cluster DNS domain that Kubernetes service hosts end in
+    /// (`name.ns.svc.<clusterDomain>`). Default `cluster.local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_domain: Option<String>,
+}
+
+impl LocalConfig {
+    /// [`LocalConfig::cluster_domain`], or `cluster.local`.
+    pub fn cluster_domain(&self) -> &str {
+        self.cluster_domain
+            .as_deref()
+            .unwrap_or(crate::authority::DEFAULT_CLUSTER_DOMAIN)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(ns) = &self.namespace {
+            if !is_dns_label(ns) {
+                return Err(ConfigError::new(
+                    "local.namespace",
+                    format!("{ns:?} is not a Kubernetes namespace name"),
+                ));
+            }
+        }
+        if let Some(domain) = &self.cluster_domain {
+            if domain.is_empty() || !domain.split('.').all(is_dns_label) {
+                return Err(ConfigError::new(
+                    "local.clusterDomain",
+                    format!("{domain:?} is not a DNS domain (e.g. cluster.local)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An RFC 1123 label: what Kubernetes allows in a namespace name.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// Whether a routing header that arrives with the request is honoured.
@@ -370,16 +430,31 @@ pub struct TrustConfig {
 impl PluginConfig {
     /// Parse and validate the bytes Envoy hands `on_configure`. Empty bytes
     /// mean "no configuration": nothing is governed.
+    ///
+    /// Istio writes these bytes from the WasmPlugin's YAML, so a line and
+    /// column would point into JSON the user never saw: the bytes are read
+    /// as a JSON value first (only malformed JSON, which Istio never sends,
+    /// is reported by position), then typed by [`PluginConfig::from_value`],
+    /// whose errors name the field path.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         let trimmed = bytes.iter().all(|b| b.is_ascii_whitespace());
         if trimmed {
             return Ok(Self::default());
         }
-        let config: PluginConfig = serde_json::from_slice(bytes).map_err(|e| {
-            ConfigError::new(
-                format!("(json line {} column {})", e.line(), e.column()),
-                e.to_string(),
-            )
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| ConfigError::new(ROOT, format!("not valid JSON: {e}")))?;
+        Self::from_value(value)
+    }
+
+    /// Type and validate a configuration already parsed into a JSON value
+    /// (from JSON, or from YAML by the CLI). Every error names the full
+    /// field path (`services[0].destinations[1].weigths`,
+    /// `scheduler.decayMs`) and the value.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, ConfigError> {
+        let config: PluginConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            ConfigError::new(field_path(&path, &message), message)
         })?;
         config.validate()?;
         Ok(config)
@@ -397,6 +472,7 @@ impl PluginConfig {
             ));
         }
         self.scheduler.validate()?;
+        self.local.validate()?;
         self.tracing
             .validate()
             .map_err(|e| ConfigError::new(e.field, format!("{} ({})", e.value, e.reason)))?;
@@ -438,6 +514,12 @@ impl SchedulerConfig {
         check_finite_range("scheduler.ejectErrorRate", self.eject_error_rate, 0.0, 1.0)?;
         if self.decay_ms == 0 {
             return Err(ConfigError::new("scheduler.decayMs", "0 (must be > 0)"));
+        }
+        if !(1..=60_000).contains(&self.default_rtt_ms) {
+            return Err(ConfigError::new(
+                "scheduler.defaultRttMs",
+                format!("{} (must be 1…60000)", self.default_rtt_ms),
+            ));
         }
         if self.tick_ms == 0 {
             return Err(ConfigError::new("scheduler.tickMs", "0 (must be > 0)"));
@@ -490,6 +572,7 @@ impl ServiceConfig {
         for (j, host) in self.hosts.iter().enumerate() {
             let bare = host.strip_prefix("*.").unwrap_or(host);
             let valid = !bare.is_empty()
+                && host.len() <= 253
                 && !bare.contains('*')
                 && !bare.contains(':')
                 && bare
@@ -591,6 +674,26 @@ impl ServiceConfig {
     }
 }
 
+/// The field name of an error about the configuration as a whole.
+pub const ROOT: &str = "(top level)";
+
+/// The full path of a typing error: `path` as serde_path_to_error renders it
+/// (`.` for the root), completed with the field an unknown-field or
+/// missing-field message names when the path stops at its parent.
+fn field_path(path: &str, message: &str) -> String {
+    let named = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p))
+        .and_then(|rest| rest.split('`').next());
+    let parent = if path == "." { "" } else { path };
+    match named {
+        Some(field) if parent.is_empty() => field.to_string(),
+        Some(field) if parent.rsplit('.').next() != Some(field) => format!("{parent}.{field}"),
+        _ if parent.is_empty() => ROOT.to_string(),
+        _ => parent.to_string(),
+    }
+}
+
 fn check_finite_range(field: &str, value: f64, min: f64, max: f64) -> Result<(), ConfigError> {
     if !value.is_finite() || value < min || value > max {
         let range = if max == f64::MAX {
@@ -665,7 +768,111 @@ mod tests {
     #[test]
     fn unknown_field_is_named() {
         let err = PluginConfig::from_json(br#"{"servics":[]}"#).unwrap_err();
-        assert!(err.to_string().contains("servics"), "{err}");
+        assert_eq!(err.field, "servics", "{err}");
+    }
+
+    /// Typing errors (serde's) name the full path and the value, and never
+    /// a line or column: Istio wrote the JSON, not the user.
+    #[test]
+    fn typing_errors_name_the_full_path_and_the_value() {
+        let two_destinations = |second: &str| {
+            format!(
+                r#"{{"services":[{{"name":"a","hosts":["a"],"destinations":[{{"name":"x"}},{second}]}}]}}"#
+            )
+        };
+        let cases = [
+            (
+                r#"{"scheduler":{"decayMs":5000.5}}"#.to_string(),
+                "scheduler.decayMs",
+                "5000.5",
+            ),
+            (
+                two_destinations(r#"{"name":"y","weigths":3}"#),
+                "services[0].destinations[1].weigths",
+                "weigths",
+            ),
+            (
+                two_destinations(r#"{"name":"y","weight":"heavy"}"#),
+                "services[0].destinations[1].weight",
+                "heavy",
+            ),
+            (
+                two_destinations(r#"{"weight":1}"#),
+                "services[0].destinations[1].name",
+                "missing",
+            ),
+            (
+                r#"{"scheduler":{"tickMs":-5}}"#.to_string(),
+                "scheduler.tickMs",
+                "-5",
+            ),
+            (
+                r#"{"tracing":{"mode":"spann"}}"#.to_string(),
+                "tracing.mode",
+                "spann",
+            ),
+            (
+                r#"{"tracing":{"collector":{"cluster":"otel","batchsize":3}}}"#.to_string(),
+                "tracing.collector.batchsize",
+                "batchsize",
+            ),
+            (
+                r#"{"services":[{"name":"a","hosts":["a"],"affinity":{"source":"header","nmae":"x"},"destinations":[{"name":"x"}]}]}"#.to_string(),
+                "services[0].affinity.nmae",
+                "nmae",
+            ),
+            (
+                r#"{"services":[{"name":"a","hosts":"a","destinations":[{"name":"x"}]}]}"#.to_string(),
+                "services[0].hosts",
+                r#""a""#,
+            ),
+            (
+                r#"{"local":{"namespace":"Prod"}}"#.to_string(),
+                "local.namespace",
+                "Prod",
+            ),
+            (
+                r#"{"scheduler":{"defaultRttMs":0}}"#.to_string(),
+                "scheduler.defaultRttMs",
+                "0",
+            ),
+            (r#""reviews""#.to_string(), ROOT, "reviews"),
+        ];
+        for (json, field, value) in cases {
+            let err = PluginConfig::from_json(json.as_bytes()).expect_err(&json);
+            assert_eq!(err.field, field, "{json}: {err}");
+            assert!(err.message.contains(value), "{json}: {err}");
+            let text = err.to_string();
+            assert!(
+                !text.contains("line") && !text.contains("column"),
+                "{json}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_json_is_reported_by_position() {
+        let err = PluginConfig::from_json(br#"{"services": [}"#).unwrap_err();
+        assert_eq!(err.field, ROOT);
+        assert!(
+            err.message.contains("not valid JSON") && err.message.contains("column"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn local_fields_parse_with_defaults() {
+        let config =
+            PluginConfig::from_json(br#"{"local":{"namespace":"production"}}"#).expect("valid");
+        assert_eq!(config.local.namespace.as_deref(), Some("production"));
+        assert_eq!(config.local.cluster_domain(), "cluster.local");
+        let config = PluginConfig::from_json(br#"{"local":{"clusterDomain":"corp.example"}}"#)
+            .expect("valid");
+        assert_eq!(config.local.cluster_domain(), "corp.example");
+        let err =
+            PluginConfig::from_json(br#"{"local":{"clusterDomain":"bad domain"}}"#).unwrap_err();
+        assert_eq!(err.field, "local.clusterDomain");
+        assert_eq!(config.scheduler.default_rtt_ms, 30);
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! the peak-EWMA, status into `health`, in-flight counts into load.
 
 use crate::affinity;
-use crate::authority::HostTable;
+use crate::authority::{HostTable, ProxyDomain};
 use crate::config::{AffinitySource, FactorWeights, PluginConfig, SchedulerConfig};
 use crate::ewma::PeakEwma;
 use crate::failover;
@@ -87,6 +87,9 @@ pub struct Decision {
 pub struct LocalIdentity {
     pub cluster: String,
     pub locality: Option<String>,
+    /// Kubernetes namespace (`node.metadata.NAMESPACE`): which short host
+    /// names are this proxy's to serve (`authority`).
+    pub namespace: Option<String>,
 }
 
 /// Learned and configured state of one destination.
@@ -195,7 +198,6 @@ pub struct Engine {
     pub services: Vec<Service>,
     hosts: HostTable,
     rng: Rng,
-    decay_ns: f64,
 }
 
 impl Engine {
@@ -207,6 +209,9 @@ impl Engine {
         seed: u64,
         previous: Option<&Engine>,
     ) -> Self {
+        let decay_ns = config.scheduler.decay_ms as f64 * 1e6;
+        let default_rtt_ns = config.scheduler.default_rtt_ms as f64 * 1e6;
+        let fresh_latency = PeakEwma::new(default_rtt_ns, decay_ns);
         let services = config
             .services
             .iter()
@@ -226,7 +231,9 @@ impl Engine {
                                 local.locality.as_deref(),
                                 dc.locality.as_deref(),
                             ),
-                            latency: learned.map(|d| d.latency).unwrap_or_default(),
+                            latency: learned.map_or(fresh_latency, |d| {
+                                d.latency.retuned(default_rtt_ns, decay_ns)
+                            }),
                             health: learned.map(|d| d.health).unwrap_or_default(),
                             in_flight: 0,
                             shared_key: shared_stats::key(&sc.name, &dc.name),
@@ -256,21 +263,13 @@ impl Engine {
                 }
             })
             .collect();
-        let hosts = HostTable::new(
-            config
-                .services
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (i, s.hosts.as_slice())),
-        );
-        let decay_ns = config.scheduler.decay_ms as f64 * 1e6;
+        let hosts = host_table(&config, &local);
         Self {
             config,
             local,
             services,
             hosts,
             rng: Rng::from_seed(seed),
-            decay_ns,
         }
     }
 
@@ -299,6 +298,7 @@ impl Engine {
                 .collect();
             svc.failover = failover::order(&names, &closeness, &sc.failover);
         }
+        self.hosts = host_table(&self.config, &local);
         self.local = local;
     }
 
@@ -318,7 +318,6 @@ impl Engine {
 
     /// Decide where one request goes.
     pub fn decide(&mut self, service: usize, session_key: Option<&[u8]>, now_ns: u64) -> Decision {
-        let decay_ns = self.decay_ns;
         let sharpness = self.config.scheduler.sharpness;
         let Some(svc) = self.services.get_mut(service) else {
             return Decision {
@@ -329,7 +328,7 @@ impl Engine {
         };
         let (choice, reason) = match session_key {
             Some(key) => choose_by_affinity(svc, key, now_ns),
-            None => choose_by_score(svc, &mut self.rng, now_ns, decay_ns, sharpness),
+            None => choose_by_score(svc, &mut self.rng, now_ns, sharpness),
         };
         match choice {
             Some(d) if svc.destinations[d].is_blocked(now_ns) => {
@@ -382,10 +381,7 @@ impl Engine {
     ) -> HealthEvent {
         // Split borrows: the config is read while a destination is written.
         let Self {
-            config,
-            services,
-            decay_ns,
-            ..
+            config, services, ..
         } = self;
         let Some(d) = services
             .get_mut(service)
@@ -394,15 +390,10 @@ impl Engine {
             return HealthEvent::None;
         };
         if let Outcome::Status(_) = outcome {
-            // A failure may only raise the estimate: a destination that
-            // answers 503 at once must not look fast and draw traffic.
-            let raises = || {
-                d.latency
-                    .value(now_ns, *decay_ns)
-                    .is_some_and(|v| latency_ns as f64 > v)
-            };
-            if outcome.is_success() || raises() {
-                d.latency.observe(latency_ns as f64, now_ns, *decay_ns);
+            if outcome.is_success() {
+                d.latency.observe(latency_ns as f64, now_ns);
+            } else {
+                d.latency.observe_failure(latency_ns as f64, now_ns);
             }
         }
         d.health
@@ -597,7 +588,6 @@ impl Engine {
         let probe_grace_ns = self.probe_grace_ns();
         let sync = SyncParams {
             now_ns,
-            decay_ns: self.decay_ns,
             probe_grace_ns,
             scheduler: &self.config.scheduler,
         };
@@ -620,7 +610,6 @@ impl Engine {
 /// What a sync needs from the engine.
 struct SyncParams<'c> {
     now_ns: u64,
-    decay_ns: f64,
     probe_grace_ns: u64,
     scheduler: &'c SchedulerConfig,
 }
@@ -638,16 +627,20 @@ fn sync_destination(
     const ATTEMPTS: usize = 4;
     let now_ns = p.now_ns;
     let mine = SharedStats {
-        latency: d.latency,
+        latency: d.latency.measurement(),
         ejected_until_ns: d.health.ejected_until_ns,
         ejections: d.health.ejections,
         failure_streak: 0,
     };
     let mut bad = None;
     for _ in 0..ATTEMPTS {
+        let mut latency = d.latency;
         let (mut merged, cas) = match store.get(&d.shared_key) {
             Some((bytes, cas)) => match SharedStats::decode(&bytes) {
-                Ok(theirs) => (mine.merge(&theirs, now_ns, p.decay_ns), Some(cas)),
+                Ok(theirs) => {
+                    latency.merge(theirs.latency);
+                    (mine.merge(&theirs, latency.measurement()), Some(cas))
+                }
                 Err(e) => {
                     bad = Some((d.shared_key.clone(), e));
                     (mine, Some(cas))
@@ -677,7 +670,7 @@ fn sync_destination(
             merged.failure_streak = 0;
         }
         if store.set(&d.shared_key, &merged.encode(), cas).is_ok() {
-            d.latency = merged.latency;
+            d.latency = latency;
             health.merge_ejection(merged.ejected_until_ns, merged.ejections, p.probe_grace_ns);
             health.shared_streak = merged.failure_streak;
             d.health = health;
@@ -685,6 +678,21 @@ fn sync_destination(
         }
     }
     (HealthEvent::None, bad)
+}
+
+/// The host table for this proxy's namespace and cluster domain.
+fn host_table(config: &PluginConfig, local: &LocalIdentity) -> HostTable {
+    HostTable::new(
+        config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.hosts.as_slice())),
+        ProxyDomain {
+            namespace: local.namespace.as_deref(),
+            cluster_domain: config.local.cluster_domain(),
+        },
+    )
 }
 
 fn usable(d: &Destination, now_ns: u64) -> bool {
@@ -740,6 +748,20 @@ fn smooth_weighted_round_robin(weights: &[f64], rotation: &mut [f64]) -> Option<
     best
 }
 
+/// A usable destination whose latency estimate is stale and that has no
+/// request in flight gets this one: the estimate holds while a destination
+/// is idle (`ewma`), so a destination that was shunned for being slow is
+/// measured again by one request — never assumed to have become fast.
+/// One at a time and one per half-life each: a share of one request.
+fn remeasure(svc: &Service, now_ns: u64) -> Option<usize> {
+    if svc.weights.latency <= 0.0 {
+        return None;
+    }
+    svc.destinations
+        .iter()
+        .position(|d| d.in_flight == 0 && d.latency.is_stale(now_ns) && usable(d, now_ns))
+}
+
 /// Relative score difference below which P2C keeps its first draw.
 const SCORE_TIE: f64 = 0.05;
 
@@ -747,13 +769,15 @@ fn choose_by_score(
     svc: &mut Service,
     rng: &mut Rng,
     now_ns: u64,
-    decay_ns: f64,
     sharpness: f64,
 ) -> (Option<usize>, Reason) {
+    if let Some(stale) = remeasure(svc, now_ns) {
+        return (Some(stale), Reason::Score);
+    }
     svc.inputs.clear();
     svc.inputs
         .extend(svc.destinations.iter().map(|d| FactorInputs {
-            latency_ns: d.latency.value(now_ns, decay_ns),
+            latency_ns: d.latency.estimate_ns(),
             in_flight: d.in_flight,
             cost: d.cost,
             locality_affinity: d.locality_affinity,
@@ -786,10 +810,10 @@ fn choose_by_score(
             svc.scores[i]
         }
     };
-    // Scores within a few percent are a tie and the first draw stands: the
-    // idle decay makes whichever destination served last look a hair
-    // slower, and a strict comparison would turn that noise into a steady
-    // drift away from the configured weights.
+    // Scores within a few percent are a tie and the first draw stands:
+    // equal destinations' estimates differ by sampling noise, and a strict
+    // comparison would turn that noise into a steady drift away from the
+    // configured weights.
     let choice = if rank(second) > rank(first) * (1.0 + SCORE_TIE) {
         second
     } else {
@@ -812,6 +836,7 @@ mod tests {
             LocalIdentity {
                 cluster: "local".into(),
                 locality: Some("r1/z1".into()),
+                namespace: None,
             },
             42,
             None,
@@ -880,6 +905,72 @@ mod tests {
         let share = f64::from(counts[2]) / 20_000.0;
         assert!(share < 0.05, "slow share {share}: {counts:?}");
         assert!(counts[2] > 0, "the slow one is still probed");
+    }
+
+    /// Issue 12's mechanism: an idle estimate used to decay toward zero, so
+    /// a slow destination starved for a few seconds looked fast again and
+    /// drew a burst. Now it holds, and the destination is re-measured by a
+    /// single request per half-life.
+    #[test]
+    fn a_shunned_slow_destination_is_remeasured_not_assumed_fast() {
+        let mut e = engine(&three(
+            r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#,
+            "",
+        ));
+        for d in &mut e.services[0].destinations {
+            d.weight = 1.0;
+        }
+        let mut now = 0;
+        let mut per_second = vec![[0u32; 3]; 30];
+        for _ in 0..30_000u64 {
+            now += MS;
+            let d = e.decide(0, None, now).destination.expect("chosen");
+            per_second[(now / (1000 * MS)).min(29) as usize][d] += 1;
+            let latency = if d == 2 { 50 * MS } else { 5 * MS };
+            e.begin(0, d);
+            e.observe(0, d, Outcome::Status(200), latency, now);
+            e.end(0, d);
+        }
+        for (second, counts) in per_second.iter().enumerate() {
+            assert!(
+                counts[2] <= 3,
+                "second {second}: the slow one got {} of {}: {per_second:?}",
+                counts[2],
+                counts.iter().sum::<u32>()
+            );
+        }
+        let remeasured: u32 = per_second.iter().map(|c| c[2]).sum();
+        assert!(
+            remeasured >= 8,
+            "re-measured about every 3.5 s: {remeasured}"
+        );
+        let slow = &e.services[0].destinations[2].latency;
+        assert_eq!(slow.estimate_ns(), 50.0 * MS as f64);
+    }
+
+    #[test]
+    fn an_unmeasured_destination_is_not_taken_for_the_best() {
+        let mut e = engine(&three(
+            r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#,
+            "",
+        ));
+        for d in &mut e.services[0].destinations {
+            d.weight = 1.0;
+        }
+        for d in [0, 1] {
+            e.observe(0, d, Outcome::Status(200), 5 * MS, 1);
+        }
+        // c has never answered; its first request stays in flight.
+        let mut counts = [0u32; 3];
+        for t in 0..3000 {
+            let d = e.decide(0, None, 2 + t).destination.expect("chosen");
+            e.begin(0, d);
+            counts[d] += 1;
+        }
+        assert!(
+            (1..=30).contains(&counts[2]),
+            "one request to measure it, then scored at the default 30 ms: {counts:?}"
+        );
     }
 
     #[test]
@@ -1137,7 +1228,7 @@ mod tests {
         w2.sync_shared(&mut store, 30);
         assert!(w2.services[0].destinations[2].health.is_ejected(30));
         assert_eq!(
-            w2.services[0].destinations[1].latency.raw_ns(),
+            w2.services[0].destinations[1].latency.estimate_ns(),
             80.0 * MS as f64
         );
     }
@@ -1283,13 +1374,13 @@ mod tests {
     fn a_fast_failure_does_not_make_a_destination_look_fast() {
         let mut w = engine(&three(static_weights(), ""));
         w.observe(0, 2, Outcome::Status(200), 50 * MS, 10);
-        let before = w.services[0].destinations[2].latency.raw_ns();
+        let before = w.services[0].destinations[2].latency.estimate_ns();
         w.observe(0, 2, Outcome::Status(503), MS, 11);
-        assert_eq!(w.services[0].destinations[2].latency.raw_ns(), before);
+        assert_eq!(w.services[0].destinations[2].latency.estimate_ns(), before);
         // A slow failure still raises it (peak-EWMA believes a rise).
         w.observe(0, 2, Outcome::Status(503), 200 * MS, 12);
         assert_eq!(
-            w.services[0].destinations[2].latency.raw_ns(),
+            w.services[0].destinations[2].latency.estimate_ns(),
             200.0 * MS as f64
         );
     }

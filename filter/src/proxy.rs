@@ -334,7 +334,16 @@ impl Root {
             }
             Some(out)
         });
-        LocalIdentity { cluster, locality }
+        let namespace = config
+            .local
+            .namespace
+            .clone()
+            .or_else(|| property(&["metadata", "NAMESPACE"]));
+        LocalIdentity {
+            cluster,
+            locality,
+            namespace,
+        }
     }
 }
 
@@ -397,7 +406,8 @@ impl RootContext for Root {
         // If Envoy does not expose the node to the root context yet, what
         // is missing is read again on the first request.
         let local = Self::local_identity(&config);
-        let identity_pending = local.cluster.is_empty() || local.locality.is_none();
+        let identity_pending =
+            local.cluster.is_empty() || local.locality.is_none() || local.namespace.is_none();
         let tick = Duration::from_millis(config.scheduler.tick_ms);
         let mut seed = [0u8; 8];
         host_random(&mut seed);

@@ -3,7 +3,8 @@
 //! weights mean the same thing whatever the units.
 //!
 //! - latency: best peak-EWMA ÷ this one's. A destination with no samples yet
-//!   counts as the best, so it gets traffic and a measurement.
+//!   is scored at the default RTT (`scheduler.defaultRttMs`), not as the
+//!   best: nothing known is not the same as fast (`ewma`).
 //! - load: (least in-flight + 1) ÷ (this one's in-flight + 1).
 //! - cost: min-max over the candidates (cheapest 1, dearest 0).
 //! - affinity: locality closeness to this proxy (same zone 1, same region ½).
@@ -13,8 +14,8 @@ use crate::config::FactorWeights;
 /// The observed inputs of one candidate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FactorInputs {
-    /// Peak-EWMA latency in ns, `None` before any sample.
-    pub latency_ns: Option<f64>,
+    /// Peak-EWMA latency in ns (the default RTT before any sample).
+    pub latency_ns: f64,
     pub in_flight: u32,
     pub cost: f64,
     /// Precomputed locality closeness, 0..=1.
@@ -33,18 +34,17 @@ pub fn score_all(weights: &FactorWeights, inputs: &[FactorInputs], out: &mut [f6
     let mut min_cost = f64::INFINITY;
     let mut max_cost = f64::NEG_INFINITY;
     for input in inputs {
-        if let Some(l) = input.latency_ns {
-            best_latency = best_latency.min(l.max(1.0));
-        }
+        best_latency = best_latency.min(input.latency_ns.max(1.0));
         least_in_flight = least_in_flight.min(input.in_flight);
         min_cost = min_cost.min(input.cost);
         max_cost = max_cost.max(input.cost);
     }
     let cost_span = max_cost - min_cost;
     for (input, slot) in inputs.iter().zip(out.iter_mut()) {
-        let latency = match input.latency_ns {
-            Some(l) if best_latency.is_finite() => best_latency / l.max(1.0),
-            _ => 1.0,
+        let latency = if best_latency.is_finite() && input.latency_ns.is_finite() {
+            best_latency / input.latency_ns.max(1.0)
+        } else {
+            1.0
         };
         let load = (f64::from(least_in_flight) + 1.0) / (f64::from(input.in_flight) + 1.0);
         let cost = if cost_span > f64::EPSILON {
@@ -86,9 +86,9 @@ pub fn locality_affinity(local: Option<&str>, destination: Option<&str>) -> f64 
 mod tests {
     use super::*;
 
-    fn input(latency_ms: Option<f64>, in_flight: u32, cost: f64) -> FactorInputs {
+    fn input(latency_ms: f64, in_flight: u32, cost: f64) -> FactorInputs {
         FactorInputs {
-            latency_ns: latency_ms.map(|ms| ms * 1e6),
+            latency_ns: latency_ms * 1e6,
             in_flight,
             cost,
             locality_affinity: 1.0,
@@ -106,11 +106,7 @@ mod tests {
         let mut out = [0.0; 3];
         score_all(
             &w,
-            &[
-                input(Some(1.0), 0, 0.0),
-                input(Some(1.0), 0, 0.0),
-                input(Some(10.0), 0, 0.0),
-            ],
+            &[input(1.0, 0, 0.0), input(1.0, 0, 0.0), input(10.0, 0, 0.0)],
             &mut out,
         );
         assert_eq!(out[0], 1.0);
@@ -118,20 +114,20 @@ mod tests {
     }
 
     #[test]
-    fn unmeasured_destination_counts_as_best() {
+    fn unmeasured_destination_scores_at_the_default_rtt_not_as_the_best() {
         let w = FactorWeights {
             latency: 1.0,
             load: 0.0,
             cost: 0.0,
             affinity: 0.0,
         };
+        let unmeasured = crate::ewma::PeakEwma::new(30e6, 5e9);
         let mut out = [0.0; 2];
-        score_all(
-            &w,
-            &[input(None, 0, 0.0), input(Some(5.0), 0, 0.0)],
-            &mut out,
-        );
-        assert_eq!(out, [1.0, 1.0]);
+        let mut fresh = input(0.0, 0, 0.0);
+        fresh.latency_ns = unmeasured.estimate_ns();
+        score_all(&w, &[fresh, input(5.0, 0, 0.0)], &mut out);
+        assert_eq!(out[1], 1.0);
+        assert!((out[0] - 5.0 / 30.0).abs() < 1e-9, "{out:?}");
     }
 
     #[test]
@@ -143,7 +139,7 @@ mod tests {
             affinity: 0.0,
         };
         let mut out = [0.0; 2];
-        score_all(&w, &[input(None, 0, 1.0), input(None, 3, 3.0)], &mut out);
+        score_all(&w, &[input(1.0, 0, 1.0), input(1.0, 3, 3.0)], &mut out);
         assert_eq!(out[0], 1.0);
         assert!((out[1] - (0.25 + 0.0) / 2.0).abs() < 1e-9, "{out:?}");
     }
@@ -152,7 +148,7 @@ mod tests {
     fn equal_inputs_score_equal_whatever_the_weights() {
         let w = FactorWeights::default();
         let mut out = [0.0; 3];
-        score_all(&w, &[input(Some(2.0), 1, 4.0); 3], &mut out);
+        score_all(&w, &[input(2.0, 1, 4.0); 3], &mut out);
         assert!(out.iter().all(|s| *s == out[0]));
     }
 
@@ -165,11 +161,7 @@ mod tests {
             affinity: 0.0,
         };
         let mut out = [0.0; 2];
-        score_all(
-            &w,
-            &[input(Some(1.0), 0, 0.0), input(Some(9.0), 9, 9.0)],
-            &mut out,
-        );
+        score_all(&w, &[input(1.0, 0, 0.0), input(9.0, 9, 9.0)], &mut out);
         assert_eq!(out, [1.0, 1.0]);
     }
 

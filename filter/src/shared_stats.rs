@@ -9,8 +9,10 @@
 //! Istio leaves `vm_id` empty, so every plugin in one Envoy shares one
 //! shared-data namespace: keys are prefixed `tideway/`.
 //!
-//! The merge keeps the peak: the slower latency estimate and the later
-//! ejection win, matching the peak-EWMA rule that a rise is believed at once.
+//! The merge keeps the later ejection; latency views are merged by the
+//! worker's own estimator with the peak-EWMA rule ([`PeakEwma::merge`]: a
+//! slowdown anywhere is believed at once, a recovery as its age allows),
+//! because only the estimator knows τ.
 //!
 //! The record also counts the destination's failure streak across workers
 //! (failures since a success was last published), so a destination that
@@ -19,6 +21,8 @@
 //! many on each worker. That count is not merged but changed by the
 //! operation a sync carries ([`StreakOp`]).
 
+use crate::ewma::Measurement;
+#[cfg(doc)]
 use crate::ewma::PeakEwma;
 
 pub const KEY_PREFIX: &str = "tideway/";
@@ -33,7 +37,8 @@ pub fn key(service: &str, destination: &str) -> String {
 /// What workers share about one destination.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SharedStats {
-    pub latency: PeakEwma,
+    /// The latency estimate and when it last moved; `None`: unmeasured.
+    pub latency: Option<Measurement>,
     pub ejected_until_ns: u64,
     pub ejections: u32,
     /// Failures of the destination, on any worker, since a success was
@@ -78,8 +83,10 @@ impl SharedStats {
     pub fn encode(&self) -> [u8; ENCODED_LEN] {
         let mut out = [0u8; ENCODED_LEN];
         out[0] = FORMAT_VERSION;
-        out[1..9].copy_from_slice(&self.latency.raw_ns().to_le_bytes());
-        out[9..17].copy_from_slice(&self.latency.updated_at_ns().to_le_bytes());
+        // Unmeasured is written as estimate 0.
+        let (estimate_ns, at_ns) = self.latency.map_or((0.0, 0), |m| (m.estimate_ns, m.at_ns));
+        out[1..9].copy_from_slice(&estimate_ns.to_le_bytes());
+        out[9..17].copy_from_slice(&at_ns.to_le_bytes());
         out[17..25].copy_from_slice(&self.ejected_until_ns.to_le_bytes());
         out[25..29].copy_from_slice(&self.ejections.to_le_bytes());
         out[29..33].copy_from_slice(&self.failure_streak.to_le_bytes());
@@ -104,25 +111,20 @@ impl SharedStats {
             u32::from_le_bytes(b)
         };
         Ok(Self {
-            latency: PeakEwma::from_parts(f64::from_bits(u64_at(1)), u64_at(9)),
+            latency: Measurement::from_parts(f64::from_bits(u64_at(1)), u64_at(9)),
             ejected_until_ns: u64_at(17),
             ejections: u32_at(25),
             failure_streak: u32_at(29),
         })
     }
 
-    /// Merge two views: the higher current latency estimate, the later
-    /// ejection. The failure streak is the larger; a sync then applies its
-    /// [`StreakOp`] to the stored one.
-    pub fn merge(&self, other: &Self, now_ns: u64, decay_ns: f64) -> Self {
-        let mine = self.latency.value(now_ns, decay_ns).unwrap_or(0.0);
-        let theirs = other.latency.value(now_ns, decay_ns).unwrap_or(0.0);
+    /// Merge two views' health: the later ejection, the larger failure
+    /// streak (a sync then applies its [`StreakOp`] to the stored one).
+    /// `latency` is this worker's estimator merged with `other.latency`
+    /// ([`PeakEwma::merge`]); the result carries its measurement.
+    pub fn merge(&self, other: &Self, latency: Option<Measurement>) -> Self {
         Self {
-            latency: if theirs > mine {
-                other.latency
-            } else {
-                self.latency
-            },
+            latency,
             ejected_until_ns: self.ejected_until_ns.max(other.ejected_until_ns),
             ejections: self.ejections.max(other.ejections),
             failure_streak: self.failure_streak.max(other.failure_streak),
@@ -148,10 +150,8 @@ mod tests {
 
     #[test]
     fn encode_decode_round_trip() {
-        let mut latency = PeakEwma::new();
-        latency.observe(1234.5, 99, 1e9);
         let s = SharedStats {
-            latency,
+            latency: Measurement::from_parts(1234.5, 99),
             ejected_until_ns: 77,
             ejections: 3,
             failure_streak: 4,
@@ -162,8 +162,15 @@ mod tests {
     #[test]
     fn bad_records_are_named() {
         assert_eq!(SharedStats::decode(b"xx"), Err(DecodeError::Length(2)));
+        let unmeasured = SharedStats {
+            latency: None,
+            ejected_until_ns: 0,
+            ejections: 0,
+            failure_streak: 0,
+        };
+        assert_eq!(SharedStats::decode(&unmeasured.encode()), Ok(unmeasured));
         let mut bytes = SharedStats {
-            latency: PeakEwma::new(),
+            latency: None,
             ejected_until_ns: 0,
             ejections: 0,
             failure_streak: 0,
@@ -174,13 +181,10 @@ mod tests {
     }
 
     #[test]
-    fn merge_keeps_the_peak_and_the_later_ejection() {
-        let mut fast = PeakEwma::new();
-        fast.observe(1e6, 10, 1e9);
-        let mut slow = PeakEwma::new();
-        slow.observe(50e6, 10, 1e9);
+    fn merge_keeps_the_later_ejection_and_the_given_latency() {
+        let slow = Measurement::from_parts(50e6, 10);
         let a = SharedStats {
-            latency: fast,
+            latency: Measurement::from_parts(1e6, 10),
             ejected_until_ns: 0,
             ejections: 0,
             failure_streak: 1,
@@ -191,11 +195,12 @@ mod tests {
             ejections: 2,
             failure_streak: 0,
         };
-        let m = a.merge(&b, 10, 1e9);
+        let m = a.merge(&b, slow);
         assert_eq!(m.latency, slow);
         assert_eq!(m.ejected_until_ns, 500);
         assert_eq!(m.ejections, 2);
-        assert_eq!(b.merge(&a, 10, 1e9), m);
+        assert_eq!(m.failure_streak, 1);
+        assert_eq!(b.merge(&a, slow), m);
     }
 
     proptest::proptest! {

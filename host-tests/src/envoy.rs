@@ -33,6 +33,8 @@ pub struct EnvoySpec {
     /// `node.metadata.CLUSTER_ID` and `node.locality`, as Istio sets them.
     pub node_cluster_id: String,
     pub node_locality: (String, String),
+    /// `node.metadata.NAMESPACE`, as Istio sets it; `None` = absent.
+    pub node_namespace: Option<String>,
     /// Return a fixed response instead of proxying (filter-cost benchmarks).
     pub direct_response: bool,
     /// With `direct_response`: the per-destination routes answer directly
@@ -70,6 +72,7 @@ impl EnvoySpec {
             concurrency: 1,
             node_cluster_id: "cluster-local".to_string(),
             node_locality: ("region-1".to_string(), "zone-a".to_string()),
+            node_namespace: None,
             direct_response: false,
             direct_response_all: false,
             lb_policy: "ROUND_ROBIN".to_string(),
@@ -179,11 +182,15 @@ impl EnvoySpec {
         for (name, port) in &self.extra_clusters {
             clusters.push(cluster(name.clone(), vec![*port], &[], false));
         }
+        let mut metadata = json!({"CLUSTER_ID": self.node_cluster_id});
+        if let Some(ns) = &self.node_namespace {
+            metadata["NAMESPACE"] = json!(ns);
+        }
         json!({
             "node": {
                 "id": "tideway-test",
                 "cluster": "tideway-test",
-                "metadata": {"CLUSTER_ID": self.node_cluster_id},
+                "metadata": metadata,
                 "locality": {"region": self.node_locality.0, "zone": self.node_locality.1}
             },
             "admin": {
@@ -222,6 +229,24 @@ pub struct Envoy {
 
 impl Envoy {
     pub fn start(spec: &EnvoySpec) -> Result<Self> {
+        Self::launch(
+            |dir| spec.bootstrap(dir),
+            &spec.command_prefix,
+            spec.concurrency,
+        )
+    }
+
+    /// Starts Envoy on a bootstrap of the caller's (given the directory
+    /// for its logs). Its first listener is the one requests go to.
+    pub fn start_with(bootstrap: impl FnOnce(&Path) -> Value, concurrency: u32) -> Result<Self> {
+        Self::launch(bootstrap, &[], concurrency)
+    }
+
+    fn launch(
+        bootstrap: impl FnOnce(&Path) -> Value,
+        command_prefix: &[String],
+        concurrency: u32,
+    ) -> Result<Self> {
         let binary = crate::env::envoy();
         let dir = tempfile::tempdir().context("creating a temp dir for Envoy")?;
         let config_path = dir.path().join("envoy.json");
@@ -229,9 +254,9 @@ impl Envoy {
         let log_path = dir.path().join("envoy.log");
         std::fs::write(
             &config_path,
-            serde_json::to_vec_pretty(&spec.bootstrap(dir.path()))?,
+            serde_json::to_vec_pretty(&bootstrap(dir.path()))?,
         )?;
-        let mut command = match spec.command_prefix.split_first() {
+        let mut command = match command_prefix.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
                 c.args(args).arg(&binary);
@@ -254,7 +279,7 @@ impl Envoy {
                 "--file-flush-interval-msec",
                 "50",
             ])
-            .args(["--concurrency", &spec.concurrency.to_string()])
+            .args(["--concurrency", &concurrency.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -266,11 +291,7 @@ impl Envoy {
             admin_port: 0,
             dir,
         };
-        let ready_within = Duration::from_secs(if spec.command_prefix.is_empty() {
-            60
-        } else {
-            900
-        });
+        let ready_within = Duration::from_secs(if command_prefix.is_empty() { 60 } else { 900 });
         if let Err(e) = envoy.wait_ready(&admin_path, ready_within) {
             bail!("{e}\n--- tail of Envoy's log ---\n{}", envoy.log_tail(40));
         }

@@ -4,4 +4,5 @@ pub mod backend;
 pub mod bench;
 pub mod env;
 pub mod envoy;
+pub mod istio_routes;
 pub mod wasm_host;

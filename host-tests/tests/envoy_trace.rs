@@ -38,38 +38,133 @@ fn is_valid_traceparent(v: &str) -> bool {
         && parts[2] != "0".repeat(16)
 }
 
+/// The header values `name` arrived with at the backend, in order.
+fn values(recorded: &[(String, String)], name: &str) -> Vec<String> {
+    recorded
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// One request through Envoy with `headers` (sent by hand, so a header may
+/// repeat), and the headers the backend received.
+fn through(envoy: &Envoy, backend: &Backend, headers: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).expect("connect");
+    let mut request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n");
+    for (n, v) in headers {
+        request.push_str(&format!("{n}: {v}\r\n"));
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    backend.take_recorded().pop().expect("one request recorded")
+}
+
 #[test]
-fn a_valid_traceparent_keeps_its_ids_and_tracestate_gains_our_member_first() {
+fn propagate_mode_forwards_traceparent_and_tracestate_untouched() {
     let (backend, envoy) = start();
-    let client = Client::new();
-    let reply = client
-        .get(
-            &envoy.url("/"),
-            HOST,
-            &[
-                ("traceparent", TP),
-                ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
-            ],
-        )
-        .expect("request");
-    assert_eq!(reply.status, 200);
-    let recorded = backend.take_recorded().pop().expect("recorded");
-    let get = |name: &str| {
-        recorded
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
-    assert_eq!(get("traceparent").as_deref(), Some(TP));
-    let tracestate = get("tracestate").expect("tracestate");
+    let tracestate = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+    let recorded = through(
+        &envoy,
+        &backend,
+        &[("traceparent", TP), ("tracestate", tracestate)],
+    );
+    assert_eq!(values(&recorded, "traceparent"), [TP]);
+    // The filter did not change parent-id: it has no member to write.
+    assert_eq!(values(&recorded, "tracestate"), [tracestate]);
+    // Several fields, duplicate keys and our own key are forwarded as they came.
+    let recorded = through(
+        &envoy,
+        &backend,
+        &[
+            ("traceparent", TP),
+            ("tracestate", "foo=1,tideway=s:x;t:y"),
+            ("tracestate", "foo=2"),
+        ],
+    );
+    let joined = values(&recorded, "tracestate").join(",");
+    assert_eq!(joined, "foo=1,tideway=s:x;t:y,foo=2");
+}
+
+#[test]
+fn an_invalid_tracestate_is_dropped_whole() {
+    let thirty_three: String = (1..=33)
+        .map(|i| format!("bar{i:02}={i:02}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (mode, config) in [("propagate", CONFIG.to_string()), ("span", span_config())] {
+        let backend = Backend::start("east", 2, true).expect("backend");
+        let collector = Backend::start("collector", 2, false).expect("collector");
+        let mut spec = EnvoySpec::new(&config, &[("east", backend.port)]);
+        spec.extra_clusters
+            .push(("otel-collector".to_string(), collector.port));
+        let envoy = Envoy::start(&spec).unwrap_or_else(|e| panic!("{e}"));
+        for bad in [
+            vec!["foo=1,BAD=2"],
+            vec!["foo=1", "bar=2,@baz=3"],
+            vec!["foo=,bar=3"],
+            vec![thirty_three.as_str()],
+        ] {
+            let mut headers = vec![("traceparent", TP)];
+            headers.extend(bad.iter().map(|v| ("tracestate", *v)));
+            let recorded = through(&envoy, &backend, &headers);
+            let forwarded = values(&recorded, "tracestate");
+            match mode {
+                "propagate" => assert!(forwarded.is_empty(), "{bad:?} -> {forwarded:?}"),
+                _ => assert_eq!(
+                    forwarded,
+                    ["tideway=s:cluster-local;t:cluster-east"],
+                    "span mode keeps only its own member: {bad:?}"
+                ),
+            }
+        }
+    }
+}
+
+fn span_config() -> String {
+    r#"{"services":[{"name":"reviews","hosts":["reviews.prod.svc.cluster.local"],
+        "destinations":[{"name":"east","cluster":"cluster-east"}]}],
+        "scheduler":{"tickMs":100},
+        "tracing":{"mode":"span","collector":{"cluster":"otel-collector","batchSize":8}}}"#
+        .to_string()
+}
+
+#[test]
+fn span_mode_writes_its_member_first_and_keeps_the_rest() {
+    let backend = Backend::start("east", 2, true).expect("backend");
+    let collector = Backend::start("collector", 2, false).expect("collector");
+    let mut spec = EnvoySpec::new(&span_config(), &[("east", backend.port)]);
+    spec.extra_clusters
+        .push(("otel-collector".to_string(), collector.port));
+    let envoy = Envoy::start(&spec).unwrap_or_else(|e| panic!("{e}"));
+    let recorded = through(
+        &envoy,
+        &backend,
+        &[
+            ("traceparent", TP),
+            (
+                "tracestate",
+                "congo=t61rcWkgMzE,tideway=old,rojo=00f067aa0ba902b7",
+            ),
+        ],
+    );
+    let tp = values(&recorded, "traceparent");
+    assert_eq!(tp.len(), 1);
+    assert!(tp[0].starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
+    assert!(!tp[0].contains("b7ad6b7169203331"), "new parent-id: {tp:?}");
+    let tracestate = values(&recorded, "tracestate").join(",");
     let members: Vec<&str> = tracestate.split(',').map(str::trim).collect();
     assert_eq!(
-        members[0], "tideway=s:cluster-local;t:cluster-east",
+        members,
+        [
+            "tideway=s:cluster-local;t:cluster-east",
+            "congo=t61rcWkgMzE",
+            "rojo=00f067aa0ba902b7"
+        ],
         "{tracestate}"
-    );
-    assert_eq!(
-        &members[1..],
-        ["congo=t61rcWkgMzE", "rojo=00f067aa0ba902b7"]
     );
 }
 
@@ -103,11 +198,9 @@ fn a_malformed_traceparent_is_replaced_by_a_valid_one() {
             !tp.contains("0af7651916cd43dd8448eb211c80319c"),
             "{bad} -> {tp}"
         );
-        // A new trace discards the old tracestate but for our member.
-        assert_eq!(
-            get("tracestate").as_deref(),
-            Some("tideway=s:cluster-local;t:cluster-east")
-        );
+        // A new trace discards the old tracestate (and, in propagate mode,
+        // writes no member of its own).
+        assert_eq!(get("tracestate"), None, "{bad}");
     }
     // A request without any trace context gets one too.
     client.get(&envoy.url("/"), HOST, &[]).expect("request");

@@ -16,17 +16,20 @@
 //! - `propagate` mode: a valid version-00 `traceparent` is not rewritten (the
 //!   application or Envoy's tracer owns the spans); a higher version is
 //!   downgraded to `00` (the spec's "first mutation"); otherwise
-//!   `traceparent` is written. `tracestate` always gets our member (source
-//!   and target cluster) first, the rest kept: that is how the cross-cluster
-//!   hop stays visible in every trace, which is the point of the filter's
-//!   tracing. (W3C Trace Context lets a participant add its member; a
-//!   deployment that wants tracestate untouched uses `span` mode off and
-//!   filters the member out in its collector.)
+//!   `traceparent` is written. The filter does not change the caller's
+//!   parent-id, so it has no `tracestate` member of its own to write (W3C:
+//!   a vendor adds or updates its member when it changes the parent-id):
+//!   `tracestate` is forwarded untouched — no host call at all — unless it
+//!   is invalid, when it is removed; a new or B3-sourced trace removes the
+//!   incoming one (it belonged to a context that is not continued);
 //! - `span` mode: the filter is a span: a new parent-id goes downstream with
 //!   the same trace id and flags, and the incoming parent-id becomes the
-//!   span's parent; `tracestate` gets our member first, the rest kept;
-//! - a new or B3-sourced trace has no valid `traceparent`, so the incoming
-//!   `tracestate` is discarded and ours is the only member;
+//!   span's parent; `tracestate` gets our member (source and target cluster)
+//!   first, the rest kept; in a new or B3-sourced trace ours is the only
+//!   member;
+//! - an invalid incoming `tracestate` (one member breaking the grammar, or
+//!   more than 32 members) is discarded whole, in both modes (what the W3C
+//!   test suite's strict level expects);
 //! - flags written are masked to the known bits (sampled, random);
 //! - B3 (when enabled) is rewritten to match the forwarded context unless the
 //!   incoming B3 already says exactly that; legacy `x-trace-id`/`x-span-id`
@@ -37,7 +40,7 @@ use super::config::{TraceMode, TracingConfig};
 use super::ids::{SpanId, TraceId, TraceRng};
 use super::input::TraceInput;
 use super::member::write_member_value;
-use super::tracestate::{append_incoming, MergeStats};
+use super::tracestate::{append_incoming, check, MergeStats};
 use super::w3c::{self, TraceParent, FLAG_SAMPLED, KNOWN_FLAGS, TRACEPARENT, TRACESTATE};
 
 /// Legacy trace id header (32 lowercase hex).
@@ -126,8 +129,8 @@ const MAX_OPS: usize = 10;
 pub struct TraceOutput {
     /// The forwarded context.
     pub context: SpanContext,
-    /// What happened to incoming `tracestate` members when `tracestate` was
-    /// rewritten (all zero when it was not).
+    /// What happened to the incoming `tracestate` members: forwarded
+    /// (`kept`), or the list discarded.
     pub tracestate: MergeStats,
     buf: String,
     ops: [Option<RawOp>; MAX_OPS],
@@ -307,20 +310,35 @@ pub fn propagate(
         out.set_with(TRACEPARENT, |s| w3c::write_traceparent(&tp, s));
     }
 
-    // tracestate: our member first, always.
-    {
-        let incoming: &[&[u8]] = if source == ContextSource::TraceParent {
-            &input.tracestate
-        } else {
-            &[]
-        };
-        let key = cfg.tracestate_key.as_str();
-        out.tracestate = out.set_with(TRACESTATE, |s| {
-            s.push_str(key);
-            s.push('=');
-            write_member_value(s, hop.source_cluster, hop.target_cluster);
-            append_incoming(s, key, incoming)
-        });
+    // tracestate
+    let continued = source == ContextSource::TraceParent;
+    match cfg.mode {
+        // Our member first: we changed the parent-id.
+        TraceMode::Span => {
+            let incoming: &[&[u8]] = if continued { &input.tracestate } else { &[] };
+            let key = cfg.tracestate_key.as_str();
+            out.tracestate = out.set_with(TRACESTATE, |s| {
+                s.push_str(key);
+                s.push('=');
+                write_member_value(s, hop.source_cluster, hop.target_cluster);
+                append_incoming(s, key, incoming)
+            });
+        }
+        // No member of ours: forward it as it came, or drop it.
+        TraceMode::Propagate if !input.tracestate.is_empty() => {
+            let checked = check(&input.tracestate);
+            if !continued || !checked.is_forwardable() {
+                out.tracestate = MergeStats {
+                    invalid: checked.invalid,
+                    discarded: true,
+                    ..MergeStats::default()
+                };
+                out.remove(TRACESTATE);
+            } else {
+                out.tracestate.kept = checked.valid;
+            }
+        }
+        TraceMode::Propagate => {}
     }
 
     // B3
@@ -456,17 +474,12 @@ mod tests {
             None,
             "traceparent is not rewritten"
         );
-        assert_eq!(
-            ts_keys(&out),
-            ["tideway", "foo", "bar"],
-            "our member first, the rest kept"
-        );
-        assert_eq!(
-            out.len(),
-            1,
-            "only tracestate is written: {:?}",
+        assert!(
+            out.is_empty(),
+            "nothing is written, tracestate included: {:?}",
             out.ops().collect::<Vec<_>>()
         );
+        assert_eq!(out.tracestate.kept, 2);
         let c = out.context;
         assert_eq!(c.trace_id.to_string(), TID);
         assert_eq!(c.span_id.to_string(), "1234567890123456");
@@ -497,8 +510,69 @@ mod tests {
             out.value_of(TRACEPARENT),
             Some("00-12345678901234567890123456789012-1234567890123456-03")
         );
-        assert_eq!(ts_keys(&out), ["tideway", "foo"]);
+        assert_eq!(
+            out.value_of(TRACESTATE),
+            None,
+            "parent-id unchanged: no member"
+        );
+        assert!(!out.removes(TRACESTATE));
         assert!(!out.context.restarted);
+    }
+
+    #[test]
+    fn propagate_mode_forwards_a_valid_tracestate_as_it_came() {
+        for ts in [
+            "foo=1,tideway=old,bar=2",
+            "foo=1,foo=2",
+            "foo=1 , ,bar=2",
+            "",
+        ] {
+            let out = run(&cfg(), &[("traceparent", TP), ("tracestate", ts)]);
+            assert!(
+                out.is_empty(),
+                "{ts:?}: {:?}",
+                out.ops().collect::<Vec<_>>()
+            );
+            assert!(!out.tracestate.discarded);
+        }
+        let parts: Vec<String> = (1..=32).map(|i| format!("k{i}=v")).collect();
+        let (a, b) = (parts[..16].join(","), parts[16..].join(","));
+        let out = run(
+            &cfg(),
+            &[("traceparent", TP), ("tracestate", &a), ("tracestate", &b)],
+        );
+        assert!(out.is_empty(), "32 members across two fields pass");
+    }
+
+    #[test]
+    fn an_invalid_tracestate_is_dropped_whole_in_both_modes() {
+        let thirty_three: String = (1..=33)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for ts in [
+            "foo=1,BAD=2",
+            "foo=bar=baz",
+            "foo=,bar=3",
+            "@foo=1,bar=2",
+            thirty_three.as_str(),
+        ] {
+            let h = [("traceparent", TP), ("tracestate", ts)];
+            let out = run(&cfg(), &h);
+            assert!(out.removes(TRACESTATE), "propagate: {ts}");
+            assert_eq!(out.len(), 1, "{ts}");
+            assert!(out.tracestate.discarded);
+            let out = run(&span_cfg(), &h);
+            assert_eq!(ts_keys(&out), ["tideway"], "span: only ours for {ts}");
+            assert!(out.tracestate.discarded);
+        }
+        // Split across fields, the bad member still discards all of it.
+        let h = [
+            ("traceparent", TP),
+            ("tracestate", "foo=1"),
+            ("tracestate", "Bar=2"),
+        ];
+        assert!(run(&cfg(), &h).removes(TRACESTATE));
     }
 
     #[test]
@@ -524,15 +598,18 @@ mod tests {
             assert_eq!(written.version, 0);
             assert_eq!(written.context.trace_id, c.trace_id);
             assert_eq!(written.context.parent_id, c.span_id);
-            assert_eq!(
-                ts_keys(&out),
-                ["tideway"],
+            assert!(
+                out.removes(TRACESTATE),
                 "incoming tracestate discarded for {tp}"
             );
         }
         let out = run(&cfg(), &[("tracestate", "foo=1,bar=2")]);
         assert!(out.context.restarted && !out.context.traceparent_rejected);
-        assert_eq!(ts_keys(&out), ["tideway"]);
+        assert!(out.removes(TRACESTATE));
+        assert_eq!(out.value_of(TRACESTATE), None);
+        // No tracestate came: none is removed or written.
+        let out = run(&cfg(), &[]);
+        assert!(!out.removes(TRACESTATE) && out.value_of(TRACESTATE).is_none());
     }
 
     #[test]
@@ -644,10 +721,10 @@ mod tests {
     }
 
     #[test]
-    fn span_mode_tracestate_invalid_members_dropped_and_33_truncated() {
-        let many: Vec<String> = (1..=33).map(|i| format!("bar{i:02}={i:02}")).collect();
+    fn span_mode_writes_ours_first_and_truncates_a_full_list_from_the_end() {
+        let many: Vec<String> = (1..=32).map(|i| format!("bar{i:02}={i:02}")).collect();
         let a = many[..20].join(",");
-        let b = format!("{},BAD=1,foo=bar=baz", many[20..].join(","));
+        let b = many[20..].join(",");
         let h = [
             ("traceparent", TP),
             ("tracestate", a.as_str()),
@@ -659,8 +736,7 @@ mod tests {
         assert_eq!(keys[0], "tideway");
         assert_eq!(keys[1], "bar01");
         assert_eq!(keys[31], "bar31");
-        assert_eq!(out.tracestate.invalid, 2);
-        assert_eq!(out.tracestate.truncated, 2);
+        assert_eq!(out.tracestate.truncated, 1);
         // the written header itself is fully valid
         let v = [out.value_of(TRACESTATE).unwrap_or("").as_bytes()];
         assert!(members(&v).all(|m| m.is_ok()));
@@ -700,9 +776,8 @@ mod tests {
             out.value_of(TRACEPARENT),
             Some("00-80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-01")
         );
-        assert_eq!(
-            ts_keys(&out),
-            ["tideway"],
+        assert!(
+            out.removes(TRACESTATE),
             "tracestate without traceparent is discarded"
         );
         // B3 already says exactly this: not rewritten
@@ -819,7 +894,7 @@ mod tests {
         let out = run(&c, &[("traceparent", TP)]);
         assert_eq!(out.value_of(X_TRACE_ID), Some(TID));
         assert_eq!(out.value_of(X_SPAN_ID), Some("1234567890123456"));
-        assert_eq!(out.len(), 3, "legacy pair plus tracestate");
+        assert_eq!(out.len(), 2, "the legacy pair only");
         let s = TracingConfig {
             legacy_headers: true,
             ..span_cfg()
@@ -916,7 +991,7 @@ mod tests {
                 prop_assert_ne!(out.context.span_id, ctx.parent_id);
             } else {
                 prop_assert_eq!(out.value_of(TRACEPARENT), None);
-                prop_assert_eq!(out.len(), 1, "only our tracestate member");
+                prop_assert_eq!(out.len(), 0, "nothing written in propagate mode");
             }
         }
     }

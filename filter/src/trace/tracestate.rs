@@ -9,9 +9,13 @@
 //! caller-provided `String`.
 //!
 //! Policy for invalid input (the spec lets a vendor discard the whole header or
-//! only the invalid entries): invalid members are dropped one by one and every
-//! valid member is kept. Duplicate keys keep their first occurrence (the spec
-//! allows dropping duplicates a vendor did not generate).
+//! only the invalid entries): one member that breaks the grammar, or more
+//! than 32 members, and the whole header is discarded — what the W3C test
+//! suite's strict level expects. A list that is partly garbage says nothing
+//! reliable about the rest, and forwarding its remains would pass off a
+//! damaged list as whole. Duplicate keys are not invalid: when the list is
+//! rewritten they keep their first occurrence (the spec allows dropping
+//! duplicates a vendor did not generate).
 
 use super::w3c::trim_ows;
 
@@ -36,8 +40,12 @@ pub struct Member<'a> {
 pub struct MergeStats {
     /// Incoming members forwarded.
     pub kept: usize,
-    /// Incoming members dropped because they break the grammar.
+    /// Incoming members that break the grammar (any of them discards the
+    /// whole incoming list).
     pub invalid: usize,
+    /// The incoming list was discarded: a member broke the grammar, or it
+    /// had more than [`MAX_MEMBERS`] members.
+    pub discarded: bool,
     /// Incoming members dropped because their key is ours or already seen.
     pub replaced_or_duplicate: usize,
     /// Incoming members dropped from the end to respect [`MAX_MEMBERS`].
@@ -161,6 +169,35 @@ pub fn members<'a>(values: &'a [&'a [u8]]) -> impl Iterator<Item = Result<Member
         .filter_map(|raw| parse_member(raw).transpose())
 }
 
+/// What a combined incoming `tracestate` holds, counted without keeping it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListCheck {
+    /// Valid (non-empty) members.
+    pub valid: usize,
+    /// Members that break the grammar.
+    pub invalid: usize,
+}
+
+impl ListCheck {
+    /// The list may be forwarded: every member valid, at most
+    /// [`MAX_MEMBERS`] of them.
+    pub fn is_forwardable(&self) -> bool {
+        self.invalid == 0 && self.valid <= MAX_MEMBERS
+    }
+}
+
+/// Counts the valid and invalid members of the combined header (`values`
+/// in order); empty members are allowed and not counted.
+pub fn check(values: &[&[u8]]) -> ListCheck {
+    members(values).fold(ListCheck::default(), |mut c, m| {
+        match m {
+            Ok(_) => c.valid += 1,
+            Err(()) => c.invalid += 1,
+        }
+        c
+    })
+}
+
 /// Writes a mutated `tracestate` into `out`: our member `own_key=own_value`
 /// first, then [`append_incoming`]. Pass `&[]` as `incoming` to start a fresh
 /// list (new trace).
@@ -180,13 +217,20 @@ pub fn write_tracestate(
     append_incoming(out, own_key, incoming)
 }
 
-/// Appends `,key=value` for each valid `incoming` member, in the original
-/// order, after our own member (which the caller has just written): members
-/// keyed `own_key` and repeated keys are skipped, invalid members are dropped,
-/// and members are dropped from the end so that the whole list, ours included,
-/// has at most [`MAX_MEMBERS`] members.
+/// Appends `,key=value` for each `incoming` member, in the original order,
+/// after our own member (which the caller has just written): members keyed
+/// `own_key` and repeated keys are skipped, and members are dropped from the
+/// end so that the whole list, ours included, has at most [`MAX_MEMBERS`]
+/// members. An incoming list that is not [forwardable](ListCheck) is
+/// discarded whole: nothing is appended.
 pub fn append_incoming(out: &mut String, own_key: &str, incoming: &[&[u8]]) -> MergeStats {
     let mut stats = MergeStats::default();
+    let checked = check(incoming);
+    if !checked.is_forwardable() {
+        stats.invalid = checked.invalid;
+        stats.discarded = true;
+        return stats;
+    }
     // Keys already written (ours is checked separately); fixed capacity, no heap.
     let mut seen: [&str; MAX_MEMBERS - 1] = [""; MAX_MEMBERS - 1];
     let mut count = 0usize;
@@ -304,27 +348,32 @@ mod tests {
     }
 
     #[test]
-    fn invalid_members_dropped_individually() {
-        for (h, keep) in [
-            ("foo =1,bar=2", "bar"),
-            ("FOO=1,bar=2", "bar"),
-            ("foo.bar=1,bar=2", "bar"),
-            ("foo=bar=baz,bar=2", "bar"),
-            ("foo=,bar=2", "bar"),
-            ("@foo=1,bar=2", "bar"),
-            ("foo=a\tb,bar=2", "bar"),
-            ("foo,bar=2", "bar"),
-            ("=1,bar=2", "bar"),
+    fn one_invalid_member_discards_the_whole_list() {
+        for h in [
+            "foo =1,bar=2",
+            "FOO=1,bar=2",
+            "foo.bar=1,bar=2",
+            "foo=bar=baz,bar=2",
+            "foo=,bar=2",
+            "@foo=1,bar=2",
+            "foo=a\tb,bar=2",
+            "foo,bar=2",
+            "=1,bar=2",
+            "bar=2,foo=\u{e9}",
         ] {
             let v = collect(&[h.as_bytes()]);
-            assert_eq!(v.len(), 1, "{h}");
-            assert_eq!(v[0].0, keep);
+            assert_eq!(v.len(), 1, "the parser still sees the valid one: {h}");
+            assert!(!check(&[h.as_bytes()]).is_forwardable(), "{h}");
             let (out, st) = merged(&[h]);
-            assert_eq!(out, "tideway=s:a;t:b,bar=2", "{h}");
-            assert_eq!(st.invalid, 1);
+            assert_eq!(out, "tideway=s:a;t:b", "{h}");
+            assert_eq!((st.invalid, st.discarded, st.kept), (1, true, 0), "{h}");
         }
-        let v = vec![&b"foo=\xc3\xa9,bar=2"[..]];
-        assert_eq!(collect(&v).len(), 1);
+        // The bad member may be in another header field of the same list.
+        let (out, st) = merged(&["foo=1", "bar=2,BAD=3"]);
+        assert_eq!(out, "tideway=s:a;t:b");
+        assert!(st.discarded);
+        // Empty members are allowed, duplicates are not invalid.
+        assert!(check(&[b"foo=1, ,", b"", b"foo=2"]).is_forwardable());
     }
 
     #[test]
@@ -407,7 +456,7 @@ mod tests {
             all[..10].join(","),
             all[10..20].join(","),
             all[20..30].join(","),
-            all[30..33].join(","),
+            all[30..32].join(","),
         ];
         let (out, st) = merged(&parts.iter().map(String::as_str).collect::<Vec<_>>());
         let keys: Vec<&str> = out
@@ -419,7 +468,12 @@ mod tests {
         assert_eq!(keys[1], "bar01");
         assert_eq!(keys[31], "bar31");
         assert_eq!(st.kept, 31);
-        assert_eq!(st.truncated, 2);
+        assert_eq!(st.truncated, 1, "room for ours is made at the end");
+        // 33 incoming members is not a valid list: discarded whole.
+        let h33 = [all[..20].join(","), all[20..].join(",")];
+        let (out, st) = merged(&h33.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(out, "tideway=s:a;t:b");
+        assert!(st.discarded);
         // replacing our own member frees its slot
         let mut with_ours = all[..31].to_vec();
         with_ours.insert(5, "tideway=x".into());
@@ -469,6 +523,10 @@ mod tests {
             let o = [out.as_bytes()];
             let back: Vec<(String, String)> = members(&o).filter_map(Result::ok)
                 .map(|m| (m.key.to_string(), m.value.to_string())).collect();
+            if list.len() > MAX_MEMBERS {
+                prop_assert_eq!(back.len(), 1, "a list of more than 32 is discarded");
+                return Ok(());
+            }
             prop_assert_eq!(back.len(), (list.len() + 1).min(MAX_MEMBERS));
             prop_assert_eq!(&back[0], &("tideway".to_string(), "v".to_string()));
             prop_assert_eq!(&back[1..], &list[..back.len() - 1]);
