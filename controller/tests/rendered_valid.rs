@@ -36,7 +36,10 @@ fn catalog() -> Catalog {
             .load_yaml(&read(&file), &file.display().to_string())
             .unwrap_or_else(|e| panic!("{e}"));
     }
-    assert!(loaded >= 2, "TrafficPolicy and Fleet CRDs in manifests/crds");
+    assert!(
+        loaded >= 2,
+        "TrafficPolicy and Fleet CRDs in manifests/crds"
+    );
     catalog
 }
 
@@ -49,7 +52,10 @@ fn examples() -> Vec<PathBuf> {
         .filter(|p| p.exists())
         .collect();
     out.sort();
-    assert!(out.len() >= 6, "six examples from the seed article: {out:?}");
+    assert!(
+        out.len() >= 6,
+        "six examples from the seed article: {out:?}"
+    );
     out
 }
 
@@ -66,18 +72,31 @@ fn every_object_rendered_from_every_example_validates() {
     for policy in examples() {
         let policy_text = read(&policy);
         for karmada in [false, true] {
-            let files = tideway_controller::render_texts(&policy_text, &fleet_text(), None, karmada)
-                .unwrap_or_else(|e| panic!("{}: {e}", policy.display()));
+            let files =
+                tideway_controller::render_texts(&policy_text, &fleet_text(), None, karmada)
+                    .unwrap_or_else(|e| panic!("{}: {e}", policy.display()));
             assert!(!files.is_empty());
             for file in files {
-                let docs = yaml_documents(&file.text).unwrap_or_else(|e| panic!("{}: {e}", file.path));
+                let docs =
+                    yaml_documents(&file.text).unwrap_or_else(|e| panic!("{}: {e}", file.path));
                 for doc in docs {
                     objects += 1;
-                    kinds.insert(format!("{} {}", doc["apiVersion"].as_str().unwrap_or(""), doc["kind"].as_str().unwrap_or("")));
+                    kinds.insert(format!(
+                        "{} {}",
+                        doc["apiVersion"].as_str().unwrap_or(""),
+                        doc["kind"].as_str().unwrap_or("")
+                    ));
                     if doc["metadata"]["namespace"].as_str().is_none()
-                        && catalog.namespaced(doc["apiVersion"].as_str().unwrap_or(""), doc["kind"].as_str().unwrap_or("")) == Some(true)
+                        && catalog.namespaced(
+                            doc["apiVersion"].as_str().unwrap_or(""),
+                            doc["kind"].as_str().unwrap_or(""),
+                        ) == Some(true)
                     {
-                        failures.push(format!("{}: {}: a namespaced object without a namespace", policy.display(), file.path));
+                        failures.push(format!(
+                            "{}: {}: a namespaced object without a namespace",
+                            policy.display(),
+                            file.path
+                        ));
                     }
                     if let Err(e) = catalog.validate(&doc) {
                         failures.push(format!("{} → {}: {e}", policy.display(), file.path));
@@ -86,7 +105,12 @@ fn every_object_rendered_from_every_example_validates() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} invalid:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} invalid:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     // What the examples exercise: each kind the issue asks for.
     for kind in [
         "extensions.istio.io/v1alpha1 WasmPlugin",
@@ -106,7 +130,10 @@ fn every_object_rendered_from_every_example_validates() {
 #[test]
 fn the_example_policies_and_fleet_validate_against_the_generated_crds() {
     let catalog = catalog();
-    let mut texts: Vec<(PathBuf, String)> = examples().into_iter().map(|p| (p.clone(), read(&p))).collect();
+    let mut texts: Vec<(PathBuf, String)> = examples()
+        .into_iter()
+        .map(|p| (p.clone(), read(&p)))
+        .collect();
     texts.push((manifests().join("examples/fleet.yaml"), fleet_text()));
     for (path, text) in texts {
         for doc in yaml_documents(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())) {
@@ -138,20 +165,37 @@ fn broken_policies_fail_in_the_api_server_schema_and_in_render_naming_the_field(
 
     // An unknown field: both the CRD schema and render reject it.
     let doc = broken(|d| d["spec"]["destinations"][0]["wieght"] = json!(5));
-    let invalid = catalog.validate(&doc).expect_err("schema accepted an unknown field");
-    assert!(invalid.violations.iter().any(|v| v.path == "spec.destinations[0]" && v.message.contains("wieght")), "{invalid}");
+    let invalid = catalog
+        .validate(&doc)
+        .expect_err("schema accepted an unknown field");
+    assert!(
+        invalid
+            .violations
+            .iter()
+            .any(|v| v.path == "spec.destinations[0]" && v.message.contains("wieght")),
+        "{invalid}"
+    );
     let err = render(&doc).expect_err("render accepted an unknown field");
-    assert!(err.contains("spec.destinations[0]") && err.contains("wieght"), "{err}");
+    assert!(
+        err.contains("spec.destinations[0]") && err.contains("wieght"),
+        "{err}"
+    );
 
     // A negative weight.
     let doc = broken(|d| d["spec"]["destinations"][0]["weight"] = json!(-5));
     let err = render(&doc).expect_err("render accepted a negative weight");
-    assert!(err.contains("spec.destinations[0].weight") && err.contains("-5"), "{err}");
+    assert!(
+        err.contains("spec.destinations[0].weight") && err.contains("-5"),
+        "{err}"
+    );
 
     // A destination for a cluster not in the fleet.
     let doc = broken(|d| d["spec"]["destinations"][0]["cluster"] = json!("cluster-nowhere"));
     let err = render(&doc).expect_err("render accepted a cluster outside the fleet");
-    assert!(err.contains("spec.destinations[0].cluster") && err.contains("cluster-nowhere"), "{err}");
+    assert!(
+        err.contains("spec.destinations[0].cluster") && err.contains("cluster-nowhere"),
+        "{err}"
+    );
 
     // A duplicate destination.
     let doc = broken(|d| {
@@ -165,7 +209,10 @@ fn broken_policies_fail_in_the_api_server_schema_and_in_render_naming_the_field(
 
     // A wrong type.
     let doc = broken(|d| d["spec"]["service"]["port"] = json!("http"));
-    assert!(catalog.validate(&doc).is_err(), "schema accepted a string port");
+    assert!(
+        catalog.validate(&doc).is_err(),
+        "schema accepted a string port"
+    );
     let err = render(&doc).expect_err("render accepted a string port");
     assert!(err.contains("spec.service.port"), "{err}");
 }

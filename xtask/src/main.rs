@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod kube;
+
 const ENVOY_VERSION: &str = "1.40.0";
 const WASM_TARGET: &str = "wasm32-wasip1";
 const WASM_PROFILE: &str = "wasm-release";
@@ -135,7 +137,9 @@ fn prepared_cargo(root: &Path) -> Result<Command> {
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(root)
         .env("TIDEWAY_FILTER_WASM", &wasm)
-        .env("TIDEWAY_ENVOY", &env.envoy);
+        .env("TIDEWAY_ENVOY", &env.envoy)
+        .env("TIDEWAY_KUBE_APISERVER", &env.kube.apiserver)
+        .env("TIDEWAY_ETCD", &env.kube.etcd);
     Ok(cmd)
 }
 
@@ -163,6 +167,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 
 struct Env {
     envoy: PathBuf,
+    kube: kube::KubeBinaries,
 }
 
 fn setup(root: &Path) -> Result<Env> {
@@ -172,7 +177,8 @@ fn setup(root: &Path) -> Result<Env> {
     }
     apt_install_missing(&packages)?;
     let envoy = install_envoy(root)?;
-    Ok(Env { envoy })
+    let kube = kube::ensure()?;
+    Ok(Env { envoy, kube })
 }
 
 fn dpkg_installed(package: &str) -> bool {
