@@ -187,6 +187,7 @@ struct Keys {
     cert_path: PathBuf,
     key_path: PathBuf,
     sa_key_path: PathBuf,
+    sa_pub_path: PathBuf,
 }
 
 fn make_keys(dir: &Path) -> Keys {
@@ -216,15 +217,20 @@ fn make_keys(dir: &Path) -> Keys {
     let key_path = dir.join("apiserver.key");
     std::fs::write(&cert_path, leaf_cert.pem()).expect("write cert");
     std::fs::write(&key_path, leaf_key.serialize_pem()).expect("write key");
-    // ES256 service-account tokens; the private key file serves both flags.
+    // ES256 service-account tokens: the server signs with the PKCS#8
+    // private key and verifies with the public one (1.20 reads no public
+    // key out of a PKCS#8 file).
     let sa_key = KeyPair::generate().expect("service-account key");
     let sa_key_path = dir.join("sa.key");
+    let sa_pub_path = dir.join("sa.pub");
     std::fs::write(&sa_key_path, sa_key.serialize_pem()).expect("write sa key");
+    std::fs::write(&sa_pub_path, sa_key.public_key_pem()).expect("write sa public key");
     Keys {
         ca_pem: ca_cert.pem(),
         cert_path,
         key_path,
         sa_key_path,
+        sa_pub_path,
     }
 }
 
@@ -258,7 +264,7 @@ impl ApiServer {
                 .arg("--authorization-mode=RBAC")
                 .arg(format!(
                     "--service-account-key-file={}",
-                    keys.sa_key_path.display()
+                    keys.sa_pub_path.display()
                 ))
                 .arg(format!(
                     "--service-account-signing-key-file={}",
@@ -459,12 +465,14 @@ impl ApiServer {
             "spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 7200}
         }))
         .expect("TokenRequest");
-        let body = serde_json::to_vec(&request).expect("TokenRequest body");
         let answer: TokenRequest = accounts
-            .create_subresource("token", name, &PostParams::default(), body)
+            .create_subresource("token", name, &PostParams::default(), &request)
             .await
             .unwrap_or_else(|e| panic!("token for {namespace}/{name} in {}: {e}", self.name));
-        answer.status.expect("TokenRequest status").token
+        answer
+            .status
+            .and_then(|s| s.token)
+            .expect("TokenRequest answered with a token")
     }
 
     /// manifests/member/rbac.yaml, and the `tideway-member` token.
