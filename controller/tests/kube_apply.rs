@@ -225,7 +225,7 @@ async fn a_field_another_manager_owns_is_reported_with_field_and_manager_and_not
         .iter()
         .find(|o| o["kind"] == "DestinationRule")
         .expect("a DestinationRule");
-    let mut theirs = json!({
+    let theirs = json!({
         "apiVersion": rule["apiVersion"], "kind": "DestinationRule",
         "metadata": {"name": rule["metadata"]["name"], "namespace": rule["metadata"]["namespace"]},
         "spec": {"host": "reviews-hotfix.production.svc.cluster.local"},
@@ -267,7 +267,6 @@ async fn a_field_another_manager_owns_is_reported_with_field_and_manager_and_not
             "{report:#?}"
         );
     }
-    theirs["spec"]["host"] = json!("x");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,4 +473,72 @@ async fn a_failing_wave_stops_the_rollout_before_the_next_wave() {
             assert!(live(&kube, member, object).await.is_none(), "{member}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_the_diff_on_dry_run_then_rolls_out_and_exits_non_zero_when_a_member_is_missing(
+) {
+    let mut kube = start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.yaml");
+    let fleet = dir.path().join("fleet.yaml");
+    std::fs::write(&policy, policy_yaml(false)).expect("policy");
+    std::fs::write(&fleet, fleet_yaml()).expect("fleet");
+    let kubeconfig = kube.write_kubeconfig();
+    let tideway = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tideway"))
+            .arg("apply")
+            .arg("-f")
+            .arg(&policy)
+            .arg("--fleet")
+            .arg(&fleet)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--hub-context", "hub"])
+            .args(extra)
+            .output()
+            .expect("run tideway");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, stderr) = tideway(&["--dry-run"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("# cluster-shanghai: WasmPlugin production/tideway-reviews"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("+kind: WasmPlugin"), "{stdout}");
+    assert!(stderr.contains("cluster-beijing: dry run:"), "{stderr}");
+    let plugin = compiled(false).member("cluster-beijing")[0].clone();
+    assert!(
+        live(&kube, "cluster-beijing", &plugin).await.is_none(),
+        "dry run stored it"
+    );
+
+    let (code, _, stderr) = tideway(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for line in [
+        "wave 0: cluster-hangzhou",
+        "wave 0: healthy",
+        "wave 1: healthy",
+    ] {
+        assert!(stderr.contains(line), "{line:?} in {stderr}");
+    }
+    assert!(stderr.contains("cluster-beijing: applied:"), "{stderr}");
+    assert!(live(&kube, "cluster-beijing", &plugin).await.is_some());
+
+    // Nothing to change now: the dry run shows no diff.
+    let (code, stdout, _) = tideway(&["--dry-run"]);
+    assert_eq!(code, Some(0));
+    assert!(!stdout.contains("+kind"), "{stdout}");
+
+    kube.member_mut("cluster-beijing").stop();
+    let (code, _, stderr) = tideway(&[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cluster-beijing: UNREACHABLE"), "{stderr}");
+    assert!(stderr.contains("2 of 3 member(s) applied"), "{stderr}");
 }
