@@ -101,6 +101,21 @@ fn every_object_rendered_from_every_example_validates() {
                     if let Err(e) = catalog.validate(&doc) {
                         failures.push(format!("{} → {}: {e}", policy.display(), file.path));
                     }
+                    // The same object, broken, must fail: the rules run on
+                    // what render writes, not only on test fixtures.
+                    if doc["kind"] == "WasmPlugin" && !karmada {
+                        let mut both = doc.clone();
+                        both["spec"]["targetRefs"] = json!([{"kind": "Service", "name": "x"}]);
+                        both["spec"]["selector"] = json!({"matchLabels": {"app": "x"}});
+                        let rejected = catalog.validate(&both).err();
+                        assert!(
+                            rejected.is_some_and(
+                                |e| e.has("spec", "only one of targetRefs or selector")
+                            ),
+                            "{}: selector + targetRefs accepted",
+                            file.path
+                        );
+                    }
                 }
             }
         }

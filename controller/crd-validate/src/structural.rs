@@ -10,9 +10,10 @@
 //!   API server would prune it, but a `null` in rendered output is a
 //!   serialisation bug worth failing on);
 //! - `x-kubernetes-int-or-string` admits an integer or a string;
-//! - `format: int32` / `int64` are ranges (the fields are protobuf int32s
-//!   in Istio; a larger number fails its conversion), `byte` is base64,
-//!   `date-time` is RFC 3339;
+//! - `format: int32` / `int64` (and schemars' `uint8/16/32`) are ranges
+//!   (the fields are protobuf int32s in Istio; a larger number fails its
+//!   conversion), `byte` is base64, `date-time` is RFC 3339; formats the
+//!   API server does not know are ignored, as it ignores them;
 //! - the root admits `apiVersion` (this version), `kind` and `metadata`
 //!   (checked by [`crate::meta`]), as every object's root does.
 //!
@@ -55,7 +56,9 @@ pub(crate) fn compile(
         .with_draft(jsonschema::Draft::Draft4)
         .with_pattern_options(jsonschema::PatternOptions::regex())
         .should_validate_formats(true)
-        .should_ignore_unknown_formats(false)
+        // The API server ignores formats it does not know (schemars writes
+        // `uint32`, `float`, …); the ones it knows are checked.
+        .should_ignore_unknown_formats(true)
         .with_format("byte", |s: &str| {
             base64::engine::general_purpose::STANDARD.decode(s).is_ok()
         })
@@ -150,6 +153,20 @@ fn translate(node: &Value) -> Value {
                     Some("int64") => {
                         out.insert("minimum".into(), json!(i64::MIN));
                         out.insert("maximum".into(), json!(i64::MAX));
+                    }
+                    // schemars' unsigned formats (Tideway's own CRDs): the
+                    // Rust type's range.
+                    Some("uint8") => {
+                        out.insert("minimum".into(), json!(0));
+                        out.insert("maximum".into(), json!(u8::MAX));
+                    }
+                    Some("uint16") => {
+                        out.insert("minimum".into(), json!(0));
+                        out.insert("maximum".into(), json!(u16::MAX));
+                    }
+                    Some("uint32") => {
+                        out.insert("minimum".into(), json!(0));
+                        out.insert("maximum".into(), json!(u32::MAX));
                     }
                     _ => {}
                 }
