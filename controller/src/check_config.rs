@@ -84,7 +84,7 @@ pub fn check_value(config: &Value, prefix: &str) -> Result<PluginConfig, FieldEr
     if config.is_null() {
         return Ok(PluginConfig::default());
     }
-    PluginConfig::from_value(config.clone()).map_err(|e| load::from_config_error(&e).under(prefix))
+    PluginConfig::from_value(config).map_err(|e| load::from_config_error(&e).under(prefix))
 }
 
 #[cfg(test)]

@@ -64,7 +64,19 @@ pub fn from_config_error(e: &tideway_filter::config::ConfigError) -> FieldError 
             f.path = e.field.clone();
             f
         })
-        .unwrap_or_else(|| FieldError::new(e.field.clone(), e.message.clone(), ""))
+        .unwrap_or_else(|| {
+            // The filter's own rule messages: `<value> (expected <rule>)`
+            // or `<value> (must be <rule>)`.
+            let m = e.message.as_str();
+            for marker in [" (expected ", " (must be "] {
+                if let Some((value, rule)) = m.split_once(marker) {
+                    if let Some(rule) = rule.strip_suffix(')') {
+                        return FieldError::new(e.field.clone(), value, rule);
+                    }
+                }
+            }
+            FieldError::new(e.field.clone(), m, "")
+        })
 }
 
 fn split_serde_message(path: &str, message: &str) -> Option<FieldError> {

@@ -805,7 +805,7 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
     // tracing: the filter's own rules, at their path under spec
     if let Some(t) = &spec.tracing {
         if let Err(e) = t.validate() {
-            errors.push(FieldError::new(e.field, e.value, e.reason).under("spec"));
+            errors.push(crate::load::from_config_error(&e).under("spec"));
         }
     }
 }

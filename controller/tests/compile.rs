@@ -370,6 +370,30 @@ fn karmada_form_overrides_only_local_per_member() {
     assert!(plugins
         .iter()
         .all(|p| p["spec"]["pluginConfig"]["local"] == serde_json::json!({})));
+    // Applying each member's override to the template gives exactly the
+    // WasmPlugin the per-member render gives that member.
+    let per_member = compiled("canary");
+    for o in &overrides {
+        let ns = &o["metadata"]["namespace"];
+        let template = plugins
+            .iter()
+            .find(|p| &p["metadata"]["namespace"] == ns)
+            .expect("template in the override's namespace");
+        for r in o["spec"]["overrideRules"].as_array().expect("rules") {
+            let member = r["targetCluster"]["clusterNames"][0]
+                .as_str()
+                .expect("member");
+            let mut applied = (*template).clone();
+            applied["spec"]["pluginConfig"]["local"] =
+                r["overriders"]["plaintext"][0]["value"].clone();
+            let own = per_member.member(member);
+            let own = own
+                .iter()
+                .find(|p| p["kind"] == "WasmPlugin" && &p["metadata"]["namespace"] == ns)
+                .expect("member plugin");
+            assert_eq!(&applied, own, "{member} in {ns}");
+        }
+    }
 }
 
 // ---- bad policies ---------------------------------------------------------

@@ -9,31 +9,19 @@
 //! move — unlike a ring, where neighbours' keys shift as well.
 //!
 //! The hash must be identical in every Envoy worker, every proxy and every
-//! build, so it is spelled out here (FNV-1a, then a SplitMix64 finaliser for
-//! avalanche) rather than taken from std, whose hashers are randomly keyed.
+//! build: it is [`crate::hash`]'s FNV-1a with a SplitMix64 finaliser.
+//!
+//! This is the one rendezvous chooser: the engine's session affinity and
+//! its failover for an ejected session both go through [`choose`].
+
+use crate::hash::{fnv1a, splitmix64, FNV_OFFSET};
 
 /// A stable 64-bit hash of `key` and a destination name.
 pub fn stable_hash(key: &[u8], destination: &str) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET;
-    for &b in key {
-        h = (h ^ u64::from(b)).wrapping_mul(PRIME);
-    }
     // A separator that cannot occur in a destination name keeps
     // ("ab","c") and ("a","bc") apart.
-    h = (h ^ 0xff).wrapping_mul(PRIME);
-    for &b in destination.as_bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(PRIME);
-    }
-    splitmix64(h)
-}
-
-/// SplitMix64's output function: a bijective mixer with full avalanche.
-pub fn splitmix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    let h = fnv1a(fnv1a(FNV_OFFSET, key), &[0xff]);
+    splitmix64(fnv1a(h, destination.as_bytes()))
 }
 
 /// The rendezvous score of a destination with weight `weight` for `key`.
@@ -48,7 +36,9 @@ pub fn rendezvous_score(key: &[u8], destination: &str, weight: f64) -> f64 {
 }
 
 /// Pick the destination for `key` among `(name, weight)` candidates; `None`
-/// when every weight is zero.
+/// when every weight is zero. A candidate given weight 0 (an ejected one,
+/// say) never wins, and the others keep their relative order: the
+/// next-highest for the same key takes its keys, the same in every worker.
 pub fn choose<'a, I>(key: &[u8], candidates: I) -> Option<usize>
 where
     I: IntoIterator<Item = (&'a str, f64)>,

@@ -17,10 +17,10 @@
 //! alias.
 //!
 //! The table is built once per configuration (and again when the proxy's
-//! namespace becomes known); a request costs one hash lookup of its host,
-//! lowercased on the stack, and nothing is allocated.
-
-use std::collections::HashMap;
+//! namespace becomes known); a request costs one binary search of its host,
+//! lowercased on the stack, and nothing is allocated. (A sorted table rather
+//! than a `HashMap`: as fast for a few dozen names, and the hasher would
+//! cost the module several KB.)
 
 /// The cluster DNS domain Kubernetes uses unless told otherwise.
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
@@ -32,10 +32,40 @@ const MAX_HOST_LEN: usize = 254;
 /// Host names compiled for lookup.
 #[derive(Debug, Clone, Default)]
 pub struct HostTable {
-    /// Every name a request may carry, lowercase, without port.
-    names: HashMap<Box<[u8]>, usize>,
-    /// `.suffix` of each `*.suffix` pattern, lowercase.
-    suffixes: HashMap<Box<[u8]>, usize>,
+    /// Every name a request may carry, lowercase, without port; sorted.
+    names: Names,
+    /// `.suffix` of each `*.suffix` pattern, lowercase; sorted.
+    suffixes: Names,
+}
+
+/// Names → service, sorted by name, one entry per name.
+#[derive(Debug, Clone, Default)]
+struct Names(Vec<(Box<[u8]>, usize)>);
+
+impl Names {
+    /// Add `name` unless it is there already (the first service given a
+    /// name keeps it). Insertion into the sorted table: a few dozen names
+    /// once per configuration, and no sort routine in the module.
+    fn insert(&mut self, name: &str, service: usize) {
+        if let Err(at) = self.position(name.as_bytes()) {
+            self.0.insert(at, (name.as_bytes().into(), service));
+        }
+    }
+
+    fn position(&self, name: &[u8]) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_ref().cmp(name))
+    }
+
+    fn get(&self, name: &[u8]) -> Option<usize> {
+        self.position(name)
+            .ok()
+            .and_then(|i| self.0.get(i))
+            .map(|(_, s)| *s)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Where this proxy is, for the names Istio serves only to the service's
@@ -62,19 +92,15 @@ impl HostTable {
             for host in hosts {
                 let host = host.to_ascii_lowercase();
                 match host.strip_prefix('*') {
-                    Some(suffix) => {
-                        table.suffixes.entry(key(suffix)).or_insert(service);
-                    }
-                    None => {
-                        table.names.entry(key(&host)).or_insert(service);
-                    }
+                    Some(suffix) => table.suffixes.insert(suffix, service),
+                    None => table.names.insert(&host, service),
                 }
             }
         }
         for (service, hosts) in services {
             for host in hosts.iter().filter(|h| !h.starts_with('*')) {
                 for alias in aliases(&host.to_ascii_lowercase(), domain) {
-                    table.names.entry(key(&alias)).or_insert(service);
+                    table.names.insert(&alias, service);
                 }
             }
         }
@@ -93,7 +119,7 @@ impl HostTable {
             *out = b.to_ascii_lowercase();
         }
         let lower = &*lower;
-        if let Some(&s) = self.names.get(lower) {
+        if let Some(s) = self.names.get(lower) {
             return Some(s);
         }
         if self.suffixes.is_empty() {
@@ -106,12 +132,7 @@ impl HostTable {
             .skip(1)
             .filter(|(_, &b)| b == b'.')
             .find_map(|(i, _)| lower.get(i..).and_then(|s| self.suffixes.get(s)))
-            .copied()
     }
-}
-
-fn key(s: &str) -> Box<[u8]> {
-    s.as_bytes().into()
 }
 
 /// The other names Istio serves `host` (lowercase, no port) under, for a

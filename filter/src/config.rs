@@ -414,8 +414,9 @@ fn is_dns_label(s: &str) -> bool {
 /// Whether a routing header that arrives with the request is honoured.
 ///
 /// By default it is not: a client outside the mesh must not pick its
-/// destination, so the header (and every `x-tideway-*` header) is removed and
-/// the decision made anew.
+/// destination, so the decision is made anew and overwrites the header, and
+/// every other `x-tideway-*` request header is removed
+/// (`decision::request`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct TrustConfig {
@@ -432,32 +433,28 @@ impl PluginConfig {
     /// mean "no configuration": nothing is governed.
     ///
     /// Istio writes these bytes from the WasmPlugin's YAML, so a line and
-    /// column would point into JSON the user never saw: the bytes are read
-    /// as a JSON value first (only malformed JSON, which Istio never sends,
-    /// is reported by position), then typed by [`PluginConfig::from_value`],
-    /// whose errors name the field path.
+    /// column would point into JSON the user never saw: a typing error
+    /// names the full field path (`services[0].destinations[1].weigths`,
+    /// `scheduler.decayMs`) and the value instead. Only malformed JSON,
+    /// which Istio never sends, is reported by position.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         let trimmed = bytes.iter().all(|b| b.is_ascii_whitespace());
         if trimmed {
             return Ok(Self::default());
         }
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| ConfigError::new(ROOT, format!("not valid JSON: {e}")))?;
-        Self::from_value(value)
+        let config: PluginConfig =
+            serde_json::from_slice(bytes).map_err(|e| typing_error(bytes, e))?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Type and validate a configuration already parsed into a JSON value
-    /// (from JSON, or from YAML by the CLI). Every error names the full
-    /// field path (`services[0].destinations[1].weigths`,
-    /// `scheduler.decayMs`) and the value.
-    pub fn from_value(value: serde_json::Value) -> Result<Self, ConfigError> {
-        let config: PluginConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            let message = e.into_inner().to_string();
-            ConfigError::new(field_path(&path, &message), message)
-        })?;
-        config.validate()?;
-        Ok(config)
+    /// (from YAML, by the CLI), with the same error paths as
+    /// [`PluginConfig::from_json`].
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, ConfigError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| ConfigError::new(ROOT, format!("not representable as JSON: {e}")))?;
+        Self::from_json(&bytes)
     }
 
     /// Check every value the types cannot: ranges, names, references.
@@ -473,9 +470,7 @@ impl PluginConfig {
         }
         self.scheduler.validate()?;
         self.local.validate()?;
-        self.tracing
-            .validate()
-            .map_err(|e| ConfigError::new(e.field, format!("{} ({})", e.value, e.reason)))?;
+        self.tracing.validate()?;
         for principal in &self.trust.principals {
             if principal.is_empty() {
                 return Err(ConfigError::new("trust.principals", "empty principal"));
@@ -674,23 +669,135 @@ impl ServiceConfig {
     }
 }
 
+/// A serde error as a [`ConfigError`]. Malformed JSON keeps its position:
+/// there is no field to name. A typing error gets the field path of the
+/// position serde_json reports instead (the position itself is dropped).
+///
+/// Hand-written rather than `serde_path_to_error`: that crate wraps every
+/// visitor generically and grew the filter module by 44 KB, past its
+/// 300 KB budget; locating the path from the error's position is a small
+/// scan done only when the configuration is rejected.
+fn typing_error(json: &[u8], e: serde_json::Error) -> ConfigError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            ConfigError::new(ROOT, format!("not valid JSON: {e}"))
+        }
+        Category::Data => {
+            let text = e.to_string();
+            let position = format!(" at line {} column {}", e.line(), e.column());
+            let message = text.strip_suffix(&position).unwrap_or(&text);
+            let path = path_at(json, byte_offset(json, e.line(), e.column()));
+            ConfigError::new(field_path(&path, message), message)
+        }
+    }
+}
+
+/// The byte offset of serde_json's 1-based `line` and `column` (a column
+/// counts bytes).
+fn byte_offset(json: &[u8], line: usize, column: usize) -> usize {
+    let line_start = if line <= 1 {
+        0
+    } else {
+        json.iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .nth(line - 2)
+            .map_or(json.len(), |(i, _)| i + 1)
+    };
+    (line_start + column).min(json.len())
+}
+
+/// One level of the path while scanning JSON text.
+enum Level<'a> {
+    /// In an object: the key of the member being read, once read.
+    Object(Option<&'a [u8]>),
+    /// In an array: the index of the element being read.
+    Array(usize),
+}
+
+/// The path (`services[0].destinations[1].weigths`; empty at the top) of
+/// what `json` holds just before byte `offset`: the members and elements
+/// entered and not yet left, down to the last key read.
+fn path_at(json: &[u8], offset: usize) -> String {
+    let mut levels: Vec<Level<'_>> = Vec::new();
+    let mut i = 0;
+    let end = offset.min(json.len());
+    while i < end {
+        match json.get(i) {
+            Some(b'{') => levels.push(Level::Object(None)),
+            Some(b'[') => levels.push(Level::Array(0)),
+            Some(b'}') | Some(b']') => {
+                levels.pop();
+            }
+            Some(b',') => match levels.last_mut() {
+                Some(Level::Array(index)) => *index += 1,
+                Some(Level::Object(key)) => *key = None,
+                None => {}
+            },
+            Some(b'"') => {
+                let (text, next) = json_string(json, i + 1);
+                if let Some(Level::Object(key @ None)) = levels.last_mut() {
+                    *key = Some(text);
+                }
+                i = next;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let mut path = String::new();
+    for level in &levels {
+        match level {
+            Level::Object(Some(key)) => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(core::str::from_utf8(key).unwrap_or("?"));
+            }
+            Level::Object(None) => {}
+            Level::Array(index) => {
+                path.push('[');
+                path.push_str(&index.to_string());
+                path.push(']');
+            }
+        }
+    }
+    path
+}
+
+/// The string starting after its opening quote at `start`: its text
+/// (escapes kept as written; keys in this schema have none) and the index
+/// after its closing quote.
+fn json_string(json: &[u8], start: usize) -> (&[u8], usize) {
+    let mut i = start;
+    while let Some(&b) = json.get(i) {
+        match b {
+            b'\\' => i += 2,
+            b'"' => return (json.get(start..i).unwrap_or_default(), i + 1),
+            _ => i += 1,
+        }
+    }
+    (&[], json.len())
+}
+
 /// The field name of an error about the configuration as a whole.
 pub const ROOT: &str = "(top level)";
 
-/// The full path of a typing error: `path` as serde_path_to_error renders it
-/// (`.` for the root), completed with the field an unknown-field or
-/// missing-field message names when the path stops at its parent.
+/// The full path of a typing error: the `path` the error was found at,
+/// completed with the field an unknown-field or missing-field message
+/// names when the path stops at its parent.
 fn field_path(path: &str, message: &str) -> String {
     let named = ["unknown field `", "missing field `"]
         .iter()
         .find_map(|p| message.strip_prefix(p))
         .and_then(|rest| rest.split('`').next());
-    let parent = if path == "." { "" } else { path };
     match named {
-        Some(field) if parent.is_empty() => field.to_string(),
-        Some(field) if parent.rsplit('.').next() != Some(field) => format!("{parent}.{field}"),
-        _ if parent.is_empty() => ROOT.to_string(),
-        _ => parent.to_string(),
+        Some(field) if path.is_empty() => field.to_string(),
+        Some(field) if path.rsplit('.').next() != Some(field) => format!("{path}.{field}"),
+        _ if path.is_empty() => ROOT.to_string(),
+        _ => path.to_string(),
     }
 }
 
@@ -847,7 +954,25 @@ mod tests {
                 !text.contains("line") && !text.contains("column"),
                 "{json}: {text}"
             );
+            // The same document laid out over many lines, and handed over
+            // as a value (the CLI's YAML route): the same error.
+            let parsed: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+            let pretty = serde_json::to_string_pretty(&parsed).expect("pretty");
+            assert_eq!(
+                PluginConfig::from_json(pretty.as_bytes()).err(),
+                Some(err.clone())
+            );
+            assert_eq!(PluginConfig::from_value(&parsed).err(), Some(err));
         }
+    }
+
+    #[test]
+    fn the_path_survives_strings_that_look_like_json() {
+        let json = r#"{"services":[{"name":"a{,[\"]","hosts":["x,y]"],
+            "destinations":[{"name":"p"},{"name":"q","cluster":"}{,"},{"name":"r","cost":"free"}]}]}"#;
+        let err = PluginConfig::from_json(json.as_bytes()).unwrap_err();
+        assert_eq!(err.field, "services[0].destinations[2].cost", "{err}");
+        assert!(err.message.contains("free"), "{err}");
     }
 
     #[test]

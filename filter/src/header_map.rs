@@ -67,6 +67,7 @@ impl<'a> HeaderMap<'a> {
     }
 
     /// Every value of `name`, in order, into `out` (cleared first).
+    #[cfg(test)]
     pub fn get_all(&self, name: &str, out: &mut Vec<&'a [u8]>) {
         out.clear();
         out.extend(
@@ -114,7 +115,9 @@ fn read_u32(buf: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(bytes))
 }
 
-/// Serialise pairs in the same format (tests and hosts use it).
+/// Serialise pairs in the same format (the core's tests build requests
+/// with it).
+#[cfg(test)]
 pub fn serialize<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
     let pairs: Vec<_> = pairs.into_iter().collect();
     let mut out = Vec::new();

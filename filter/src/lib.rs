@@ -2,12 +2,14 @@
 //!
 //! The crate has two layers, as Kuadrant's wasm-shim does:
 //! - a host-independent core (every module but `proxy`): configuration,
-//!   scoring, affinity, health, failover and trace context. It is plain Rust,
-//!   unit-tested natively, and reused by the controller so that what the
-//!   controller renders is exactly what the filter parses;
-//! - `proxy`: the thin proxy-wasm layer, compiled only for `wasm32`, that reads
-//!   headers and properties from Envoy, asks the core for a decision and
-//!   writes the result back.
+//!   scoring, affinity, health, failover and trace context, and the policy
+//!   that ties them together (`decision`: which inbound headers are trusted,
+//!   where the session key comes from, what counts as a failure). It is
+//!   plain Rust, unit-tested natively, and reused by the controller so that
+//!   what the controller renders is exactly what the filter parses;
+//! - `proxy`: the thin proxy-wasm layer, compiled only for `wasm32`, that
+//!   converts between Envoy and the core: it hands the core the request
+//!   headers and what it asks for, and writes back what the core decided.
 
 pub mod affinity;
 pub mod authority;
@@ -15,6 +17,7 @@ pub mod config;
 pub mod decision;
 pub mod ewma;
 pub mod failover;
+pub mod hash;
 pub mod header_map;
 pub mod health;
 pub mod metrics;

@@ -38,10 +38,7 @@ pub const SPANS_DROPPED: &str = "tideway.spans.dropped";
 
 /// FNV-1a of the config bytes, folded to 32 bits for a gauge.
 pub fn config_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = crate::hash::fnv1a(crate::hash::FNV_OFFSET, bytes);
     (h ^ (h >> 32)) & 0xffff_ffff
 }
 

@@ -1,5 +1,11 @@
 //! The proxy-wasm layer: speaks ABI 0.2.1 to Envoy and nothing else.
 //!
+//! It converts between the host and the core and decides nothing: a request's
+//! headers go to `Engine::route` (with what it asks for: the clock, the
+//! peer's identity, header writes, entropy), what the response shows goes to
+//! `Engine::complete`, and what the core reports back (an ejection, a span,
+//! a replaced shared record) becomes counters and log lines.
+//!
 //! Host calls are what a request pays for here, not the scoring: measured
 //! with callgrind on Envoy 1.40 (`cargo xtask bench -- --only instructions`),
 //! a plain host call costs about 2k instructions and any call that returns
@@ -20,14 +26,16 @@
 //! The SDK's convenience getters (`get_http_request_header`) panic on
 //! non-UTF-8 values, so this layer uses the byte-level hostcalls instead.
 
-use crate::config::{AffinitySource, PluginConfig};
-use crate::decision::{Decision, Engine, LocalIdentity, Outcome, Reason};
-use crate::header_map::{self, HeaderMap};
+use crate::config::PluginConfig;
+use crate::decision::{
+    Completion, Engine, HostFailure, InFlight, LocalIdentity, Reason, RouteHost, StreamEvent,
+    StreamHost,
+};
+use crate::header_map::HeaderMap;
 use crate::health::HealthEvent;
 use crate::metrics;
-use crate::shared_stats::{CasMismatch, SharedStore};
+use crate::shared_stats::{SharedStore, StoreError};
 use crate::trace;
-use crate::trace::otlp::SpanRecord;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
@@ -140,15 +148,13 @@ fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
 
-/// Metric ids, defined once per configuration, and the per-request counts
-/// not yet added to Envoy's counters (flushed on the tick: one host call per
-/// counter that moved, instead of one per request).
+/// Metric ids, defined once per configuration, and the counts not yet added
+/// to Envoy's counters (flushed on the tick: one host call per counter that
+/// moved, instead of one per request).
 #[derive(Default)]
 struct Metrics {
     /// [service][destination, then one slot for `none`][reason]
     requests: Vec<Vec<[u32; 6]>>,
-    /// Same shape as `requests`: decisions counted since the last flush.
-    pending: Vec<Vec<[u32; 6]>>,
     ejections: Vec<Vec<u32>>,
     generation: u32,
     hash: u32,
@@ -171,9 +177,9 @@ fn define(kind: MetricType, name: &str) -> u32 {
     }
 }
 
-fn increment(id: u32) {
-    if id != u32::MAX {
-        let _ = hostcalls::increment_metric(id, 1);
+fn add(id: u32, n: i64) {
+    if id != u32::MAX && n != 0 {
+        let _ = hostcalls::increment_metric(id, n);
     }
 }
 
@@ -205,11 +211,6 @@ impl Metrics {
                     .collect()
             })
             .collect();
-        self.pending = self
-            .requests
-            .iter()
-            .map(|per_dest| vec![[0; 6]; per_dest.len()])
-            .collect();
         self.ejections = engine
             .services
             .iter()
@@ -222,28 +223,19 @@ impl Metrics {
             .collect();
     }
 
-    fn count_decision(&mut self, d: &Decision) {
-        let Some(per_dest) = self.pending.get_mut(d.service) else {
-            return;
-        };
-        let slot = d.destination.unwrap_or(per_dest.len().saturating_sub(1));
-        if let Some(counts) = per_dest.get_mut(slot) {
-            counts[d.reason.index()] = counts[d.reason.index()].saturating_add(1);
-        }
-    }
-
-    /// Add the counts gathered since the last flush to Envoy's counters.
-    fn flush(&mut self) {
-        for (ids, pending) in self.requests.iter().zip(self.pending.iter_mut()) {
-            for (ids, counts) in ids.iter().zip(pending.iter_mut()) {
-                for (id, count) in ids.iter().zip(counts.iter_mut()) {
-                    if *count > 0 && *id != u32::MAX {
-                        let _ = hostcalls::increment_metric(*id, i64::from(*count));
-                    }
-                    *count = 0;
-                }
+    /// Add the engine's decision counts since the last flush to Envoy's
+    /// counters.
+    fn flush(&self, engine: &mut Engine) {
+        engine.drain_decision_counts(|service, slot, reason, count| {
+            if let Some(id) = self
+                .requests
+                .get(service)
+                .and_then(|s| s.get(slot))
+                .map(|ids| ids[reason.index()])
+            {
+                add(id, i64::from(count));
             }
-        }
+        });
     }
 }
 
@@ -251,15 +243,11 @@ impl Metrics {
 /// VM is single-threaded, so `Rc<RefCell>` is enough).
 struct Worker {
     engine: Option<Engine>,
-    /// Bumped on every accepted configuration; HTTP contexts started under
-    /// an older one do not report into the new engine.
-    generation: u64,
     metrics: Metrics,
     entropy: EntropyPool,
     /// This proxy's cluster or locality still has to be read from Envoy's
     /// node properties (possible only in a stream context).
     identity_pending: bool,
-    spans: Vec<SpanRecord>,
     /// Re-admission probes awaiting their answer.
     probes: Vec<PendingProbe>,
 }
@@ -267,7 +255,7 @@ struct Worker {
 /// A probe sent with `dispatch_http_call`, by its token.
 struct PendingProbe {
     token: u32,
-    generation: u64,
+    epoch: u64,
     service: usize,
     destination: usize,
 }
@@ -281,11 +269,9 @@ impl Root {
         Self {
             worker: Rc::new(RefCell::new(Worker {
                 engine: None,
-                generation: 0,
                 metrics: Metrics::default(),
                 entropy: EntropyPool::new(),
                 identity_pending: false,
-                spans: Vec::new(),
                 probes: Vec::new(),
             })),
         }
@@ -397,7 +383,7 @@ impl RootContext for Root {
             Ok(config) => config,
             Err(e) => {
                 log(LogLevel::Error, &format!("tideway: {e}"));
-                increment(self.worker.borrow().metrics.rejected);
+                add(self.worker.borrow().metrics.rejected, 1);
                 // Envoy rejects the update; the previous engine (if any)
                 // keeps serving.
                 return false;
@@ -412,17 +398,17 @@ impl RootContext for Root {
         let mut seed = [0u8; 8];
         host_random(&mut seed);
         let mut worker = self.worker.borrow_mut();
+        // What was gathered under the old configuration goes to its
+        // counters and its collector.
+        flush(&mut worker);
         let engine = Engine::new(
             config,
             local,
             u64::from_le_bytes(seed),
             worker.engine.as_ref(),
         );
-        // Counts gathered under the old configuration go to its counters.
-        worker.metrics.flush();
         worker.metrics.define_for(&engine);
-        worker.generation += 1;
-        let _ = hostcalls::record_metric(worker.metrics.generation, worker.generation);
+        let _ = hostcalls::record_metric(worker.metrics.generation, engine.epoch());
         let _ = hostcalls::record_metric(worker.metrics.hash, metrics::config_hash(&bytes));
         log(
             LogLevel::Info,
@@ -452,14 +438,13 @@ impl RootContext for Root {
             }
         }
         send_probes(&mut worker, now);
-        worker.metrics.flush();
-        flush_spans(&mut worker);
+        flush(&mut worker);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Request {
             worker: Rc::clone(&self.worker),
-            routed: None,
+            flight: None,
         }))
     }
 
@@ -468,20 +453,23 @@ impl RootContext for Root {
     }
 }
 
-/// Export finished spans as OTLP/HTTP JSON, `batchSize` spans a request.
-fn flush_spans(worker: &mut Worker) {
-    if worker.spans.is_empty() {
-        return;
+/// Hand Envoy what the engine gathered: decision counts, finished spans.
+fn flush(worker: &mut Worker) {
+    let Worker {
+        engine, metrics, ..
+    } = worker;
+    if let Some(engine) = engine.as_mut() {
+        metrics.flush(engine);
+        export_spans(engine, metrics);
     }
-    let Some(collector) = worker
-        .engine
-        .as_ref()
-        .and_then(|e| e.config.tracing.collector.clone())
-    else {
-        worker.spans.clear();
+}
+
+/// Export finished spans as OTLP/HTTP JSON, `batchSize` spans a request.
+fn export_spans(engine: &mut Engine, metrics: &Metrics) {
+    let spans = engine.take_spans();
+    let Some(collector) = engine.config.tracing.collector.as_ref() else {
         return;
     };
-    let spans = std::mem::take(&mut worker.spans);
     let mut body = String::new();
     for batch in spans.chunks(collector.batch_size.max(1) as usize) {
         body.clear();
@@ -503,11 +491,9 @@ fn flush_spans(worker: &mut Worker) {
         );
         let n = batch.len() as i64;
         match sent {
-            Ok(_) => {
-                let _ = hostcalls::increment_metric(worker.metrics.spans_exported, n);
-            }
+            Ok(_) => add(metrics.spans_exported, n),
             Err(status) => {
-                let _ = hostcalls::increment_metric(worker.metrics.spans_dropped, n);
+                add(metrics.spans_dropped, n);
                 log(
                     LogLevel::Warn,
                     &format!(
@@ -522,12 +508,7 @@ fn flush_spans(worker: &mut Worker) {
 
 /// Send the re-admission probes that are due (see `Engine::probes_due`).
 fn send_probes(worker: &mut Worker, now: u64) {
-    let Worker {
-        engine,
-        probes,
-        generation,
-        ..
-    } = worker;
+    let Worker { engine, probes, .. } = worker;
     let Some(engine) = engine.as_mut() else {
         return;
     };
@@ -558,7 +539,7 @@ fn send_probes(worker: &mut Worker, now: u64) {
         match sent {
             Ok(token) => probes.push(PendingProbe {
                 token,
-                generation: *generation,
+                epoch: engine.epoch(),
                 service,
                 destination,
             }),
@@ -576,13 +557,10 @@ fn send_probes(worker: &mut Worker, now: u64) {
 
 /// A probe's answer: re-admit, or eject again and tell the other workers.
 fn probe_answered(worker: &mut Worker, probe: &PendingProbe, status: &[u8]) {
-    if probe.generation != worker.generation {
-        return;
-    }
     let Worker {
         engine, metrics, ..
     } = worker;
-    let Some(engine) = engine.as_mut() else {
+    let Some(engine) = engine.as_mut().filter(|e| e.epoch() == probe.epoch) else {
         return;
     };
     let now = now_ns();
@@ -608,38 +586,20 @@ fn probe_answered(worker: &mut Worker, probe: &PendingProbe, status: &[u8]) {
     }
 }
 
-/// Record a response's outcome here and share it with the other workers
-/// (`Engine::share_outcome`: a failure at once, a success only to end a
-/// failure streak); an ejection, by this worker's streak or the shared one,
-/// is counted and logged.
-fn record_outcome(
-    engine: &mut Engine,
-    metrics: &Metrics,
-    service: usize,
-    destination: usize,
-    outcome: Outcome,
-    latency_ns: u64,
-    now: u64,
-) {
-    let local = engine.observe(service, destination, outcome, latency_ns, now);
-    let (shared, bad) = engine.share_outcome(
-        &mut HostSharedData,
-        service,
-        destination,
-        outcome.is_success(),
-        now,
-    );
-    if let Some((key, error)) = bad {
+/// Act on what completing a request step reported.
+fn report(engine: &Engine, metrics: &Metrics, done: &Completion, now: u64) {
+    if let Some(e) = done.ejection {
+        report_ejection(engine, metrics, e.service, e.destination, e.until_ns, now);
+    }
+    if let Some((key, error)) = &done.bad_record {
         log(
             LogLevel::Warn,
             &format!("tideway: replaced shared record {key}: {error}"),
         );
     }
-    let until_ns = match (local, shared) {
-        (HealthEvent::Ejected { until_ns }, _) | (_, HealthEvent::Ejected { until_ns }) => until_ns,
-        _ => return,
-    };
-    report_ejection(engine, metrics, service, destination, until_ns, now);
+    if done.span_dropped {
+        add(metrics.spans_dropped, 1);
+    }
 }
 
 /// Count and log an ejection.
@@ -656,7 +616,7 @@ fn report_ejection(
         .get(service)
         .and_then(|e| e.get(destination))
     {
-        increment(*id);
+        add(*id, 1);
     }
     let svc = &engine.services[service];
     log(
@@ -674,50 +634,121 @@ fn report_ejection(
 struct HostSharedData;
 
 impl SharedStore for HostSharedData {
-    fn get(&mut self, key: &str) -> Option<(Vec<u8>, u32)> {
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         match hostcalls::get_shared_data(key) {
-            Ok((Some(value), Some(cas))) => Some((value, cas)),
-            _ => None,
+            Ok((Some(value), Some(cas))) => Ok(Some((value, cas))),
+            Ok(_) => Ok(None),
+            Err(_) => Err(StoreError::Unavailable),
         }
     }
 
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
         match hostcalls::set_shared_data(key, Some(value), cas) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(CasMismatch),
+            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
             Err(status) => {
                 log(
                     LogLevel::Warn,
                     &format!("tideway: shared data write {key} failed: {status:?}"),
                 );
-                Ok(())
+                Err(StoreError::Unavailable)
             }
         }
     }
 }
 
-/// What a routed request remembers until it ends.
-struct Routed {
-    generation: u64,
-    decision: Decision,
-    started_ns: u64,
-    responded: bool,
-    span: Option<SpanRecord>,
-    status: Option<u16>,
+/// What the core asks of the host while routing a request.
+struct RouteCalls<'w> {
+    entropy: &'w mut EntropyPool,
+}
+
+impl RouteHost for RouteCalls<'_> {
+    fn now_ns(&mut self) -> Result<u64, HostFailure> {
+        Ok(now_ns())
+    }
+
+    fn peer_principal(&mut self) -> Option<Vec<u8>> {
+        hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"])
+            .ok()
+            .flatten()
+    }
+
+    fn set_request_header(
+        &mut self,
+        name: &str,
+        value: Option<&[u8]>,
+        present: bool,
+    ) -> Result<(), HostFailure> {
+        match (value, present) {
+            (Some(value), false) => add_request_header(name, value),
+            (value, true) => {
+                hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value)
+            }
+            (None, false) => Ok(()),
+        }
+        .map_err(|_| HostFailure)
+    }
+
+    fn trace_rng(&mut self) -> &mut dyn trace::TraceRng {
+        self.entropy
+    }
+}
+
+/// What the core asks of the host while completing a request.
+struct StreamCalls {
+    shared: HostSharedData,
+    now: Option<u64>,
+}
+
+impl StreamCalls {
+    fn new() -> Self {
+        Self {
+            shared: HostSharedData,
+            now: None,
+        }
+    }
+}
+
+impl StreamHost for StreamCalls {
+    fn now_ns(&mut self) -> Result<u64, HostFailure> {
+        Ok(*self.now.get_or_insert_with(now_ns))
+    }
+
+    fn response_header(&mut self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
+        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).map_err(|_| HostFailure)
+    }
+
+    fn shared_store(&mut self) -> &mut dyn SharedStore {
+        &mut self.shared
+    }
 }
 
 struct Request {
     worker: Rc<RefCell<Worker>>,
-    routed: Option<Routed>,
+    flight: Option<InFlight>,
+}
+
+impl Request {
+    /// Hand one stream event to the core and act on its report.
+    fn complete(&mut self, event: StreamEvent) -> Option<Completion> {
+        let flight = self.flight.as_mut()?;
+        let mut worker = self.worker.borrow_mut();
+        let Worker {
+            engine, metrics, ..
+        } = &mut *worker;
+        let engine = engine.as_mut()?;
+        let mut calls = StreamCalls::new();
+        let done = engine.complete(flight, event, &mut calls);
+        report(engine, metrics, &done, calls.now.unwrap_or(0));
+        Some(done)
+    }
 }
 
 impl Context for Request {}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let worker_rc = Rc::clone(&self.worker);
-        let mut worker = worker_rc.borrow_mut();
-        let generation = worker.generation;
+        let mut worker = self.worker.borrow_mut();
         let Worker {
             engine,
             metrics,
@@ -725,12 +756,9 @@ impl HttpContext for Request {
             entropy,
             ..
         } = &mut *worker;
-        let Some(engine) = engine.as_mut() else {
+        let Some(engine) = engine.as_mut().filter(|e| !e.services.is_empty()) else {
             return Action::Continue;
         };
-        if engine.services.is_empty() {
-            return Action::Continue;
-        }
         if *identity_pending {
             let local = Root::local_identity(&engine.config);
             log(
@@ -744,191 +772,31 @@ impl HttpContext for Request {
             *identity_pending = false;
         }
         let Some(buffer) = request_header_buffer() else {
-            increment(metrics.decision_errors);
+            add(metrics.decision_errors, 1);
             return Action::Continue;
         };
         let headers = HeaderMap::parse(&buffer);
-        let Some(service) = headers
-            .get(":authority")
-            .and_then(|a| engine.service_for(a))
-        else {
-            return Action::Continue;
-        };
-        let now = now_ns();
-        let decision = decide(engine, service, &headers, now);
-        if let Some(d) = decision.destination {
-            engine.begin(service, d);
-        }
-        metrics.count_decision(&decision);
-
-        let svc = &engine.services[service];
-        let target = decision
-            .destination
-            .map(|d| svc.destinations[d].cluster.as_str());
-        let write = RequestHeaderWriter { received: &headers };
-        write.set(
-            &svc.routing_header,
-            decision
-                .destination
-                .map(|d| svc.destinations[d].name.as_bytes()),
-        );
-        if engine.config.hop_headers {
-            write.set("x-cluster-source", Some(engine.local.cluster.as_bytes()));
-            write.set("x-cluster-target", target.map(str::as_bytes));
-            write.set("x-service-name", Some(svc.name.as_bytes()));
-        }
-
-        let hop = trace::HopInfo {
-            source_cluster: &engine.local.cluster,
-            target_cluster: target.unwrap_or(""),
-        };
-        let span = apply_trace(
-            &engine.config.tracing,
-            &headers,
-            &hop,
-            &svc.name,
-            now,
-            &write,
-            entropy,
-        );
-        self.routed = Some(Routed {
-            generation,
-            decision,
-            started_ns: now,
-            responded: false,
-            span,
-            status: None,
-        });
+        self.flight = engine.route(&headers, &mut RouteCalls { entropy });
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(routed) = self.routed.as_mut() else {
-            return Action::Continue;
-        };
-        routed.responded = true;
-        let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| {
-                std::str::from_utf8(&s)
-                    .ok()
-                    .and_then(|s| s.parse::<u32>().ok())
-            })
-            .unwrap_or(0);
-        routed.status = u16::try_from(status).ok().filter(|s| *s > 0);
-        let now = now_ns();
-        let mut worker = self.worker.borrow_mut();
-        if worker.generation != routed.generation {
-            return Action::Continue;
-        }
-        let Worker {
-            engine, metrics, ..
-        } = &mut *worker;
-        let Some(engine) = engine.as_mut() else {
-            return Action::Continue;
-        };
-        let decision = routed.decision;
-        if let Some(d) = decision.destination {
-            let outcome = if status == 0 {
-                Outcome::Reset
-            } else {
-                Outcome::Status(status)
-            };
-            let latency = now.saturating_sub(routed.started_ns);
-            record_outcome(engine, metrics, decision.service, d, outcome, latency, now);
-        }
-        if engine.config.decision_header {
-            let explanation = engine.explain(&decision);
+        if let Some(header) = self
+            .complete(StreamEvent::ResponseHeaders)
+            .and_then(|done| done.decision_header)
+        {
             let _ = hostcalls::add_map_value(
                 MapType::HttpResponseHeaders,
                 "x-tideway-decision",
-                &explanation,
+                &header,
             );
         }
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        let Some(routed) = self.routed.take() else {
-            return;
-        };
-        // The clock is read again only if something here needs it: a span
-        // to finish, or a request that ended without a response.
-        let now = if routed.span.is_some()
-            || (!routed.responded && routed.decision.destination.is_some())
-        {
-            now_ns()
-        } else {
-            0
-        };
-        let mut worker = self.worker.borrow_mut();
-        if worker.generation != routed.generation {
-            return;
-        }
-        let Worker {
-            engine,
-            spans,
-            metrics,
-            ..
-        } = &mut *worker;
-        let Some(engine) = engine.as_mut() else {
-            return;
-        };
-        let decision = routed.decision;
-        if let Some(d) = decision.destination {
-            if !routed.responded {
-                let latency = now.saturating_sub(routed.started_ns);
-                record_outcome(
-                    engine,
-                    metrics,
-                    decision.service,
-                    d,
-                    Outcome::Reset,
-                    latency,
-                    now,
-                );
-            }
-            engine.end(decision.service, d);
-        }
-        if let Some(mut span) = routed.span {
-            span.finish(now, routed.status);
-            let cap = engine
-                .config
-                .tracing
-                .collector
-                .as_ref()
-                .map_or(0, |c| c.batch_size as usize);
-            // Bound the backlog if the collector is slow or down.
-            if spans.len() < cap.saturating_mul(16) {
-                spans.push(span);
-            } else {
-                increment(metrics.spans_dropped);
-            }
-        }
-    }
-}
-
-/// Writes request headers knowing which ones the request arrived with.
-struct RequestHeaderWriter<'h, 'b> {
-    received: &'h HeaderMap<'b>,
-}
-
-impl RequestHeaderWriter<'_, '_> {
-    /// Set `name` to `value` (`None` removes it). A header the request did
-    /// not carry is added, which spares Envoy the search a replace makes;
-    /// one it did carry is replaced, so a client's copy never survives next
-    /// to ours.
-    fn set(&self, name: &str, value: Option<&[u8]>) {
-        let present = self.received.get(name).is_some();
-        let _ = match (value, present) {
-            (Some(value), false) => add_request_header(name, value),
-            (Some(value), true) => {
-                hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
-            }
-            (None, true) => hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None),
-            (None, false) => Ok(()),
-        };
+        self.complete(StreamEvent::End);
+        self.flight = None;
     }
 }
 
@@ -950,71 +818,4 @@ fn add_request_header(name: &str, value: &[u8]) -> Result<(), Status> {
     } else {
         Err(Status::InternalFailure)
     }
-}
-
-/// Honour a trusted inbound routing header, else decide anew.
-fn decide(engine: &mut Engine, service: usize, headers: &HeaderMap<'_>, now: u64) -> Decision {
-    let svc = &engine.services[service];
-    if let Some(requested) = headers.get(&svc.routing_header) {
-        if let Some(d) = engine.destination_named(service, requested) {
-            if source_is_trusted(&engine.config) {
-                return Decision {
-                    service,
-                    destination: Some(d),
-                    reason: Reason::TrustedHeader,
-                };
-            }
-        }
-    }
-    let key = match &svc.affinity {
-        AffinitySource::None => None,
-        AffinitySource::Header { name } => headers.get(name).filter(|v| !v.is_empty()),
-        AffinitySource::Cookie { name } => headers
-            .iter()
-            .filter(|(n, _)| *n == b"cookie")
-            .find_map(|(_, v)| header_map::cookie(v, name))
-            .filter(|v| !v.is_empty()),
-    };
-    engine.decide(service, key, now)
-}
-
-/// Whether the downstream peer may choose its destination. The peer's
-/// mTLS identity is only read when a routing header actually arrived.
-fn source_is_trusted(config: &PluginConfig) -> bool {
-    if config.trust.all_sources {
-        return true;
-    }
-    if config.trust.principals.is_empty() {
-        return false;
-    }
-    let Ok(Some(san)) = hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"])
-    else {
-        return false;
-    };
-    config
-        .trust
-        .principals
-        .iter()
-        .any(|p| p.as_bytes() == san.as_slice())
-}
-
-/// Apply trace-context propagation; returns the span to record in span mode.
-fn apply_trace(
-    config: &trace::TracingConfig,
-    headers: &HeaderMap<'_>,
-    hop: &trace::HopInfo<'_>,
-    service_name: &str,
-    now: u64,
-    write: &RequestHeaderWriter<'_, '_>,
-    entropy: &mut EntropyPool,
-) -> Option<SpanRecord> {
-    let input = trace::TraceInput::from_headers(headers.iter());
-    let output = trace::propagate(config, &input, hop, entropy);
-    for op in output.ops() {
-        match op {
-            trace::HeaderOp::Set { name, value } => write.set(name, Some(value.as_bytes())),
-            trace::HeaderOp::Remove { name } => write.set(name, None),
-        }
-    }
-    SpanRecord::start(&output.context, hop, "tideway route", service_name, now)
 }

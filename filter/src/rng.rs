@@ -5,7 +5,7 @@
 //! `random_get`). Trace ids are not drawn from here: they take fresh host
 //! randomness, as the W3C spec asks for unpredictable ids.
 
-use crate::affinity::splitmix64;
+use crate::hash::splitmix64;
 
 #[derive(Debug, Clone)]
 pub struct Rng {

@@ -134,15 +134,22 @@ impl SharedStats {
 
 /// The host's shared-data store, as the core needs it.
 pub trait SharedStore {
-    /// The value and its CAS token.
-    fn get(&mut self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// The value and its CAS token; `Ok(None)` when the key is absent.
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
     /// Write if `cas` still matches (`None`: the key must not exist yet is
     /// not expressible in ABI 0.2.1, so `None` writes unconditionally).
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch>;
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
 }
 
+/// Why a shared-data call did not do its work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CasMismatch;
+pub enum StoreError {
+    /// Another worker wrote in between: read again and retry.
+    CasMismatch,
+    /// The host failed the call: this sync is given up (the next tick
+    /// tries again), nothing is assumed written.
+    Unavailable,
+}
 
 #[cfg(test)]
 mod tests {

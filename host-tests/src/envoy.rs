@@ -53,6 +53,10 @@ pub struct EnvoySpec {
     /// A `hash_policy` on the default route hashing this request header
     /// (for `RING_HASH` / `MAGLEV` session affinity).
     pub hash_header: Option<String>,
+    /// The wasm filter's `failure_policy` (`FAIL_OPEN`, `FAIL_CLOSED`,
+    /// `FAIL_RELOAD`, as Istio's `failStrategy` sets it); `None` = Envoy's
+    /// default.
+    pub failure_policy: Option<String>,
     /// A command Envoy runs under (e.g. `valgrind --tool=callgrind …`);
     /// empty = Envoy itself. Start-up may then take minutes.
     pub command_prefix: Vec<String>,
@@ -79,6 +83,7 @@ impl EnvoySpec {
             mesh_default_weights: Vec::new(),
             outlier_detection: None,
             hash_header: None,
+            failure_policy: None,
             command_prefix: Vec::new(),
         }
     }
@@ -120,7 +125,7 @@ impl EnvoySpec {
         routes.push(default_route);
         let mut http_filters = Vec::new();
         if let Some(config) = &self.filter_config {
-            http_filters.push(json!({
+            let mut filter = json!({
                 "name": "envoy.filters.http.wasm",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -138,7 +143,11 @@ impl EnvoySpec {
                         }
                     }
                 }
-            }));
+            });
+            if let Some(policy) = &self.failure_policy {
+                filter["typed_config"]["config"]["failure_policy"] = json!(policy);
+            }
+            http_filters.push(filter);
         }
         http_filters.push(json!({
             "name": "envoy.filters.http.router",

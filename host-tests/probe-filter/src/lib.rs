@@ -18,7 +18,9 @@
 //!   to copy back);
 //! - `read_request_headers`: the whole request header map in one call;
 //! - `add_header` / `replace_header`: one request header written;
-//! - `read_status`: the response's `:status`, in the response callback.
+//! - `read_status`: the response's `:status`, in the response callback;
+//! - `trap`: execute `unreachable` — the VM traps, as a crashing filter's
+//!   would (the fail-strategy tests watch what Envoy does with requests then).
 
 #![cfg(target_arch = "wasm32")]
 
@@ -63,6 +65,7 @@ enum Op {
     AddHeader,
     ReplaceHeader,
     ReadStatus,
+    Trap,
 }
 
 impl Op {
@@ -75,6 +78,7 @@ impl Op {
             "add_header" => Op::AddHeader,
             "replace_header" => Op::ReplaceHeader,
             "read_status" => Op::ReadStatus,
+            "trap" => Op::Trap,
             _ => return None,
         })
     }
@@ -100,6 +104,7 @@ impl Op {
             Op::ReadStatus => {
                 hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").map(drop)
             }
+            Op::Trap => core::arch::wasm32::unreachable(),
         };
     }
 }

@@ -1,0 +1,311 @@
+//! The per-worker engine: the configured services and what this worker has
+//! learned about their destinations.
+//!
+//! Built once per accepted configuration (`Engine::new`), carrying learned
+//! latency and health over for destinations that keep their names, so a
+//! config push does not forget that a destination is down.
+
+use super::probe::ActiveProbe;
+use super::{Decision, Reason};
+use crate::authority::{HostTable, ProxyDomain};
+use crate::config::{AffinitySource, FactorWeights, PluginConfig};
+use crate::ewma::PeakEwma;
+use crate::failover;
+use crate::health::Health;
+use crate::rng::Rng;
+use crate::score::{self, FactorInputs};
+use crate::shared_stats;
+use crate::trace::otlp::SpanRecord;
+
+/// This proxy's identity, resolved from config or Envoy's node properties.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalIdentity {
+    pub cluster: String,
+    pub locality: Option<String>,
+    /// Kubernetes namespace (`node.metadata.NAMESPACE`): which short host
+    /// names are this proxy's to serve (`authority`).
+    pub namespace: Option<String>,
+}
+
+/// Learned and configured state of one destination.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub name: String,
+    pub cluster: String,
+    pub weight: f64,
+    pub cost: f64,
+    pub locality_affinity: f64,
+    pub latency: PeakEwma,
+    pub health: Health,
+    pub in_flight: u32,
+    pub shared_key: String,
+    /// Active re-admission, when the service configures a probe.
+    pub probe: Option<ActiveProbe>,
+}
+
+impl Destination {
+    /// Not to be chosen now: ejected; back on probation and, with active
+    /// probing, no probe has passed yet; or back on probation with its one
+    /// client request still in flight (half-open, as a circuit breaker): a
+    /// destination that is still down then costs at most one failed client
+    /// request per ejection period, and none with active probing.
+    pub fn is_blocked(&self, now_ns: u64) -> bool {
+        self.health.is_ejected(now_ns)
+            || (self.health.probation && (self.in_flight > 0 || self.awaiting_probe()))
+    }
+
+    /// Can take a request now: some weight and not blocked.
+    pub(super) fn is_usable(&self, now_ns: u64) -> bool {
+        self.weight > 0.0 && !self.is_blocked(now_ns)
+    }
+}
+
+/// One governed service.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub routing_header: String,
+    pub affinity: AffinitySource,
+    pub weights: FactorWeights,
+    pub destinations: Vec<Destination>,
+    pub(super) failover: Vec<usize>,
+    pub(super) static_only: bool,
+    // Scratch space reused by every decision: no allocation per request.
+    pub(super) inputs: Vec<FactorInputs>,
+    pub(super) scores: Vec<f64>,
+    pub(super) effective: Vec<f64>,
+    /// Smooth weighted round-robin state (static mode).
+    pub(super) rotation: Vec<f64>,
+    /// Decisions since the last [`Engine::drain_decision_counts`], by
+    /// destination (then one slot for the mesh default) and reason.
+    pub(super) decisions: Vec<[u32; 6]>,
+}
+
+/// The per-worker routing engine.
+#[derive(Debug)]
+pub struct Engine {
+    pub config: PluginConfig,
+    pub local: LocalIdentity,
+    pub services: Vec<Service>,
+    hosts: HostTable,
+    pub(super) rng: Rng,
+    /// Which accepted configuration this is (1, 2, …): a request routed
+    /// under an older one completes without touching this one's state.
+    epoch: u64,
+    /// Finished spans waiting for export (span mode), bounded.
+    pub(super) spans: Vec<SpanRecord>,
+}
+
+impl Engine {
+    /// Build from a validated config. `previous` carries learned latency and
+    /// health over a reconfiguration for destinations that keep their names.
+    pub fn new(
+        config: PluginConfig,
+        local: LocalIdentity,
+        seed: u64,
+        previous: Option<&Engine>,
+    ) -> Self {
+        let decay_ns = config.scheduler.decay_ms as f64 * 1e6;
+        let default_rtt_ns = config.scheduler.default_rtt_ms as f64 * 1e6;
+        let fresh_latency = PeakEwma::new(default_rtt_ns, decay_ns);
+        let services = config
+            .services
+            .iter()
+            .map(|sc| {
+                let weights = sc.weights.unwrap_or(config.scheduler.weights);
+                let destinations: Vec<Destination> = sc
+                    .destinations
+                    .iter()
+                    .map(|dc| {
+                        let learned = previous.and_then(|p| p.find(&sc.name, &dc.name));
+                        Destination {
+                            name: dc.name.clone(),
+                            cluster: dc.cluster().to_string(),
+                            weight: dc.weight,
+                            cost: dc.cost,
+                            locality_affinity: score::locality_affinity(
+                                local.locality.as_deref(),
+                                dc.locality.as_deref(),
+                            ),
+                            latency: learned.map_or(fresh_latency, |d| {
+                                d.latency.retuned(default_rtt_ns, decay_ns)
+                            }),
+                            health: learned.map(|d| d.health).unwrap_or_default(),
+                            in_flight: 0,
+                            shared_key: shared_stats::key(&sc.name, &dc.name),
+                            probe: sc
+                                .probe
+                                .as_ref()
+                                .map(|p| ActiveProbe::new(p.cluster_for(&dc.name))),
+                        }
+                    })
+                    .collect();
+                let n = destinations.len();
+                let mut service = Service {
+                    name: sc.name.clone(),
+                    routing_header: sc.routing_header.clone(),
+                    affinity: sc.affinity.clone(),
+                    failover: Vec::new(),
+                    static_only: weights.latency == 0.0 && weights.load == 0.0,
+                    weights,
+                    destinations,
+                    inputs: Vec::with_capacity(n),
+                    scores: vec![0.0; n],
+                    effective: vec![0.0; n],
+                    rotation: vec![0.0; n],
+                    decisions: vec![[0; 6]; n + 1],
+                };
+                service.failover = failover_order(&service, &sc.failover);
+                service
+            })
+            .collect();
+        let hosts = host_table(&config, &local);
+        Self {
+            config,
+            local,
+            services,
+            hosts,
+            rng: Rng::from_seed(seed),
+            epoch: previous.map_or(1, |p| p.epoch.saturating_add(1)),
+            spans: Vec::new(),
+        }
+    }
+
+    fn find(&self, service: &str, destination: &str) -> Option<&Destination> {
+        self.services
+            .iter()
+            .find(|s| s.name == service)?
+            .destinations
+            .iter()
+            .find(|d| d.name == destination)
+    }
+
+    /// Which accepted configuration this engine serves (1 for the first).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Adopt this proxy's identity once it is known: locality closeness and
+    /// failover order depend on it.
+    pub fn set_local(&mut self, local: LocalIdentity) {
+        for (svc, sc) in self.services.iter_mut().zip(&self.config.services) {
+            for (d, dc) in svc.destinations.iter_mut().zip(&sc.destinations) {
+                d.locality_affinity =
+                    score::locality_affinity(local.locality.as_deref(), dc.locality.as_deref());
+            }
+            svc.failover = failover_order(svc, &sc.failover);
+        }
+        self.hosts = host_table(&self.config, &local);
+        self.local = local;
+    }
+
+    /// The service governing `authority`, if any.
+    pub fn service_for(&self, authority: &[u8]) -> Option<usize> {
+        self.hosts.lookup(authority)
+    }
+
+    /// The destination a routing-header value names.
+    pub fn destination_named(&self, service: usize, name: &[u8]) -> Option<usize> {
+        self.services
+            .get(service)?
+            .destinations
+            .iter()
+            .position(|d| d.name.as_bytes() == name)
+    }
+
+    pub(super) fn dest_mut(
+        &mut self,
+        service: usize,
+        destination: usize,
+    ) -> Option<&mut Destination> {
+        self.services
+            .get_mut(service)?
+            .destinations
+            .get_mut(destination)
+    }
+
+    /// Count a decision for the `tideway.requests.*` counters.
+    pub(super) fn count(&mut self, d: &Decision) {
+        let Some(svc) = self.services.get_mut(d.service) else {
+            return;
+        };
+        let slot = d.destination.unwrap_or(svc.destinations.len());
+        if let Some(counts) = svc.decisions.get_mut(slot) {
+            let c = &mut counts[d.reason.index()];
+            *c = c.saturating_add(1);
+        }
+    }
+
+    /// Hand every decision count gathered since the last call to `f`
+    /// (service, destination slot — `destinations.len()` for the mesh
+    /// default —, reason, count) and reset them. The host adds them to its
+    /// counters on the tick: one host call per counter that moved, not one
+    /// per request.
+    pub fn drain_decision_counts(&mut self, mut f: impl FnMut(usize, usize, Reason, u32)) {
+        for (s, svc) in self.services.iter_mut().enumerate() {
+            for (slot, counts) in svc.decisions.iter_mut().enumerate() {
+                for (reason, count) in Reason::ALL.iter().zip(counts.iter_mut()) {
+                    if *count > 0 {
+                        f(s, slot, *reason, *count);
+                        *count = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The finished spans to export (span mode), oldest first.
+    pub fn take_spans(&mut self) -> Vec<SpanRecord> {
+        std::mem::take(&mut self.spans)
+    }
+
+    /// The scores behind the last score-based decision of `service`, for
+    /// the optional `x-tideway-decision` header.
+    pub fn explain(&self, decision: &Decision) -> String {
+        use std::fmt::Write;
+        let Some(svc) = self.services.get(decision.service) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        let chosen = decision.destination.and_then(|d| svc.destinations.get(d));
+        let _ = write!(
+            out,
+            "service={}; destination={}; reason={}; scores=",
+            svc.name,
+            chosen.map_or("-", |d| d.name.as_str()),
+            decision.reason.as_str()
+        );
+        for (i, (d, s)) in svc.destinations.iter().zip(&svc.scores).enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(out, "{sep}{}:{s:.3}", d.name);
+        }
+        out
+    }
+}
+
+/// The failover order of `svc`'s destinations by their current locality
+/// closeness, after the configured explicit order.
+/// The host table for this proxy's namespace and cluster domain.
+fn host_table(config: &PluginConfig, local: &LocalIdentity) -> HostTable {
+    HostTable::new(
+        config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.hosts.as_slice())),
+        ProxyDomain {
+            namespace: local.namespace.as_deref(),
+            cluster_domain: config.local.cluster_domain(),
+        },
+    )
+}
+
+fn failover_order(svc: &Service, explicit: &[String]) -> Vec<usize> {
+    let names: Vec<&str> = svc.destinations.iter().map(|d| d.name.as_str()).collect();
+    let closeness: Vec<f64> = svc
+        .destinations
+        .iter()
+        .map(|d| d.locality_affinity)
+        .collect();
+    failover::order(&names, &closeness, explicit)
+}

@@ -1,0 +1,446 @@
+//! One request's way through the core: [`Engine::route`] when its headers
+//! arrive, [`Engine::complete`] as its response arrives and its stream ends.
+//!
+//! Why here and not in the host layer: whether an inbound routing header is
+//! honoured, where the session key comes from, which headers are written
+//! and what counts as the destination's failure are the filter's policy.
+//! Kept here they are tested natively, and the host layer only reads and
+//! writes what these calls ask for — through [`RouteHost`] and
+//! [`StreamHost`], which the core calls only when it needs the answer (the
+//! peer's identity only when a routing header arrived, the clock at the end
+//! only when something needs it).
+
+use super::engine::Engine;
+use super::outcome::Outcome;
+use super::sync::BadRecord;
+use super::{Decision, Reason};
+use crate::config::{AffinitySource, PluginConfig};
+use crate::header_map::{self, HeaderMap};
+use crate::health::HealthEvent;
+use crate::shared_stats::SharedStore;
+use crate::trace::{self, otlp::SpanRecord, TraceRng};
+
+/// Request headers of the `x-tideway-` family. From a caller the policy
+/// does not trust they are removed: none of them may steer the request.
+pub const RESERVED_PREFIX: &[u8] = b"x-tideway-";
+
+/// A host call failed. The core then decides nothing for the request (the
+/// mesh's default route serves it) and records nothing about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostFailure;
+
+/// What [`Engine::route`] needs from the host.
+pub trait RouteHost {
+    /// The host's clock, Unix nanoseconds.
+    fn now_ns(&mut self) -> Result<u64, HostFailure>;
+    /// The downstream peer's mTLS identity (its URI SAN); `None` when it
+    /// has none or it cannot be read. Asked only when the request carries a
+    /// routing or `x-tideway-*` header and the policy trusts some
+    /// principals.
+    fn peer_principal(&mut self) -> Option<Vec<u8>>;
+    /// Set request header `name` to `value` (`None` removes it). `present`:
+    /// the request arrived with it (so an add spares the host a lookup, and
+    /// a replace leaves no client copy next to ours).
+    fn set_request_header(
+        &mut self,
+        name: &str,
+        value: Option<&[u8]>,
+        present: bool,
+    ) -> Result<(), HostFailure>;
+    /// Fresh randomness for trace and span ids.
+    fn trace_rng(&mut self) -> &mut dyn TraceRng;
+}
+
+/// What [`Engine::complete`] needs from the host.
+pub trait StreamHost {
+    /// The host's clock, Unix nanoseconds.
+    fn now_ns(&mut self) -> Result<u64, HostFailure>;
+    /// A response header's value (`Ok(None)`: absent).
+    fn response_header(&mut self, name: &str) -> Result<Option<Vec<u8>>, HostFailure>;
+    /// The shared data the workers merge their statistics through.
+    fn shared_store(&mut self) -> &mut dyn SharedStore;
+}
+
+/// What the host saw of a routed request's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// The response headers arrived.
+    ResponseHeaders,
+    /// The stream is over (Envoy's access-log callback).
+    End,
+}
+
+/// A request routed by [`Engine::route`], until its stream ends.
+#[derive(Debug)]
+pub struct InFlight {
+    /// The engine (configuration) that routed it.
+    epoch: u64,
+    pub decision: Decision,
+    started_ns: u64,
+    responded: bool,
+    /// A host call failed on the way: nothing is recorded for it.
+    unrecorded: bool,
+    ended: bool,
+    status: Option<u16>,
+    span: Option<SpanRecord>,
+}
+
+/// An ejection caused by a request's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ejection {
+    pub service: usize,
+    pub destination: usize,
+    pub until_ns: u64,
+}
+
+/// What completing a step of a request did, for the host to act on.
+#[derive(Debug, Default)]
+pub struct Completion {
+    /// The destination was ejected (count it, log it).
+    pub ejection: Option<Ejection>,
+    /// A shared record was not understood and was replaced.
+    pub bad_record: Option<BadRecord>,
+    /// The `x-tideway-decision` response header to add (`decisionHeader`).
+    pub decision_header: Option<String>,
+    /// A finished span was dropped: the export queue is full.
+    pub span_dropped: bool,
+}
+
+impl Engine {
+    /// Route one request from its headers: `None` when no service governs
+    /// its `:authority` (the request passes untouched). Otherwise the
+    /// routing header, hop headers and trace context have been written
+    /// through `host`, and the returned [`InFlight`] goes to
+    /// [`Engine::complete`] as the stream proceeds.
+    pub fn route(&mut self, headers: &HeaderMap<'_>, host: &mut dyn RouteHost) -> Option<InFlight> {
+        let service = self.service_for(headers.get(":authority")?)?;
+        let Ok(now) = host.now_ns() else {
+            // Decide nothing: the mesh routes, and a client's routing header
+            // must not route it instead.
+            let routing_header = self.services[service].routing_header.as_str();
+            if headers.get(routing_header).is_some() {
+                let _ = host.set_request_header(routing_header, None, true);
+            }
+            self.count(&Decision {
+                service,
+                destination: None,
+                reason: Reason::MeshDefault,
+            });
+            return None;
+        };
+        let svc = &self.services[service];
+        // Lazily: the peer's identity costs a host call, and only matters
+        // when the request claims something.
+        let mut trusted: Option<bool> = None;
+        let mut is_trusted = |host: &mut dyn RouteHost, config: &PluginConfig| {
+            *trusted.get_or_insert_with(|| source_is_trusted(config, host))
+        };
+        let requested = headers
+            .get(&svc.routing_header)
+            .and_then(|name| self.destination_named(service, name));
+        let mut decision = match requested {
+            Some(d) if is_trusted(host, &self.config) => Decision {
+                service,
+                destination: Some(d),
+                reason: Reason::TrustedHeader,
+            },
+            _ => {
+                let key = session_key(&svc.affinity, headers);
+                self.decide(service, key, now)
+            }
+        };
+
+        let svc = &self.services[service];
+        let present = |name: &str| headers.get(name).is_some();
+        let written = host.set_request_header(
+            &svc.routing_header,
+            decision
+                .destination
+                .map(|d| svc.destinations[d].name.as_bytes()),
+            present(&svc.routing_header),
+        );
+        if written.is_err() {
+            // Without our header the mesh's default route serves it.
+            decision.destination = None;
+            decision.reason = Reason::MeshDefault;
+        }
+        let target = decision
+            .destination
+            .map(|d| svc.destinations[d].cluster.as_str());
+        strip_untrusted(
+            headers,
+            &svc.routing_header,
+            &self.config,
+            host,
+            &mut is_trusted,
+        );
+        if self.config.hop_headers {
+            for (name, value) in [
+                ("x-cluster-source", Some(self.local.cluster.as_bytes())),
+                ("x-cluster-target", target.map(str::as_bytes)),
+                ("x-service-name", Some(svc.name.as_bytes())),
+            ] {
+                let _ = host.set_request_header(name, value, present(name));
+            }
+        }
+        let hop = trace::HopInfo {
+            source_cluster: &self.local.cluster,
+            target_cluster: target.unwrap_or(""),
+        };
+        let input = trace::TraceInput::from_headers(headers.iter());
+        let output = trace::propagate(&self.config.tracing, &input, &hop, host.trace_rng());
+        for op in output.ops() {
+            let (name, value) = match op {
+                trace::HeaderOp::Set { name, value } => (name, Some(value.as_bytes())),
+                trace::HeaderOp::Remove { name } => (name, None),
+            };
+            let _ = host.set_request_header(name, value, present(name));
+        }
+        let span = SpanRecord::start(&output.context, &hop, "tideway route", &svc.name, now);
+        if let Some(d) = decision.destination {
+            self.begin(service, d);
+        }
+        self.count(&decision);
+        Some(InFlight {
+            epoch: self.epoch(),
+            decision,
+            started_ns: now,
+            responded: false,
+            unrecorded: false,
+            ended: false,
+            status: None,
+            span,
+        })
+    }
+
+    /// Record what the host saw of a routed request: its response headers
+    /// (the outcome and the latency sample), then the end of its stream
+    /// (in-flight accounting, the span; no response at all is an outcome
+    /// too). Each step counts once; a request routed under an earlier
+    /// configuration touches nothing.
+    pub fn complete(
+        &mut self,
+        flight: &mut InFlight,
+        event: StreamEvent,
+        host: &mut dyn StreamHost,
+    ) -> Completion {
+        let mut done = Completion::default();
+        if flight.epoch != self.epoch() {
+            return done;
+        }
+        let decision = flight.decision;
+        match event {
+            StreamEvent::ResponseHeaders => {
+                if flight.responded || flight.ended {
+                    return done;
+                }
+                flight.responded = true;
+                let Ok(status) = host.response_header(":status") else {
+                    // Unread: nothing is known about the destination.
+                    flight.unrecorded = true;
+                    return done;
+                };
+                let status = status.and_then(|s| parse_status(&s));
+                flight.status = status.and_then(|s| u16::try_from(s).ok());
+                if let (Some(d), Ok(now)) = (decision.destination, host.now_ns()) {
+                    let outcome = status.map_or(Outcome::Reset, Outcome::Status);
+                    let latency = now.saturating_sub(flight.started_ns);
+                    self.record(decision.service, d, outcome, latency, now, host, &mut done);
+                }
+                if self.config.decision_header {
+                    done.decision_header = Some(self.explain(&decision));
+                }
+            }
+            StreamEvent::End => {
+                if flight.ended {
+                    return done;
+                }
+                flight.ended = true;
+                // The clock is read again only if something here needs it: a
+                // span to finish, or a request that ended without a response.
+                let unanswered =
+                    !flight.responded && !flight.unrecorded && decision.destination.is_some();
+                let now = if flight.span.is_some() || unanswered {
+                    host.now_ns().ok()
+                } else {
+                    None
+                };
+                if let Some(d) = decision.destination {
+                    if let (true, Some(now)) = (unanswered, now) {
+                        let latency = now.saturating_sub(flight.started_ns);
+                        self.record(
+                            decision.service,
+                            d,
+                            Outcome::Reset,
+                            latency,
+                            now,
+                            host,
+                            &mut done,
+                        );
+                    }
+                    self.end(decision.service, d);
+                }
+                if let Some(mut span) = flight.span.take() {
+                    span.finish(now.unwrap_or(0), flight.status);
+                    let cap = self
+                        .config
+                        .tracing
+                        .collector
+                        .as_ref()
+                        .map_or(0, |c| c.batch_size as usize);
+                    // Bound the backlog if the collector is slow or down.
+                    if self.spans.len() < cap.saturating_mul(16) {
+                        self.spans.push(span);
+                    } else {
+                        done.span_dropped = true;
+                    }
+                }
+            }
+        }
+        done
+    }
+
+    /// Record one outcome here, then share it with the other workers
+    /// (`share_outcome`: a failure at once, a success only to end a failure
+    /// streak). An ejection, by this worker's streak or the shared one, is
+    /// reported in `done`.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        service: usize,
+        destination: usize,
+        outcome: Outcome,
+        latency_ns: u64,
+        now: u64,
+        host: &mut dyn StreamHost,
+        done: &mut Completion,
+    ) {
+        let local = self.observe(service, destination, outcome, latency_ns, now);
+        let (shared, bad) = self.share_outcome(
+            host.shared_store(),
+            service,
+            destination,
+            outcome.is_success(),
+            now,
+        );
+        done.bad_record = bad;
+        if let (HealthEvent::Ejected { until_ns }, _) | (_, HealthEvent::Ejected { until_ns }) =
+            (local, shared)
+        {
+            done.ejection = Some(Ejection {
+                service,
+                destination,
+                until_ns,
+            });
+        }
+    }
+
+    /// A request was sent to `destination`: it now counts as in flight.
+    pub(super) fn begin(&mut self, service: usize, destination: usize) {
+        if let Some(d) = self.dest_mut(service, destination) {
+            d.in_flight = d.in_flight.saturating_add(1);
+        }
+    }
+
+    /// The request is over: it no longer counts as in flight.
+    pub(super) fn end(&mut self, service: usize, destination: usize) {
+        if let Some(d) = self.dest_mut(service, destination) {
+            d.in_flight = d.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// This worker's view of one outcome: the latency sample and health.
+    pub(super) fn observe(
+        &mut self,
+        service: usize,
+        destination: usize,
+        outcome: Outcome,
+        latency_ns: u64,
+        now_ns: u64,
+    ) -> HealthEvent {
+        let scheduler = &self.config.scheduler;
+        let Some(d) = self
+            .services
+            .get_mut(service)
+            .and_then(|s| s.destinations.get_mut(destination))
+        else {
+            return HealthEvent::None;
+        };
+        if let Outcome::Status(_) = outcome {
+            if outcome.is_success() {
+                d.latency.observe(latency_ns as f64, now_ns);
+            } else {
+                d.latency.observe_failure(latency_ns as f64, now_ns);
+            }
+        }
+        d.health.record(outcome.is_success(), now_ns, scheduler)
+    }
+}
+
+/// The request's session-affinity key, if its service has one and the
+/// request carries a non-empty one.
+fn session_key<'a>(source: &AffinitySource, headers: &HeaderMap<'a>) -> Option<&'a [u8]> {
+    match source {
+        AffinitySource::None => None,
+        AffinitySource::Header { name } => headers.get(name),
+        AffinitySource::Cookie { name } => headers
+            .iter()
+            .filter(|(n, _)| *n == b"cookie")
+            .find_map(|(_, v)| header_map::cookie(v, name)),
+    }
+    .filter(|v| !v.is_empty())
+}
+
+/// Whether the downstream peer may steer its request: every source is
+/// trusted, or its mTLS identity is one of the trusted principals.
+fn source_is_trusted(config: &PluginConfig, host: &mut dyn RouteHost) -> bool {
+    if config.trust.all_sources {
+        return true;
+    }
+    if config.trust.principals.is_empty() {
+        return false;
+    }
+    let Some(san) = host.peer_principal() else {
+        return false;
+    };
+    config
+        .trust
+        .principals
+        .iter()
+        .any(|p| p.as_bytes() == san.as_slice())
+}
+
+/// Remove every `x-tideway-*` request header (but the routing header,
+/// already written) unless the caller is trusted: none of them may steer a
+/// request from outside the mesh, as `TrustConfig` promises.
+fn strip_untrusted(
+    headers: &HeaderMap<'_>,
+    routing_header: &str,
+    config: &PluginConfig,
+    host: &mut dyn RouteHost,
+    is_trusted: &mut dyn FnMut(&mut dyn RouteHost, &PluginConfig) -> bool,
+) {
+    let reserved =
+        |name: &[u8]| name.starts_with(RESERVED_PREFIX) && name != routing_header.as_bytes();
+    for (i, (name, _)) in headers.iter().enumerate() {
+        // Removal takes every value: act on a name's first occurrence only.
+        if !reserved(name) || headers.iter().take(i).any(|(n, _)| n == name) {
+            continue;
+        }
+        if is_trusted(host, config) {
+            return;
+        }
+        if let Ok(name) = std::str::from_utf8(name) {
+            let _ = host.set_request_header(name, None, true);
+        }
+    }
+}
+
+/// `:status` as a number (`None`: absent, not a number, or 0).
+fn parse_status(bytes: &[u8]) -> Option<u32> {
+    std::str::from_utf8(bytes)
+        .ok()?
+        .parse::<u32>()
+        .ok()
+        .filter(|s| *s > 0)
+}

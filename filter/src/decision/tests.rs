@@ -1,0 +1,915 @@
+//! The engine's behaviour through its public calls and its internals.
+
+use super::engine::Engine;
+use super::request::{HostFailure, RouteHost, StreamEvent, StreamHost};
+use super::{LocalIdentity, Outcome, Reason};
+use crate::config::PluginConfig;
+use crate::header_map::{self, HeaderMap};
+use crate::health::HealthEvent;
+use crate::shared_stats::{self, SharedStats, SharedStore, StoreError};
+use crate::trace::TraceRng;
+use std::collections::HashMap;
+
+const MS: u64 = 1_000_000;
+
+fn engine(json: &str) -> Engine {
+    let config = PluginConfig::from_json(json.as_bytes()).expect("valid config");
+    Engine::new(
+        config,
+        LocalIdentity {
+            cluster: "local".into(),
+            locality: Some("r1/z1".into()),
+            namespace: None,
+        },
+        42,
+        None,
+    )
+}
+
+fn three(weights: &str, extra: &str) -> String {
+    format!(
+        r#"{{"services":[{{"name":"svc","hosts":["svc.local"],{extra}
+        "destinations":[{{"name":"a","weight":70,"locality":"r1/z1"}},{{"name":"b","weight":20,"locality":"r1/z2"}},{{"name":"c","weight":10,"locality":"r2/z1"}}]}}],
+        "scheduler":{{"weights":{weights}}}}}"#
+    )
+}
+
+/// `three` with every source trusted, for tests that name a destination.
+fn trusting(weights: &str, extra: &str) -> String {
+    let mut config = three(weights, extra);
+    config.insert_str(1, r#""trust":{"allSources":true},"#);
+    config
+}
+
+fn static_weights() -> &'static str {
+    r#"{"latency":0,"load":0,"cost":0,"affinity":0}"#
+}
+
+#[test]
+fn static_split_is_exact_within_a_tenth_of_a_point() {
+    let mut e = engine(&three(static_weights(), ""));
+    let mut counts = [0u32; 3];
+    let n = 100_000;
+    for i in 0..n {
+        let d = e.decide(0, None, i);
+        assert_eq!(d.reason, Reason::Static);
+        counts[d.destination.expect("chosen")] += 1;
+    }
+    for (c, w) in counts.iter().zip([70.0, 20.0, 10.0]) {
+        let pct = f64::from(*c) / f64::from(n as u32) * 100.0;
+        assert!((pct - w).abs() <= 0.1, "{pct} vs {w}: {counts:?}");
+    }
+    // Exact over any window of 100 (the weights' total), interleaved.
+    let window: Vec<usize> = (0..100)
+        .filter_map(|i| e.decide(0, None, i).destination)
+        .collect();
+    assert_eq!(window.iter().filter(|d| **d == 2).count(), 10);
+    assert!(
+        window.windows(2).filter(|w| w[0] == 2 && w[1] == 2).count() == 0,
+        "{window:?}"
+    );
+}
+
+#[test]
+fn slow_destination_loses_most_traffic() {
+    let mut e = engine(&three(
+        r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#,
+        "",
+    ));
+    // Equalise the weights so the effect is the latency's alone.
+    for d in &mut e.services[0].destinations {
+        d.weight = 1.0;
+    }
+    let mut now = 0;
+    let mut counts = [0u32; 3];
+    for i in 0..20_000u64 {
+        now += MS / 10;
+        let d = e.decide(0, None, now).destination.expect("chosen");
+        counts[d] += 1;
+        let latency = if d == 2 { 50 * MS } else { 5 * MS };
+        e.begin(0, d);
+        e.observe(0, d, Outcome::Status(200), latency, now);
+        e.end(0, d);
+        let _ = i;
+    }
+    let share = f64::from(counts[2]) / 20_000.0;
+    assert!(share < 0.05, "slow share {share}: {counts:?}");
+    assert!(counts[2] > 0, "the slow one is still probed");
+}
+
+/// Issue 12's mechanism: an idle estimate used to decay toward zero, so
+/// a slow destination starved for a few seconds looked fast again and
+/// drew a burst. Now it holds, and the destination is re-measured by a
+/// single request per half-life.
+#[test]
+fn a_shunned_slow_destination_is_remeasured_not_assumed_fast() {
+    let mut e = engine(&three(
+        r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#,
+        "",
+    ));
+    for d in &mut e.services[0].destinations {
+        d.weight = 1.0;
+    }
+    let mut now = 0;
+    let mut per_second = vec![[0u32; 3]; 30];
+    for _ in 0..30_000u64 {
+        now += MS;
+        let d = e.decide(0, None, now).destination.expect("chosen");
+        per_second[(now / (1000 * MS)).min(29) as usize][d] += 1;
+        let latency = if d == 2 { 50 * MS } else { 5 * MS };
+        e.begin(0, d);
+        e.observe(0, d, Outcome::Status(200), latency, now);
+        e.end(0, d);
+    }
+    for (second, counts) in per_second.iter().enumerate() {
+        assert!(
+            counts[2] <= 3,
+            "second {second}: the slow one got {} of {}: {per_second:?}",
+            counts[2],
+            counts.iter().sum::<u32>()
+        );
+    }
+    let remeasured: u32 = per_second.iter().map(|c| c[2]).sum();
+    assert!(
+        remeasured >= 8,
+        "re-measured about every 3.5 s: {remeasured}"
+    );
+    let slow = &e.services[0].destinations[2].latency;
+    assert_eq!(slow.estimate_ns(), 50.0 * MS as f64);
+}
+
+#[test]
+fn an_unmeasured_destination_is_not_taken_for_the_best() {
+    let mut e = engine(&three(
+        r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#,
+        "",
+    ));
+    for d in &mut e.services[0].destinations {
+        d.weight = 1.0;
+    }
+    for d in [0, 1] {
+        e.observe(0, d, Outcome::Status(200), 5 * MS, 1);
+    }
+    // c has never answered; its first request stays in flight.
+    let mut counts = [0u32; 3];
+    for t in 0..3000 {
+        let d = e.decide(0, None, 2 + t).destination.expect("chosen");
+        e.begin(0, d);
+        counts[d] += 1;
+    }
+    assert!(
+        (1..=30).contains(&counts[2]),
+        "one request to measure it, then scored at the default 30 ms: {counts:?}"
+    );
+}
+
+#[test]
+fn session_sticks_and_only_fails_over_when_ejected() {
+    let mut e = engine(&three(
+        r#"{"latency":1,"load":1,"cost":0,"affinity":0}"#,
+        r#""affinity":{"source":"header","name":"x-user"},"#,
+    ));
+    let first = e.decide(0, Some(b"alice"), 0);
+    assert_eq!(first.reason, Reason::Affinity);
+    for t in 0..100 {
+        assert_eq!(
+            e.decide(0, Some(b"alice"), t).destination,
+            first.destination
+        );
+    }
+    let home = first.destination.expect("chosen");
+    e.services[0].destinations[home].health.ejected_until_ns = 1000;
+    let moved = e.decide(0, Some(b"alice"), 10);
+    assert_eq!(moved.reason, Reason::Failover);
+    assert_ne!(moved.destination, first.destination);
+    assert_eq!(
+        e.decide(0, Some(b"alice"), 1000).destination,
+        first.destination
+    );
+}
+
+#[test]
+fn failing_destination_is_ejected_and_traffic_fails_over_by_locality() {
+    let mut e = engine(&three(static_weights(), ""));
+    for _ in 0..5 {
+        e.observe(0, 0, Outcome::Status(503), MS, 0);
+    }
+    assert!(e.services[0].destinations[0].health.is_ejected(1));
+    let mut counts = HashMap::new();
+    for t in 0..10_000 {
+        let d = e.decide(0, None, t + 1);
+        *counts.entry((d.destination, d.reason)).or_insert(0) += 1;
+    }
+    assert_eq!(counts.get(&(Some(0), Reason::Static)), None, "{counts:?}");
+    assert_eq!(counts.get(&(Some(0), Reason::Failover)), None, "{counts:?}");
+    // a's share fails over to b (same region), not c (other region).
+    assert!(
+        counts
+            .get(&(Some(1), Reason::Failover))
+            .copied()
+            .unwrap_or(0)
+            > 6500,
+        "{counts:?}"
+    );
+    assert_eq!(counts.get(&(Some(2), Reason::Failover)), None, "{counts:?}");
+}
+
+const PROBE: &str =
+    r#""probe":{"cluster":"outbound|80|{destination}|svc.local","path":"/healthz"},"#;
+
+/// Eject destination a (index 0) by a streak of 503s at time 0.
+fn eject_a(e: &mut Engine) -> u64 {
+    for _ in 0..5 {
+        e.observe(0, 0, Outcome::Status(503), MS, 0);
+    }
+    e.services[0].destinations[0].health.ejected_until_ns
+}
+
+#[test]
+fn with_active_probing_a_returning_destination_waits_for_a_passing_probe() {
+    let mut e = engine(&three(static_weights(), PROBE));
+    assert_eq!(
+        e.services[0].destinations[0]
+            .probe
+            .as_ref()
+            .map(|p| p.cluster.as_str()),
+        Some("outbound|80|a|svc.local")
+    );
+    let until = eject_a(&mut e);
+    assert_eq!(e.probes_due(until - 1).count(), 0, "still ejected");
+    // The ejection is over, but no client request goes there: a probe does.
+    assert!(e.services[0].destinations[0].is_blocked(until));
+    assert_eq!(e.probes_due(until).collect::<Vec<_>>(), vec![(0, 0)]);
+    e.probe_dispatched(0, 0, true);
+    assert_eq!(e.probes_due(until).count(), 0, "one probe at a time");
+    // It fails: ejected again, twice as long, and no client paid for it.
+    let again = match e.probe_result(0, 0, false, until + MS) {
+        HealthEvent::Ejected { until_ns } => until_ns,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(again, until + MS + 2000 * MS);
+    for t in [until, again - 1, again] {
+        assert!(e.services[0].destinations[0].is_blocked(t), "at {t}");
+    }
+    // The next probe passes: clients may go there again.
+    assert_eq!(e.probes_due(again).collect::<Vec<_>>(), vec![(0, 0)]);
+    e.probe_dispatched(0, 0, true);
+    assert_eq!(e.probe_result(0, 0, true, again + MS), HealthEvent::None);
+    assert!(!e.services[0].destinations[0].is_blocked(again + MS));
+    assert_eq!(e.probes_due(again + MS).count(), 0);
+}
+
+#[test]
+fn a_probe_that_cannot_be_sent_falls_back_to_a_client_request() {
+    let mut e = engine(&three(static_weights(), PROBE));
+    let until = eject_a(&mut e);
+    e.probe_dispatched(0, 0, false);
+    assert!(!e.services[0].destinations[0].is_blocked(until));
+    assert_eq!(e.probes_due(until).count(), 0);
+}
+
+#[test]
+fn a_probe_answer_for_a_replaced_ejection_is_ignored() {
+    let mut e = engine(&three(static_weights(), PROBE));
+    let until = eject_a(&mut e);
+    e.probe_dispatched(0, 0, true);
+    // Meanwhile another worker's newer ejection is adopted.
+    let newer = until + 5000 * MS;
+    e.services[0].destinations[0]
+        .health
+        .merge_ejection(newer, 2, 0);
+    assert_eq!(e.probe_result(0, 0, true, until + MS), HealthEvent::None);
+    assert!(e.services[0].destinations[0].is_blocked(newer));
+    assert_eq!(e.probes_due(newer).collect::<Vec<_>>(), vec![(0, 0)]);
+}
+
+#[test]
+fn without_a_probe_config_no_probe_is_ever_due() {
+    let mut e = engine(&three(static_weights(), ""));
+    let until = eject_a(&mut e);
+    assert_eq!(e.probes_due(until).count(), 0);
+    assert!(!e.services[0].destinations[0].is_blocked(until));
+}
+
+#[test]
+fn a_returning_destination_gets_one_probe_at_a_time() {
+    let mut e = engine(&three(static_weights(), ""));
+    for _ in 0..5 {
+        e.observe(0, 0, Outcome::Status(503), MS, 0);
+    }
+    let back = 1000 * MS;
+    let probe = loop {
+        let d = e.decide(0, None, back);
+        if d.destination == Some(0) {
+            break d;
+        }
+    };
+    assert_eq!(probe.reason, Reason::Static);
+    e.begin(0, 0);
+    for _ in 0..1000 {
+        assert_ne!(
+            e.decide(0, None, back).destination,
+            Some(0),
+            "a second probe while the first is out"
+        );
+    }
+    e.observe(0, 0, Outcome::Status(200), MS, back + MS);
+    e.end(0, 0);
+    e.begin(0, 0);
+    // Healthy again: in-flight requests no longer block it.
+    assert!((0..100).any(|_| e.decide(0, None, back + MS).destination == Some(0)));
+}
+
+#[test]
+fn everything_ejected_goes_to_the_mesh_default() {
+    let mut e = engine(&three(static_weights(), ""));
+    for d in &mut e.services[0].destinations {
+        d.health.ejected_until_ns = 100;
+    }
+    let d = e.decide(0, None, 5);
+    assert_eq!((d.destination, d.reason), (None, Reason::MeshDefault));
+    let d = e.decide(0, Some(b"k"), 5);
+    assert_eq!(d.destination, None);
+}
+
+#[test]
+fn equal_latencies_keep_the_static_split_under_p2c() {
+    let mut e = engine(&three(
+        r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#,
+        "",
+    ));
+    let mut counts = [0u32; 3];
+    let mut now = 0;
+    for _ in 0..20_000 {
+        now += MS;
+        let d = e.decide(0, None, now).destination.expect("chosen");
+        counts[d] += 1;
+        e.observe(0, d, Outcome::Status(200), 5 * MS, now);
+    }
+    for (c, w) in counts.iter().zip([70.0, 20.0, 10.0]) {
+        let pct = f64::from(*c) / 200.0;
+        assert!((pct - w).abs() < 3.0, "{pct} vs {w}: {counts:?}");
+    }
+}
+
+#[test]
+fn reconfiguration_keeps_learned_state() {
+    let mut e = engine(&three(static_weights(), ""));
+    e.observe(0, 1, Outcome::Status(200), 7 * MS, 1);
+    let config = PluginConfig::from_json(three(static_weights(), "").as_bytes()).expect("valid");
+    let e2 = Engine::new(config, e.local.clone(), 1, Some(&e));
+    assert_eq!(
+        e2.services[0].destinations[1].latency,
+        e.services[0].destinations[1].latency
+    );
+}
+
+#[derive(Default)]
+struct MemStore {
+    map: HashMap<String, (Vec<u8>, u32)>,
+    /// Host calls made (gets and sets).
+    calls: usize,
+    /// Every call fails, as a host in trouble answers.
+    failing: bool,
+}
+
+impl SharedStore for MemStore {
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.calls += 1;
+        if self.failing {
+            return Err(StoreError::Unavailable);
+        }
+        Ok(self.map.get(key).cloned())
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        self.calls += 1;
+        if self.failing {
+            return Err(StoreError::Unavailable);
+        }
+        let entry = self.map.entry(key.to_string()).or_insert((Vec::new(), 0));
+        if let Some(cas) = cas {
+            if cas != entry.1 {
+                return Err(StoreError::CasMismatch);
+            }
+        }
+        entry.0 = value.to_vec();
+        entry.1 = entry.1.wrapping_add(1).max(1);
+        Ok(())
+    }
+}
+
+#[test]
+fn workers_share_ejections_and_latency_peaks() {
+    let mut w1 = engine(&three(static_weights(), ""));
+    let mut w2 = engine(&three(static_weights(), ""));
+    let mut store = MemStore::default();
+    for _ in 0..5 {
+        w1.observe(0, 2, Outcome::Status(503), MS, 10);
+    }
+    w1.observe(0, 1, Outcome::Status(200), 80 * MS, 10);
+    assert!(w1.sync_shared(&mut store, 20).is_empty());
+    assert!(!w2.services[0].destinations[2].health.is_ejected(30));
+    w2.sync_shared(&mut store, 30);
+    assert!(w2.services[0].destinations[2].health.is_ejected(30));
+    assert_eq!(
+        w2.services[0].destinations[1].latency.estimate_ns(),
+        80.0 * MS as f64
+    );
+}
+
+#[test]
+fn only_the_ejecting_worker_probes_when_the_ejection_ends() {
+    let mut w1 = engine(&three(static_weights(), ""));
+    let mut w2 = engine(&three(static_weights(), ""));
+    let mut store = MemStore::default();
+    for _ in 0..5 {
+        w1.observe(0, 2, Outcome::Status(503), MS, 10);
+    }
+    let until = w1.services[0].destinations[2].health.ejected_until_ns;
+    assert!(until > 10);
+    w1.sync_shared(&mut store, 20);
+    w2.sync_shared(&mut store, 30);
+    let tick = w2.config.scheduler.tick_ms * MS;
+    let (d1, d2) = (
+        &w1.services[0].destinations[2],
+        &w2.services[0].destinations[2],
+    );
+    // When the ejection ends, the worker that ejected may probe…
+    assert!(!d1.is_blocked(until));
+    // …the adopting one holds back for three ticks, then probes too.
+    assert!(d2.is_blocked(until));
+    assert!(d2.is_blocked(until + 3 * tick - 1));
+    assert!(!d2.is_blocked(until + 3 * tick));
+
+    // The probe fails: w1 ejects again for twice as long, publishes,
+    // and w2 adopts it before its grace is over.
+    w1.observe(0, 2, Outcome::Status(503), MS, until);
+    let again = w1.services[0].destinations[2].health.ejected_until_ns;
+    assert_eq!(again, until + 2000 * MS);
+    w1.sync_shared(&mut store, until + tick);
+    w2.sync_shared(&mut store, until + 2 * tick);
+    assert!(w2.services[0].destinations[2].is_blocked(until + 3 * tick));
+    assert!(!w1.services[0].destinations[2].is_blocked(again));
+    // The shared record carries the real end, never a worker's grace.
+    let shared = SharedStats::decode(&store.map[&w1.services[0].destinations[2].shared_key].0)
+        .expect("record");
+    assert_eq!(shared.ejected_until_ns, again);
+}
+
+#[test]
+fn a_failure_adopts_another_workers_ejection_at_once() {
+    let mut w1 = engine(&three(static_weights(), ""));
+    let mut w2 = engine(&three(static_weights(), ""));
+    let mut store = MemStore::default();
+    // Both workers see the destination fail; w1 reaches the streak
+    // first and publishes the ejection with the failure that caused it.
+    w2.observe(0, 2, Outcome::Status(503), MS, 10);
+    w2.share_outcome(&mut store, 0, 2, false, 10);
+    for _ in 0..5 {
+        w1.observe(0, 2, Outcome::Status(503), MS, 11);
+        w1.share_outcome(&mut store, 0, 2, false, 11);
+    }
+    assert!(w1.services[0].destinations[2].is_blocked(12));
+    assert!(
+        !w2.services[0].destinations[2].is_blocked(12),
+        "w2 has not heard yet"
+    );
+    // w2's next failure, well before any tick, brings the news: it stops
+    // after 2 failures instead of its own 5.
+    w2.observe(0, 2, Outcome::Status(503), MS, 12);
+    w2.share_outcome(&mut store, 0, 2, false, 12);
+    assert!(w2.services[0].destinations[2].is_blocked(13));
+    assert_eq!(
+        w2.services[0].destinations[2].health.ejections, 1,
+        "adopted, not ejected twice"
+    );
+}
+
+/// One response from destination `c` (index 2), the whole way the host
+/// layer takes it: routed (by a trusted routing header, so the test
+/// picks the destination), answered with `status`, ended.
+fn respond(w: &mut Engine, store: &mut MemStore, status: u32, now: u64) -> HealthEvent {
+    let mut host = TestHost::at(now);
+    host.store = std::mem::take(store);
+    host.response = vec![(":status".into(), status.to_string().into_bytes())];
+    let buf = headers(&[(":authority", "svc.local"), ("x-tideway-destination", "c")]);
+    let mut flight = w
+        .route(&HeaderMap::parse(&buf), &mut host)
+        .expect("governed");
+    assert_eq!(flight.decision.destination, Some(2));
+    let mut done = w.complete(&mut flight, StreamEvent::ResponseHeaders, &mut host);
+    let end = w.complete(&mut flight, StreamEvent::End, &mut host);
+    assert!(end.ejection.is_none());
+    *store = std::mem::take(&mut host.store);
+    match done.ejection.take() {
+        Some(e) => HealthEvent::Ejected {
+            until_ns: e.until_ns,
+        },
+        None => HealthEvent::None,
+    }
+}
+
+#[test]
+fn a_streak_split_across_workers_ejects_at_the_threshold() {
+    let mut w1 = engine(&trusting(static_weights(), ""));
+    let mut w2 = engine(&trusting(static_weights(), ""));
+    let mut store = MemStore::default();
+    for t in 0..3 {
+        assert_eq!(respond(&mut w1, &mut store, 503, t), HealthEvent::None);
+    }
+    assert_eq!(respond(&mut w2, &mut store, 503, 3), HealthEvent::None);
+    // The fifth failure in the proxy, the second on w2: ejected.
+    assert!(matches!(
+        respond(&mut w2, &mut store, 503, 4),
+        HealthEvent::Ejected { .. }
+    ));
+    assert!(w2.services[0].destinations[2].is_blocked(5));
+    // w1 adopts it with its next (late) failure, without ejecting again.
+    assert_eq!(respond(&mut w1, &mut store, 503, 5), HealthEvent::None);
+    assert!(w1.services[0].destinations[2].is_blocked(6));
+    let shared = SharedStats::decode(&store.map[&w1.services[0].destinations[2].shared_key].0)
+        .expect("record");
+    assert_eq!(shared.ejections, 1);
+    assert_eq!(shared.failure_streak, 0, "an ejection ends the streak");
+}
+
+#[test]
+fn a_success_ends_the_shared_streak() {
+    let mut w1 = engine(&trusting(static_weights(), ""));
+    let mut w2 = engine(&trusting(static_weights(), ""));
+    let mut store = MemStore::default();
+    for t in 0..2 {
+        respond(&mut w1, &mut store, 503, t);
+        respond(&mut w2, &mut store, 503, t);
+    }
+    // Four failures in a row so far; a success on w2 breaks the run…
+    assert_eq!(respond(&mut w2, &mut store, 200, 3), HealthEvent::None);
+    // …so two more failures are not the fifth and sixth in a row.
+    assert_eq!(respond(&mut w1, &mut store, 503, 4), HealthEvent::None);
+    assert_eq!(respond(&mut w2, &mut store, 503, 5), HealthEvent::None);
+    assert!(!w1.services[0].destinations[2].is_blocked(6));
+    assert!(!w2.services[0].destinations[2].is_blocked(6));
+}
+
+#[test]
+fn successes_in_steady_health_make_no_shared_data_call() {
+    let mut w = engine(&trusting(static_weights(), ""));
+    let mut store = MemStore::default();
+    for t in 0..100 {
+        respond(&mut w, &mut store, 200, t);
+    }
+    assert_eq!(store.calls, 0);
+    // After a failure the next success publishes the end of the
+    // streak, once.
+    respond(&mut w, &mut store, 503, 100);
+    let after_failure = store.calls;
+    respond(&mut w, &mut store, 200, 101);
+    respond(&mut w, &mut store, 200, 102);
+    assert_eq!(store.calls, after_failure + 2, "one get and one set");
+}
+
+#[test]
+fn a_fast_failure_does_not_make_a_destination_look_fast() {
+    let mut w = engine(&three(static_weights(), ""));
+    w.observe(0, 2, Outcome::Status(200), 50 * MS, 10);
+    let before = w.services[0].destinations[2].latency.estimate_ns();
+    w.observe(0, 2, Outcome::Status(503), MS, 11);
+    assert_eq!(w.services[0].destinations[2].latency.estimate_ns(), before);
+    // A slow failure still raises it (peak-EWMA believes a rise).
+    w.observe(0, 2, Outcome::Status(503), 200 * MS, 12);
+    assert_eq!(
+        w.services[0].destinations[2].latency.estimate_ns(),
+        200.0 * MS as f64
+    );
+}
+
+#[test]
+fn corrupt_shared_records_are_reported_and_replaced() {
+    let mut w = engine(&three(static_weights(), ""));
+    let mut store = MemStore::default();
+    store
+        .map
+        .insert(shared_stats::key("svc", "a"), (b"junk".to_vec(), 3));
+    let bad = w.sync_shared(&mut store, 1);
+    assert_eq!(bad.len(), 1);
+    assert!(SharedStats::decode(&store.map[&shared_stats::key("svc", "a")].0).is_ok());
+}
+
+/// The host as the core sees it: a clock, a peer, response headers, shared
+/// data; every request-header write and peer lookup recorded.
+#[derive(Default)]
+struct TestHost {
+    now: u64,
+    principal: Option<Vec<u8>>,
+    principal_asked: usize,
+    writes: Vec<(String, Option<Vec<u8>>, bool)>,
+    response: Vec<(String, Vec<u8>)>,
+    store: MemStore,
+    rng: CountingRng,
+}
+
+#[derive(Default)]
+struct CountingRng(u8);
+
+impl TraceRng for CountingRng {
+    fn fill(&mut self, out: &mut [u8]) {
+        for b in out {
+            self.0 = self.0.wrapping_add(1);
+            *b = self.0;
+        }
+    }
+}
+
+impl TestHost {
+    fn at(now: u64) -> Self {
+        Self {
+            now,
+            ..Self::default()
+        }
+    }
+
+    fn written(&self, name: &str) -> Option<Option<&[u8]>> {
+        self.writes
+            .iter()
+            .rev()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, v, _)| v.as_deref())
+    }
+}
+
+impl RouteHost for TestHost {
+    fn now_ns(&mut self) -> Result<u64, HostFailure> {
+        Ok(self.now)
+    }
+    fn peer_principal(&mut self) -> Option<Vec<u8>> {
+        self.principal_asked += 1;
+        self.principal.clone()
+    }
+    fn set_request_header(
+        &mut self,
+        name: &str,
+        value: Option<&[u8]>,
+        present: bool,
+    ) -> Result<(), HostFailure> {
+        self.writes
+            .push((name.to_string(), value.map(<[u8]>::to_vec), present));
+        Ok(())
+    }
+    fn trace_rng(&mut self) -> &mut dyn TraceRng {
+        &mut self.rng
+    }
+}
+
+impl StreamHost for TestHost {
+    fn now_ns(&mut self) -> Result<u64, HostFailure> {
+        Ok(self.now)
+    }
+    fn response_header(&mut self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
+        Ok(self
+            .response
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone()))
+    }
+    fn shared_store(&mut self) -> &mut dyn SharedStore {
+        &mut self.store
+    }
+}
+
+fn headers(pairs: &[(&str, &str)]) -> Vec<u8> {
+    header_map::serialize(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
+}
+
+const TRUST_PRINCIPAL: &str =
+    r#""trust":{"principals":["spiffe://cluster.local/ns/ops/sa/driver"]},"#;
+
+fn with_top(extra_top: &str, weights: &str, extra: &str) -> String {
+    let mut config = three(weights, extra);
+    config.insert_str(1, extra_top);
+    config
+}
+
+#[test]
+fn an_ungoverned_host_is_left_alone() {
+    let mut e = engine(&three(static_weights(), ""));
+    let mut host = TestHost::at(1);
+    let buf = headers(&[
+        (":authority", "other.local"),
+        ("x-tideway-destination", "c"),
+    ]);
+    assert!(e.route(&HeaderMap::parse(&buf), &mut host).is_none());
+    assert!(host.writes.is_empty());
+}
+
+#[test]
+fn an_untrusted_routing_header_is_replaced_and_tideway_headers_removed() {
+    let mut e = engine(&with_top(TRUST_PRINCIPAL, static_weights(), ""));
+    let mut host = TestHost::at(1);
+    host.principal = Some(b"spiffe://cluster.local/ns/web/sa/frontend".to_vec());
+    let buf = headers(&[
+        (":authority", "svc.local"),
+        ("x-tideway-destination", "c"),
+        ("x-tideway-debug", "1"),
+        ("x-tideway-debug", "2"),
+    ]);
+    let flight = e
+        .route(&HeaderMap::parse(&buf), &mut host)
+        .expect("governed");
+    assert_ne!(flight.decision.reason, Reason::TrustedHeader);
+    assert_eq!(
+        host.principal_asked, 1,
+        "asked once, only because a header claimed"
+    );
+    let chosen = flight.decision.destination.expect("chosen");
+    assert_eq!(
+        host.written("x-tideway-destination"),
+        Some(Some(e.services[0].destinations[chosen].name.as_bytes()))
+    );
+    let removed: Vec<_> = host
+        .writes
+        .iter()
+        .filter(|(n, v, _)| n == "x-tideway-debug" && v.is_none())
+        .collect();
+    assert_eq!(
+        removed.len(),
+        1,
+        "removed once for both copies: {:?}",
+        host.writes
+    );
+}
+
+#[test]
+fn a_trusted_principal_names_the_destination_and_keeps_its_headers() {
+    let mut e = engine(&with_top(TRUST_PRINCIPAL, static_weights(), ""));
+    let mut host = TestHost::at(1);
+    host.principal = Some(b"spiffe://cluster.local/ns/ops/sa/driver".to_vec());
+    let buf = headers(&[
+        (":authority", "svc.local"),
+        ("x-tideway-destination", "c"),
+        ("x-tideway-debug", "1"),
+    ]);
+    let flight = e
+        .route(&HeaderMap::parse(&buf), &mut host)
+        .expect("governed");
+    assert_eq!(
+        (flight.decision.destination, flight.decision.reason),
+        (Some(2), Reason::TrustedHeader)
+    );
+    assert_eq!(host.principal_asked, 1);
+    assert!(
+        host.written("x-tideway-debug").is_none(),
+        "{:?}",
+        host.writes
+    );
+    // The header was present: replaced, not added next to the client's.
+    assert!(host
+        .writes
+        .iter()
+        .any(|(n, v, present)| n == "x-tideway-destination"
+            && v.as_deref() == Some(b"c")
+            && *present));
+}
+
+#[test]
+fn without_a_claim_the_peer_is_never_asked() {
+    let mut e = engine(&with_top(TRUST_PRINCIPAL, static_weights(), ""));
+    let mut host = TestHost::at(1);
+    let buf = headers(&[(":authority", "svc.local"), ("x-request-id", "r")]);
+    e.route(&HeaderMap::parse(&buf), &mut host)
+        .expect("governed");
+    assert_eq!(host.principal_asked, 0);
+    // Added (absent before): the routing header and the hop headers.
+    for name in [
+        "x-tideway-destination",
+        "x-cluster-source",
+        "x-cluster-target",
+        "x-service-name",
+    ] {
+        assert!(
+            host.writes
+                .iter()
+                .any(|(n, v, present)| n == name && v.is_some() && !present),
+            "{name}: {:?}",
+            host.writes
+        );
+    }
+}
+
+#[test]
+fn the_session_key_comes_from_the_configured_cookie() {
+    let cookie = r#""affinity":{"source":"cookie","name":"session"},"#;
+    let mut e = engine(&three(static_weights(), cookie));
+    let route = |e: &mut Engine, cookies: &[&str]| {
+        let mut pairs = vec![(":authority", "svc.local")];
+        pairs.extend(cookies.iter().map(|c| ("cookie", *c)));
+        let buf = headers(&pairs);
+        e.route(&HeaderMap::parse(&buf), &mut TestHost::at(1))
+            .expect("governed")
+            .decision
+    };
+    let first = route(&mut e, &["a=1", "theme=dark; session=alice"]);
+    assert_eq!(first.reason, Reason::Affinity);
+    for _ in 0..20 {
+        assert_eq!(
+            route(&mut e, &["session=alice"]).destination,
+            first.destination
+        );
+    }
+    // An empty key is no key: scored (static here), not hashed.
+    assert_eq!(route(&mut e, &["session="]).reason, Reason::Static);
+    assert_eq!(route(&mut e, &[]).reason, Reason::Static);
+}
+
+#[test]
+fn complete_records_the_outcome_and_reports_the_ejection() {
+    let mut e = engine(&trusting(static_weights(), ""));
+    let mut store = MemStore::default();
+    let events: Vec<HealthEvent> = (0..5)
+        .map(|t| respond(&mut e, &mut store, 503, t))
+        .collect();
+    assert_eq!(&events[..4], &[HealthEvent::None; 4]);
+    assert!(
+        matches!(events[4], HealthEvent::Ejected { .. }),
+        "{events:?}"
+    );
+    assert!(e.services[0].destinations[2].health.is_ejected(5));
+    assert_eq!(
+        e.services[0].destinations[2].in_flight, 0,
+        "every stream ended"
+    );
+}
+
+#[test]
+fn in_flight_lasts_from_route_to_the_end_of_the_stream() {
+    let mut e = engine(&trusting(static_weights(), ""));
+    let mut host = TestHost::at(10);
+    host.response = vec![(":status".into(), b"200".to_vec())];
+    let buf = headers(&[(":authority", "svc.local"), ("x-tideway-destination", "b")]);
+    let mut flight = e
+        .route(&HeaderMap::parse(&buf), &mut host)
+        .expect("governed");
+    assert_eq!(e.services[0].destinations[1].in_flight, 1);
+    host.now = 10 + 7 * MS;
+    e.complete(&mut flight, StreamEvent::ResponseHeaders, &mut host);
+    assert_eq!(
+        e.services[0].destinations[1].in_flight, 1,
+        "still streaming"
+    );
+    assert_eq!(
+        e.services[0].destinations[1].latency.estimate_ns(),
+        7.0 * MS as f64
+    );
+    e.complete(&mut flight, StreamEvent::End, &mut host);
+    e.complete(&mut flight, StreamEvent::End, &mut host);
+    assert_eq!(e.services[0].destinations[1].in_flight, 0, "ended once");
+}
+
+#[test]
+fn a_request_routed_before_a_reconfiguration_leaves_the_new_engine_alone() {
+    let config = trusting(static_weights(), "");
+    let mut old = engine(&config);
+    let mut host = TestHost::at(1);
+    host.response = vec![(":status".into(), b"503".to_vec())];
+    let buf = headers(&[(":authority", "svc.local"), ("x-tideway-destination", "c")]);
+    let mut flight = old
+        .route(&HeaderMap::parse(&buf), &mut host)
+        .expect("governed");
+    let parsed = PluginConfig::from_json(config.as_bytes()).expect("valid");
+    let mut new = Engine::new(parsed, old.local.clone(), 1, Some(&old));
+    assert_eq!(new.epoch(), old.epoch() + 1);
+    new.complete(&mut flight, StreamEvent::ResponseHeaders, &mut host);
+    new.complete(&mut flight, StreamEvent::End, &mut host);
+    let c = &new.services[0].destinations[2];
+    assert_eq!((c.in_flight, c.health.consecutive_failures), (0, 0));
+}
+
+#[test]
+fn the_decision_header_explains_when_configured() {
+    let mut e = engine(&with_top(r#""decisionHeader":true,"#, static_weights(), ""));
+    let mut host = TestHost::at(1);
+    host.response = vec![(":status".into(), b"200".to_vec())];
+    let buf = headers(&[(":authority", "svc.local")]);
+    let mut flight = e
+        .route(&HeaderMap::parse(&buf), &mut host)
+        .expect("governed");
+    let done = e.complete(&mut flight, StreamEvent::ResponseHeaders, &mut host);
+    let header = done.decision_header.expect("explained");
+    assert!(header.starts_with("service=svc; destination="), "{header}");
+}
+
+#[test]
+fn decision_counts_are_drained_once() {
+    let mut e = engine(&three(static_weights(), ""));
+    for t in 0..10 {
+        let buf = headers(&[(":authority", "svc.local")]);
+        e.route(&HeaderMap::parse(&buf), &mut TestHost::at(t));
+    }
+    let mut seen = Vec::new();
+    e.drain_decision_counts(|s, d, r, n| seen.push((s, d, r, n)));
+    let total: u32 = seen.iter().map(|(_, _, _, n)| n).sum();
+    assert_eq!(total, 10);
+    assert!(seen.iter().all(|(_, _, r, _)| *r == Reason::Static));
+    let mut again = 0;
+    e.drain_decision_counts(|_, _, _, _| again += 1);
+    assert_eq!(again, 0);
+}
