@@ -382,6 +382,27 @@ async fn an_unreachable_member_is_reported_and_the_others_roll_out() {
     };
     let (strict_report, _) = roll_out(&kube, &compiled, &strict).await;
     assert_eq!(strict_report.stopped_at_wave, Some(1), "{strict_report:#?}");
+
+    // A member whose kubeconfig Secret is gone is unreachable too, and the
+    // report names the Secret.
+    let secrets: Api<Secret> = Api::namespaced(kube.hub.admin().await, "tideway-system");
+    secrets
+        .delete("cluster-shanghai-kubeconfig", &Default::default())
+        .await
+        .expect("delete Secret");
+    let (report, _) = roll_out(&kube, &compiled, &real()).await;
+    match &report.member("cluster-shanghai").expect("shanghai").status {
+        MemberStatus::Unreachable { message } => assert!(
+            message.contains("Secret tideway-system/cluster-shanghai-kubeconfig")
+                && message.contains("not found"),
+            "{message}"
+        ),
+        other => panic!("expected unreachable, got {other:?}"),
+    }
+    assert_eq!(
+        report.member("cluster-beijing").map(|m| &m.status),
+        Some(&MemberStatus::Applied)
+    );
 }
 
 /// Make `member` refuse WasmPlugins with priority > 5: its WasmPlugin CRD
