@@ -302,7 +302,19 @@ impl Envoy {
         };
         let ready_within = Duration::from_secs(if command_prefix.is_empty() { 60 } else { 900 });
         if let Err(e) = envoy.wait_ready(&admin_path, ready_within) {
-            bail!("{e}\n--- tail of Envoy's log ---\n{}", envoy.log_tail(40));
+            // A rejected bootstrap is logged as one long critical line
+            // (the reason, then the whole config): its head first.
+            let log = envoy.log();
+            let critical: Vec<String> = log
+                .lines()
+                .filter(|l| l.contains("[critical]"))
+                .map(|l| l.chars().take(600).collect())
+                .collect();
+            bail!(
+                "{e}\n{}\n--- tail of Envoy's log ---\n{}",
+                critical.join("\n"),
+                envoy.log_tail(40)
+            );
         }
         Ok(envoy)
     }

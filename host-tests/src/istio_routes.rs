@@ -217,6 +217,40 @@ pub fn translate(
     })
 }
 
+/// An Istio duration (Go syntax: `100ms`, `1m30s`) as protobuf JSON
+/// wants it (seconds: `0.100s`), as istiod converts it.
+pub fn proto_duration(go: &str) -> String {
+    let mut nanos: f64 = 0.0;
+    let mut number = String::new();
+    let mut chars = go.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_digit() || n == '.' {
+                break;
+            }
+            unit.push(n);
+            chars.next();
+        }
+        let value: f64 = number.parse().unwrap_or(0.0);
+        number.clear();
+        nanos += value
+            * match unit.as_str() {
+                "h" => 3.6e12,
+                "m" => 6e10,
+                "s" => 1e9,
+                "ms" => 1e6,
+                "us" | "µs" => 1e3,
+                _ => 1.0,
+            };
+    }
+    format!("{:.9}s", nanos / 1e9)
+}
+
 /// `outbound|PORT|SUBSET|HOST`.
 pub fn cluster_name(port: u16, subset: &str, host: &str) -> String {
     format!("outbound|{port}|{subset}|{host}")
@@ -385,7 +419,7 @@ fn cluster(
                     cluster["circuit_breakers"] = json!({"thresholds": [Value::Object(threshold)]});
                 }
                 if let Some(t) = value["tcp"]["connectTimeout"].as_str() {
-                    cluster["connect_timeout"] = json!(t);
+                    cluster["connect_timeout"] = json!(proto_duration(t));
                 }
                 for (group, fields) in value.as_object().into_iter().flatten() {
                     for key in fields.as_object().into_iter().flat_map(|m| m.keys()) {
@@ -424,7 +458,7 @@ fn cluster(
                     ("baseEjectionTime", "base_ejection_time"),
                 ] {
                     if let Some(d) = value[field].as_str() {
-                        od.insert(envoy.into(), json!(d));
+                        od.insert(envoy.into(), json!(proto_duration(d)));
                     }
                 }
                 if let Some(p) = value["maxEjectionPercent"].as_u64() {
@@ -707,7 +741,7 @@ fn route_action(
         }
         json!({"weighted_clusters": {"clusters": weighted}})
     };
-    action["timeout"] = json!(http["timeout"].as_str().unwrap_or("0s"));
+    action["timeout"] = json!(proto_duration(http["timeout"].as_str().unwrap_or("0s")));
     // Consistent hashing of the destination's DestinationRule → the
     // route's hash policy.
     if let Some(dr) = rules.get(&clusters[0].2) {
@@ -757,7 +791,7 @@ fn route_action(
                 policy["retriable_status_codes"] = json!(codes);
             }
             if let Some(t) = r["perTryTimeout"].as_str() {
-                policy["per_try_timeout"] = json!(t);
+                policy["per_try_timeout"] = json!(proto_duration(t));
             }
             action["retry_policy"] = policy;
         }
@@ -775,7 +809,7 @@ fn fault_config(fault: &Value) -> Value {
     let mut out =
         json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"});
     if let Some(delay) = fault.get("delay") {
-        out["delay"] = json!({"fixed_delay": delay["fixedDelay"], "percentage": percent(&delay["percentage"])});
+        out["delay"] = json!({"fixed_delay": proto_duration(delay["fixedDelay"].as_str().unwrap_or("0s")), "percentage": percent(&delay["percentage"])});
     }
     if let Some(abort) = fault.get("abort") {
         out["abort"] = json!({"http_status": abort["httpStatus"], "percentage": percent(&abort["percentage"])});

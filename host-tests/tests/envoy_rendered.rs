@@ -229,7 +229,11 @@ fn rendered_routes_steer_every_request_to_the_cluster_the_filter_names() {
     let wasm = tideway_host_tests::env::filter_wasm();
     let client = Client::new();
     let mut runs = 0;
+    let only = std::env::var("TIDEWAY_EXAMPLE").ok();
     for (example, policy_path) in examples() {
+        if only.as_ref().is_some_and(|o| *o != example) {
+            continue;
+        }
         let rendered = render(&policy_path);
         let clusters: Vec<String> = rendered.localities.keys().cloned().collect();
         for (member, objects) in &rendered.members {
@@ -368,5 +372,5 @@ fn rendered_routes_steer_every_request_to_the_cluster_the_filter_names() {
             }
         }
     }
-    assert!(runs >= 18, "{runs} member/caller runs");
+    assert!(only.is_some() || runs >= 18, "{runs} member/caller runs");
 }
