@@ -10,10 +10,15 @@
 //! - [`render`]: objects → YAML files per member, or for Karmada;
 //! - [`check_config`]: the filter's own configuration, checked as it parses it.
 //!
+//! The distribution half:
+//! - [`apply`]: a render rolled out to a Fleet's member clusters, wave by
+//!   wave (server-side apply, health gate, prune).
+//!
 //! For other tools and tests, [`render_texts`] is the whole pipeline from
 //! the two documents' text to the rendered files.
 
 pub mod api;
+pub mod apply;
 pub mod check_config;
 pub mod compile;
 pub mod field_error;

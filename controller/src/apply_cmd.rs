@@ -1,0 +1,149 @@
+//! `tideway apply`: the CLI over [`tideway_controller::apply`].
+
+use anyhow::Context;
+use std::path::PathBuf;
+use tideway_controller::apply::{self, ObjectAction, Options, PolicyRef};
+use tideway_controller::{load, FieldErrors};
+
+pub const LONG_ABOUT: &str = "\
+Render a TrafficPolicy for its Fleet and roll it out to every member cluster:
+server-side apply (field manager `tideway`), wave by wave (the Fleet's
+`wave`, lowest first), with a health gate between waves (every reachable
+member of the wave accepted every object and it reads back). A wave that
+fails its gate stops the rollout; later waves are reported as skipped.
+
+Each member is reached through its Fleet entry's `api`: `kubeconfigContext`
+(a context of --kubeconfig), `secretRef` (a kubeconfig in a Secret of the hub
+cluster, read with --hub-context), or, with neither, the context named like
+the member. An unreachable member is reported and does not stop the rollout
+(unless --require-all). A field owned by another manager is reported with the
+field and the manager, never forced. Objects Tideway applied for this policy
+that the render no longer has are deleted (--no-prune keeps them).
+
+--dry-run asks each member's API server what it would make of the render
+(dryRun=All) and prints the diff against the live objects; nothing changes.
+
+Exit status: 0 when every member has the render, 1 otherwise.";
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// The TrafficPolicy (YAML or JSON).
+    #[arg(short = 'f', long = "filename", value_name = "POLICY")]
+    policy: PathBuf,
+    /// The Fleet the policy spans (YAML or JSON).
+    #[arg(long, value_name = "FLEET")]
+    fleet: PathBuf,
+    /// The filter image, pinned by manifest digest (overrides spec.plugin.image).
+    #[arg(long, value_name = "REF@sha256:…")]
+    image: Option<String>,
+    /// The kubeconfig with the members' contexts (default: $KUBECONFIG, else ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// The hub cluster's context, for members whose `api` is a secretRef.
+    #[arg(long, value_name = "CONTEXT")]
+    hub_context: Option<String>,
+    /// Show what would change (server-side dry run and diff); change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Keep objects of this policy that the render no longer has.
+    #[arg(long)]
+    no_prune: bool,
+    /// An unreachable member fails its wave (default: reported, the rollout goes on).
+    #[arg(long)]
+    require_all: bool,
+}
+
+fn read_kubeconfig(path: Option<&PathBuf>) -> anyhow::Result<Option<kube::config::Kubeconfig>> {
+    if let Some(path) = path {
+        return kube::config::Kubeconfig::read_from(path)
+            .map(Some)
+            .with_context(|| format!("reading kubeconfig {}", path.display()));
+    }
+    // No file given: $KUBECONFIG / ~/.kube/config if there is one.
+    Ok(kube::config::Kubeconfig::read().ok())
+}
+
+pub fn run(args: ApplyArgs) -> anyhow::Result<std::process::ExitCode> {
+    let policy_text = load::read(&args.policy)?;
+    let fleet_text = load::read(&args.fleet)?;
+    let named = |mut e: FieldErrors, path: &PathBuf| {
+        e.source = if e.source.is_empty() {
+            path.display().to_string()
+        } else {
+            format!("{} ({})", path.display(), e.source)
+        };
+        anyhow::anyhow!("{e}")
+    };
+    let policy =
+        load::policy_from_str(&policy_text, "TrafficPolicy").map_err(|e| named(e, &args.policy))?;
+    let fleet = load::fleet_from_str(&fleet_text, "Fleet").map_err(|e| named(e, &args.fleet))?;
+    let image = args
+        .image
+        .as_deref()
+        .map(|r| tideway_controller::Image::parse("--image", r))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let compiled = tideway_controller::compile(&policy, &fleet, image.as_ref())
+        .map_err(|e| named(e, &args.policy))?;
+    let policy_ref = PolicyRef {
+        name: policy.metadata.name.clone().unwrap_or_default(),
+        namespace: tideway_controller::validate::policy_namespace(&policy).to_string(),
+    };
+    let kubeconfig = read_kubeconfig(args.kubeconfig.as_ref())?;
+    let options = Options {
+        dry_run: args.dry_run,
+        prune: !args.no_prune,
+        require_all: args.require_all,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        let hub = match &args.hub_context {
+            Some(context) => {
+                let kubeconfig = kubeconfig
+                    .as_ref()
+                    .context("--hub-context needs a kubeconfig")?;
+                Some(
+                    apply::connect::client_for_context(kubeconfig, context)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("hub: {e}"))?,
+                )
+            }
+            None => None,
+        };
+        let targets = apply::targets(&compiled, &fleet, kubeconfig.as_ref(), hub.as_ref()).await;
+        let mut show = |event: &apply::Progress| eprintln!("{}", apply::progress_line(event));
+        anyhow::Ok(apply::apply(targets, &policy_ref, &options, &mut show).await)
+    })?;
+    if args.dry_run {
+        for member in &report.members {
+            for object in &member.objects {
+                if let ObjectAction::WouldCreate { diff } | ObjectAction::WouldChange { diff } =
+                    &object.action
+                {
+                    println!("# {}: {}\n{diff}", member.member, object.object);
+                }
+            }
+            for object in &member.pruned {
+                println!("# {}: {} would be deleted", member.member, object.object);
+            }
+        }
+    }
+    let done = report
+        .members
+        .iter()
+        .filter(|m| matches!(m.status, apply::MemberStatus::Applied))
+        .count();
+    eprintln!(
+        "{done} of {} member(s) {}",
+        report.members.len(),
+        if args.dry_run { "checked" } else { "applied" }
+    );
+    Ok(if report.all_applied() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
