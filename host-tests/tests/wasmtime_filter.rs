@@ -903,19 +903,18 @@ fn parse_tp(tp: &str) -> [String; 4] {
 }
 
 #[test]
-fn w3c_valid_traceparent_passes_unchanged_and_tracestate_gets_our_member_first() {
+fn w3c_valid_traceparent_and_tracestate_pass_unchanged_in_propagate_mode() {
     let mut host = trace_host(json!({}));
     let up = traced(
         &mut host,
         &[("traceparent", TP), ("tracestate", TRACESTATE)],
     );
     assert_eq!(up.get_all("traceparent"), vec![TP.to_string()]);
-    assert_eq!(
-        up.get_all("tracestate"),
-        vec![format!("{OUR_MEMBER},{TRACESTATE}")]
-    );
+    // Propagate mode keeps the parent-id, so it has no member of its own to
+    // write: tracestate is forwarded untouched.
+    assert_eq!(up.get_all("tracestate"), vec![TRACESTATE.to_string()]);
 
-    // An earlier hop's member of ours is replaced, not duplicated.
+    // An earlier hop's member of ours is forwarded as it came.
     let up = traced(
         &mut host,
         &[
@@ -925,14 +924,14 @@ fn w3c_valid_traceparent_passes_unchanged_and_tracestate_gets_our_member_first()
     );
     assert_eq!(
         up.get("tracestate").as_deref(),
-        Some(format!("{OUR_MEMBER},congo=t61rcWkgMzE").as_str())
+        Some("tideway=s:a;t:b,congo=t61rcWkgMzE")
     );
 
-    // Not sampled (flags 00) passes unchanged too.
+    // Not sampled (flags 00) passes unchanged too, and gains no tracestate.
     let unsampled = TP.replace("-01", "-00");
     let up = traced(&mut host, &[("traceparent", unsampled.as_str())]);
     assert_eq!(up.get("traceparent").as_deref(), Some(unsampled.as_str()));
-    assert_eq!(up.get("tracestate").as_deref(), Some(OUR_MEMBER));
+    assert_eq!(up.get("tracestate"), None);
 }
 
 #[test]
@@ -999,12 +998,9 @@ fn w3c_invalid_or_duplicated_traceparent_starts_a_new_valid_trace() {
         );
         assert_ne!(parent, PARENT_ID, "{what}: {}", tps[0]);
         assert_eq!(flags, "01", "{what}: sampleRatio 1 samples new traces");
-        // A new trace discards the old tracestate but for our member.
-        assert_eq!(
-            up.get_all("tracestate"),
-            vec![OUR_MEMBER.to_string()],
-            "{what}"
-        );
+        // A new trace discards the old tracestate (it described another
+        // trace), and propagate mode writes no member of its own.
+        assert_eq!(up.get_all("tracestate"), Vec::<String>::new(), "{what}");
         assert!(trace_ids.insert(trace), "{what}: a new trace id is new");
     }
 }
@@ -1021,11 +1017,8 @@ fn w3c_a_future_version_is_downgraded_to_00_with_the_same_ids() {
             &[("traceparent", future), ("tracestate", TRACESTATE)],
         );
         assert_eq!(up.get_all("traceparent"), vec![TP.to_string()], "{future}");
-        // Still the caller's trace: its tracestate is kept after ours.
-        assert_eq!(
-            up.get("tracestate").as_deref(),
-            Some(format!("{OUR_MEMBER},{TRACESTATE}").as_str())
-        );
+        // Still the caller's trace: its tracestate is forwarded untouched.
+        assert_eq!(up.get("tracestate").as_deref(), Some(TRACESTATE));
     }
     // A future version with a non-dash after the flags is invalid.
     let up = traced(
@@ -1197,7 +1190,8 @@ fn b3_multi_and_single_are_written_consistent_with_traceparent() {
     assert_eq!(up.get("x-b3-spanid").as_deref(), Some(B3_SPAN));
     assert_eq!(up.get("x-b3-parentspanid").as_deref(), Some(B3_PARENT));
     assert_eq!(up.get("x-b3-sampled").as_deref(), Some("1"));
-    assert_eq!(up.get("tracestate").as_deref(), Some(OUR_MEMBER));
+    // Propagate mode: no tracestate member of ours.
+    assert_eq!(up.get("tracestate"), None);
     assert_eq!(up.get("x-trace-id").as_deref(), Some(B3_TRACE));
 
     // From B3 single, not sampled.
