@@ -339,6 +339,7 @@ impl<'a> Context<'a> {
             tracing: spec.tracing.clone().unwrap_or_default(),
             decision_header: spec.decision_header,
             hop_headers: spec.hop_headers.unwrap_or(true),
+            weights_source: None,
         }
     }
 

@@ -78,6 +78,58 @@ pub struct PluginConfig {
     /// off" row), so a mesh that does not read them can turn them off.
     #[serde(default = "default_true")]
     pub hop_headers: bool,
+    /// Where run-time weights come from (the controller's weights API).
+    /// Absent: the static weights above are all there is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_source: Option<WeightsSourceConfig>,
+}
+
+/// The controller's weights API, polled by one worker per proxy (the lease
+/// holder) with `dispatch_http_call`; the document it answers is
+/// [`crate::weights::WeightsDocument`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WeightsSourceConfig {
+    /// The Envoy cluster the poll goes to; under Istio
+    /// `outbound|PORT||HOST`, e.g.
+    /// `outbound|8080||tideway-controller.tideway-system.svc.cluster.local`.
+    pub cluster: String,
+    /// The poll's `:authority` (Envoy rejects a call without one).
+    pub authority: String,
+    /// Default `/v1/weights`.
+    #[serde(default = "default_weights_path")]
+    pub path: String,
+    /// How long the server may hold a poll open when nothing changed
+    /// (long-poll, `wait=`), in milliseconds. Default 30000.
+    #[serde(default = "default_weights_wait_ms")]
+    pub wait_ms: u64,
+    /// The lease one worker holds to poll for the whole proxy; another
+    /// worker takes over when it lapses. Default 3000 ms.
+    #[serde(default = "default_weights_lease_ms")]
+    pub lease_ms: u64,
+    /// Pause after a failed poll before the next, in milliseconds. Default 1000.
+    #[serde(default = "default_weights_retry_ms")]
+    pub retry_ms: u64,
+    /// How long the last good weights are kept while the server cannot be
+    /// reached; after that the static weights apply. Default 300000 (5 min).
+    #[serde(default = "default_weights_ttl_ms")]
+    pub ttl_ms: u64,
+}
+
+fn default_weights_path() -> String {
+    crate::weights::WEIGHTS_PATH.to_string()
+}
+fn default_weights_wait_ms() -> u64 {
+    30_000
+}
+fn default_weights_lease_ms() -> u64 {
+    3_000
+}
+fn default_weights_retry_ms() -> u64 {
+    1_000
+}
+fn default_weights_ttl_ms() -> u64 {
+    300_000
 }
 
 fn default_true() -> bool {
@@ -99,6 +151,7 @@ impl Default for PluginConfig {
             tracing: crate::trace::TracingConfig::default(),
             decision_header: false,
             hop_headers: true,
+            weights_source: None,
         }
     }
 }

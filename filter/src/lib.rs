@@ -33,6 +33,7 @@ pub mod rng;
 pub mod score;
 pub mod shared_stats;
 pub mod trace;
+pub mod weights;
 
 // The proxy-wasm layer links only into the wasm module; clippy checks it
 // natively too (it is never linked there).
