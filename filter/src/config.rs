@@ -383,7 +383,8 @@ pub struct SchedulerConfig {
     pub eject_max_ms: u64,
     /// How often each worker merges statistics through shared data.
     pub tick_ms: u64,
-    /// For gRPC requests (`content-type: application/grpc*`), the
+    /// For gRPC requests (`content-type` `application/grpc` or
+    /// `application/grpc+…`; not grpc-web, as in Envoy), the
     /// `grpc-status` codes that count as the destination's failure. Default:
     /// those Envoy's outlier detection counts (the codes its gRPC-to-HTTP
     /// mapping turns into a 5xx): UNKNOWN 2, DEADLINE_EXCEEDED 4,

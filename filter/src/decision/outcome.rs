@@ -46,12 +46,18 @@ pub fn grpc_failure_set(codes: &[u32]) -> u32 {
         .fold(0, |set, &c| set | (1 << c))
 }
 
-/// Whether a request is a gRPC call: `content-type: application/grpc…`.
+/// Whether a request is a gRPC call, as Envoy decides it
+/// (`Grpc::Common::hasGrpcContentType`): `content-type` is exactly
+/// `application/grpc` or starts with `application/grpc+` (`+proto`,
+/// `+json`, …). `application/grpc-web` is not gRPC to Envoy (its grpc_web
+/// filter translates it first, and a grpc-web response carries its status
+/// in the body), and Envoy compares case-sensitively, so this does too.
 pub fn is_grpc(content_type: &[u8]) -> bool {
     const GRPC: &[u8] = b"application/grpc";
-    content_type
-        .get(..GRPC.len())
-        .is_some_and(|p| p.eq_ignore_ascii_case(GRPC))
+    match content_type.strip_prefix(GRPC) {
+        Some(rest) => rest.is_empty() || rest[0] == b'+',
+        None => false,
+    }
 }
 
 /// Envoy's response flags (the `response.flags` property, the legacy bit
@@ -109,9 +115,28 @@ mod tests {
     fn grpc_is_told_by_content_type() {
         assert!(is_grpc(b"application/grpc"));
         assert!(is_grpc(b"application/grpc+proto"));
-        assert!(is_grpc(b"Application/GRPC-web"));
+        assert!(is_grpc(b"application/grpc+json"));
+        assert!(is_grpc(b"application/grpc+"));
         assert!(!is_grpc(b"application/json"));
         assert!(!is_grpc(b"application/grp"));
+        assert!(!is_grpc(b""));
+    }
+
+    /// Envoy's rule: grpc-web (whose status travels in the body) and
+    /// anything else that merely starts with `application/grpc` is not a
+    /// gRPC call, nor is a differently cased or parameterised type.
+    #[test]
+    fn grpc_web_and_lookalikes_are_not_grpc() {
+        for not_grpc in [
+            &b"application/grpc-web"[..],
+            b"application/grpc-web+proto",
+            b"application/grpc-web-text",
+            b"application/grpcx",
+            b"application/grpc; charset=utf-8",
+            b"Application/GRPC",
+        ] {
+            assert!(!is_grpc(not_grpc), "{}", String::from_utf8_lossy(not_grpc));
+        }
     }
 
     #[test]
