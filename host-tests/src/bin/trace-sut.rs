@@ -1,17 +1,26 @@
-//! The service the W3C Trace Context test suite talks to, behind real Envoy
-//! with the Tideway filter: `cargo run -p tideway-host-tests --bin
-//! tideway-trace-sut -- span|propagate` prints the endpoint to hand the
-//! suite's `test/test.py` and serves until killed.
+//! The service the W3C Trace Context test suite talks to, with real Envoy
+//! and the Tideway filter on its outbound path: `cargo run -p
+//! tideway-host-tests --bin tideway-trace-sut -- span|propagate` prints the
+//! endpoint to hand the suite's `test/test.py` (`SERVICE_ENDPOINT`) and
+//! serves until killed.
 //!
 //! The suite POSTs a JSON list of `{url, arguments}` to the endpoint; the
 //! service POSTs `arguments` to each `url` carrying the trace context it
-//! received. What the suite judges is therefore what the filter forwarded:
+//! received. Tideway's filter steers a caller's outbound requests (it runs
+//! in the caller's sidecar), so each of those callbacks goes through Envoy
+//! with the filter, which routes it to the harness: every callback is a
+//! request of its own through the filter, and what the suite judges is
+//! what the filter forwarded.
 //! - `span`: the filter runs in span mode and the app passes the context on
-//!   unchanged, so the filter alone is the participant under test;
+//!   unchanged (an uninstrumented app), so the filter alone is the
+//!   participant under test: each callback gets a span of its own;
 //! - `propagate`: the filter runs in propagate mode (it does not change the
-//!   parent-id), and the app behaves as an instrumented app does — it
-//!   starts its own span, so it sends a new parent-id with the same trace id
-//!   and flags, and passes `tracestate` on as it received it.
+//!   parent-id), and the app behaves as an instrumented app does — a client
+//!   span per outgoing call, so each callback gets a new parent-id with the
+//!   same trace id and flags, and `tracestate` as the app received it.
+//!
+//! The harness's port is `HARNESS_PORT` (the suite's variable, default
+//! 7777): the filter's destination cluster points there.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +35,12 @@ fn main() -> anyhow::Result<()> {
         "propagate" => true,
         other => anyhow::bail!("usage: tideway-trace-sut span|propagate (got {other:?})"),
     };
+    let harness_port: u16 = match std::env::var("HARNESS_PORT") {
+        Ok(port) => port
+            .parse()
+            .map_err(|_| anyhow::anyhow!("HARNESS_PORT: not a port: {port:?}"))?,
+        Err(_) => 7777,
+    };
     let server = tiny_http::Server::http("127.0.0.1:0")
         .map_err(|e| anyhow::anyhow!("could not listen on loopback: {e}"))?;
     let app_port = server
@@ -37,22 +52,23 @@ fn main() -> anyhow::Result<()> {
         "span" => r#"{"mode":"span","collector":{"cluster":"collector"}}"#,
         _ => r#"{"mode":"propagate"}"#,
     };
-    // The suite addresses the service by IP: that is the governed host.
+    // The callbacks address the harness by IP: that is the governed host.
     let config = format!(
-        r#"{{"services":[{{"name":"sut","hosts":["127.0.0.1"],
-            "destinations":[{{"name":"app","cluster":"cluster-app"}}]}}],
+        r#"{{"services":[{{"name":"harness","hosts":["127.0.0.1"],
+            "destinations":[{{"name":"harness","cluster":"cluster-harness"}}]}}],
             "tracing":{tracing}}}"#
     );
-    let mut spec = EnvoySpec::new(&config, &[("app", app_port)]);
+    let mut spec = EnvoySpec::new(&config, &[("harness", harness_port)]);
     // Span exports go to a port nobody listens on: the suite does not
     // look at them.
     spec.extra_clusters.push(("collector".to_string(), 9));
     let envoy = Envoy::start(&spec)?;
-    println!("SERVICE_ENDPOINT=http://127.0.0.1:{}/test", envoy.port);
-    println!("(filter in {mode} mode; Ctrl-C to stop)");
-    let agent = ureq::AgentBuilder::new()
-        .timeout(std::time::Duration::from_secs(10))
-        .build();
+    println!("SERVICE_ENDPOINT=http://127.0.0.1:{app_port}/test");
+    println!(
+        "(filter in {mode} mode on the callbacks' way out, Envoy port {}, harness port \
+         {harness_port}; Ctrl-C to stop)",
+        envoy.port
+    );
     while let Ok(mut request) = server.recv() {
         let mut body = String::new();
         let _ = request.as_reader().read_to_string(&mut body);
@@ -64,27 +80,38 @@ fn main() -> anyhow::Result<()> {
                 .map(|h| h.value.as_str().to_string())
                 .collect()
         };
-        let traceparent = header("traceparent").pop().map(|tp| {
-            if new_parent_id {
-                with_new_parent_id(&tp)
-            } else {
-                tp
-            }
-        });
+        let traceparents = header("traceparent");
         let tracestate = header("tracestate");
         let calls: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
         for call in calls {
             let Some(url) = call["url"].as_str() else {
                 continue;
             };
-            let mut out = agent.post(url).set("content-type", "application/json");
-            if let Some(tp) = &traceparent {
-                out = out.set("traceparent", tp);
-            }
-            if !tracestate.is_empty() {
-                out = out.set("tracestate", &tracestate.join(","));
-            }
-            if let Err(e) = out.send_string(&call["arguments"].to_string()) {
+            let Some((authority, path)) = url
+                .strip_prefix("http://")
+                .and_then(|rest| rest.find('/').map(|i| rest.split_at(i)))
+            else {
+                eprintln!("callback URL not understood: {url}");
+                continue;
+            };
+            // Every value as received (a duplicated header stays
+            // duplicated, so by hand: ureq keeps one value a name); an
+            // instrumented app's client span per call.
+            let mut headers: Vec<(&str, String)> = traceparents
+                .iter()
+                .map(|tp| {
+                    let tp = if new_parent_id {
+                        with_new_parent_id(tp)
+                    } else {
+                        tp.clone()
+                    };
+                    ("traceparent", tp)
+                })
+                .collect();
+            headers.extend(tracestate.iter().map(|ts| ("tracestate", ts.clone())));
+            let arguments = call["arguments"].to_string();
+            // Through Envoy: the filter sees the harness's authority.
+            if let Err(e) = post_via(envoy.port, authority, path, &headers, &arguments) {
                 eprintln!("callback to {url}: {e}");
             }
         }
@@ -94,10 +121,47 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// POST `body` to `path` on Envoy's listener with `Host: authority` and
+/// `headers` (names may repeat), and read the answer to its end.
+fn post_via(
+    envoy_port: u16,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", envoy_port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut request = format!("POST {path} HTTP/1.1\r\nHost: {authority}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!(
+        "content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    if !response.starts_with(b"HTTP/1.1 2") {
+        let head = String::from_utf8_lossy(&response[..response.len().min(200)]).into_owned();
+        return Err(std::io::Error::other(format!("answered {head:?}")));
+    }
+    Ok(())
+}
+
 /// `00-<trace>-<parent>-<flags>` with a new random parent-id (what an
 /// instrumented app's own span does).
+/// A context the app cannot continue (an invalid `traceparent`) goes on as
+/// it came: the filter, under test, decides to restart the trace. (Given a
+/// new parent-id, an invalid parent-id would have been repaired by the app
+/// and the suite would judge the app instead.)
 fn with_new_parent_id(tp: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(1);
+    if tideway_filter::trace::w3c::parse_traceparent(tp.as_bytes()).is_none() {
+        return tp.to_string();
+    }
     let parts: Vec<&str> = tp.trim().split('-').collect();
     let [version, trace, _, flags] = parts.as_slice() else {
         return tp.to_string();
