@@ -183,7 +183,7 @@ impl WeightsSourceConfig {
                 ),
             ));
         }
-        if !(1_000..=MAX_WAIT_MS).contains(&self.wait_ms) || self.wait_ms % 1_000 != 0 {
+        if !(1_000..=MAX_WAIT_MS).contains(&self.wait_ms) || !self.wait_ms.is_multiple_of(1_000) {
             return Err(ConfigError::new(
                 format!("{AT}.waitMs"),
                 format!(
