@@ -158,72 +158,65 @@ impl WeightsSourceConfig {
     fn validate(&self, scheduler: &SchedulerConfig) -> Result<(), ConfigError> {
         use weights_source_bounds::*;
         const AT: &str = "weightsSource";
-        let bad_text = |s: &str| s.is_empty() || s.bytes().any(|b| b <= b' ' || b == 0x7f);
-        if bad_text(&self.cluster) {
-            return Err(ConfigError::new(
-                format!("{AT}.cluster"),
-                format!(
-                    "{:?} is not an Envoy cluster name (under Istio: outbound|PORT||HOST)",
-                    self.cluster
-                ),
-            ));
+        // Visible ASCII, none of `forbidden`.
+        let text = |s: &str, forbidden: &[u8]| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b > b' ' && b != 0x7f && !forbidden.contains(&b))
+        };
+        let texts = [
+            (
+                "cluster",
+                &self.cluster,
+                text(&self.cluster, b""),
+                "an Envoy cluster name (under Istio: outbound|PORT||HOST)",
+            ),
+            (
+                "authority",
+                &self.authority,
+                text(&self.authority, b"/?#@"),
+                "a host[:port]",
+            ),
+            (
+                "path",
+                &self.path,
+                text(&self.path, b"?#") && self.path.starts_with('/'),
+                "a request path (starts with /, no spaces, no query: the filter adds it)",
+            ),
+        ];
+        for (field, value, ok, expected) in texts {
+            if !ok {
+                return Err(ConfigError::new(
+                    format!("{AT}.{field}"),
+                    format!("{value:?} is not {expected}"),
+                ));
+            }
         }
-        if bad_text(&self.authority) || self.authority.contains(['/', '?', '#', '@']) {
-            return Err(ConfigError::new(
-                format!("{AT}.authority"),
-                format!("{:?} is not a host[:port]", self.authority),
-            ));
-        }
-        if !self.path.starts_with('/') || bad_text(&self.path) || self.path.contains(['?', '#']) {
-            return Err(ConfigError::new(
-                format!("{AT}.path"),
-                format!(
-                    "{:?} is not a request path (starts with /, no spaces, no query: the filter adds it)",
-                    self.path
-                ),
-            ));
-        }
-        if !(1_000..=MAX_WAIT_MS).contains(&self.wait_ms) || !self.wait_ms.is_multiple_of(1_000) {
-            return Err(ConfigError::new(
-                format!("{AT}.waitMs"),
-                format!(
-                    "{} (must be whole seconds, 1000…{MAX_WAIT_MS}: the API's wait= counts seconds)",
-                    self.wait_ms
-                ),
-            ));
-        }
+        // (field, value, min, max, why the bounds); whole seconds for waitMs:
+        // the API's wait= counts seconds.
         let min_lease = scheduler.tick_ms.saturating_mul(2).max(100);
-        if !(min_lease..=MAX_MS).contains(&self.lease_ms) {
-            return Err(ConfigError::new(
-                format!("{AT}.leaseMs"),
-                format!(
-                    "{} (must be {min_lease}…{MAX_MS}: at least two scheduler ticks of {} ms, which renew it)",
-                    self.lease_ms, scheduler.tick_ms
-                ),
-            ));
-        }
-        if !(10..=MAX_MS).contains(&self.retry_ms) {
-            return Err(ConfigError::new(
-                format!("{AT}.retryMs"),
-                format!("{} (must be 10…{MAX_MS})", self.retry_ms),
-            ));
-        }
         let min_ttl = self.wait_ms + self.lease_ms + self.retry_ms;
-        if !(min_ttl..=MAX_MS).contains(&self.ttl_ms) {
-            return Err(ConfigError::new(
-                format!("{AT}.ttlMs"),
-                format!(
-                    "{} (must be {min_ttl}…{MAX_MS}: at least waitMs + leaseMs + retryMs, or the \
-                     weights would expire during a healthy long-poll and lease hand-over)",
-                    self.ttl_ms
-                ),
-            ));
-        }
-        if !(MIN_BYTES..=MAX_BYTES).contains(&self.max_bytes) {
-            return Err(ConfigError::new(
-                format!("{AT}.maxBytes"),
-                format!("{} (must be {MIN_BYTES}…{MAX_BYTES})", self.max_bytes),
-            ));
+        let ranges = [
+            ("waitMs", self.wait_ms, 1_000, MAX_WAIT_MS, "whole seconds"),
+            ("leaseMs", self.lease_ms, min_lease, MAX_MS, "≥ 2 × scheduler.tickMs, which renews it"),
+            ("retryMs", self.retry_ms, 10, MAX_MS, "the pause after a failed poll"),
+            (
+                "ttlMs",
+                self.ttl_ms,
+                min_ttl,
+                MAX_MS,
+                "≥ waitMs + leaseMs + retryMs, or weights expire during a healthy long-poll and lease hand-over",
+            ),
+            ("maxBytes", self.max_bytes, MIN_BYTES, MAX_BYTES, "bytes"),
+        ];
+        for (field, value, min, max, why) in ranges {
+            let whole = field != "waitMs" || value.is_multiple_of(1_000);
+            if !(min..=max).contains(&value) || !whole {
+                return Err(ConfigError::new(
+                    format!("{AT}.{field}"),
+                    format!("{value} (must be {min}…{max}; {why})"),
+                ));
+            }
         }
         Ok(())
     }
@@ -714,7 +707,7 @@ impl SchedulerConfig {
 }
 
 impl FactorWeights {
-    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, at: &str) -> Result<(), ConfigError> {
         for (name, value) in [
             ("latency", self.latency),
             ("load", self.load),

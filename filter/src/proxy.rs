@@ -405,12 +405,10 @@ impl Worker {
             return;
         };
         let now = now_or_zero();
-        match self.weights.as_mut() {
-            Some(channel) => {
-                let events = channel.reconfigured(source, engine, now);
-                for event in events {
-                    weights_event(&self.metrics, event);
-                }
+        let channel = match self.weights.take() {
+            Some(mut channel) => {
+                channel.reconfigured(source);
+                channel
             }
             None => {
                 // Istio leaves vm_id empty, so the keys carry the plugin's name.
@@ -419,9 +417,15 @@ impl Worker {
                     .flatten()
                     .and_then(|b| String::from_utf8(b).ok())
                     .unwrap_or_default();
-                self.weights = Some(WeightsChannel::new(source, &plugin, self.holder_id));
+                WeightsChannel::new(source, &plugin, self.holder_id)
             }
-        }
+        };
+        // Adopt what the holder wrote now, not on the first tick. The poll
+        // waits for the tick: at start-up Envoy may not have the cluster yet.
+        let channel = self.weights.insert(channel);
+        let mut step = channel.on_tick(engine, &mut HostSharedData, now);
+        step.poll = None;
+        weights_step(channel, &self.metrics, step, now);
     }
 
     /// Hand Envoy what was gathered: decision counts, finished spans,
@@ -486,9 +490,13 @@ impl Worker {
             .unwrap_or_default();
         if let (Some(channel), Some(engine)) = (self.weights.as_mut(), self.engine.as_mut()) {
             if channel.owns(token) {
-                let code = core::str::from_utf8(&status)
-                    .ok()
-                    .and_then(|s| s.parse::<u16>().ok());
+                // `:status` is three digits.
+                let code = match status[..] {
+                    [a, b, c] if [a, b, c].iter().all(u8::is_ascii_digit) => Some(
+                        u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'),
+                    ),
+                    _ => None,
+                };
                 let now = now_or_zero();
                 let body = |max: u64| {
                     if body_size as u64 > max {
@@ -647,33 +655,40 @@ fn weights_step(
     now: u64,
 ) {
     for event in step.events {
-        weights_event(metrics, event);
+        weights_event(metrics, &channel.source().cluster, event);
     }
     let Some(request) = step.poll else {
         return;
     };
     let source = channel.source();
-    let mut headers = vec![
+    let headers = [
         (":method", "GET"),
         (":path", request.path.as_str()),
         (":authority", source.authority.as_str()),
         ("accept", "application/json"),
+        (
+            "if-none-match",
+            request.if_none_match.as_deref().unwrap_or(""),
+        ),
     ];
-    if let Some(tag) = request.if_none_match.as_deref() {
-        headers.push(("if-none-match", tag));
-    }
+    // No version held: no If-None-Match.
+    let headers = &headers[..if request.if_none_match.is_some() {
+        5
+    } else {
+        4
+    }];
     let timeout = u32::try_from(request.timeout_ms).unwrap_or(u32::MAX);
-    match abi::http_call(&source.cluster, &headers, &[], timeout) {
+    match abi::http_call(&source.cluster, headers, &[], timeout) {
         Ok(token) => channel.sent(token, &request, now),
         Err(e) => {
             let event = channel.not_sent(&e.to_string(), now);
-            weights_event(metrics, event);
+            weights_event(metrics, &channel.source().cluster, event);
         }
     }
 }
 
 /// Log and count one weights-channel event.
-fn weights_event(metrics: &Metrics, event: weights_channel::Event) {
+fn weights_event(metrics: &Metrics, cluster: &str, event: weights_channel::Event) {
     use weights_channel::{Event, LeaseChange};
     match event {
         Event::Adopted { version } => {
@@ -704,7 +719,10 @@ fn weights_event(metrics: &Metrics, event: weights_channel::Event) {
         }
         Event::PollFailed(why) => {
             add(metrics.weights_poll_errors, 1);
-            log(Level::Warn, &format!("tideway: weights poll failed: {why}"));
+            log(
+                Level::Warn,
+                &format!("tideway: weights poll to cluster {cluster:?} failed: {why}"),
+            );
         }
         Event::Lease(LeaseChange::Acquired { from_lapsed }) => log(
             Level::Info,

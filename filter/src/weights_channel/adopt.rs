@@ -98,46 +98,77 @@ pub struct RuntimeWeights {
     pub services: Vec<ServiceOverride>,
 }
 
-/// Check a (parsed, self-consistent) document against `config`.
+/// Check a parsed document against `config`, and its values: everything
+/// [`WeightsDocument::validate`] checks, in the same pass that maps names to
+/// the config's indices (names must be the config's, so an empty one is
+/// unknown; a repeated one finds its slot taken). One pass rather than
+/// `validate` then a mapping: the module has a size budget, and the two
+/// would walk the same document twice with the same checks.
 pub fn check(doc: &WeightsDocument, config: &PluginConfig) -> Result<RuntimeWeights, Rejection> {
+    let malformed = |field: String, message: String| {
+        Rejection::new(RejectReason::Malformed, ConfigError::new(field, message))
+    };
+    let unknown = |field: String, what: &str, name: &str| {
+        Rejection::new(
+            RejectReason::Unauthorised,
+            ConfigError::new(
+                field,
+                format!(
+                    "{name:?} is not {what} of this plugin's configuration (the weights channel cannot add one)"
+                ),
+            ),
+        )
+    };
     let mut services: Vec<ServiceOverride> = config
         .services
         .iter()
-        .map(|s| ServiceOverride {
+        .map(|sc| ServiceOverride {
             factors: None,
-            destinations: vec![None; s.destinations.len()],
+            destinations: sc.destinations.iter().map(|_| None).collect(),
         })
         .collect();
+    let mut seen = vec![false; services.len()];
     for (i, sw) in doc.services.iter().enumerate() {
         let at = format!("weights.services[{i}]");
         let Some(s) = config.services.iter().position(|s| s.name == sw.name) else {
-            return Err(Rejection::new(
-                RejectReason::Unauthorised,
-                ConfigError::new(
-                    format!("{at}.name"),
-                    format!(
-                        "{:?} is not a service of this plugin's configuration (the weights channel cannot add one)",
-                        sw.name
-                    ),
-                ),
-            ));
+            return Err(unknown(format!("{at}.name"), "a service", &sw.name));
         };
+        if std::mem::replace(&mut seen[s], true) {
+            return Err(malformed(
+                format!("{at}.name"),
+                format!("{:?} appears twice", sw.name),
+            ));
+        }
+        if let Some(f) = &sw.factors {
+            f.validate(&format!("{at}.factors"))
+                .map_err(|e| malformed(e.field, e.message))?;
+        }
         let sc = &config.services[s];
         let over = &mut services[s];
         over.factors = sw.factors;
         for (j, dw) in sw.destinations.iter().enumerate() {
+            let dat = format!("{at}.destinations[{j}]");
             let Some(d) = sc.destinations.iter().position(|d| d.name == dw.name) else {
-                return Err(Rejection::new(
-                    RejectReason::Unauthorised,
-                    ConfigError::new(
-                        format!("{at}.destinations[{j}].name"),
-                        format!(
-                            "{:?} is not a destination of service {:?} (the weights channel cannot add one)",
-                            dw.name, sw.name
-                        ),
-                    ),
+                return Err(unknown(
+                    format!("{dat}.name"),
+                    &format!("a destination of service {:?}", sw.name),
+                    &dw.name,
                 ));
             };
+            if over.destinations[d].is_some() {
+                return Err(malformed(
+                    format!("{dat}.name"),
+                    format!("{:?} appears twice", dw.name),
+                ));
+            }
+            for (field, value) in [("weight", dw.weight), ("cost", dw.cost)] {
+                if !value.is_finite() || value < 0.0 {
+                    return Err(malformed(
+                        format!("{dat}.{field}"),
+                        format!("{value} (must be a finite number ≥ 0)"),
+                    ));
+                }
+            }
             over.destinations[d] = Some(DestinationOverride {
                 weight: dw.weight,
                 cost: dw.cost,
@@ -150,14 +181,11 @@ pub fn check(doc: &WeightsDocument, config: &PluginConfig) -> Result<RuntimeWeig
             .zip(&over.destinations)
             .any(|(dc, o)| o.map_or(dc.weight, |o| o.weight) > 0.0);
         if !any_weight {
-            return Err(Rejection::new(
-                RejectReason::Malformed,
-                ConfigError::new(
-                    format!("{at}.destinations"),
-                    format!(
-                        "every weight of service {:?} would be 0: nothing could be chosen",
-                        sw.name
-                    ),
+            return Err(malformed(
+                format!("{at}.destinations"),
+                format!(
+                    "every weight of service {:?} would be 0: nothing could be chosen",
+                    sw.name
                 ),
             ));
         }
@@ -168,17 +196,19 @@ pub fn check(doc: &WeightsDocument, config: &PluginConfig) -> Result<RuntimeWeig
     })
 }
 
-/// Parse, validate and check an answer body in one step.
+/// Parse an answer body (its values are checked by [`check`]).
+pub fn parse(bytes: &[u8]) -> Result<WeightsDocument, Rejection> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Rejection::new(
+            RejectReason::Malformed,
+            ConfigError::new("weights", format!("not a weights document: {e}")),
+        )
+    })
+}
+
+/// Parse and check an answer body in one step.
 pub fn parse_and_check(bytes: &[u8], config: &PluginConfig) -> Result<RuntimeWeights, Rejection> {
-    let doc = WeightsDocument::parse(bytes).map_err(|e| {
-        let field = if e.field.starts_with("weights") {
-            e.field
-        } else {
-            format!("weights.{}", e.field)
-        };
-        Rejection::new(RejectReason::Malformed, ConfigError::new(field, e.message))
-    })?;
-    check(&doc, config)
+    check(&parse(bytes)?, config)
 }
 
 #[cfg(test)]
@@ -240,6 +270,53 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The one-pass check rejects everything the document's own
+        /// validation rejects (the controller's side), so the two cannot
+        /// drift apart.
+        #[test]
+        fn check_rejects_whatever_validate_rejects(
+            services in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["reviews", "ratings", ""]),
+                    proptest::option::of(proptest::sample::select(vec![-1.0, 0.0, 0.5])),
+                    proptest::collection::vec(
+                        (
+                            proptest::sample::select(vec!["east", "west", ""]),
+                            proptest::sample::select(vec![-1.0, 0.0, 2.0]),
+                            proptest::sample::select(vec![-0.5, 0.0, 1.0]),
+                        ),
+                        0..4,
+                    ),
+                ),
+                0..4,
+            )
+        ) {
+            let doc = WeightsDocument {
+                version: 1,
+                services: services
+                    .into_iter()
+                    .map(|(name, load, destinations)| crate::weights::ServiceWeights {
+                        name: name.to_string(),
+                        factors: load.map(|load| FactorWeights { load, ..FactorWeights::default() }),
+                        destinations: destinations
+                            .into_iter()
+                            .map(|(name, weight, cost)| crate::weights::DestinationWeights {
+                                name: name.to_string(),
+                                weight,
+                                cost,
+                                drained: false,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            };
+            if doc.validate().is_err() {
+                proptest::prop_assert!(check(&doc, &config()).is_err(), "{doc:?}");
+            }
+        }
+    }
+
     #[test]
     fn malformed_documents_are_named() {
         let cases = [
@@ -260,7 +337,29 @@ mod tests {
                 "every weight",
             ),
         ];
-        for (json, field, value) in cases {
+        let more = [
+            (
+                r#"{"version":1,"services":[{"name":"reviews","destinations":[]},{"name":"reviews","destinations":[]}]}"#,
+                "weights.services[1].name",
+                "appears twice",
+            ),
+            (
+                r#"{"version":1,"services":[{"name":"reviews","destinations":[{"name":"east","weight":1,"cost":0},{"name":"east","weight":1,"cost":0}]}]}"#,
+                "weights.services[0].destinations[1].name",
+                "appears twice",
+            ),
+            (
+                r#"{"version":1,"services":[{"name":"reviews","factors":{"load":-1},"destinations":[]}]}"#,
+                "weights.services[0].factors.load",
+                "-1",
+            ),
+            (
+                r#"{"version":1,"services":[{"name":"reviews","destinations":[{"name":"east","weight":1,"cost":-0.5}]}]}"#,
+                "weights.services[0].destinations[0].cost",
+                "-0.5",
+            ),
+        ];
+        for (json, field, value) in cases.into_iter().chain(more) {
             let r = parse_and_check(json.as_bytes(), &config()).unwrap_err();
             assert_eq!(r.reason, RejectReason::Malformed, "{json}");
             assert_eq!(r.error.field, field, "{json}: {r}");

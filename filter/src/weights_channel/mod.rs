@@ -46,10 +46,37 @@ pub enum Event {
     Expired { version: u64 },
     /// A document or answer was not adopted; the previous weights stay.
     Rejected(Rejection),
-    /// A poll failed (no answer, a reset, a timeout, an unexpected status).
-    PollFailed(String),
+    /// A poll failed.
+    PollFailed(PollFailure),
     /// This worker took the lease, or lost it.
     Lease(LeaseChange),
+}
+
+/// Why a poll failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollFailure {
+    /// The host refused the call (its status): the cluster is unknown, say.
+    NotSent(String),
+    /// An answer with an unexpected status.
+    Status(u16),
+    /// No status: a reset, or the cluster has no healthy endpoint.
+    NoAnswer,
+    /// No answer at all within the call's timeout.
+    Overdue,
+    /// A `304` to a poll that named no version (the server's error).
+    UnaskedNotModified,
+}
+
+impl std::fmt::Display for PollFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PollFailure::NotSent(why) => write!(f, "not sent: {why}"),
+            PollFailure::Status(code) => write!(f, "answered {code}"),
+            PollFailure::NoAnswer => f.write_str("no answer (reset or unreachable)"),
+            PollFailure::Overdue => f.write_str("no answer in time"),
+            PollFailure::UnaskedNotModified => f.write_str("304 to a poll that named no version"),
+        }
+    }
 }
 
 /// What a step asks of the host: log and count `events`, send `poll`.
@@ -123,31 +150,16 @@ impl WeightsChannel {
         self.poller.in_flight() == Some(token)
     }
 
-    /// The engine was rebuilt for a new config (on static weights): check
-    /// the held document against it and apply it again if it passes.
-    pub fn reconfigured(
-        &mut self,
-        source: WeightsSourceConfig,
-        engine: &mut Engine,
-        now_ns: u64,
-    ) -> Vec<Event> {
+    /// The engine was rebuilt for a new config (on static weights): forget
+    /// the held document, so the next step ([`WeightsChannel::on_tick`],
+    /// which the host runs at once) checks what the holder last wrote
+    /// against the new config and applies it if it passes.
+    pub fn reconfigured(&mut self, source: WeightsSourceConfig) {
         self.source = source;
+        self.held = None;
         self.applied = false;
         self.refused_record = None;
-        let mut events = Vec::new();
-        if let Some(held) = self.held.take() {
-            match adopt::parse_and_check(&held.body, &engine.config) {
-                Ok(weights) => {
-                    self.held = Some(Held {
-                        body: held.body,
-                        weights,
-                    })
-                }
-                Err(r) => events.push(Event::Rejected(r)),
-            }
-        }
-        self.settle(engine, now_ns, &mut events);
-        events
+        self.seen_version = None;
     }
 
     /// The tick: lease, adoption from shared data, TTL, next poll.
@@ -184,10 +196,7 @@ impl WeightsChannel {
     /// The poll could not be sent (`why`: the host's status).
     pub fn not_sent(&mut self, why: &str, now_ns: u64) -> Event {
         self.poller.failed(&self.source, now_ns);
-        Event::PollFailed(format!(
-            "poll to cluster {:?} not sent: {why}",
-            self.source.cluster
-        ))
+        Event::PollFailed(PollFailure::NotSent(why.to_string()))
     }
 
     /// The answer to call `token`; `None` if it is not this channel's.
@@ -216,9 +225,7 @@ impl WeightsChannel {
                 // server's error.
                 Some(_) => Ok(()),
                 None if self.seen_version.is_some() => Ok(()),
-                None => Err(Event::PollFailed(
-                    "304 to a poll that named no version".to_string(),
-                )),
+                None => Err(Event::PollFailed(PollFailure::UnaskedNotModified)),
             },
             Answer::Denied(code) => Err(Event::Rejected(Rejection::new(
                 RejectReason::Denied,
@@ -231,16 +238,9 @@ impl WeightsChannel {
                     ),
                 ),
             ))),
-            Answer::Failed(code) => Err(Event::PollFailed(match code {
-                Some(code) => format!(
-                    "the weights API at cluster {:?} answered {code}",
-                    self.source.cluster
-                ),
-                None => format!(
-                    "no answer from the weights API at cluster {:?} (reset or unreachable)",
-                    self.source.cluster
-                ),
-            })),
+            Answer::Failed(code) => Err(Event::PollFailed(
+                code.map_or(PollFailure::NoAnswer, PollFailure::Status),
+            )),
         };
         match outcome {
             Ok(()) => {
@@ -276,11 +276,11 @@ impl WeightsChannel {
                 ),
             ))
         })?;
-        let weights = adopt::parse_and_check(&body, &engine.config).map_err(|r| {
-            // A version the server sent, even rejected, is not asked for again.
-            if let Ok(doc) = serde_json::from_slice::<VersionOnly>(&body) {
-                self.seen_version = self.seen_version.max(Some(doc.version));
-            }
+        let doc = adopt::parse(&body).map_err(Event::Rejected)?;
+        // A version the server sent, even rejected, is not asked for again.
+        let sent_version = doc.version;
+        let weights = adopt::check(&doc, &engine.config).map_err(|r| {
+            self.seen_version = self.seen_version.max(Some(sent_version));
             Event::Rejected(r)
         })?;
         let version = weights.version;
@@ -313,22 +313,9 @@ impl WeightsChannel {
         let Ok(Some((bytes, _))) = store.get(&self.keys.document) else {
             return;
         };
-        let Some((version, confirmed_at_ns)) = DocumentRecord::decode_header(&bytes) else {
-            if self.refused_record != Some(u64::MAX) {
-                self.refused_record = Some(u64::MAX);
-                events.push(Event::Rejected(Rejection::new(
-                    RejectReason::Malformed,
-                    ConfigError::new(
-                        self.keys.document.clone(),
-                        format!(
-                            "a shared record of {} bytes in no known format",
-                            bytes.len()
-                        ),
-                    ),
-                )));
-            }
-            return;
-        };
+        // An unreadable record counts as the newest version, refused once.
+        let header = DocumentRecord::decode_header(&bytes);
+        let (version, confirmed_at_ns) = header.unwrap_or((u64::MAX, 0));
         let held_version = self.held.as_ref().map(|h| h.weights.version);
         if held_version == Some(version) {
             self.confirmed_at_ns = self.confirmed_at_ns.max(confirmed_at_ns);
@@ -338,7 +325,11 @@ impl WeightsChannel {
             return;
         }
         let body = DocumentRecord::body_of(&bytes);
-        match adopt::parse_and_check(body, &engine.config) {
+        let checked = match header {
+            Some(_) => adopt::parse_and_check(body, &engine.config).map_err(Some),
+            None => Err(None),
+        };
+        match checked {
             Ok(weights) if weights.version == version => {
                 self.held = Some(Held {
                     body: body.to_vec(),
@@ -348,20 +339,17 @@ impl WeightsChannel {
                 self.confirmed_at_ns = confirmed_at_ns;
                 self.applied = false;
             }
-            Ok(weights) => {
+            Ok(_) | Err(None) => {
                 self.refused_record = Some(version);
                 events.push(Event::Rejected(Rejection::new(
                     RejectReason::Malformed,
                     ConfigError::new(
                         self.keys.document.clone(),
-                        format!(
-                            "record version {version} holds document version {}",
-                            weights.version
-                        ),
+                        "a shared record this build cannot read (another version's format)",
                     ),
                 )));
             }
-            Err(r) => {
+            Err(Some(r)) => {
                 self.refused_record = Some(version);
                 events.push(Event::Rejected(r));
             }
@@ -412,10 +400,7 @@ impl WeightsChannel {
             self.poller
                 .due(&self.source, &services, self.seen_version, now_ns);
         if overdue {
-            events.push(Event::PollFailed(format!(
-                "no answer from the weights API at cluster {:?} in time",
-                self.source.cluster
-            )));
+            events.push(Event::PollFailed(PollFailure::Overdue));
         }
         request.filter(|_| self.lease.is_held(now_ns))
     }
@@ -452,12 +437,6 @@ impl WeightsChannel {
             }
         }
     }
-}
-
-/// The version of a document that was rejected for another reason.
-#[derive(serde::Deserialize)]
-struct VersionOnly {
-    version: u64,
 }
 
 #[cfg(test)]

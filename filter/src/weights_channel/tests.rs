@@ -305,14 +305,18 @@ fn a_reconfiguration_checks_the_held_document_again() {
     a.engine = rebuilt;
     assert_eq!(a.weights(), [50.0, 50.0]);
     let source = a.engine.config.weights_source.clone().unwrap();
-    let events = a.channel.reconfigured(source.clone(), &mut a.engine, TICK);
-    assert_eq!(events, [Event::Adopted { version: 3 }]);
+    a.channel.reconfigured(source.clone());
+    a.events.clear();
+    a.tick(&mut store, TICK);
+    assert_eq!(a.events, [Event::Adopted { version: 3 }]);
     assert_eq!(a.weights(), [9.0, 1.0]);
     // A config without `west`: the document names it, so it is refused.
     let mut narrower = config();
     narrower.services[0].destinations.truncate(1);
     a.engine = Engine::new(narrower, LocalIdentity::default(), 1, Some(&a.engine));
-    let events = a.channel.reconfigured(source, &mut a.engine, TICK);
-    assert!(matches!(&events[..], [Event::Rejected(r)] if r.reason == RejectReason::Unauthorised));
+    a.channel.reconfigured(source);
+    a.events.clear();
+    a.tick(&mut store, 2 * TICK);
+    assert_eq!(a.rejected(), [RejectReason::Unauthorised]);
     assert_eq!(a.weights(), [50.0]);
 }
