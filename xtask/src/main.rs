@@ -137,23 +137,7 @@ fn main() -> Result<()> {
         }
         Cmd::Demo { demo_args } => {
             let mut cmd = prepared_cargo(&root)?;
-            step("building the tideway CLI and the demo");
-            run(
-                Command::new(env!("CARGO")).current_dir(&root).args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "tideway-controller",
-                    "--bin",
-                    "tideway",
-                    "-p",
-                    "tideway-host-tests",
-                    "--bin",
-                    "tideway-demo",
-                ]),
-                "cargo build (tideway, tideway-demo)",
-            )?;
-            step("running the demo (about 2 minutes)");
+            step("running the demo (about 2 minutes after the build)");
             cmd.args([
                 "run",
                 "--quiet",
@@ -163,8 +147,7 @@ fn main() -> Result<()> {
                 "tideway-demo",
                 "--",
             ])
-            .args(&demo_args)
-            .env("TIDEWAY_CLI", root.join("target/debug/tideway"));
+            .args(&demo_args);
             run(&mut cmd, "tideway-demo")?;
         }
         Cmd::Bench { bench_args } => {
@@ -200,8 +183,21 @@ fn main() -> Result<()> {
 fn prepared_cargo(root: &Path) -> Result<Command> {
     let env = setup(root)?;
     let wasm = build_wasm(root)?;
+    // The demo and its test run the `tideway` CLI as a user does.
+    run(
+        Command::new(env!("CARGO")).current_dir(root).args([
+            "build",
+            "--quiet",
+            "-p",
+            "tideway-controller",
+            "--bin",
+            "tideway",
+        ]),
+        "cargo build -p tideway-controller --bin tideway",
+    )?;
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(root)
+        .env("TIDEWAY_CLI", root.join("target/debug/tideway"))
         .env("TIDEWAY_FILTER_WASM", &wasm)
         .env("TIDEWAY_ENVOY", &env.envoy)
         .env("TIDEWAY_KUBE_APISERVER", &env.kube.apiserver)

@@ -31,7 +31,9 @@ mod clap_free_args {
                             .parse()
                             .ok()
                             .filter(|s: &f64| *s >= 1.0 && *s <= 600.0)
-                            .ok_or(format!("--phase-seconds: {v:?} is not a number of seconds in 1..=600"))?;
+                            .ok_or(format!(
+                                "--phase-seconds: {v:?} is not a number of seconds in 1..=600"
+                            ))?;
                     }
                     "--out" => {
                         args.out_dir = Some(it.next().ok_or("--out needs a directory")?.into());
@@ -49,15 +51,15 @@ mod clap_free_args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse().map_err(|e| anyhow::anyhow!(e))?;
-    let out_dir = args.out_dir.unwrap_or_else(|| {
-        tideway_host_tests::env::workspace_root().join("target/tideway/demo")
-    });
+    let out_dir = args
+        .out_dir
+        .unwrap_or_else(|| tideway_host_tests::env::workspace_root().join("target/tideway/demo"));
     let unit = Duration::from_secs_f64(args.phase_seconds);
     let load = LoadSpec {
         anonymous_rps: 600.0,
         anonymous_workers: 24,
         users: 24,
-        user_rps: 1.0,
+        user_rps: 0.5,
     };
     let config = DemoConfig::new(out_dir.clone(), DemoConfig::scenario(unit, true), load)?;
     let outcome = demo::run(&config)?;

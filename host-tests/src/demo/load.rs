@@ -75,7 +75,9 @@ impl Load {
         let mut workers = Vec::new();
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut worker = |user: u16, rps: f64| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let interval = Duration::from_secs_f64(1.0 / rps.max(0.1));
             let offset = interval.mul_f64((seed >> 11) as f64 / (1u64 << 53) as f64);
             let (stop, samples, target) = (Arc::clone(&stop), Arc::clone(&samples), target.clone());

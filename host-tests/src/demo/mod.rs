@@ -289,7 +289,11 @@ pub fn tideway(cli: &Path, args: &[&str]) -> Result<String> {
 }
 
 /// Build, push and pull the filter image; render the policy against it.
-fn publish(config: &DemoConfig, registry: &registry::Registry) -> Result<(Artifact, Vec<Value>)> {
+fn publish(
+    config: &DemoConfig,
+    registry: &registry::Registry,
+    fleet_file: &Path,
+) -> Result<(Artifact, Vec<Value>)> {
     let cli = &config.tideway_cli;
     let repository = format!("{}/tideway/filter", registry.addr);
     let wasm = config.filter_wasm.display().to_string();
@@ -343,7 +347,7 @@ fn publish(config: &DemoConfig, registry: &registry::Registry) -> Result<(Artifa
             "-f",
             &config.policy_file.display().to_string(),
             "--fleet",
-            &config.fleet_file.display().to_string(),
+            &fleet_file.display().to_string(),
             "--image",
             &reference,
             "-o",
@@ -448,10 +452,7 @@ impl Stack<'_> {
     }
 
     fn start_envoy(&self, policy: Policy) -> Result<Envoy> {
-        let mut objects = objects_for(&self.objects, policy);
-        if let (Policy::Tideway, Some(w)) = (policy, &self.weights) {
-            w.configure(&mut objects)?;
-        }
+        let objects = objects_for(&self.objects, policy);
         let proxy = Proxy {
             namespace: SERVICE_NAMESPACE.to_string(),
             labels: BTreeMap::from([("app".to_string(), "client".to_string())]),
@@ -479,7 +480,7 @@ impl Stack<'_> {
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
         }]);
         if let (Policy::Tideway, Some(w)) = (policy, &self.weights) {
-            translation.clusters.push(w.envoy_cluster());
+            translation.clusters.push(w.envoy_cluster(&objects)?);
         }
         let region_zone = ("east-china", "hangzhou-a");
         Envoy::start_with(
@@ -600,8 +601,25 @@ pub fn run(config: &DemoConfig) -> Result<Outcome> {
         config,
         &format!("  registry        {} (docker-registry)", registry.addr),
     );
+    let mut gaps = Vec::new();
+    let weights = match weights::WeightsControl::start(config) {
+        Ok(w) => {
+            say(
+                config,
+                &format!("  weights API     {} (tideway serve-weights)", w.url),
+            );
+            Some(w)
+        }
+        Err(gap) => {
+            gaps.push(gap);
+            None
+        }
+    };
     say(config, "==> publishing the filter and rendering the policy");
-    let (artifact, objects) = publish(config, &registry)?;
+    let fleet_file = weights
+        .as_ref()
+        .map_or(config.fleet_file.clone(), |w| w.fleet_file.clone());
+    let (artifact, objects) = publish(config, &registry, &fleet_file)?;
     let manifest_gets = registry.count_requests("GET", &artifact.manifest_digest);
     if manifest_gets == 0 {
         bail!(
@@ -609,14 +627,6 @@ pub fn run(config: &DemoConfig) -> Result<Outcome> {
             artifact.manifest_digest
         );
     }
-    let mut gaps = Vec::new();
-    let weights = match weights::WeightsControl::start(config, &objects) {
-        Ok(w) => w,
-        Err(gap) => {
-            gaps.push(gap);
-            None
-        }
-    };
     let stack = Stack {
         config,
         clusters,

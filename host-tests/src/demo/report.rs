@@ -393,7 +393,9 @@ fn p99_chart(run: &Run, windows: &[Window], max_ms: f64) -> String {
         run.policy.id(),
         esc(run.policy.label())
     );
-    for tick in [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0] {
+    for tick in [
+        1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+    ] {
         if tick > max_ms.max(10.0) {
             break;
         }
@@ -455,14 +457,19 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}.legend span{display:inline-bloc
         h,
         "<h1>Tideway demo</h1><p>One caller sidecar (Envoy 1.40) in <code>{}</code> calling <code>{}</code> in three member clusters. \
          The filter came from the registry: <code>{}</code>; Envoy loaded the module <code>tideway image pull</code> wrote \
-         (<code>{}</code>), configured from <code>tideway render</code> (WasmPlugin url <code>{}</code>).</p>",
+         (<code>{}</code>), configured from <code>tideway render</code> (WasmPlugin url <code>{}</code>). \
+         The same scenario then runs with the filter removed and Envoy's own ROUND_ROBIN and LEAST_REQUEST on the same backends, \
+         load and DestinationRule (outlier detection, istiod's default retries); <code>tideway drain</code> reaches only the filter, \
+         so Envoy's balancers keep sending to a drained cluster.</p>",
         super::LOCAL_MEMBER,
         super::SERVICE_HOST,
         esc(&outcome.artifact.reference),
         esc(&outcome.artifact.pulled_module.display().to_string()),
         esc(&outcome.artifact.wasm_plugin_url),
     );
-    h.push_str("<table><tr><th class=l>cluster</th><th>latency</th><th>slots</th><th>cost</th></tr>");
+    h.push_str(
+        "<table><tr><th class=l>cluster</th><th>latency</th><th>slots</th><th>cost</th></tr>",
+    );
     for c in clusters {
         let _ = write!(
             h,
