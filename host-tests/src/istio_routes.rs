@@ -491,9 +491,14 @@ fn cluster(
 }
 
 /// istiod's retry policy when a route sets none.
+/// istiod's default retry policy (pilot/pkg/networking/core/route/retry:
+/// `DefaultPolicy`): two retries on connection failures and on 503 — its
+/// `retriable-status-codes` condition names 503, without which the
+/// condition retries nothing.
 fn with_default_retries(mut action: Value) -> Value {
     action["retry_policy"] = json!({
         "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+        "retriable_status_codes": [503],
         "num_retries": 2,
         "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
@@ -1018,6 +1023,16 @@ impl Translation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_retry_policy_retries_503_as_istiod_does() {
+        let policy = &with_default_retries(json!({"cluster": "c"}))["retry_policy"];
+        assert_eq!(policy["retriable_status_codes"], json!([503]));
+        assert!(policy["retry_on"]
+            .as_str()
+            .is_some_and(|r| r.contains("retriable-status-codes")));
+        assert_eq!(policy["num_retries"], 2);
+    }
 
     fn proxy(ns: &str) -> Proxy {
         Proxy {

@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod demo;
 pub mod env;
 pub mod envoy;
 pub mod istio_routes;

@@ -48,6 +48,8 @@ const TEST_PACKAGES: &[&str] = &[
     "valgrind",
     // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
     "g++",
+    // Headless browser: the demo report's test opens it as a user would.
+    "chromium",
 ];
 
 #[derive(Debug, Parser)]
@@ -80,8 +82,16 @@ enum Cmd {
     /// target/fuzz/artifacts/<target>; the committed seeds are in
     /// filter/fuzz/seeds.
     Fuzz(FuzzArgs),
-    /// Set up, build the filter, and run the local demo fleet.
-    Demo,
+    /// Set up, build the filter and the CLI, and run the demo: three member
+    /// clusters, a local registry (push, pull by digest), `tideway render`,
+    /// Envoy 1.40 with the pulled filter, a scripted scenario under load for
+    /// Tideway and Envoy's ROUND_ROBIN / LEAST_REQUEST; prints a table and
+    /// the HTML report's path (args after `--` go to tideway-demo, e.g.
+    /// `--phase-seconds 4`, `--out DIR`).
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        demo_args: Vec<String>,
+    },
     /// Set up, build the filter and the no-op baseline filter, and run the
     /// benchmark harness (args after `--` go to tideway-bench, e.g. `--quick`).
     Bench {
@@ -125,9 +135,9 @@ fn main() -> Result<()> {
         Cmd::Fuzz(args) => {
             fuzz::run_all(&root, &args)?;
         }
-        Cmd::Demo => {
+        Cmd::Demo { demo_args } => {
             let mut cmd = prepared_cargo(&root)?;
-            step("starting the demo fleet");
+            step("running the demo (about 2 minutes after the build)");
             cmd.args([
                 "run",
                 "--quiet",
@@ -135,7 +145,9 @@ fn main() -> Result<()> {
                 "tideway-host-tests",
                 "--bin",
                 "tideway-demo",
-            ]);
+                "--",
+            ])
+            .args(&demo_args);
             run(&mut cmd, "tideway-demo")?;
         }
         Cmd::Bench { bench_args } => {
@@ -171,8 +183,21 @@ fn main() -> Result<()> {
 fn prepared_cargo(root: &Path) -> Result<Command> {
     let env = setup(root)?;
     let wasm = build_wasm(root)?;
+    // The demo and its test run the `tideway` CLI as a user does.
+    run(
+        Command::new(env!("CARGO")).current_dir(root).args([
+            "build",
+            "--quiet",
+            "-p",
+            "tideway-controller",
+            "--bin",
+            "tideway",
+        ]),
+        "cargo build -p tideway-controller --bin tideway",
+    )?;
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(root)
+        .env("TIDEWAY_CLI", root.join("target/debug/tideway"))
         .env("TIDEWAY_FILTER_WASM", &wasm)
         .env("TIDEWAY_ENVOY", &env.envoy)
         .env("TIDEWAY_KUBE_APISERVER", &env.kube.apiserver)

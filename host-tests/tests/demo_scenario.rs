@@ -1,0 +1,362 @@
+//! The demo (`cargo xtask demo`) in a shortened scenario, end to end: three
+//! clusters, a real registry (push, pull by digest), `tideway render`,
+//! Envoy 1.40 running the pulled module, paced load — and what the demo
+//! claims, checked on the recorded samples:
+//!
+//! - the failed cluster's share falls below 1% within 1 s (503s and
+//!   connection resets), and success stays ≥ 99.9% through the failure;
+//! - the drained cluster's share below 1% within 1 s of `tideway drain`
+//!   (when the weights server is there; otherwise the demo reports the gap);
+//! - sticky sessions stay on their cluster unless theirs fails, and then
+//!   stick to the one they moved to;
+//! - Tideway's p99 in the slow phase is below both Envoy policies';
+//! - the HTML report, opened in headless Chromium, draws the charts with
+//!   this run's numbers.
+//!
+//! One run serves both tests (they would otherwise compete for the CPU the
+//! latency comparison measures).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+use tideway_host_tests::demo::load::{LoadSpec, ANONYMOUS};
+use tideway_host_tests::demo::report::{self, phase_samples, phase_stats};
+use tideway_host_tests::demo::{self, Action, DemoConfig, Outcome, Phase, Policy, Run};
+
+struct Shared {
+    outcome: Outcome,
+    dir: PathBuf,
+}
+
+fn phase(name: &str, action: Action, ms: u64) -> Phase {
+    Phase {
+        name: name.to_string(),
+        action,
+        duration: Duration::from_millis(ms),
+    }
+}
+
+fn shared() -> &'static Shared {
+    static RUN: OnceLock<Shared> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = tideway_host_tests::env::workspace_root().join("target/tideway/demo-test");
+        let _ = std::fs::remove_dir_all(&dir);
+        let tideway_phases = vec![
+            phase("steady", Action::Steady, 2000),
+            phase(
+                "hangzhou 10x slower",
+                Action::Slow {
+                    cluster: 0,
+                    factor: 10,
+                },
+                3000,
+            ),
+            phase("shanghai 503s", Action::Fail503 { cluster: 1 }, 5000),
+            phase("shanghai resets", Action::Reset { cluster: 1 }, 4000),
+            phase("drain hangzhou", Action::Drain { cluster: 0 }, 2500),
+            phase("recovery", Action::Recover, 1500),
+        ];
+        // The Envoy policies only need the phases compared with them here.
+        let baseline_phases = tideway_phases[..2].to_vec();
+        let load = LoadSpec {
+            anonymous_rps: 800.0,
+            anonymous_workers: 24,
+            users: 20,
+            user_rps: 0.5,
+        };
+        let mut config = DemoConfig::new(dir.clone(), tideway_phases, load).expect("demo config");
+        config.baseline_phases = Some(baseline_phases);
+        let outcome = demo::run(&config).unwrap_or_else(|e| panic!("the demo failed: {e:#}"));
+        eprintln!("{}", report::table(&outcome));
+        std::fs::write(dir.join("report.html"), report::html(&outcome)).expect("report.html");
+        Shared { outcome, dir }
+    })
+}
+
+fn run_of(outcome: &Outcome, policy: Policy) -> &Run {
+    outcome
+        .runs
+        .iter()
+        .find(|r| r.policy == policy)
+        .unwrap_or_else(|| panic!("no {} run", policy.label()))
+}
+
+fn phase_index(run: &Run, f: impl Fn(&Action) -> bool) -> Option<usize> {
+    run.phases.iter().position(|p| f(&p.action))
+}
+
+#[test]
+fn the_scenario_shows_failover_drain_affinity_and_latency_as_claimed() {
+    let Shared { outcome, .. } = shared();
+    let clusters = outcome.clusters.len();
+
+    // The published artifact is what ran.
+    let built = std::fs::read(tideway_host_tests::env::filter_wasm()).expect("built filter");
+    let pulled = std::fs::read(&outcome.artifact.pulled_module).expect("pulled module");
+    assert!(
+        built == pulled,
+        "the pulled module differs from the pushed one"
+    );
+    assert_eq!(
+        outcome.artifact.wasm_plugin_url,
+        format!("oci://{}", outcome.artifact.reference)
+    );
+
+    let tideway = run_of(outcome, Policy::Tideway);
+    let stats = phase_stats(tideway, clusters);
+
+    // Failover: below 1% within 1 s, in both failure modes.
+    let failure: Vec<usize> = (0..tideway.phases.len())
+        .filter(|&i| tideway.phases[i].action.is_failure())
+        .collect();
+    assert_eq!(failure.len(), 2, "a 503 phase and a reset phase");
+    for &i in &failure {
+        let s = &stats[i];
+        match s.shift_ms {
+            Some(Some(ms)) if ms <= 1000 => {}
+            other => panic!(
+                "{}: the failed cluster's share did not stay below 1% within 1 s ({other:?}); share {:?}",
+                s.phase, s.share
+            ),
+        }
+    }
+    let (ok, all) = report::success_over(tideway, &failure);
+    let success = ok as f64 / all.max(1) as f64;
+    assert!(all > 3000, "too few requests in the failure phases: {all}");
+    let failures: Vec<String> = failure
+        .iter()
+        .flat_map(|&i| {
+            let start = tideway.phases[i].start_ms;
+            phase_samples(tideway, i)
+                .iter()
+                .filter(|s| !s.ok())
+                .map(move |s| format!("+{}ms:{}@{}", s.at_ms - start, s.status, s.cluster))
+        })
+        .collect();
+    assert!(
+        success >= 0.999,
+        "success during the failure phases {:.3}% ({} of {all} failed), below 99.9%; failures (offset in phase: status@cluster): {failures:?}",
+        success * 100.0,
+        all - ok
+    );
+
+    // Drain, when the weights server is wired; otherwise a reported gap.
+    let drain = phase_index(tideway, |a| matches!(a, Action::Drain { .. }));
+    match drain {
+        Some(i) => match stats[i].shift_ms {
+            Some(Some(ms)) if ms <= 1000 => {}
+            other => panic!(
+                "the drained cluster's share did not fall below 1% within 1 s of `tideway drain` ({other:?}); share {:?}",
+                stats[i].share
+            ),
+        },
+        None => assert!(
+            outcome.gaps.iter().any(|g| g.contains("drain")),
+            "no drain phase and no gap reported: {:?}",
+            outcome.gaps
+        ),
+    }
+
+    // Sticky sessions: stay home unless home fails (or is drained); a
+    // session that had to leave sticks to the one cluster it moved to
+    // (after the first second), and may return home once it is re-admitted.
+    let homes = report::homes(tideway);
+    assert!(homes.len() >= 15, "too few sessions: {homes:?}");
+    let failed = 1u8;
+    let first_failure_ms = tideway.phases[failure[0]].start_ms;
+    let mut moved_to: BTreeMap<u16, BTreeSet<u8>> = BTreeMap::new();
+    for &i in &failure {
+        for s in phase_samples(tideway, i) {
+            if s.user != ANONYMOUS
+                && s.ok()
+                && s.at_ms >= first_failure_ms + 1000
+                && homes.get(&s.user) == Some(&failed)
+            {
+                moved_to.entry(s.user).or_default().insert(s.cluster);
+            }
+        }
+    }
+    for (user, clusters) in &moved_to {
+        assert!(
+            clusters.len() == 1,
+            "user-{user}, homed on the failed cluster, moved to {clusters:?}, not to one cluster"
+        );
+    }
+    // Where a session belongs in a phase: home, and for one homed on the
+    // failed cluster, from the failure on, also where it moved.
+    let allowed_for = |user: u16, phase_start_ms: u32| -> BTreeSet<u8> {
+        let home = homes[&user];
+        let mut allowed = BTreeSet::from([home]);
+        if home == failed && phase_start_ms >= first_failure_ms {
+            allowed.extend(moved_to.get(&user).into_iter().flatten());
+        }
+        allowed
+    };
+    for (i, p) in tideway.phases.iter().enumerate() {
+        let avoided = p.action.avoided_cluster().map(|c| c as u8);
+        // Sessions sent away in the phase before come back once the filter
+        // learns of it (the weights API's answer, a re-admission): their
+        // first second is not judged.
+        let returning = i
+            .checked_sub(1)
+            .and_then(|j| tideway.phases[j].action.avoided_cluster())
+            .map(|c| c as u8);
+        let mut served: BTreeMap<u16, BTreeSet<u8>> = BTreeMap::new();
+        for s in phase_samples(tideway, i) {
+            if s.user == ANONYMOUS || !s.ok() {
+                continue;
+            }
+            let allowed = allowed_for(s.user, p.start_ms);
+            if returning.is_some_and(|r| allowed.contains(&r)) && s.at_ms < p.start_ms + 1000 {
+                continue;
+            }
+            served.entry(s.user).or_default().insert(s.cluster);
+        }
+        for (user, served) in served {
+            let allowed = allowed_for(user, p.start_ms);
+            // Where this session belongs is being avoided: it must move.
+            if avoided.is_some_and(|a| allowed.contains(&a)) {
+                continue;
+            }
+            assert!(
+                served.is_subset(&allowed),
+                "phase {}: user-{user} (allowed {allowed:?}) was served by {served:?}",
+                p.name
+            );
+        }
+    }
+
+    // Latency: Tideway leaves the slow cluster; Envoy's balancers cannot
+    // (round robin) or only partly (least request).
+    let slow = |run: &Run| {
+        let i = phase_index(run, |a| matches!(a, Action::Slow { .. })).expect("a slow phase");
+        phase_stats(run, clusters)[i].p99_ms
+    };
+    let t = slow(tideway);
+    for policy in [Policy::RoundRobin, Policy::LeastRequest] {
+        let b = slow(run_of(outcome, policy));
+        assert!(
+            t < b,
+            "slow phase p99: tideway {t:.1} ms is not below {} {b:.1} ms",
+            policy.label()
+        );
+    }
+}
+
+fn chromium() -> &'static str {
+    for bin in ["chromium", "chromium-browser"] {
+        if Command::new(bin).arg("--version").output().is_ok() {
+            return bin;
+        }
+    }
+    panic!("chromium is not installed (Debian package chromium; `cargo xtask setup` installs it)");
+}
+
+/// `attr="value"` of every element starting with `tag` in `dom`.
+fn attributes<'a>(dom: &'a str, tag: &str, attr: &str) -> Vec<&'a str> {
+    let needle = format!("{attr}=\"");
+    dom.match_indices(tag)
+        .filter_map(|(i, _)| {
+            let element = &dom[i..dom[i..].find('>').map_or(dom.len(), |e| i + e)];
+            let at = element.find(&needle)? + needle.len();
+            let end = element[at..].find('"')? + at;
+            Some(&element[at..end])
+        })
+        .collect()
+}
+
+#[test]
+fn the_html_report_renders_this_runs_charts_in_headless_chromium() {
+    let Shared { outcome, dir } = shared();
+    let html_path = dir.join("report.html");
+    std::fs::write(&html_path, report::html(outcome)).expect("writing the report");
+    let bin = chromium();
+    let url = format!("file://{}", html_path.display());
+    let common = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+    ];
+    let out = Command::new(bin)
+        .args(common)
+        .args(["--virtual-time-budget=3000", "--dump-dom", &url])
+        .output()
+        .expect("running chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && dom.contains("</html>"),
+        "chromium --dump-dom failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let clusters = outcome.clusters.len();
+    let series_count: usize = outcome.runs.len() * (clusters + 1);
+    assert_eq!(
+        attributes(&dom, "<body", "data-charts-rendered"),
+        vec![series_count.to_string().as_str()],
+        "the page's script did not lay out every chart"
+    );
+    let lengths = attributes(&dom, "<polyline", "data-rendered-length");
+    assert_eq!(lengths.len(), series_count);
+    for l in &lengths {
+        let l: f64 = l.parse().expect("a length");
+        assert!(l > 100.0, "a series was drawn {l} px long");
+    }
+    // The drawn values are this run's: every series, in order.
+    let values = attributes(&dom, "<polyline", "data-values");
+    let points = attributes(&dom, "<polyline", "data-rendered-points");
+    let mut expected_values = Vec::new();
+    let mut expected_points = Vec::new();
+    for run in &outcome.runs {
+        let windows = report::series(run, clusters);
+        for c in 0..clusters {
+            let v: Vec<String> = windows
+                .iter()
+                .map(|w| format!("{:.1}", w.share[c] * 100.0))
+                .collect();
+            expected_values.push(v.join(","));
+            expected_points.push(windows.len().to_string());
+        }
+        let v: Vec<String> = windows.iter().map(|w| format!("{:.1}", w.p99_ms)).collect();
+        expected_values.push(v.join(","));
+        expected_points.push(windows.len().to_string());
+    }
+    assert_eq!(
+        values, expected_values,
+        "the charts' data is not this run's"
+    );
+    assert_eq!(points, expected_points);
+    // Phase boundaries are marked on every chart.
+    let marks = attributes(&dom, "<line class=\"phase\"", "data-phase");
+    let expected_marks: usize = outcome.runs.iter().map(|r| 2 * r.phases.len()).sum();
+    assert_eq!(marks.len(), expected_marks);
+    // Each phase's table row carries the run's p99.
+    let tideway = run_of(outcome, Policy::Tideway);
+    let rows = attributes(&dom, "<tr data-phase", "data-p99-ms");
+    for (i, s) in phase_stats(tideway, clusters).iter().enumerate() {
+        assert_eq!(rows[i], format!("{:.1}", s.p99_ms), "row of {}", s.phase);
+    }
+
+    // A screenshot, to look at.
+    let png = dir.join("report.png");
+    let shot = Command::new(bin)
+        .args(common)
+        .args([
+            "--window-size=1000,2400",
+            "--virtual-time-budget=3000",
+            &format!("--screenshot={}", png.display()),
+            &url,
+        ])
+        .output()
+        .expect("running chromium --screenshot");
+    assert!(
+        shot.status.success() && png.exists(),
+        "chromium --screenshot failed: {}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+}
