@@ -51,3 +51,19 @@ pub fn envoy() -> PathBuf {
         ),
     }
 }
+
+/// The built `tideway` CLI (`TIDEWAY_CLI`, or `target/debug/tideway`).
+/// Built by `cargo build -p tideway-controller --bin tideway`, as the filter
+/// module is by xtask: a test does not run cargo itself (a nested cargo
+/// with a test's environment rebuilds half the dependency tree each time).
+pub fn tideway_cli() -> PathBuf {
+    let path = std::env::var_os("TIDEWAY_CLI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/tideway"));
+    assert!(
+        path.exists(),
+        "the tideway CLI {} does not exist: run `cargo build -p tideway-controller --bin tideway`",
+        path.display()
+    );
+    path
+}
