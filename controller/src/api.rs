@@ -475,9 +475,10 @@ pub struct WeightsEndpointSpec {
     /// balancer. Empty: `host` itself is resolved by DNS.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
-    /// How long the server may hold a poll (long-poll), ms. Default 30000.
+    /// How long the server may hold a poll (long-poll), ms, whole seconds.
+    /// Default 30000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 60000))]
+    #[schemars(range(min = 1000, max = 60000))]
     pub wait_ms: Option<u64>,
     /// How long a filter keeps the last weights while the API cannot be
     /// reached, before falling back to its static weights, ms. Default 300000.

@@ -132,11 +132,11 @@ fn weights_endpoint(w: &crate::api::WeightsEndpointSpec, errors: &mut FieldError
         ));
     }
     if let Some(ms) = w.wait_ms {
-        if ms == 0 || ms > 60_000 {
+        if !(1_000..=60_000).contains(&ms) || !ms.is_multiple_of(1_000) {
             errors.push(FieldError::json(
                 format!("{at}.waitMs"),
                 &ms,
-                "1..=60000 (the server holds a poll at most 60 s)",
+                "whole seconds, 1000..=60000 (wait= counts seconds; the server holds a poll at most 60 s by default)",
             ));
         }
     }

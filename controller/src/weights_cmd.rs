@@ -9,6 +9,7 @@ use std::time::Duration;
 use tideway_controller::weights::client::{Client, WriteReply};
 use tideway_controller::weights::server::{self, ServerOptions, WeightsApi};
 use tideway_controller::weights::state::{services_from_policies, Overrides, WeightsState};
+use tideway_controller::weights::store::OverridesFile;
 use tideway_controller::weights::token::Token;
 use tideway_controller::{load, FieldErrors};
 
@@ -31,7 +32,8 @@ bumps the version and answers every held poll at once.
 Writes need the bearer token of --token-file (or $TIDEWAY_TOKEN); without a
 token the server is read-only. Reads are open unless --protect-reads: the
 pollers are sidecars, guarded by the mesh (mTLS, AuthorizationPolicy). With
---tls-cert and --tls-key the server speaks HTTPS.
+--tls-cert and --tls-key the server speaks HTTPS. With --state-file the
+operator's drains and weight settings survive a restart.
 
 The bound address is printed on stdout (`listening on http://ADDR`), so
 --listen 127.0.0.1:0 picks a free port.";
@@ -59,6 +61,10 @@ pub struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Keep the operator overrides (drains, weight settings) in this JSON
+    /// file: loaded at start, rewritten atomically on every change.
+    #[arg(long, value_name = "FILE")]
+    state_file: Option<PathBuf>,
     /// The longest wait= a poller may ask for, in seconds (1..=300).
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=300))]
     max_wait: u64,
@@ -172,9 +178,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let services =
         services_from_policies(&policies, fleet.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
-    let state = Arc::new(
-        WeightsState::new(services, Overrides::default()).map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
+    let store = args
+        .state_file
+        .as_ref()
+        .map(|p| Arc::new(OverridesFile::new(p)));
+    let overrides = match &store {
+        Some(s) => s.load()?,
+        None => Overrides::default(),
+    };
+    let state =
+        Arc::new(WeightsState::new(services, overrides).map_err(|e| anyhow::anyhow!("{e}"))?);
     let token = Token::from_file_or_env(args.token_file.as_deref())?;
     if args.protect_reads && token.is_none() {
         anyhow::bail!("--protect-reads needs a token: --token-file FILE or $TIDEWAY_TOKEN");
@@ -194,6 +207,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         protect_reads: args.protect_reads,
         tls,
         max_wait: Duration::from_secs(args.max_wait),
+        store,
     };
     raise_open_file_limit();
     runtime(true)?.block_on(async move {

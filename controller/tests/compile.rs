@@ -599,6 +599,11 @@ fn a_bad_weights_endpoint_is_refused_at_its_path() {
             "spec.weightsEndpoint.waitMs",
             "90000",
         ),
+        (
+            "    host: w.example\n    port: 80\n    waitMs: 1500\n",
+            "spec.weightsEndpoint.waitMs",
+            "1500",
+        ),
     ] {
         let e = compile_with_fleet(&example("canary"), &fleet_with_weights(endpoint))
             .expect_err(endpoint);

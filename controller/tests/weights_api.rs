@@ -640,3 +640,55 @@ async fn a_poller_that_hangs_up_frees_its_poll() {
         1
     );
 }
+
+/// With --state-file a drain survives a restart, and the restarted server's
+/// versions start above the old ones (pollers reject a lower version).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_and_version_order_survive_a_restart() {
+    let keep = tempfile::tempdir().unwrap();
+    let state = keep.path().join("overrides.json");
+    let state_arg = state.to_str().unwrap();
+    let first = Server::start(&["--token-file", "{TOKEN_FILE}", "--state-file", state_arg]);
+    let out = first.cli_with_token(&["drain", "west", "--service", "alpha"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = first.cli_with_token(&["weight", "set", "beta", "north", "--weight", "9"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, _, body) = get(&format!("{}/v1/weights", first.url), None).await;
+    let before = WeightsDocument::parse(body.as_bytes()).unwrap();
+    drop(first);
+
+    let second = Server::start(&["--token-file", "{TOKEN_FILE}", "--state-file", state_arg]);
+    let (_, _, body) = get(&format!("{}/v1/weights", second.url), None).await;
+    let after = WeightsDocument::parse(body.as_bytes()).unwrap();
+    assert_eq!(drained(&after), ["alpha/west"]);
+    assert_eq!(after.services[1].destinations[1].weight, 9.0);
+    assert!(
+        after.version > before.version,
+        "{} after {}",
+        after.version,
+        before.version
+    );
+    assert_eq!(after.services, before.services);
+
+    // A state file that is not one stops the server, naming it.
+    std::fs::write(&state, "{\"drained\": 3}").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tideway"))
+        .args([
+            "serve-weights",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-file",
+            state_arg,
+            "--policy",
+        ])
+        .arg(policies(dir.path()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("overrides.json"),
+        "{}",
+        text(&out)
+    );
+}

@@ -6,6 +6,7 @@
 //! - [`server`]: `GET /v1/weights` (ETag, long-poll) and the write
 //!   endpoints over HTTP/1.1, optionally TLS;
 //! - [`token`]: the bearer token guarding writes;
+//! - [`store`]: the operator overrides on disk, surviving a restart;
 //! - [`client`]: what `tideway drain`, `tideway weight set` and
 //!   `tideway weights get` use to talk to a server.
 //!
@@ -15,6 +16,7 @@
 pub mod client;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod token;
 
 pub use server::{ServerOptions, WeightsApi};

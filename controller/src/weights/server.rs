@@ -72,6 +72,8 @@ pub struct ServerOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Upper bound of `wait=`.
     pub max_wait: Duration,
+    /// Where each changed override is saved (`--state-file`).
+    pub store: Option<Arc<super::store::OverridesFile>>,
 }
 
 impl Default for ServerOptions {
@@ -81,6 +83,7 @@ impl Default for ServerOptions {
             protect_reads: false,
             tls: None,
             max_wait: DEFAULT_MAX_WAIT,
+            store: None,
         }
     }
 }
@@ -373,10 +376,32 @@ impl WeightsApi {
                 Ok((change, Some(vec![r.service])))
             })
         };
-        match result {
-            Ok((change, services)) => write_response(&change, &self.state.snapshot(), services),
-            Err(e) => error(StatusCode::BAD_REQUEST, &e),
+        let (change, services) = match result {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
+        if let (true, Some(store)) = (change.changed, &self.options.store) {
+            let state = self.state.clone();
+            let store = store.clone();
+            let saved = tokio::task::spawn_blocking(move || store.save(|| state.overrides())).await;
+            if let Err(e) = saved.map_err(std::io::Error::other).and_then(|r| r) {
+                let file = self
+                    .options
+                    .store
+                    .as_ref()
+                    .map(|s| s.path().display().to_string());
+                tracing::error!(error = %e, file = ?file, "saving the overrides failed");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &FieldError::new(
+                        "stateFile",
+                        format!("{} not written ({e})", file.unwrap_or_default()),
+                        "a writable file: the change is in effect but will not survive a restart",
+                    ),
+                );
+            }
         }
+        write_response(&change, &self.state.snapshot(), services)
     }
 }
 
