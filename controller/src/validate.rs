@@ -132,7 +132,7 @@ fn weights_endpoint(w: &crate::api::WeightsEndpointSpec, errors: &mut FieldError
         ));
     }
     if let Some(ms) = w.wait_ms {
-        if !(1_000..=60_000).contains(&ms) || ms % 1_000 != 0 {
+        if !(1_000..=60_000).contains(&ms) || !ms.is_multiple_of(1_000) {
             errors.push(FieldError::json(
                 format!("{at}.waitMs"),
                 &ms,

@@ -52,35 +52,19 @@ pub fn envoy() -> PathBuf {
     }
 }
 
-/// The `tideway` CLI: `TIDEWAY_CLI` when set (`cargo xtask demo` builds it
-/// and sets it), else built now with the workspace's cargo, so a plain
-/// `cargo test` never runs a stale one.
+/// The built `tideway` CLI: `TIDEWAY_CLI` when set (`cargo xtask test` and
+/// `cargo xtask demo` build it and set it), else `target/debug/tideway`.
+/// A test does not run cargo itself: a nested cargo with a test's
+/// environment rebuilds half the dependency tree each time.
 pub fn tideway_cli() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("TIDEWAY_CLI").map(PathBuf::from) {
-        anyhow::ensure!(
-            path.exists(),
-            "TIDEWAY_CLI={} does not exist",
-            path.display()
-        );
-        return Ok(path);
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "tideway-controller",
-            "--bin",
-            "tideway",
-        ])
-        .status()?;
+    let path = std::env::var_os("TIDEWAY_CLI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/tideway"));
     anyhow::ensure!(
-        status.success(),
-        "`cargo build -p tideway-controller --bin tideway` failed ({status})"
+        path.exists(),
+        "the tideway CLI {} does not exist: run `cargo build -p tideway-controller --bin tideway` \
+         (or set TIDEWAY_CLI)",
+        path.display()
     );
-    let path = workspace_root().join("target/debug/tideway");
-    anyhow::ensure!(path.exists(), "{} was not built", path.display());
     Ok(path)
 }

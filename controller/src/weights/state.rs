@@ -735,8 +735,8 @@ mod tests {
         )
         .unwrap();
         let mut last = state.snapshot().version();
-        for i in 0..50 {
-            let c = state.drain("east", None, i % 2 == 0).unwrap();
+        for i in 0..50u32 {
+            let c = state.drain("east", None, i.is_multiple_of(2)).unwrap();
             assert!(c.version > last, "{} after {last}", c.version);
             last = c.version;
         }

@@ -375,7 +375,7 @@ async fn run(args: &Args, server: &Server) -> anyhow::Result<Report> {
     let (cpu_start, _, _) = server.usage()?;
     for i in 0..args.changes {
         let sent = Instant::now();
-        let version = drain(&mut writer, &addr, i % 2 == 0).await?;
+        let version = drain(&mut writer, &addr, i.is_multiple_of(2)).await?;
         let mut delays = Vec::with_capacity(args.clients);
         let deadline = tokio::time::sleep(Duration::from_secs(30));
         tokio::pin!(deadline);
