@@ -153,6 +153,14 @@ fn print_table() {
         }
     }
     scenarios.push((sim::all_equal([1.0, 1.0, 1.0], 32), 2));
+    // For information (no goal): destinations that serve 8 requests at a
+    // time, so avoiding the slow one makes the fast ones queue.
+    let mut limited = sim::one_slow(6.0, 32);
+    limited.name = "one 6× slower, 32 conns, 8 served at a time".into();
+    for d in &mut limited.destinations {
+        d.limit = 8;
+    }
+    scenarios.push((limited, 2));
     for (scenario, slow) in &scenarios {
         let mut mins = [f64::INFINITY; 4];
         let mut maxs = [f64::NEG_INFINITY; 4];
