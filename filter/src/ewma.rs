@@ -8,12 +8,22 @@
 //! e' = s                          if s ≥ e   (a rise is believed at once)
 //! e' = w·e + (1 − w)·s            if s < e   (a fall is believed as time passes)
 //!      with w = exp(−(t − t₀) / τ)
+//! e' = s                          if t − t₀ ≥ τ·ln 2 (a stale estimate is replaced)
 //! ```
 //!
 //! So a sample never moves the estimate away from itself: a faster sample
 //! never raises it, a slower one never lowers it, and `e'` always lies
 //! between `s` and `e`. The value compared with the sample is the value that
 //! is kept and that the scorer reads: there is no second, "decayed" view.
+//!
+//! The last line is the re-measurement rule: an estimate older than its
+//! half-life ([`PeakEwma::is_stale`]) is no longer known, and the picker
+//! sends the destination one request to measure it again; that sample is
+//! then taken as it is, like the first one. Without it a destination
+//! shunned for being 10× slower would need a dozen re-measurements, each a
+//! half-life apart, to be believed fast again after it recovered — half a
+//! minute of a healthy destination left idle. (A destination that is still
+//! slow answers slowly, and the estimate stays where it was.)
 //!
 //! Between samples the estimate holds. tower decays an idle estimate toward
 //! zero; a destination that was shunned for being slow then looks fast again
@@ -178,7 +188,10 @@ impl PeakEwma {
 
     /// The update rule of the module doc.
     fn rule(estimate_ns: f64, sample_ns: f64, elapsed_ns: u64, decay_ns: f64) -> f64 {
-        if sample_ns >= estimate_ns {
+        if sample_ns >= estimate_ns || elapsed_ns as f64 >= decay_ns * core::f64::consts::LN_2 {
+            // A rise, or a re-measurement of a stale estimate (`is_stale`):
+            // the old value is more than a half-life old, and the fresh
+            // sample is what is known now.
             return sample_ns;
         }
         let w = (-(elapsed_ns as f64) / decay_ns).exp();
@@ -212,20 +225,44 @@ mod tests {
 
     #[test]
     fn a_faster_sample_after_a_pause_does_not_raise_the_estimate() {
-        // The issue's case: 100 ms, then 50 ms five seconds later, τ = 5 s.
-        // It used to read 36.8 ms before the sample (idle decay toward zero)
-        // and 68.4 ms after it: the faster sample raised it.
+        // The issue's case: 100 ms, then 50 ms later, τ = 5 s. It used to
+        // read 36.8 ms before the sample (idle decay toward zero) and
+        // 68.4 ms after it: the faster sample raised it.
         let mut e = ewma();
         e.observe(100.0 * MS_F, 0);
         let before = e.estimate_ns();
-        e.observe(50.0 * MS_F, 5_000 * MS);
+        e.observe(50.0 * MS_F, 2_500 * MS);
         let after = e.estimate_ns();
         assert!(after <= before, "{before} -> {after}");
-        // Exactly the rule: e^-1·100 + (1 − e^-1)·50.
-        let w = (-1.0f64).exp();
+        // Exactly the rule: e^-½·100 + (1 − e^-½)·50.
+        let w = (-0.5f64).exp();
         let expected = (w * 100.0 + (1.0 - w) * 50.0) * MS_F;
         assert!((after - expected).abs() < 1.0, "{after} vs {expected}");
         assert!(after > 50.0 * MS_F);
+    }
+
+    #[test]
+    fn a_sample_after_the_half_life_re_measures() {
+        // Five seconds later the estimate is stale: the sample replaces it,
+        // whether it is lower or higher.
+        let mut e = ewma();
+        e.observe(100.0 * MS_F, 0);
+        assert!(e.is_stale(5_000 * MS));
+        e.observe(50.0 * MS_F, 5_000 * MS);
+        assert_eq!(e.estimate_ns(), 50.0 * MS_F);
+        // Just inside the half-life it is still the rule.
+        let mut f = ewma();
+        f.observe(100.0 * MS_F, 0);
+        f.observe(50.0 * MS_F, 3_400 * MS);
+        assert!(f.estimate_ns() > 74.0 * MS_F, "{}", f.estimate_ns());
+        // The same holds for another worker's view: merged, a fresh one
+        // replaces a stale one.
+        let mut stale = ewma();
+        stale.observe(100.0 * MS_F, 0);
+        let mut fresh = ewma();
+        fresh.observe(50.0 * MS_F, 5_000 * MS);
+        stale.merge(fresh.measurement());
+        assert_eq!(stale.estimate_ns(), 50.0 * MS_F);
     }
 
     #[test]

@@ -1,13 +1,41 @@
-//! Multi-factor scoring: the seed article's weighted sum of latency, load,
-//! cost and affinity, with each factor normalised to 0..=1 (1 = best) so the
-//! weights mean the same thing whatever the units.
+//! Multi-factor scoring: the seed article's latency, load, cost and
+//! affinity factors, each a ratio in (0, 1] (1 = best), combined as a
+//! weighted geometric mean: `score = Π factorᵢ^(wᵢ / Σw)`, then divided by
+//! the best candidate's so the best scores 1.
+//!
+//! Why a product and not the article's weighted sum: in a sum, factors
+//! that do not tell the candidates apart (cost and affinity are equal
+//! across most services' destinations) dilute the ones that do — with the
+//! default weights a 6× slower destination still scored 0.7 of a fast one,
+//! and drew 3% of the traffic. In a product a factor keeps its meaning
+//! whatever the others do: a destination twice as slow scores
+//! `2^(−w_latency / Σw)` of the fast one, whether or not it is also cheaper
+//! or closer. A weight is then an exponent: how many "times better" on one
+//! factor is worth one "times better" on another.
 //!
 //! - latency: best peak-EWMA ÷ this one's. A destination with no samples yet
 //!   is scored at the default RTT (`scheduler.defaultRttMs`), not as the
 //!   best: nothing known is not the same as fast (`ewma`).
-//! - load: (least in-flight + 1) ÷ (this one's in-flight + 1).
-//! - cost: min-max over the candidates (cheapest 1, dearest 0).
-//! - affinity: locality closeness to this proxy (same zone 1, same region ½).
+//! - load: 1 unless the destination is hot — its in-flight count + 1 more
+//!   than [`HOT_LOAD`] times its own typical count + 1 (a moving average
+//!   taken at every decision) — and then that threshold ÷ (in-flight + 1).
+//!   Together with the latency factor this is Finagle's and tower's
+//!   peak-EWMA cost, latency × (in-flight + 1), with the in-flight count
+//!   normalised per destination and used as Prequal uses it, to avoid hot
+//!   destinations rather than to rank cold ones: raw counts compared
+//!   across destinations that carry very different shares of the traffic
+//!   say nothing about which is loaded — a slow destination is idle
+//!   *because* it is shunned, and a raw count then scores it up (that is
+//!   how LEAST_REQUEST sends 11–13% of requests to a destination 6× slower,
+//!   and how this scorer's old raw load term sent it 3%). Relative to its
+//!   own history, the count shows what load is for: a destination whose
+//!   requests pile up past its usual count (it stalled, or a burst herded
+//!   onto it) before its latency samples can show it.
+//! - latency counts as equal within [`LATENCY_BAND`] of the best.
+//! - cost: cheapest 1, dearest ½, linear in between (min-max over the
+//!   candidates); a factor of 0 would exclude the dearest outright.
+//! - affinity: (1 + locality closeness) ÷ 2: same zone 1, same region ¾,
+//!   elsewhere ½.
 
 use crate::config::FactorWeights;
 
@@ -17,46 +45,97 @@ pub struct FactorInputs {
     /// Peak-EWMA latency in ns (the default RTT before any sample).
     pub latency_ns: f64,
     pub in_flight: u32,
+    /// The destination's moving average of the in-flight count its
+    /// requests found (`Destination::typical_in_flight`).
+    pub typical_in_flight: f64,
     pub cost: f64,
     /// Precomputed locality closeness, 0..=1.
     pub locality_affinity: f64,
 }
 
-/// Write each candidate's score (0..=1) into `out` (same length as `inputs`).
+/// Write each candidate's score (0..=1, the best 1) into `out` (same length
+/// as `inputs`).
 pub fn score_all(weights: &FactorWeights, inputs: &[FactorInputs], out: &mut [f64]) {
     let total = weights.total();
-    if total <= 0.0 {
+    if total <= 0.0 || !total.is_finite() {
         out.iter_mut().for_each(|s| *s = 1.0);
         return;
     }
-    let mut best_latency = f64::INFINITY;
-    let mut least_in_flight = u32::MAX;
+    let (wl, wn, wc, wa) = (
+        weights.latency / total,
+        weights.load / total,
+        weights.cost / total,
+        weights.affinity / total,
+    );
     let mut min_cost = f64::INFINITY;
     let mut max_cost = f64::NEG_INFINITY;
+    let mut best_latency = f64::INFINITY;
     for input in inputs {
-        best_latency = best_latency.min(input.latency_ns.max(1.0));
-        least_in_flight = least_in_flight.min(input.in_flight);
         min_cost = min_cost.min(input.cost);
         max_cost = max_cost.max(input.cost);
+        best_latency = best_latency.min(finite_or(input.latency_ns, 1.0).max(1.0));
     }
+    // Within the band of the best, latency counts as equal.
+    let latency_floor = (best_latency * LATENCY_BAND).ln();
     let cost_span = max_cost - min_cost;
+    // Each candidate's log-score; the best one's is subtracted afterwards,
+    // so the factors' own "best" normalisation cancels out and only one
+    // pass over the inputs is needed.
+    let mut best = f64::NEG_INFINITY;
     for (input, slot) in inputs.iter().zip(out.iter_mut()) {
-        let latency = if best_latency.is_finite() && input.latency_ns.is_finite() {
-            best_latency / input.latency_ns.max(1.0)
+        let mut log_score = 0.0;
+        if wl > 0.0 {
+            let own = finite_or(input.latency_ns, 1.0).max(1.0).ln();
+            log_score -= wl * own.max(latency_floor);
+        }
+        if wn > 0.0 {
+            let typical = finite_or(input.typical_in_flight, 0.0).max(0.0);
+            let hot_above = HOT_LOAD * (typical + 1.0);
+            let load = f64::from(input.in_flight) + 1.0;
+            if load > hot_above {
+                log_score += wn * (hot_above / load).ln();
+            }
+        }
+        if wc > 0.0 && cost_span > f64::EPSILON {
+            log_score += wc * (1.0 - 0.5 * (input.cost - min_cost) / cost_span).ln();
+        }
+        if wa > 0.0 {
+            let closeness = finite_or(input.locality_affinity, 1.0).clamp(0.0, 1.0);
+            log_score += wa * ((1.0 + closeness) * 0.5).ln();
+        }
+        *slot = log_score;
+        best = best.max(log_score);
+    }
+    for slot in out.iter_mut() {
+        *slot = if best.is_finite() && slot.is_finite() {
+            (*slot - best).exp().clamp(0.0, 1.0)
         } else {
             1.0
         };
-        let load = (f64::from(least_in_flight) + 1.0) / (f64::from(input.in_flight) + 1.0);
-        let cost = if cost_span > f64::EPSILON {
-            1.0 - (input.cost - min_cost) / cost_span
-        } else {
-            1.0
-        };
-        let sum = weights.latency * latency
-            + weights.load * load
-            + weights.cost * cost
-            + weights.affinity * input.locality_affinity;
-        *slot = (sum / total).clamp(0.0, 1.0);
+    }
+}
+
+/// A destination is hot (Prequal's term) when its in-flight count + 1 is
+/// more than this many times its typical count + 1; only then does the
+/// load factor fall below 1, in proportion. Below it the count is noise
+/// around the destination's usual load, and rewarding a destination for
+/// being below its usual load would draw traffic back to one that is being
+/// shunned for being slow.
+pub const HOT_LOAD: f64 = 2.0;
+
+/// Latencies within this factor of the best count as equal. Equal
+/// destinations' peak-EWMAs differ by about this much from sampling alone
+/// (the estimate follows the recent peaks, and a busier destination sees
+/// more of its own tail), so bending the weights inside the band would turn
+/// noise into drift away from the base weights; a destination 3× slower is
+/// still scored (3 ÷ 1.5)^(−w) of the fast one.
+pub const LATENCY_BAND: f64 = 1.5;
+
+fn finite_or(v: f64, fallback: f64) -> f64 {
+    if v.is_finite() {
+        v
+    } else {
+        fallback
     }
 }
 
@@ -90,6 +169,7 @@ mod tests {
         FactorInputs {
             latency_ns: latency_ms * 1e6,
             in_flight,
+            typical_in_flight: 0.0,
             cost,
             locality_affinity: 1.0,
         }
@@ -110,7 +190,27 @@ mod tests {
             &mut out,
         );
         assert_eq!(out[0], 1.0);
-        assert!((out[2] - 0.1).abs() < 1e-9, "{out:?}");
+        // 10× slower, less the band: 1.5 ÷ 10.
+        assert!((out[2] - 1.5 / 10.0).abs() < 1e-9, "{out:?}");
+    }
+
+    #[test]
+    fn latency_within_the_band_counts_as_equal() {
+        let w = FactorWeights {
+            latency: 1.0,
+            load: 0.0,
+            cost: 0.0,
+            affinity: 0.0,
+        };
+        let mut out = [0.0; 3];
+        score_all(
+            &w,
+            &[input(8.0, 0, 0.0), input(11.9, 0, 0.0), input(24.0, 0, 0.0)],
+            &mut out,
+        );
+        assert_eq!(out[0], 1.0);
+        assert_eq!(out[1], 1.0, "{out:?}");
+        assert!((out[2] - 0.5).abs() < 1e-9, "{out:?}");
     }
 
     #[test]
@@ -127,7 +227,7 @@ mod tests {
         fresh.latency_ns = unmeasured.estimate_ns();
         score_all(&w, &[fresh, input(5.0, 0, 0.0)], &mut out);
         assert_eq!(out[1], 1.0);
-        assert!((out[0] - 5.0 / 30.0).abs() < 1e-9, "{out:?}");
+        assert!((out[0] - 1.5 * 5.0 / 30.0).abs() < 1e-9, "{out:?}");
     }
 
     #[test]
@@ -139,9 +239,56 @@ mod tests {
             affinity: 0.0,
         };
         let mut out = [0.0; 2];
-        score_all(&w, &[input(1.0, 0, 1.0), input(1.0, 3, 3.0)], &mut out);
+        score_all(&w, &[input(1.0, 0, 1.0), input(1.0, 7, 3.0)], &mut out);
         assert_eq!(out[0], 1.0);
-        assert!((out[1] - (0.25 + 0.0) / 2.0).abs() < 1e-9, "{out:?}");
+        // Load ¼ (8 in flight + 1 against a hot threshold of 2 × 1), cost
+        // ½ (the dearest), each to the power ½.
+        assert!((out[1] - (0.25f64 * 0.5).sqrt()).abs() < 1e-9, "{out:?}");
+    }
+
+    #[test]
+    fn load_is_judged_against_each_destinations_own_typical_load() {
+        let w = FactorWeights {
+            latency: 0.0,
+            load: 1.0,
+            cost: 0.0,
+            affinity: 0.0,
+        };
+        // A busy destination at its usual load and an idle one at its
+        // usual load (none) are equally loaded: raw counts would say the
+        // idle one is 17 times better.
+        let mut busy = input(1.0, 16, 0.0);
+        busy.typical_in_flight = 16.0;
+        let idle = input(1.0, 0, 0.0);
+        let mut out = [0.0; 2];
+        score_all(&w, &[busy, idle], &mut out);
+        assert_eq!(out, [1.0, 1.0]);
+        // Up to twice its usual count it is not hot: noise, not load.
+        busy.in_flight = 33;
+        score_all(&w, &[busy, idle], &mut out);
+        assert_eq!(out, [1.0, 1.0]);
+        // Requests piling up past that lower its score in proportion.
+        busy.in_flight = 67;
+        score_all(&w, &[busy, idle], &mut out);
+        assert!((out[0] - 0.5).abs() < 1e-9, "{out:?}");
+    }
+
+    #[test]
+    fn factors_multiply_so_an_idle_cheap_close_destination_stays_slow() {
+        // The default weights: a 6× slower destination that is cheaper
+        // and closer must still score well below the fast one. As a
+        // weighted sum it scored 0.7 of it.
+        let w = FactorWeights::default();
+        let mut fast = input(8.0, 16, 1.0);
+        fast.typical_in_flight = 16.0;
+        fast.locality_affinity = 0.5;
+        let slow = input(48.0, 0, 0.0);
+        let mut out = [0.0; 2];
+        score_all(&w, &[fast, slow], &mut out);
+        // (6 ÷ 1.5)^-0.4 × (1 / ¾^0.2) × (1 / ½^0.1) of the fast one.
+        let expected = 4f64.powf(-0.4) / 0.75f64.powf(0.2) / 0.5f64.powf(0.1);
+        assert!((out[1] / out[0] - expected).abs() < 1e-9, "{out:?}");
+        assert!(out[1] < 0.7 * out[0], "{out:?}");
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub struct Destination {
     pub latency: PeakEwma,
     pub health: Health,
     pub in_flight: u32,
+    /// Moving average of the in-flight count, sampled at every scored
+    /// decision of its service: the load it usually carries, against which
+    /// the scorer judges its current count (`score`).
+    pub typical_in_flight: f64,
     pub shared_key: String,
     /// Active re-admission, when the service configures a probe.
     pub probe: Option<ActiveProbe>,
@@ -147,6 +151,7 @@ impl Engine {
                             }),
                             health: learned.map(|d| d.health).unwrap_or_default(),
                             in_flight: 0,
+                            typical_in_flight: 0.0,
                             shared_key: shared_stats::key(&sc.name, &dc.name),
                             probe: sc
                                 .probe

@@ -4,8 +4,10 @@
 //!   weights (`affinity`), so a session sticks, and moves only if its
 //!   destination is ejected or the weights change;
 //! - without one: each candidate's effective weight is
-//!   `weight × score^sharpness` (score from `score`), two candidates are
-//!   drawn by effective weight, and the better-scored one wins —
+//!   `weight × score^sharpness` (score from `score`), two different
+//!   candidates are drawn by effective weight, and the better-scored one
+//!   wins (unless their scores are within a few percent: then the first
+//!   draw stands, so equal destinations split by weight) —
 //!   power-of-two-choices, so a stale score cannot herd a worker's traffic
 //!   onto one destination. When the latency and load factors are off the
 //!   scores cannot change between requests, and the choice is smooth
@@ -128,6 +130,11 @@ fn remeasure(svc: &Service, now_ns: u64) -> Option<usize> {
         .position(|d| d.in_flight == 0 && d.latency.is_stale(now_ns) && d.is_usable(now_ns))
 }
 
+/// How far each decision moves a destination's typical in-flight count
+/// toward its current one: an average over about the service's last 64
+/// decisions — tens of milliseconds at thousands of requests a second.
+const TYPICAL_LOAD_GAIN: f64 = 1.0 / 64.0;
+
 /// Relative score difference below which P2C keeps its first draw.
 const SCORE_TIE: f64 = 0.05;
 
@@ -140,11 +147,21 @@ fn by_score(
     if let Some(stale) = remeasure(svc, now_ns) {
         return (Some(stale), Reason::Score);
     }
+    // Every decision samples every destination's in-flight count, so the
+    // typical count is a time average. Sampled only when a destination is
+    // chosen it would be biased low: it wins most when its count is low.
+    if svc.weights.load > 0.0 {
+        for d in &mut svc.destinations {
+            d.typical_in_flight +=
+                (f64::from(d.in_flight) - d.typical_in_flight) * TYPICAL_LOAD_GAIN;
+        }
+    }
     svc.inputs.clear();
     svc.inputs
         .extend(svc.destinations.iter().map(|d| FactorInputs {
             latency_ns: d.latency.estimate_ns(),
             in_flight: d.in_flight,
+            typical_in_flight: d.typical_in_flight,
             cost: d.cost,
             locality_affinity: d.locality_affinity,
         }));
@@ -166,7 +183,14 @@ fn by_score(
     let Some(first) = rng.weighted_index(&svc.effective) else {
         return (None, Reason::MeshDefault);
     };
-    let Some(second) = rng.weighted_index(&svc.effective) else {
+    // The second candidate is drawn from the others: drawn with
+    // replacement, a destination that loses every comparison would still be
+    // chosen whenever it is drawn twice (its effective weight's share,
+    // squared: 0.6% for a 3× slower one), and those requests are the tail.
+    let kept = std::mem::replace(&mut svc.effective[first], 0.0);
+    let second = rng.weighted_index(&svc.effective);
+    svc.effective[first] = kept;
+    let Some(second) = second else {
         return (Some(first), Reason::Score);
     };
     let rank = |i: usize| {

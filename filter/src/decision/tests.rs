@@ -97,6 +97,36 @@ fn slow_destination_loses_most_traffic() {
     assert!(counts[2] > 0, "the slow one is still probed");
 }
 
+/// Power of two choices draws two *different* candidates: drawn with
+/// replacement, a destination that loses every comparison was still chosen
+/// whenever it was drawn twice (its effective weight's share squared:
+/// ~0.35% here, 3% of the tail-setting requests at 6×).
+#[test]
+fn a_dominated_destination_is_not_chosen_by_drawing_it_twice() {
+    let mut e = engine(&three(
+        r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#,
+        "",
+    ));
+    for d in &mut e.services[0].destinations {
+        d.weight = 1.0;
+    }
+    // Measured at once; then no decision comes near the half-life, so no
+    // re-measurement is due.
+    for (d, ms) in [(0, 5), (1, 5), (2, 15)] {
+        e.observe(0, d, Outcome::Status(200), Some(ms * MS), 1);
+    }
+    let mut counts = [0u32; 3];
+    for t in 0..50_000u64 {
+        let d = e
+            .decide(0, None, 2 + t * 10_000)
+            .destination
+            .expect("chosen");
+        counts[d] += 1;
+    }
+    assert_eq!(counts[2], 0, "{counts:?}");
+    assert!(counts[0] > 20_000 && counts[1] > 20_000, "{counts:?}");
+}
+
 /// Issue 12's mechanism: an idle estimate used to decay toward zero, so
 /// a slow destination starved for a few seconds looked fast again and
 /// drew a burst. Now it holds, and the destination is re-measured by a

@@ -20,7 +20,9 @@
 //! Variants: no filter, the no-op filter, Tideway in its cost benchmark
 //! configuration (everything on; once propagating trace context, once also
 //! exporting spans), the same without the hop headers, Tideway for a host it
-//! does not govern, and the probe
+//! does not govern, optionally the same Tideway configuration on another
+//! build of the module (`TIDEWAY_BASELINE_WASM`, for a before/after count
+//! in one run), and the probe
 //! filter making one host call per request, which, less the no-op, prices
 //! that call.
 
@@ -259,10 +261,20 @@ fn variants(mode: Mode, out: &Path, collector_port: u16) -> Vec<Variant> {
             prices: None,
         },
     ];
+    // A before/after comparison in one run: another build of the filter
+    // (e.g. the main branch's), in the same configuration.
+    if let Some(baseline) = std::env::var_os("TIDEWAY_BASELINE_WASM") {
+        variants.push(Variant {
+            name: "Tideway (trace propagate), baseline module (TIDEWAY_BASELINE_WASM)",
+            spec: spec(Some(tideway.clone()), Some(PathBuf::from(baseline))),
+            prices: None,
+        });
+    }
+    // Quick runs keep the steering floor: the cost targets are relative to it.
     let probes: &[(&'static str, &'static str)] = if mode.quick {
         &[(
-            "read_request_headers",
-            "header map read (one call, all request headers)",
+            super::cost::STEERING_FLOOR_OPS,
+            "steering floor: header map read + 1 header add + :status read",
         )]
     } else {
         &[
