@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use tideway_controller::{check_config, load, render, FieldErrors};
+use tideway_controller::{check_config, load, render};
 
 mod apply_cmd;
 mod image_cmd;
@@ -142,28 +142,9 @@ fn run_other(command: Command) -> anyhow::Result<()> {
 }
 
 fn render_cmd(args: RenderArgs) -> anyhow::Result<()> {
-    let policy_text = load::read(&args.policy)?;
-    let fleet_text = load::read(&args.fleet)?;
-    let source = |e: FieldErrors, path: &PathBuf| {
-        let mut e = e;
-        e.source = if e.source.is_empty() {
-            path.display().to_string()
-        } else {
-            format!("{} ({})", path.display(), e.source)
-        };
-        anyhow::anyhow!("{e}")
-    };
-    let policy = load::policy_from_str(&policy_text, "TrafficPolicy")
-        .map_err(|e| source(e, &args.policy))?;
-    let fleet = load::fleet_from_str(&fleet_text, "Fleet").map_err(|e| source(e, &args.fleet))?;
-    let image = args
-        .image
-        .as_deref()
-        .map(|r| tideway_controller::Image::parse("--image", r))
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let compiled = tideway_controller::compile(&policy, &fleet, image.as_ref())
-        .map_err(|e| source(e, &args.policy))?;
+    let tideway_controller::Loaded {
+        policy, compiled, ..
+    } = tideway_controller::load_and_compile(&args.policy, &args.fleet, args.image.as_deref())?;
     let name = policy.metadata.name.as_deref().unwrap_or("");
     let files = if args.karmada {
         render::karmada(&compiled, name)

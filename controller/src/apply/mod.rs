@@ -42,6 +42,15 @@ pub struct PolicyRef {
     pub namespace: String,
 }
 
+impl PolicyRef {
+    pub fn of(policy: &crate::api::TrafficPolicy) -> Self {
+        Self {
+            name: policy.metadata.name.clone().unwrap_or_default(),
+            namespace: crate::validate::policy_namespace(policy).to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Server-side dry run (`dryRun=All`): nothing is stored; each object's
