@@ -26,6 +26,7 @@ pub mod istio;
 pub mod load;
 pub mod observe;
 pub mod render;
+pub mod run;
 pub mod validate;
 
 pub use compile::{compile, Compiled, Image};

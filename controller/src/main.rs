@@ -6,6 +6,7 @@ use tideway_controller::{check_config, load, render};
 
 mod apply_cmd;
 mod image_cmd;
+mod run_cmd;
 
 /// Tideway: traffic steering for multi-cluster Istio.
 #[derive(Debug, Parser)]
@@ -33,6 +34,9 @@ enum Command {
     /// Render a TrafficPolicy and roll it out to the Fleet's member clusters, wave by wave.
     #[command(long_about = apply_cmd::LONG_ABOUT)]
     Apply(apply_cmd::ApplyArgs),
+    /// Run the controller in the hub cluster: watch policies and fleets, roll out, report status.
+    #[command(long_about = run_cmd::LONG_ABOUT)]
+    Run(run_cmd::RunArgs),
 }
 
 const RENDER_LONG_ABOUT: &str = "\
@@ -138,6 +142,7 @@ fn run_other(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Apply(args) => apply_cmd::run(args).map(|_| ()),
+        Command::Run(args) => run_cmd::run(args),
     }
 }
 

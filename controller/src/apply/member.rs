@@ -38,6 +38,8 @@ pub struct MemberOutcome {
     pub objects: Vec<ObjectOutcome>,
     /// Objects of this policy the render no longer has.
     pub pruned: Vec<ObjectOutcome>,
+    /// How long this member's apply (objects, read-back, prune) took.
+    pub elapsed: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -110,6 +112,7 @@ impl MemberOutcome {
             status: MemberStatus::Skipped { reason },
             objects: Vec::new(),
             pruned: Vec::new(),
+            elapsed: std::time::Duration::ZERO,
         }
     }
 
@@ -251,12 +254,24 @@ pub fn policy_selector(policy: &PolicyRef) -> String {
 
 /// Apply one member's objects; see the module doc.
 pub async fn apply_member(target: &Target, policy: &PolicyRef, options: &Options) -> MemberOutcome {
+    let started = std::time::Instant::now();
+    let mut outcome = apply_member_untimed(target, policy, options).await;
+    outcome.elapsed = started.elapsed();
+    outcome
+}
+
+async fn apply_member_untimed(
+    target: &Target,
+    policy: &PolicyRef,
+    options: &Options,
+) -> MemberOutcome {
     let mut outcome = MemberOutcome {
         member: target.member.clone(),
         wave: target.wave,
         status: MemberStatus::Applied,
         objects: Vec::new(),
         pruned: Vec::new(),
+        elapsed: std::time::Duration::ZERO,
     };
     let client = match &target.client {
         Ok(client) => client.clone(),

@@ -29,6 +29,43 @@ use std::collections::BTreeMap;
 
 pub use member::{MemberOutcome, MemberStatus, ObjectAction, ObjectOutcome};
 
+/// The annotation on every applied object: the render's [`revision`].
+pub const REVISION_ANNOTATION: &str = "traffic.tideway.dev/revision";
+
+/// A short digest of everything a render sends to every member (`sha256:`
+/// and 16 hex digits): the same render always has the same revision, any
+/// change to any member's objects a new one. `tideway run` writes it to the
+/// policy's status, every object carries it in [`REVISION_ANNOTATION`].
+pub fn revision(compiled: &crate::Compiled) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for (member, objects) in compiled.members() {
+        hash.update(member.as_bytes());
+        hash.update([0]);
+        for object in objects {
+            hash.update(serde_json::to_vec(&object).unwrap_or_default());
+            hash.update([0]);
+        }
+    }
+    let digest = hash.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn stamp_revision(object: &mut Value, revision: &str) {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(map) = annotations.as_object_mut() {
+            map.insert(
+                REVISION_ANNOTATION.to_string(),
+                Value::String(revision.to_string()),
+            );
+        }
+    }
+}
+
 /// The field manager of every apply (`kubectl get -o yaml
 /// --show-managed-fields` shows it).
 pub const FIELD_MANAGER: &str = "tideway";
@@ -177,13 +214,15 @@ pub async fn apply(
 }
 
 /// One [`Target`] per member of `fleet`, in rollout order, each with the
-/// render's objects for it and a client (see [`connect`]).
+/// render's objects for it (stamped with the render's [`revision`]) and a
+/// client (see [`connect`]).
 pub async fn targets(
     compiled: &crate::Compiled,
     fleet: &crate::api::Fleet,
     kubeconfig: Option<&kube::config::Kubeconfig>,
     hub: Option<&kube::Client>,
 ) -> Vec<Target> {
+    let revision = revision(compiled);
     let mut out = Vec::new();
     for name in &compiled.order {
         let Some(member) = fleet.spec.clusters.iter().find(|c| &c.name == name) else {
@@ -192,7 +231,14 @@ pub async fn targets(
         out.push(Target {
             member: name.clone(),
             wave: member.wave,
-            objects: compiled.member(name),
+            objects: compiled
+                .member(name)
+                .into_iter()
+                .map(|mut o| {
+                    stamp_revision(&mut o, &revision);
+                    o
+                })
+                .collect(),
             client: connect::member_client(member, kubeconfig, hub).await,
         });
     }
