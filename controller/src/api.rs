@@ -588,7 +588,8 @@ pub struct Condition {
     /// CamelCase, for machines (`Applied`, `InvalidPolicy`, `Rejected`, …).
     pub reason: String,
     /// For humans: what happened, the field or the API server's message.
-    #[serde(default)]
+    /// Never empty (1.20's API servers read `""` here as null and refuse
+    /// it; a defaulted field would put `default: null` into the CRD).
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -157,8 +157,20 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
         let reader = controller.store();
         let health = health.clone();
         tokio::spawn(async move {
-            if reader.wait_until_ready().await.is_ok() {
-                health.synced.store(true, Ordering::Relaxed);
+            // Polled again and again: the store's readiness is one oneshot
+            // shared by every clone, and the controller's own wait on it
+            // takes the wake-up (a single long wait here may never wake).
+            loop {
+                let wait = reader.wait_until_ready();
+                match tokio::time::timeout(Duration::from_millis(500), wait).await {
+                    Ok(Ok(())) => {
+                        health.synced.store(true, Ordering::Relaxed);
+                        tracing::info!("TrafficPolicy cache synced");
+                        return;
+                    }
+                    Ok(Err(_)) => return,
+                    Err(_) => continue,
+                }
             }
         });
     }

@@ -129,11 +129,16 @@ pub fn member_conditions(
             )
         })
         .count();
-    let partial = if applied > 0 && applied < total {
+    let mut partial = if applied > 0 && applied < total {
         format!(" ({applied} of {total} objects applied before it; the rest not attempted)")
     } else {
         String::new()
     };
+    match &outcome.rollback {
+        Some(Ok(to)) => partial.push_str(&format!("; rolled back to {to}")),
+        Some(Err(why)) => partial.push_str(&format!("; NOT rolled back: {why}")),
+        None => {}
+    }
     let c = condition;
     let g = generation;
     let (ready, degraded, progressing, name) = match &outcome.status {
@@ -151,15 +156,27 @@ pub fn member_conditions(
             );
             (
                 c(READY, true, "Applied", msg, g),
-                c(DEGRADED, false, "Applied", String::new(), g),
-                c(PROGRESSING, false, "Applied", String::new(), g),
+                c(
+                    DEGRADED,
+                    false,
+                    "Applied",
+                    "every object accepted".into(),
+                    g,
+                ),
+                c(PROGRESSING, false, "Applied", "rollout finished".into(), g),
                 "applied",
             )
         }
         MemberStatus::Unreachable { message } => (
             c(READY, false, "Unreachable", message.clone(), g),
             c(DEGRADED, true, "Unreachable", message.clone(), g),
-            c(PROGRESSING, false, "Unreachable", String::new(), g),
+            c(
+                PROGRESSING,
+                false,
+                "Unreachable",
+                "waiting for the member's API server".into(),
+                g,
+            ),
             "unreachable",
         ),
         MemberStatus::Conflict {
@@ -175,7 +192,13 @@ pub fn member_conditions(
             (
                 c(READY, false, "FieldConflict", msg.clone(), g),
                 c(DEGRADED, true, "FieldConflict", msg, g),
-                c(PROGRESSING, false, "FieldConflict", String::new(), g),
+                c(
+                    PROGRESSING,
+                    false,
+                    "FieldConflict",
+                    "stopped at the conflict".into(),
+                    g,
+                ),
                 "conflict",
             )
         }
@@ -189,19 +212,58 @@ pub fn member_conditions(
             (
                 c(READY, false, "Rejected", msg.clone(), g),
                 c(DEGRADED, true, "Rejected", msg, g),
-                c(PROGRESSING, false, "Rejected", String::new(), g),
+                c(
+                    PROGRESSING,
+                    false,
+                    "Rejected",
+                    "stopped at the rejected object".into(),
+                    g,
+                ),
                 "rejected",
             )
         }
+        MemberStatus::RolledBack { revision, reason } => {
+            let msg = format!("rolled back to {revision}: {reason}");
+            (
+                c(READY, false, "RolledBack", msg.clone(), g),
+                c(DEGRADED, false, "RolledBack", msg, g),
+                c(
+                    PROGRESSING,
+                    false,
+                    "RolledBack",
+                    "rollout stopped".into(),
+                    g,
+                ),
+                "rolled_back",
+            )
+        }
         MemberStatus::Failed { message } => (
-            c(READY, false, "ApplyFailed", message.clone(), g),
-            c(DEGRADED, true, "ApplyFailed", message.clone(), g),
-            c(PROGRESSING, false, "ApplyFailed", String::new(), g),
+            c(
+                READY,
+                false,
+                "ApplyFailed",
+                format!("{message}{partial}"),
+                g,
+            ),
+            c(
+                DEGRADED,
+                true,
+                "ApplyFailed",
+                format!("{message}{partial}"),
+                g,
+            ),
+            c(
+                PROGRESSING,
+                false,
+                "ApplyFailed",
+                "stopped at the failure".into(),
+                g,
+            ),
             "failed",
         ),
         MemberStatus::Skipped { reason } => (
             c(READY, false, "WaveBlocked", reason.clone(), g),
-            c(DEGRADED, false, "WaveBlocked", String::new(), g),
+            c(DEGRADED, false, "WaveBlocked", "not attempted".into(), g),
             c(PROGRESSING, false, "WaveBlocked", reason.clone(), g),
             "skipped",
         ),
@@ -234,10 +296,10 @@ pub fn status_from_report(
         members.push(MemberRolloutStatus {
             name: outcome.member.clone(),
             wave: outcome.wave,
-            revision: if ready {
-                Some(revision.to_string())
-            } else {
-                previous.and_then(|p| p.revision.clone())
+            revision: match (&outcome.status, &outcome.rollback) {
+                (MemberStatus::Applied, _) => Some(revision.to_string()),
+                (_, Some(Ok(to))) => Some(to.clone()),
+                _ => previous.and_then(|p| p.revision.clone()),
             },
             conditions,
         });
@@ -254,8 +316,14 @@ pub fn status_from_report(
                 format!("revision {revision} applied to all {total} members"),
                 g,
             ),
-            condition(PROGRESSING, false, "Applied", String::new(), g),
-            condition(DEGRADED, false, "Applied", String::new(), g),
+            condition(PROGRESSING, false, "Applied", "rollout finished".into(), g),
+            condition(
+                DEGRADED,
+                false,
+                "Applied",
+                "every member has the render".into(),
+                g,
+            ),
         ]
     } else {
         let mut parts = Vec::new();
@@ -280,7 +348,17 @@ pub fn status_from_report(
         );
         vec![
             condition(READY, false, reason, msg.clone(), g),
-            condition(PROGRESSING, false, reason, String::new(), g),
+            condition(
+                PROGRESSING,
+                false,
+                reason,
+                if report.stopped_at_wave.is_some() {
+                    "rollout stopped".into()
+                } else {
+                    "rollout finished".into()
+                },
+                g,
+            ),
             condition(DEGRADED, !degraded.is_empty(), reason, msg, g),
         ]
     };
@@ -472,4 +550,52 @@ pub async fn reconcile(
     } else {
         Action::requeue(Duration::from_secs(60).min(ctx.resync))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(member: &str, status: MemberStatus) -> MemberOutcome {
+        MemberOutcome {
+            member: member.into(),
+            wave: 0,
+            status,
+            objects: vec![],
+            pruned: vec![],
+            elapsed: Duration::ZERO,
+            rollback: None,
+        }
+    }
+
+    #[test]
+    fn status_json_has_no_nulls_and_names_the_degraded_member() {
+        let report = apply::FleetReport {
+            members: vec![
+                outcome("a", MemberStatus::Applied),
+                outcome(
+                    "b",
+                    MemberStatus::Rejected {
+                        object: "WasmPlugin p/x".into(),
+                        code: 422,
+                        reason: "Invalid".into(),
+                        message: "spec.priority: too big".into(),
+                    },
+                ),
+            ],
+            stopped_at_wave: None,
+        };
+        let status = status_from_report(&report, "sha256:00", Some(3), None);
+        let text = serde_json::to_string(&status).expect("json");
+        eprintln!("{text}");
+        assert!(!text.contains("null"), "{text}");
+        assert!(!text.contains("\"message\":\"\""), "{text}");
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .expect("Ready");
+        assert_eq!(ready.status, "False");
+        assert!(ready.message.contains("degraded: b"), "{}", ready.message);
+    }
 }
