@@ -561,6 +561,10 @@ pub struct TrafficPolicyStatus {
     /// Per member cluster, in rollout order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberRolloutStatus>,
+    /// Destinations (subset names) taken out of the render because their
+    /// member has no ready endpoints for the service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drained: Vec<String>,
 }
 
 /// One member cluster's state for a policy.

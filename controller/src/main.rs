@@ -169,3 +169,30 @@ fn render_cmd(args: RenderArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Deployment in manifests/controller runs flags `tideway run`
+    /// really has.
+    #[test]
+    fn the_deployments_args_parse() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../manifests/controller/deployment.yaml"
+        );
+        let text = std::fs::read_to_string(path).expect("deployment.yaml");
+        let deployment: serde_json::Value = serde_yaml::from_str(&text).expect("yaml");
+        let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .map(|a| a.as_str().expect("string arg").to_string())
+            .collect();
+        assert_eq!(args[0], "run");
+        let cli = Cli::try_parse_from(std::iter::once("tideway".to_string()).chain(args))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(cli.command, Command::Run(_)));
+    }
+}

@@ -75,6 +75,9 @@ async fn start() -> KubeFleet {
             .await
             .expect("hub Secret");
     }
+    for member in MEMBERS {
+        set_endpoints(&kube, member, 2).await;
+    }
     let admin = kube.hub.admin().await;
     kube.hub.create_namespace(&admin, "production").await;
     kube.hub
@@ -88,6 +91,65 @@ async fn start() -> KubeFleet {
         )
         .await;
     kube
+}
+
+/// The reviews Service in `member` and its Endpoints with `ready` ready
+/// addresses and one that is not ready (nothing runs the endpoints
+/// controller here: the test writes them, as the member's would).
+async fn set_endpoints(kube: &KubeFleet, member: &str, ready: usize) {
+    let server = kube.member(member);
+    let admin = server.admin().await;
+    let service = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "reviews", "namespace": "production"},
+        "spec": {"ports": [{"name": "http", "port": 9080, "protocol": "TCP"}], "selector": {"app": "reviews"}}});
+    server
+        .apply_as(&admin, "endpoints-controller", &service)
+        .await;
+    let addresses: Vec<Value> = (0..ready)
+        .map(|i| json!({"ip": format!("10.0.0.{}", i + 1)}))
+        .collect();
+    let mut subset = json!({"notReadyAddresses": [{"ip": "10.0.1.1"}], "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}]});
+    if !addresses.is_empty() {
+        subset["addresses"] = json!(addresses);
+    }
+    let endpoints = json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "reviews", "namespace": "production"},
+        "subsets": [subset]});
+    server
+        .apply_as(&admin, "endpoints-controller", &endpoints)
+        .await;
+}
+
+fn destinations_of(plugin: &Value) -> Vec<String> {
+    plugin["spec"]["pluginConfig"]["services"][0]["destinations"]
+        .as_array()
+        .map(|ds| {
+            ds.iter()
+                .filter_map(|d| d["cluster"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every member's WasmPlugin lists exactly `expected` destinations.
+async fn wait_destinations(kube: &KubeFleet, expected: &[&str], log: &dyn Fn() -> String) {
+    wait_for(
+        "the destinations in every member",
+        Duration::from_secs(30),
+        || async {
+            for member in MEMBERS {
+                let found = plugin(kube, member)
+                    .await
+                    .map(|p| destinations_of(&p))
+                    .unwrap_or_default();
+                if found != expected {
+                    return Err(format!("{member}: {found:?}\n{}", log()));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
 }
 
 /// One `tideway run` replica (the binary), killed on drop.
@@ -108,7 +170,7 @@ impl Replica {
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args(["--context", "hub", "--identity", identity])
-            .args(["--lease-duration", "3s", "--renew-interval", "1s"])
+            .args(["--lease-duration", "4s", "--renew-interval", "1s"])
             .args(["--retry-interval", "300ms", "--resync", "1h"])
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
@@ -339,6 +401,51 @@ async fn run_rolls_out_follows_edits_and_reports_per_member_status() {
         let found = plugin(&kube, member).await.expect("plugin");
         assert_eq!(hangzhou_weight(&found), Some(70.0), "{member}: {found:#}");
     }
+
+    // Discovery: cluster-beijing's endpoints fall to zero ready (one not
+    // ready remains) → it leaves the destinations in every member's filter
+    // configuration, beijing's own included; back when they are ready.
+    set_endpoints(&kube, "cluster-beijing", 0).await;
+    let log = || replica.log();
+    wait_destinations(&kube, &["cluster-hangzhou", "cluster-shanghai"], &log).await;
+    let drained = wait_for("status.drained", Duration::from_secs(30), || async {
+        let p = policy(&kube).await;
+        let status = p.status.clone().unwrap_or_default();
+        if status.drained == ["cluster-beijing"] && is_true(&status.conditions, "Ready") {
+            Ok(status)
+        } else {
+            Err(format!("{:#?}", p.status))
+        }
+    })
+    .await;
+    assert_ne!(drained.revision.as_deref(), Some(second.as_str()));
+    set_endpoints(&kube, "cluster-beijing", 1).await;
+    wait_destinations(
+        &kube,
+        &["cluster-hangzhou", "cluster-shanghai", "cluster-beijing"],
+        &log,
+    )
+    .await;
+    // The same destinations are the same render: the status says so once
+    // the rollout finished.
+    wait_for(
+        "status back at the undrained revision",
+        Duration::from_secs(30),
+        || async {
+            let p = policy(&kube).await;
+            let status = p.status.clone().unwrap_or_default();
+            if status.revision.as_deref() == Some(second.as_str())
+                && status.drained.is_empty()
+                && is_true(&status.conditions, "Ready")
+            {
+                Ok(())
+            } else {
+                Err(format!("{:#?}", p.status))
+            }
+        },
+    )
+    .await;
+    wait_rolled_out(&kube, &[&replica], Duration::from_secs(30)).await;
 
     // An invalid policy: a condition naming the field; nothing applied.
     edit(&kube, &policy_object(90, "cluster-nowhere")).await;

@@ -273,6 +273,24 @@ pub async fn targets(
     kubeconfig: Option<&kube::config::Kubeconfig>,
     hub: Option<&kube::Client>,
 ) -> Vec<Target> {
+    let mut clients = BTreeMap::new();
+    for member in &fleet.spec.clusters {
+        if compiled.order.contains(&member.name) {
+            clients.insert(
+                member.name.clone(),
+                connect::member_client(member, kubeconfig, hub).await,
+            );
+        }
+    }
+    targets_with(compiled, fleet, &clients)
+}
+
+/// [`targets`] with clients already made (member name → client).
+pub fn targets_with(
+    compiled: &crate::Compiled,
+    fleet: &crate::api::Fleet,
+    clients: &BTreeMap<String, Result<kube::Client, String>>,
+) -> Vec<Target> {
     let revision = revision(compiled);
     let mut out = Vec::new();
     for name in &compiled.order {
@@ -291,7 +309,10 @@ pub async fn targets(
                     o
                 })
                 .collect(),
-            client: connect::member_client(member, kubeconfig, hub).await,
+            client: clients
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| Err(format!("member {name}: no client"))),
         });
     }
     out

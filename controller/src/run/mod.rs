@@ -9,7 +9,8 @@
 //! status; a trigger that brings nothing new (the controller's own status
 //! write, a relist after the hub API restarted) is answered from memory
 //! without touching the members. [`serve`] answers the
-//! probes and `/metrics` ([`metrics`]).
+//! probes and `/metrics` ([`metrics`]); [`discovery`] watches the members'
+//! Endpoints and drains destinations without ready ones.
 //!
 //! Losing the Lease (not renewed within its term, or another holder in the
 //! record) ends the process with an error: a replica that may no longer
@@ -17,6 +18,7 @@
 //! candidate again. SIGTERM / Ctrl-C stops reconciling, waits for the
 //! reconciles in flight and releases the Lease.
 
+pub mod discovery;
 pub mod lease;
 pub mod metrics;
 pub mod reconcile;
@@ -139,6 +141,7 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
         })
     };
 
+    let (discovery, endpoint_triggers) = discovery::Discovery::new();
     let ctx = Arc::new(reconcile::Context {
         hub: hub.clone(),
         kubeconfig: config.kubeconfig.clone(),
@@ -146,6 +149,7 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
         resync: config.resync,
         failures: Default::default(),
         applied: Default::default(),
+        discovery: discovery.clone(),
     });
     let policies: Api<TrafficPolicy> = match &config.namespace {
         Some(ns) => Api::namespaced(hub.clone(), ns),
@@ -189,6 +193,7 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
             },
         )
+        .reconcile_on(endpoint_triggers)
         .graceful_shutdown_on(async move {
             let _ = shutdown_rx.await;
         })

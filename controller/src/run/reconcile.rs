@@ -22,6 +22,8 @@ use std::time::Duration;
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// The field manager of the status `tideway run` writes.
+pub const STATUS_FIELD_MANAGER: &str = "tideway-controller";
 
 /// What every reconcile shares.
 pub struct Context {
@@ -40,6 +42,8 @@ pub struct Context {
     /// trigger with the same inputs before `resync` is due changes nothing
     /// in the members and is skipped (status writes, watch relists).
     pub applied: Mutex<HashMap<String, Applied>>,
+    /// Ready endpoints per member and service.
+    pub discovery: Arc<super::discovery::Discovery>,
 }
 
 /// The inputs of a rollout that reached every member.
@@ -367,6 +371,7 @@ pub fn status_from_report(
         revision: Some(revision.to_string()),
         conditions,
         members,
+        drained: Vec::new(),
     }
 }
 
@@ -393,6 +398,7 @@ fn invalid_status(
             condition(DEGRADED, true, reason, message, generation),
         ],
         members: old.map(|o| o.members.clone()).unwrap_or_default(),
+        drained: old.map(|o| o.drained.clone()).unwrap_or_default(),
     }
 }
 
@@ -424,11 +430,19 @@ async fn write_status(
     if policy.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let patch = json!({ "status": status });
+    // Server-side apply of the whole status by the controller's own field
+    // manager: a field the new status leaves out (`drained` once nothing is
+    // drained, a member's revision) is removed, which a merge patch would
+    // keep.
+    let patch = json!({
+        "apiVersion": crate::api::API_VERSION,
+        "kind": "TrafficPolicy",
+        "status": status,
+    });
     api.patch_status(
         &policy.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
+        &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
     )
     .await
     .map(|_| ())
@@ -478,6 +492,51 @@ pub async fn reconcile(
             return Ok(Action::await_change());
         }
     };
+    // One client per member, for the rollout and the endpoint watches.
+    let mut clients = std::collections::BTreeMap::new();
+    for member in &fleet.spec.clusters {
+        let client =
+            apply::connect::member_client(member, ctx.kubeconfig.as_ref(), Some(&ctx.hub)).await;
+        clients.insert(member.name.clone(), client);
+    }
+    let service_namespace = policy
+        .spec
+        .service
+        .namespace
+        .clone()
+        .unwrap_or_else(|| namespace.clone());
+    let service_key = |member: &str| {
+        (
+            member.to_string(),
+            service_namespace.clone(),
+            policy.spec.service.name.clone(),
+        )
+    };
+    for destination in &policy.spec.destinations {
+        if let Some(Ok(client)) = clients.get(&destination.cluster) {
+            ctx.discovery.watch(
+                service_key(&destination.cluster),
+                client,
+                kube::runtime::reflector::ObjectRef::from(policy.as_ref()),
+            );
+        }
+    }
+    let (drained_policy, drained) =
+        super::discovery::drain(&policy, |member| ctx.discovery.ready(&service_key(member)));
+    let compiled = if drained.is_empty() {
+        compiled
+    } else {
+        match crate::compile(&drained_policy, &fleet, None) {
+            Ok(c) => {
+                tracing::info!(policy = %key(&policy), ?drained, "destinations without ready endpoints taken out");
+                c
+            }
+            Err(e) => {
+                tracing::warn!(policy = %key(&policy), error = %e, "draining would make the policy invalid; not drained");
+                compiled
+            }
+        }
+    };
     let revision = apply::revision(&compiled);
     let memo_key = key(&policy);
     let remembered = ctx
@@ -496,7 +555,7 @@ pub async fn reconcile(
             return Ok(Action::requeue(ctx.resync - age));
         }
     }
-    let targets = apply::targets(&compiled, &fleet, ctx.kubeconfig.as_ref(), Some(&ctx.hub)).await;
+    let targets = apply::targets_with(&compiled, &fleet, &clients);
     let options = Options {
         prune: true,
         ..Options::default()
@@ -514,7 +573,8 @@ pub async fn reconcile(
         }
         tracing::info!(policy = %key(&policy), "{}", apply::progress_line(&apply::Progress::MemberDone(outcome.clone())).trim());
     }
-    let status = status_from_report(&report, &revision, generation, old);
+    let mut status = status_from_report(&report, &revision, generation, old);
+    status.drained = drained;
     let result = if report.all_applied() {
         "applied"
     } else {
