@@ -454,6 +454,39 @@ pub struct FleetSpec {
     /// rendering; the east-west gateways per network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshSpec>,
+    /// Where the members' sidecars reach the hub's weights API (`tideway
+    /// run` or `tideway serve-weights`) for run-time weights and drains.
+    /// Absent: the filters use the static weights of their plugin config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_endpoint: Option<WeightsEndpointSpec>,
+}
+
+/// The hub's weights API as the members' sidecars reach it. Every render
+/// then carries a `ServiceEntry` for `host` and a `weightsSource` in each
+/// WasmPlugin's configuration pointing at it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WeightsEndpointSpec {
+    /// The host name sidecars use for it (the ServiceEntry's host), e.g.
+    /// `tideway-weights.tideway-system.global`.
+    pub host: String,
+    /// Its port (plain HTTP inside the mesh; the sidecars' mTLS protects it).
+    #[schemars(range(min = 1))]
+    pub port: u16,
+    /// Where it is, as seen from the members: IP addresses (resolution
+    /// STATIC) or DNS names (resolution DNS) of the hub's gateway or load
+    /// balancer. Empty: `host` itself is resolved by DNS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// How long the server may hold a poll (long-poll), ms, whole seconds.
+    /// Default 30000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1000, max = 60000))]
+    pub wait_ms: Option<u64>,
+    /// How long a filter keeps the last weights while the API cannot be
+    /// reached, before falling back to its static weights, ms. Default 300000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 /// One member cluster.

@@ -15,7 +15,8 @@
 //!   a default route that serves whenever the filter decided nothing;
 //! - `PeerAuthentication`, `AuthorizationPolicy` (ALLOW rules, and the DENY
 //!   at the ingress gateways that keeps clients outside the mesh from
-//!   choosing a destination by header), `ServiceEntry`;
+//!   choosing a destination by header), `ServiceEntry` (cross-region, and
+//!   the hub's weights endpoint when the Fleet names one);
 //! - a `PrometheusRule` and a Grafana dashboard for the filter's metrics.
 //!
 //! Only the `WasmPlugin`s differ between members; [`Compiled`] keeps them
@@ -29,7 +30,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use tideway_filter::config::{
     AffinitySource, DestinationConfig, FactorWeights, LocalConfig, PluginConfig, SchedulerConfig,
-    ServiceConfig, TrustConfig, DEFAULT_ROUTING_HEADER, SCHEMA_VERSION,
+    ServiceConfig, TrustConfig, WeightsSourceConfig, DEFAULT_ROUTING_HEADER, SCHEMA_VERSION,
 };
 
 /// Istio's root namespace: a `WasmPlugin` there applies to every proxy.
@@ -159,6 +160,7 @@ pub fn compile(
     let mut common = vec![ctx.destination_rule(), ctx.virtual_service()];
     common.extend(ctx.security());
     common.extend(ctx.service_entry());
+    common.extend(ctx.weights_service_entry());
     common.extend(ctx.observability());
 
     let mut order: Vec<&FleetMember> = fleet.spec.clusters.iter().collect();
@@ -339,8 +341,68 @@ impl<'a> Context<'a> {
             tracing: spec.tracing.clone().unwrap_or_default(),
             decision_header: spec.decision_header,
             hop_headers: spec.hop_headers.unwrap_or(true),
-            weights_source: None,
+            weights_source: self.weights_source(),
         }
+    }
+
+    /// Where the filter polls for run-time weights: the hub's endpoint as
+    /// the ServiceEntry of [`Self::weights_service_entry`] names it (Istio
+    /// calls that Envoy cluster `outbound|PORT||HOST`). Built through the
+    /// filter's own deserialiser so its defaults (path, lease, retry) are
+    /// the filter's, not a copy of them.
+    fn weights_source(&self) -> Option<WeightsSourceConfig> {
+        let w = self.fleet.spec.weights_endpoint.as_ref()?;
+        let mut source = json!({
+            "cluster": format!("outbound|{}||{}", w.port, w.host),
+            "authority": w.host,
+        });
+        if let Some(ms) = w.wait_ms {
+            source["waitMs"] = json!(ms);
+        }
+        if let Some(ms) = w.ttl_ms {
+            source["ttlMs"] = json!(ms);
+        }
+        serde_json::from_value(source).ok()
+    }
+
+    /// The `ServiceEntry` that makes the hub's weights endpoint a known
+    /// service in every member (its sidecars only call what the mesh
+    /// knows), when the Fleet names one.
+    fn weights_service_entry(&self) -> Option<Value> {
+        let w = self.fleet.spec.weights_endpoint.as_ref()?;
+        let all_ips = !w.addresses.is_empty()
+            && w.addresses
+                .iter()
+                .all(|a| a.parse::<std::net::IpAddr>().is_ok());
+        Some(
+            self.object(
+                istio::NETWORKING_V1,
+                "ServiceEntry",
+                &format!("{}-weights", self.name),
+                &self.service_ns,
+                ServiceEntrySpec {
+                    hosts: vec![w.host.clone()],
+                    location: "MESH_INTERNAL".into(),
+                    resolution: if all_ips { "STATIC" } else { "DNS" }.into(),
+                    ports: vec![ServicePort {
+                        number: w.port,
+                        protocol: "HTTP".into(),
+                        name: "http-weights".into(),
+                    }],
+                    endpoints: w
+                        .addresses
+                        .iter()
+                        .map(|a| WorkloadEntry {
+                            address: a.clone(),
+                            ports: BTreeMap::new(),
+                            labels: BTreeMap::new(),
+                            locality: None,
+                            network: None,
+                        })
+                        .collect(),
+                },
+            ),
+        )
     }
 
     fn wasm_plugin(&self, image: &Image, caller: &CallerSpec, config: &PluginConfig) -> Value {

@@ -462,6 +462,7 @@ pub struct ServiceEntrySpec {
     pub location: String,
     pub resolution: String,
     pub ports: Vec<ServicePort>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<WorkloadEntry>,
 }
 

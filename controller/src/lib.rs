@@ -12,7 +12,9 @@
 //!
 //! The distribution half:
 //! - [`apply`]: a render rolled out to a Fleet's member clusters, wave by
-//!   wave (server-side apply, health gate, prune).
+//!   wave (server-side apply, health gate, prune);
+//! - [`weights`]: the run-time weights API the members' filters poll
+//!   (`tideway serve-weights`, and `tideway run`), and its client.
 //!
 //! For other tools and tests, [`render_texts`] is the whole pipeline from
 //! the two documents' text to the rendered files.
@@ -28,6 +30,7 @@ pub mod observe;
 pub mod render;
 pub mod run;
 pub mod validate;
+pub mod weights;
 
 pub use compile::{compile, Compiled, Image};
 pub use field_error::{FieldError, FieldErrors};

@@ -261,6 +261,65 @@ pub fn fleet_from_str(text: &str, source: &str) -> Result<Fleet, FieldErrors> {
     single(text, "Fleet", source)
 }
 
+/// Every `TrafficPolicy` in `text` (other kinds, e.g. a Fleet or rendered
+/// objects next to it, are skipped).
+pub fn policies_from_str(text: &str, source: &str) -> Result<Vec<TrafficPolicy>, FieldErrors> {
+    let docs = documents(text).map_err(|e| FieldErrors {
+        source: source.to_string(),
+        errors: vec![e],
+    })?;
+    let mut out = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        if doc.get("kind").and_then(Value::as_str) == Some("TrafficPolicy") {
+            let source = if docs.len() > 1 {
+                format!("{source} (document {i})")
+            } else {
+                source.to_string()
+            };
+            out.push(object(doc, "TrafficPolicy", &source)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Every `TrafficPolicy` under `paths`: files, or directories searched
+/// recursively for `*.yaml`, `*.yml` and `*.json` (in name order, so the
+/// same tree always loads the same way). Errors name the file.
+pub fn policies_from_paths(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<TrafficPolicy>> {
+    fn files(path: &Path, out: &mut Vec<std::path::PathBuf>) -> anyhow::Result<()> {
+        if !path.is_dir() {
+            out.push(path.to_path_buf());
+            return Ok(());
+        }
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .map_err(|e| anyhow::anyhow!("reading directory {}: {e}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for entry in entries {
+            let document = entry
+                .extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"));
+            if entry.is_dir() || document {
+                files(&entry, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut all = Vec::new();
+    for path in paths {
+        files(path, &mut all)?;
+    }
+    let mut policies = Vec::new();
+    for file in all {
+        let text = read(&file)?;
+        let source = file.display().to_string();
+        policies.extend(policies_from_str(&text, &source).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    Ok(policies)
+}
+
 /// Read a file, naming it in the error.
 pub fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))

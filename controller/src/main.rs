@@ -7,6 +7,7 @@ use tideway_controller::{check_config, load, render};
 mod apply_cmd;
 mod image_cmd;
 mod run_cmd;
+mod weights_cmd;
 
 /// Tideway: traffic steering for multi-cluster Istio.
 #[derive(Debug, Parser)]
@@ -37,6 +38,17 @@ enum Command {
     /// Run the controller in the hub cluster: watch policies and fleets, roll out, report status.
     #[command(long_about = run_cmd::LONG_ABOUT)]
     Run(run_cmd::RunArgs),
+    /// Serve the policies' run-time weights (GET /v1/weights, long-poll) and take drains and weight changes.
+    #[command(long_about = weights_cmd::SERVE_LONG_ABOUT)]
+    ServeWeights(weights_cmd::ServeArgs),
+    /// Drain a member cluster (no new traffic) for every service or one, on a weights server; --undo to undrain.
+    Drain(weights_cmd::DrainArgs),
+    /// Change a destination's weight or cost on a weights server.
+    #[command(subcommand)]
+    Weight(weights_cmd::WeightCommand),
+    /// Read what a weights server publishes.
+    #[command(subcommand)]
+    Weights(weights_cmd::WeightsCommand),
 }
 
 const RENDER_LONG_ABOUT: &str = "\
@@ -143,6 +155,10 @@ fn run_other(command: Command) -> anyhow::Result<()> {
         }
         Command::Apply(args) => apply_cmd::run(args).map(|_| ()),
         Command::Run(args) => run_cmd::run(args),
+        Command::ServeWeights(args) => weights_cmd::serve(args),
+        Command::Drain(args) => weights_cmd::drain(args),
+        Command::Weight(command) => weights_cmd::weight(command),
+        Command::Weights(command) => weights_cmd::weights(command),
     }
 }
 

@@ -69,6 +69,9 @@ pub fn fleet(fleet: &Fleet, errors: &mut FieldErrors) {
             }
         }
     }
+    if let Some(w) = &spec.weights_endpoint {
+        weights_endpoint(w, errors);
+    }
     if let Some(net) = spec.mesh.as_ref().and_then(|m| m.network_config.as_ref()) {
         for (i, g) in net.gateways.iter().enumerate() {
             if !seen.contains(g.registry.as_str()) {
@@ -86,6 +89,63 @@ pub fn fleet(fleet: &Fleet, errors: &mut FieldErrors) {
                 ));
             }
         }
+    }
+}
+
+/// The weights endpoint: a host sidecars can name, a port, addresses that
+/// are all IPs or all DNS names (one ServiceEntry resolution fits them).
+fn weights_endpoint(w: &crate::api::WeightsEndpointSpec, errors: &mut FieldErrors) {
+    let at = "spec.weightsEndpoint";
+    if !is_dns_subdomain(&w.host) {
+        errors.push(FieldError::json(
+            format!("{at}.host"),
+            &w.host,
+            "a DNS name (lowercase labels), e.g. tideway-weights.tideway-system.global",
+        ));
+    }
+    if w.port == 0 {
+        errors.push(FieldError::json(
+            format!("{at}.port"),
+            &w.port,
+            "a port 1..=65535",
+        ));
+    }
+    let ips = w
+        .addresses
+        .iter()
+        .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+        .count();
+    for (i, a) in w.addresses.iter().enumerate() {
+        if a.parse::<std::net::IpAddr>().is_err() && !is_dns_subdomain(a) {
+            errors.push(FieldError::json(
+                format!("{at}.addresses[{i}]"),
+                a,
+                "an IP address or a DNS name",
+            ));
+        }
+    }
+    if ips != 0 && ips != w.addresses.len() {
+        errors.push(FieldError::json(
+            format!("{at}.addresses"),
+            &w.addresses,
+            "all IP addresses or all DNS names (not a mix)",
+        ));
+    }
+    if let Some(ms) = w.wait_ms {
+        if !(1_000..=60_000).contains(&ms) || ms % 1_000 != 0 {
+            errors.push(FieldError::json(
+                format!("{at}.waitMs"),
+                &ms,
+                "whole seconds, 1000..=60000 (wait= counts seconds; the server holds a poll at most 60 s by default)",
+            ));
+        }
+    }
+    if w.ttl_ms == Some(0) {
+        errors.push(FieldError::json(
+            format!("{at}.ttlMs"),
+            &0,
+            "a positive number of milliseconds",
+        ));
     }
 }
 

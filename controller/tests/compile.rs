@@ -504,3 +504,113 @@ fn filter_tracing_errors_keep_their_path_under_spec() {
     );
     assert_error_at(&p, "spec.tracing.sampleRatio", "2");
 }
+
+/// The example fleet with the hub's weights endpoint added.
+fn fleet_with_weights(endpoint: &str) -> String {
+    format!("{}  weightsEndpoint:\n{endpoint}", fleet_text())
+}
+
+fn compile_with_fleet(policy: &str, fleet: &str) -> Result<Compiled, FieldErrors> {
+    let policy = load::policy_from_str(policy, "policy")?;
+    let fleet = load::fleet_from_str(fleet, "fleet")?;
+    compile(&policy, &fleet, None)
+}
+
+#[test]
+fn a_fleet_weights_endpoint_gives_every_member_a_service_entry_and_a_weights_source() {
+    let fleet = fleet_with_weights(
+        "    host: tideway-weights.tideway-system.global\n    port: 8080\n    addresses: [10.0.0.7, 10.0.0.8]\n    waitMs: 20000\n",
+    );
+    let c = compile_with_fleet(&example("intelligent-load-balancing"), &fleet).expect("compiles");
+    for (member, objects) in c.members() {
+        let se: Vec<_> = of_kind(&objects, "ServiceEntry")
+            .into_iter()
+            .filter(|o| o["metadata"]["name"] == "tideway-api-intelligent-lb-weights")
+            .collect();
+        assert_eq!(se.len(), 1, "{member}");
+        let spec = &se[0]["spec"];
+        assert_eq!(spec["hosts"][0], "tideway-weights.tideway-system.global");
+        assert_eq!(spec["resolution"], "STATIC", "IP addresses");
+        assert_eq!(spec["ports"][0]["number"], 8080);
+        assert_eq!(spec["endpoints"][1]["address"], "10.0.0.8");
+        for plugin in of_kind(&objects, "WasmPlugin") {
+            // Through the filter's own parser and rules.
+            let config: PluginConfig =
+                serde_json::from_value(plugin["spec"]["pluginConfig"].clone()).expect("parses");
+            config.validate().expect("valid");
+            let source = config.weights_source.expect("weightsSource");
+            assert_eq!(
+                source.cluster,
+                "outbound|8080||tideway-weights.tideway-system.global"
+            );
+            assert_eq!(source.authority, "tideway-weights.tideway-system.global");
+            assert_eq!(source.wait_ms, 20000);
+            // The rest are the filter's defaults, not copies of them.
+            let defaults: tideway_filter::config::WeightsSourceConfig =
+                serde_json::from_value(serde_json::json!({"cluster": "c", "authority": "a"}))
+                    .unwrap();
+            assert_eq!(source.ttl_ms, defaults.ttl_ms);
+            assert_eq!(source.path, defaults.path);
+        }
+    }
+    // DNS names resolve by DNS; no addresses: no endpoints, the host itself.
+    let fleet = fleet_with_weights("    host: weights.hub.example\n    port: 80\n");
+    let c = compile_with_fleet(&example("canary"), &fleet).expect("compiles");
+    let objects = c.member("cluster-beijing");
+    let se = of_kind(&objects, "ServiceEntry")[0];
+    assert_eq!(se["spec"]["resolution"], "DNS");
+    assert!(se["spec"].get("endpoints").is_none(), "{se}");
+    // Without the field: neither.
+    let c = compiled("canary");
+    let objects = c.member("cluster-beijing");
+    assert!(of_kind(&objects, "ServiceEntry").is_empty());
+    for plugin in of_kind(&objects, "WasmPlugin") {
+        assert!(plugin["spec"]["pluginConfig"]
+            .get("weightsSource")
+            .is_none());
+    }
+}
+
+#[test]
+fn a_bad_weights_endpoint_is_refused_at_its_path() {
+    for (endpoint, path, value) in [
+        (
+            "    host: Not_A_Host\n    port: 80\n",
+            "spec.weightsEndpoint.host",
+            "Not_A_Host",
+        ),
+        (
+            "    host: w.example\n    port: 0\n",
+            "spec.weightsEndpoint.port",
+            "0",
+        ),
+        (
+            "    host: w.example\n    port: 80\n    addresses: [10.0.0.1, lb.example]\n",
+            "spec.weightsEndpoint.addresses",
+            "lb.example",
+        ),
+        (
+            "    host: w.example\n    port: 80\n    addresses: ['bad address']\n",
+            "spec.weightsEndpoint.addresses[0]",
+            "bad address",
+        ),
+        (
+            "    host: w.example\n    port: 80\n    waitMs: 90000\n",
+            "spec.weightsEndpoint.waitMs",
+            "90000",
+        ),
+        (
+            "    host: w.example\n    port: 80\n    waitMs: 1500\n",
+            "spec.weightsEndpoint.waitMs",
+            "1500",
+        ),
+    ] {
+        let e = compile_with_fleet(&example("canary"), &fleet_with_weights(endpoint))
+            .expect_err(endpoint);
+        let hit = e.errors.iter().find(|x| x.path == path);
+        assert!(
+            hit.is_some_and(|h| h.value.contains(value) && !h.expected.is_empty()),
+            "{endpoint}: {e}"
+        );
+    }
+}

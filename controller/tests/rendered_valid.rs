@@ -142,6 +142,52 @@ fn every_object_rendered_from_every_example_validates() {
     assert!(objects > 50, "{objects} objects");
 }
 
+/// With the hub's weights endpoint in the Fleet (IP and DNS forms), every
+/// rendered object still validates, the weights ServiceEntry among them,
+/// and the Fleet itself passes its generated CRD.
+#[test]
+fn renders_with_a_weights_endpoint_validate_too() {
+    let catalog = catalog();
+    let mut failures = Vec::new();
+    let mut weights_entries = 0;
+    for endpoint in [
+        "    host: tideway-weights.tideway-system.global\n    port: 8080\n    addresses: [10.0.0.7]\n    waitMs: 20000\n    ttlMs: 60000\n",
+        "    host: weights.hub.example\n    port: 80\n",
+    ] {
+        let fleet = format!("{}  weightsEndpoint:\n{endpoint}", fleet_text());
+        let fleet_doc = yaml_documents(&fleet).expect("fleet yaml").remove(0);
+        if let Err(e) = catalog.validate(&fleet_doc) {
+            failures.push(format!("Fleet with {endpoint:?}: {e}"));
+        }
+        for policy in examples() {
+            for karmada in [false, true] {
+                let files =
+                    tideway_controller::render_texts(&read(&policy), &fleet, None, karmada)
+                        .unwrap_or_else(|e| panic!("{}: {e}", policy.display()));
+                for file in files {
+                    for doc in yaml_documents(&file.text).expect("yaml") {
+                        if doc["kind"] == "ServiceEntry"
+                            && doc["metadata"]["name"]
+                                .as_str()
+                                .is_some_and(|n| n.ends_with("-weights"))
+                        {
+                            weights_entries += 1;
+                        }
+                        if let Err(e) = catalog.validate(&doc) {
+                            failures.push(format!("{} → {}: {e}", policy.display(), file.path));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        weights_entries >= 2 * 6,
+        "{weights_entries} weights ServiceEntries"
+    );
+}
+
 #[test]
 fn the_example_policies_and_fleet_validate_against_the_generated_crds() {
     let catalog = catalog();

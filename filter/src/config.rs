@@ -114,6 +114,21 @@ pub struct WeightsSourceConfig {
     /// reached; after that the static weights apply. Default 300000 (5 min).
     #[serde(default = "default_weights_ttl_ms")]
     pub ttl_ms: u64,
+    /// The largest answer body adopted, in bytes; a larger one is rejected
+    /// unread (it is not a document of this plugin's size). Default 1 MiB.
+    #[serde(default = "default_weights_max_bytes")]
+    pub max_bytes: u64,
+}
+
+/// The bounds [`WeightsSourceConfig`] is validated against.
+pub mod weights_source_bounds {
+    /// The longest long-poll the filter asks for (`waitMs`).
+    pub const MAX_WAIT_MS: u64 = 300_000;
+    /// The longest lease, pause and TTL (a week).
+    pub const MAX_MS: u64 = 7 * 24 * 3_600_000;
+    /// `maxBytes` range.
+    pub const MIN_BYTES: u64 = 256;
+    pub const MAX_BYTES: u64 = 64 << 20;
 }
 
 fn default_weights_path() -> String {
@@ -130,6 +145,81 @@ fn default_weights_retry_ms() -> u64 {
 }
 fn default_weights_ttl_ms() -> u64 {
     300_000
+}
+fn default_weights_max_bytes() -> u64 {
+    1 << 20
+}
+
+impl WeightsSourceConfig {
+    /// Ranges, and the relations that keep the channel working: the lease
+    /// outlives the ticks that renew it, and the TTL outlives a long-poll
+    /// plus a lease hand-over plus a retry, so weights do not expire while
+    /// everything is healthy.
+    fn validate(&self, scheduler: &SchedulerConfig) -> Result<(), ConfigError> {
+        use weights_source_bounds::*;
+        const AT: &str = "weightsSource";
+        // Visible ASCII, none of `forbidden`.
+        let text = |s: &str, forbidden: &[u8]| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b > b' ' && b != 0x7f && !forbidden.contains(&b))
+        };
+        let texts = [
+            (
+                "cluster",
+                &self.cluster,
+                text(&self.cluster, b""),
+                "an Envoy cluster name (under Istio: outbound|PORT||HOST)",
+            ),
+            (
+                "authority",
+                &self.authority,
+                text(&self.authority, b"/?#@"),
+                "a host[:port]",
+            ),
+            (
+                "path",
+                &self.path,
+                text(&self.path, b"?#") && self.path.starts_with('/'),
+                "a request path (starts with /, no spaces, no query: the filter adds it)",
+            ),
+        ];
+        for (field, value, ok, expected) in texts {
+            if !ok {
+                return Err(ConfigError::new(
+                    format!("{AT}.{field}"),
+                    format!("{value:?} is not {expected}"),
+                ));
+            }
+        }
+        // (field, value, min, max, why the bounds); whole seconds for waitMs:
+        // the API's wait= counts seconds.
+        let min_lease = scheduler.tick_ms.saturating_mul(2).max(100);
+        let min_ttl = self.wait_ms + self.lease_ms + self.retry_ms;
+        let ranges = [
+            ("waitMs", self.wait_ms, 1_000, MAX_WAIT_MS, "whole seconds"),
+            ("leaseMs", self.lease_ms, min_lease, MAX_MS, "≥ 2 × scheduler.tickMs, which renews it"),
+            ("retryMs", self.retry_ms, 10, MAX_MS, "the pause after a failed poll"),
+            (
+                "ttlMs",
+                self.ttl_ms,
+                min_ttl,
+                MAX_MS,
+                "≥ waitMs + leaseMs + retryMs, or weights expire during a healthy long-poll and lease hand-over",
+            ),
+            ("maxBytes", self.max_bytes, MIN_BYTES, MAX_BYTES, "bytes"),
+        ];
+        for (field, value, min, max, why) in ranges {
+            let whole = field != "waitMs" || value.is_multiple_of(1_000);
+            if !(min..=max).contains(&value) || !whole {
+                return Err(ConfigError::new(
+                    format!("{AT}.{field}"),
+                    format!("{value} (must be {min}…{max}; {why})"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_true() -> bool {
@@ -534,6 +624,9 @@ impl PluginConfig {
         self.scheduler.validate()?;
         self.local.validate()?;
         self.tracing.validate()?;
+        if let Some(source) = &self.weights_source {
+            source.validate(&self.scheduler)?;
+        }
         for principal in &self.trust.principals {
             if principal.is_empty() {
                 return Err(ConfigError::new("trust.principals", "empty principal"));
@@ -614,7 +707,7 @@ impl SchedulerConfig {
 }
 
 impl FactorWeights {
-    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, at: &str) -> Result<(), ConfigError> {
         for (name, value) in [
             ("latency", self.latency),
             ("load", self.load),
@@ -1162,6 +1255,82 @@ mod tests {
             "first exact host"
         );
         assert_eq!(probe.timeout_ms, 1000);
+    }
+
+    #[test]
+    fn weights_source_gets_defaults() {
+        let config = PluginConfig::from_json(
+            br#"{"weightsSource":{"cluster":"outbound|8080||tideway.tideway-system.svc.cluster.local",
+                "authority":"tideway.tideway-system.svc.cluster.local:8080"}}"#,
+        )
+        .expect("valid");
+        let source = config.weights_source.expect("present");
+        assert_eq!(source.path, "/v1/weights");
+        assert_eq!(
+            (
+                source.wait_ms,
+                source.lease_ms,
+                source.retry_ms,
+                source.ttl_ms,
+                source.max_bytes
+            ),
+            (30_000, 3_000, 1_000, 300_000, 1 << 20)
+        );
+    }
+
+    #[test]
+    fn bad_weights_source_is_named() {
+        let with = |fields: &str| {
+            format!(r#"{{"weightsSource":{{"cluster":"c","authority":"a:80"{fields}}}}}"#)
+        };
+        let cases = [
+            (
+                r#"{"weightsSource":{"cluster":"","authority":"a"}}"#.to_string(),
+                "weightsSource.cluster",
+                "\"\"",
+            ),
+            (
+                r#"{"weightsSource":{"cluster":"c","authority":"a b"}}"#.to_string(),
+                "weightsSource.authority",
+                "\"a b\"",
+            ),
+            (
+                with(r#","path":"/v1/weights?x=1""#),
+                "weightsSource.path",
+                "no query",
+            ),
+            (with(r#","waitMs":1500"#), "weightsSource.waitMs", "1500"),
+            (with(r#","waitMs":0"#), "weightsSource.waitMs", "0 (must"),
+            (
+                with(r#","leaseMs":300"#),
+                "weightsSource.leaseMs",
+                "300 (must be 400",
+            ),
+            (with(r#","retryMs":0"#), "weightsSource.retryMs", "0 (must"),
+            (
+                with(r#","ttlMs":30000"#),
+                "weightsSource.ttlMs",
+                "30000 (must be 34000",
+            ),
+            (with(r#","maxBytes":10"#), "weightsSource.maxBytes", "10"),
+            (with(r#","ttl":1"#), "weightsSource.ttl", "ttl"),
+            (
+                r#"{"weightsSource":{"authority":"a"}}"#.to_string(),
+                "weightsSource.cluster",
+                "missing",
+            ),
+        ];
+        for (json, field, value) in cases {
+            let err = PluginConfig::from_json(json.as_bytes()).expect_err(&json);
+            assert_eq!(err.field, field, "{json}: {err}");
+            assert!(err.message.contains(value), "{json}: {err}");
+        }
+        // The lease bound follows the tick.
+        let slow_tick =
+            r#"{"scheduler":{"tickMs":2000},"weightsSource":{"cluster":"c","authority":"a"}}"#;
+        let err = PluginConfig::from_json(slow_tick.as_bytes()).unwrap_err();
+        assert_eq!(err.field, "weightsSource.leaseMs", "{err}");
+        assert!(err.message.contains("4000"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! - [`pick`]: choosing a destination (affinity, scoring, static split,
 //!   failover);
 //! - [`probe`]: active re-admission after an ejection;
+//! - [`runtime_weights`]: the weights channel's values applied (and the
+//!   static ones restored), and drained destinations set aside;
 //! - [`sync`]: sharing statistics with the other workers.
 
 mod engine;
@@ -26,6 +28,7 @@ mod outcome;
 mod pick;
 mod probe;
 mod request;
+mod runtime_weights;
 mod sync;
 
 pub use engine::{Destination, Engine, LocalIdentity, Service};

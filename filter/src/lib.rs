@@ -34,6 +34,7 @@ pub mod score;
 pub mod shared_stats;
 pub mod trace;
 pub mod weights;
+pub mod weights_channel;
 
 // The proxy-wasm layer links only into the wasm module; clippy checks it
 // natively too (it is never linked there).

@@ -45,6 +45,22 @@ pub const LOCALITY_KNOWN: &str = "tideway.local.locality_known";
 pub const SPANS_EXPORTED: &str = "tideway.spans.exported";
 pub const SPANS_DROPPED: &str = "tideway.spans.dropped";
 
+/// Counter: weights documents a worker adopted (a new version, or one
+/// confirmed again after its TTL had run out).
+pub const WEIGHTS_ADOPTED: &str = "tideway.weights.adopted";
+/// Counter: times the TTL ran out and the static weights applied again.
+pub const WEIGHTS_EXPIRED: &str = "tideway.weights.expired";
+/// Counter: polls of the weights API that failed (not sent, no answer,
+/// reset, timeout, an unexpected status).
+pub const WEIGHTS_POLL_ERRORS: &str = "tideway.weights.poll_errors";
+/// Gauge: the weights version last adopted (0: static weights).
+pub const WEIGHTS_VERSION: &str = "tideway.weights.version";
+
+/// Counter: weights documents or answers rejected, by reason.
+pub fn weights_rejected(reason: crate::weights_channel::RejectReason) -> String {
+    format!("tideway.weights.rejected.{}", reason.as_str())
+}
+
 /// FNV-1a of the config bytes, folded to 32 bits for a gauge.
 pub fn config_hash(bytes: &[u8]) -> u64 {
     let h = crate::hash::fnv1a(crate::hash::FNV_OFFSET, bytes);

@@ -43,6 +43,7 @@ use crate::health::HealthEvent;
 use crate::metrics;
 use crate::shared_stats::{SharedStore, StoreError};
 use crate::trace;
+use crate::weights_channel::{self, RejectReason, WeightsChannel};
 use abi::{Level, Map, MetricKind};
 
 fn log(level: Level, message: &str) {
@@ -118,6 +119,12 @@ struct Metrics {
     locality_known: u32,
     spans_exported: u32,
     spans_dropped: u32,
+    weights_adopted: u32,
+    weights_expired: u32,
+    weights_poll_errors: u32,
+    weights_version: u32,
+    /// By `RejectReason::index`.
+    weights_rejected: [u32; 4],
 }
 
 fn define(kind: MetricKind, name: &str) -> u32 {
@@ -152,6 +159,12 @@ impl Metrics {
         self.locality_known = define(MetricKind::Gauge, metrics::LOCALITY_KNOWN);
         self.spans_exported = define(MetricKind::Counter, metrics::SPANS_EXPORTED);
         self.spans_dropped = define(MetricKind::Counter, metrics::SPANS_DROPPED);
+        self.weights_adopted = define(MetricKind::Counter, metrics::WEIGHTS_ADOPTED);
+        self.weights_expired = define(MetricKind::Counter, metrics::WEIGHTS_EXPIRED);
+        self.weights_poll_errors = define(MetricKind::Counter, metrics::WEIGHTS_POLL_ERRORS);
+        self.weights_version = define(MetricKind::Gauge, metrics::WEIGHTS_VERSION);
+        self.weights_rejected =
+            RejectReason::ALL.map(|r| define(MetricKind::Counter, &metrics::weights_rejected(r)));
     }
 
     fn define_for(&mut self, engine: &Engine) {
@@ -213,6 +226,10 @@ struct Worker {
     probes: Vec<PendingProbe>,
     /// The unknown-locality warning was logged (it is logged once).
     locality_warned: bool,
+    /// The weights channel, when the config has a `weightsSource`.
+    weights: Option<WeightsChannel>,
+    /// This VM instance's lease-holder id (random at VM start).
+    holder_id: u64,
 }
 
 /// A probe sent with `proxy_http_call`, by its token.
@@ -284,11 +301,16 @@ impl Worker {
             identity_pending: false,
             probes: Vec::new(),
             locality_warned: false,
+            weights: None,
+            holder_id: 0,
         }
     }
 
     fn on_vm_start(&mut self) -> bool {
         self.metrics.define_fixed();
+        let mut id = [0u8; 8];
+        host_random(&mut id);
+        self.holder_id = u64::from_le_bytes(id);
         true
     }
 
@@ -325,12 +347,13 @@ impl Worker {
         // What was gathered under the old configuration goes to its
         // counters and its collector.
         self.flush();
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             config,
             local,
             u64::from_le_bytes(seed),
             self.engine.as_ref(),
         );
+        self.configure_weights(&mut engine);
         self.metrics.define_for(&engine);
         record(self.metrics.generation, engine.epoch());
         record(self.metrics.hash, metrics::config_hash(&bytes));
@@ -365,9 +388,44 @@ impl Worker {
                     &format!("tideway: replaced shared record {key}: {error}"),
                 );
             }
+            if let Some(channel) = self.weights.as_mut() {
+                let step = channel.on_tick(engine, &mut HostSharedData, now);
+                weights_step(channel, &self.metrics, step, now);
+            }
             self.send_probes(now);
         }
         self.flush();
+    }
+
+    /// Start, keep or end the weights channel for a new engine: a kept
+    /// channel checks its document against the new config.
+    fn configure_weights(&mut self, engine: &mut Engine) {
+        let Some(source) = engine.config.weights_source.clone() else {
+            self.weights = None;
+            return;
+        };
+        let now = now_or_zero();
+        let channel = match self.weights.take() {
+            Some(mut channel) => {
+                channel.reconfigured(source);
+                channel
+            }
+            None => {
+                // Istio leaves vm_id empty, so the keys carry the plugin's name.
+                let plugin = abi::property(&["plugin_name"])
+                    .ok()
+                    .flatten()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_default();
+                WeightsChannel::new(source, &plugin, self.holder_id)
+            }
+        };
+        // Adopt what the holder wrote now, not on the first tick. The poll
+        // waits for the tick: at start-up Envoy may not have the cluster yet.
+        let channel = self.weights.insert(channel);
+        let mut step = channel.on_tick(engine, &mut HostSharedData, now);
+        step.poll = None;
+        weights_step(channel, &self.metrics, step, now);
     }
 
     /// Hand Envoy what was gathered: decision counts, finished spans,
@@ -423,13 +481,38 @@ impl Worker {
         }
     }
 
-    /// An HTTP call's answer: a probe's, or a span export's.
-    fn on_http_call_response(&mut self, token: u32) {
+    /// An HTTP call's answer: a weights poll's, a probe's, or a span export's.
+    fn on_http_call_response(&mut self, token: u32, body_size: usize) {
         // A reset or timeout arrives with no headers: no status, a failure.
         let status = abi::header(Map::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
             .unwrap_or_default();
+        if let (Some(channel), Some(engine)) = (self.weights.as_mut(), self.engine.as_mut()) {
+            if channel.owns(token) {
+                // `:status` is three digits.
+                let code = match status[..] {
+                    [a, b, c] if [a, b, c].iter().all(u8::is_ascii_digit) => Some(
+                        u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'),
+                    ),
+                    _ => None,
+                };
+                let now = now_or_zero();
+                let body = |max: u64| {
+                    if body_size as u64 > max {
+                        return Err(body_size as u64);
+                    }
+                    // Unreadable is reported as an empty (malformed) body.
+                    Ok(abi::http_call_response_body(body_size).unwrap_or_default())
+                };
+                if let Some(step) =
+                    channel.on_answer(token, code, body, engine, &mut HostSharedData, now)
+                {
+                    weights_step(channel, &self.metrics, step, now);
+                }
+                return;
+            }
+        }
         if let Some(i) = self.probes.iter().position(|p| p.token == token) {
             let probe = self.probes.swap_remove(i);
             self.probe_answered(&probe, &status);
@@ -561,6 +644,101 @@ impl Worker {
         let done = engine.complete(flight, event, &mut calls);
         report(engine, &self.metrics, &done, calls.now.unwrap_or(0));
         Some(done)
+    }
+}
+
+/// Act on a weights-channel step: log and count its events, send its poll.
+fn weights_step(
+    channel: &mut WeightsChannel,
+    metrics: &Metrics,
+    step: weights_channel::Step,
+    now: u64,
+) {
+    for event in step.events {
+        weights_event(metrics, &channel.source().cluster, event);
+    }
+    let Some(request) = step.poll else {
+        return;
+    };
+    let source = channel.source();
+    let headers = [
+        (":method", "GET"),
+        (":path", request.path.as_str()),
+        (":authority", source.authority.as_str()),
+        ("accept", "application/json"),
+        (
+            "if-none-match",
+            request.if_none_match.as_deref().unwrap_or(""),
+        ),
+    ];
+    // No version held: no If-None-Match.
+    let headers = &headers[..if request.if_none_match.is_some() {
+        5
+    } else {
+        4
+    }];
+    let timeout = u32::try_from(request.timeout_ms).unwrap_or(u32::MAX);
+    match abi::http_call(&source.cluster, headers, &[], timeout) {
+        Ok(token) => channel.sent(token, &request, now),
+        Err(e) => {
+            let event = channel.not_sent(&e.to_string(), now);
+            weights_event(metrics, &channel.source().cluster, event);
+        }
+    }
+}
+
+/// Log and count one weights-channel event.
+fn weights_event(metrics: &Metrics, cluster: &str, event: weights_channel::Event) {
+    use weights_channel::{Event, LeaseChange};
+    match event {
+        Event::Adopted { version } => {
+            add(metrics.weights_adopted, 1);
+            record(metrics.weights_version, version);
+            log(
+                Level::Info,
+                &format!("tideway: weights version {version} adopted"),
+            );
+        }
+        Event::Expired { version } => {
+            add(metrics.weights_expired, 1);
+            record(metrics.weights_version, 0);
+            log(
+                Level::Warn,
+                &format!(
+                    "tideway: weights version {version} not confirmed by the weights API within \
+                     weightsSource.ttlMs: the static weights of the plugin configuration apply"
+                ),
+            );
+        }
+        Event::Rejected(rejection) => {
+            add(metrics.weights_rejected[rejection.reason.index()], 1);
+            log(
+                Level::Warn,
+                &format!("tideway: {rejection}; the previous weights stay"),
+            );
+        }
+        Event::PollFailed(why) => {
+            add(metrics.weights_poll_errors, 1);
+            log(
+                Level::Warn,
+                &format!("tideway: weights poll to cluster {cluster:?} failed: {why}"),
+            );
+        }
+        Event::Lease(LeaseChange::Acquired { from_lapsed }) => log(
+            Level::Info,
+            &match from_lapsed {
+                Some(_) => {
+                    "tideway: weights lease taken over from a lapsed holder; this worker polls"
+                        .to_string()
+                }
+                None => "tideway: weights lease taken; this worker polls".to_string(),
+            },
+        ),
+        Event::Lease(LeaseChange::Lost) => log(
+            Level::Info,
+            "tideway: weights lease held by another worker; this worker stops polling",
+        ),
+        Event::Lease(LeaseChange::None) => {}
     }
 }
 

@@ -33,7 +33,15 @@ pub struct LocalIdentity {
 pub struct Destination {
     pub name: String,
     pub cluster: String,
+    /// The weight decisions use now: `base_weight`, or 0 while the
+    /// destination is drained and an undrained one can take the request
+    /// (`runtime_weights`).
     pub weight: f64,
+    /// The static weight, or the weights channel's.
+    pub base_weight: f64,
+    /// Drained by the weights channel: no new traffic while any undrained
+    /// destination is usable.
+    pub drained: bool,
     pub cost: f64,
     pub locality_affinity: f64,
     pub latency: PeakEwma,
@@ -71,6 +79,8 @@ pub struct Service {
     pub destinations: Vec<Destination>,
     pub(super) failover: Vec<usize>,
     pub(super) static_only: bool,
+    /// Some destination is drained: weights are refreshed per decision.
+    pub(super) any_drained: bool,
     // Scratch space reused by every decision: no allocation per request.
     pub(super) inputs: Vec<FactorInputs>,
     pub(super) scores: Vec<f64>,
@@ -125,6 +135,8 @@ impl Engine {
                             name: dc.name.clone(),
                             cluster: dc.cluster().to_string(),
                             weight: dc.weight,
+                            base_weight: dc.weight,
+                            drained: false,
                             cost: dc.cost,
                             locality_affinity: score::locality_affinity(
                                 local.locality.as_deref(),
@@ -150,6 +162,7 @@ impl Engine {
                     affinity: sc.affinity.clone(),
                     failover: Vec::new(),
                     static_only: weights.latency == 0.0 && weights.load == 0.0,
+                    any_drained: false,
                     weights,
                     destinations,
                     inputs: Vec::with_capacity(n),

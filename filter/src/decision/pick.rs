@@ -39,6 +39,9 @@ impl Engine {
         let Some(svc) = self.services.get_mut(service) else {
             return mesh_default;
         };
+        if svc.any_drained {
+            svc.set_drained_aside(now_ns);
+        }
         let (choice, reason) = match session_key {
             Some(key) => by_affinity(svc, key, now_ns),
             None => by_score(svc, &mut self.rng, now_ns, sharpness),

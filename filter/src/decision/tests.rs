@@ -1193,3 +1193,110 @@ fn a_grpc_stream_that_ends_without_a_status_asks_envoy_why() {
     assert_eq!(host.flags_read, 1);
     assert_eq!(e.services[0].destinations[2].health.consecutive_failures, 0);
 }
+
+fn with_document(e: &mut Engine, doc: &str) {
+    let weights =
+        crate::weights_channel::adopt::parse_and_check(doc.as_bytes(), &e.config).expect("adopted");
+    e.apply_weights(Some(&weights));
+}
+
+fn shares(e: &mut Engine, n: u64, from: u64) -> [u32; 3] {
+    let mut counts = [0u32; 3];
+    for i in 0..n {
+        if let Some(d) = e.decide(0, None, from + i).destination {
+            counts[d] += 1;
+        }
+    }
+    counts
+}
+
+#[test]
+fn a_document_replaces_weights_and_costs_and_static_ones_come_back() {
+    let mut e = engine(&three(static_weights(), ""));
+    with_document(
+        &mut e,
+        r#"{"version":2,"services":[{"name":"svc","destinations":[
+            {"name":"a","weight":10,"cost":0},{"name":"c","weight":90,"cost":5}]}]}"#,
+    );
+    // b keeps its static 20: 10/20/90 of 120.
+    assert_eq!(shares(&mut e, 120, 0), [10, 20, 90]);
+    assert_eq!(e.services[0].destinations[2].cost, 5.0);
+    e.apply_weights(None);
+    assert_eq!(shares(&mut e, 100, 0), [70, 20, 10]);
+    assert_eq!(e.services[0].destinations[2].cost, 0.0);
+}
+
+#[test]
+fn document_factors_replace_the_service_factors() {
+    let mut e = engine(&three(static_weights(), ""));
+    assert!(e.services[0].static_only);
+    with_document(
+        &mut e,
+        r#"{"version":2,"services":[{"name":"svc","factors":{"latency":1},"destinations":[]}]}"#,
+    );
+    assert!(!e.services[0].static_only);
+    assert_eq!(e.services[0].weights.latency, 1.0);
+    assert_eq!(e.decide(0, None, 0).reason, Reason::Score);
+    e.apply_weights(None);
+    assert!(e.services[0].static_only);
+}
+
+#[test]
+fn a_drained_destination_gets_no_new_traffic_while_another_is_usable() {
+    for weights in [
+        static_weights(),
+        r#"{"latency":1,"load":1,"cost":0,"affinity":0}"#,
+    ] {
+        let mut e = engine(&three(weights, ""));
+        with_document(
+            &mut e,
+            r#"{"version":2,"services":[{"name":"svc","destinations":[
+                {"name":"a","weight":70,"cost":0,"drained":true}]}]}"#,
+        );
+        assert!(e.is_drained(0, 0));
+        let counts = shares(&mut e, 3_000, 0);
+        assert_eq!(counts[0], 0, "{weights}: {counts:?}");
+        assert!(
+            counts[1] > counts[2],
+            "{weights}: the rest keep their split: {counts:?}"
+        );
+        // Sessions move off it too.
+        let mut affinity = engine(&three(
+            weights,
+            r#""affinity":{"source":"header","name":"x-user"},"#,
+        ));
+        with_document(
+            &mut affinity,
+            r#"{"version":2,"services":[{"name":"svc","destinations":[
+                {"name":"a","weight":70,"cost":0,"drained":true}]}]}"#,
+        );
+        for user in 0..200u32 {
+            let d = affinity.decide(0, Some(&user.to_le_bytes()), 0);
+            assert_ne!(d.destination, Some(0), "{weights}: user {user}");
+        }
+    }
+}
+
+#[test]
+fn drained_destinations_serve_when_nothing_undrained_is_usable() {
+    let mut e = engine(&three(static_weights(), ""));
+    with_document(
+        &mut e,
+        r#"{"version":2,"services":[{"name":"svc","destinations":[
+            {"name":"a","weight":70,"cost":0,"drained":true},
+            {"name":"b","weight":20,"cost":0},
+            {"name":"c","weight":10,"cost":0,"drained":true}]}]}"#,
+    );
+    assert_eq!(shares(&mut e, 100, 0), [0, 100, 0]);
+    // b is ejected: the drained ones take the traffic rather than none.
+    let mut h = e.services[0].destinations[1].health;
+    let until = h.eject(0, &e.config.scheduler);
+    e.services[0].destinations[1].health = h;
+    let counts = shares(&mut e, 80, MS);
+    assert_eq!(counts[1], 0);
+    assert_eq!(counts[0] + counts[2], 80, "{counts:?}");
+    assert!(counts[0] > counts[2], "at their base weights: {counts:?}");
+    // b back (past its ejection, off probation by a success): drained again.
+    e.services[0].destinations[1].health.probation = false;
+    assert_eq!(shares(&mut e, 100, until + MS), [0, 100, 0]);
+}

@@ -101,6 +101,8 @@ pub enum MetricKind {
     Gauge = 1,
 }
 
+/// `BufferType::HttpCallResponseBody`.
+const HTTP_CALL_RESPONSE_BODY: u32 = 4;
 /// `BufferType::PluginConfiguration`.
 const PLUGIN_CONFIGURATION: u32 = 7;
 
@@ -232,6 +234,17 @@ pub fn plugin_configuration(size: usize) -> Result<Vec<u8>, HostError> {
     }
     // SAFETY: out-pointers are live locals (see `read_buffer`).
     read_buffer(|d, s| unsafe { proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, size, d, s) })
+        .map(Option::unwrap_or_default)
+}
+
+/// The body of the HTTP-call answer being delivered (`size` bytes, as
+/// `on_http_call_response` announced).
+pub fn http_call_response_body(size: usize) -> Result<Vec<u8>, HostError> {
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: out-pointers are live locals (see `read_buffer`).
+    read_buffer(|d, s| unsafe { proxy_get_buffer_bytes(HTTP_CALL_RESPONSE_BODY, 0, size, d, s) })
         .map(Option::unwrap_or_default)
 }
 

@@ -108,10 +108,12 @@ pub extern "C" fn proxy_on_http_call_response(
     context_id: u32,
     token: u32,
     _headers: usize,
-    _body_size: usize,
+    body_size: usize,
     _trailers: usize,
 ) {
-    with_root(context_id, (), |w| w.on_http_call_response(token));
+    with_root(context_id, (), |w| {
+        w.on_http_call_response(token, body_size)
+    });
 }
 
 #[no_mangle]

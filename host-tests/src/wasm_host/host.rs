@@ -236,6 +236,16 @@ impl HostBuilder {
             workers,
             configured: Vec::new(),
             stubbed_imports: stubbed,
+            respawn: Respawn {
+                engine,
+                linker,
+                module,
+                plugin,
+                vm_config: self.vm_config.clone(),
+                env: self.env.clone(),
+                seed: self.seed,
+                restarts: 0,
+            },
         };
         for w in 0..host.workers.len() {
             let ok = host.start_worker(w)?;
@@ -317,6 +327,19 @@ pub struct Host {
     pub configured: Vec<bool>,
     /// Imports the module declares that this host answers `Unimplemented`.
     pub stubbed_imports: Vec<String>,
+    respawn: Respawn,
+}
+
+/// What it takes to create a worker VM again ([`Host::restart_worker`]).
+struct Respawn {
+    engine: Engine,
+    linker: Linker<super::state::VmState>,
+    module: Module,
+    plugin: Arc<PluginInfo>,
+    vm_config: Vec<u8>,
+    env: Vec<(String, String)>,
+    seed: u64,
+    restarts: u64,
 }
 
 fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -387,6 +410,57 @@ impl Host {
 
     pub fn worker_count(&self) -> usize {
         self.workers.len()
+    }
+
+    /// The worker's VM is gone (Envoy failed or destroyed it): it is never
+    /// called again — no ticks, no streams — and the HTTP calls it had out
+    /// are cancelled, as Envoy cancels a destroyed context's calls. Its
+    /// shared-data writes stay.
+    pub fn stop_worker(&mut self, worker: usize) {
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.failed = Some("stopped by the test".into());
+            w.state_mut().next_tick_at = None;
+        }
+        lock(&self.shared.pending_calls).retain(|p| p.call.worker != worker);
+    }
+
+    /// Replaces the worker's VM with a new instance of the module (fresh
+    /// memory, fresh randomness), started and configured with the current
+    /// plugin configuration — Envoy restarting a failed VM, or a worker
+    /// coming back. Shared data, metrics and the clock carry on. Returns
+    /// whether the new VM accepted the configuration.
+    pub fn restart_worker(&mut self, worker: usize) -> anyhow::Result<bool> {
+        if worker >= self.workers.len() {
+            bail!("no worker {worker}");
+        }
+        lock(&self.shared.pending_calls).retain(|p| p.call.worker != worker);
+        let plugin_config = self.workers[worker].state().plugin_config.clone();
+        let r = &mut self.respawn;
+        r.restarts += 1;
+        let fresh = Worker::new(
+            &r.engine,
+            &r.linker,
+            &r.module,
+            WorkerConfig {
+                index: worker,
+                shared: self.shared.clone(),
+                plugin: r.plugin.clone(),
+                vm_config: r.vm_config.clone(),
+                plugin_config,
+                env: r.env.clone(),
+                seed: r
+                    .seed
+                    .wrapping_add(worker as u64)
+                    .wrapping_add(r.restarts.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            },
+        )?;
+        self.workers[worker] = fresh;
+        let ok = self.start_worker(worker)?;
+        if let Some(c) = self.configured.get_mut(worker) {
+            *c = ok;
+        }
+        self.pump()?;
+        Ok(ok)
     }
 
     /// The ABI version the module declares.
@@ -835,6 +909,12 @@ impl Host {
             delay,
             times: None,
         });
+    }
+
+    /// Forgets every scripted answer: calls from now on stay pending until
+    /// answered by hand or timed out.
+    pub fn clear_http_rules(&mut self) {
+        lock(&self.shared.http_rules).clear();
     }
 
     /// Adds a full rule (e.g. one that answers only N times).
