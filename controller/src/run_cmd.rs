@@ -68,6 +68,13 @@ pub struct RunArgs {
     /// Watch the TrafficPolicies of this namespace only (default: all).
     #[arg(long, value_name = "NAMESPACE")]
     namespace: Option<String>,
+    /// Also serve the weights API (GET /v1/weights, as `tideway serve-weights`) here while
+    /// leading; discovery's drains (no ready endpoints) reach it at once.
+    #[arg(long, value_name = "ADDR")]
+    weights_listen: Option<SocketAddr>,
+    /// The bearer token for the weights API's writes (drain, weight set); default $TIDEWAY_TOKEN.
+    #[arg(long, value_name = "FILE", requires = "weights_listen")]
+    weights_token_file: Option<PathBuf>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -91,6 +98,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .ok()
             .filter(|h| !h.is_empty())
             .context("no --identity (or $POD_NAME) and no host name")?,
+    };
+    let weights = match args.weights_listen {
+        Some(addr) => Some((
+            addr,
+            tideway_controller::weights::ServerOptions {
+                token: tideway_controller::weights::Token::from_file_or_env(
+                    args.weights_token_file.as_deref(),
+                )?,
+                ..Default::default()
+            },
+        )),
+        None => None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -127,6 +146,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 resync: args.resync,
                 namespace: args.namespace,
                 kubeconfig,
+                weights,
             },
         )
         .await

@@ -155,6 +155,8 @@ async fn wait_destinations(kube: &KubeFleet, expected: &[&str], log: &dyn Fn() -
 /// One `tideway run` replica (the binary), killed on drop.
 struct Replica {
     port: u16,
+    /// The weights API (`--weights-listen`).
+    weights_port: u16,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -163,6 +165,7 @@ impl Replica {
     fn start(kube: &KubeFleet, identity: &str) -> Self {
         let kubeconfig = kube.write_kubeconfig();
         let port = free_port();
+        let weights_port = free_port();
         let log = kube.dir.path().join(format!("{identity}.log"));
         let out = std::fs::File::create(&log).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_tideway"))
@@ -174,6 +177,8 @@ impl Replica {
             .args(["--retry-interval", "300ms", "--resync", "1h"])
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            .arg("--weights-listen")
+            .arg(format!("127.0.0.1:{weights_port}"))
             .env("RUST_LOG", "info,kube=warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
@@ -182,6 +187,7 @@ impl Replica {
             .expect("start tideway run");
         Self {
             port,
+            weights_port,
             child: Some(child),
             log,
         }
@@ -214,6 +220,20 @@ impl Replica {
         }
         let _ = child.kill();
         child.wait().ok()
+    }
+
+    /// Is `cluster` drained for reviews in the weights API's document?
+    async fn weights_drained(&self, cluster: &str) -> Result<bool, String> {
+        let url = format!("http://127.0.0.1:{}/v1/weights", self.weights_port);
+        let body = reqwest::get(url).await.map_err(|e| e.to_string())?;
+        let doc: Value = body.json().await.map_err(|e| e.to_string())?;
+        doc["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "reviews"))
+            .and_then(|s| s["destinations"].as_array())
+            .and_then(|ds| ds.iter().find(|d| d["name"] == cluster))
+            .map(|d| d["drained"].as_bool().unwrap_or(false))
+            .ok_or_else(|| format!("no reviews/{cluster} in {doc}"))
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
@@ -419,6 +439,10 @@ async fn run_rolls_out_follows_edits_and_reports_per_member_status() {
     })
     .await;
     assert_ne!(drained.revision.as_deref(), Some(second.as_str()));
+    // The weights API `tideway run` serves says so too (proxies polling it
+    // stop sending there before any WasmPlugin changes).
+    assert_eq!(replica.weights_drained("cluster-beijing").await, Ok(true));
+    assert_eq!(replica.weights_drained("cluster-shanghai").await, Ok(false));
     set_endpoints(&kube, "cluster-beijing", 1).await;
     wait_destinations(
         &kube,
@@ -446,6 +470,7 @@ async fn run_rolls_out_follows_edits_and_reports_per_member_status() {
     )
     .await;
     wait_rolled_out(&kube, &[&replica], Duration::from_secs(30)).await;
+    assert_eq!(replica.weights_drained("cluster-beijing").await, Ok(false));
 
     // An invalid policy: a condition naming the field; nothing applied.
     edit(&kube, &policy_object(90, "cluster-nowhere")).await;

@@ -40,6 +40,10 @@ struct State {
 pub struct Discovery {
     state: Mutex<State>,
     trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<TrafficPolicy>>,
+    /// The weights API's state, when `tideway run` serves it: told of every
+    /// drain and restore, so proxies polling it stop sending at once (before
+    /// the new WasmPlugins arrive).
+    weights: Option<Arc<crate::weights::WeightsState>>,
 }
 
 /// Ready addresses in an Endpoints object.
@@ -55,7 +59,9 @@ pub fn ready_addresses(endpoints: &Endpoints) -> usize {
 impl Discovery {
     /// The discovery state and the stream of policies to reconcile because
     /// a destination was drained or came back (`Controller::reconcile_on`).
-    pub fn new() -> (
+    pub fn new(
+        weights: Option<Arc<crate::weights::WeightsState>>,
+    ) -> (
         Arc<Self>,
         futures::channel::mpsc::UnboundedReceiver<ObjectRef<TrafficPolicy>>,
     ) {
@@ -64,6 +70,7 @@ impl Discovery {
             Arc::new(Self {
                 state: Mutex::new(State::default()),
                 trigger,
+                weights,
             }),
             triggers,
         )
@@ -128,6 +135,9 @@ impl Discovery {
                 "{}",
                 if drained(count) { "no ready endpoints: draining the destination" } else { "ready endpoints again: restoring the destination" }
             );
+            if let Some(weights) = &self.weights {
+                weights.set_no_ready_endpoints(&key.0, &key.2, drained(count));
+            }
             for policy in state.policies.get(key).into_iter().flatten() {
                 let _ = self.trigger.unbounded_send(policy.clone());
             }

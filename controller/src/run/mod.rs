@@ -45,6 +45,9 @@ pub struct RunConfig {
     /// Watch TrafficPolicies of this namespace only (default: all).
     pub namespace: Option<String>,
     pub kubeconfig: Option<kube::config::Kubeconfig>,
+    /// Serve the weights API ([`crate::weights`]) here while leading, with
+    /// these options (a token enables its write endpoints).
+    pub weights: Option<(SocketAddr, crate::weights::ServerOptions)>,
 }
 
 async fn shutdown_signal() {
@@ -141,7 +144,28 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
         })
     };
 
-    let (discovery, endpoint_triggers) = discovery::Discovery::new();
+    let policies: Api<TrafficPolicy> = match &config.namespace {
+        Some(ns) => Api::namespaced(hub.clone(), ns),
+        None => Api::all(hub.clone()),
+    };
+    let controller = Controller::new(policies, watcher::Config::default());
+    let weights = match &config.weights {
+        Some((addr, options)) => {
+            let state = Arc::new(
+                crate::weights::WeightsState::new(Vec::new(), Default::default())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            );
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("weights API on {addr}: {e}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "serving the weights API");
+            let api = crate::weights::WeightsApi::new(state.clone(), options.clone());
+            tokio::spawn(api.serve(listener, futures::future::pending()));
+            Some(state)
+        }
+        None => None,
+    };
+    let (discovery, endpoint_triggers) = discovery::Discovery::new(weights.clone());
     let ctx = Arc::new(reconcile::Context {
         hub: hub.clone(),
         kubeconfig: config.kubeconfig.clone(),
@@ -150,12 +174,9 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
         failures: Default::default(),
         applied: Default::default(),
         discovery: discovery.clone(),
+        weights,
+        policies: controller.store(),
     });
-    let policies: Api<TrafficPolicy> = match &config.namespace {
-        Some(ns) => Api::namespaced(hub.clone(), ns),
-        None => Api::all(hub.clone()),
-    };
-    let controller = Controller::new(policies, watcher::Config::default());
     let store = controller.store();
     {
         let reader = controller.store();

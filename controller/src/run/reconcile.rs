@@ -38,21 +38,28 @@ pub struct Context {
     /// Consecutive hub failures per policy (`namespace/name`): the error
     /// policy's exponential backoff.
     pub failures: Mutex<HashMap<String, u32>>,
-    /// Per policy, what the last complete rollout was made of and when: a
-    /// trigger with the same inputs before `resync` is due changes nothing
-    /// in the members and is skipped (status writes, watch relists).
+    /// Per policy, what the last rollout was made of and when: a trigger
+    /// with the same inputs before it is due again changes nothing in the
+    /// members and is skipped (status writes, watch relists).
     pub applied: Mutex<HashMap<String, Applied>>,
     /// Ready endpoints per member and service.
     pub discovery: Arc<super::discovery::Discovery>,
+    /// The weights API's state, when served: its services follow the
+    /// policies.
+    pub weights: Option<Arc<crate::weights::WeightsState>>,
+    pub policies: kube::runtime::reflector::Store<TrafficPolicy>,
 }
 
-/// The inputs of a rollout that reached every member.
+/// The inputs of the last rollout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub policy_generation: Option<i64>,
     pub fleet_generation: Option<i64>,
     pub revision: String,
     pub at: std::time::Instant,
+    /// When the same inputs are worth a rollout again (the resync after a
+    /// complete one, sooner after a failure).
+    pub again_in: Duration,
 }
 
 /// A reconcile that could not finish because the hub failed (reading the
@@ -537,6 +544,17 @@ pub async fn reconcile(
             }
         }
     };
+    if let Some(weights) = &ctx.weights {
+        let services: Vec<_> = ctx
+            .policies
+            .state()
+            .iter()
+            .map(|p| crate::weights::ServiceBase::from_policy(p))
+            .collect();
+        if let Err(e) = weights.replace_services(services) {
+            tracing::warn!(error = %e, "weights API: policies not taken");
+        }
+    }
     let revision = apply::revision(&compiled);
     let memo_key = key(&policy);
     let remembered = ctx
@@ -550,9 +568,9 @@ pub async fn reconcile(
             && done.fleet_generation == fleet.metadata.generation
             && done.revision == revision;
         let age = done.at.elapsed();
-        if same && age < ctx.resync {
+        if same && age < done.again_in {
             ctx.metrics.count_reconcile("unchanged");
-            return Ok(Action::requeue(ctx.resync - age));
+            return Ok(Action::requeue(done.again_in - age));
         }
     }
     let targets = apply::targets_with(&compiled, &fleet, &clients);
@@ -586,30 +604,32 @@ pub async fn reconcile(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&key(&policy));
-    let mut applied = ctx.applied.lock().unwrap_or_else(|p| p.into_inner());
-    if report.all_applied() {
-        applied.insert(
+    // A member that is down, or refused something, is retried sooner than
+    // the resync (it may come back, or be fixed, without any hub change) —
+    // but not on every trigger: a failed wave is rolled back, and trying
+    // the same render again at once (the status write is a trigger) would
+    // only flap that wave between the two revisions.
+    let again_in = if report.all_applied() {
+        ctx.resync
+    } else if unreachable {
+        Duration::from_secs(15).min(ctx.resync)
+    } else {
+        Duration::from_secs(60).min(ctx.resync)
+    };
+    ctx.applied
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
             memo_key,
             Applied {
                 policy_generation: generation,
                 fleet_generation: fleet.metadata.generation,
                 revision,
                 at: std::time::Instant::now(),
+                again_in,
             },
         );
-    } else {
-        applied.remove(&memo_key);
-    }
-    drop(applied);
-    // A member that is down, or refused something, is retried sooner than
-    // the resync (it may come back, or be fixed, without any hub change).
-    Ok(if report.all_applied() {
-        Action::requeue(ctx.resync)
-    } else if unreachable {
-        Action::requeue(Duration::from_secs(15).min(ctx.resync))
-    } else {
-        Action::requeue(Duration::from_secs(60).min(ctx.resync))
-    })
+    Ok(Action::requeue(again_in))
 }
 
 #[cfg(test)]
