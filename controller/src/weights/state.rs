@@ -543,7 +543,7 @@ impl Inner {
             .iter()
             .map(|s| ServiceWeights {
                 name: s.name.clone(),
-                factors: Some(s.factors.clone()),
+                factors: Some(s.factors),
                 destinations: s
                     .destinations
                     .iter()
