@@ -39,10 +39,13 @@ pub const API_VERSION: &str = "traffic.tideway.dev/v1alpha1";
     version = "v1alpha1",
     kind = "TrafficPolicy",
     namespaced,
+    status = "TrafficPolicyStatus",
     shortname = "tp",
     category = "tideway",
     printcolumn = r#"{"name":"Service","type":"string","jsonPath":".spec.service.name"}"#,
-    printcolumn = r#"{"name":"Fleet","type":"string","jsonPath":".spec.fleet"}"#
+    printcolumn = r#"{"name":"Fleet","type":"string","jsonPath":".spec.fleet"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.revision"}"#
 )]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TrafficPolicySpec {
@@ -570,6 +573,66 @@ pub struct MeshGateway {
     pub registry: String,
     pub service: String,
     pub port: u16,
+}
+
+/// What `tideway run` last did with a policy: the policy-wide conditions
+/// (`Ready`, `Progressing`, `Degraded`) and one entry per member cluster
+/// with that member's own. Written by the controller only (the status
+/// subresource); never holds credentials, only the API servers' messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPolicyStatus {
+    /// The `metadata.generation` these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The render's revision (a digest of every member's objects): what the
+    /// members' `traffic.tideway.dev/revision` annotation says once applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Per member cluster, in rollout order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberRolloutStatus>,
+    /// Destinations (subset names) taken out of the render because their
+    /// member has no ready endpoints for the service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drained: Vec<String>,
+}
+
+/// One member cluster's state for a policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberRolloutStatus {
+    pub name: String,
+    pub wave: u32,
+    /// The revision the member has (absent until one was applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A condition as Kubernetes writes them (`metav1.Condition`'s fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Progressing` or `Degraded`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// CamelCase, for machines (`Applied`, `InvalidPolicy`, `Rejected`, …).
+    pub reason: String,
+    /// For humans: what happened, the field or the API server's message.
+    /// Never empty (1.20's API servers read `""` here as null and refuse
+    /// it; a defaulted field would put `default: null` into the CRD).
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// RFC 3339; changes only when `status` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
 }
 
 /// The CRDs of both resources, as YAML documents (`tideway crds`).

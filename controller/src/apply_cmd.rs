@@ -2,8 +2,7 @@
 
 use anyhow::Context;
 use std::path::PathBuf;
-use tideway_controller::apply::{self, ObjectAction, Options, PolicyRef};
-use tideway_controller::{load, FieldErrors};
+use tideway_controller::apply::{self, ObjectAction, Options};
 
 pub const LONG_ABOUT: &str = "\
 Render a TrafficPolicy for its Fleet and roll it out to every member cluster:
@@ -53,7 +52,7 @@ pub struct ApplyArgs {
     require_all: bool,
 }
 
-fn read_kubeconfig(path: Option<&PathBuf>) -> anyhow::Result<Option<kube::config::Kubeconfig>> {
+pub fn read_kubeconfig(path: Option<&PathBuf>) -> anyhow::Result<Option<kube::config::Kubeconfig>> {
     if let Some(path) = path {
         return kube::config::Kubeconfig::read_from(path)
             .map(Some)
@@ -64,36 +63,18 @@ fn read_kubeconfig(path: Option<&PathBuf>) -> anyhow::Result<Option<kube::config
 }
 
 pub fn run(args: ApplyArgs) -> anyhow::Result<std::process::ExitCode> {
-    let policy_text = load::read(&args.policy)?;
-    let fleet_text = load::read(&args.fleet)?;
-    let named = |mut e: FieldErrors, path: &PathBuf| {
-        e.source = if e.source.is_empty() {
-            path.display().to_string()
-        } else {
-            format!("{} ({})", path.display(), e.source)
-        };
-        anyhow::anyhow!("{e}")
-    };
-    let policy =
-        load::policy_from_str(&policy_text, "TrafficPolicy").map_err(|e| named(e, &args.policy))?;
-    let fleet = load::fleet_from_str(&fleet_text, "Fleet").map_err(|e| named(e, &args.fleet))?;
-    let image = args
-        .image
-        .as_deref()
-        .map(|r| tideway_controller::Image::parse("--image", r))
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let compiled = tideway_controller::compile(&policy, &fleet, image.as_ref())
-        .map_err(|e| named(e, &args.policy))?;
-    let policy_ref = PolicyRef {
-        name: policy.metadata.name.clone().unwrap_or_default(),
-        namespace: tideway_controller::validate::policy_namespace(&policy).to_string(),
-    };
+    let loaded =
+        tideway_controller::load_and_compile(&args.policy, &args.fleet, args.image.as_deref())?;
+    let policy_ref = loaded.policy_ref();
+    let tideway_controller::Loaded {
+        fleet, compiled, ..
+    } = loaded;
     let kubeconfig = read_kubeconfig(args.kubeconfig.as_ref())?;
     let options = Options {
         dry_run: args.dry_run,
         prune: !args.no_prune,
         require_all: args.require_all,
+        ..Options::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

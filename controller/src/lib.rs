@@ -28,11 +28,62 @@ pub mod istio;
 pub mod load;
 pub mod observe;
 pub mod render;
+pub mod run;
 pub mod validate;
 pub mod weights;
 
 pub use compile::{compile, Compiled, Image};
 pub use field_error::{FieldError, FieldErrors};
+
+use std::path::Path;
+
+/// A policy and its fleet read from files, compiled: where `tideway
+/// render`, `apply` and `status` start.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub policy: api::TrafficPolicy,
+    pub fleet: api::Fleet,
+    pub compiled: Compiled,
+}
+
+impl Loaded {
+    /// The policy's identity (what prune and status look objects up by).
+    pub fn policy_ref(&self) -> apply::PolicyRef {
+        apply::PolicyRef::of(&self.policy)
+    }
+}
+
+/// Read the policy and fleet files (YAML or JSON) and compile; `image`
+/// overrides `spec.plugin.image`. Errors name the file and the field path.
+pub fn load_and_compile(
+    policy_path: &Path,
+    fleet_path: &Path,
+    image: Option<&str>,
+) -> anyhow::Result<Loaded> {
+    let named = |mut e: FieldErrors, path: &Path| {
+        e.source = if e.source.is_empty() {
+            path.display().to_string()
+        } else {
+            format!("{} ({})", path.display(), e.source)
+        };
+        anyhow::anyhow!("{e}")
+    };
+    let policy_text = load::read(policy_path)?;
+    let fleet_text = load::read(fleet_path)?;
+    let policy =
+        load::policy_from_str(&policy_text, "TrafficPolicy").map_err(|e| named(e, policy_path))?;
+    let fleet = load::fleet_from_str(&fleet_text, "Fleet").map_err(|e| named(e, fleet_path))?;
+    let image = image
+        .map(|r| Image::parse("--image", r))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let compiled = compile(&policy, &fleet, image.as_ref()).map_err(|e| named(e, policy_path))?;
+    Ok(Loaded {
+        policy,
+        fleet,
+        compiled,
+    })
+}
 
 /// Parse a policy and a fleet (YAML or JSON text), compile, and lay out the
 /// files `tideway render` writes (per member, or with `karmada` the Karmada

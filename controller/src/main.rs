@@ -2,10 +2,11 @@
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use tideway_controller::{check_config, load, render, FieldErrors};
+use tideway_controller::{check_config, load, render};
 
 mod apply_cmd;
 mod image_cmd;
+mod run_cmd;
 mod weights_cmd;
 
 /// Tideway: traffic steering for multi-cluster Istio.
@@ -34,6 +35,9 @@ enum Command {
     /// Render a TrafficPolicy and roll it out to the Fleet's member clusters, wave by wave.
     #[command(long_about = apply_cmd::LONG_ABOUT)]
     Apply(apply_cmd::ApplyArgs),
+    /// Run the controller in the hub cluster: watch policies and fleets, roll out, report status.
+    #[command(long_about = run_cmd::LONG_ABOUT)]
+    Run(run_cmd::RunArgs),
     /// Serve the policies' run-time weights (GET /v1/weights, long-poll) and take drains and weight changes.
     #[command(long_about = weights_cmd::SERVE_LONG_ABOUT)]
     ServeWeights(weights_cmd::ServeArgs),
@@ -150,6 +154,7 @@ fn run_other(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Apply(args) => apply_cmd::run(args).map(|_| ()),
+        Command::Run(args) => run_cmd::run(args),
         Command::ServeWeights(args) => weights_cmd::serve(args),
         Command::Drain(args) => weights_cmd::drain(args),
         Command::Weight(command) => weights_cmd::weight(command),
@@ -158,28 +163,9 @@ fn run_other(command: Command) -> anyhow::Result<()> {
 }
 
 fn render_cmd(args: RenderArgs) -> anyhow::Result<()> {
-    let policy_text = load::read(&args.policy)?;
-    let fleet_text = load::read(&args.fleet)?;
-    let source = |e: FieldErrors, path: &PathBuf| {
-        let mut e = e;
-        e.source = if e.source.is_empty() {
-            path.display().to_string()
-        } else {
-            format!("{} ({})", path.display(), e.source)
-        };
-        anyhow::anyhow!("{e}")
-    };
-    let policy = load::policy_from_str(&policy_text, "TrafficPolicy")
-        .map_err(|e| source(e, &args.policy))?;
-    let fleet = load::fleet_from_str(&fleet_text, "Fleet").map_err(|e| source(e, &args.fleet))?;
-    let image = args
-        .image
-        .as_deref()
-        .map(|r| tideway_controller::Image::parse("--image", r))
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let compiled = tideway_controller::compile(&policy, &fleet, image.as_ref())
-        .map_err(|e| source(e, &args.policy))?;
+    let tideway_controller::Loaded {
+        policy, compiled, ..
+    } = tideway_controller::load_and_compile(&args.policy, &args.fleet, args.image.as_deref())?;
     let name = policy.metadata.name.as_deref().unwrap_or("");
     let files = if args.karmada {
         render::karmada(&compiled, name)
@@ -198,4 +184,31 @@ fn render_cmd(args: RenderArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Deployment in manifests/controller runs flags `tideway run`
+    /// really has.
+    #[test]
+    fn the_deployments_args_parse() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../manifests/controller/deployment.yaml"
+        );
+        let text = std::fs::read_to_string(path).expect("deployment.yaml");
+        let deployment: serde_json::Value = serde_yaml::from_str(&text).expect("yaml");
+        let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .map(|a| a.as_str().expect("string arg").to_string())
+            .collect();
+        assert_eq!(args[0], "run");
+        let cli = Cli::try_parse_from(std::iter::once("tideway".to_string()).chain(args))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(cli.command, Command::Run(_)));
+    }
 }

@@ -156,6 +156,7 @@ async fn applies_every_members_own_render_in_wave_order_and_again_changes_nothin
             Progress::WaveStarted { wave, .. } => format!("start {wave}"),
             Progress::MemberDone(m) => format!("done {}", m.member),
             Progress::WaveGate { wave, passed, .. } => format!("gate {wave} {passed}"),
+            Progress::RolledBack { member, .. } => format!("rolled back {member}"),
         })
         .collect();
     assert_eq!(

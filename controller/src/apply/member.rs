@@ -6,7 +6,7 @@
 //! (the objects after it are reported as not attempted), so a member is never
 //! left half-applied without its outcome saying exactly which half.
 
-use super::{diff, Options, PolicyRef, Target, FIELD_MANAGER};
+use super::{diff, revisions, Options, PolicyRef, Target, FIELD_MANAGER};
 use crate::compile::{MANAGED_BY, MANAGED_BY_LABEL, POLICY_LABEL, POLICY_NAMESPACE_LABEL};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind, Status};
@@ -38,6 +38,10 @@ pub struct MemberOutcome {
     pub objects: Vec<ObjectOutcome>,
     /// Objects of this policy the render no longer has.
     pub pruned: Vec<ObjectOutcome>,
+    /// How long this member's apply (objects, read-back, prune) took.
+    pub elapsed: std::time::Duration,
+    /// Its wave failed the gate: the revision it was put back to, or why not.
+    pub rollback: Option<Result<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +70,9 @@ pub enum MemberStatus {
     Failed { message: String },
     /// Not attempted (an earlier wave failed its gate).
     Skipped { reason: String },
+    /// Applied, then put back to `revision` because its wave failed the
+    /// gate (`reason` says where).
+    RolledBack { revision: String, reason: String },
 }
 
 /// One field another manager owns.
@@ -110,6 +117,8 @@ impl MemberOutcome {
             status: MemberStatus::Skipped { reason },
             objects: Vec::new(),
             pruned: Vec::new(),
+            elapsed: std::time::Duration::ZERO,
+            rollback: None,
         }
     }
 
@@ -251,12 +260,82 @@ pub fn policy_selector(policy: &PolicyRef) -> String {
 
 /// Apply one member's objects; see the module doc.
 pub async fn apply_member(target: &Target, policy: &PolicyRef, options: &Options) -> MemberOutcome {
+    let started = std::time::Instant::now();
+    let mut outcome = apply_member_untimed(target, policy, options).await;
+    if matches!(outcome.status, MemberStatus::Applied) && !options.dry_run {
+        if let Err(message) = record(target, policy).await {
+            outcome.status = MemberStatus::Failed { message };
+        }
+    }
+    outcome.elapsed = started.elapsed();
+    outcome
+}
+
+/// The member now has `target`'s revision: say so in its record.
+async fn record(target: &Target, policy: &PolicyRef) -> Result<(), String> {
+    let Ok(client) = &target.client else {
+        return Ok(());
+    };
+    let record = revisions::read(client, policy).await?;
+    let record = revisions::advanced(
+        record,
+        revisions::Revision {
+            revision: target.revision.clone(),
+            objects: target.objects.clone(),
+        },
+    );
+    revisions::write(client, policy, &record).await
+}
+
+/// Put the member back to the revision it had before `target`'s: the
+/// record's current one if the member never took `target`'s, else the
+/// previous one. Objects of the failed revision the old one does not have
+/// are pruned. `Ok(revision restored)`.
+pub async fn rollback(target: &Target, policy: &PolicyRef) -> Result<String, String> {
+    let client = target.client.clone()?;
+    let record = revisions::read(&client, policy).await?;
+    let to = match record.current {
+        Some(c) if c.revision == target.revision => record.previous,
+        other => other,
+    }
+    .ok_or_else(|| "no earlier revision is recorded in this member".to_string())?;
+    let old = Target {
+        member: target.member.clone(),
+        wave: target.wave,
+        revision: to.revision.clone(),
+        objects: to.objects.clone(),
+        client: Ok(client.clone()),
+    };
+    let options = Options {
+        prune: true,
+        unchanged_at_revision: Some(to.revision.clone()),
+        ..Options::default()
+    };
+    let outcome = apply_member_untimed(&old, policy, &options).await;
+    if !matches!(outcome.status, MemberStatus::Applied) {
+        return Err(format!("re-applying {}: {:?}", to.revision, outcome.status));
+    }
+    let record = revisions::Record {
+        current: Some(to.clone()),
+        previous: None,
+    };
+    revisions::write(&client, policy, &record).await?;
+    Ok(to.revision)
+}
+
+async fn apply_member_untimed(
+    target: &Target,
+    policy: &PolicyRef,
+    options: &Options,
+) -> MemberOutcome {
     let mut outcome = MemberOutcome {
         member: target.member.clone(),
         wave: target.wave,
         status: MemberStatus::Applied,
         objects: Vec::new(),
         pruned: Vec::new(),
+        elapsed: std::time::Duration::ZERO,
+        rollback: None,
     };
     let client = match &target.client {
         Ok(client) => client.clone(),
@@ -365,6 +444,16 @@ async fn apply_object(
     let resource = resources.resolve(&key.gvk()).await?;
     let api = resources.api(&resource, key.namespace.as_deref());
     let live = api.get_opt(&key.name).await.map_err(classify)?;
+    if let (Some(revision), Some(live)) = (&options.unchanged_at_revision, &live) {
+        let at = live
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(super::REVISION_ANNOTATION));
+        if at == Some(revision) {
+            return Ok((ObjectAction::Unchanged, resource));
+        }
+    }
     let mut params = PatchParams::apply(FIELD_MANAGER);
     params.dry_run = options.dry_run;
     let result = api

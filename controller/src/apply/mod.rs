@@ -17,17 +17,61 @@
 //! deleted (found by the managed-by and policy labels; nothing relies on
 //! owner-reference garbage collection, which needs a controller-manager).
 //!
-//! Modules: [`member`] applies to one cluster, [`connect`] makes a client
-//! per member, [`diff`] is what `--dry-run` shows.
+//! A wave that fails its gate is rolled back: each of its reachable members
+//! gets the revision it had before ([`revisions`]: kept in the member), so
+//! the fleet is left at most one wave ahead of the previous revision and
+//! the failing wave is whole again.
+//!
+//! Modules: [`member`] applies to one cluster, [`revisions`] records what
+//! each member has, [`connect`] makes a client per member, [`diff`] is what
+//! `--dry-run` shows.
 
 pub mod connect;
 pub mod diff;
 pub mod member;
+pub mod revisions;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 pub use member::{MemberOutcome, MemberStatus, ObjectAction, ObjectOutcome};
+
+/// The annotation on every applied object: the render's [`revision`].
+pub const REVISION_ANNOTATION: &str = "traffic.tideway.dev/revision";
+
+/// A short digest of everything a render sends to every member (`sha256:`
+/// and 16 hex digits): the same render always has the same revision, any
+/// change to any member's objects a new one. `tideway run` writes it to the
+/// policy's status, every object carries it in [`REVISION_ANNOTATION`].
+pub fn revision(compiled: &crate::Compiled) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for (member, objects) in compiled.members() {
+        hash.update(member.as_bytes());
+        hash.update([0]);
+        for object in objects {
+            hash.update(serde_json::to_vec(&object).unwrap_or_default());
+            hash.update([0]);
+        }
+    }
+    let digest = hash.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn stamp_revision(object: &mut Value, revision: &str) {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(map) = annotations.as_object_mut() {
+            map.insert(
+                REVISION_ANNOTATION.to_string(),
+                Value::String(revision.to_string()),
+            );
+        }
+    }
+}
 
 /// The field manager of every apply (`kubectl get -o yaml
 /// --show-managed-fields` shows it).
@@ -42,6 +86,15 @@ pub struct PolicyRef {
     pub namespace: String,
 }
 
+impl PolicyRef {
+    pub fn of(policy: &crate::api::TrafficPolicy) -> Self {
+        Self {
+            name: policy.metadata.name.clone().unwrap_or_default(),
+            namespace: crate::validate::policy_namespace(policy).to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Server-side dry run (`dryRun=All`): nothing is stored; each object's
@@ -53,12 +106,19 @@ pub struct Options {
     /// An unreachable member fails its wave's gate (default: reported, the
     /// rollout goes on).
     pub require_all: bool,
+    /// Objects whose live copy already carries this revision (annotation)
+    /// are not sent again. A rollback sets it to the revision it restores:
+    /// an object the member refused is still at that revision, and sending
+    /// it again would only be refused again.
+    pub unchanged_at_revision: Option<String>,
 }
 
 /// One member cluster to roll out to.
 pub struct Target {
     pub member: String,
     pub wave: u32,
+    /// The render's [`revision`] (recorded in the member once applied).
+    pub revision: String,
     /// The member's objects in apply order (what `render` writes for it).
     pub objects: Vec<Value>,
     /// A client for the member's API server, or why there is none (bad
@@ -78,6 +138,12 @@ pub enum Progress {
         wave: u32,
         passed: bool,
         failed: Vec<String>,
+    },
+    /// After a failed gate: a member of that wave put back to the revision
+    /// it had (`Ok(revision)`), or why it could not be.
+    RolledBack {
+        member: String,
+        result: Result<String, String>,
     },
 }
 
@@ -138,9 +204,9 @@ pub async fn apply(
         let runs = members
             .iter()
             .map(|target| member::apply_member(target, policy, options));
-        let outcomes = futures::future::join_all(runs).await;
+        let mut outcomes = futures::future::join_all(runs).await;
         let mut failed = Vec::new();
-        for outcome in outcomes {
+        for outcome in &outcomes {
             let blocks = match &outcome.status {
                 MemberStatus::Applied => false,
                 MemberStatus::Unreachable { .. } => options.require_all,
@@ -150,7 +216,6 @@ pub async fn apply(
                 failed.push(outcome.member.clone());
             }
             progress(&Progress::MemberDone(outcome.clone()));
-            report.members.push(outcome);
         }
         // A dry run stores nothing, so there is nothing to gate on: it shows
         // every wave.
@@ -158,23 +223,75 @@ pub async fn apply(
         progress(&Progress::WaveGate {
             wave,
             passed,
-            failed,
+            failed: failed.clone(),
         });
         if !passed {
             report.stopped_at_wave = Some(wave);
+            // The whole wave goes back to what its members had, so that it
+            // is one revision again; later waves never saw the new one.
+            let why = format!(
+                "wave {wave} failed its health gate at {}",
+                failed.join(", ")
+            );
+            let rollbacks = members.iter().zip(&outcomes).map(|(target, outcome)| {
+                let reachable = !matches!(outcome.status, MemberStatus::Unreachable { .. });
+                async move {
+                    if reachable {
+                        Some(member::rollback(target, policy).await)
+                    } else {
+                        None
+                    }
+                }
+            });
+            let results = futures::future::join_all(rollbacks).await;
+            for (outcome, result) in outcomes.iter_mut().zip(results) {
+                let Some(result) = result else { continue };
+                if let (Ok(to), MemberStatus::Applied) = (&result, &outcome.status) {
+                    outcome.status = MemberStatus::RolledBack {
+                        revision: to.clone(),
+                        reason: why.clone(),
+                    };
+                }
+                outcome.rollback = Some(result);
+                progress(&Progress::RolledBack {
+                    member: outcome.member.clone(),
+                    result: outcome.rollback.clone().unwrap_or(Err(String::new())),
+                });
+            }
         }
+        report.members.extend(outcomes);
     }
     report
 }
 
 /// One [`Target`] per member of `fleet`, in rollout order, each with the
-/// render's objects for it and a client (see [`connect`]).
+/// render's objects for it (stamped with the render's [`revision`]) and a
+/// client (see [`connect`]).
 pub async fn targets(
     compiled: &crate::Compiled,
     fleet: &crate::api::Fleet,
     kubeconfig: Option<&kube::config::Kubeconfig>,
     hub: Option<&kube::Client>,
 ) -> Vec<Target> {
+    let mut clients = BTreeMap::new();
+    for member in &fleet.spec.clusters {
+        if compiled.order.contains(&member.name) {
+            clients.insert(
+                member.name.clone(),
+                connect::member_client(member, kubeconfig, hub).await,
+            );
+        }
+    }
+    targets_with(compiled, fleet, &clients)
+}
+
+/// [`targets`] with clients already made (member name → client).
+pub fn targets_with(
+    compiled: &crate::Compiled,
+    fleet: &crate::api::Fleet,
+    clients: &BTreeMap<String, Result<kube::Client, String>>,
+) -> Vec<Target> {
+    let revision = revision(compiled);
     let mut out = Vec::new();
     for name in &compiled.order {
         let Some(member) = fleet.spec.clusters.iter().find(|c| &c.name == name) else {
@@ -183,8 +300,19 @@ pub async fn targets(
         out.push(Target {
             member: name.clone(),
             wave: member.wave,
-            objects: compiled.member(name),
-            client: connect::member_client(member, kubeconfig, hub).await,
+            revision: revision.clone(),
+            objects: compiled
+                .member(name)
+                .into_iter()
+                .map(|mut o| {
+                    stamp_revision(&mut o, &revision);
+                    o
+                })
+                .collect(),
+            client: clients
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| Err(format!("member {name}: no client"))),
         });
     }
     out
@@ -202,9 +330,17 @@ pub fn progress_line(event: &Progress) -> String {
             wave, passed: true, ..
         } => format!("wave {wave}: healthy"),
         Progress::WaveGate { wave, failed, .. } => format!(
-            "wave {wave}: FAILED at {}; later waves are not rolled out",
+            "wave {wave}: FAILED at {}; rolling the wave back, later waves are not rolled out",
             failed.join(", ")
         ),
+        Progress::RolledBack {
+            member,
+            result: Ok(revision),
+        } => format!("  {member}: rolled back to {revision}"),
+        Progress::RolledBack {
+            member,
+            result: Err(why),
+        } => format!("  {member}: NOT rolled back: {why}"),
     }
 }
 
@@ -281,5 +417,8 @@ fn member_line(outcome: &MemberOutcome) -> String {
         } => format!("  {m}: REJECTED {object} ({code}): {message}"),
         MemberStatus::Failed { message } => format!("  {m}: FAILED: {message}"),
         MemberStatus::Skipped { reason } => format!("  {m}: skipped: {reason}"),
+        MemberStatus::RolledBack { revision, reason } => {
+            format!("  {m}: rolled back to {revision}: {reason}")
+        }
     }
 }

@@ -444,7 +444,7 @@ impl ApiServer {
         .unwrap_or_else(|e| panic!("applying {name} in {}: {e}", self.name))
     }
 
-    async fn create_namespace(&self, client: &Client, name: &str) {
+    pub async fn create_namespace(&self, client: &Client, name: &str) {
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let ns: Namespace =
             serde_json::from_value(json!({"metadata": {"name": name}})).expect("ns");

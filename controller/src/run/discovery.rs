@@ -1,0 +1,220 @@
+//! Multi-cluster service discovery: which destinations have ready
+//! endpoints. One watch per (member, service) a policy names — the
+//! member's `Endpoints` object of the service, by name — keeps a count of
+//! its ready addresses (`subsets[].addresses`; `notReadyAddresses` do not
+//! count). A destination whose member has an Endpoints object with zero
+//! ready addresses is taken out of the policy's destinations before it is
+//! compiled, so the filter's configuration in every member stops sending
+//! there; when addresses are ready again it is put back. Both go through
+//! the same rollout (waves, gate, rollback) as any policy change: a change
+//! of drained-ness triggers the policies that name the service.
+//!
+//! Unknown is not zero: a member whose Endpoints cannot be read (not there,
+//! member unreachable, watch not started yet) keeps its destination, and
+//! the last destination is never drained (the filter needs one; Istio's own
+//! outlier detection still applies).
+
+use crate::api::TrafficPolicy;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Endpoints;
+use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, WatchStreamExt};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// (member, service namespace, service name).
+pub type ServiceKey = (String, String, String);
+
+#[derive(Default)]
+struct State {
+    /// Ready addresses, once the watch has seen the Endpoints object.
+    ready: HashMap<ServiceKey, usize>,
+    /// Watches started.
+    watching: BTreeSet<ServiceKey>,
+    /// Which policies name each service (to trigger on a change).
+    policies: HashMap<ServiceKey, HashSet<ObjectRef<TrafficPolicy>>>,
+}
+
+/// Shared by the reconciles and the watch tasks.
+pub struct Discovery {
+    state: Mutex<State>,
+    trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<TrafficPolicy>>,
+    /// The weights API's state, when `tideway run` serves it: told of every
+    /// drain and restore, so proxies polling it stop sending at once (before
+    /// the new WasmPlugins arrive).
+    weights: Option<Arc<crate::weights::WeightsState>>,
+}
+
+/// Ready addresses in an Endpoints object.
+pub fn ready_addresses(endpoints: &Endpoints) -> usize {
+    endpoints
+        .subsets
+        .iter()
+        .flatten()
+        .map(|s| s.addresses.as_ref().map_or(0, Vec::len))
+        .sum()
+}
+
+impl Discovery {
+    /// The discovery state and the stream of policies to reconcile because
+    /// a destination was drained or came back (`Controller::reconcile_on`).
+    pub fn new(
+        weights: Option<Arc<crate::weights::WeightsState>>,
+    ) -> (
+        Arc<Self>,
+        futures::channel::mpsc::UnboundedReceiver<ObjectRef<TrafficPolicy>>,
+    ) {
+        let (trigger, triggers) = futures::channel::mpsc::unbounded();
+        (
+            Arc::new(Self {
+                state: Mutex::new(State::default()),
+                trigger,
+                weights,
+            }),
+            triggers,
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Watch `key` in `client`'s cluster for `policy` (once per key).
+    pub fn watch(
+        self: &Arc<Self>,
+        key: ServiceKey,
+        client: &kube::Client,
+        policy: ObjectRef<TrafficPolicy>,
+    ) {
+        let mut state = self.lock();
+        state
+            .policies
+            .entry(key.clone())
+            .or_default()
+            .insert(policy);
+        if !state.watching.insert(key.clone()) {
+            return;
+        }
+        drop(state);
+        let api: Api<Endpoints> = Api::namespaced(client.clone(), &key.1);
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", key.2));
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut events = watcher(api, config).default_backoff().boxed();
+            while let Some(event) = events.next().await {
+                let count = match event {
+                    Ok(watcher::Event::Apply(e) | watcher::Event::InitApply(e)) => {
+                        Some(ready_addresses(&e))
+                    }
+                    Ok(watcher::Event::Delete(_)) => None,
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => continue,
+                    Err(e) => {
+                        tracing::debug!(member = %key.0, error = %e, "endpoints watch");
+                        continue;
+                    }
+                };
+                this.set(&key, count);
+            }
+        });
+    }
+
+    fn set(&self, key: &ServiceKey, count: Option<usize>) {
+        let mut state = self.lock();
+        let before = state.ready.get(key).copied();
+        match count {
+            Some(n) => state.ready.insert(key.clone(), n),
+            None => state.ready.remove(key),
+        };
+        let drained = |c: Option<usize>| c == Some(0);
+        if drained(before) != drained(count) {
+            tracing::info!(
+                member = %key.0,
+                service = %format!("{}/{}", key.1, key.2),
+                ready = ?count,
+                "{}",
+                if drained(count) { "no ready endpoints: draining the destination" } else { "ready endpoints again: restoring the destination" }
+            );
+            if let Some(weights) = &self.weights {
+                weights.set_no_ready_endpoints(&key.0, &key.2, drained(count));
+            }
+            for policy in state.policies.get(key).into_iter().flatten() {
+                let _ = self.trigger.unbounded_send(policy.clone());
+            }
+        }
+    }
+
+    /// Ready addresses of `key`, if known.
+    pub fn ready(&self, key: &ServiceKey) -> Option<usize> {
+        self.lock().ready.get(key).copied()
+    }
+}
+
+/// The policy with the destinations whose member has zero ready endpoints
+/// taken out (never the last one), and the names of those taken out.
+/// `ready(member)` is the member's ready count for the policy's service.
+pub fn drain(
+    policy: &TrafficPolicy,
+    ready: impl Fn(&str) -> Option<usize>,
+) -> (TrafficPolicy, Vec<String>) {
+    let mut out = policy.clone();
+    let drained: BTreeMap<String, String> = policy
+        .spec
+        .destinations
+        .iter()
+        .filter(|d| ready(&d.cluster) == Some(0))
+        .map(|d| (d.subset().to_string(), d.cluster.clone()))
+        .collect();
+    if drained.is_empty() || drained.len() == policy.spec.destinations.len() {
+        return (out, Vec::new());
+    }
+    out.spec
+        .destinations
+        .retain(|d| !drained.contains_key(d.subset()));
+    out.spec.failover.retain(|f| !drained.contains_key(f));
+    (out, drained.keys().cloned().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> TrafficPolicy {
+        crate::load::policy_from_str(
+            r#"
+apiVersion: traffic.tideway.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: reviews, namespace: production}
+spec:
+  fleet: f
+  service: {name: reviews, port: 9080}
+  destinations: [{cluster: a}, {cluster: b}, {cluster: c}]
+  failover: [b, a, c]
+"#,
+            "policy",
+        )
+        .expect("policy")
+    }
+
+    #[test]
+    fn zero_ready_drains_unknown_keeps_and_the_last_one_stays() {
+        let p = policy();
+        let (out, drained) = drain(&p, |m| match m {
+            "a" => Some(0),
+            "b" => None,
+            _ => Some(3),
+        });
+        assert_eq!(drained, vec!["a".to_string()]);
+        let left: Vec<&str> = out
+            .spec
+            .destinations
+            .iter()
+            .map(|d| d.cluster.as_str())
+            .collect();
+        assert_eq!(left, ["b", "c"]);
+        assert_eq!(out.spec.failover, ["b", "c"]);
+        let (out, drained) = drain(&p, |_| Some(0));
+        assert!(drained.is_empty());
+        assert_eq!(out.spec.destinations.len(), 3);
+    }
+}

@@ -1,0 +1,250 @@
+//! `tideway run`: the controller as a daemon in the hub cluster.
+//!
+//! Two or more replicas run; the one holding the leader Lease ([`lease`])
+//! reconciles, the others wait to take over. The leader runs a kube-rs
+//! `Controller` on TrafficPolicies (its watcher's backoff on the hub API,
+//! an exponential error policy per policy), triggered also by a change to
+//! any Fleet (every policy of that Fleet), and every `resync` (drift
+//! repair). [`reconcile`] is one pass: compile, apply to the members,
+//! status; a trigger that brings nothing new (the controller's own status
+//! write, a relist after the hub API restarted) is answered from memory
+//! without touching the members. [`serve`] answers the
+//! probes and `/metrics` ([`metrics`]); [`discovery`] watches the members'
+//! Endpoints and drains destinations without ready ones.
+//!
+//! Losing the Lease (not renewed within its term, or another holder in the
+//! record) ends the process with an error: a replica that may no longer
+//! be leader must stop writing at once, and its restart makes it a
+//! candidate again. SIGTERM / Ctrl-C stops reconciling, waits for the
+//! reconciles in flight and releases the Lease.
+
+pub mod discovery;
+pub mod lease;
+pub mod metrics;
+pub mod reconcile;
+pub mod serve;
+
+use crate::api::{Fleet, TrafficPolicy};
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::Client;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything `tideway run` is configured with.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub lease: lease::LeaseConfig,
+    /// Listeners for the probes and `/metrics` (the same routes on each).
+    pub listen: Vec<SocketAddr>,
+    pub resync: Duration,
+    /// Watch TrafficPolicies of this namespace only (default: all).
+    pub namespace: Option<String>,
+    pub kubeconfig: Option<kube::config::Kubeconfig>,
+    /// Serve the weights API ([`crate::weights`]) here while leading, with
+    /// these options (a token enables its write endpoints).
+    pub weights: Option<(SocketAddr, crate::weights::ServerOptions)>,
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Run until SIGTERM (Ok) or until leadership is lost (Err).
+pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let health = Arc::new(serve::Health::new(
+        config.lease.retry_interval.max(config.lease.renew_interval) * 3 + Duration::from_secs(10),
+    ));
+    for addr in &config.listen {
+        let bound = serve::serve(*addr, health.clone(), metrics.clone()).await?;
+        tracing::info!(%bound, "serving /healthz, /readyz, /metrics");
+    }
+    let mut elector = lease::Elector::new(hub.clone(), config.lease.clone());
+    tracing::info!(
+        identity = %config.lease.identity,
+        lease = %format!("{}/{}", config.lease.namespace, config.lease.name),
+        "waiting to lead"
+    );
+    // Standby: ready (healthy, will take over), not reconciling.
+    health.synced.store(true, Ordering::Relaxed);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        health.tick();
+        let outcome = tokio::select! {
+            o = elector.try_acquire_or_renew() => o,
+            _ = &mut shutdown => return Ok(()),
+        };
+        match outcome {
+            Ok(lease::Observed::Held) => {
+                health.hub_reached.store(true, Ordering::Relaxed);
+                break;
+            }
+            Ok(lease::Observed::HeldBy(holder)) => {
+                health.hub_reached.store(true, Ordering::Relaxed);
+                tracing::debug!(%holder, "standby");
+            }
+            Err(e) => tracing::warn!(error = %e, "leader election: hub API"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.lease.retry_interval) => {}
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+    tracing::info!(identity = %config.lease.identity, "leading");
+    metrics.leader.set(1);
+    health.synced.store(false, Ordering::Relaxed);
+
+    let (lost_tx, mut lost_rx) = tokio::sync::watch::channel(None::<String>);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let renewer = {
+        let health = health.clone();
+        let lease_config = config.lease.clone();
+        tokio::spawn(async move {
+            let mut last_renewed = std::time::Instant::now();
+            let mut stop_rx = stop_rx;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(lease_config.renew_interval) => {}
+                    _ = stop_rx.changed() => return elector,
+                }
+                health.tick();
+                match elector.try_acquire_or_renew().await {
+                    Ok(lease::Observed::Held) => last_renewed = std::time::Instant::now(),
+                    Ok(lease::Observed::HeldBy(holder)) => {
+                        let _ = lost_tx.send(Some(format!("the Lease is held by {holder:?}")));
+                        return elector;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "renewing the Lease"),
+                }
+                if last_renewed.elapsed() >= lease_config.lease_duration {
+                    let _ = lost_tx.send(Some(format!(
+                        "the Lease was not renewed for {:?}",
+                        lease_config.lease_duration
+                    )));
+                    return elector;
+                }
+            }
+        })
+    };
+
+    let policies: Api<TrafficPolicy> = match &config.namespace {
+        Some(ns) => Api::namespaced(hub.clone(), ns),
+        None => Api::all(hub.clone()),
+    };
+    let controller = Controller::new(policies, watcher::Config::default());
+    let weights = match &config.weights {
+        Some((addr, options)) => {
+            let state = Arc::new(
+                crate::weights::WeightsState::new(Vec::new(), Default::default())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            );
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("weights API on {addr}: {e}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "serving the weights API");
+            let api = crate::weights::WeightsApi::new(state.clone(), options.clone());
+            tokio::spawn(api.serve(listener, futures::future::pending()));
+            Some(state)
+        }
+        None => None,
+    };
+    let (discovery, endpoint_triggers) = discovery::Discovery::new(weights.clone());
+    let ctx = Arc::new(reconcile::Context {
+        hub: hub.clone(),
+        kubeconfig: config.kubeconfig.clone(),
+        metrics: metrics.clone(),
+        resync: config.resync,
+        failures: Default::default(),
+        applied: Default::default(),
+        discovery: discovery.clone(),
+        weights,
+        policies: controller.store(),
+    });
+    let store = controller.store();
+    {
+        let reader = controller.store();
+        let health = health.clone();
+        tokio::spawn(async move {
+            // Polled again and again: the store's readiness is one oneshot
+            // shared by every clone, and the controller's own wait on it
+            // takes the wake-up (a single long wait here may never wake).
+            loop {
+                let wait = reader.wait_until_ready();
+                match tokio::time::timeout(Duration::from_millis(500), wait).await {
+                    Ok(Ok(())) => {
+                        health.synced.store(true, Ordering::Relaxed);
+                        tracing::info!("TrafficPolicy cache synced");
+                        return;
+                    }
+                    Ok(Err(_)) => return,
+                    Err(_) => continue,
+                }
+            }
+        });
+    }
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = controller
+        .watches(
+            Api::<Fleet>::all(hub.clone()),
+            watcher::Config::default(),
+            move |fleet: Fleet| {
+                let name = fleet.metadata.name.clone().unwrap_or_default();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|p| p.spec.fleet == name)
+                    .map(|p| ObjectRef::from(p.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .reconcile_on(endpoint_triggers)
+        .graceful_shutdown_on(async move {
+            let _ = shutdown_rx.await;
+        })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(policy = %object, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "controller"),
+            }
+        });
+    tokio::pin!(controller);
+    let lost = tokio::select! {
+        _ = &mut controller => None,
+        _ = &mut shutdown => None,
+        _ = lost_rx.changed() => lost_rx.borrow().clone(),
+    };
+    metrics.leader.set(0);
+    if let Some(why) = lost {
+        // Stop at once: another replica may already be acting.
+        anyhow::bail!("lost leadership: {why}");
+    }
+    tracing::info!("shutting down: finishing reconciles in flight");
+    let _ = shutdown_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), &mut controller).await;
+    let _ = stop_tx.send(true);
+    if let Ok(mut elector) = renewer.await {
+        match elector.release().await {
+            Ok(()) => tracing::info!("released the Lease"),
+            Err(e) => tracing::warn!(error = %e, "releasing the Lease"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,681 @@
+//! One reconcile of one TrafficPolicy: read its Fleet, compile, roll the
+//! render out to the members ([`crate::apply`], prune on), and write what
+//! happened to the policy's status, per member and for the whole policy.
+//!
+//! Idempotent: server-side apply of an unchanged render changes nothing in
+//! the members, and the status is written only when it differs from what
+//! is there (a transition time changes only with its condition's status).
+//! An invalid policy is reported with the field path and nothing is
+//! applied: the members keep the last good render.
+
+use super::metrics::Metrics;
+use crate::api::{Condition, Fleet, MemberRolloutStatus, TrafficPolicy, TrafficPolicyStatus};
+use crate::apply::{self, MemberOutcome, MemberStatus, ObjectAction, Options, PolicyRef};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+/// The field manager of the status `tideway run` writes.
+pub const STATUS_FIELD_MANAGER: &str = "tideway-controller";
+
+/// What every reconcile shares.
+pub struct Context {
+    pub hub: Client,
+    /// Member contexts for Fleet members with `api.kubeconfigContext` (a
+    /// pod has none; its members use `secretRef`).
+    pub kubeconfig: Option<kube::config::Kubeconfig>,
+    pub metrics: Arc<Metrics>,
+    /// How often a policy is reconciled again with no change (drift repair,
+    /// an unreachable member coming back).
+    pub resync: Duration,
+    /// Consecutive hub failures per policy (`namespace/name`): the error
+    /// policy's exponential backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
+    /// Per policy, what the last rollout was made of and when: a trigger
+    /// with the same inputs before it is due again changes nothing in the
+    /// members and is skipped (status writes, watch relists).
+    pub applied: Mutex<HashMap<String, Applied>>,
+    /// Ready endpoints per member and service.
+    pub discovery: Arc<super::discovery::Discovery>,
+    /// The weights API's state, when served: its services follow the
+    /// policies.
+    pub weights: Option<Arc<crate::weights::WeightsState>>,
+    pub policies: kube::runtime::reflector::Store<TrafficPolicy>,
+}
+
+/// The inputs of the last rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub policy_generation: Option<i64>,
+    pub fleet_generation: Option<i64>,
+    pub revision: String,
+    pub at: std::time::Instant,
+    /// When the same inputs are worth a rollout again (the resync after a
+    /// complete one, sooner after a failure).
+    pub again_in: Duration,
+}
+
+/// A reconcile that could not finish because the hub failed (reading the
+/// Fleet, writing status). Member failures are not errors: they are status.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("hub API: {0}")]
+    Hub(#[from] kube::Error),
+}
+
+fn key(policy: &TrafficPolicy) -> String {
+    format!(
+        "{}/{}",
+        policy.namespace().unwrap_or_default(),
+        policy.name_any()
+    )
+}
+
+/// The error policy: back off exponentially per policy (1 s, 2 s, … 5 min).
+pub fn error_policy(
+    policy: Arc<TrafficPolicy>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    ctx.metrics.reconcile_errors.inc();
+    ctx.metrics.count_reconcile("error");
+    let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+    let n = failures.entry(key(&policy)).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300));
+    tracing::warn!(policy = %key(&policy), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time: None,
+    }
+}
+
+/// Carry each condition's transition time over from `old` when its status
+/// did not change; stamp `now` otherwise.
+fn keep_transition_times(new: &mut [Condition], old: &[Condition], now: &str) {
+    for c in new {
+        let before = old.iter().find(|o| o.type_ == c.type_);
+        c.last_transition_time = match before {
+            Some(o) if o.status == c.status => o.last_transition_time.clone(),
+            _ => Some(now.to_string()),
+        };
+    }
+}
+
+/// A member's outcome as its three conditions and a short outcome name
+/// (the metrics label).
+pub fn member_conditions(
+    outcome: &MemberOutcome,
+    generation: Option<i64>,
+) -> (Vec<Condition>, &'static str) {
+    let total = outcome.objects.len();
+    let applied = outcome
+        .objects
+        .iter()
+        .filter(|o| {
+            matches!(
+                o.action,
+                ObjectAction::Created | ObjectAction::Configured | ObjectAction::Unchanged
+            )
+        })
+        .count();
+    let mut partial = if applied > 0 && applied < total {
+        format!(" ({applied} of {total} objects applied before it; the rest not attempted)")
+    } else {
+        String::new()
+    };
+    match &outcome.rollback {
+        Some(Ok(to)) => partial.push_str(&format!("; rolled back to {to}")),
+        Some(Err(why)) => partial.push_str(&format!("; NOT rolled back: {why}")),
+        None => {}
+    }
+    let c = condition;
+    let g = generation;
+    let (ready, degraded, progressing, name) = match &outcome.status {
+        MemberStatus::Applied => {
+            let pruned = if outcome.pruned.is_empty() {
+                String::new()
+            } else {
+                format!(", {} pruned", outcome.pruned.len())
+            };
+            let msg = format!(
+                "{total} objects applied ({} created, {} configured, {} unchanged{pruned})",
+                outcome.count(&ObjectAction::Created),
+                outcome.count(&ObjectAction::Configured),
+                outcome.count(&ObjectAction::Unchanged),
+            );
+            (
+                c(READY, true, "Applied", msg, g),
+                c(
+                    DEGRADED,
+                    false,
+                    "Applied",
+                    "every object accepted".into(),
+                    g,
+                ),
+                c(PROGRESSING, false, "Applied", "rollout finished".into(), g),
+                "applied",
+            )
+        }
+        MemberStatus::Unreachable { message } => (
+            c(READY, false, "Unreachable", message.clone(), g),
+            c(DEGRADED, true, "Unreachable", message.clone(), g),
+            c(
+                PROGRESSING,
+                false,
+                "Unreachable",
+                "waiting for the member's API server".into(),
+                g,
+            ),
+            "unreachable",
+        ),
+        MemberStatus::Conflict {
+            object, conflicts, ..
+        } => {
+            let fields = conflicts
+                .iter()
+                .map(|f| format!("{} (owned by {:?})", f.field, f.manager))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let msg =
+                format!("{object}: fields owned by another manager, not forced: {fields}{partial}");
+            (
+                c(READY, false, "FieldConflict", msg.clone(), g),
+                c(DEGRADED, true, "FieldConflict", msg, g),
+                c(
+                    PROGRESSING,
+                    false,
+                    "FieldConflict",
+                    "stopped at the conflict".into(),
+                    g,
+                ),
+                "conflict",
+            )
+        }
+        MemberStatus::Rejected {
+            object,
+            code,
+            reason,
+            message,
+        } => {
+            let msg = format!("{object} rejected ({code} {reason}): {message}{partial}");
+            (
+                c(READY, false, "Rejected", msg.clone(), g),
+                c(DEGRADED, true, "Rejected", msg, g),
+                c(
+                    PROGRESSING,
+                    false,
+                    "Rejected",
+                    "stopped at the rejected object".into(),
+                    g,
+                ),
+                "rejected",
+            )
+        }
+        MemberStatus::RolledBack { revision, reason } => {
+            let msg = format!("rolled back to {revision}: {reason}");
+            (
+                c(READY, false, "RolledBack", msg.clone(), g),
+                c(DEGRADED, false, "RolledBack", msg, g),
+                c(
+                    PROGRESSING,
+                    false,
+                    "RolledBack",
+                    "rollout stopped".into(),
+                    g,
+                ),
+                "rolled_back",
+            )
+        }
+        MemberStatus::Failed { message } => (
+            c(
+                READY,
+                false,
+                "ApplyFailed",
+                format!("{message}{partial}"),
+                g,
+            ),
+            c(
+                DEGRADED,
+                true,
+                "ApplyFailed",
+                format!("{message}{partial}"),
+                g,
+            ),
+            c(
+                PROGRESSING,
+                false,
+                "ApplyFailed",
+                "stopped at the failure".into(),
+                g,
+            ),
+            "failed",
+        ),
+        MemberStatus::Skipped { reason } => (
+            c(READY, false, "WaveBlocked", reason.clone(), g),
+            c(DEGRADED, false, "WaveBlocked", "not attempted".into(), g),
+            c(PROGRESSING, false, "WaveBlocked", reason.clone(), g),
+            "skipped",
+        ),
+    };
+    (vec![ready, progressing, degraded], name)
+}
+
+/// The whole policy's status from the rollout's report.
+pub fn status_from_report(
+    report: &apply::FleetReport,
+    revision: &str,
+    generation: Option<i64>,
+    old: Option<&TrafficPolicyStatus>,
+) -> TrafficPolicyStatus {
+    let mut members = Vec::new();
+    let mut degraded = Vec::new();
+    let mut waiting = Vec::new();
+    for outcome in &report.members {
+        let (conditions, _) = member_conditions(outcome, generation);
+        let ready = matches!(outcome.status, MemberStatus::Applied);
+        if conditions
+            .iter()
+            .any(|c| c.type_ == DEGRADED && c.status == "True")
+        {
+            degraded.push(outcome.member.clone());
+        } else if !ready {
+            waiting.push(outcome.member.clone());
+        }
+        let previous = old.and_then(|o| o.members.iter().find(|m| m.name == outcome.member));
+        members.push(MemberRolloutStatus {
+            name: outcome.member.clone(),
+            wave: outcome.wave,
+            revision: match (&outcome.status, &outcome.rollback) {
+                (MemberStatus::Applied, _) => Some(revision.to_string()),
+                (_, Some(Ok(to))) => Some(to.clone()),
+                _ => previous.and_then(|p| p.revision.clone()),
+            },
+            conditions,
+        });
+    }
+    let total = report.members.len();
+    let ready = degraded.is_empty() && waiting.is_empty();
+    let g = generation;
+    let conditions = if ready {
+        vec![
+            condition(
+                READY,
+                true,
+                "Applied",
+                format!("revision {revision} applied to all {total} members"),
+                g,
+            ),
+            condition(PROGRESSING, false, "Applied", "rollout finished".into(), g),
+            condition(
+                DEGRADED,
+                false,
+                "Applied",
+                "every member has the render".into(),
+                g,
+            ),
+        ]
+    } else {
+        let mut parts = Vec::new();
+        if !degraded.is_empty() {
+            parts.push(format!("degraded: {}", degraded.join(", ")));
+        }
+        if !waiting.is_empty() {
+            parts.push(format!("not rolled out: {}", waiting.join(", ")));
+        }
+        let reason = match report.stopped_at_wave {
+            Some(_) => "WaveFailed",
+            None => "MembersDegraded",
+        };
+        let msg = format!(
+            "revision {revision} on {} of {total} members; {}{}",
+            total - degraded.len() - waiting.len(),
+            parts.join("; "),
+            report
+                .stopped_at_wave
+                .map(|w| format!("; rollout stopped at wave {w}"))
+                .unwrap_or_default()
+        );
+        vec![
+            condition(READY, false, reason, msg.clone(), g),
+            condition(
+                PROGRESSING,
+                false,
+                reason,
+                if report.stopped_at_wave.is_some() {
+                    "rollout stopped".into()
+                } else {
+                    "rollout finished".into()
+                },
+                g,
+            ),
+            condition(DEGRADED, !degraded.is_empty(), reason, msg, g),
+        ]
+    };
+    TrafficPolicyStatus {
+        observed_generation: generation,
+        revision: Some(revision.to_string()),
+        conditions,
+        members,
+        drained: Vec::new(),
+    }
+}
+
+/// The status of a policy that did not compile (or whose Fleet is missing):
+/// members untouched, their entries kept as they were.
+fn invalid_status(
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    old: Option<&TrafficPolicyStatus>,
+) -> TrafficPolicyStatus {
+    TrafficPolicyStatus {
+        observed_generation: generation,
+        revision: old.and_then(|o| o.revision.clone()),
+        conditions: vec![
+            condition(READY, false, reason, message.clone(), generation),
+            condition(
+                PROGRESSING,
+                false,
+                reason,
+                "nothing applied".into(),
+                generation,
+            ),
+            condition(DEGRADED, true, reason, message, generation),
+        ],
+        members: old.map(|o| o.members.clone()).unwrap_or_default(),
+        drained: old.map(|o| o.drained.clone()).unwrap_or_default(),
+    }
+}
+
+fn now_rfc3339() -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    // Whole seconds, as metav1.Time serialises.
+    now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Write `status` unless it equals what the policy has (transition times
+/// carried over first).
+async fn write_status(
+    api: &Api<TrafficPolicy>,
+    policy: &TrafficPolicy,
+    mut status: TrafficPolicyStatus,
+) -> Result<(), kube::Error> {
+    let old = policy.status.clone().unwrap_or_default();
+    let now = now_rfc3339();
+    keep_transition_times(&mut status.conditions, &old.conditions, &now);
+    for member in &mut status.members {
+        let before = old
+            .members
+            .iter()
+            .find(|m| m.name == member.name)
+            .map(|m| m.conditions.clone())
+            .unwrap_or_default();
+        keep_transition_times(&mut member.conditions, &before, &now);
+    }
+    if policy.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    // Server-side apply of the whole status by the controller's own field
+    // manager: a field the new status leaves out (`drained` once nothing is
+    // drained, a member's revision) is removed, which a merge patch would
+    // keep.
+    let patch = json!({
+        "apiVersion": crate::api::API_VERSION,
+        "kind": "TrafficPolicy",
+        "status": status,
+    });
+    api.patch_status(
+        &policy.name_any(),
+        &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Reconcile one policy; see the module doc.
+pub async fn reconcile(
+    policy: Arc<TrafficPolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let namespace = policy.namespace().unwrap_or_default();
+    let api: Api<TrafficPolicy> = Api::namespaced(ctx.hub.clone(), &namespace);
+    let generation = policy.metadata.generation;
+    let old = policy.status.as_ref();
+    let fleets: Api<Fleet> = Api::all(ctx.hub.clone());
+    let Some(fleet) = fleets.get_opt(&policy.spec.fleet).await? else {
+        let msg = format!(
+            "spec.fleet: Fleet {:?} not found in the hub",
+            policy.spec.fleet
+        );
+        tracing::warn!(policy = %key(&policy), "{msg}");
+        write_status(
+            &api,
+            &policy,
+            invalid_status("FleetNotFound", msg, generation, old),
+        )
+        .await?;
+        ctx.metrics.count_reconcile("invalid");
+        return Ok(Action::await_change());
+    };
+    let compiled = match crate::compile(&policy, &fleet, None) {
+        Ok(c) => c,
+        Err(errors) => {
+            let msg = errors.to_string();
+            tracing::warn!(policy = %key(&policy), "invalid policy, nothing applied: {msg}");
+            write_status(
+                &api,
+                &policy,
+                invalid_status("InvalidPolicy", msg, generation, old),
+            )
+            .await?;
+            ctx.metrics.count_reconcile("invalid");
+            ctx.failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key(&policy));
+            return Ok(Action::await_change());
+        }
+    };
+    // One client per member, for the rollout and the endpoint watches.
+    let mut clients = std::collections::BTreeMap::new();
+    for member in &fleet.spec.clusters {
+        let client =
+            apply::connect::member_client(member, ctx.kubeconfig.as_ref(), Some(&ctx.hub)).await;
+        clients.insert(member.name.clone(), client);
+    }
+    let service_namespace = policy
+        .spec
+        .service
+        .namespace
+        .clone()
+        .unwrap_or_else(|| namespace.clone());
+    let service_key = |member: &str| {
+        (
+            member.to_string(),
+            service_namespace.clone(),
+            policy.spec.service.name.clone(),
+        )
+    };
+    for destination in &policy.spec.destinations {
+        if let Some(Ok(client)) = clients.get(&destination.cluster) {
+            ctx.discovery.watch(
+                service_key(&destination.cluster),
+                client,
+                kube::runtime::reflector::ObjectRef::from(policy.as_ref()),
+            );
+        }
+    }
+    let (drained_policy, drained) =
+        super::discovery::drain(&policy, |member| ctx.discovery.ready(&service_key(member)));
+    let compiled = if drained.is_empty() {
+        compiled
+    } else {
+        match crate::compile(&drained_policy, &fleet, None) {
+            Ok(c) => {
+                tracing::info!(policy = %key(&policy), ?drained, "destinations without ready endpoints taken out");
+                c
+            }
+            Err(e) => {
+                tracing::warn!(policy = %key(&policy), error = %e, "draining would make the policy invalid; not drained");
+                compiled
+            }
+        }
+    };
+    if let Some(weights) = &ctx.weights {
+        let services: Vec<_> = ctx
+            .policies
+            .state()
+            .iter()
+            .map(|p| crate::weights::ServiceBase::from_policy(p))
+            .collect();
+        if let Err(e) = weights.replace_services(services) {
+            tracing::warn!(error = %e, "weights API: policies not taken");
+        }
+    }
+    let revision = apply::revision(&compiled);
+    let memo_key = key(&policy);
+    let remembered = ctx
+        .applied
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&memo_key)
+        .cloned();
+    if let Some(done) = remembered {
+        let same = done.policy_generation == generation
+            && done.fleet_generation == fleet.metadata.generation
+            && done.revision == revision;
+        let age = done.at.elapsed();
+        if same && age < done.again_in {
+            ctx.metrics.count_reconcile("unchanged");
+            return Ok(Action::requeue(done.again_in - age));
+        }
+    }
+    let targets = apply::targets_with(&compiled, &fleet, &clients);
+    let options = Options {
+        prune: true,
+        ..Options::default()
+    };
+    let report = apply::apply(targets, &PolicyRef::of(&policy), &options, &mut |_| {}).await;
+    let mut unreachable = false;
+    for outcome in &report.members {
+        let (_, name) = member_conditions(outcome, generation);
+        if name == "unreachable" {
+            unreachable = true;
+        }
+        if name != "skipped" {
+            ctx.metrics
+                .observe_member(&outcome.member, name, outcome.elapsed.as_secs_f64());
+        }
+        tracing::info!(policy = %key(&policy), "{}", apply::progress_line(&apply::Progress::MemberDone(outcome.clone())).trim());
+    }
+    let mut status = status_from_report(&report, &revision, generation, old);
+    status.drained = drained;
+    let result = if report.all_applied() {
+        "applied"
+    } else {
+        "degraded"
+    };
+    write_status(&api, &policy, status).await?;
+    ctx.metrics.count_reconcile(result);
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key(&policy));
+    // A member that is down, or refused something, is retried sooner than
+    // the resync (it may come back, or be fixed, without any hub change) —
+    // but not on every trigger: a failed wave is rolled back, and trying
+    // the same render again at once (the status write is a trigger) would
+    // only flap that wave between the two revisions.
+    let again_in = if report.all_applied() {
+        ctx.resync
+    } else if unreachable {
+        Duration::from_secs(15).min(ctx.resync)
+    } else {
+        Duration::from_secs(60).min(ctx.resync)
+    };
+    ctx.applied
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            memo_key,
+            Applied {
+                policy_generation: generation,
+                fleet_generation: fleet.metadata.generation,
+                revision,
+                at: std::time::Instant::now(),
+                again_in,
+            },
+        );
+    Ok(Action::requeue(again_in))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(member: &str, status: MemberStatus) -> MemberOutcome {
+        MemberOutcome {
+            member: member.into(),
+            wave: 0,
+            status,
+            objects: vec![],
+            pruned: vec![],
+            elapsed: Duration::ZERO,
+            rollback: None,
+        }
+    }
+
+    #[test]
+    fn status_json_has_no_nulls_and_names_the_degraded_member() {
+        let report = apply::FleetReport {
+            members: vec![
+                outcome("a", MemberStatus::Applied),
+                outcome(
+                    "b",
+                    MemberStatus::Rejected {
+                        object: "WasmPlugin p/x".into(),
+                        code: 422,
+                        reason: "Invalid".into(),
+                        message: "spec.priority: too big".into(),
+                    },
+                ),
+            ],
+            stopped_at_wave: None,
+        };
+        let status = status_from_report(&report, "sha256:00", Some(3), None);
+        let text = serde_json::to_string(&status).expect("json");
+        eprintln!("{text}");
+        assert!(!text.contains("null"), "{text}");
+        assert!(!text.contains("\"message\":\"\""), "{text}");
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .expect("Ready");
+        assert_eq!(ready.status, "False");
+        assert!(ready.message.contains("degraded: b"), "{}", ready.message);
+    }
+}

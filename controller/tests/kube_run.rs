@@ -1,0 +1,731 @@
+//! `tideway run` against real API servers (the kube tier): the controller
+//! binary itself, two replicas, against a hub and three member
+//! `kube-apiserver`s, with the controller's tokens bound to the RBAC in
+//! `manifests/` (a permission the daemon needs and the manifests lack fails
+//! here). Every member is reached through a kubeconfig Secret in the hub,
+//! as in a real installation.
+
+mod kube_fixture;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use kube_fixture::{dynamic_api, free_port, KubeFleet};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tideway_controller::api::{Condition, TrafficPolicy};
+
+const MEMBERS: &[&str] = &["cluster-hangzhou", "cluster-shanghai", "cluster-beijing"];
+const IMAGE: &str = "registry.example.com/tideway/filter@sha256:d9b3ffabde57d6c94660e7ae683aa14bda1f5820614b9f6d4f8ccc0b2684f01e";
+
+fn fleet_object() -> Value {
+    let member = |name: &str, region: &str, zone: &str, wave: u32| {
+        json!({"name": name, "region": region, "zone": zone, "wave": wave,
+               "api": {"secretRef": {"namespace": "tideway-system", "name": format!("{name}-kubeconfig")}}})
+    };
+    json!({
+        "apiVersion": "traffic.tideway.dev/v1alpha1",
+        "kind": "Fleet",
+        "metadata": {"name": "kube-tier"},
+        "spec": {"clusters": [
+            member("cluster-hangzhou", "east-china", "hangzhou-a", 0),
+            member("cluster-shanghai", "east-china", "shanghai-a", 1),
+            member("cluster-beijing", "north-china", "beijing-a", 1),
+        ]}
+    })
+}
+
+/// The policy with hangzhou's weight `hangzhou` (what the edits change)
+/// and the first destination's cluster `first`.
+fn policy_object(hangzhou: u32, first: &str) -> Value {
+    json!({
+        "apiVersion": "traffic.tideway.dev/v1alpha1",
+        "kind": "TrafficPolicy",
+        "metadata": {"name": "reviews", "namespace": "production"},
+        "spec": {
+            "fleet": "kube-tier",
+            "service": {"name": "reviews", "port": 9080},
+            "destinations": [
+                {"cluster": first, "weight": hangzhou},
+                {"cluster": "cluster-shanghai", "weight": 30},
+                {"cluster": "cluster-beijing", "weight": 20},
+            ],
+            "callers": [{"namespace": "production"}],
+            "observability": {"prometheusRule": false, "dashboard": false},
+            "plugin": {"image": IMAGE},
+        }
+    })
+}
+
+/// The fleet; a hub Secret per member with its kubeconfig (controller
+/// token); the Fleet and the policy created in the hub as the admin.
+async fn start() -> KubeFleet {
+    let kube = KubeFleet::start(MEMBERS).await;
+    let secrets: Api<Secret> = Api::namespaced(kube.hub.admin().await, "tideway-system");
+    for member in MEMBERS {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": format!("{member}-kubeconfig")},
+            "stringData": {"kubeconfig": kube.member(member).controller_kubeconfig_yaml()},
+        }))
+        .expect("secret");
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("hub Secret");
+    }
+    for member in MEMBERS {
+        set_endpoints(&kube, member, 2).await;
+    }
+    let admin = kube.hub.admin().await;
+    kube.hub.create_namespace(&admin, "production").await;
+    kube.hub
+        .apply_as(&admin, "platform-team", &fleet_object())
+        .await;
+    kube.hub
+        .apply_as(
+            &admin,
+            "platform-team",
+            &policy_object(50, "cluster-hangzhou"),
+        )
+        .await;
+    kube
+}
+
+/// The reviews Service in `member` and its Endpoints with `ready` ready
+/// addresses and one that is not ready (nothing runs the endpoints
+/// controller here: the test writes them, as the member's would).
+async fn set_endpoints(kube: &KubeFleet, member: &str, ready: usize) {
+    let server = kube.member(member);
+    let admin = server.admin().await;
+    let service = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "reviews", "namespace": "production"},
+        "spec": {"ports": [{"name": "http", "port": 9080, "protocol": "TCP"}], "selector": {"app": "reviews"}}});
+    server
+        .apply_as(&admin, "endpoints-controller", &service)
+        .await;
+    let addresses: Vec<Value> = (0..ready)
+        .map(|i| json!({"ip": format!("10.0.0.{}", i + 1)}))
+        .collect();
+    let mut subset = json!({"notReadyAddresses": [{"ip": "10.0.1.1"}], "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}]});
+    if !addresses.is_empty() {
+        subset["addresses"] = json!(addresses);
+    }
+    let endpoints = json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "reviews", "namespace": "production"},
+        "subsets": [subset]});
+    server
+        .apply_as(&admin, "endpoints-controller", &endpoints)
+        .await;
+}
+
+fn destinations_of(plugin: &Value) -> Vec<String> {
+    plugin["spec"]["pluginConfig"]["services"][0]["destinations"]
+        .as_array()
+        .map(|ds| {
+            ds.iter()
+                .filter_map(|d| d["cluster"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every member's WasmPlugin lists exactly `expected` destinations.
+async fn wait_destinations(kube: &KubeFleet, expected: &[&str], log: &dyn Fn() -> String) {
+    wait_for(
+        "the destinations in every member",
+        Duration::from_secs(30),
+        || async {
+            for member in MEMBERS {
+                let found = plugin(kube, member)
+                    .await
+                    .map(|p| destinations_of(&p))
+                    .unwrap_or_default();
+                if found != expected {
+                    return Err(format!("{member}: {found:?}\n{}", log()));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+}
+
+/// One `tideway run` replica (the binary), killed on drop.
+struct Replica {
+    port: u16,
+    /// The weights API (`--weights-listen`).
+    weights_port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Replica {
+    fn start(kube: &KubeFleet, identity: &str) -> Self {
+        let kubeconfig = kube.write_kubeconfig();
+        let port = free_port();
+        let weights_port = free_port();
+        let log = kube.dir.path().join(format!("{identity}.log"));
+        let out = std::fs::File::create(&log).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_tideway"))
+            .arg("run")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--context", "hub", "--identity", identity])
+            .args(["--lease-duration", "4s", "--renew-interval", "1s"])
+            .args(["--retry-interval", "300ms", "--resync", "1h"])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--weights-listen")
+            .arg(format!("127.0.0.1:{weights_port}"))
+            .env("RUST_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("start tideway run");
+        Self {
+            port,
+            weights_port,
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: the replica stops without releasing anything.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// Is `cluster` drained for reviews in the weights API's document?
+    async fn weights_drained(&self, cluster: &str) -> Result<bool, String> {
+        let url = format!("http://127.0.0.1:{}/v1/weights", self.weights_port);
+        let body = reqwest::get(url).await.map_err(|e| e.to_string())?;
+        let doc: Value = body.json().await.map_err(|e| e.to_string())?;
+        doc["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "reviews"))
+            .and_then(|s| s["destinations"].as_array())
+            .and_then(|ds| ds.iter().find(|d| d["name"] == cluster))
+            .map(|d| d["drained"].as_bool().unwrap_or(false))
+            .ok_or_else(|| format!("no reviews/{cluster} in {doc}"))
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        match reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Poll `probe` until it gives a value, or fail after `within` with what
+/// the last look saw.
+async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => {
+                panic!("{what}: not within {within:?}; last seen: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+async fn policy(kube: &KubeFleet) -> TrafficPolicy {
+    let api: Api<TrafficPolicy> = Api::namespaced(kube.hub.admin().await, "production");
+    api.get("reviews").await.expect("policy")
+}
+
+fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+/// The production WasmPlugin in `member`, as the admin reads it.
+async fn plugin(kube: &KubeFleet, member: &str) -> Option<Value> {
+    let object = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+                        "metadata": {"name": "tideway-reviews", "namespace": "production"}});
+    let api = dynamic_api(&kube.member(member).admin().await, &object).await;
+    api.get_opt("tideway-reviews")
+        .await
+        .expect("read as admin")
+        .map(|o| serde_json::to_value(o).expect("json"))
+}
+
+fn revision_of(plugin: &Value) -> String {
+    plugin["metadata"]["annotations"]["traffic.tideway.dev/revision"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn hangzhou_weight(plugin: &Value) -> Option<f64> {
+    plugin["spec"]["pluginConfig"]["services"][0]["destinations"]
+        .as_array()?
+        .iter()
+        .find(|d| d["cluster"] == "cluster-hangzhou")?["weight"]
+        .as_f64()
+}
+
+/// Every member Ready at the policy's current generation, the policy Ready,
+/// every member's WasmPlugin at the status revision: that revision.
+async fn wait_rolled_out(kube: &KubeFleet, replicas: &[&Replica], within: Duration) -> String {
+    let logs = || {
+        replicas
+            .iter()
+            .map(|r| r.log())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let revision = wait_for("the policy Ready on every member", within, || async {
+        let p = policy(kube).await;
+        let status = p.status.clone().unwrap_or_default();
+        let current = status.observed_generation == p.metadata.generation
+            && is_true(&status.conditions, "Ready")
+            && status.members.len() == 3
+            && status
+                .members
+                .iter()
+                .all(|m| is_true(&m.conditions, "Ready"));
+        match (current, status.revision) {
+            (true, Some(r)) => Ok(r),
+            _ => Err(format!("{:#?}\n{}", p.status, logs())),
+        }
+    })
+    .await;
+    for member in MEMBERS {
+        let found = plugin(kube, member).await.expect("WasmPlugin applied");
+        assert_eq!(revision_of(&found), revision, "{member}");
+    }
+    revision
+}
+
+async fn edit(kube: &KubeFleet, object: &Value) {
+    let admin = kube.hub.admin().await;
+    kube.hub.apply_as(&admin, "platform-team", object).await;
+}
+
+async fn lease_holder(kube: &KubeFleet) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(kube.hub.admin().await, "tideway-system");
+    leases
+        .get_opt("tideway-controller")
+        .await
+        .expect("read Lease")
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_rolls_out_follows_edits_and_reports_per_member_status() {
+    let kube = start().await;
+    let replica = Replica::start(&kube, "controller-a");
+    let first = wait_rolled_out(&kube, &[&replica], Duration::from_secs(60)).await;
+    let p = policy(&kube).await;
+    let status = p.status.clone().expect("status");
+    let ready = find(&status.conditions, "Ready").expect("Ready");
+    assert_eq!(ready.reason, "Applied");
+    assert_eq!(ready.observed_generation, p.metadata.generation);
+    assert!(ready.last_transition_time.is_some(), "{ready:?}");
+    assert!(!is_true(&status.conditions, "Degraded"));
+    assert!(!is_true(&status.conditions, "Progressing"));
+    // The status holds API messages and counts, never a credential.
+    let status_text = serde_json::to_string(&status).expect("json");
+    for member in MEMBERS {
+        let token = kube.member(member).controller_token.clone().expect("token");
+        assert!(!status_text.contains(&token), "a token in the status");
+        assert!(!replica.log().contains(&token), "a token in the log");
+    }
+
+    // Probes and metrics, from the same listener.
+    assert_eq!(replica.get("/healthz").await.0, 200, "{}", replica.log());
+    let readyz = replica.get("/readyz").await;
+    assert_eq!(readyz.0, 200, "{readyz:?}\n{}", replica.log());
+    let (code, metrics) = replica.get("/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        metric(
+            &metrics,
+            "tideway_controller_reconciles_total{result=\"applied\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "tideway_controller_leader"),
+        Some(1.0),
+        "{metrics}"
+    );
+    for member in MEMBERS {
+        let series = format!(
+            "tideway_controller_member_apply_seconds_count{{member=\"{member}\",outcome=\"applied\"}}"
+        );
+        assert!(
+            metric(&metrics, &series).is_some_and(|n| n >= 1.0),
+            "{series} in {metrics}"
+        );
+    }
+
+    // An edit reaches every member through the watch.
+    edit(&kube, &policy_object(70, "cluster-hangzhou")).await;
+    let second = wait_rolled_out(&kube, &[&replica], Duration::from_secs(30)).await;
+    assert_ne!(first, second, "a new render has a new revision");
+    for member in MEMBERS {
+        let found = plugin(&kube, member).await.expect("plugin");
+        assert_eq!(hangzhou_weight(&found), Some(70.0), "{member}: {found:#}");
+    }
+
+    // Discovery: cluster-beijing's endpoints fall to zero ready (one not
+    // ready remains) → it leaves the destinations in every member's filter
+    // configuration, beijing's own included; back when they are ready.
+    set_endpoints(&kube, "cluster-beijing", 0).await;
+    let log = || replica.log();
+    wait_destinations(&kube, &["cluster-hangzhou", "cluster-shanghai"], &log).await;
+    let drained = wait_for("status.drained", Duration::from_secs(30), || async {
+        let p = policy(&kube).await;
+        let status = p.status.clone().unwrap_or_default();
+        if status.drained == ["cluster-beijing"] && is_true(&status.conditions, "Ready") {
+            Ok(status)
+        } else {
+            Err(format!("{:#?}", p.status))
+        }
+    })
+    .await;
+    assert_ne!(drained.revision.as_deref(), Some(second.as_str()));
+    // The weights API `tideway run` serves says so too (proxies polling it
+    // stop sending there before any WasmPlugin changes).
+    assert_eq!(replica.weights_drained("cluster-beijing").await, Ok(true));
+    assert_eq!(replica.weights_drained("cluster-shanghai").await, Ok(false));
+    set_endpoints(&kube, "cluster-beijing", 1).await;
+    wait_destinations(
+        &kube,
+        &["cluster-hangzhou", "cluster-shanghai", "cluster-beijing"],
+        &log,
+    )
+    .await;
+    // The same destinations are the same render: the status says so once
+    // the rollout finished.
+    wait_for(
+        "status back at the undrained revision",
+        Duration::from_secs(30),
+        || async {
+            let p = policy(&kube).await;
+            let status = p.status.clone().unwrap_or_default();
+            if status.revision.as_deref() == Some(second.as_str())
+                && status.drained.is_empty()
+                && is_true(&status.conditions, "Ready")
+            {
+                Ok(())
+            } else {
+                Err(format!("{:#?}", p.status))
+            }
+        },
+    )
+    .await;
+    wait_rolled_out(&kube, &[&replica], Duration::from_secs(30)).await;
+    assert_eq!(replica.weights_drained("cluster-beijing").await, Ok(false));
+
+    // An invalid policy: a condition naming the field; nothing applied.
+    edit(&kube, &policy_object(90, "cluster-nowhere")).await;
+    let invalid = wait_for(
+        "the InvalidPolicy condition",
+        Duration::from_secs(30),
+        || async {
+            let p = policy(&kube).await;
+            let status = p.status.clone().unwrap_or_default();
+            match find(&status.conditions, "Ready") {
+                Some(c)
+                    if c.reason == "InvalidPolicy"
+                        && status.observed_generation == p.metadata.generation =>
+                {
+                    Ok(status)
+                }
+                _ => Err(format!("{:#?}", p.status)),
+            }
+        },
+    )
+    .await;
+    let ready = find(&invalid.conditions, "Ready").expect("Ready");
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready.message.contains("spec.destinations[0].cluster"),
+        "{ready:?}"
+    );
+    assert!(ready.message.contains("cluster-nowhere"), "{ready:?}");
+    assert!(is_true(&invalid.conditions, "Degraded"));
+    for member in MEMBERS {
+        let found = plugin(&kube, member).await.expect("plugin");
+        assert_eq!(
+            revision_of(&found),
+            second,
+            "{member} changed by an invalid policy"
+        );
+        assert_eq!(hangzhou_weight(&found), Some(70.0));
+    }
+
+    // A member that refuses the WasmPlugin: that member Degraded with the
+    // API server's message; its wave (1) fails the gate and is rolled back
+    // to the revision it had, from the record kept in each member; wave 0
+    // passed its gate and keeps the new render.
+    refuse_priority_over_5(&kube, "cluster-beijing").await;
+    edit(&kube, &policy_object(60, "cluster-hangzhou")).await;
+    let degraded = wait_for(
+        "cluster-beijing Degraded",
+        Duration::from_secs(30),
+        || async {
+            let p = policy(&kube).await;
+            let status = p.status.clone().unwrap_or_default();
+            let beijing = status.members.iter().find(|m| m.name == "cluster-beijing");
+            match beijing {
+                Some(b)
+                    if status.observed_generation == p.metadata.generation
+                        && is_true(&b.conditions, "Degraded") =>
+                {
+                    Ok(status)
+                }
+                _ => Err(format!("{:#?}", p.status)),
+            }
+        },
+    )
+    .await;
+    let beijing = degraded
+        .members
+        .iter()
+        .find(|m| m.name == "cluster-beijing")
+        .expect("beijing");
+    let why = find(&beijing.conditions, "Degraded").expect("Degraded");
+    assert_eq!(why.reason, "Rejected");
+    assert!(
+        why.message
+            .contains("WasmPlugin production/tideway-reviews"),
+        "{why:?}"
+    );
+    assert!(
+        why.message.contains("spec.priority"),
+        "the API's own message: {why:?}"
+    );
+    assert!(why.message.contains("422"), "{why:?}");
+    assert!(
+        why.message.contains(&format!("rolled back to {second}")),
+        "{why:?}"
+    );
+    assert_eq!(
+        beijing.revision.as_deref(),
+        Some(second.as_str()),
+        "keeps the revision it has"
+    );
+    let shanghai = degraded
+        .members
+        .iter()
+        .find(|m| m.name == "cluster-shanghai")
+        .expect("shanghai");
+    let back = find(&shanghai.conditions, "Ready").expect("Ready");
+    assert_eq!(
+        (back.status.as_str(), back.reason.as_str()),
+        ("False", "RolledBack"),
+        "{shanghai:#?}"
+    );
+    assert!(
+        back.message
+            .contains("wave 1 failed its health gate at cluster-beijing"),
+        "{back:?}"
+    );
+    assert!(!is_true(&shanghai.conditions, "Degraded"), "{shanghai:#?}");
+    assert_eq!(shanghai.revision.as_deref(), Some(second.as_str()));
+    for member in ["cluster-shanghai", "cluster-beijing"] {
+        let found = plugin(&kube, member).await.expect("plugin");
+        assert_eq!(
+            hangzhou_weight(&found),
+            Some(70.0),
+            "{member} rolled back: {found:#}"
+        );
+        assert_eq!(revision_of(&found), second, "{member}");
+    }
+    let hangzhou = degraded
+        .members
+        .iter()
+        .find(|m| m.name == "cluster-hangzhou")
+        .expect("hangzhou");
+    assert!(is_true(&hangzhou.conditions, "Ready"), "{hangzhou:#?}");
+    let found = plugin(&kube, "cluster-hangzhou").await.expect("plugin");
+    assert_eq!(
+        hangzhou_weight(&found),
+        Some(60.0),
+        "wave 0 passed its gate"
+    );
+    let ready = find(&degraded.conditions, "Ready").expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "WaveFailed")
+    );
+    assert!(
+        ready.message.contains("degraded: cluster-beijing"),
+        "{ready:?}"
+    );
+    assert!(
+        ready.message.contains("rollout stopped at wave 1"),
+        "{ready:?}"
+    );
+    let (_, metrics) = replica.get("/metrics").await;
+    assert!(
+        metric(
+            &metrics,
+            "tideway_controller_reconciles_total{result=\"degraded\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+}
+
+/// Make `member` refuse WasmPlugins with priority > 5 (the render uses 10),
+/// as a stricter admission policy would.
+async fn refuse_priority_over_5(kube: &KubeFleet, member: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(kube.member(member).admin().await);
+    let name = "wasmplugins.extensions.istio.io";
+    let crd = crds.get(name).await.expect("WasmPlugin CRD");
+    let mut value = serde_json::to_value(&crd).expect("crd json");
+    for version in value["spec"]["versions"].as_array_mut().expect("versions") {
+        version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["priority"]
+            ["maximum"] = json!(5);
+    }
+    let crd: CustomResourceDefinition = serde_json::from_value(value).expect("crd");
+    crds.replace(name, &PostParams::default(), &crd)
+        .await
+        .expect("stricter CRD");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_acts_and_the_other_takes_over_when_it_stops() {
+    let kube = start().await;
+    let mut a = Replica::start(&kube, "controller-a");
+    // a leads before b starts, so which one acts is known.
+    wait_for(
+        "controller-a holds the Lease",
+        Duration::from_secs(30),
+        || async {
+            match lease_holder(&kube).await {
+                Some(h) if h == "controller-a" => Ok(()),
+                other => Err(format!("{other:?}\n{}", a.log())),
+            }
+        },
+    )
+    .await;
+    let mut b = Replica::start(&kube, "controller-b");
+    wait_rolled_out(&kube, &[&a, &b], Duration::from_secs(60)).await;
+    // The standby is healthy and ready, does not lead and has reconciled nothing.
+    wait_for("controller-b ready", Duration::from_secs(10), || async {
+        match b.get("/readyz").await {
+            (200, _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let (_, standby) = b.get("/metrics").await;
+    assert_eq!(
+        metric(&standby, "tideway_controller_leader"),
+        Some(0.0),
+        "{standby}"
+    );
+    assert!(
+        !standby.contains("tideway_controller_reconciles_total{"),
+        "{standby}"
+    );
+    assert!(!b.log().contains("leading"), "{}", b.log());
+
+    // The leader dies without a word (SIGKILL): b takes over once the Lease
+    // term has passed, and the next edit reaches every member through b.
+    a.kill();
+    wait_for(
+        "controller-b holds the Lease",
+        Duration::from_secs(20),
+        || async {
+            match lease_holder(&kube).await {
+                Some(h) if h == "controller-b" => Ok(()),
+                other => Err(format!("{other:?}\n{}", b.log())),
+            }
+        },
+    )
+    .await;
+    edit(&kube, &policy_object(80, "cluster-hangzhou")).await;
+    wait_rolled_out(&kube, &[&b], Duration::from_secs(30)).await;
+    for member in MEMBERS {
+        let found = plugin(&kube, member).await.expect("plugin");
+        assert_eq!(hangzhou_weight(&found), Some(80.0), "{member}");
+    }
+
+    // A graceful stop (SIGTERM) releases the Lease at once: a new replica
+    // leads well within one Lease term of b's exit, and b exits with 0.
+    let status = b.terminate().expect("b exited");
+    assert!(status.success(), "{status:?}\n{}", b.log());
+    assert!(b.log().contains("released the Lease"), "{}", b.log());
+    let leases: Api<Lease> = Api::namespaced(kube.hub.admin().await, "tideway-system");
+    let lease = leases.get("tideway-controller").await.expect("lease");
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity), None);
+    let c = Replica::start(&kube, "controller-c");
+    let started = Instant::now();
+    wait_for(
+        "controller-c holds the Lease",
+        Duration::from_secs(20),
+        || async {
+            match lease_holder(&kube).await {
+                Some(h) if h == "controller-c" => Ok(()),
+                other => Err(format!("{other:?}\n{}", c.log())),
+            }
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
