@@ -118,7 +118,12 @@ fn main() -> Result<()> {
             fuzz_seconds,
             cargo_test_args,
         } => {
-            let mut cmd = prepared_cargo(&root)?;
+            // `cargo test --workspace` builds the `tideway` binary itself
+            // (tideway-controller's integration tests need it), with the
+            // features the tests unify to; a separate `cargo build -p`
+            // would resolve other features and build a second copy of kube
+            // and its dependency tree.
+            let mut cmd = prepared_cargo(&root, CliBuild::ByCargoTest)?;
             step("running the test suite (cargo test --workspace)");
             cmd.args(["test", "--workspace"]).args(&cargo_test_args);
             run(&mut cmd, "cargo test --workspace")?;
@@ -136,7 +141,7 @@ fn main() -> Result<()> {
             fuzz::run_all(&root, &args)?;
         }
         Cmd::Demo { demo_args } => {
-            let mut cmd = prepared_cargo(&root)?;
+            let mut cmd = prepared_cargo(&root, CliBuild::Now)?;
             step("running the demo (about 2 minutes after the build)");
             cmd.args([
                 "run",
@@ -151,7 +156,7 @@ fn main() -> Result<()> {
             run(&mut cmd, "tideway-demo")?;
         }
         Cmd::Bench { bench_args } => {
-            let mut cmd = prepared_cargo(&root)?;
+            let mut cmd = prepared_cargo(&root, CliBuild::Now)?;
             step("running the benchmarks (tideway-bench, release build)");
             cmd.args([
                 "run",
@@ -178,23 +183,34 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Who builds `target/debug/tideway` for a [`prepared_cargo`] command.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CliBuild {
+    /// Build it before the command runs (demo, bench).
+    Now,
+    /// The command is `cargo test --workspace`, which builds it.
+    ByCargoTest,
+}
+
 /// Set up, build the filter, and return a `cargo` command in the workspace
 /// that tells the tests, demo and benchmarks where the module and Envoy are.
-fn prepared_cargo(root: &Path) -> Result<Command> {
+fn prepared_cargo(root: &Path, cli: CliBuild) -> Result<Command> {
     let env = setup(root)?;
     let wasm = build_wasm(root)?;
     // The demo and its test run the `tideway` CLI as a user does.
-    run(
-        Command::new(env!("CARGO")).current_dir(root).args([
-            "build",
-            "--quiet",
-            "-p",
-            "tideway-controller",
-            "--bin",
-            "tideway",
-        ]),
-        "cargo build -p tideway-controller --bin tideway",
-    )?;
+    if cli == CliBuild::Now {
+        run(
+            Command::new(env!("CARGO")).current_dir(root).args([
+                "build",
+                "--quiet",
+                "-p",
+                "tideway-controller",
+                "--bin",
+                "tideway",
+            ]),
+            "cargo build -p tideway-controller --bin tideway",
+        )?;
+    }
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(root)
         .env("TIDEWAY_CLI", root.join("target/debug/tideway"))
