@@ -209,10 +209,19 @@ fn drain_reaches_both_workers_within_a_second_and_the_ttl_falls_back_to_static()
     let before: Vec<(u16, String)> = (0..300).map(|_| request(&envoy)).collect();
     eprintln!("300 requests in {:?}", t.elapsed());
     assert!(before.iter().all(|(s, _)| *s == 200));
+    // East's share tells the two apart: about 0.8 under 8:1:1, about ⅓
+    // under 1:1:1. The other two are not compared with ⅓: on loopback the
+    // backends' sub-millisecond latencies differ by more than the scorer's
+    // band from jitter alone, so the split among equals wanders (south drew
+    // 0.19 in one CI run). Each must still be in rotation, which 8:1:1
+    // would also give, so the east bound is the one that discriminates.
     assert!(
-        share(&before, "east") < 0.5 && share(&before, "south") > 0.2,
-        "the document's 1:1:1, not the static 8:1:1: east {:.2}, south {:.2}",
+        share(&before, "east") < 0.6
+            && share(&before, "west") > 0.05
+            && share(&before, "south") > 0.05,
+        "the document's 1:1:1, not the static 8:1:1: east {:.2}, west {:.2}, south {:.2}",
         share(&before, "east"),
+        share(&before, "west"),
         share(&before, "south")
     );
 
@@ -300,8 +309,10 @@ fn drain_reaches_both_workers_within_a_second_and_the_ttl_falls_back_to_static()
     );
     let fallback: Vec<(u16, String)> = (0..400).map(|_| request(&envoy)).collect();
     assert!(fallback.iter().all(|(s, _)| *s == 200));
+    // Under 8:1:1 east draws about 0.8 (under the document's 1:1:1 about
+    // ⅓); south, drained in the document, is back in rotation.
     assert!(
-        share(&fallback, "east") > 0.7 && (0.05..0.15).contains(&share(&fallback, "south")),
+        share(&fallback, "east") > 0.6 && (0.01..0.25).contains(&share(&fallback, "south")),
         "the static 8:1:1: east {:.2}, south {:.2}",
         share(&fallback, "east"),
         share(&fallback, "south")

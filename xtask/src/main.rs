@@ -125,7 +125,10 @@ fn main() -> Result<()> {
             // and its dependency tree.
             let mut cmd = prepared_cargo(&root, CliBuild::ByCargoTest)?;
             step("running the test suite (cargo test --workspace)");
-            cmd.args(["test", "--workspace"]).args(&cargo_test_args);
+            // --no-fail-fast: one failing binary must not hide the results
+            // of the others (a CI log then names every failure at once).
+            cmd.args(["test", "--workspace", "--no-fail-fast"])
+                .args(&cargo_test_args);
             run(&mut cmd, "cargo test --workspace")?;
             if fuzz_seconds > 0 {
                 fuzz::run_all(
