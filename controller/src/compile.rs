@@ -172,6 +172,38 @@ pub fn compile(
     })
 }
 
+/// The plugin config each member's filter runs for `policy` (its first
+/// caller's: the configs of a policy's callers differ only in where they
+/// run), validated as [`compile`] validates it, without needing an image:
+/// the dashboard's what-if runs the engine on exactly this config.
+pub fn plugin_configs(
+    policy: &TrafficPolicy,
+    fleet: &Fleet,
+) -> Result<BTreeMap<String, PluginConfig>, FieldErrors> {
+    let mut errors = FieldErrors::new(format!(
+        "TrafficPolicy {}/{}",
+        crate::validate::policy_namespace(policy),
+        policy.metadata.name.as_deref().unwrap_or("?")
+    ));
+    crate::validate::fleet(fleet, &mut errors);
+    crate::validate::policy(policy, fleet, &mut errors);
+    errors.into_result()?;
+    let ctx = Context::new(policy, fleet);
+    let mut out = BTreeMap::new();
+    for member in &fleet.spec.clusters {
+        if let Some(caller) = ctx.callers.first() {
+            let config = ctx.plugin_config(member, caller);
+            if let Err(e) = config.validate() {
+                let mut errors = FieldErrors::new(format!("pluginConfig for {}", member.name));
+                errors.push(FieldError::new(e.field, "", e.message));
+                return Err(errors);
+            }
+            out.insert(member.name.clone(), config);
+        }
+    }
+    Ok(out)
+}
+
 /// The resolved facts every object is built from.
 struct Context<'a> {
     policy: &'a TrafficPolicy,

@@ -29,6 +29,7 @@ pub mod load;
 pub mod observe;
 pub mod render;
 pub mod run;
+pub mod ui;
 pub mod validate;
 pub mod weights;
 

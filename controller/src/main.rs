@@ -119,6 +119,9 @@ fn run() -> anyhow::Result<std::process::ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs piped to a file, a collector or
+        // a test's capture must not carry escape codes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let done = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);

@@ -65,6 +65,19 @@ pub struct ServeArgs {
     /// file: loaded at start, rewritten atomically on every change.
     #[arg(long, value_name = "FILE")]
     state_file: Option<PathBuf>,
+    /// Serve the fleet dashboard at /ui: live traffic, latency, ejections and
+    /// weights versions; a what-if on the filter's own scheduler; apply
+    /// through this API (with the token).
+    #[arg(long)]
+    ui: bool,
+    /// The dashboard's scheduler module: the output of `cargo xtask build-ui`
+    /// (target/tideway/ui). Without it the what-if is unavailable.
+    #[arg(long, value_name = "DIR", env = "TIDEWAY_UI_DIR", requires = "ui")]
+    ui_dir: Option<PathBuf>,
+    /// An Envoy admin endpoint whose stats the dashboard shows, as NAME=URL
+    /// (repeatable), e.g. hangzhou=http://127.0.0.1:15000.
+    #[arg(long = "envoy-admin", value_name = "NAME=URL", requires = "ui")]
+    envoy_admin: Vec<tideway_controller::ui::ProxyTarget>,
     /// The longest wait= a poller may ask for, in seconds (1..=300).
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=300))]
     max_wait: u64,
@@ -177,6 +190,36 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let services =
         services_from_policies(&policies, fleet.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ui = if args.ui {
+        let mut configs = std::collections::BTreeMap::new();
+        for policy in &policies {
+            let own;
+            let f = match &fleet {
+                Some(f) => f,
+                None => {
+                    own = tideway_controller::weights::state::own_fleet(policy);
+                    &own
+                }
+            };
+            let per_member = tideway_controller::compile::plugin_configs(policy, f)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            // The first member's: members' configs differ only in the
+            // proxy's own identity, which the what-if sets itself.
+            if let Some(config) = per_member.into_values().next() {
+                configs.insert(
+                    policy.spec.service.name.clone(),
+                    serde_json::to_value(&config)?,
+                );
+            }
+        }
+        Some(Arc::new(tideway_controller::ui::Dashboard::new(
+            configs,
+            args.envoy_admin.clone(),
+            args.ui_dir.clone(),
+        )?))
+    } else {
+        None
+    };
     let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
     let store = args
         .state_file
@@ -208,6 +251,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls,
         max_wait: Duration::from_secs(args.max_wait),
         store,
+        ui,
     };
     raise_open_file_limit();
     runtime(true)?.block_on(async move {

@@ -846,7 +846,7 @@ impl ServiceConfig {
 /// visitor generically and grew the filter module by 44 KB, past its
 /// 300 KB budget; locating the path from the error's position is a small
 /// scan done only when the configuration is rejected.
-fn typing_error(json: &[u8], e: serde_json::Error) -> ConfigError {
+pub(crate) fn typing_error(json: &[u8], e: serde_json::Error) -> ConfigError {
     use serde_json::error::Category;
     match e.classify() {
         Category::Syntax | Category::Eof | Category::Io => {

@@ -17,6 +17,29 @@ pub struct HeaderMap<'a> {
     data: &'a [u8],
 }
 
+/// Header pairs in the same serialised form: what the filter hands the
+/// host (`proxy_send_local_response`, `dispatch_http_call`) and what hosts
+/// other than Envoy (the what-if simulator, tests) hand [`HeaderMap::parse`].
+pub fn serialize_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let len = 4 + pairs
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.len() + 2)
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
 impl<'a> HeaderMap<'a> {
     pub fn parse(buf: &'a [u8]) -> Self {
         let empty = Self {

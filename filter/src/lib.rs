@@ -35,8 +35,12 @@ pub mod shared_stats;
 pub mod trace;
 pub mod weights;
 pub mod weights_channel;
+pub mod whatif;
 
-// The proxy-wasm layer links only into the wasm module; clippy checks it
-// natively too (it is never linked there).
-#[cfg(any(target_arch = "wasm32", clippy))]
+// The proxy-wasm layer links only into the filter's wasm module (WASI);
+// clippy checks it natively too (it is never linked there). The browser
+// build of the core (wasm32-unknown-unknown, `filter/web`) must not carry
+// it: its exports and `env` imports would make the page's module
+// uninstantiable.
+#[cfg(any(all(target_arch = "wasm32", target_os = "wasi"), clippy))]
 mod proxy;

@@ -68,3 +68,17 @@ pub fn tideway_cli() -> anyhow::Result<PathBuf> {
     );
     Ok(path)
 }
+
+/// The dashboard's scheduler module (`cargo xtask build-ui`'s output):
+/// `TIDEWAY_UI_DIR` when set, else `target/tideway/ui`.
+pub fn ui_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::var_os("TIDEWAY_UI_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/tideway/ui"));
+    anyhow::ensure!(
+        dir.join("scheduler_bg.wasm").exists(),
+        "the dashboard's scheduler module is not in {}: run `cargo xtask build-ui` (or `cargo xtask test`)",
+        dir.display()
+    );
+    Ok(dir)
+}

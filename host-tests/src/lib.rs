@@ -2,8 +2,10 @@
 
 pub mod backend;
 pub mod bench;
+pub mod browser;
 pub mod demo;
 pub mod env;
 pub mod envoy;
 pub mod istio_routes;
 pub mod wasm_host;
+pub mod weights_server;

@@ -419,8 +419,11 @@ fn a_long_stream_does_not_make_its_destination_look_slow() {
     // with the time to its headers it is about the others' (1 when equal).
     let last = after.last().expect("calls");
     let east = last.score("east");
+    // 0.1, not higher: one scheduler stall on a loaded machine can make a
+    // single 50 ms sample look several times slower, and the lifetime
+    // sample this guards against scores 0.02.
     assert!(
-        east > 0.2,
+        east > 0.1,
         "east's latency score fell to {east} after one long stream: {:?}",
         last.decision
     );

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 mod fuzz;
 mod kube;
+mod ui;
 use fuzz::FuzzArgs;
 
 const ENVOY_VERSION: &str = "1.40.0";
@@ -66,6 +67,10 @@ enum Cmd {
     Setup,
     /// Build the filter's release .wasm and copy it to target/tideway/tideway_filter.wasm.
     BuildWasm,
+    /// Build the dashboard's scheduler module (the filter's core for the
+    /// browser, wasm-bindgen) into target/tideway/ui/; installs the matching
+    /// wasm-bindgen CLI once (cached in /var/cache/tideway).
+    BuildUi,
     /// Set up, build the filter, run every test (args after `--` go to
     /// `cargo test`), then smoke-run each fuzz target for a few seconds.
     Test {
@@ -113,6 +118,9 @@ fn main() -> Result<()> {
         }
         Cmd::BuildWasm => {
             build_wasm(&root)?;
+        }
+        Cmd::BuildUi => {
+            ui::build(&root)?;
         }
         Cmd::Test {
             fuzz_seconds,
@@ -200,6 +208,7 @@ enum CliBuild {
 fn prepared_cargo(root: &Path, cli: CliBuild) -> Result<Command> {
     let env = setup(root)?;
     let wasm = build_wasm(root)?;
+    let ui = ui::build(root)?;
     // The demo and its test run the `tideway` CLI as a user does.
     if cli == CliBuild::Now {
         run(
@@ -218,6 +227,7 @@ fn prepared_cargo(root: &Path, cli: CliBuild) -> Result<Command> {
     cmd.current_dir(root)
         .env("TIDEWAY_CLI", root.join("target/debug/tideway"))
         .env("TIDEWAY_FILTER_WASM", &wasm)
+        .env("TIDEWAY_UI_DIR", &ui)
         .env("TIDEWAY_ENVOY", &env.envoy)
         .env("TIDEWAY_KUBE_APISERVER", &env.kube.apiserver)
         .env("TIDEWAY_ETCD", &env.kube.etcd);
@@ -433,23 +443,9 @@ fn build_wasm(root: &Path) -> Result<PathBuf> {
                     bail!("{path} is missing (Debian package {package}); run `cargo xtask setup`");
                 }
             }
-            let lld = rust_lld()?;
-            // Never share a target directory with the rustup toolchain: the
-            // two compilers' artefacts are incompatible.
-            let target_dir = root.join("target/wasm-debian");
+            let (mut cargo, target_dir) = debian_wasm_cargo(root)?;
             run(
-                Command::new("/usr/bin/cargo")
-                    .current_dir(root)
-                    .env("RUSTC", "/usr/bin/rustc")
-                    .env("RUSTC_BOOTSTRAP", "1")
-                    .env("CARGO_TARGET_DIR", &target_dir)
-                    .env(
-                        "RUSTFLAGS",
-                        format!("-L/usr/lib/wasm32-wasi -Clinker={}", lld.display()),
-                    )
-                    .env_remove("RUSTC_WRAPPER")
-                    .args(WASM_BUILD_ARGS)
-                    .arg("-Zbuild-std=std,panic_abort"),
+                cargo.args(WASM_BUILD_ARGS),
                 "cargo build (wasm32-wasip1, Debian rustc-web)",
             )?;
             target_dir
@@ -500,6 +496,28 @@ fn build_wasm(root: &Path) -> Result<PathBuf> {
         .join(PROBE_ARTEFACT);
     finish_module(&probe_artefact, &out_dir.join(PROBE_WASM))?;
     Ok(out)
+}
+
+/// A `cargo` of Debian's rustc-web that builds std for a wasm target
+/// (`-Zbuild-std`; add `build -p … --target …`), and its target directory.
+/// Never the rustup toolchain's target directory: the two compilers'
+/// artefacts are incompatible. Every wasm build passes the same flags, so
+/// the filter's and the dashboard's builds reuse each other's host units.
+pub(crate) fn debian_wasm_cargo(root: &Path) -> Result<(Command, PathBuf)> {
+    let lld = rust_lld()?;
+    let target_dir = root.join("target/wasm-debian");
+    let mut cmd = Command::new("/usr/bin/cargo");
+    cmd.current_dir(root)
+        .env("RUSTC", "/usr/bin/rustc")
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env(
+            "RUSTFLAGS",
+            format!("-L/usr/lib/wasm32-wasi -Clinker={}", lld.display()),
+        )
+        .env_remove("RUSTC_WRAPPER")
+        .args(["-Zbuild-std=std,panic_abort"]);
+    Ok((cmd, target_dir))
 }
 
 /// The filter module's size budget, in bytes after wasm-opt (300 KB): the

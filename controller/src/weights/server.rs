@@ -48,6 +48,8 @@ use tokio::net::TcpListener;
 pub const DRAIN_PATH: &str = "/v1/drain";
 /// The weight endpoint (`tideway weight set`).
 pub const WEIGHT_PATH: &str = "/v1/weight";
+/// The factor-weights endpoint (the dashboard's "apply").
+pub const FACTORS_PATH: &str = "/v1/factors";
 /// The overrides in force (`tideway weights overrides`).
 pub const OVERRIDES_PATH: &str = "/v1/overrides";
 /// Liveness: 200 while the server accepts requests.
@@ -74,6 +76,8 @@ pub struct ServerOptions {
     pub max_wait: Duration,
     /// Where each changed override is saved (`--state-file`).
     pub store: Option<Arc<super::store::OverridesFile>>,
+    /// The dashboard at `/ui` (`--ui`).
+    pub ui: Option<Arc<crate::ui::Dashboard>>,
 }
 
 impl Default for ServerOptions {
@@ -84,6 +88,7 @@ impl Default for ServerOptions {
             tls: None,
             max_wait: DEFAULT_MAX_WAIT,
             store: None,
+            ui: None,
         }
     }
 }
@@ -212,16 +217,28 @@ impl WeightsApi {
 
     async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path();
+        if let Some(ui) = &self.options.ui {
+            if path == crate::ui::UI_PATH || path.starts_with(crate::ui::UI_PREFIX) {
+                // The page and its assets carry no data; its live API is a
+                // read like any other.
+                if path.starts_with(crate::ui::UI_API_PREFIX) {
+                    if let Some(refused) = self.authorize(&req, true) {
+                        return refused;
+                    }
+                }
+                return ui.handle(&req, &self.state).await;
+            }
+        }
         let allowed = match path {
             WEIGHTS_PATH | OVERRIDES_PATH | HEALTH_PATH => "GET, HEAD",
-            DRAIN_PATH | WEIGHT_PATH => "POST",
+            DRAIN_PATH | WEIGHT_PATH | FACTORS_PATH => "POST",
             _ => {
                 return error(
                     StatusCode::NOT_FOUND,
                     &FieldError::json(
                         "path",
                         &path,
-                        format!("{WEIGHTS_PATH}, {DRAIN_PATH}, {WEIGHT_PATH}, {OVERRIDES_PATH} or {HEALTH_PATH}"),
+                        format!("{WEIGHTS_PATH}, {DRAIN_PATH}, {WEIGHT_PATH}, {FACTORS_PATH}, {OVERRIDES_PATH} or {HEALTH_PATH}"),
                     ),
                 )
             }
@@ -368,6 +385,11 @@ impl WeightsApi {
                     .drain(&r.cluster, r.service.as_deref(), r.drained)?;
                 Ok((change, r.service.map(|s| vec![s])))
             })
+        } else if path == FACTORS_PATH {
+            parse_body::<FactorsRequest>(&body).and_then(|r| {
+                let change = self.state.set_factors(&r.service, r.factors)?;
+                Ok((change, Some(vec![r.service])))
+            })
         } else {
             parse_body::<WeightRequest>(&body).and_then(|r| {
                 let change =
@@ -431,6 +453,16 @@ pub struct WeightRequest {
     /// Drop the override (before applying `weight`/`cost`, if given).
     #[serde(default)]
     pub reset: bool,
+}
+
+/// `POST /v1/factors` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactorsRequest {
+    pub service: String,
+    /// Absent or null: back to the policy's factor weights.
+    #[serde(default)]
+    pub factors: Option<tideway_filter::config::FactorWeights>,
 }
 
 fn yes() -> bool {

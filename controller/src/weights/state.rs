@@ -102,26 +102,7 @@ pub fn services_from_policies(
         let fleet = match fleet {
             Some(f) => f,
             None => {
-                let clusters: BTreeSet<&str> = policy
-                    .spec
-                    .destinations
-                    .iter()
-                    .map(|d| d.cluster.as_str())
-                    .collect();
-                own = Fleet::new(
-                    &policy.spec.fleet,
-                    FleetSpec {
-                        clusters: clusters
-                            .into_iter()
-                            .map(|name| FleetMember {
-                                name: name.to_string(),
-                                ..FleetMember::default()
-                            })
-                            .collect(),
-                        mesh: None,
-                        weights_endpoint: None,
-                    },
-                );
+                own = own_fleet(policy);
                 &own
             }
         };
@@ -131,6 +112,31 @@ pub fn services_from_policies(
     }
     check_services(&services).map_err(FieldErrors::from)?;
     Ok(services)
+}
+
+/// A fleet of exactly the clusters `policy` names: what a serve-weights for
+/// local use validates against when it is given no Fleet.
+pub fn own_fleet(policy: &TrafficPolicy) -> Fleet {
+    let clusters: BTreeSet<&str> = policy
+        .spec
+        .destinations
+        .iter()
+        .map(|d| d.cluster.as_str())
+        .collect();
+    Fleet::new(
+        &policy.spec.fleet,
+        FleetSpec {
+            clusters: clusters
+                .into_iter()
+                .map(|name| FleetMember {
+                    name: name.to_string(),
+                    ..FleetMember::default()
+                })
+                .collect(),
+            mesh: None,
+            weights_endpoint: None,
+        },
+    )
 }
 
 /// What operators changed at run time (`tideway drain`, `tideway weight set`).
@@ -146,6 +152,18 @@ pub struct Overrides {
     /// Weight and cost set per service and destination.
     #[serde(default)]
     pub weights: Vec<WeightOverride>,
+    /// Factor weights set per service (the dashboard's "apply", or
+    /// `POST /v1/factors`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub factors: Vec<FactorsOverride>,
+}
+
+/// An operator's factor weights for one service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FactorsOverride {
+    pub service: String,
+    pub factors: FactorWeights,
 }
 
 /// A (service, cluster) pair.
@@ -446,6 +464,61 @@ impl WeightsState {
         })
     }
 
+    /// Service → destination → the member cluster it is in (what a drain
+    /// names), for the dashboard.
+    pub fn destination_clusters(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.lock()
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.destinations
+                        .iter()
+                        .map(|d| (d.name.clone(), d.cluster.clone()))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Set a service's factor weights (`None`: back to the policy's).
+    pub fn set_factors(
+        &self,
+        service: &str,
+        factors: Option<FactorWeights>,
+    ) -> Result<Change, FieldError> {
+        if let Some(f) = &factors {
+            for (name, v) in [
+                ("latency", f.latency),
+                ("load", f.load),
+                ("cost", f.cost),
+                ("affinity", f.affinity),
+            ] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(FieldError::json(
+                        format!("factors.{name}"),
+                        &v,
+                        "a finite number ≥ 0",
+                    ));
+                }
+            }
+        }
+        self.update(|inner| {
+            inner.service(service)?;
+            let list = &mut inner.overrides.factors;
+            list.retain(|f| f.service != service);
+            if let Some(factors) = factors {
+                list.push(FactorsOverride {
+                    service: service.to_string(),
+                    factors,
+                });
+                list.sort_by(|a, b| a.service.cmp(&b.service));
+            }
+            Ok(())
+        })
+    }
+
     /// The health input: `cluster` has (no) ready endpoints for `service`.
     /// Recorded even for a service no policy names yet (discovery may see a
     /// cluster before the policy arrives); it applies once one does.
@@ -543,7 +616,12 @@ impl Inner {
             .iter()
             .map(|s| ServiceWeights {
                 name: s.name.clone(),
-                factors: Some(s.factors),
+                factors: Some(
+                    o.factors
+                        .iter()
+                        .find(|f| f.service == s.name)
+                        .map_or(s.factors, |f| f.factors),
+                ),
                 destinations: s
                     .destinations
                     .iter()
@@ -710,6 +788,40 @@ mod tests {
         let d = state.snapshot().document.services[0].destinations[0].clone();
         assert_eq!((d.weight, d.cost), (1.0, 0.0));
         assert!(state.overrides().weights.is_empty());
+    }
+
+    #[test]
+    fn factors_override_the_policys_then_reset_restores_them() {
+        let state = WeightsState::new(vec![service("a", &["east"])], Overrides::default()).unwrap();
+        let policy = state.snapshot().document.services[0].factors;
+        let canary = FactorWeights {
+            latency: 0.0,
+            load: 0.0,
+            cost: 0.0,
+            affinity: 1.0,
+        };
+        let c = state.set_factors("a", Some(canary)).unwrap();
+        assert!(c.changed);
+        assert_eq!(state.snapshot().document.services[0].factors, Some(canary));
+        assert_eq!(state.overrides().factors.len(), 1, "kept as an override");
+        assert!(
+            !state.set_factors("a", Some(canary)).unwrap().changed,
+            "idempotent"
+        );
+        state.set_factors("a", None).unwrap();
+        assert_eq!(state.snapshot().document.services[0].factors, policy);
+        let e = state
+            .set_factors(
+                "a",
+                Some(FactorWeights {
+                    latency: -1.0,
+                    ..canary
+                }),
+            )
+            .unwrap_err();
+        assert_eq!(e.path, "factors.latency");
+        assert!(e.value.contains("-1"), "{e}");
+        assert_eq!(state.set_factors("zz", None).unwrap_err().path, "service");
     }
 
     #[test]

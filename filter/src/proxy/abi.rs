@@ -356,7 +356,7 @@ pub fn http_call(
     body: &[u8],
     timeout_ms: u32,
 ) -> Result<u32, HostError> {
-    let pairs = serialize_pairs(headers);
+    let pairs = crate::header_map::serialize_pairs(headers);
     let mut token = 0u32;
     // SAFETY: every pointer and length describes a live slice for the
     // call (empty trailers: a null pointer with length 0).
@@ -386,27 +386,6 @@ pub fn random(buf: &mut [u8]) -> bool {
         ERRORS.with(|e| e.set(e.get().saturating_add(1)));
     }
     errno == 0
-}
-
-/// Header pairs in the ABI's serialised form (the one `header_map` reads).
-fn serialize_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let len = 4 + pairs
-        .iter()
-        .map(|(k, v)| 8 + k.len() + v.len() + 2)
-        .sum::<usize>();
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (k, v) in pairs {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
-    out
 }
 
 /// The allocator the host calls to hand us buffers (`malloc` in the ABI's
