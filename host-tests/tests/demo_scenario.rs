@@ -251,16 +251,16 @@ fn the_scenario_shows_failover_drain_affinity_and_latency_as_claimed() {
 ///   cluster's latency, as ROUND_ROBIN's does: 0.6–1.0× of it in passing
 ///   runs, 1.95× in the swing-back.
 ///
-/// Still not reliable enough for CI on the shared build machine. Seven runs
-/// at 13:42–14:06 UTC on 2 cores with two other builds compiling: runs 1
-/// and 5 passed all three checks (Tideway 11.9 and 18.9 ms after the first
-/// second against ROUND_ROBIN's 30.2 and 27.1); run 2 passed the two it
-/// recorded (whole phase 24.8 ms against 25.4); runs 4 and 6 never swung
-/// back (at most 4.1% and 3.0% in a window) but failed the 0.8× margin —
-/// Tideway 143.7 and 41.3 ms against 77.7 and 27.0 — and in runs 3 and 7
-/// the slow cluster kept 36% and 52% of the phase while every policy's p99
-/// was 58–303 ms: the machine's stalls, not the slow cluster, set the
-/// latencies then. Run it on a quiet machine with
+/// Still not reliable enough for CI on the shared build machine. Eight runs
+/// at 13:42–14:17 UTC on 2 cores with two other builds compiling: runs 1,
+/// 5 and 8 passed all three checks (Tideway 11.9, 18.9 and 10.8 ms after
+/// the first second against ROUND_ROBIN's 30.2, 27.1 and 25.3); run 2
+/// passed the two it recorded (whole phase 24.8 ms against 25.4); runs 4
+/// and 6 never swung back (at most 4.1% and 3.0% in a window) but failed
+/// the 0.8× margin — Tideway 143.7 and 41.3 ms against 77.7 and 27.0 — and
+/// in runs 3 and 7 the slow cluster kept 36% and 52% of the phase while
+/// every policy's p99 was 58–303 ms: the machine's stalls, not the slow
+/// cluster, set the latencies then. Run it on a quiet machine with
 /// `cargo xtask test -- --test demo_scenario --include-ignored`.
 #[test]
 #[ignore = "latency comparison on real Envoy is at the mercy of the machine's load; see the doc comment"]
