@@ -1,14 +1,20 @@
 //! Peak-EWMA latency estimate of one destination, as tower's `PeakEwma` and
-//! Linkerd's balancer keep it, with one rule for every update.
+//! Linkerd's balancer keep it, with one rule for every update — and a rise
+//! believed once a second request has seen it.
 //!
 //! For a sample `s` taken at time `t`, the estimate `e` last moved at `t₀`
 //! and the time constant `τ`:
 //!
 //! ```text
-//! e' = s                          if s ≥ e   (a rise is believed at once)
-//! e' = w·e + (1 − w)·s            if s < e   (a fall is believed as time passes)
+//! e' = s                  the first sample, or t − t₀ ≥ τ·ln 2 (a stale
+//!                         estimate is replaced: a re-measurement)
+//! e' = min(s, b)          if s > e and e is a re-measurement that lowered
+//!                         the estimate from b (a claim of recovery, and
+//!                         this answer withdraws it)
+//! e' = max(e, min(s, r))  if s > e and an earlier request, answered before
+//!                         this one was sent, rose to r (a confirmed rise)
+//! e' = w·e + (1 − w)·s    otherwise (a fall, or a rise not yet confirmed)
 //!      with w = exp(−(t − t₀) / τ)
-//! e' = s                          if t − t₀ ≥ τ·ln 2 (a stale estimate is replaced)
 //! ```
 //!
 //! So a sample never moves the estimate away from itself: a faster sample
@@ -16,14 +22,49 @@
 //! between `s` and `e`. The value compared with the sample is the value that
 //! is kept and that the scorer reads: there is no second, "decayed" view.
 //!
-//! The last line is the re-measurement rule: an estimate older than its
-//! half-life ([`PeakEwma::is_stale`]) is no longer known, and the picker
-//! sends the destination one request to measure it again; that sample is
-//! then taken as it is, like the first one. Without it a destination
-//! shunned for being 10× slower would need a dozen re-measurements, each a
-//! half-life apart, to be believed fast again after it recovered — half a
-//! minute of a healthy destination left idle. (A destination that is still
-//! slow answers slowly, and the estimate stays where it was.)
+//! Why a rise needs a second request, and which one. Peak-EWMA believes a
+//! rise at once so that a slowdown moves traffic within one response. But
+//! on a real host one response in a few hundred is late for reasons that
+//! are not the destination's: the proxy's worker thread or the backend's
+//! was descheduled for tens of milliseconds (a loaded node, a noisy
+//! neighbour, a GC pause), and every request in flight during that pause
+//! comes back late together. Believed at once, such a spike puts a fast
+//! destination above a genuinely slow one that is being shunned — and a
+//! shunned destination gets no samples, so the spike is not corrected
+//! until the re-measurement a half-life later. The demo's Envoy (two
+//! workers, on a shared machine) sent half its traffic back to a cluster
+//! that was 10× slower for about a second, and its p99 was the slow
+//! cluster's; the simulator (`filter/tests/sim`) shows the same with
+//! worker pauses or backend hiccups alone, with one worker or two. A slowdown is a property of the destination, so a
+//! request sent *after* the first late answer arrived is slow too; a pause
+//! is over by then. So a rise is believed at once — to the level both
+//! requests agree on, the smaller of the two — when a request sent after
+//! the first late answer confirms it, and a request sent after it that
+//! comes back at or below the estimate refutes it. Requests that were in
+//! flight together (sent before the first late answer arrived) neither
+//! confirm nor refute one another: they shared whatever pause there was.
+//! Until confirmed, a late sample weighs as an ordinary EWMA sample. The
+//! cost is one more service time before a genuine slowdown is believed
+//! (the load factor's count of requests piling up, `score`, acts before
+//! either answer).
+//!
+//! One rise is believed at once: the first answer after a re-measurement
+//! that lowered the estimate, back up to where the estimate was. A
+//! re-measurement is one sample; if it came back at the lucky end of a
+//! still-slow destination's spread, the destination is back in the running
+//! at once, and waiting for two more answers to believe it is still slow
+//! sent it a burst (seen in the simulator). Its next answer being slow
+//! withdraws the claim of recovery; capped at the old estimate, it cannot
+//! push a destination higher than it was known to be.
+//!
+//! The re-measurement rule: an estimate older than its half-life
+//! ([`PeakEwma::is_stale`]) is no longer known, and the picker sends the
+//! destination one request to measure it again; that sample is then taken
+//! as it is, like the first one. Without it a destination shunned for
+//! being 10× slower would need a dozen re-measurements, each a half-life
+//! apart, to be believed fast again after it recovered — half a minute of a
+//! healthy destination left idle. (A destination that is still slow
+//! answers slowly, and the estimate stays where it was.)
 //!
 //! Between samples the estimate holds. tower decays an idle estimate toward
 //! zero; a destination that was shunned for being slow then looks fast again
@@ -42,7 +83,9 @@
 //! Time is in nanoseconds on the host's clock; the decay is time-based, not
 //! sample-based, so the behaviour does not depend on the request rate. τ and
 //! the default are stored, not passed by each caller, so every update and
-//! every merge uses the same ones.
+//! every merge uses the same ones. Workers share only believed estimates
+//! (`shared_stats`): an unconfirmed rise stays with the worker that saw it,
+//! so one worker's pause does not move the others.
 
 /// A measured estimate as workers share it (see `shared_stats`): the
 /// estimate and when it last moved. τ and the default RTT are each worker's
@@ -69,6 +112,20 @@ pub struct PeakEwma {
     measured_at_ns: Option<u64>,
     decay_ns: f64,
     default_ns: f64,
+    /// A rise not yet confirmed by a later request (module doc).
+    rise: Option<Rise>,
+    /// The estimate before a re-measurement lowered it, until the next
+    /// sample: a claim of recovery that one slower answer withdraws.
+    before_remeasure_ns: Option<f64>,
+}
+
+/// A late sample waiting for a second request to confirm or refute it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Rise {
+    sample_ns: f64,
+    /// When it was answered: only a request sent from then on is another
+    /// look at the destination rather than the same moment seen twice.
+    answered_at_ns: u64,
 }
 
 /// The smallest sample believed (1 ns): a zero would make every ratio the
@@ -93,6 +150,8 @@ impl PeakEwma {
             measured_at_ns: None,
             decay_ns: positive(decay_ns),
             default_ns: positive(default_rtt_ns),
+            rise: None,
+            before_remeasure_ns: None,
         }
     }
 
@@ -132,16 +191,55 @@ impl PeakEwma {
     }
 
     /// Record one successful response's latency (the rule in the module
-    /// doc).
+    /// doc). The request was sent `sample_ns` before `now_ns`.
     pub fn observe(&mut self, sample_ns: f64, now_ns: u64) {
         let Some(sample_ns) = believable(sample_ns) else {
             return;
         };
-        self.estimate_ns = match self.measured_at_ns {
-            None => sample_ns,
-            Some(at) => self.next(sample_ns, now_ns.saturating_sub(at)),
+        let Some(at) = self.measured_at_ns else {
+            self.estimate_ns = sample_ns;
+            self.measured_at_ns = Some(now_ns);
+            self.rise = None;
+            return;
         };
-        self.measured_at_ns = Some(self.measured_at_ns.map_or(now_ns, |at| at.max(now_ns)));
+        let elapsed = now_ns.saturating_sub(at);
+        let sent_at = now_ns.saturating_sub(sample_ns as u64);
+        // A pending rise this request can judge: it was sent after the
+        // rise's answer came back.
+        let judged = self.rise.filter(|r| sent_at >= r.answered_at_ns);
+        let claim = self.before_remeasure_ns.take();
+        self.estimate_ns = if elapsed as f64 >= self.half_life_ns() {
+            self.rise = None;
+            if sample_ns < self.estimate_ns {
+                self.before_remeasure_ns = Some(self.estimate_ns);
+            }
+            sample_ns
+        } else if sample_ns > self.estimate_ns {
+            match (claim, judged) {
+                (Some(before), _) => {
+                    self.rise = None;
+                    sample_ns.min(before)
+                }
+                (None, Some(r)) => {
+                    self.rise = None;
+                    self.estimate_ns.max(r.sample_ns.min(sample_ns))
+                }
+                (None, None) => {
+                    self.rise.get_or_insert(Rise {
+                        sample_ns,
+                        answered_at_ns: now_ns,
+                    });
+                    blend(self.estimate_ns, sample_ns, elapsed, self.decay_ns)
+                }
+            }
+        } else {
+            if judged.is_some() {
+                // Refuted: a later look found it no slower than believed.
+                self.rise = None;
+            }
+            blend(self.estimate_ns, sample_ns, elapsed, self.decay_ns)
+        };
+        self.measured_at_ns = Some(at.max(now_ns));
     }
 
     /// Record a failed response's latency: it may only raise the estimate.
@@ -182,11 +280,13 @@ impl PeakEwma {
         self.measured_at_ns = Some(later_at);
     }
 
-    fn next(&self, sample_ns: f64, elapsed_ns: u64) -> f64 {
-        Self::rule(self.estimate_ns, sample_ns, elapsed_ns, self.decay_ns)
+    fn half_life_ns(&self) -> f64 {
+        self.decay_ns * core::f64::consts::LN_2
     }
 
-    /// The update rule of the module doc.
+    /// The merge rule: another worker's estimate is a believed one, so a
+    /// rise is taken at once and a fall as its age allows (or outright, for
+    /// a stale estimate).
     fn rule(estimate_ns: f64, sample_ns: f64, elapsed_ns: u64, decay_ns: f64) -> f64 {
         if sample_ns >= estimate_ns || elapsed_ns as f64 >= decay_ns * core::f64::consts::LN_2 {
             // A rise, or a re-measurement of a stale estimate (`is_stale`):
@@ -194,15 +294,26 @@ impl PeakEwma {
             // sample is what is known now.
             return sample_ns;
         }
-        let w = (-(elapsed_ns as f64) / decay_ns).exp();
-        // Clamped: rounding must not carry the result outside [s, e].
-        (w * estimate_ns + (1.0 - w) * sample_ns).clamp(sample_ns, estimate_ns)
+        blend(estimate_ns, sample_ns, elapsed_ns, decay_ns)
     }
 
     /// The default RTT an unmeasured destination is scored at.
     pub fn default_ns(&self) -> f64 {
         self.default_ns
     }
+}
+
+/// The EWMA step: `sample_ns` weighs as much as the time since the
+/// estimate last moved allows.
+fn blend(estimate_ns: f64, sample_ns: f64, elapsed_ns: u64, decay_ns: f64) -> f64 {
+    let w = (-(elapsed_ns as f64) / decay_ns).exp();
+    // Clamped: rounding must not carry the result outside [s, e].
+    let (lo, hi) = if sample_ns < estimate_ns {
+        (sample_ns, estimate_ns)
+    } else {
+        (estimate_ns, sample_ns)
+    };
+    (w * estimate_ns + (1.0 - w) * sample_ns).clamp(lo, hi)
 }
 
 fn believable(sample_ns: f64) -> Option<f64> {
@@ -278,12 +389,74 @@ mod tests {
         assert!(e.estimate_ns() < 10.1 * MS_F, "{}", e.estimate_ns());
     }
 
-    #[test]
-    fn rise_is_taken_at_once() {
+    /// A destination answering every millisecond at `ms` until `until`.
+    fn busy(ms: f64, until: u64) -> PeakEwma {
         let mut e = ewma();
-        e.observe(10.0 * MS_F, 0);
-        e.observe(100.0 * MS_F, 1);
-        assert_eq!(e.estimate_ns(), 100.0 * MS_F);
+        for t in (0..=until).step_by(MS as usize) {
+            e.observe(ms * MS_F, t);
+        }
+        e
+    }
+
+    #[test]
+    fn a_rise_seen_by_a_later_request_is_taken_at_once() {
+        let mut e = busy(10.0, 100 * MS);
+        // Sent at 1 ms, answered at 101 ms.
+        e.observe(100.0 * MS_F, 101 * MS);
+        assert!(e.estimate_ns() < 10.1 * MS_F, "{}", e.estimate_ns());
+        // Sent after that answer came back, and slow too: believed, at the
+        // level both agree on.
+        e.observe(80.0 * MS_F, 182 * MS);
+        assert_eq!(e.estimate_ns(), 80.0 * MS_F);
+    }
+
+    #[test]
+    fn a_lone_late_answer_is_refuted_by_the_next_request() {
+        let mut e = busy(4.0, 1_000 * MS);
+        // A 40 ms pause: three requests in flight come back late together.
+        for (i, late_ms) in [40u64, 38, 35].into_iter().enumerate() {
+            e.observe(late_ms as f64 * MS_F, 1_001 * MS + i as u64 * 10_000);
+        }
+        assert!(e.estimate_ns() < 4.1 * MS_F, "{}", e.estimate_ns());
+        // The next request, sent after the pause, is fast: refuted.
+        e.observe(4.0 * MS_F, 1_006 * MS);
+        assert!(e.estimate_ns() < 4.1 * MS_F, "{}", e.estimate_ns());
+        // A later late answer starts afresh: it too needs a second look.
+        e.observe(30.0 * MS_F, 1_007 * MS);
+        assert!(e.estimate_ns() < 4.1 * MS_F, "{}", e.estimate_ns());
+        e.observe(25.0 * MS_F, 1_033 * MS);
+        assert_eq!(e.estimate_ns(), 25.0 * MS_F);
+    }
+
+    #[test]
+    fn requests_in_flight_together_do_not_confirm_each_other() {
+        let mut e = busy(4.0, 100 * MS);
+        e.observe(30.0 * MS_F, 101 * MS);
+        // Sent at 72 ms, before the first late answer arrived: the same
+        // moment seen twice.
+        e.observe(30.0 * MS_F, 102 * MS);
+        assert!(e.estimate_ns() < 4.1 * MS_F, "{}", e.estimate_ns());
+        // Nor does a fast one sent then refute it.
+        e.observe(4.0 * MS_F, 103 * MS);
+        e.observe(31.0 * MS_F, 132 * MS);
+        assert_eq!(e.estimate_ns(), 30.0 * MS_F);
+    }
+
+    #[test]
+    fn a_re_measurement_that_claims_recovery_is_withdrawn_by_a_slow_answer() {
+        let mut e = busy(20.0, 10 * MS);
+        // Shunned for a half-life; re-measured at the lucky end of its
+        // spread.
+        e.observe(12.0 * MS_F, 4_000 * MS);
+        assert_eq!(e.estimate_ns(), 12.0 * MS_F);
+        // Its next answer is slow: believed at once, up to the old estimate.
+        e.observe(26.0 * MS_F, 4_030 * MS);
+        assert_eq!(e.estimate_ns(), 20.0 * MS_F);
+        // A real recovery stays: the next answers are fast.
+        let mut r = busy(20.0, 10 * MS);
+        r.observe(2.0 * MS_F, 4_000 * MS);
+        r.observe(2.1 * MS_F, 4_003 * MS);
+        assert!(r.estimate_ns() <= 2.1 * MS_F, "{}", r.estimate_ns());
     }
 
     #[test]
@@ -330,7 +503,10 @@ mod tests {
         e.observe(50.0 * MS_F, 1);
         e.observe_failure(MS_F, 2);
         assert_eq!(e.estimate_ns(), 50.0 * MS_F);
-        e.observe_failure(200.0 * MS_F, 3);
+        // Slow failures raise it as slow successes do: confirmed by a
+        // request sent after the first came back.
+        e.observe_failure(200.0 * MS_F, 200 * MS);
+        e.observe_failure(210.0 * MS_F, 410 * MS);
         assert_eq!(e.estimate_ns(), 200.0 * MS_F);
     }
 
@@ -418,12 +594,34 @@ mod tests {
             let was_measured = e.is_measured();
             e.observe(s, t + dt);
             let after = e.estimate_ns();
-            if !was_measured || s >= before {
-                prop_assert_eq!(after, s, "a rise (or the first sample) is taken as is");
+            if !was_measured {
+                prop_assert_eq!(after, s, "the first sample is taken as is");
+            } else if s >= before {
+                prop_assert!(after >= before, "a slower sample lowered {} to {}", before, after);
+                prop_assert!(after <= s, "overshot the sample: {} > {}", after, s);
             } else {
                 prop_assert!(after <= before, "a faster sample raised {} to {}", before, after);
                 prop_assert!(after >= s, "overshot the sample: {} < {}", after, s);
             }
+        }
+
+        #[test]
+        fn a_rise_is_believed_when_a_later_request_sees_it_and_not_before(
+            e0 in sample_ms(), s in sample_ms(), r in sample_ms(),
+            t1 in 1u64..3_000 * MS, gap in 0u64..5_000 * MS,
+        ) {
+            let mut e = ewma();
+            e.observe(e0, 0);
+            e.observe(s, t1);
+            let one = e.estimate_ns();
+            // Alone, a slower answer weighs as an EWMA sample.
+            let w = (-(t1 as f64) / DECAY).exp();
+            prop_assert!(one <= (w * e0 + (1.0 - w) * s).max(e0) * (1.0 + 1e-12));
+            // A request sent after it came back: believed to the level both
+            // agree on (or, refuted, the estimate stays between them).
+            let sent = t1 + gap;
+            e.observe(r, sent + r as u64);
+            prop_assert!(e.estimate_ns() >= s.min(r) * (1.0 - 1e-12), "{} after {} then {}", e.estimate_ns(), s, r);
         }
 
         #[test]

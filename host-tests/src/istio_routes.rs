@@ -490,20 +490,30 @@ fn cluster(
     Ok(cluster)
 }
 
-/// istiod's retry policy when a route sets none.
-/// istiod's default retry policy (pilot/pkg/networking/core/route/retry:
-/// `DefaultPolicy`): two retries on connection failures and on 503 — its
-/// `retriable-status-codes` condition names 503, without which the
-/// condition retries nothing.
-fn with_default_retries(mut action: Value) -> Value {
-    action["retry_policy"] = json!({
+/// istiod's retry policy when a route sets none (Istio 1.30's
+/// pilot/pkg/networking/core/route/retry `DefaultPolicy`): two retries on
+/// connect-failure, refused-stream, unavailable and cancelled. Its
+/// `retriable-status-codes` condition names no code: since Istio 1.24 the
+/// default does not retry a 503 (unsafe for a request that is not
+/// idempotent; the compatibility switch `EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY`
+/// went in 1.27), so an upstream's 503 reaches the caller. Retries prefer
+/// hosts not yet tried (`previous_hosts`), except under a consistent-hash
+/// load balancer, where the hash must choose (`DefaultConsistentHashPolicy`).
+fn default_retry_policy(consistent_hash: bool) -> Value {
+    let mut policy = json!({
         "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
-        "retriable_status_codes": [503],
         "num_retries": 2,
-        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
         "host_selection_retry_max_attempts": 5
     });
+    if !consistent_hash {
+        policy["retry_host_predicate"] = json!([{"name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}]);
+    }
+    policy
+}
+
+fn with_default_retries(mut action: Value) -> Value {
+    action["retry_policy"] = default_retry_policy(false);
     action
 }
 
@@ -749,8 +759,10 @@ fn route_action(
     action["timeout"] = json!(proto_duration(http["timeout"].as_str().unwrap_or("0s")));
     // Consistent hashing of the destination's DestinationRule → the
     // route's hash policy.
+    let mut consistent_hash = false;
     if let Some(dr) = rules.get(&clusters[0].2) {
         let hash = &dr["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"];
+        consistent_hash = hash.is_object();
         if let Some(header) = hash["httpHeaderName"].as_str() {
             action["hash_policy"] = json!([{"header": {"header_name": header}}]);
         } else if let Some(cookie) = hash["httpCookie"]["name"].as_str() {
@@ -758,42 +770,29 @@ fn route_action(
         }
     }
     match http.get("retries") {
-        None => action = with_default_retries(action),
+        None => action["retry_policy"] = default_retry_policy(consistent_hash),
         Some(r) if r["attempts"].as_u64() == Some(0) => {}
         Some(r) => {
-            let mut retry_on = Vec::new();
-            let mut codes = Vec::new();
-            for item in r["retryOn"]
-                .as_str()
-                .unwrap_or("")
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-            {
-                match item.parse::<u32>() {
-                    Ok(code) => codes.push(code),
-                    Err(_) => retry_on.push(item.to_string()),
+            // istiod's ConvertPolicy: the default, with the route's fields
+            // over it; numeric `retryOn` entries are status codes.
+            let mut policy = default_retry_policy(consistent_hash);
+            policy["num_retries"] = json!(r["attempts"].as_u64().unwrap_or(2));
+            if let Some(on) = r["retryOn"].as_str().filter(|s| !s.trim().is_empty()) {
+                let mut retry_on = Vec::new();
+                let mut codes = Vec::new();
+                for item in on.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    match item.parse::<u32>() {
+                        Ok(code) => codes.push(code),
+                        Err(_) => retry_on.push(item.to_string()),
+                    }
                 }
-            }
-            if !codes.is_empty() && !retry_on.iter().any(|r| r == "retriable-status-codes") {
-                retry_on.push("retriable-status-codes".into());
-            }
-            if retry_on.is_empty() {
-                retry_on =
-                    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
-                        .split(',')
-                        .map(str::to_string)
-                        .collect();
-            }
-            let mut policy = json!({
-                "retry_on": retry_on.join(","),
-                "num_retries": r["attempts"].as_u64().unwrap_or(2),
-                "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
-                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
-                "host_selection_retry_max_attempts": 5
-            });
-            if !codes.is_empty() {
-                policy["retriable_status_codes"] = json!(codes);
+                if !codes.is_empty() && !retry_on.iter().any(|r| r == "retriable-status-codes") {
+                    retry_on.push("retriable-status-codes".into());
+                }
+                policy["retry_on"] = json!(retry_on.join(","));
+                if !codes.is_empty() {
+                    policy["retriable_status_codes"] = json!(codes);
+                }
             }
             if let Some(t) = r["perTryTimeout"].as_str() {
                 policy["per_try_timeout"] = json!(proto_duration(t));
@@ -1025,13 +1024,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_retry_policy_retries_503_as_istiod_does() {
+    fn the_default_retry_policy_does_not_retry_503_as_istiod_does() {
+        // Istio >= 1.24: connection-level failures only; a 503 answer
+        // reaches the caller.
         let policy = &with_default_retries(json!({"cluster": "c"}))["retry_policy"];
-        assert_eq!(policy["retriable_status_codes"], json!([503]));
-        assert!(policy["retry_on"]
-            .as_str()
-            .is_some_and(|r| r.contains("retriable-status-codes")));
+        assert_eq!(policy.get("retriable_status_codes"), None);
+        assert_eq!(
+            policy["retry_on"],
+            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+        );
         assert_eq!(policy["num_retries"], 2);
+        assert!(policy["retry_host_predicate"].is_array());
+        // Under consistent hashing the hash chooses the retry's host too.
+        assert_eq!(default_retry_policy(true).get("retry_host_predicate"), None);
     }
 
     fn proxy(ns: &str) -> Proxy {

@@ -9,7 +9,9 @@
 //!   (when the weights server is there; otherwise the demo reports the gap);
 //! - sticky sessions stay on their cluster unless theirs fails, and then
 //!   stick to the one they moved to;
-//! - Tideway's p99 in the slow phase is below both Envoy policies';
+//! - Tideway's p99 in the slow phase is below both Envoy policies' (with
+//!   the margins its test explains), and no traffic swings back to the
+//!   slow cluster (ignored in CI: see that test);
 //! - the HTML report, opened in headless Chromium, draws the charts with
 //!   this run's numbers.
 //!
@@ -229,31 +231,110 @@ fn the_scenario_shows_failover_drain_affinity_and_latency_as_claimed() {
     }
 }
 
-// Known to fail about one run in three (12:02 on 78dcc4e: Tideway 49.5 ms
-// against ROUND_ROBIN's 25.4 ms): about a second into the slow phase the
-// scorer swings about half the traffic back to the still-slow cluster
-// before leaving it again (the report's share chart shows it), so the
-// phase's p99 is the slow cluster's. That is the steering defect issue 12
-// is about; until it is fixed this comparison is run by hand
-// (`cargo xtask test -- --test demo_scenario --include-ignored`), not in CI.
+/// The slow phase: Tideway leaves the slow cluster, Envoy's balancers cannot
+/// (round robin) or only partly (least request).
+///
+/// Until the scorer believed a rise only once a second request saw it
+/// (`filter/src/ewma.rs`), this failed about one run in three (Tideway
+/// 49.5 ms against ROUND_ROBIN's 25.4 ms): one late answer from a fast
+/// cluster on the loaded machine put it above the slow one, and about half
+/// the traffic went back to the slow cluster for about a second. What is
+/// asserted, with margins a correct scorer clears on a loaded machine and
+/// the swing-back does not:
+/// - after the phase's first second no 250 ms window sends the slow
+///   cluster more than 5% of its requests (its own sessions and its
+///   re-measurements are about 1%; the swing-back was about half);
+/// - the p99 after the first second is at most 0.8× each Envoy policy's;
+/// - the whole phase's p99 is at most 1.1× each Envoy policy's. The first
+///   second holds the requests routed before the slowdown showed (about
+///   1% of the phase), and with them the phase's p99 sits at the slow
+///   cluster's latency, as ROUND_ROBIN's does: 0.6–1.0× of it in passing
+///   runs, 1.95× in the swing-back.
+///
+/// Still not reliable enough for CI on the shared build machine. Eight runs
+/// at 13:42–14:17 UTC on 2 cores with two other builds compiling: runs 1,
+/// 5 and 8 passed all three checks (Tideway 11.9, 18.9 and 10.8 ms after
+/// the first second against ROUND_ROBIN's 30.2, 27.1 and 25.3); run 2
+/// passed the two it recorded (whole phase 24.8 ms against 25.4); runs 4
+/// and 6 never swung back (at most 4.1% and 3.0% in a window) but failed
+/// the 0.8× margin — Tideway 143.7 and 41.3 ms against 77.7 and 27.0 — and
+/// in runs 3 and 7 the slow cluster kept 36% and 52% of the phase while
+/// every policy's p99 was 58–303 ms: the machine's stalls, not the slow
+/// cluster, set the latencies then. Run it on a quiet machine with
+/// `cargo xtask test -- --test demo_scenario --include-ignored`.
 #[test]
-#[ignore = "flaky until the slow-phase swing-back (issue 12) is fixed"]
+#[ignore = "latency comparison on real Envoy is at the mercy of the machine's load; see the doc comment"]
 fn tideway_p99_in_the_slow_phase_is_below_both_envoy_policies() {
     let Shared { outcome, .. } = shared();
     let clusters = outcome.clusters.len();
     let tideway = run_of(outcome, Policy::Tideway);
-    // Latency: Tideway leaves the slow cluster; Envoy's balancers cannot
-    // (round robin) or only partly (least request).
-    let slow = |run: &Run| {
-        let i = phase_index(run, |a| matches!(a, Action::Slow { .. })).expect("a slow phase");
-        phase_stats(run, clusters)[i].p99_ms
+    let slow_phase =
+        |run: &Run| phase_index(run, |a| matches!(a, Action::Slow { .. })).expect("a slow phase");
+    let i = slow_phase(tideway);
+    let Action::Slow { cluster: slow, .. } = tideway.phases[i].action else {
+        unreachable!("a slow phase");
     };
-    let t = slow(tideway);
-    for policy in [Policy::RoundRobin, Policy::LeastRequest] {
-        let b = slow(run_of(outcome, policy));
+    // The p99 of a run's slow phase: whole, and after its first second.
+    let p99s = |run: &Run| {
+        let i = slow_phase(run);
+        let from = run.phases[i].start_ms + 1000;
+        let mut settled: Vec<u32> = phase_samples(run, i)
+            .iter()
+            .filter(|s| s.at_ms >= from)
+            .map(|s| s.latency_us)
+            .collect();
+        settled.sort_unstable();
+        let at = (settled.len() as f64 * 0.99).ceil() as usize;
+        let settled_p99 = settled
+            .get(at.saturating_sub(1).min(settled.len().saturating_sub(1)))
+            .map_or(0.0, |us| f64::from(*us) / 1000.0);
+        (phase_stats(run, clusters)[i].p99_ms, settled_p99)
+    };
+    let p = &tideway.phases[i];
+    let samples = phase_samples(tideway, i);
+    let worst = (p.start_ms + 1000..p.end_ms.saturating_sub(250))
+        .step_by(250)
+        .map(|from| {
+            let window: Vec<_> = samples
+                .iter()
+                .filter(|s| (from..from + 250).contains(&s.at_ms))
+                .collect();
+            let hit = window
+                .iter()
+                .filter(|s| usize::from(s.cluster) == slow)
+                .count();
+            hit as f64 / window.len().max(1) as f64
+        })
+        .fold(0.0, f64::max);
+    let (t, t_settled) = p99s(tideway);
+    let baselines: Vec<(Policy, (f64, f64))> = [Policy::RoundRobin, Policy::LeastRequest]
+        .into_iter()
+        .map(|policy| (policy, p99s(run_of(outcome, policy))))
+        .collect();
+    eprintln!(
+        "slow phase p99 (whole / after its first second): tideway {t:.1} / {t_settled:.1} ms, the slow cluster's share {:.2}%, at most {:.1}% in a 250 ms window after the first second; {}",
+        phase_stats(tideway, clusters)[i].share.get(slow).copied().unwrap_or(0.0) * 100.0,
+        worst * 100.0,
+        baselines
+            .iter()
+            .map(|(p, (b, bs))| format!("{} {b:.1} / {bs:.1} ms", p.label()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert!(
+        worst <= 0.05,
+        "slow phase: {:.1}% of a 250 ms window after the first second went back to the slow cluster",
+        worst * 100.0
+    );
+    for (policy, (b, b_settled)) in baselines {
         assert!(
-            t < b,
-            "slow phase p99: tideway {t:.1} ms is not below {} {b:.1} ms",
+            t_settled <= 0.8 * b_settled,
+            "slow phase p99 after its first second: tideway {t_settled:.1} ms is not below 0.8 × {}'s {b_settled:.1} ms",
+            policy.label()
+        );
+        assert!(
+            t <= 1.1 * b,
+            "slow phase p99: tideway {t:.1} ms is above 1.1 × {}'s {b:.1} ms",
             policy.label()
         );
     }

@@ -282,8 +282,10 @@ impl Engine {
         std::mem::take(&mut self.spans)
     }
 
-    /// The scores behind the last score-based decision of `service`, for
-    /// the optional `x-tideway-decision` header.
+    /// The latency estimates now and the scores behind the last
+    /// score-based decision of `service`, for the optional
+    /// `x-tideway-decision` header
+    /// (`service=…; destination=…; reason=…; latency_ms=a:2.1,…; scores=a:1.000,…`).
     pub fn explain(&self, decision: &Decision) -> String {
         use std::fmt::Write;
         let Some(svc) = self.services.get(decision.service) else {
@@ -293,11 +295,18 @@ impl Engine {
         let chosen = decision.destination.and_then(|d| svc.destinations.get(d));
         let _ = write!(
             out,
-            "service={}; destination={}; reason={}; scores=",
+            "service={}; destination={}; reason={}; latency_ms=",
             svc.name,
             chosen.map_or("-", |d| d.name.as_str()),
             decision.reason.as_str()
         );
+        // The estimates the scores came from (the default RTT while
+        // unmeasured).
+        for (i, d) in svc.destinations.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(out, "{sep}{}:{:.1}", d.name, d.latency.estimate_ns() / 1e6);
+        }
+        out.push_str("; scores=");
         for (i, (d, s)) in svc.destinations.iter().zip(&svc.scores).enumerate() {
             let sep = if i == 0 { "" } else { "," };
             let _ = write!(out, "{sep}{}:{s:.3}", d.name);

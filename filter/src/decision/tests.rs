@@ -605,8 +605,10 @@ fn a_fast_failure_does_not_make_a_destination_look_fast() {
     let before = w.services[0].destinations[2].latency.estimate_ns();
     w.observe(0, 2, Outcome::Status(503), Some(MS), 11);
     assert_eq!(w.services[0].destinations[2].latency.estimate_ns(), before);
-    // A slow failure still raises it (peak-EWMA believes a rise).
-    w.observe(0, 2, Outcome::Status(503), Some(200 * MS), 12);
+    // Slow failures still raise it (peak-EWMA believes a rise that a
+    // request sent after the first late answer confirms).
+    w.observe(0, 2, Outcome::Status(503), Some(200 * MS), 200 * MS);
+    w.observe(0, 2, Outcome::Status(503), Some(200 * MS), 400 * MS);
     assert_eq!(
         w.services[0].destinations[2].latency.estimate_ns(),
         200.0 * MS as f64

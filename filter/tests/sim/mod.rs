@@ -17,6 +17,15 @@
 //! in FIFO order (the bench's backends are thread pools of that size). A
 //! service time is the destination's base time × its current slowdown ×
 //! a log-normal jitter (σ = 0.25).
+//!
+//! What a real host adds, when a scenario asks for it ([`Noise`]): several
+//! proxy workers, each with its own engine, merging through one shared
+//! store on the configured tick (Envoy's workers and proxy-wasm shared
+//! data), clients spread over them as connections are; pauses of a worker
+//! (descheduled on a loaded node: nothing it handles moves until it runs
+//! again, so every answer it was waiting for arrives late together); and
+//! backend hiccups (one answer in a few dozen late by some milliseconds).
+//! Without noise and with one worker the run is the model above.
 
 #![allow(dead_code)]
 
@@ -77,6 +86,23 @@ pub struct Scenario {
     pub think: u64,
     /// The Tideway scheduler config (`None`: the defaults).
     pub scheduler: Option<String>,
+    /// Proxy workers, each its own engine; client `i` uses worker
+    /// `i % workers`.
+    pub workers: usize,
+    pub noise: Noise,
+}
+
+/// A real host's disturbances (module doc). The default is none.
+#[derive(Debug, Clone, Default)]
+pub struct Noise {
+    /// Pauses per second of each worker.
+    pub pauses_per_s: f64,
+    /// A pause lasts uniformly between these (ms).
+    pub pause_ms: (f64, f64),
+    /// Share of answers that a backend hiccup makes late …
+    pub hiccup_share: f64,
+    /// … by uniformly between these (ms).
+    pub hiccup_ms: (f64, f64),
 }
 
 /// Who chooses the destination.
@@ -147,6 +173,22 @@ impl Run {
     /// A latency quantile of the measured requests, ms.
     pub fn quantile_ms(&self, q: f64) -> f64 {
         let mut l: Vec<u64> = self.measured().map(|s| s.latency).collect();
+        if l.is_empty() {
+            return 0.0;
+        }
+        l.sort_unstable();
+        let i = ((l.len() as f64 * q).ceil() as usize).clamp(1, l.len()) - 1;
+        l[i] as f64 / MS as f64
+    }
+
+    /// A latency quantile of the requests issued in `[from, to)`, ms.
+    pub fn quantile_between_ms(&self, q: f64, from: u64, to: u64) -> f64 {
+        let mut l: Vec<u64> = self
+            .samples
+            .iter()
+            .filter(|s| s.issued >= from && s.issued < to)
+            .map(|s| s.latency)
+            .collect();
         if l.is_empty() {
             return 0.0;
         }
@@ -303,10 +345,14 @@ enum Router {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
-    /// A client sends its next request.
-    Send { client: usize },
+    /// A client sends its next request (at `issued`; the worker may pick it
+    /// up later, after a pause).
+    Send { client: usize, issued: u64 },
     /// A destination finishes the request in service slot order.
     Finish { request: usize },
+    /// The answer reaches the proxy worker (after its pause, if any) and
+    /// the client.
+    Deliver { request: usize },
 }
 
 struct Pending {
@@ -330,23 +376,38 @@ pub fn run(scenario: &Scenario, policy: PolicyKind, seed: u64) -> Run {
         store: MemStore::default(),
         trace: SimTraceRng(seed),
     };
-    let mut router = match policy {
-        PolicyKind::Tideway => {
-            let config = PluginConfig::from_json(tideway_config(scenario).as_bytes())
-                .expect("the scenario's config is valid");
-            Router::Tideway(Box::new(Engine::new(
-                config,
-                LocalIdentity {
-                    cluster: "local".into(),
-                    locality: None,
-                    namespace: None,
-                },
-                seed,
-                None,
-            )))
-        }
-        PolicyKind::RoundRobin => Router::RoundRobin(0),
-        PolicyKind::LeastRequest => Router::LeastRequest,
+    let workers = scenario.workers.max(1);
+    let mut routers: Vec<Router> = (0..workers)
+        .map(|w| match policy {
+            PolicyKind::Tideway => {
+                let config = PluginConfig::from_json(tideway_config(scenario).as_bytes())
+                    .expect("the scenario's config is valid");
+                Router::Tideway(Box::new(Engine::new(
+                    config,
+                    LocalIdentity {
+                        cluster: "local".into(),
+                        locality: None,
+                        namespace: None,
+                    },
+                    seed.wrapping_add(w as u64 * 0x9e37),
+                    None,
+                )))
+            }
+            PolicyKind::RoundRobin => Router::RoundRobin(w),
+            PolicyKind::LeastRequest => Router::LeastRequest,
+        })
+        .collect();
+    let pauses: Vec<Vec<(u64, u64)>> = (0..workers)
+        .map(|_| pause_schedule(&scenario.noise, scenario.duration, &mut rng))
+        .collect();
+    // When worker `w` runs again if it is paused at `t`.
+    let resumes = |w: usize, t: u64| -> Option<u64> {
+        let p = &pauses[w];
+        let i = p.partition_point(|&(start, _)| start <= t);
+        i.checked_sub(1)
+            .map(|i| p[i])
+            .filter(|&(_, end)| t < end)
+            .map(|(_, end)| end)
     };
     let headers = serialize(&[
         (":authority", "svc.local"),
@@ -371,25 +432,44 @@ pub fn run(scenario: &Scenario, policy: PolicyKind, seed: u64) -> Run {
     for client in 0..scenario.connections {
         // Staggered starts: clients do not move in lockstep.
         let at = (client as u64 * scenario.think.max(1000)) % (MS.max(1));
-        push(&mut events, at, Event::Send { client });
+        push(&mut events, at, Event::Send { client, issued: at });
     }
     let mut samples = Vec::new();
-    let mut next_tick = 0u64;
-    let tick = 1_000 * MS;
+    // Each worker merges on its own tick (offset, as Envoy's timers are).
+    let tick = match &routers[0] {
+        Router::Tideway(engine) => engine.config.scheduler.tick_ms.max(1) * MS,
+        _ => 1_000 * MS,
+    };
+    let mut next_tick: Vec<u64> = (0..workers as u64)
+        .map(|w| w * tick / workers as u64)
+        .collect();
     while let Some(Reverse((now, _, event))) = events.pop() {
         if now >= scenario.duration {
             break;
         }
         host.now = now;
-        if let Router::Tideway(engine) = &mut router {
-            while next_tick <= now {
-                let _ = engine.sync_shared(&mut host.store, next_tick);
-                next_tick += tick;
+        // A worker's ticks while it is paused run when it resumes.
+        for (w, router) in routers.iter_mut().enumerate() {
+            if let Router::Tideway(engine) = router {
+                while next_tick[w] <= now {
+                    let at = resumes(w, next_tick[w]).unwrap_or(next_tick[w]);
+                    if at > now {
+                        break;
+                    }
+                    let _ = engine.sync_shared(&mut host.store, at);
+                    next_tick[w] += tick;
+                }
             }
         }
+        let worker_of = |client: usize| client % workers;
         match event {
-            Event::Send { client } => {
-                let (destination, flight) = match &mut router {
+            Event::Send { client, issued } => {
+                let w = worker_of(client);
+                if let Some(resume) = resumes(w, now) {
+                    push(&mut events, resume, Event::Send { client, issued });
+                    continue;
+                }
+                let (destination, flight) = match &mut routers[w] {
                     Router::Tideway(engine) => {
                         let flight = engine
                             .route(&HeaderMap::parse(&headers), &mut host)
@@ -418,7 +498,7 @@ pub fn run(scenario: &Scenario, policy: PolicyKind, seed: u64) -> Run {
                 let request = pending.len();
                 pending.push(Pending {
                     client,
-                    issued: now,
+                    issued,
                     destination,
                     flight,
                 });
@@ -426,16 +506,37 @@ pub fn run(scenario: &Scenario, policy: PolicyKind, seed: u64) -> Run {
                 d.active += 1;
                 if d.busy < scenario.destinations[destination].limit {
                     d.busy += 1;
-                    let t = service_time(&scenario.destinations[destination], now, &mut rng);
+                    let t = service_time(scenario, destination, now, &mut rng);
                     push(&mut events, now + t, Event::Finish { request });
                 } else {
                     d.queue.push_back(request);
                 }
             }
             Event::Finish { request } => {
+                // The backend is done: its slot goes to the next in line.
+                let destination = pending[request].destination;
+                let d = &mut dests[destination];
+                d.active -= 1;
+                if let Some(next) = d.queue.pop_front() {
+                    let t = service_time(scenario, destination, now, &mut rng);
+                    push(&mut events, now + t, Event::Finish { request: next });
+                } else {
+                    d.busy -= 1;
+                }
+                let w = worker_of(pending[request].client);
+                let at = resumes(w, now).unwrap_or(now);
+                push(&mut events, at, Event::Deliver { request });
+            }
+            Event::Deliver { request } => {
                 let p = &mut pending[request];
-                let destination = p.destination;
-                if let (Router::Tideway(engine), Some(flight)) = (&mut router, p.flight.as_mut()) {
+                let w = worker_of(p.client);
+                if let Some(resume) = resumes(w, now) {
+                    push(&mut events, resume, Event::Deliver { request });
+                    continue;
+                }
+                if let (Router::Tideway(engine), Some(flight)) =
+                    (&mut routers[w], p.flight.as_mut())
+                {
                     let _ = engine.complete(flight, StreamEvent::ResponseHeaders, &mut host);
                     let _ = engine.complete(flight, StreamEvent::End, &mut host);
                 }
@@ -443,18 +544,11 @@ pub fn run(scenario: &Scenario, policy: PolicyKind, seed: u64) -> Run {
                 samples.push(Sample {
                     issued: p.issued,
                     latency: now - p.issued,
-                    destination,
+                    destination: p.destination,
                 });
                 let client = p.client;
-                let d = &mut dests[destination];
-                d.active -= 1;
-                if let Some(next) = d.queue.pop_front() {
-                    let t = service_time(&scenario.destinations[destination], now, &mut rng);
-                    push(&mut events, now + t, Event::Finish { request: next });
-                } else {
-                    d.busy -= 1;
-                }
-                push(&mut events, now + scenario.think, Event::Send { client });
+                let at = now + scenario.think;
+                push(&mut events, at, Event::Send { client, issued: at });
             }
         }
     }
@@ -466,9 +560,40 @@ pub fn run(scenario: &Scenario, policy: PolicyKind, seed: u64) -> Run {
     }
 }
 
-fn service_time(d: &DestSpec, now: u64, rng: &mut SimRng) -> u64 {
+fn service_time(scenario: &Scenario, destination: usize, now: u64, rng: &mut SimRng) -> u64 {
+    let d = &scenario.destinations[destination];
     let jitter = (0.25 * rng.normal()).exp();
-    (d.service_ms * d.factor(now) * jitter * MS as f64).max(1_000.0) as u64
+    let mut ms = d.service_ms * d.factor(now) * jitter;
+    let noise = &scenario.noise;
+    if noise.hiccup_share > 0.0 && rng.unit() < noise.hiccup_share {
+        let (lo, hi) = noise.hiccup_ms;
+        ms += lo + (hi - lo) * rng.unit();
+    }
+    (ms * MS as f64).max(1_000.0) as u64
+}
+
+/// Each worker's pauses, `(start, end)` in time order: a Poisson process of
+/// `pauses_per_s`, each lasting uniformly within `pause_ms`.
+fn pause_schedule(noise: &Noise, duration: u64, rng: &mut SimRng) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    if noise.pauses_per_s <= 0.0 {
+        return out;
+    }
+    let mut t = 0.0f64;
+    let (lo, hi) = noise.pause_ms;
+    loop {
+        t += -rng.unit().ln() / noise.pauses_per_s * S as f64;
+        if t >= duration as f64 {
+            return out;
+        }
+        let start = t as u64;
+        let end = start + ((lo + (hi - lo) * rng.unit()) * MS as f64) as u64;
+        // Pauses do not overlap: one that starts inside another extends it.
+        match out.last_mut() {
+            Some((_, last_end)) if start <= *last_end => *last_end = (*last_end).max(end),
+            _ => out.push((start, end)),
+        }
+    }
 }
 
 /// Three equal-weight destinations, the last `slower`× slower, at
@@ -487,6 +612,8 @@ pub fn one_slow(slower: f64, connections: usize) -> Scenario {
         warmup: 2 * S,
         think: 50_000,
         scheduler: None,
+        workers: 1,
+        noise: Noise::default(),
     }
 }
 
@@ -507,6 +634,48 @@ pub fn weighted_slowdown(slow_at: u64, recover_at: u64) -> Scenario {
         warmup: S,
         think: 50_000,
         scheduler: None,
+        workers: 1,
+        noise: Noise::default(),
+    }
+}
+
+/// The demo's fleet (`cargo xtask demo`): clusters of 2, 4 and 8 ms with
+/// 24, 16 and 16 slots and equal weights, about 800 requests a second from
+/// 24 connections over Envoy's two workers, the demo's scheduler (latency
+/// first, decay 2 s); the 2 ms one is 10× slower from `slow_at` until
+/// `recover_at`, on a host with `noise`.
+pub fn demo_slowdown(slow_at: u64, recover_at: u64, noise: Noise) -> Scenario {
+    let mut a = DestSpec::new("hangzhou", 1.0, 2.0, 24);
+    a.slowdowns = vec![(slow_at, 10.0), (recover_at, 1.0)];
+    Scenario {
+        name: "demo fleet, the 2 ms cluster 10× slower for a while".into(),
+        connections: 24,
+        destinations: vec![
+            a,
+            DestSpec::new("shanghai", 1.0, 4.0, 16),
+            DestSpec::new("beijing", 1.0, 8.0, 16),
+        ],
+        duration: recover_at + 5 * S,
+        warmup: S,
+        think: 26 * MS,
+        scheduler: Some(
+            r#"{"weights":{"latency":0.7,"load":0.2,"cost":0.05,"affinity":0.05},"sharpness":4,"decayMs":2000}"#
+                .into(),
+        ),
+        workers: 2,
+        noise,
+    }
+}
+
+/// A loaded node, as the demo's machine is while other builds run: each
+/// worker paused three times a second for 5–30 ms, and one backend answer
+/// in fifty late by 5–25 ms.
+pub fn loaded_host() -> Noise {
+    Noise {
+        pauses_per_s: 3.0,
+        pause_ms: (5.0, 30.0),
+        hiccup_share: 0.02,
+        hiccup_ms: (5.0, 25.0),
     }
 }
 
@@ -524,6 +693,8 @@ pub fn all_equal(weights: [f64; 3], connections: usize) -> Scenario {
         warmup: 2 * S,
         think: 50_000,
         scheduler: None,
+        workers: 1,
+        noise: Noise::default(),
     }
 }
 
