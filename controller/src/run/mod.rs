@@ -176,6 +176,13 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
         discovery: discovery.clone(),
         weights,
         policies: controller.store(),
+        recorder: kube::runtime::events::Recorder::new(
+            hub.clone(),
+            kube::runtime::events::Reporter {
+                controller: "tideway-controller".into(),
+                instance: Some(config.lease.identity.clone()),
+            },
+        ),
     });
     let store = controller.store();
     {
