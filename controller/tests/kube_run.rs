@@ -938,6 +938,8 @@ async fn status_reports_every_member_and_fails_on_drift_and_an_unreachable_membe
     // The table says the same to a human; nothing printed holds a token.
     let (code, table, stderr) = tideway_status(&kube, &[]);
     assert_eq!(code, Some(1), "{table}\n{stderr}");
+    // What a user sees (shown with --nocapture).
+    eprintln!("{table}");
     for needle in [
         "DEGRADED",
         "UNREACHABLE",

@@ -789,8 +789,8 @@ pub fn table(report: &StatusReport) -> String {
                     .collect::<Vec<_>>()
                     .join("/");
                 match &w.source {
-                    Some(s) => format!("{list} via {s} (v{})", w.schema_version),
-                    None => format!("{list} static (v{})", w.schema_version),
+                    Some(s) => format!("{list} via {s}, schema {}", w.schema_version),
+                    None => format!("{list} static, schema {}", w.schema_version),
                 }
             }
         };
