@@ -13,6 +13,8 @@
 //! The distribution half:
 //! - [`apply`]: a render rolled out to a Fleet's member clusters, wave by
 //!   wave (server-side apply, health gate, prune);
+//! - [`status`]: what each member has of a policy, drift, health
+//!   (`tideway status`);
 //! - [`weights`]: the run-time weights API the members' filters poll
 //!   (`tideway serve-weights`, and `tideway run`), and its client.
 //!
@@ -29,6 +31,7 @@ pub mod load;
 pub mod observe;
 pub mod render;
 pub mod run;
+pub mod status;
 pub mod ui;
 pub mod validate;
 pub mod weights;

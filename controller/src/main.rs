@@ -7,6 +7,7 @@ use tideway_controller::{check_config, load, render};
 mod apply_cmd;
 mod image_cmd;
 mod run_cmd;
+mod status_cmd;
 mod weights_cmd;
 
 /// Tideway: traffic steering for multi-cluster Istio.
@@ -38,6 +39,9 @@ enum Command {
     /// Run the controller in the hub cluster: watch policies and fleets, roll out, report status.
     #[command(long_about = run_cmd::LONG_ABOUT)]
     Run(run_cmd::RunArgs),
+    /// Check a policy across its fleet: members' APIs, Istio CRDs, objects, revision, drift, endpoints.
+    #[command(long_about = status_cmd::LONG_ABOUT)]
+    Status(status_cmd::StatusArgs),
     /// Serve the policies' run-time weights (GET /v1/weights, long-poll) and take drains and weight changes.
     #[command(long_about = weights_cmd::SERVE_LONG_ABOUT)]
     ServeWeights(weights_cmd::ServeArgs),
@@ -128,6 +132,7 @@ fn run() -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         // Its exit status says whether every member has the render.
         Command::Apply(args) => apply_cmd::run(args),
+        Command::Status(args) => status_cmd::run(args),
         other => done(run_other(other)),
     }
 }
@@ -158,6 +163,7 @@ fn run_other(command: Command) -> anyhow::Result<()> {
         }
         Command::Apply(args) => apply_cmd::run(args).map(|_| ()),
         Command::Run(args) => run_cmd::run(args),
+        Command::Status(args) => status_cmd::run(args).map(|_| ()),
         Command::ServeWeights(args) => weights_cmd::serve(args),
         Command::Drain(args) => weights_cmd::drain(args),
         Command::Weight(command) => weights_cmd::weight(command),

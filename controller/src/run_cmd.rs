@@ -65,6 +65,9 @@ pub struct RunArgs {
     /// Re-apply every policy this often even with no change (drift repair).
     #[arg(long, default_value = "5m", value_parser = duration)]
     resync: Duration,
+    /// How many policies are reconciled at the same time (each talks to every member).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
     /// Watch the TrafficPolicies of this namespace only (default: all).
     #[arg(long, value_name = "NAMESPACE")]
     namespace: Option<String>,
@@ -145,6 +148,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 listen: args.listen,
                 resync: args.resync,
                 namespace: args.namespace,
+                concurrency: args.concurrency,
                 kubeconfig,
                 weights,
             },

@@ -558,9 +558,75 @@ async fn the_cli_shows_the_diff_on_dry_run_then_rolls_out_and_exits_non_zero_whe
     assert_eq!(code, Some(0));
     assert!(!stdout.contains("+kind"), "{stdout}");
 
+    // `tideway status` from the same files: every member at the render's
+    // revision; no controller (nothing runs `tideway run` here).
+    let status = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tideway"))
+            .arg("status")
+            .arg("-f")
+            .arg(&policy)
+            .arg("--fleet")
+            .arg(&fleet)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--hub-context", "hub", "-o", "json"])
+            .output()
+            .expect("run tideway status");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let report: Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), report)
+    };
+    let (code, report) = status();
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["revisionSource"], "render");
+    assert_eq!(
+        report["expectedRevision"],
+        apply::revision(&compiled(false)).as_str()
+    );
+    assert_eq!(report["controller"], Value::Null);
+    for member in MEMBERS {
+        let m = report["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["name"] == *member))
+            .expect("member");
+        assert_eq!(m["revision"], report["expectedRevision"], "{m:#}");
+        // No Endpoints object in these members: unknown, not a problem.
+        assert_eq!(m["endpoints"]["ready"], Value::Null, "{m:#}");
+    }
+    // An object deleted behind Tideway's back is missing.
+    let rule = compiled(false)
+        .member("cluster-hangzhou")
+        .into_iter()
+        .find(|o| o["kind"] == "DestinationRule")
+        .expect("a DestinationRule");
+    let admin = kube.member("cluster-hangzhou").admin().await;
+    dynamic_api(&admin, &rule)
+        .await
+        .delete("tideway-reviews", &Default::default())
+        .await
+        .expect("delete by hand");
+    let (code, report) = status();
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(
+        report["problems"],
+        json!(["cluster-hangzhou: DestinationRule production/tideway-reviews is missing"]),
+        "{report:#}"
+    );
+
     kube.member_mut("cluster-beijing").stop();
     let (code, _, stderr) = tideway(&[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("cluster-beijing: UNREACHABLE"), "{stderr}");
     assert!(stderr.contains("2 of 3 member(s) applied"), "{stderr}");
+    let (code, report) = status();
+    assert_eq!(code, Some(1), "{report:#}");
+    assert!(
+        report["problems"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p
+                .as_str()
+                .is_some_and(|p| p.starts_with("cluster-beijing: API unreachable: ")))),
+        "{report:#}"
+    );
 }

@@ -163,6 +163,11 @@ struct Replica {
 
 impl Replica {
     fn start(kube: &KubeFleet, identity: &str) -> Self {
+        Self::start_with_lease(kube, identity, "4s", "1s")
+    }
+
+    /// A replica with its own Lease term and renew interval.
+    fn start_with_lease(kube: &KubeFleet, identity: &str, duration: &str, renew: &str) -> Self {
         let kubeconfig = kube.write_kubeconfig();
         let port = free_port();
         let weights_port = free_port();
@@ -173,7 +178,7 @@ impl Replica {
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args(["--context", "hub", "--identity", identity])
-            .args(["--lease-duration", "4s", "--renew-interval", "1s"])
+            .args(["--lease-duration", duration, "--renew-interval", renew])
             .args(["--retry-interval", "300ms", "--resync", "1h"])
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
@@ -727,5 +732,440 @@ async fn two_replicas_one_acts_and_the_other_takes_over_when_it_stops() {
         started.elapsed() < Duration::from_secs(3),
         "took {:?}",
         started.elapsed()
+    );
+}
+
+/// `tideway status` (the binary) with the fleet's kubeconfig: exit code,
+/// stdout.
+fn tideway_status(kube: &KubeFleet, extra: &[&str]) -> (Option<i32>, String, String) {
+    let kubeconfig = kube.write_kubeconfig();
+    let out = Command::new(env!("CARGO_BIN_EXE_tideway"))
+        .arg("status")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--hub-context", "hub", "reviews", "-n", "production"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tideway status");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn status_json(kube: &KubeFleet) -> (Option<i32>, Value) {
+    let (code, stdout, stderr) = tideway_status(kube, &["-o", "json"]);
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("status -o json: {e}\nstdout: {stdout}\nstderr: {stderr}"));
+    (code, report)
+}
+
+fn member_of<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["name"] == name))
+        .unwrap_or_else(|| panic!("no member {name} in {report:#}"))
+}
+
+fn wasm_plugin_view(member: &Value) -> &Value {
+    member["objects"]
+        .as_array()
+        .and_then(|os| {
+            os.iter()
+                .find(|o| o["object"] == "WasmPlugin production/tideway-reviews")
+        })
+        .unwrap_or_else(|| panic!("no WasmPlugin in {member:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_every_member_and_fails_on_drift_and_an_unreachable_member() {
+    let mut kube = start().await;
+    // cluster-hangzhou's Istio CRDs carry the release label a Helm
+    // install writes; the others' (plain crd-all.gen.yaml) do not.
+    {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let crds: Api<CustomResourceDefinition> =
+            Api::all(kube.member("cluster-hangzhou").admin().await);
+        crds.patch(
+            "wasmplugins.extensions.istio.io",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"labels": {"app.kubernetes.io/version": "1.30.3"}}}),
+            ),
+        )
+        .await
+        .expect("label the CRD");
+    }
+    let replica = Replica::start(&kube, "controller-a");
+    let revision = wait_rolled_out(&kube, &[&replica], Duration::from_secs(60)).await;
+
+    let (code, report) = status_json(&kube);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["healthy"], true, "{report:#}");
+    assert_eq!(report["problems"], json!([]));
+    assert_eq!(report["expectedRevision"], revision.as_str());
+    assert_eq!(report["revisionSource"], "controller");
+    assert_eq!(report["policy"]["service"], "production/reviews");
+    let ready = report["controller"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .expect("the controller's Ready");
+    assert_eq!(ready["status"], "True", "{report:#}");
+    for name in MEMBERS {
+        let m = member_of(&report, name);
+        assert_eq!(m["api"]["reachable"], true, "{m:#}");
+        assert_eq!(m["api"]["version"], "v1.20.2", "{m:#}");
+        assert_eq!(m["revision"], revision.as_str(), "{m:#}");
+        assert!(
+            m["istio"]["kinds"]
+                .as_array()
+                .is_some_and(|ks| !ks.is_empty() && ks.iter().all(|k| k["served"] == true)),
+            "{m:#}"
+        );
+        assert!(
+            m["istio"]["servedVersions"]["networking.istio.io"]
+                .as_array()
+                .is_some_and(|vs| vs.contains(&json!("v1"))),
+            "{m:#}"
+        );
+        for object in m["objects"].as_array().expect("objects") {
+            assert_eq!(object["present"], true, "{object:#}");
+            assert_eq!(object["current"], true, "{object:#}");
+            assert_eq!(
+                object["drift"],
+                json!({"managers": [], "fields": []}),
+                "{object:#}"
+            );
+        }
+        let plugin = wasm_plugin_view(m);
+        assert_eq!(
+            plugin["image"],
+            "oci://registry.example.com/tideway/filter@sha256:d9b3ffabde57d6c94660e7ae683aa14bda1f5820614b9f6d4f8ccc0b2684f01e"
+        );
+        assert_eq!(
+            plugin["sha256"],
+            "d9b3ffabde57d6c94660e7ae683aa14bda1f5820614b9f6d4f8ccc0b2684f01e"
+        );
+        assert_eq!(m["endpoints"]["ready"], 2, "{m:#}");
+        assert_eq!(m["endpoints"]["notReady"], 1, "{m:#}");
+        assert_eq!(
+            m["weights"]["destinations"],
+            json!([
+                {"name": "cluster-hangzhou", "weight": 50.0},
+                {"name": "cluster-shanghai", "weight": 30.0},
+                {"name": "cluster-beijing", "weight": 20.0},
+            ]),
+            "{m:#}"
+        );
+        assert_eq!(m["weights"]["source"], Value::Null, "{m:#}");
+        assert_eq!(
+            m["weights"]["schemaVersion"],
+            tideway_filter::config::SCHEMA_VERSION
+        );
+        assert!(
+            m["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                .is_some_and(|c| c["status"] == "True"),
+            "{m:#}"
+        );
+    }
+    assert_eq!(
+        member_of(&report, "cluster-hangzhou")["istio"]["version"],
+        "1.30.3"
+    );
+    assert_eq!(
+        member_of(&report, "cluster-shanghai")["istio"]["version"],
+        Value::Null
+    );
+
+    // Break two members: someone edits shanghai's WasmPlugin by hand (a
+    // merge patch as `kubectl edit` sends it); beijing's API server goes away.
+    let object = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+                        "metadata": {"name": "tideway-reviews", "namespace": "production"}});
+    let plugins = dynamic_api(&kube.member("cluster-shanghai").admin().await, &object).await;
+    plugins
+        .patch(
+            "tideway-reviews",
+            &kube::api::PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &kube::api::Patch::Merge(json!({"spec": {"priority": 7}})),
+        )
+        .await
+        .expect("edit by hand");
+    kube.member_mut("cluster-beijing").stop();
+
+    let (code, report) = status_json(&kube);
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(report["healthy"], false);
+    let shanghai = member_of(&report, "cluster-shanghai");
+    let drift = &wasm_plugin_view(shanghai)["drift"];
+    assert_eq!(drift["managers"], json!(["kubectl-edit"]), "{shanghai:#}");
+    assert_eq!(drift["fields"], json!([".spec.priority"]), "{shanghai:#}");
+    assert_eq!(shanghai["api"]["reachable"], true);
+    let beijing = member_of(&report, "cluster-beijing");
+    assert_eq!(beijing["api"]["reachable"], false, "{beijing:#}");
+    assert!(
+        beijing["api"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{beijing:#}"
+    );
+    assert_eq!(
+        member_of(&report, "cluster-hangzhou")["problems"],
+        json!([]),
+        "{report:#}"
+    );
+    let problems: Vec<&str> = report["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    let has = |prefix: &str| problems.iter().any(|p| p.starts_with(prefix));
+    assert!(
+        has("cluster-shanghai: WasmPlugin production/tideway-reviews changed by \"kubectl-edit\" since the last apply; differs from the render at .spec.priority"),
+        "{problems:#?}"
+    );
+    assert!(has("cluster-beijing: API unreachable: "), "{problems:#?}");
+
+    // The table says the same to a human; nothing printed holds a token.
+    let (code, table, stderr) = tideway_status(&kube, &[]);
+    assert_eq!(code, Some(1), "{table}\n{stderr}");
+    // What a user sees (shown with --nocapture).
+    eprintln!("{table}");
+    for needle in [
+        "DEGRADED",
+        "UNREACHABLE",
+        "DRIFT 1",
+        "kubectl-edit",
+        "1.30.3",
+    ] {
+        assert!(table.contains(needle), "{needle:?} not in\n{table}");
+    }
+    let json_text = report.to_string();
+    for server in std::iter::once(&kube.hub).chain(&kube.members) {
+        let token = server.controller_token.clone().expect("token");
+        assert!(!table.contains(&token) && !stderr.contains(&token));
+        assert!(!json_text.contains(&token));
+    }
+}
+
+/// A second policy in the same fleet (service ratings).
+fn other_policy() -> Value {
+    let mut p = policy_object(50, "cluster-hangzhou");
+    p["metadata"]["name"] = json!("ratings");
+    p["spec"]["service"]["name"] = json!("ratings");
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_api_restart_resumes_from_the_watch_without_re_applying() {
+    let mut kube = start().await;
+    // A Lease term longer than the restart: this is about the watch (a
+    // leader that cannot renew within its term exits, by design).
+    let replica = Replica::start_with_lease(&kube, "controller-a", "300s", "2s");
+    wait_rolled_out(&kube, &[&replica], Duration::from_secs(60)).await;
+    let applied = || async {
+        let (_, text) = replica.get("/metrics").await;
+        metric(
+            &text,
+            "tideway_controller_reconciles_total{result=\"applied\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let before = applied().await;
+    assert!(before >= 1.0, "{}", replica.log());
+
+    kube.hub.restart().await;
+
+    // The watch resumed: a policy created after the restart is rolled out.
+    edit(&kube, &other_policy()).await;
+    wait_for(
+        "ratings Ready after the restart",
+        Duration::from_secs(90),
+        || async {
+            let api: Api<TrafficPolicy> = Api::namespaced(kube.hub.admin().await, "production");
+            let p = api.get("ratings").await.map_err(|e| e.to_string())?;
+            let status = p.status.clone().unwrap_or_default();
+            if status.observed_generation == p.metadata.generation
+                && is_true(&status.conditions, "Ready")
+            {
+                Ok(())
+            } else {
+                Err(format!("{:#?}\n{}", p.status, replica.log()))
+            }
+        },
+    )
+    .await;
+    // ... and reviews, unchanged, was not rolled out again (its relist is
+    // answered from memory): exactly one more applied reconcile, ratings'.
+    assert_eq!(applied().await, before + 1.0, "{}", replica.log());
+    assert_eq!(replica.get("/readyz").await.0, 200);
+
+    // An edit after the restart still reaches every member.
+    edit(&kube, &policy_object(70, "cluster-hangzhou")).await;
+    wait_rolled_out(&kube, &[&replica], Duration::from_secs(60)).await;
+    for member in MEMBERS {
+        let found = plugin(&kube, member).await.expect("plugin");
+        assert_eq!(hangzhou_weight(&found), Some(70.0), "{member}");
+    }
+    assert_eq!(applied().await, before + 2.0, "{}", replica.log());
+}
+
+/// The Events on the reviews policy, as `reason: note` lines.
+async fn policy_events(kube: &KubeFleet) -> Vec<String> {
+    use k8s_openapi::api::events::v1::Event;
+    let events: Api<Event> = Api::namespaced(kube.hub.admin().await, "production");
+    events
+        .list(&Default::default())
+        .await
+        .expect("list Events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("reviews"))
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// Which of the reviews policy's objects (and its revision record) are
+/// still in `member`.
+async fn left_in(kube: &KubeFleet, member: &str) -> Vec<String> {
+    let objects = [
+        (
+            "extensions.istio.io/v1alpha1",
+            "WasmPlugin",
+            "production",
+            "tideway-reviews",
+        ),
+        (
+            "networking.istio.io/v1",
+            "DestinationRule",
+            "production",
+            "tideway-reviews",
+        ),
+        (
+            "networking.istio.io/v1",
+            "VirtualService",
+            "production",
+            "tideway-reviews",
+        ),
+        (
+            "security.istio.io/v1",
+            "AuthorizationPolicy",
+            "istio-system",
+            "tideway-reviews-no-routing-header",
+        ),
+        (
+            "v1",
+            "ConfigMap",
+            "tideway-system",
+            "tideway-revisions-production-reviews",
+        ),
+    ];
+    let admin = kube.member(member).admin().await;
+    let mut left = Vec::new();
+    for (api_version, kind, namespace, name) in objects {
+        let object = json!({"apiVersion": api_version, "kind": kind,
+                            "metadata": {"name": name, "namespace": namespace}});
+        let api = dynamic_api(&admin, &object).await;
+        if api.get_opt(name).await.expect("read as admin").is_some() {
+            left.push(format!("{kind} {namespace}/{name}"));
+        }
+    }
+    left
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_policy_is_pruned_from_every_member_before_it_goes_and_events_say_so() {
+    let mut kube = start().await;
+    let replica = Replica::start(&kube, "controller-a");
+    let revision = wait_rolled_out(&kube, &[&replica], Duration::from_secs(60)).await;
+    use kube::ResourceExt;
+    assert!(
+        policy(&kube)
+            .await
+            .finalizers()
+            .contains(&"traffic.tideway.dev/cleanup".to_string()),
+        "the cleanup finalizer"
+    );
+    for member in MEMBERS {
+        assert_eq!(left_in(&kube, member).await.len(), 5, "{member}");
+    }
+    wait_for("the Applied Event", Duration::from_secs(30), || async {
+        let events = policy_events(&kube).await;
+        let want = format!("Applied: revision {revision} applied to all 3 members");
+        if events.contains(&want) {
+            Ok(())
+        } else {
+            Err(format!("{events:#?}"))
+        }
+    })
+    .await;
+
+    // Deleted while cluster-beijing is down: the reachable members are
+    // cleaned at once, the policy stays (its finalizer) and says why.
+    kube.member_mut("cluster-beijing").stop();
+    let api: Api<TrafficPolicy> = Api::namespaced(kube.hub.admin().await, "production");
+    api.delete("reviews", &Default::default())
+        .await
+        .expect("delete the policy");
+    wait_for(
+        "hangzhou and shanghai cleaned, beijing pending",
+        Duration::from_secs(60),
+        || async {
+            let mut left = Vec::new();
+            for member in ["cluster-hangzhou", "cluster-shanghai"] {
+                left.extend(left_in(&kube, member).await);
+            }
+            let events = policy_events(&kube).await;
+            let pending = events
+                .iter()
+                .any(|e| e.starts_with("CleanupPending: ") && e.contains("cluster-beijing"));
+            if left.is_empty() && pending {
+                Ok(())
+            } else {
+                Err(format!("left: {left:?}\n{events:#?}\n{}", replica.log()))
+            }
+        },
+    )
+    .await;
+    let waiting = api.get_opt("reviews").await.expect("read");
+    assert!(
+        waiting.is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
+        "the policy waits for cluster-beijing"
+    );
+
+    // cluster-beijing is back: cleaned, and the policy goes.
+    kube.member_mut("cluster-beijing").restart().await;
+    wait_for("the policy gone", Duration::from_secs(90), || async {
+        match api.get_opt("reviews").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}\n{}", replica.log())),
+        }
+    })
+    .await;
+    assert_eq!(
+        left_in(&kube, "cluster-beijing").await,
+        Vec::<String>::new()
+    );
+    let events = policy_events(&kube).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("CleanedUp: deleted ") && e.ends_with(" from 3 members")),
+        "{events:#?}"
     );
 }

@@ -42,6 +42,8 @@ pub const RESOURCES: &[(&str, &[&str])] = &[
         ],
     ),
     ("apps", &["deployments"]),
+    // `tideway status` reads the Istio CRDs (by name) for their release.
+    ("apiextensions.k8s.io", &["customresourcedefinitions"]),
     ("coordination.k8s.io", &["leases"]),
     ("discovery.k8s.io", &["endpointslices"]),
     ("events.k8s.io", &["events"]),

@@ -323,6 +323,43 @@ pub async fn rollback(target: &Target, policy: &PolicyRef) -> Result<String, Str
     Ok(to.revision)
 }
 
+/// Delete every object Tideway applied in this member for `policy` (the
+/// policy was deleted), then its revision record. `applied` are the
+/// objects the record says the member had, so that kinds listed per
+/// namespace are found. `Ok(what was deleted)`.
+pub async fn remove_all(
+    client: &Client,
+    policy: &PolicyRef,
+) -> Result<Vec<ObjectOutcome>, MemberStatus> {
+    let record = revisions::read(client, policy)
+        .await
+        .map_err(|message| MemberStatus::Failed { message })?;
+    let look_in: BTreeSet<ObjectKey> = [&record.current, &record.previous]
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r.objects.iter())
+        .filter_map(ObjectKey::of)
+        .collect();
+    let mut resources = Resources {
+        client: client.clone(),
+        known: BTreeMap::new(),
+    };
+    let mut deleted = Vec::new();
+    prune(
+        &mut resources,
+        policy,
+        &BTreeSet::new(),
+        &look_in,
+        &Options::default(),
+        &mut deleted,
+    )
+    .await?;
+    revisions::delete(client, policy)
+        .await
+        .map_err(|message| MemberStatus::Failed { message })?;
+    Ok(deleted)
+}
+
 async fn apply_member_untimed(
     target: &Target,
     policy: &PolicyRef,
@@ -398,8 +435,15 @@ async fn apply_member_untimed(
     }
     if options.prune {
         let keep: BTreeSet<ObjectKey> = applied.iter().map(|(k, _)| k.clone()).collect();
-        if let Err(status) =
-            prune(&mut resources, policy, &keep, options, &mut outcome.pruned).await
+        if let Err(status) = prune(
+            &mut resources,
+            policy,
+            &keep,
+            &keep,
+            options,
+            &mut outcome.pruned,
+        )
+        .await
         {
             outcome.status = status;
         }
@@ -534,10 +578,14 @@ fn applied_by_tideway(object: &DynamicObject) -> bool {
         })
 }
 
+/// Delete what Tideway applied for `policy` and `keep` does not have.
+/// `look_in` says where the render puts kinds the member's identity may
+/// only list per namespace (ConfigMaps, PrometheusRules).
 async fn prune(
     resources: &mut Resources,
     policy: &PolicyRef,
     keep: &BTreeSet<ObjectKey>,
+    look_in: &BTreeSet<ObjectKey>,
     options: &Options,
     pruned: &mut Vec<ObjectOutcome>,
 ) -> Result<(), MemberStatus> {
@@ -564,7 +612,7 @@ async fn prune(
             // ConfigMaps and PrometheusRules per namespace): look in the
             // namespaces where the render puts this kind.
             Err(kube::Error::Api(s)) if s.code == 403 => {
-                let namespaces: BTreeSet<&str> = keep
+                let namespaces: BTreeSet<&str> = look_in
                     .iter()
                     .filter(|k| k.kind == *kind && k.group == *group)
                     .filter_map(|k| k.namespace.as_deref())

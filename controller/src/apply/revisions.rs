@@ -117,6 +117,19 @@ pub async fn write(client: &Client, policy: &PolicyRef, record: &Record) -> Resu
         })
 }
 
+/// Remove the record (the policy is gone); absent already is fine.
+pub async fn delete(client: &Client, policy: &PolicyRef) -> Result<(), String> {
+    let name = configmap_name(policy);
+    match api(client).delete(&name, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(format!(
+            "deleting ConfigMap {REVISIONS_NAMESPACE}/{name}: {}",
+            text_of(&e)
+        )),
+    }
+}
+
 /// The record after `revision` was applied: it becomes current, the old
 /// current (if different) previous.
 pub fn advanced(mut record: Record, revision: Revision) -> Record {

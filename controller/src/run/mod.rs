@@ -45,6 +45,10 @@ pub struct RunConfig {
     /// Watch TrafficPolicies of this namespace only (default: all).
     pub namespace: Option<String>,
     pub kubeconfig: Option<kube::config::Kubeconfig>,
+    /// How many policies are reconciled at once (at least 1): each
+    /// reconcile talks to every member, and a thousand at once overload
+    /// the API servers (the fleet benchmark saw handler timeouts).
+    pub concurrency: u16,
     /// Serve the weights API ([`crate::weights`]) here while leading, with
     /// these options (a token enables its write endpoints).
     pub weights: Option<(SocketAddr, crate::weights::ServerOptions)>,
@@ -148,7 +152,9 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(hub.clone(), ns),
         None => Api::all(hub.clone()),
     };
-    let controller = Controller::new(policies, watcher::Config::default());
+    let controller = Controller::new(policies, watcher::Config::default()).with_config(
+        kube::runtime::controller::Config::default().concurrency(config.concurrency.max(1)),
+    );
     let weights = match &config.weights {
         Some((addr, options)) => {
             let state = Arc::new(
@@ -176,6 +182,13 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
         discovery: discovery.clone(),
         weights,
         policies: controller.store(),
+        recorder: kube::runtime::events::Recorder::new(
+            hub.clone(),
+            kube::runtime::events::Reporter {
+                controller: "tideway-controller".into(),
+                instance: Some(config.lease.identity.clone()),
+            },
+        ),
     });
     let store = controller.store();
     {

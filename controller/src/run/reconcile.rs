@@ -24,6 +24,10 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 /// The field manager of the status `tideway run` writes.
 pub const STATUS_FIELD_MANAGER: &str = "tideway-controller";
+/// The finalizer `tideway run` puts on every policy: a deleted policy's
+/// objects are pruned from every member before the policy goes (nothing
+/// would garbage-collect them: they live in other clusters).
+pub const FINALIZER: &str = "traffic.tideway.dev/cleanup";
 
 /// What every reconcile shares.
 pub struct Context {
@@ -48,6 +52,9 @@ pub struct Context {
     /// policies.
     pub weights: Option<Arc<crate::weights::WeightsState>>,
     pub policies: kube::runtime::reflector::Store<TrafficPolicy>,
+    /// Events on the policies (events.k8s.io/v1): rollouts, rollbacks,
+    /// degraded members, cleanup.
+    pub recorder: kube::runtime::events::Recorder,
 }
 
 /// The inputs of the last rollout.
@@ -455,6 +462,204 @@ async fn write_status(
     .map(|_| ())
 }
 
+/// Publish an Event on `policy`; a failure is logged, never fatal (the
+/// status says the same).
+async fn event(ctx: &Context, policy: &TrafficPolicy, warning: bool, reason: &str, note: String) {
+    use kube::runtime::events::{Event, EventType};
+    use kube::Resource;
+    let mut note = note;
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push('…');
+    }
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_string(),
+        note: Some(note),
+        action: reason.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+        tracing::warn!(policy = %key(policy), error = %e, reason, "could not record an Event");
+    }
+}
+
+/// Set the policy's finalizers to `finalizers` (a merge patch carrying the
+/// resourceVersion read: a concurrent change fails it with 409, retried).
+async fn set_finalizers(
+    api: &Api<TrafficPolicy>,
+    policy: &TrafficPolicy,
+    finalizers: Vec<String>,
+) -> Result<(), kube::Error> {
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": policy.metadata.resource_version,
+    }});
+    api.patch(
+        &policy.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The policy is being deleted: prune its objects from every member of its
+/// Fleet, then let it go. A member that cannot be cleaned keeps the
+/// finalizer (retried); without a Fleet there are no members to reach.
+async fn cleanup(
+    policy: &TrafficPolicy,
+    api: &Api<TrafficPolicy>,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let mine = policy.finalizers().iter().any(|f| f == FINALIZER);
+    if !mine {
+        return Ok(Action::await_change());
+    }
+    let reference = PolicyRef::of(policy);
+    let fleets: Api<Fleet> = Api::all(ctx.hub.clone());
+    let mut failed = Vec::new();
+    let mut deleted = 0;
+    let mut members = 0;
+    match fleets.get_opt(&policy.spec.fleet).await? {
+        None => {
+            event(
+                ctx,
+                policy,
+                true,
+                "CleanupSkipped",
+                format!(
+                    "Fleet {:?} not found: the members' objects of this policy were not pruned",
+                    policy.spec.fleet
+                ),
+            )
+            .await;
+        }
+        Some(fleet) => {
+            for member in &fleet.spec.clusters {
+                members += 1;
+                let client = match apply::connect::member_client(
+                    member,
+                    ctx.kubeconfig.as_ref(),
+                    Some(&ctx.hub),
+                )
+                .await
+                {
+                    Ok(c) => c,
+                    Err(why) => {
+                        failed.push(format!("{}: {why}", member.name));
+                        continue;
+                    }
+                };
+                match apply::member::remove_all(&client, &reference).await {
+                    Ok(objects) => {
+                        deleted += objects.len();
+                        tracing::info!(policy = %key(policy), member = %member.name, deleted = objects.len(), "pruned the deleted policy's objects");
+                    }
+                    Err(status) => {
+                        failed.push(format!("{}: {}", member.name, member_status_text(&status)))
+                    }
+                }
+            }
+        }
+    }
+    if !failed.is_empty() {
+        let msg = format!(
+            "the policy is deleted; its objects are still in: {} (retried)",
+            failed.join("; ")
+        );
+        tracing::warn!(policy = %key(policy), "{msg}");
+        event(ctx, policy, true, "CleanupPending", msg).await;
+        return Ok(Action::requeue(Duration::from_secs(10)));
+    }
+    event(
+        ctx,
+        policy,
+        false,
+        "CleanedUp",
+        format!("deleted {deleted} objects of this policy from {members} members"),
+    )
+    .await;
+    let rest = policy
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    match set_finalizers(api, policy, rest).await {
+        Ok(()) => {}
+        // Gone already (another finalizer was last).
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let memo = key(policy);
+    ctx.applied
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&memo);
+    Ok(Action::await_change())
+}
+
+/// The Events of one rollout: `Applied` when it changed something in a
+/// member, `RolledBack` when a wave was put back, `Degraded` when a member
+/// does not have the render.
+async fn report_events(
+    ctx: &Context,
+    policy: &TrafficPolicy,
+    report: &apply::FleetReport,
+    revision: &str,
+    status: &TrafficPolicyStatus,
+) {
+    let rolled_back: Vec<String> = report
+        .members
+        .iter()
+        .filter_map(|m| match &m.rollback {
+            Some(Ok(to)) => Some(format!("{} to {to}", m.member)),
+            _ => None,
+        })
+        .collect();
+    if let Some(wave) = report.stopped_at_wave {
+        if !rolled_back.is_empty() {
+            let note = format!(
+                "wave {wave} failed its health gate; rolled back: {}",
+                rolled_back.join(", ")
+            );
+            event(ctx, policy, true, "RolledBack", note).await;
+        }
+    }
+    if report.all_applied() {
+        let changed = report.members.iter().any(|m| {
+            m.count(&ObjectAction::Created) + m.count(&ObjectAction::Configured) > 0
+                || !m.pruned.is_empty()
+        });
+        if changed {
+            let note = format!(
+                "revision {revision} applied to all {} members",
+                report.members.len()
+            );
+            event(ctx, policy, false, "Applied", note).await;
+        }
+    } else if let Some(ready) = status.conditions.iter().find(|c| c.type_ == READY) {
+        event(ctx, policy, true, "Degraded", ready.message.clone()).await;
+    }
+}
+
+fn member_status_text(status: &MemberStatus) -> String {
+    match status {
+        MemberStatus::Unreachable { message } => format!("unreachable: {message}"),
+        MemberStatus::Failed { message } => message.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// Reconcile one policy; see the module doc.
 pub async fn reconcile(
     policy: Arc<TrafficPolicy>,
@@ -462,6 +667,16 @@ pub async fn reconcile(
 ) -> Result<Action, ReconcileError> {
     let namespace = policy.namespace().unwrap_or_default();
     let api: Api<TrafficPolicy> = Api::namespaced(ctx.hub.clone(), &namespace);
+    if policy.metadata.deletion_timestamp.is_some() {
+        return cleanup(&policy, &api, &ctx).await;
+    }
+    if !policy.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = policy.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        // The patch is a change of its own: the next reconcile rolls out.
+        set_finalizers(&api, &policy, finalizers).await?;
+        return Ok(Action::await_change());
+    }
     let generation = policy.metadata.generation;
     let old = policy.status.as_ref();
     let fleets: Api<Fleet> = Api::all(ctx.hub.clone());
@@ -485,6 +700,19 @@ pub async fn reconcile(
         Err(errors) => {
             let msg = errors.to_string();
             tracing::warn!(policy = %key(&policy), "invalid policy, nothing applied: {msg}");
+            let said = old
+                .and_then(|o| o.conditions.iter().find(|c| c.type_ == READY))
+                .is_some_and(|c| c.reason == "InvalidPolicy" && c.message == msg);
+            if !said {
+                event(
+                    &ctx,
+                    &policy,
+                    true,
+                    "InvalidPolicy",
+                    format!("nothing applied: {msg}"),
+                )
+                .await;
+            }
             write_status(
                 &api,
                 &policy,
@@ -593,6 +821,7 @@ pub async fn reconcile(
     }
     let mut status = status_from_report(&report, &revision, generation, old);
     status.drained = drained;
+    report_events(&ctx, &policy, &report, &revision, &status).await;
     let result = if report.all_applied() {
         "applied"
     } else {

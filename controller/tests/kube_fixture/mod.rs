@@ -178,6 +178,10 @@ pub struct ApiServer {
     /// The token the controller uses here (bound to manifests/ RBAC), once
     /// [`ApiServer::bind_member_rbac`] or [`ApiServer::bind_controller_rbac`] ran.
     pub controller_token: Option<String>,
+    /// Its command line and directory, for [`ApiServer::restart`].
+    args: Vec<String>,
+    dir: PathBuf,
+    starts: u32,
 }
 
 /// The serving certificate (signed by a CA of the test's own) and the
@@ -246,36 +250,32 @@ impl ApiServer {
         )
         .expect("token file");
         let port = free_port();
+        let args: Vec<String> = vec![
+            format!("--etcd-servers={}", etcd.url),
+            format!("--etcd-prefix=/{name}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={port}"),
+            "--insecure-port=0".into(),
+            format!("--cert-dir={}", dir.display()),
+            format!("--tls-cert-file={}", keys.cert_path.display()),
+            format!("--tls-private-key-file={}", keys.key_path.display()),
+            format!("--token-auth-file={}", tokens.display()),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-key-file={}", keys.sa_pub_path.display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                keys.sa_key_path.display()
+            ),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--endpoint-reconciler-type=none".into(),
+            "--profiling=false".into(),
+            "--logtostderr=true".into(),
+            "--v=0".into(),
+        ];
         let process = Process::spawn(
-            Command::new(apiserver_binary())
-                .arg(format!("--etcd-servers={}", etcd.url))
-                .arg(format!("--etcd-prefix=/{name}"))
-                .arg("--bind-address=127.0.0.1")
-                .arg("--advertise-address=127.0.0.1")
-                .arg(format!("--secure-port={port}"))
-                .arg("--insecure-port=0")
-                .arg(format!("--cert-dir={}", dir.display()))
-                .arg(format!("--tls-cert-file={}", keys.cert_path.display()))
-                .arg(format!(
-                    "--tls-private-key-file={}",
-                    keys.key_path.display()
-                ))
-                .arg(format!("--token-auth-file={}", tokens.display()))
-                .arg("--authorization-mode=RBAC")
-                .arg(format!(
-                    "--service-account-key-file={}",
-                    keys.sa_pub_path.display()
-                ))
-                .arg(format!(
-                    "--service-account-signing-key-file={}",
-                    keys.sa_key_path.display()
-                ))
-                .arg("--service-account-issuer=https://kubernetes.default.svc")
-                .arg("--service-cluster-ip-range=10.96.0.0/16")
-                .arg("--endpoint-reconciler-type=none")
-                .arg("--profiling=false")
-                .arg("--logtostderr=true")
-                .arg("--v=0"),
+            Command::new(apiserver_binary()).args(&args),
             dir.join("apiserver.log"),
         );
         Self {
@@ -285,6 +285,9 @@ impl ApiServer {
             ca_pem: keys.ca_pem,
             process,
             controller_token: None,
+            args,
+            dir,
+            starts: 1,
         }
     }
 
@@ -366,6 +369,17 @@ impl ApiServer {
     /// made before now gets connection refused.
     pub fn stop(&mut self) {
         self.process.kill();
+    }
+
+    /// Stop the server and start it again on the same port with the same
+    /// keys, tokens and etcd (its data stays): an API server restart, as
+    /// an upgrade or a crash makes one. Returns once it is ready.
+    pub async fn restart(&mut self) {
+        self.process.kill();
+        self.starts += 1;
+        let log = self.dir.join(format!("apiserver-{}.log", self.starts));
+        self.process = Process::spawn(Command::new(apiserver_binary()).args(&self.args), log);
+        self.wait_ready().await;
     }
 
     /// The server's log so far (for assertion messages).

@@ -1,0 +1,383 @@
+//! The fleet benchmark (not a test): what the controller's work costs at
+//! scale. Prints a table.
+//!
+//! 1. Render + diff, in process, no server: 100 TrafficPolicies (one
+//!    service each, 10 destinations) for a Fleet of 10 members — compile,
+//!    revision, and the `--dry-run` diff of every member's every object
+//!    against the render before a weight edit. Time per pass (median of
+//!    several) and the process's peak RSS.
+//! 2. Steady-state reconcile with 1,000 policies, on real API servers (the
+//!    kube tier's fixture: etcd, a hub and members): `tideway run` (the
+//!    binary) rolls all of them out, then resyncs every `--resync`; the
+//!    table shows the time to converge, the reconciles per second and CPU
+//!    per reconcile over a steady window, and the controller's peak RSS.
+//!
+//! ```sh
+//! cargo bench -p tideway-controller --bench fleet                  # both
+//! cargo bench -p tideway-controller --bench fleet -- --render-only
+//! cargo bench -p tideway-controller --bench fleet -- --policies 200 --window 30
+//! ```
+
+#[path = "../tests/kube_fixture/mod.rs"]
+mod kube_fixture;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tideway_controller::api::TrafficPolicy;
+
+const IMAGE: &str = "registry.example.com/tideway/filter@sha256:d9b3ffabde57d6c94660e7ae683aa14bda1f5820614b9f6d4f8ccc0b2684f01e";
+
+struct Options {
+    render_only: bool,
+    policies: usize,
+    members: usize,
+    window: u64,
+    resync: u64,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        render_only: false,
+        policies: 1000,
+        members: 2,
+        window: 90,
+        resync: 60,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = || args.get(i + 1).and_then(|v| v.parse().ok());
+        match args[i].as_str() {
+            "--render-only" => o.render_only = true,
+            "--policies" => o.policies = value().unwrap_or(o.policies as u64) as usize,
+            "--members" => o.members = value().unwrap_or(o.members as u64) as usize,
+            "--window" => o.window = value().unwrap_or(o.window),
+            "--resync" => o.resync = value().unwrap_or(o.resync),
+            _ => {}
+        }
+        i += 1;
+    }
+    o
+}
+
+/// `VmHWM` (peak resident set) of a process, in MiB.
+fn peak_rss_mib(pid: &str) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after ")".
+    // SAFETY: sysconf has no preconditions.
+    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        n if n > 0 => n as f64,
+        _ => 100.0,
+    };
+    (ticks(11) + ticks(12)) / hz
+}
+
+fn fleet_object(members: usize) -> Value {
+    let clusters: Vec<Value> = (0..members)
+        .map(|i| {
+            json!({"name": format!("member-{i:02}"), "region": format!("region-{}", i / 2),
+                   "zone": format!("zone-{i}"), "wave": i % 3,
+                   "api": {"secretRef": {"namespace": "tideway-system", "name": format!("member-{i:02}-kubeconfig")}}})
+        })
+        .collect();
+    json!({"apiVersion": "traffic.tideway.dev/v1alpha1", "kind": "Fleet",
+           "metadata": {"name": "bench"}, "spec": {"clusters": clusters}})
+}
+
+fn policy_object(index: usize, members: usize, first_weight: u32) -> Value {
+    let destinations: Vec<Value> = (0..members)
+        .map(|i| {
+            json!({"cluster": format!("member-{i:02}"),
+                   "weight": if i == 0 { first_weight } else { 10 + i as u32 }})
+        })
+        .collect();
+    json!({
+        "apiVersion": "traffic.tideway.dev/v1alpha1", "kind": "TrafficPolicy",
+        "metadata": {"name": format!("svc-{index:04}"), "namespace": "production"},
+        "spec": {
+            "fleet": "bench",
+            "service": {"name": format!("svc-{index:04}"), "port": 8080},
+            "destinations": destinations,
+            "callers": [{"namespace": "production"}],
+            "observability": {"prometheusRule": false, "dashboard": false},
+            "plugin": {"image": IMAGE},
+        }
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn render_and_diff() -> Vec<(String, String)> {
+    use tideway_controller::apply::diff;
+    const SERVICES: usize = 100;
+    const MEMBERS: usize = 10;
+    const PASSES: usize = 5;
+    let fleet: tideway_controller::api::Fleet =
+        serde_json::from_value(fleet_object(MEMBERS)).expect("fleet");
+    let parse = |v: Value| -> TrafficPolicy { serde_json::from_value(v).expect("policy") };
+    let before: Vec<TrafficPolicy> = (0..SERVICES)
+        .map(|i| parse(policy_object(i, MEMBERS, 50)))
+        .collect();
+    let after: Vec<TrafficPolicy> = (0..SERVICES)
+        .map(|i| parse(policy_object(i, MEMBERS, 70)))
+        .collect();
+    let (mut compile_s, mut diff_s) = (Vec::new(), Vec::new());
+    let (mut objects, mut diff_bytes) = (0, 0);
+    for _ in 0..PASSES {
+        let started = Instant::now();
+        let mut renders = Vec::new();
+        for policy in &after {
+            let compiled = tideway_controller::compile(policy, &fleet, None).expect("compiles");
+            let _ = tideway_controller::apply::revision(&compiled);
+            renders.push(compiled);
+        }
+        compile_s.push(started.elapsed().as_secs_f64());
+        let old: Vec<_> = before
+            .iter()
+            .map(|p| tideway_controller::compile(p, &fleet, None).expect("compiles"))
+            .collect();
+        let started = Instant::now();
+        objects = 0;
+        diff_bytes = 0;
+        for (new, old) in renders.iter().zip(&old) {
+            for (member, new_objects) in new.members() {
+                let old_objects = old.member(&member);
+                for (n, o) in new_objects.iter().zip(&old_objects) {
+                    let text = diff::unified("object", &diff::comparable(o), &diff::comparable(n));
+                    objects += 1;
+                    diff_bytes += text.len();
+                }
+            }
+        }
+        diff_s.push(started.elapsed().as_secs_f64());
+    }
+    vec![
+        (
+            format!("render {SERVICES} services × {MEMBERS} members (compile + revision)"),
+            format!("{:.1} ms (median of {PASSES})", median(compile_s) * 1e3),
+        ),
+        (
+            format!(
+                "diff every member's objects ({objects} objects, {} KiB of diff)",
+                diff_bytes / 1024
+            ),
+            format!("{:.1} ms (median of {PASSES})", median(diff_s) * 1e3),
+        ),
+        (
+            "peak RSS of the benchmark process".to_string(),
+            format!("{:.1} MiB", peak_rss_mib("self")),
+        ),
+    ]
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn reconcile_loop(o: &Options) -> Vec<(String, String)> {
+    let names: Vec<String> = (0..o.members).map(|i| format!("member-{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let kube = kube_fixture::KubeFleet::start(&refs).await;
+    let admin = kube.hub.admin().await;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "tideway-system");
+    for name in &names {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": format!("{name}-kubeconfig")},
+            "stringData": {"kubeconfig": kube.member(name).controller_kubeconfig_yaml()},
+        }))
+        .expect("secret");
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("hub Secret");
+    }
+    kube.hub.create_namespace(&admin, "production").await;
+    kube.hub
+        .apply_as(&admin, "bench", &fleet_object(o.members))
+        .await;
+    let port = kube_fixture::free_port();
+    let log = kube.dir.path().join("controller.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tideway"))
+        .arg("run")
+        .arg("--kubeconfig")
+        .arg(kube.write_kubeconfig())
+        .args(["--context", "hub", "--identity", "bench"])
+        .args(["--resync", &format!("{}s", o.resync)])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(std::fs::File::create(kube.dir.path().join("controller.err")).expect("log"))
+        .spawn()
+        .expect("tideway run");
+    let pid = child.id();
+    let started = Instant::now();
+    for i in 0..o.policies {
+        kube.hub
+            .apply_as(&admin, "bench", &policy_object(i, o.members, 50))
+            .await;
+    }
+    let created = started.elapsed();
+    let policies: Api<TrafficPolicy> = Api::namespaced(admin.clone(), "production");
+    let ready = |p: &TrafficPolicy| {
+        p.status.as_ref().is_some_and(|s| {
+            s.observed_generation == p.metadata.generation
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let list = policies.list(&Default::default()).await.expect("list");
+        let n = list.items.iter().filter(|p| ready(p)).count();
+        if n == o.policies {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of {} Ready after 30 min",
+            o.policies
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let converged = started.elapsed();
+    let scrape = || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap_or_default()
+    };
+    let count = |text: &str| {
+        ["applied", "unchanged", "degraded"]
+            .iter()
+            .map(|r| {
+                metric(
+                    text,
+                    &format!("tideway_controller_reconciles_total{{result=\"{r}\"}}"),
+                )
+            })
+            .sum::<f64>()
+    };
+    let applied = |text: &str| {
+        metric(
+            text,
+            "tideway_controller_reconciles_total{result=\"applied\"}",
+        )
+    };
+    let text = scrape().await;
+    let (r0, a0, cpu0, t0) = (
+        count(&text),
+        applied(&text),
+        cpu_seconds(pid),
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(o.window)).await;
+    let text = scrape().await;
+    let (r1, a1, cpu1, window) = (count(&text), applied(&text), cpu_seconds(pid), t0.elapsed());
+    let peak = peak_rss_mib(&pid.to_string());
+    let _ = child.kill();
+    let _ = child.wait();
+    let reconciles = r1 - r0;
+    let p = o.policies;
+    let m = o.members;
+    vec![
+        (
+            format!("{p} policies × {m} members: created in the hub"),
+            format!("{:.1} s", created.as_secs_f64()),
+        ),
+        (
+            format!("{p} policies × {m} members: all Ready (from the first create)"),
+            format!("{:.1} s", converged.as_secs_f64()),
+        ),
+        (
+            format!(
+                "steady state, resync {}s, {:.0} s window: reconciles (of which full rollouts)",
+                o.resync,
+                window.as_secs_f64()
+            ),
+            format!(
+                "{reconciles:.0} ({:.0}); {:.1}/s",
+                a1 - a0,
+                reconciles / window.as_secs_f64()
+            ),
+        ),
+        (
+            "steady state: controller CPU".to_string(),
+            format!(
+                "{:.2} s in {:.0} s ({:.2} ms per reconcile)",
+                cpu1 - cpu0,
+                window.as_secs_f64(),
+                if reconciles > 0.0 {
+                    (cpu1 - cpu0) * 1e3 / reconciles
+                } else {
+                    0.0
+                }
+            ),
+        ),
+        (
+            "controller peak RSS (whole run)".to_string(),
+            format!("{peak:.1} MiB"),
+        ),
+    ]
+}
+
+fn print_table(rows: &[(String, String)]) {
+    let width = rows
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (k, v) in rows {
+        println!("{k:<width$}  {v}");
+    }
+}
+
+fn main() {
+    let o = options();
+    println!("## render + diff (in process)");
+    print_table(&render_and_diff());
+    if o.render_only {
+        return;
+    }
+    println!(
+        "\n## steady-state reconcile (tideway run against a hub and {} member kube-apiservers)",
+        o.members
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    print_table(&runtime.block_on(reconcile_loop(&o)));
+}
