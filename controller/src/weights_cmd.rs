@@ -75,7 +75,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR", env = "TIDEWAY_UI_DIR", requires = "ui")]
     ui_dir: Option<PathBuf>,
     /// An Envoy admin endpoint whose stats the dashboard shows, as NAME=URL
-    /// (repeatable), e.g. hangzhou=http://127.0.0.1:15000.
+    /// (repeatable), e.g. hangzhou=http://127.0.0.1:15000; or NAME=file:PATH,
+    /// the file Envoy's --admin-address-path writes (read at every scrape).
     #[arg(long = "envoy-admin", value_name = "NAME=URL", requires = "ui")]
     envoy_admin: Vec<tideway_controller::ui::ProxyTarget>,
     /// The longest wait= a poller may ask for, in seconds (1..=300).

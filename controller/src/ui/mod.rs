@@ -1,5 +1,6 @@
 //! The fleet dashboard at `/ui`, served by the weights API's server
-//! (`tideway serve-weights --ui`, and `tideway run`).
+//! (`tideway serve-weights --ui`; any `WeightsApi` given a [`Dashboard`]
+//! in its `ServerOptions`).
 //!
 //! - live: the weights the controller publishes and the operator's
 //!   overrides (its own state), and what each proxy reports — traffic by
@@ -51,8 +52,27 @@ const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; sty
 pub struct ProxyTarget {
     /// What the page calls it (a member cluster, a gateway).
     pub name: String,
-    /// `http://HOST:PORT` of its Envoy admin.
+    /// `http://HOST:PORT` of its Envoy admin, or `file:PATH`: the file
+    /// Envoy writes its admin address to (`--admin-address-path`), read at
+    /// every scrape, for a proxy whose port is chosen when it starts (and
+    /// that may come and go, as the demo's do).
     pub admin: String,
+}
+
+impl ProxyTarget {
+    /// The admin base URL now.
+    fn base_url(&self) -> Result<String, String> {
+        match self.admin.strip_prefix("file:") {
+            None => Ok(self.admin.clone()),
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(address) if !address.trim().is_empty() => {
+                    Ok(format!("http://{}", address.trim()))
+                }
+                Ok(_) => Err(format!("{path}: empty (the proxy is not running)")),
+                Err(e) => Err(format!("{path}: {e} (the proxy is not running)")),
+            },
+        }
+    }
 }
 
 impl std::str::FromStr for ProxyTarget {
@@ -65,9 +85,18 @@ impl std::str::FromStr for ProxyTarget {
         if name.is_empty() {
             return Err(format!("{s:?}: the name before = is empty"));
         }
+        if let Some(path) = admin.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err(format!("{s:?}: file: needs a path"));
+            }
+            return Ok(Self {
+                name: name.to_string(),
+                admin: admin.to_string(),
+            });
+        }
         let url = reqwest::Url::parse(admin).map_err(|e| format!("{admin:?}: not a URL ({e})"))?;
         if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(format!("{admin:?}: the scheme must be http or https"));
+            return Err(format!("{admin:?}: the scheme must be http, https or file"));
         }
         Ok(Self {
             name: name.to_string(),
@@ -243,10 +272,13 @@ impl Dashboard {
             }
         }
         let reads = self.proxies.iter().map(|p| async move {
-            let url = format!("{}{}", p.admin, envoy_stats::STATS_QUERY);
             let answer = async {
-                let reply = self.http.get(&url).send().await?.error_for_status()?;
-                reply.json::<Value>().await
+                let url = format!("{}{}", p.base_url()?, envoy_stats::STATS_QUERY);
+                let get = async {
+                    let reply = self.http.get(&url).send().await?.error_for_status()?;
+                    reply.json::<Value>().await
+                };
+                get.await.map_err(|e| format!("{url}: {e}"))
             }
             .await;
             match answer {
@@ -259,7 +291,7 @@ impl Dashboard {
                 Err(e) => ProxyReport {
                     name: p.name.clone(),
                     up: false,
-                    error: Some(format!("{}: {e}", p.admin)),
+                    error: Some(e),
                     stats: envoy_stats::ProxyStats::default(),
                 },
             }
@@ -325,7 +357,16 @@ mod tests {
         let p: ProxyTarget = "hangzhou=http://127.0.0.1:15000/".parse().unwrap();
         assert_eq!(p.name, "hangzhou");
         assert_eq!(p.admin, "http://127.0.0.1:15000");
-        for bad in ["hangzhou", "=http://x", "a=ftp://x", "a=not a url"] {
+        let f: ProxyTarget = "gw=file:/tmp/admin-address".parse().unwrap();
+        assert_eq!(f.admin, "file:/tmp/admin-address");
+        assert!(f.base_url().is_err(), "no such file: not running");
+        for bad in [
+            "hangzhou",
+            "=http://x",
+            "a=ftp://x",
+            "a=not a url",
+            "a=file:",
+        ] {
             assert!(bad.parse::<ProxyTarget>().is_err(), "{bad}");
         }
     }

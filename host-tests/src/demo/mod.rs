@@ -261,6 +261,8 @@ pub struct Outcome {
     /// What the demo could not show, said plainly (e.g. the drain phase
     /// when the weights server is not there).
     pub gaps: Vec<String>,
+    /// The fleet dashboard's URL (served while the demo ran).
+    pub dashboard: Option<String>,
 }
 
 fn say(config: &DemoConfig, line: &str) {
@@ -519,6 +521,15 @@ impl Stack<'_> {
     fn run(&self, policy: Policy, phases: &[Phase]) -> Result<Run> {
         self.apply(&Action::Steady)?;
         let envoy = self.start_envoy(policy)?;
+        // The dashboard reads the Tideway run's sidecar while it runs.
+        let admin_file = match (policy, &self.weights) {
+            (Policy::Tideway, Some(w)) => {
+                std::fs::write(&w.admin_file, format!("127.0.0.1:{}", envoy.admin_port))?;
+                Some(w.admin_file.clone())
+            }
+            _ => None,
+        };
+        let _forget = RemoveOnDrop(admin_file);
         let target = Target {
             url: envoy.url("/"),
             host: SERVICE_HOST.to_string(),
@@ -608,6 +619,13 @@ pub fn run(config: &DemoConfig) -> Result<Outcome> {
                 config,
                 &format!("  weights API     {} (tideway serve-weights)", w.url),
             );
+            say(
+                config,
+                &format!(
+                    "  dashboard       {} (live while the demo runs)",
+                    w.dashboard_url()
+                ),
+            );
             Some(w)
         }
         Err(gap) => {
@@ -665,5 +683,18 @@ pub fn run(config: &DemoConfig) -> Result<Outcome> {
         artifact,
         runs,
         gaps,
+        dashboard: stack.weights.as_ref().map(|w| w.dashboard_url()),
     })
+}
+
+/// Removes a file when dropped (the dashboard's admin address once its
+/// Envoy is gone: the page then shows the proxy down, not stale numbers).
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }

@@ -481,6 +481,13 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}.legend span{display:inline-bloc
         );
     }
     h.push_str("</table>");
+    if let Some(url) = &outcome.dashboard {
+        let _ = write!(
+            h,
+            "<p class=dashboard>Fleet dashboard (live while the demo runs): <a id=dashboard href=\"{0}\">{0}</a></p>",
+            esc(url)
+        );
+    }
     for gap in &outcome.gaps {
         let _ = write!(h, "<p class=gap>{}</p>", esc(gap));
     }

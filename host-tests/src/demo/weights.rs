@@ -28,7 +28,17 @@ pub struct WeightsControl {
     token_file: PathBuf,
     /// The Fleet with `weightsEndpoint` set, for `tideway render`.
     pub fleet_file: PathBuf,
+    /// Where the running Tideway Envoy's admin address is written for the
+    /// dashboard (`--envoy-admin caller-sidecar=file:…`).
+    pub admin_file: PathBuf,
     drained: Mutex<Vec<String>>,
+}
+
+impl WeightsControl {
+    /// The dashboard's address (live while the demo runs).
+    pub fn dashboard_url(&self) -> String {
+        format!("{}/ui/", self.url)
+    }
 }
 
 impl WeightsControl {
@@ -60,6 +70,18 @@ impl WeightsControl {
             &token_file,
             format!("demo-{}-{nanos:x}\n", std::process::id()),
         )?;
+        // The dashboard: live while the demo runs, reading the Tideway
+        // run's Envoy through the admin address the demo writes here.
+        let admin_file = dir.join("envoy-admin-address");
+        let _ = std::fs::remove_file(&admin_file);
+        let mut ui_args: Vec<String> = vec![
+            "--ui".into(),
+            "--envoy-admin".into(),
+            format!("caller-sidecar=file:{}", admin_file.display()),
+        ];
+        if let Ok(ui_dir) = crate::env::ui_dir() {
+            ui_args.extend(["--ui-dir".into(), ui_dir.display().to_string()]);
+        }
         let mut child = Command::new(&config.tideway_cli)
             .args(["serve-weights", "-f"])
             .arg(&config.policy_file)
@@ -67,6 +89,7 @@ impl WeightsControl {
             .arg(&config.fleet_file)
             .args(["--listen", "127.0.0.1:0", "--token-file"])
             .arg(&token_file)
+            .args(&ui_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -108,6 +131,7 @@ impl WeightsControl {
             port,
             token_file,
             fleet_file,
+            admin_file,
             drained: Mutex::new(Vec::new()),
         })
     }
