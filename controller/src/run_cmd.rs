@@ -78,6 +78,17 @@ pub struct RunArgs {
     /// The bearer token for the weights API's writes (drain, weight set); default $TIDEWAY_TOKEN.
     #[arg(long, value_name = "FILE", requires = "weights_listen")]
     weights_token_file: Option<PathBuf>,
+    /// Serve the fleet dashboard at /ui on the weights API's address: rollout
+    /// status per member, live traffic from --envoy-admin, the what-if.
+    #[arg(long, requires = "weights_listen")]
+    ui: bool,
+    /// The dashboard's scheduler module (`cargo xtask build-ui`'s output).
+    #[arg(long, value_name = "DIR", env = "TIDEWAY_UI_DIR", requires = "ui")]
+    ui_dir: Option<PathBuf>,
+    /// An Envoy admin endpoint whose stats the dashboard shows: NAME=URL or
+    /// NAME=file:PATH (repeatable).
+    #[arg(long = "envoy-admin", value_name = "NAME=URL", requires = "ui")]
+    envoy_admin: Vec<tideway_controller::ui::ProxyTarget>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -109,6 +120,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 token: tideway_controller::weights::Token::from_file_or_env(
                     args.weights_token_file.as_deref(),
                 )?,
+                // The policies' configs arrive as they are reconciled.
+                ui: if args.ui {
+                    Some(std::sync::Arc::new(tideway_controller::ui::Dashboard::new(
+                        Default::default(),
+                        args.envoy_admin.clone(),
+                        args.ui_dir.clone(),
+                    )?))
+                } else {
+                    None
+                },
                 ..Default::default()
             },
         )),

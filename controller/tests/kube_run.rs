@@ -184,6 +184,7 @@ impl Replica {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--weights-listen")
             .arg(format!("127.0.0.1:{weights_port}"))
+            .arg("--ui")
             .env("RUST_LOG", "info,kube=warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
@@ -448,6 +449,32 @@ async fn run_rolls_out_follows_edits_and_reports_per_member_status() {
     // stop sending there before any WasmPlugin changes).
     assert_eq!(replica.weights_drained("cluster-beijing").await, Ok(true));
     assert_eq!(replica.weights_drained("cluster-shanghai").await, Ok(false));
+    // The dashboard it serves shows the rollout per member and has the
+    // policy's plugin config for the what-if.
+    let live: Value = reqwest::get(format!(
+        "http://127.0.0.1:{}/ui/api/live",
+        replica.weights_port
+    ))
+    .await
+    .expect("the dashboard's live API answers")
+    .json()
+    .await
+    .expect("JSON");
+    let rollout = live["rollout"]
+        .as_object()
+        .and_then(|r| r.values().next())
+        .unwrap_or_else(|| panic!("no rollout in {live}"));
+    let members: Vec<&str> = rollout["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no members in {rollout}"))
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(members.len(), 3, "every member's rollout: {rollout}");
+    assert!(
+        live["configs"]["reviews"]["services"][0]["destinations"].is_array(),
+        "the what-if's config for reviews: {live}"
+    );
     set_endpoints(&kube, "cluster-beijing", 1).await;
     wait_destinations(
         &kube,

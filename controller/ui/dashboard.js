@@ -174,6 +174,23 @@ function renderLive(live) {
     legend.querySelectorAll("i").forEach((i, k) => (i.style.background = COLORS[k % COLORS.length]));
     root.append(el("h3", {}, service), table, legend, charts);
   }
+  // Rollout per member, as `tideway run` last wrote each policy's status.
+  const rollout = Object.entries(live.rollout || {});
+  $("rollout-section").hidden = rollout.length === 0;
+  $("rollout").tBodies[0].replaceChildren(
+    ...rollout.flatMap(([policy, status]) =>
+      (status.members || []).map((m) => {
+        const ready = (m.conditions || []).find((c) => c.type === "Ready") || {};
+        return el("tr", { "data-policy": policy, "data-member": m.name },
+          el("td", {}, policy),
+          el("td", {}, m.name),
+          el("td", { class: ready.status === "True" ? "up" : "down" }, ready.status || "–"),
+          el("td", {}, ready.reason || ""),
+          el("td", {}, (m.revision || "").slice(0, 12)),
+          el("td", { style: "text-align:left;white-space:normal" }, ready.message || ""),
+        );
+      })),
+  );
   const proxies = $("proxies").tBodies[0];
   proxies.replaceChildren(
     ...live.proxies.map((p) =>

@@ -181,6 +181,7 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
         applied: Default::default(),
         discovery: discovery.clone(),
         weights,
+        dashboard: config.weights.as_ref().and_then(|(_, o)| o.ui.clone()),
         policies: controller.store(),
         recorder: kube::runtime::events::Recorder::new(
             hub.clone(),

@@ -55,6 +55,9 @@ pub struct Context {
     /// Events on the policies (events.k8s.io/v1): rollouts, rollbacks,
     /// degraded members, cleanup.
     pub recorder: kube::runtime::events::Recorder,
+    /// The dashboard served with the weights API (`--ui`): it shows each
+    /// policy's rollout status and runs its what-if on the policy's config.
+    pub dashboard: Option<Arc<crate::ui::Dashboard>>,
 }
 
 /// The inputs of the last rollout.
@@ -425,10 +428,17 @@ fn now_rfc3339() -> String {
 /// Write `status` unless it equals what the policy has (transition times
 /// carried over first).
 async fn write_status(
+    ctx: &Context,
     api: &Api<TrafficPolicy>,
     policy: &TrafficPolicy,
     mut status: TrafficPolicyStatus,
 ) -> Result<(), kube::Error> {
+    if let Some(ui) = &ctx.dashboard {
+        ui.set_rollout(
+            &key(policy),
+            serde_json::to_value(&status).unwrap_or_default(),
+        );
+    }
     let old = policy.status.clone().unwrap_or_default();
     let now = now_rfc3339();
     keep_transition_times(&mut status.conditions, &old.conditions, &now);
@@ -687,6 +697,7 @@ pub async fn reconcile(
         );
         tracing::warn!(policy = %key(&policy), "{msg}");
         write_status(
+            &ctx,
             &api,
             &policy,
             invalid_status("FleetNotFound", msg, generation, old),
@@ -714,6 +725,7 @@ pub async fn reconcile(
                 .await;
             }
             write_status(
+                &ctx,
                 &api,
                 &policy,
                 invalid_status("InvalidPolicy", msg, generation, old),
@@ -783,6 +795,22 @@ pub async fn reconcile(
             tracing::warn!(error = %e, "weights API: policies not taken");
         }
     }
+    if let Some(ui) = &ctx.dashboard {
+        // The what-if runs on the config this policy's filters run.
+        match crate::compile::plugin_configs(&policy, &fleet) {
+            Ok(per_member) => {
+                if let Some(config) = per_member.into_values().next() {
+                    ui.set_config(
+                        &policy.spec.service.name,
+                        serde_json::to_value(&config).unwrap_or_default(),
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(policy = %key(&policy), error = %e, "dashboard: no plugin config")
+            }
+        }
+    }
     let revision = apply::revision(&compiled);
     let memo_key = key(&policy);
     let remembered = ctx
@@ -827,7 +855,7 @@ pub async fn reconcile(
     } else {
         "degraded"
     };
-    write_status(&api, &policy, status).await?;
+    write_status(&ctx, &api, &policy, status).await?;
     ctx.metrics.count_reconcile(result);
     ctx.failures
         .lock()

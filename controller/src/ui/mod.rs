@@ -28,7 +28,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -110,13 +110,48 @@ impl std::str::FromStr for ProxyTarget {
 pub struct Dashboard {
     /// wasm-bindgen's output (`scheduler.js`, `scheduler_bg.wasm`).
     scheduler_dir: Option<PathBuf>,
-    /// Service → the plugin config its filter runs (the what-if's input).
-    configs: BTreeMap<String, Value>,
-    /// Service → its hosts and destinations, to attribute Envoy's cluster stats.
-    names: BTreeMap<String, envoy_stats::ServiceNames>,
+    /// Service → the plugin config its filter runs (the what-if's input)
+    /// and its hosts and destinations (to attribute Envoy's cluster
+    /// stats); `tideway run` updates them as policies change.
+    services: RwLock<Services>,
+    /// Policy (`namespace/name`) → its status as the controller last wrote
+    /// it (`tideway run`): the rollout per member.
+    rollout: RwLock<BTreeMap<String, Value>>,
     proxies: Vec<ProxyTarget>,
     http: reqwest::Client,
     scraped: Mutex<Option<(Instant, Arc<Vec<ProxyReport>>)>>,
+}
+
+#[derive(Debug, Default)]
+struct Services {
+    configs: BTreeMap<String, Value>,
+    names: BTreeMap<String, envoy_stats::ServiceNames>,
+}
+
+/// A service's hosts and destination names, read from its plugin config.
+fn service_names(service: &str, config: &Value) -> Option<envoy_stats::ServiceNames> {
+    let strings = |v: Option<&Value>, key: Option<&str>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| match key {
+                        Some(k) => x.get(k).and_then(Value::as_str),
+                        None => x.as_str(),
+                    })
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let s = config
+        .get("services")?
+        .as_array()?
+        .iter()
+        .find(|s| s.get("name").and_then(Value::as_str) == Some(service))?;
+    Some(envoy_stats::ServiceNames {
+        hosts: strings(s.get("hosts"), None),
+        destinations: strings(s.get("destinations"), Some("name")),
+    })
 }
 
 /// One proxy in the live view.
@@ -140,34 +175,10 @@ impl Dashboard {
         proxies: Vec<ProxyTarget>,
         scheduler_dir: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
-        let strings = |v: Option<&Value>, key: Option<&str>| -> Vec<String> {
-            v.and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| match key {
-                            Some(k) => x.get(k).and_then(Value::as_str),
-                            None => x.as_str(),
-                        })
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         let names = configs
             .iter()
             .filter_map(|(service, config)| {
-                let s = config
-                    .get("services")?
-                    .as_array()?
-                    .iter()
-                    .find(|s| s.get("name").and_then(Value::as_str) == Some(service))?;
-                Some((
-                    service.clone(),
-                    envoy_stats::ServiceNames {
-                        hosts: strings(s.get("hosts"), None),
-                        destinations: strings(s.get("destinations"), Some("name")),
-                    },
-                ))
+                Some((service.clone(), service_names(service, config)?))
             })
             .collect();
         let http = reqwest::Client::builder()
@@ -176,12 +187,32 @@ impl Dashboard {
             .map_err(|e| anyhow::anyhow!("building the dashboard's HTTP client: {e}"))?;
         Ok(Self {
             scheduler_dir,
-            configs,
-            names,
+            services: RwLock::new(Services { configs, names }),
+            rollout: RwLock::new(BTreeMap::new()),
             proxies,
             http,
             scraped: Mutex::new(None),
         })
+    }
+
+    /// Set the plugin config `service`'s filter runs (`tideway run`, as
+    /// policies change).
+    pub fn set_config(&self, service: &str, config: Value) {
+        let names = service_names(service, &config);
+        let mut s = self.services.write().unwrap_or_else(|e| e.into_inner());
+        match names {
+            Some(n) => s.names.insert(service.to_string(), n),
+            None => s.names.remove(service),
+        };
+        s.configs.insert(service.to_string(), config);
+    }
+
+    /// Set `policy`'s rollout status (`tideway run`, at every status write).
+    pub fn set_rollout(&self, policy: &str, status: Value) {
+        self.rollout
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(policy.to_string(), status);
     }
 
     /// Answer a request under `/ui` (the caller has authorised `/ui/api/`).
@@ -242,12 +273,19 @@ impl Dashboard {
     async fn live(&self, state: &WeightsState) -> Response<Full<Bytes>> {
         let proxies = self.scrape().await;
         let snapshot = state.snapshot();
+        let configs = self
+            .services
+            .read()
+            .map(|s| s.configs.clone())
+            .unwrap_or_default();
+        let rollout = self.rollout.read().map(|r| r.clone()).unwrap_or_default();
         let body = serde_json::json!({
             "version": snapshot.version(),
             "weights": &snapshot.document,
             "overrides": state.overrides(),
             "clusters": state.destination_clusters(),
-            "configs": &self.configs,
+            "configs": configs,
+            "rollout": rollout,
             "scheduler": self.scheduler_dir.is_some(),
             "proxies": &*proxies,
         });
@@ -271,6 +309,12 @@ impl Dashboard {
                 return reports.clone();
             }
         }
+        let names = self
+            .services
+            .read()
+            .map(|s| s.names.clone())
+            .unwrap_or_default();
+        let names = &names;
         let reads = self.proxies.iter().map(|p| async move {
             let answer = async {
                 let url = format!("{}{}", p.base_url()?, envoy_stats::STATS_QUERY);
@@ -286,7 +330,7 @@ impl Dashboard {
                     name: p.name.clone(),
                     up: true,
                     error: None,
-                    stats: envoy_stats::parse(&body, &self.names),
+                    stats: envoy_stats::parse(&body, names),
                 },
                 Err(e) => ProxyReport {
                     name: p.name.clone(),
