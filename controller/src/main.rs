@@ -199,6 +199,35 @@ fn render_cmd(args: RenderArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// A scheduler directory without --ui is ignored, not an error: it
+    /// usually comes from $TIDEWAY_UI_DIR, set for every command (CI sets
+    /// it for the whole test suite).
+    #[test]
+    fn a_ui_dir_without_ui_is_not_an_error() {
+        for args in [
+            &[
+                "tideway",
+                "serve-weights",
+                "--policy",
+                "p.yaml",
+                "--ui-dir",
+                "/d",
+            ][..],
+            &[
+                "tideway",
+                "run",
+                "--weights-listen",
+                "127.0.0.1:0",
+                "--ui-dir",
+                "/d",
+            ][..],
+        ] {
+            if let Err(e) = Cli::try_parse_from(args) {
+                panic!("{args:?}: {e}");
+            }
+        }
+    }
+
     /// The Deployment in manifests/controller runs flags `tideway run`
     /// really has.
     #[test]

@@ -82,8 +82,9 @@ pub struct RunArgs {
     /// status per member, live traffic from --envoy-admin, the what-if.
     #[arg(long, requires = "weights_listen")]
     ui: bool,
-    /// The dashboard's scheduler module (`cargo xtask build-ui`'s output).
-    #[arg(long, value_name = "DIR", env = "TIDEWAY_UI_DIR", requires = "ui")]
+    /// The dashboard's scheduler module (`cargo xtask build-ui`'s output);
+    /// ignored without --ui.
+    #[arg(long, value_name = "DIR", env = "TIDEWAY_UI_DIR")]
     ui_dir: Option<PathBuf>,
     /// An Envoy admin endpoint whose stats the dashboard shows: NAME=URL or
     /// NAME=file:PATH (repeatable).

@@ -71,8 +71,9 @@ pub struct ServeArgs {
     #[arg(long)]
     ui: bool,
     /// The dashboard's scheduler module: the output of `cargo xtask build-ui`
-    /// (target/tideway/ui). Without it the what-if is unavailable.
-    #[arg(long, value_name = "DIR", env = "TIDEWAY_UI_DIR", requires = "ui")]
+    /// (target/tideway/ui). Without it the what-if is unavailable. Ignored
+    /// without --ui (so a $TIDEWAY_UI_DIR set for every command is harmless).
+    #[arg(long, value_name = "DIR", env = "TIDEWAY_UI_DIR")]
     ui_dir: Option<PathBuf>,
     /// An Envoy admin endpoint whose stats the dashboard shows, as NAME=URL
     /// (repeatable), e.g. hangzhou=http://127.0.0.1:15000; or NAME=file:PATH,
