@@ -410,21 +410,7 @@ async fn an_unreachable_member_is_reported_and_the_others_roll_out() {
 /// gets a maximum, as a stricter admission policy would. The render uses
 /// priority 10.
 async fn refuse_priority_over_5(kube: &KubeFleet, member: &str) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let crds: Api<CustomResourceDefinition> = Api::all(kube.member(member).admin().await);
-    let name = "wasmplugins.extensions.istio.io";
-    let mut crd = crds.get(name).await.expect("WasmPlugin CRD");
-    let mut value = serde_json::to_value(&crd).expect("crd json");
-    for version in value["spec"]["versions"].as_array_mut().expect("versions") {
-        version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["priority"]
-            ["maximum"] = json!(5);
-    }
-    crd = serde_json::from_value(value).expect("crd");
-    crds.replace(name, &PostParams::default(), &crd)
-        .await
-        .expect("stricter CRD");
-    // The new schema is served once the CRD handler has reloaded.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    kube_fixture::refuse_wasmplugin_priority_over_5(&kube.member(member).admin().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

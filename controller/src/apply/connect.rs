@@ -43,12 +43,84 @@ pub async fn client_for_context(kubeconfig: &Kubeconfig, context: &str) -> Resul
         .map_err(|e| format!("kubeconfig context {context:?}: {e}"))
 }
 
+/// Where a member's client comes from: a kubeconfig and the context in it,
+/// and a digest of that source (the Secret's name, key and content, or the
+/// context's name) that says when a cached client is still the right one.
+struct Source {
+    kubeconfig: Kubeconfig,
+    context: String,
+    digest: [u8; 32],
+}
+
 /// A client for `member`; `kubeconfig` serves contexts, `hub` the Secrets.
 pub async fn member_client(
     member: &FleetMember,
     kubeconfig: Option<&Kubeconfig>,
     hub: Option<&Client>,
 ) -> Result<Client, String> {
+    let source = source(member, kubeconfig, hub).await?;
+    client_for_context(&source.kubeconfig, &source.context).await
+}
+
+/// Member clients kept from one reconcile to the next.
+///
+/// A `kube::Client` owns its connection pool: a client made per reconcile
+/// paid a TCP and TLS handshake to every member each time, and every watch
+/// started with one held a connection no other request could share. With
+/// 1,000 policies that was thousands of connections per member. A cached
+/// client is keyed by the digest of its source, so a rotated kubeconfig
+/// Secret (read on every call: that read is what notices the rotation)
+/// makes a new client, and two members with the same source share one.
+#[derive(Default)]
+pub struct ClientCache {
+    clients: std::sync::Mutex<std::collections::HashMap<[u8; 32], Client>>,
+}
+
+/// More cached clients than this means sources come and go (rotations):
+/// start afresh rather than keep every one.
+const MAX_CACHED_CLIENTS: usize = 1024;
+
+impl ClientCache {
+    /// The client for `member`, made once per source.
+    pub async fn member_client(
+        &self,
+        member: &FleetMember,
+        kubeconfig: Option<&Kubeconfig>,
+        hub: Option<&Client>,
+    ) -> Result<Client, String> {
+        let source = source(member, kubeconfig, hub).await?;
+        if let Some(client) = self.lock().get(&source.digest) {
+            return Ok(client.clone());
+        }
+        let client = client_for_context(&source.kubeconfig, &source.context).await?;
+        let mut clients = self.lock();
+        if clients.len() >= MAX_CACHED_CLIENTS {
+            clients.clear();
+        }
+        Ok(clients.entry(source.digest).or_insert(client).clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], Client>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for part in parts {
+        // Length-prefixed: ("ab", "c") and ("a", "bc") differ.
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part);
+    }
+    hash.finalize().into()
+}
+
+async fn source(
+    member: &FleetMember,
+    kubeconfig: Option<&Kubeconfig>,
+    hub: Option<&Client>,
+) -> Result<Source, String> {
     let api = member.api.clone().unwrap_or_default();
     if let Some(secret_ref) = &api.secret_ref {
         let hub = hub.ok_or_else(|| {
@@ -102,7 +174,18 @@ pub async fn member_client(
                 member.name, secret_ref.namespace, secret_ref.name
             )
         })?;
-        return client_for_context(&member_config, &context).await;
+        let digest = digest(&[
+            b"secret",
+            secret_ref.namespace.as_bytes(),
+            secret_ref.name.as_bytes(),
+            key.as_bytes(),
+            text.as_bytes(),
+        ]);
+        return Ok(Source {
+            kubeconfig: member_config,
+            context,
+            digest,
+        });
     }
     let context = api
         .kubeconfig_context
@@ -114,5 +197,81 @@ pub async fn member_client(
             member.name
         )
     })?;
-    client_for_context(kubeconfig, &context).await
+    // The kubeconfig file is read once per process: its context's name
+    // identifies the source.
+    Ok(Source {
+        digest: digest(&[b"context", context.as_bytes()]),
+        kubeconfig: kubeconfig.clone(),
+        context,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, context: Option<&str>) -> FleetMember {
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "api": context.map(|c| serde_json::json!({"kubeconfigContext": c})),
+        }))
+        .expect("member")
+    }
+
+    fn kubeconfig() -> Kubeconfig {
+        Kubeconfig::from_yaml(
+            r#"
+apiVersion: v1
+kind: Config
+clusters:
+- name: a
+  cluster: {server: "https://127.0.0.1:1"}
+- name: b
+  cluster: {server: "https://127.0.0.1:2"}
+users:
+- name: u
+  user: {token: secret-token}
+contexts:
+- name: east
+  context: {cluster: a, user: u}
+- name: west
+  context: {cluster: b, user: u}
+"#,
+        )
+        .expect("kubeconfig")
+    }
+
+    #[tokio::test]
+    async fn one_client_per_source_reused_across_calls() {
+        let cache = ClientCache::default();
+        let config = kubeconfig();
+        for _ in 0..3 {
+            cache
+                .member_client(&member("east", None), Some(&config), None)
+                .await
+                .expect("east");
+        }
+        assert_eq!(cache.lock().len(), 1, "the same member reuses its client");
+        // Another member naming the same context shares the client; a
+        // different context is a client of its own.
+        cache
+            .member_client(&member("alias", Some("east")), Some(&config), None)
+            .await
+            .expect("alias");
+        assert_eq!(cache.lock().len(), 1);
+        cache
+            .member_client(&member("west", None), Some(&config), None)
+            .await
+            .expect("west");
+        assert_eq!(cache.lock().len(), 2);
+        // A context that is not there is the member's error, not cached.
+        let Err(err) = cache
+            .member_client(&member("north", None), Some(&config), None)
+            .await
+        else {
+            panic!("a context that is not there made a client");
+        };
+        assert!(err.contains("north"), "{err}");
+        assert_eq!(cache.lock().len(), 2);
+    }
 }

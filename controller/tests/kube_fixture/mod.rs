@@ -534,6 +534,49 @@ pub async fn dynamic_api(client: &Client, object: &Value) -> Api<DynamicObject> 
     }
 }
 
+/// Make `client`'s WasmPlugin CRD refuse `spec.priority` over 5 (as a
+/// stricter admission policy would), and return once the API server
+/// enforces it: a dry-run create with priority 10 is refused. The CRD
+/// handler reloads a changed schema asynchronously; a fixed pause raced it.
+pub async fn refuse_wasmplugin_priority_over_5(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = "wasmplugins.extensions.istio.io";
+    let crd = crds.get(name).await.expect("WasmPlugin CRD");
+    let mut value = serde_json::to_value(&crd).expect("crd json");
+    for version in value["spec"]["versions"].as_array_mut().expect("versions") {
+        version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["priority"]
+            ["maximum"] = json!(5);
+    }
+    let crd: CustomResourceDefinition = serde_json::from_value(value).expect("crd");
+    crds.replace(name, &PostParams::default(), &crd)
+        .await
+        .expect("stricter CRD");
+    let probe = json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {"name": "schema-probe", "namespace": "default"},
+        "spec": {"url": "oci://registry.example.com/probe:1", "priority": 10},
+    });
+    let api = dynamic_api(client, &probe).await;
+    let object: DynamicObject = serde_json::from_value(probe).expect("probe");
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match api.create(&dry_run, &object).await {
+            Err(kube::Error::Api(s)) if s.code == 422 => return,
+            other => assert!(
+                Instant::now() < deadline,
+                "the stricter WasmPlugin schema is not enforced after 30 s: {:?}",
+                other.map(|_| "accepted")
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// etcd, a hub and members, all ready, with CRDs and RBAC in place.
 pub struct KubeFleet {
     pub hub: ApiServer,
