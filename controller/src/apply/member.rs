@@ -141,7 +141,8 @@ enum Failure {
     NoKind(String),
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, each said once.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

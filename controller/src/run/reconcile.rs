@@ -885,16 +885,6 @@ pub async fn reconcile(
         }
         if same {
             let overdue = age - done.again_in;
-            let handled = ctx
-                .handled
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let failing = ctx
-                .failures
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
             let store = ctx.policies.state();
             let live: Vec<(&TrafficPolicy, String)> = store
                 .iter()
@@ -902,11 +892,15 @@ pub async fn reconcile(
                 .map(|p| (p.as_ref(), key(p)))
                 .filter(|(_, k)| *k != memo_key)
                 .collect();
-            let change_waiting = live
-                .iter()
-                .any(|(p, k)| handled.get(k) != Some(&p.metadata.generation));
+            let change_waiting = {
+                let handled = ctx.handled.lock().unwrap_or_else(|p| p.into_inner());
+                live.iter()
+                    .any(|(p, k)| handled.get(k) != Some(&p.metadata.generation))
+            };
             let now = std::time::Instant::now();
             let yields = {
+                // No await below: the locks are held for the scan only.
+                let failing = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
                 let applied = ctx.applied.lock().unwrap_or_else(|p| p.into_inner());
                 let others_waited = live
                     .iter()

@@ -224,19 +224,7 @@ pub fn with_drains(policy: &TrafficPolicy, status: Option<&TrafficPolicyStatus>)
 fn text_of(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
-        other => {
-            let mut text = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(s) = source {
-                let s_text = s.to_string();
-                if !text.contains(&s_text) {
-                    text.push_str(": ");
-                    text.push_str(&s_text);
-                }
-                source = s.source();
-            }
-            text
-        }
+        other => crate::apply::member::error_chain(other),
     }
 }
 

@@ -302,22 +302,6 @@ impl StreamHost for SimHost {
     }
 }
 
-fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (k, v) in pairs {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
-    out
-}
-
 /// The Tideway config of a scenario: one service, its destinations, the
 /// scheduler as given (the README's defaults when `None`).
 pub fn tideway_config(scenario: &Scenario) -> String {
@@ -409,7 +393,7 @@ pub fn run(scenario: &Scenario, policy: PolicyKind, seed: u64) -> Run {
             .filter(|&(_, end)| t < end)
             .map(|(_, end)| end)
     };
-    let headers = serialize(&[
+    let headers = tideway_filter::header_map::serialize_pairs(&[
         (":authority", "svc.local"),
         (":path", "/"),
         (":method", "GET"),
