@@ -25,6 +25,7 @@ pub mod config;
 pub mod decision;
 pub mod ewma;
 pub mod failover;
+pub mod floor;
 pub mod hash;
 pub mod header_map;
 pub mod health;

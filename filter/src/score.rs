@@ -31,7 +31,12 @@
 //!   own history, the count shows what load is for: a destination whose
 //!   requests pile up past its usual count (it stalled, or a burst herded
 //!   onto it) before its latency samples can show it.
-//! - latency counts as equal within [`LATENCY_BAND`] of the best.
+//! - latency counts as equal within [`LATENCY_BAND`] of the best. It is
+//!   judged twice, on the peak-EWMA and on
+//!   the latency floor (`floor`: the low end of the destination's answers),
+//!   and the worse of the two counts: a busy proxy adds the same delay to
+//!   every answer and squeezes the peak-EWMAs' ratios into the band, where
+//!   the floors keep the destinations' own service times apart.
 //! - cost: cheapest 1, dearest ½, linear in between (min-max over the
 //!   candidates); a factor of 0 would exclude the dearest outright.
 //! - affinity: (1 + locality closeness) ÷ 2: same zone 1, same region ¾,
@@ -44,6 +49,9 @@ use crate::config::FactorWeights;
 pub struct FactorInputs {
     /// Peak-EWMA latency in ns (the default RTT before any sample).
     pub latency_ns: f64,
+    /// The latency floor in ns (`floor`); NaN while this worker has had
+    /// no answer from the destination.
+    pub floor_ns: f64,
     pub in_flight: u32,
     /// The destination's moving average of the in-flight count its
     /// requests found (`Destination::typical_in_flight`).
@@ -70,13 +78,26 @@ pub fn score_all(weights: &FactorWeights, inputs: &[FactorInputs], out: &mut [f6
     let mut min_cost = f64::INFINITY;
     let mut max_cost = f64::NEG_INFINITY;
     let mut best_latency = f64::INFINITY;
+    let mut fastest: Option<&FactorInputs> = None;
     for input in inputs {
         min_cost = min_cost.min(input.cost);
         max_cost = max_cost.max(input.cost);
-        best_latency = best_latency.min(finite_or(input.latency_ns, 1.0).max(1.0));
+        if peak_of(input) < best_latency {
+            best_latency = peak_of(input);
+            fastest = Some(input);
+        }
     }
-    // Within the band of the best, latency counts as equal.
-    let latency_floor = (best_latency * LATENCY_BAND).ln();
+    // Within the band of the best, latency counts as equal: a candidate's
+    // latency penalty is how far (in log) it lies beyond the band.
+    let peak_band_edge = band_edge(best_latency);
+    // The floors are compared against the floor of the candidate with the
+    // best peak-EWMA, not the lowest floor: a destination that just slowed
+    // down still has the floor of its fast days (floors move only with
+    // answers, and a shunned one gets few), and taken as the yardstick it
+    // would make every healthy destination look slow beside it. (Tried:
+    // the lowest floor among those the peaks call equal; on a loaded host
+    // a healthy one's peak spikes often enough to let the stale floor in.)
+    let floor_band_edge = fastest.and_then(floor_of).map(band_edge);
     let cost_span = max_cost - min_cost;
     // Each candidate's log-score; the best one's is subtracted afterwards,
     // so the factors' own "best" normalisation cancels out and only one
@@ -85,8 +106,11 @@ pub fn score_all(weights: &FactorWeights, inputs: &[FactorInputs], out: &mut [f6
     for (input, slot) in inputs.iter().zip(out.iter_mut()) {
         let mut log_score = 0.0;
         if wl > 0.0 {
-            let own = finite_or(input.latency_ns, 1.0).max(1.0).ln();
-            log_score -= wl * own.max(latency_floor);
+            let mut beyond = (peak_of(input).ln() - peak_band_edge).max(0.0);
+            if let (Some(edge), Some(floor)) = (floor_band_edge, floor_of(input)) {
+                beyond = beyond.max(floor.ln() - edge);
+            }
+            log_score -= wl * beyond;
         }
         if wn > 0.0 {
             let typical = finite_or(input.typical_in_flight, 0.0).max(0.0);
@@ -131,6 +155,22 @@ pub const HOT_LOAD: f64 = 2.0;
 /// still scored (3 ÷ 1.5)^(−w) of the fast one.
 pub const LATENCY_BAND: f64 = 1.5;
 
+/// The log of the latency up to which a candidate counts as equal to the
+/// best one (`best_ns`).
+fn band_edge(best_ns: f64) -> f64 {
+    (best_ns * LATENCY_BAND).ln()
+}
+
+/// The candidate's peak-EWMA in ns, at least 1.
+fn peak_of(input: &FactorInputs) -> f64 {
+    finite_or(input.latency_ns, 1.0).max(1.0)
+}
+
+/// The candidate's latency floor in ns, at least 1; `None` when unknown.
+fn floor_of(input: &FactorInputs) -> Option<f64> {
+    (input.floor_ns.is_finite() && input.floor_ns > 0.0).then(|| input.floor_ns.max(1.0))
+}
+
 fn finite_or(v: f64, fallback: f64) -> f64 {
     if v.is_finite() {
         v
@@ -168,6 +208,7 @@ mod tests {
     fn input(latency_ms: f64, in_flight: u32, cost: f64) -> FactorInputs {
         FactorInputs {
             latency_ns: latency_ms * 1e6,
+            floor_ns: f64::NAN,
             in_flight,
             typical_in_flight: 0.0,
             cost,
@@ -186,12 +227,64 @@ mod tests {
         let mut out = [0.0; 3];
         score_all(
             &w,
-            &[input(1.0, 0, 0.0), input(1.0, 0, 0.0), input(10.0, 0, 0.0)],
+            &[input(8.0, 0, 0.0), input(8.0, 0, 0.0), input(80.0, 0, 0.0)],
             &mut out,
         );
         assert_eq!(out[0], 1.0);
         // 10× slower, less the band: 1.5 ÷ 10.
         assert!((out[2] - 1.5 / 10.0).abs() < 1e-9, "{out:?}");
+    }
+
+    #[test]
+    fn a_busy_proxy_squeezes_the_peaks_but_not_the_floors() {
+        let w = FactorWeights {
+            latency: 1.0,
+            load: 0.0,
+            cost: 0.0,
+            affinity: 0.0,
+        };
+        // What a saturated Envoy measured for 8, 8 and 24 ms backends: the
+        // peak-EWMAs 29, 29 and 40 ms (within the band), the floors about
+        // the backends' own times.
+        let with_floor = |peak: f64, floor: f64| FactorInputs {
+            floor_ns: floor * 1e6,
+            ..input(peak, 0, 0.0)
+        };
+        let mut out = [0.0; 3];
+        let busy = [
+            with_floor(29.0, 8.2),
+            with_floor(29.0, 8.3),
+            with_floor(40.0, 24.4),
+        ];
+        score_all(&w, &busy, &mut out);
+        assert_eq!(&out[..2], &[1.0, 1.0], "{out:?}");
+        let expected = 8.2 * LATENCY_BAND / 24.4;
+        assert!((out[2] - expected).abs() < 1e-9, "{out:?}");
+        // By the peaks alone (no floors known) all three are equal.
+        let peaks_only = [
+            input(29.0, 0, 0.0),
+            input(29.0, 0, 0.0),
+            input(40.0, 0, 0.0),
+        ];
+        score_all(&w, &peaks_only, &mut out);
+        assert_eq!(out, [1.0, 1.0, 1.0]);
+        // A floor can only make a destination look slower: a slow peak
+        // with a fast floor (it just slowed down) is judged by its peak.
+        let slowed = [with_floor(8.0, 8.0), with_floor(80.0, 8.0)];
+        let mut two = [0.0; 2];
+        score_all(&w, &slowed, &mut two);
+        assert!((two[1] - 1.5 / 10.0).abs() < 1e-9, "{two:?}");
+        // And its old fast floor is no yardstick for the others: the demo's
+        // 2 ms cluster slowed to 20 ms still has a 2 ms floor, and the 4 and
+        // 8 ms ones are judged against the 4 ms one, as by their peaks.
+        let demo = [
+            with_floor(20.0, 2.0),
+            with_floor(4.0, 4.0),
+            with_floor(8.0, 8.0),
+        ];
+        score_all(&w, &demo, &mut out);
+        assert!((out[2] - 6.0 / 8.0).abs() < 1e-9, "{out:?}");
+        assert!((out[0] - 6.0 / 20.0).abs() < 1e-9, "{out:?}");
     }
 
     #[test]

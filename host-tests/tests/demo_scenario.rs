@@ -7,13 +7,11 @@
 //!   connection resets), and success stays ≥ 99.9% through the failure;
 //! - the drained cluster's share below 1% within 1 s of `tideway drain`
 //!   (when the weights server is there; otherwise the demo reports the gap);
-//!   CI checks these two at 2 s and 99.5%, and the ignored
-//!   `the_strict_thresholds_hold` at the numbers above;
 //! - sticky sessions stay on their cluster unless theirs fails, and then
 //!   stick to the one they moved to;
 //! - Tideway's p99 in the slow phase is below both Envoy policies' (with
 //!   the margins its test explains), and no traffic swings back to the
-//!   slow cluster (ignored in CI: see that test);
+//!   slow cluster;
 //! - the HTML report, opened in headless Chromium, draws the charts with
 //!   this run's numbers.
 //!
@@ -127,16 +125,15 @@ fn the_scenario_shows_failover_drain_affinity_and_latency_as_claimed() {
         .filter(|&i| tideway.phases[i].action.is_failure())
         .collect();
     assert_eq!(failure.len(), 2, "a 503 phase and a reset phase");
-    // CI bound: 2 s and 99.5% (the 1 s and 99.9% are checked by
-    // the ignored `the_strict_thresholds_hold`): on a loaded 2-core machine
-    // a phase's start is when its thread wakes, and a stall of the load
-    // generator or of one Envoy worker costs a few requests that a quiet
-    // machine never loses (7 of 6,900 in one run). A filter that does not
-    // eject loses a third of the phase, and one that ejects late fails 2 s.
-    check_failover(tideway, &stats, &failure, 2000, 0.995);
+    // The bounds. On a 2-core machine that is compiling something
+    // else at the same time, a stall of the load generator or of one Envoy
+    // worker can cost a few requests a machine running only this test
+    // never loses (7 of 6,900 in one such run); `cargo test` runs one test
+    // binary at a time, and this binary's other tests wait for this run.
+    check_failover(tideway, &stats, &failure, 1000, 0.999);
 
     // Drain, when the weights server is wired; otherwise a reported gap.
-    check_drain(outcome, tideway, &stats, 2000);
+    check_drain(outcome, tideway, &stats, 1000);
     // Sticky sessions: stay home unless home fails (or is drained); a
     // session that had to leave sticks to the one cluster it moved to
     // (after the first second), and may return home once it is re-admitted.
@@ -268,23 +265,6 @@ fn check_drain(outcome: &Outcome, tideway: &Run, stats: &[report::PhaseStats], w
     }
 }
 
-/// The issue's own thresholds: failover and drain within 1 s, 99.9%
-/// success through the failures. Ignored in CI for the reason
-/// [`the_scenario_shows_failover_drain_affinity_and_latency_as_claimed`]
-/// gives; run with `--include-ignored` on a quiet machine.
-#[test]
-#[ignore = "the 1 s / 99.9% thresholds are at the mercy of a loaded CI machine; CI checks 2 s / 99.5%"]
-fn the_strict_thresholds_hold() {
-    let Shared { outcome, .. } = shared();
-    let tideway = run_of(outcome, Policy::Tideway);
-    let stats = phase_stats(tideway, outcome.clusters.len());
-    let failure: Vec<usize> = (0..tideway.phases.len())
-        .filter(|&i| tideway.phases[i].action.is_failure())
-        .collect();
-    check_failover(tideway, &stats, &failure, 1000, 0.999);
-    check_drain(outcome, tideway, &stats, 1000);
-}
-
 /// The slow phase: Tideway leaves the slow cluster, Envoy's balancers cannot
 /// (round robin) or only partly (least request).
 ///
@@ -305,19 +285,12 @@ fn the_strict_thresholds_hold() {
 ///   cluster's latency, as ROUND_ROBIN's does: 0.6–1.0× of it in passing
 ///   runs, 1.95× in the swing-back.
 ///
-/// Still not reliable enough for CI on the shared build machine. Eight runs
-/// at 13:42–14:17 UTC on 2 cores with two other builds compiling: runs 1,
-/// 5 and 8 passed all three checks (Tideway 11.9, 18.9 and 10.8 ms after
-/// the first second against ROUND_ROBIN's 30.2, 27.1 and 25.3); run 2
-/// passed the two it recorded (whole phase 24.8 ms against 25.4); runs 4
-/// and 6 never swung back (at most 4.1% and 3.0% in a window) but failed
-/// the 0.8× margin — Tideway 143.7 and 41.3 ms against 77.7 and 27.0 — and
-/// in runs 3 and 7 the slow cluster kept 36% and 52% of the phase while
-/// every policy's p99 was 58–303 ms: the machine's stalls, not the slow
-/// cluster, set the latencies then. Run it on a quiet machine with
-/// `cargo xtask test -- --test demo_scenario --include-ignored`.
+/// History: eight runs at 13:42–14:17 UTC on 2 cores with two other
+/// builds compiling passed 3 of 8 (the machine's stalls set the rest's
+/// latencies: every policy's p99 was 58–303 ms in two of them), so it was
+/// ignored in CI. On the machine running only this test it passed 6 of 6
+/// runs (2026-12-01, 18:44–18:50 UTC) and runs in CI again.
 #[test]
-#[ignore = "latency comparison on real Envoy is at the mercy of the machine's load; see the doc comment"]
 fn tideway_p99_in_the_slow_phase_is_below_both_envoy_policies() {
     let Shared { outcome, .. } = shared();
     let clusters = outcome.clusters.len();

@@ -12,6 +12,7 @@ use crate::authority::{HostTable, ProxyDomain};
 use crate::config::{AffinitySource, FactorWeights, PluginConfig};
 use crate::ewma::PeakEwma;
 use crate::failover;
+use crate::floor::LatencyFloor;
 use crate::health::Health;
 use crate::rng::Rng;
 use crate::score::{self, FactorInputs};
@@ -45,6 +46,8 @@ pub struct Destination {
     pub cost: f64,
     pub locality_affinity: f64,
     pub latency: PeakEwma,
+    /// This worker's low end of the destination's latencies (`floor`).
+    pub floor: LatencyFloor,
     pub health: Health,
     pub in_flight: u32,
     /// Moving average of the in-flight count, sampled at every scored
@@ -149,6 +152,7 @@ impl Engine {
                             latency: learned.map_or(fresh_latency, |d| {
                                 d.latency.retuned(default_rtt_ns, decay_ns)
                             }),
+                            floor: learned.map(|d| d.floor).unwrap_or_default(),
                             health: learned.map(|d| d.health).unwrap_or_default(),
                             in_flight: 0,
                             typical_in_flight: 0.0,

@@ -446,6 +446,7 @@ impl Engine {
         if let Some(latency_ns) = latency_ns {
             if success {
                 d.latency.observe(latency_ns as f64, now_ns);
+                d.floor.observe(latency_ns as f64, now_ns);
             } else {
                 d.latency.observe_failure(latency_ns as f64, now_ns);
             }
@@ -464,6 +465,7 @@ impl Engine {
     ) {
         if let Some(d) = self.dest_mut(service, destination) {
             d.latency.observe(latency_ns as f64, now_ns);
+            d.floor.observe(latency_ns as f64, now_ns);
         }
     }
 }

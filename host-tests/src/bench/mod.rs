@@ -14,6 +14,9 @@
 //!   counted by callgrind (exact where throughput is noisy), and the price
 //!   of each host call;
 //! - [`steering`]: Tideway against Envoy's own load balancers;
+//! - [`tail`]: issue 12's scenarios (a slow destination at 3/6/10× and
+//!   8/32/128 connections, a 70/20/10 shift, equal, canary) under the
+//!   default scheduler, every round reported;
 //! - [`report`]: the markdown table and the JSON file;
 //! - [`machine`]: the environment every figure is reported with.
 //!
@@ -26,6 +29,7 @@ pub mod machine;
 pub mod report;
 pub mod stats;
 pub mod steering;
+pub mod tail;
 pub mod wrk;
 
 use std::path::PathBuf;

@@ -6,7 +6,7 @@
 //! its command and the environment, to `target/tideway/bench/results.json`.
 //! Separate from the tests: numbers here are reported, not asserted.
 //!
-//! Usage: `tideway-bench [--quick] [--only cost|instructions|steering|latency|failure|split|affinity] [--scheduler JSON] [--out FILE]`.
+//! Usage: `tideway-bench [--quick] [--only cost|instructions|steering|latency|failure|split|affinity|tail|matrix|shift|equal|canary] [--scheduler JSON] [--out FILE]`.
 //! `--quick` makes short runs (a smoke test, ~8 minutes); the default full
 //! mode takes about 30 minutes on a 2-core machine, half of it Envoys
 //! starting under callgrind. All load goes to 127.0.0.1.
@@ -28,11 +28,22 @@ fn main() -> Result<()> {
             "--scheduler" => bench::steering::set_dynamic_scheduler(
                 args.next().context("--scheduler needs a JSON object")?,
             ),
+            "--cells" => bench::tail::set_cells(
+                &args
+                    .next()
+                    .context("--cells needs FACTORxCONNECTIONS[,…], e.g. 3x128")?,
+            )?,
             "--out" => out = Some(PathBuf::from(args.next().context("--out needs a file")?)),
             "-h" | "--help" => {
-                println!("tideway-bench [--quick] [--only cost|instructions|steering|latency|failure|split|affinity] [--scheduler JSON] [--out FILE]");
+                println!("tideway-bench [--quick] [--only cost|instructions|steering|latency|failure|split|affinity|tail|matrix|shift|equal|canary] [--scheduler JSON] [--cells 3x128,…] [--out FILE]");
                 println!(
-                    "  --scheduler: Tideway's scheduler section for the dynamic steering runs"
+                    "  --scheduler: Tideway's scheduler section for the dynamic steering runs (latency, failure, affinity)"
+                );
+                println!(
+                    "  --cells: only these cells of the tail matrix (slow factor x connections)"
+                );
+                println!(
+                    "  tail: issue 12's scenarios (matrix, shift, equal, canary), always under the default scheduler"
                 );
                 return Ok(());
             }
@@ -43,11 +54,14 @@ fn main() -> Result<()> {
         if o != "cost"
             && o != "instructions"
             && o != "steering"
+            && o != "tail"
             && !bench::steering::PARTS.contains(&o.as_str())
+            && !bench::tail::PARTS.contains(&o.as_str())
         {
             bail!(
-                "--only takes cost, instructions, steering, {}; not {o:?}",
-                bench::steering::PARTS.join(", ")
+                "--only takes cost, instructions, steering, {}, tail, {}; not {o:?}",
+                bench::steering::PARTS.join(", "),
+                bench::tail::PARTS.join(", ")
             );
         }
     }
@@ -70,9 +84,15 @@ fn main() -> Result<()> {
     if only.is_none() || only.as_deref() == Some("instructions") {
         sections.push(bench::instructions::run(mode)?);
     }
-    if only.as_deref() != Some("cost") && only.as_deref() != Some("instructions") {
-        let part = only.as_deref().filter(|o| *o != "steering");
-        sections.extend(bench::steering::run(mode, part)?);
+    let steering_part = only
+        .as_deref()
+        .filter(|o| bench::steering::PARTS.contains(o));
+    if only.is_none() || only.as_deref() == Some("steering") || steering_part.is_some() {
+        sections.extend(bench::steering::run(mode, steering_part)?);
+    }
+    let tail_part = only.as_deref().filter(|o| bench::tail::PARTS.contains(o));
+    if only.is_none() || only.as_deref() == Some("tail") || tail_part.is_some() {
+        sections.extend(bench::tail::run(mode, tail_part)?);
     }
     let mut invocation = String::from("cargo xtask bench");
     let extra: Vec<String> = std::env::args().skip(1).collect();

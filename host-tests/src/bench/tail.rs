@@ -1,0 +1,708 @@
+//! Issue 12's steering scenarios on real Envoy, under the README's default
+//! scheduler with no tuning at all (`"scheduler": {}`: weights 0.4 / 0.3 /
+//! 0.1 / 0.2, sharpness 4, τ 5 s, the 200 ms tick), every round reported:
+//!
+//! - **slow matrix**: three destinations of 8 ms, the last one 3×, 6× or
+//!   10× slower, at 8, 32 and 128 closed-loop connections; Tideway against
+//!   `ROUND_ROBIN` and `LEAST_REQUEST` on the same backends. Per round: the
+//!   slow destination's share, p99, throughput; the targets hold only if
+//!   they hold in the worst round.
+//! - **shift**: base weights 70/20/10, the 70% destination 10× slower for
+//!   a while and then healthy again: how soon its traffic leaves, how much
+//!   stays, how soon its share comes back (an idle destination must be
+//!   re-measured, not forgotten).
+//! - **equal**: 70/20/10, every destination healthy and equal: the split
+//!   against the base weights, throughput against `LEAST_REQUEST` with the
+//!   same endpoint weights.
+//! - **canary**: latency and load weights 0, the 70% destination 10×
+//!   slower: the split stays exactly the base weights.
+//!
+//! Why separate from [`super::steering`]'s latency part: that one keeps the
+//! earlier benchmark's 2/2/20 ms scenario with a faster merge tick so runs
+//! stay comparable with the figures already quoted; this one is the issue's
+//! definition, untuned.
+
+use super::load::{self, LoadSpec, Sample};
+use super::report::{fmt_num, ms, Cmp, Figure, Section};
+use super::stats::median;
+use super::steering::{tideway_config, Policy};
+use super::{Mode, DESTINATIONS, HOST};
+use crate::backend::Backend;
+use crate::envoy::{Envoy, EnvoySpec};
+use anyhow::Result;
+use serde_json::json;
+use std::time::Duration;
+
+/// The README's default scheduler, untuned.
+const DEFAULT_SCHEDULER: &str = "{}";
+/// A canary: only the base weights decide.
+const CANARY_SCHEDULER: &str = r#"{"weights":{"latency":0,"load":0,"cost":0.1,"affinity":0.2}}"#;
+const BASE: Duration = Duration::from_millis(8);
+const FACTORS: [u32; 3] = [3, 6, 10];
+const CONNECTIONS: [usize; 3] = [8, 32, 128];
+/// Envoy worker threads (Istio's sidecar default).
+const ENVOY_WORKERS: u32 = 2;
+/// Backend threads: enough that no destination queues at 128 connections,
+/// so a slow destination is slow by its own latency, not by queueing.
+const BACKEND_THREADS: usize = 160;
+/// The slow destination in the matrix (`south`).
+const SLOW: usize = 2;
+const COMPARED: [Policy; 3] = [Policy::Tideway, Policy::RoundRobin, Policy::LeastRequest];
+
+static CELLS: std::sync::OnceLock<Vec<(u32, usize)>> = std::sync::OnceLock::new();
+
+/// Run only these (slow factor, connections) cells of the matrix, from
+/// `--cells 3x128,10x8`.
+pub fn set_cells(spec: &str) -> Result<()> {
+    let cells = spec
+        .split(',')
+        .map(|cell| {
+            let parsed = cell
+                .trim()
+                .split_once('x')
+                .and_then(|(f, c)| Some((f.parse().ok()?, c.parse().ok()?)));
+            parsed.ok_or_else(|| {
+                anyhow::anyhow!("--cells: {cell:?} is not FACTORxCONNECTIONS (e.g. 3x128)")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let _ = CELLS.set(cells);
+    Ok(())
+}
+
+fn cells() -> Vec<(u32, usize)> {
+    CELLS.get().cloned().unwrap_or_else(|| {
+        FACTORS
+            .iter()
+            .flat_map(|&f| CONNECTIONS.iter().map(move |&c| (f, c)))
+            .collect()
+    })
+}
+
+/// The slow destination's share in each second of a run, for the log.
+fn per_second_share(samples: &[Sample], duration: Duration) -> String {
+    (0..duration.as_secs())
+        .map(|s| {
+            let (from, to) = (s * 1_000_000, (s + 1) * 1_000_000);
+            let window: Vec<&Sample> = samples
+                .iter()
+                .filter(|x| (from..to).contains(&x.done_us))
+                .collect();
+            let slow = window
+                .iter()
+                .filter(|x| usize::from(x.backend) == SLOW)
+                .count();
+            format!("{:.1}", slow as f64 * 100.0 / window.len().max(1) as f64)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The scenarios' names, for `--only`.
+pub const PARTS: [&str; 4] = ["matrix", "shift", "equal", "canary"];
+
+struct Fleet {
+    backends: Vec<Backend>,
+}
+
+impl Fleet {
+    fn start() -> Result<Self> {
+        let backends = DESTINATIONS
+            .iter()
+            .map(|n| Backend::start(n, BACKEND_THREADS, false))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { backends })
+    }
+
+    fn set(&self, delays: [Duration; 3]) {
+        for (b, d) in self.backends.iter().zip(delays) {
+            b.set_delay(d);
+            b.set_status(200);
+        }
+    }
+
+    fn spec(&self, policy: Policy, config: &str, weights: [u32; 3]) -> EnvoySpec {
+        let dests: Vec<(&str, u16)> = self.backends.iter().map(|b| (b.name(), b.port)).collect();
+        let mut spec = EnvoySpec::new(config, &dests);
+        spec.concurrency = ENVOY_WORKERS;
+        if policy != Policy::Tideway {
+            spec.filter_config = None;
+            spec.lb_policy = policy.name().to_string();
+            spec.mesh_default_weights = weights.to_vec();
+        }
+        spec
+    }
+
+    /// One closed-loop run against a fresh Envoy for `policy`.
+    fn run(
+        &self,
+        policy: Policy,
+        config: &str,
+        weights: [u32; 3],
+        connections: usize,
+        duration: Duration,
+        events: Vec<load::Event<'_>>,
+    ) -> Result<Vec<Sample>> {
+        let envoy = Envoy::start(&self.spec(policy, config, weights))?;
+        let spec = LoadSpec {
+            port: envoy.port,
+            host: HOST,
+            concurrency: connections,
+            duration,
+            total: None,
+            backends: &DESTINATIONS,
+            headers: None,
+        };
+        let samples = load::run(&spec, events)?;
+        load::check_some_ok(&samples, policy.name())?;
+        Ok(samples)
+    }
+}
+
+/// Run the scenarios (`only`: just one of [`PARTS`]).
+pub fn run(mode: Mode, only: Option<&str>) -> Result<Vec<Section>> {
+    let fleet = Fleet::start()?;
+    let want = |part: &str| only.is_none_or(|o| o == part);
+    let mut sections = Vec::new();
+    if want("matrix") {
+        sections.push(matrix(mode, &fleet)?);
+    }
+    if want("shift") {
+        sections.push(shift(mode, &fleet)?);
+    }
+    if want("equal") {
+        sections.push(equal(mode, &fleet)?);
+    }
+    if want("canary") {
+        sections.push(canary(mode, &fleet)?);
+    }
+    Ok(sections)
+}
+
+/// What one run of one policy measured, after the warm-up.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    /// Share of responses from [`SLOW`].
+    slow_share: f64,
+    p99_us: f64,
+    /// Responses per second over the measured span.
+    rps: f64,
+    requests: usize,
+    errors: usize,
+}
+
+fn measure(samples: &[Sample], from: Duration, to: Duration) -> Measured {
+    let (from_us, to_us) = (from.as_micros() as u64, to.as_micros() as u64);
+    let kept: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| (from_us..to_us).contains(&s.done_us))
+        .collect();
+    let (_, p99_us, _) = load::latency_percentiles(kept.iter().copied());
+    Measured {
+        slow_share: kept
+            .iter()
+            .filter(|s| usize::from(s.backend) == SLOW)
+            .count() as f64
+            / kept.len().max(1) as f64,
+        p99_us,
+        rps: kept.len() as f64 / (to - from).as_secs_f64(),
+        requests: kept.len(),
+        errors: kept.iter().filter(|s| !s.ok()).count(),
+    }
+}
+
+fn min_max(values: impl IntoIterator<Item = f64>) -> (f64, f64) {
+    values
+        .into_iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+fn span(values: impl IntoIterator<Item = f64>, digits: usize) -> String {
+    let (lo, hi) = min_max(values);
+    format!("{lo:.digits$}–{hi:.digits$}")
+}
+
+/// The slow matrix: 3 factors × 3 connection counts × the compared
+/// policies, alternating within each round.
+fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
+    let rounds = mode.pick(1, 3);
+    let warm_up = Duration::from_secs(1);
+    let duration = Duration::from_secs(mode.pick(3, 6));
+    let config = tideway_config([1.0; 3], DEFAULT_SCHEDULER, false);
+    let command = format!(
+        "cargo xtask bench -- --only matrix{}: backends 8, 8, 8×k ms (k = 3, 6, 10; {BACKEND_THREADS} threads each, no queueing), closed loop at 8, 32 and 128 keep-alive connections, {} s per run measured after the first {} s, {rounds} round(s), each round alternating {}; a fresh Envoy per run, envoy --concurrency {ENVOY_WORKERS}",
+        if mode.quick { " --quick" } else { "" },
+        duration.as_secs(),
+        warm_up.as_secs(),
+        COMPARED.map(Policy::name).join(" ")
+    );
+    let mut section = Section::new(
+        "Slow destination matrix, default scheduler (issue 12)",
+        vec![command.clone(), format!("Tideway config: {config}")],
+        &[
+            "slower, connections",
+            "Tideway slow share % (rounds min–max)",
+            "Tideway p99 ms",
+            "p99 ÷ ROUND_ROBIN",
+            "p99 ÷ LEAST_REQUEST",
+            "req/s ÷ LEAST_REQUEST",
+            "ROUND_ROBIN p99 ms",
+            "LEAST_REQUEST p99 ms / slow share %",
+        ],
+    );
+    let mut raw = Vec::new();
+    for (factor, connections) in cells() {
+        {
+            // [policy][round]
+            let mut results: Vec<Vec<Measured>> = vec![Vec::new(); COMPARED.len()];
+            for round in 0..rounds {
+                for (i, &policy) in COMPARED.iter().enumerate() {
+                    fleet.set([BASE, BASE, BASE * factor]);
+                    let samples =
+                        fleet.run(policy, &config, [1; 3], connections, duration, Vec::new())?;
+                    let m = measure(&samples, warm_up, duration);
+                    eprintln!(
+                        "[matrix] {factor}x slower, {connections:>3} conns, round {} {:<14} slow share {:.2}%, p99 {} ms, {:.0} req/s, {} errors; slow share per second % {}",
+                        round + 1,
+                        policy.name(),
+                        m.slow_share * 100.0,
+                        ms(m.p99_us),
+                        m.rps,
+                        m.errors,
+                        per_second_share(&samples, duration)
+                    );
+                    results[i].push(m);
+                }
+            }
+            let per_round = |f: &dyn Fn(&Measured, &Measured) -> f64, base: usize| -> Vec<f64> {
+                results[0]
+                    .iter()
+                    .zip(&results[base])
+                    .map(|(t, b)| f(t, b))
+                    .collect()
+            };
+            let p99_rr = per_round(&|t, b| t.p99_us / b.p99_us, 1);
+            let p99_lr = per_round(&|t, b| t.p99_us / b.p99_us, 2);
+            let rps_lr = per_round(&|t, b| t.rps / b.rps, 2);
+            let shares: Vec<f64> = results[0].iter().map(|m| m.slow_share * 100.0).collect();
+            let cell = format!("{factor}×, {connections}");
+            section.rows.push(vec![
+                cell.clone(),
+                span(shares.iter().copied(), 2),
+                span(results[0].iter().map(|m| m.p99_us / 1000.0), 1),
+                span(p99_rr.iter().copied(), 3),
+                span(p99_lr.iter().copied(), 3),
+                span(rps_lr.iter().copied(), 2),
+                span(results[1].iter().map(|m| m.p99_us / 1000.0), 1),
+                format!(
+                    "{} / {}",
+                    span(results[2].iter().map(|m| m.p99_us / 1000.0), 1),
+                    span(results[2].iter().map(|m| m.slow_share * 100.0), 1)
+                ),
+            ]);
+            let worst_share = min_max(shares.iter().copied()).1;
+            let worst_rr = min_max(p99_rr.iter().copied()).1;
+            let worst_lr = min_max(p99_lr.iter().copied()).1;
+            let worst_rps = min_max(rps_lr.iter().copied()).0;
+            section.figures.push(
+                Figure::new(
+                    format!("{cell}: Tideway slow share, worst round"),
+                    worst_share,
+                    "%",
+                    &command,
+                )
+                .target(Cmp::AtMost, 0.5),
+            );
+            section.figures.push(
+                Figure::new(
+                    format!("{cell}: Tideway p99 ÷ ROUND_ROBIN, worst round"),
+                    worst_rr,
+                    "×",
+                    &command,
+                )
+                .target(Cmp::AtMost, 0.5),
+            );
+            section.figures.push(
+                Figure::new(
+                    format!("{cell}: Tideway p99 ÷ LEAST_REQUEST, worst round"),
+                    worst_lr,
+                    "×",
+                    &command,
+                )
+                .target(Cmp::AtMost, 0.8),
+            );
+            section.figures.push(
+                Figure::new(
+                    format!("{cell}: Tideway req/s ÷ LEAST_REQUEST, worst round"),
+                    worst_rps,
+                    "×",
+                    &command,
+                )
+                .target(Cmp::AtLeast, 1.0),
+            );
+            raw.push(json!({
+                "factor": factor,
+                "connections": connections,
+                "policies": COMPARED.iter().zip(&results).map(|(p, rs)| json!({
+                    "policy": p.name(),
+                    "rounds": rs.iter().map(|m| json!({
+                        "slow_share": m.slow_share, "p99_us": m.p99_us, "rps": m.rps,
+                        "requests": m.requests, "errors": m.errors,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    fleet.set([BASE; 3]);
+    section.notes.push(
+        "Every figure is the worst round's: a target holds only if it held in every round. The ratios pair each Tideway run with the baseline run of the same round.".to_string(),
+    );
+    section.raw = json!(raw);
+    Ok(section)
+}
+
+/// Share of responses from destination 0 among those completed in
+/// `[from, to)` µs; `None` when none completed.
+fn share_of_first(samples: &[Sample], from: u64, to: u64) -> Option<f64> {
+    let mut all = 0usize;
+    let mut first = 0usize;
+    for s in samples.iter().filter(|s| (from..to).contains(&s.done_us)) {
+        all += 1;
+        first += usize::from(s.backend == 0);
+    }
+    (all > 0).then(|| first as f64 / all as f64)
+}
+
+/// What one run of the shift scenario measured.
+#[derive(Debug, Clone, Copy)]
+struct ShiftRun {
+    before: f64,
+    /// From the slowdown until every later 250 ms window of the slow span
+    /// sends it at most 2%.
+    left_ms: f64,
+    /// Its share from 1 s after the slowdown to the recovery.
+    slowed_share: f64,
+    /// The largest 250 ms window share in that span.
+    worst_window: f64,
+    /// From the recovery until a 500 ms window gives it ≥ 65% again.
+    back_ms: f64,
+    /// Its share over the last 2 s.
+    end_share: f64,
+}
+
+fn shift(mode: Mode, fleet: &Fleet) -> Result<Section> {
+    let rounds = mode.pick(1, 3);
+    let connections = 32;
+    let slow_at = Duration::from_secs(4);
+    let recover_at = Duration::from_secs(mode.pick(8, 10));
+    let duration = recover_at + Duration::from_secs(8);
+    let config = tideway_config([70.0, 20.0, 10.0], DEFAULT_SCHEDULER, false);
+    let command = format!(
+        "cargo xtask bench -- --only shift{}: base weights 70/20/10, every backend 8 ms; the 70% one (east) 80 ms from {} s to {} s; {connections} connections, closed loop, {} s per run, {rounds} round(s); envoy --concurrency {ENVOY_WORKERS}",
+        if mode.quick { " --quick" } else { "" },
+        slow_at.as_secs(),
+        recover_at.as_secs(),
+        duration.as_secs()
+    );
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        fleet.set([BASE; 3]);
+        let east = &fleet.backends[0];
+        let events: Vec<load::Event<'_>> = vec![
+            (slow_at, Box::new(move || east.set_delay(BASE * 10))),
+            (recover_at, Box::new(move || east.set_delay(BASE))),
+        ];
+        let samples = fleet.run(
+            Policy::Tideway,
+            &config,
+            [70, 20, 10],
+            connections,
+            duration,
+            events,
+        )?;
+        let us = |d: Duration| d.as_micros() as u64;
+        let (slow, recover, end) = (us(slow_at), us(recover_at), us(duration));
+        let windows = |from: u64, to: u64, width: u64| -> Vec<(u64, f64)> {
+            (from..to.saturating_sub(width))
+                .step_by(50_000)
+                .filter_map(|t| share_of_first(&samples, t, t + width).map(|s| (t, s)))
+                .collect()
+        };
+        let slowed = windows(slow, recover, 250_000);
+        let left_ms = slowed
+            .iter()
+            .rposition(|(_, s)| *s > 0.02)
+            .map_or(Some(0.0), |i| {
+                slowed
+                    .get(i + 1)
+                    .map(|(t, _)| (t + 250_000 - slow) as f64 / 1000.0)
+            })
+            .unwrap_or(f64::NAN);
+        let worst_window = slowed
+            .iter()
+            .filter(|(t, _)| *t >= slow + 1_000_000)
+            .map(|(_, s)| *s)
+            .fold(0.0, f64::max);
+        let back_ms = windows(recover, end, 500_000)
+            .iter()
+            .find(|(_, s)| *s >= 0.65)
+            .map_or(f64::NAN, |(t, _)| (t + 500_000 - recover) as f64 / 1000.0);
+        let r = ShiftRun {
+            before: share_of_first(&samples, 1_000_000, slow).unwrap_or(f64::NAN),
+            left_ms,
+            slowed_share: share_of_first(&samples, slow + 1_000_000, recover).unwrap_or(f64::NAN),
+            worst_window,
+            back_ms,
+            end_share: share_of_first(&samples, end - 2_000_000, end).unwrap_or(f64::NAN),
+        };
+        eprintln!(
+            "[shift] round {}: east {:.1}% before, ≤ 2% in every 250 ms window from {} ms after the slowdown, {:.2}% from 1 s after it (worst 250 ms window {:.1}%), ≥ 65% again {} ms after recovery, {:.1}% over the last 2 s",
+            round + 1,
+            r.before * 100.0,
+            fmt_num(r.left_ms),
+            r.slowed_share * 100.0,
+            r.worst_window * 100.0,
+            fmt_num(r.back_ms),
+            r.end_share * 100.0
+        );
+        runs.push(r);
+    }
+    fleet.set([BASE; 3]);
+    let mut section = Section::new(
+        "Base weights 70/20/10, the 70% destination 10× slower and back (issue 12)",
+        vec![command.clone(), format!("Tideway config: {config}")],
+        &[
+            "round",
+            "its share before",
+            "≤ 2% in every later 250 ms window after (ms)",
+            "its share from 1 s after the slowdown",
+            "worst 250 ms window then",
+            "≥ 65% in a 500 ms window after recovery (ms)",
+            "its share, last 2 s",
+        ],
+    );
+    for (i, r) in runs.iter().enumerate() {
+        section.rows.push(vec![
+            (i + 1).to_string(),
+            format!("{:.1}%", r.before * 100.0),
+            fmt_num(r.left_ms),
+            format!("{:.2}%", r.slowed_share * 100.0),
+            format!("{:.1}%", r.worst_window * 100.0),
+            fmt_num(r.back_ms),
+            format!("{:.1}%", r.end_share * 100.0),
+        ]);
+    }
+    let worst = |f: fn(&ShiftRun) -> f64| {
+        runs.iter().map(f).fold(f64::NEG_INFINITY, |a, b| {
+            if b.is_nan() {
+                f64::INFINITY
+            } else {
+                a.max(b)
+            }
+        })
+    };
+    section.figures.push(
+        Figure::new(
+            "shift: its share from 1 s after the slowdown, worst round",
+            worst(|r| r.slowed_share) * 100.0,
+            "%",
+            &command,
+        )
+        .target(Cmp::AtMost, 2.0),
+    );
+    section.figures.push(
+        Figure::new(
+            "shift: time until its share is back (≥ 65%), worst round",
+            worst(|r| r.back_ms),
+            "ms",
+            &command,
+        )
+        .target(Cmp::AtMost, 5000.0),
+    );
+    section.raw = json!(runs
+        .iter()
+        .map(|r| json!({
+            "before": r.before, "left_ms": r.left_ms, "slowed_share": r.slowed_share,
+            "worst_window": r.worst_window, "back_ms": r.back_ms, "end_share": r.end_share,
+        }))
+        .collect::<Vec<_>>());
+    Ok(section)
+}
+
+/// Shares of each destination among the successful requests issued in
+/// `[from, to)`, in %. By issue time, not completion: every request issued
+/// before the load stops completes, so no slow request is cut off at the
+/// span's edge.
+fn split_of(samples: &[Sample], from: Duration, to: Duration) -> [f64; 3] {
+    let (from, to) = (from.as_micros() as u64, to.as_micros() as u64);
+    let issued = |s: &Sample| s.done_us.saturating_sub(u64::from(s.latency_us));
+    let mut counts = [0usize; 3];
+    for s in samples
+        .iter()
+        .filter(|s| s.ok() && (from..to).contains(&issued(s)))
+    {
+        if let Some(c) = counts.get_mut(usize::from(s.backend)) {
+            *c += 1;
+        }
+    }
+    let total = counts.iter().sum::<usize>().max(1) as f64;
+    counts.map(|c| c as f64 / total * 100.0)
+}
+
+fn deviation(split: [f64; 3], target: [f64; 3]) -> f64 {
+    split
+        .iter()
+        .zip(target)
+        .map(|(s, t)| (s - t).abs())
+        .fold(0.0, f64::max)
+}
+
+fn equal(mode: Mode, fleet: &Fleet) -> Result<Section> {
+    let rounds = mode.pick(1, 3);
+    let connections = 32;
+    let warm_up = Duration::from_secs(1);
+    let duration = Duration::from_secs(mode.pick(3, 6));
+    let target = [70.0, 20.0, 10.0];
+    let config = tideway_config(target, DEFAULT_SCHEDULER, false);
+    let command = format!(
+        "cargo xtask bench -- --only equal{}: base weights 70/20/10 (LEAST_REQUEST: endpoint weights 70/20/10), every backend 8 ms; {connections} connections, closed loop, {} s per run measured after the first {} s, {rounds} round(s) alternating Tideway LEAST_REQUEST; envoy --concurrency {ENVOY_WORKERS}",
+        if mode.quick { " --quick" } else { "" },
+        duration.as_secs(),
+        warm_up.as_secs()
+    );
+    let mut rows = Vec::new();
+    let mut devs = Vec::new();
+    let mut rps_ratios = Vec::new();
+    let mut raw = Vec::new();
+    for round in 0..rounds {
+        fleet.set([BASE; 3]);
+        let t = fleet.run(
+            Policy::Tideway,
+            &config,
+            [70, 20, 10],
+            connections,
+            duration,
+            Vec::new(),
+        )?;
+        let l = fleet.run(
+            Policy::LeastRequest,
+            &config,
+            [70, 20, 10],
+            connections,
+            duration,
+            Vec::new(),
+        )?;
+        let (ts, ls) = (
+            split_of(&t, warm_up, duration),
+            split_of(&l, warm_up, duration),
+        );
+        let (tm, lm) = (
+            measure(&t, warm_up, duration),
+            measure(&l, warm_up, duration),
+        );
+        let dev = deviation(ts, target);
+        let ratio = tm.rps / lm.rps;
+        eprintln!(
+            "[equal] round {}: Tideway {:.1}/{:.1}/{:.1}% (max deviation {dev:.2} pp) {:.0} req/s; LEAST_REQUEST {:.1}/{:.1}/{:.1}% {:.0} req/s; ratio {ratio:.3}",
+            round + 1,
+            ts[0], ts[1], ts[2], tm.rps, ls[0], ls[1], ls[2], lm.rps
+        );
+        rows.push(vec![
+            (round + 1).to_string(),
+            format!("{:.2} / {:.2} / {:.2}", ts[0], ts[1], ts[2]),
+            format!("{dev:.2}"),
+            format!("{:.1} / {:.1} / {:.1}", ls[0], ls[1], ls[2]),
+            format!("{:.0} / {:.0}", tm.rps, lm.rps),
+            format!("{ratio:.3}"),
+        ]);
+        raw.push(json!({"tideway_split": ts, "least_request_split": ls, "tideway_rps": tm.rps, "least_request_rps": lm.rps}));
+        devs.push(dev);
+        rps_ratios.push(ratio);
+    }
+    fleet.set([BASE; 3]);
+    Ok(Section {
+        title: "All destinations equal and healthy, base weights 70/20/10 (issue 12)".to_string(),
+        commands: vec![command.clone(), format!("Tideway config: {config}")],
+        columns: [
+            "round",
+            "Tideway east / west / south %",
+            "max deviation (pp)",
+            "LEAST_REQUEST split %",
+            "req/s Tideway / LEAST_REQUEST",
+            "req/s ratio",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+        figures: vec![
+            Figure::new(
+                "equal: Tideway's deviation from 70/20/10, worst round",
+                min_max(devs).1,
+                "pp",
+                &command,
+            )
+            .target(Cmp::AtMost, 2.0),
+            Figure::new(
+                "equal: Tideway req/s ÷ LEAST_REQUEST, worst round",
+                min_max(rps_ratios.iter().copied()).0,
+                "×",
+                &command,
+            )
+            .target(Cmp::AtLeast, 0.95),
+            Figure::new(
+                "equal: Tideway req/s ÷ LEAST_REQUEST, median",
+                median(&rps_ratios),
+                "×",
+                &command,
+            ),
+        ],
+        notes: Vec::new(),
+        raw: json!(raw),
+    })
+}
+
+fn canary(mode: Mode, fleet: &Fleet) -> Result<Section> {
+    let connections = 32;
+    let warm_up = Duration::from_secs(1);
+    let duration = Duration::from_secs(mode.pick(4, 8));
+    let target = [70.0, 20.0, 10.0];
+    let config = tideway_config(target, CANARY_SCHEDULER, false);
+    let command = format!(
+        "cargo xtask bench -- --only canary{}: base weights 70/20/10, east (70%) 80 ms, the others 8 ms; latency and load weights 0; {connections} connections, {} s measured after the first {} s; envoy --concurrency {ENVOY_WORKERS}",
+        if mode.quick { " --quick" } else { "" },
+        duration.as_secs(),
+        warm_up.as_secs()
+    );
+    fleet.set([BASE * 10, BASE, BASE]);
+    let samples = fleet.run(
+        Policy::Tideway,
+        &config,
+        [70, 20, 10],
+        connections,
+        duration,
+        Vec::new(),
+    )?;
+    fleet.set([BASE; 3]);
+    let split = split_of(&samples, warm_up, duration);
+    let measured = measure(&samples, warm_up, duration);
+    let dev = deviation(split, target);
+    eprintln!(
+        "[canary] {:.2}/{:.2}/{:.2}% of {} requests (max deviation {dev:.3} pp)",
+        split[0], split[1], split[2], measured.requests
+    );
+    Ok(Section {
+        title: "Canary: latency and load weights 0, the 70% destination 10× slower (issue 12)".to_string(),
+        commands: vec![command.clone(), format!("Tideway config: {config}")],
+        columns: ["requests", "east / west / south %", "max deviation (pp)"].map(String::from).to_vec(),
+        rows: vec![vec![
+            measured.requests.to_string(),
+            format!("{:.3} / {:.3} / {:.3}", split[0], split[1], split[2]),
+            format!("{dev:.3}"),
+        ]],
+        figures: vec![Figure::new("canary: deviation from 70/20/10", dev, "pp", &command).target(Cmp::AtMost, 0.1)],
+        notes: vec!["Requests are counted by when they were issued (every one issued completes), so a slow request is not cut off at the span's edges.".to_string()],
+        raw: json!({"split_pct": split, "requests": measured.requests}),
+    })
+}
