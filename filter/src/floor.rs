@@ -22,13 +22,18 @@
 //! gap: [`RISE_GAIN`] when answers come close together (about the 1-in-64
 //! low end of the recent answers), more the longer it has been since the
 //! previous answer (`1 − e^(−gap/`[`WINDOW_NS`]`)`). So the floor is the low
-//! end of the last 64 answers or the last second, whichever is longer. A
-//! destination shunned for being slow is re-measured by one request a
-//! half-life apart, and each such answer all but replaces its floor — its
-//! floor follows what it is now, not the fast days before it slowed (a
-//! stale fast floor would make it look as good as the best whenever noise
-//! brings the peaks close). A recovered one's first fast answer lowers it
-//! at once.
+//! end of the last 64 answers or the last 5 s of them, whichever is longer.
+//! A destination shunned for being slow is re-measured by one request a
+//! half-life (3.5 s) apart, and each such answer moves its floor half way
+//! to it — its floor follows what it is now, not the fast days before it
+//! slowed (a stale fast floor, taken as the yardstick when a lucky
+//! re-measurement makes it the best by peak-EWMA, would make every healthy
+//! destination look slow beside it). Why not faster: one late answer after
+//! a quiet spell must not be enough to shun a destination the peak-EWMA
+//! has not yet believed slower (`ewma` needs a second request for that);
+//! with a 1 s window a single 20 ms answer 0.2 s after the last 2 ms one
+//! did (the wasmtime tier's `a_latency_peak_on_one_worker_…` test). A
+//! recovered destination's first fast answer lowers its floor at once.
 //!
 //! Each worker keeps its own: it sees enough samples of the destinations
 //! that matter, and the shared peak-EWMA already carries what one worker
@@ -40,8 +45,9 @@
 /// the gap.
 pub const RISE_GAIN: f64 = 1.0 / 64.0;
 
-/// The time over which answers count toward the floor when they are few.
-pub const WINDOW_NS: f64 = 1e9;
+/// The time over which answers count toward the floor when they are few
+/// (the default τ of the peak-EWMA).
+pub const WINDOW_NS: f64 = 5e9;
 
 /// The low end of one destination's latencies, in ns.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -112,14 +118,25 @@ mod tests {
     }
 
     #[test]
-    fn a_sparse_answer_all_but_replaces_it() {
+    fn sparse_answers_carry_it_to_what_the_destination_is_now() {
         // A destination shunned since it slowed: its re-measurements, a
-        // half-life apart, carry its floor up to what it is now.
+        // half-life apart, carry its floor up to what it is now, half way
+        // each time (1 − e^(−3.5/5) ≈ 0.5).
         let mut f = LatencyFloor::default();
         f.observe(2.0 * MS, 0);
         f.observe(20.0 * MS, 3_500 * MS_U);
-        let floor = f.ns().unwrap_or_default();
-        assert!(floor > 19.4 * MS, "{floor}");
+        let once = f.ns().unwrap_or_default();
+        assert!((10.5 * MS..11.5 * MS).contains(&once), "{once}");
+        f.observe(20.0 * MS, 7_000 * MS_U);
+        f.observe(20.0 * MS, 10_500 * MS_U);
+        let thrice = f.ns().unwrap_or_default();
+        assert!(thrice > 17.5 * MS, "{thrice}");
+        // A single late answer soon after barely moves it.
+        let mut g = LatencyFloor::default();
+        g.observe(2.0 * MS, 0);
+        g.observe(20.0 * MS, 200 * MS_U);
+        let after = g.ns().unwrap_or_default();
+        assert!(after < 3.0 * MS, "{after}");
     }
 
     #[test]

@@ -79,8 +79,10 @@ fn cells() -> Vec<(u32, usize)> {
     })
 }
 
-/// The slow destination's share in each second of a run, for the log.
-fn per_second_share(samples: &[Sample], duration: Duration) -> String {
+/// The slow destination's share and the p99 in each second of a run, for
+/// the log (where a bad round's tail came from: the slow destination, or a
+/// stretch of the run).
+fn per_second(samples: &[Sample], duration: Duration) -> String {
     (0..duration.as_secs())
         .map(|s| {
             let (from, to) = (s * 1_000_000, (s + 1) * 1_000_000);
@@ -92,7 +94,12 @@ fn per_second_share(samples: &[Sample], duration: Duration) -> String {
                 .iter()
                 .filter(|x| usize::from(x.backend) == SLOW)
                 .count();
-            format!("{:.1}", slow as f64 * 100.0 / window.len().max(1) as f64)
+            let (_, p99, _) = load::latency_percentiles(window.iter().copied());
+            format!(
+                "{:.1}%/{}",
+                slow as f64 * 100.0 / window.len().max(1) as f64,
+                ms(p99)
+            )
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -264,14 +271,14 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
                         fleet.run(policy, &config, [1; 3], connections, duration, Vec::new())?;
                     let m = measure(&samples, warm_up, duration);
                     eprintln!(
-                        "[matrix] {factor}x slower, {connections:>3} conns, round {} {:<14} slow share {:.2}%, p99 {} ms, {:.0} req/s, {} errors; slow share per second % {}",
+                        "[matrix] {factor}x slower, {connections:>3} conns, round {} {:<14} slow share {:.2}%, p99 {} ms, {:.0} req/s, {} errors; per second, slow share/p99 ms: {}",
                         round + 1,
                         policy.name(),
                         m.slow_share * 100.0,
                         ms(m.p99_us),
                         m.rps,
                         m.errors,
-                        per_second_share(&samples, duration)
+                        per_second(&samples, duration)
                     );
                     results[i].push(m);
                 }
