@@ -49,6 +49,10 @@ pub const RISE_GAIN: f64 = 1.0 / 64.0;
 /// (the default τ of the peak-EWMA).
 pub const WINDOW_NS: f64 = 5e9;
 
+/// Below this gap between answers `1 − e^(−gap/WINDOW_NS)` is under
+/// [`RISE_GAIN`] (gap < `WINDOW_NS · ln(64/63)`, about 79 ms).
+const QUIET_NS: f64 = WINDOW_NS * 0.015_748;
+
 /// The low end of one destination's latencies, in ns.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct LatencyFloor {
@@ -73,7 +77,13 @@ impl LatencyFloor {
         self.at_ns = self.at_ns.max(now_ns);
         self.floor_ns = Some(match self.floor_ns {
             Some(floor) if sample_ns > floor => {
-                let gain = (1.0 - (-since / WINDOW_NS).exp()).max(RISE_GAIN);
+                // Answers close together (a busy destination's, the common
+                // case) rise by the minimum gain without an `exp`.
+                let gain = if since < QUIET_NS {
+                    RISE_GAIN
+                } else {
+                    (1.0 - (-since / WINDOW_NS).exp()).max(RISE_GAIN)
+                };
                 floor + (sample_ns - floor) * gain
             }
             _ => sample_ns,

@@ -49,9 +49,9 @@ use crate::config::FactorWeights;
 pub struct FactorInputs {
     /// Peak-EWMA latency in ns (the default RTT before any sample).
     pub latency_ns: f64,
-    /// The latency floor in ns (`floor`); NaN while this worker has had
-    /// no answer from the destination.
-    pub floor_ns: f64,
+    /// The latency floor in ns (`floor`); `None` while this worker has
+    /// had no answer from the destination.
+    pub floor_ns: Option<f64>,
     pub in_flight: u32,
     /// The destination's moving average of the in-flight count its
     /// requests found (`Destination::typical_in_flight`).
@@ -82,8 +82,9 @@ pub fn score_all(weights: &FactorWeights, inputs: &[FactorInputs], out: &mut [f6
     for input in inputs {
         min_cost = min_cost.min(input.cost);
         max_cost = max_cost.max(input.cost);
-        if peak_of(input) < best_latency {
-            best_latency = peak_of(input);
+        let peak = peak_of(input);
+        if peak < best_latency {
+            best_latency = peak;
             fastest = Some(input);
         }
     }
@@ -168,7 +169,10 @@ fn peak_of(input: &FactorInputs) -> f64 {
 
 /// The candidate's latency floor in ns, at least 1; `None` when unknown.
 fn floor_of(input: &FactorInputs) -> Option<f64> {
-    (input.floor_ns.is_finite() && input.floor_ns > 0.0).then(|| input.floor_ns.max(1.0))
+    input
+        .floor_ns
+        .filter(|f| f.is_finite() && *f > 0.0)
+        .map(|f| f.max(1.0))
 }
 
 fn finite_or(v: f64, fallback: f64) -> f64 {
@@ -208,7 +212,7 @@ mod tests {
     fn input(latency_ms: f64, in_flight: u32, cost: f64) -> FactorInputs {
         FactorInputs {
             latency_ns: latency_ms * 1e6,
-            floor_ns: f64::NAN,
+            floor_ns: None,
             in_flight,
             typical_in_flight: 0.0,
             cost,
@@ -227,7 +231,7 @@ mod tests {
         let mut out = [0.0; 3];
         score_all(
             &w,
-            &[input(8.0, 0, 0.0), input(8.0, 0, 0.0), input(80.0, 0, 0.0)],
+            &[input(1.0, 0, 0.0), input(1.0, 0, 0.0), input(10.0, 0, 0.0)],
             &mut out,
         );
         assert_eq!(out[0], 1.0);
@@ -247,7 +251,7 @@ mod tests {
         // peak-EWMAs 29, 29 and 40 ms (within the band), the floors about
         // the backends' own times.
         let with_floor = |peak: f64, floor: f64| FactorInputs {
-            floor_ns: floor * 1e6,
+            floor_ns: Some(floor * 1e6),
             ..input(peak, 0, 0.0)
         };
         let mut out = [0.0; 3];

@@ -160,7 +160,7 @@ fn by_score(
     svc.inputs
         .extend(svc.destinations.iter().map(|d| FactorInputs {
             latency_ns: d.latency.estimate_ns(),
-            floor_ns: d.floor.ns().unwrap_or(f64::NAN),
+            floor_ns: d.floor.ns(),
             in_flight: d.in_flight,
             typical_in_flight: d.typical_in_flight,
             cost: d.cost,

@@ -31,7 +31,7 @@ use std::time::Duration;
 /// Requests in flight from the load generator.
 const CONCURRENCY: usize = 16;
 /// Envoy worker threads (Istio's sidecar default).
-const ENVOY_WORKERS: u32 = 2;
+pub(super) const ENVOY_WORKERS: u32 = 2;
 const FAST: Duration = Duration::from_millis(2);
 const SLOW: Duration = Duration::from_millis(20);
 
@@ -98,20 +98,28 @@ pub fn tideway_config(weights: [f64; 3], scheduler: &str, affinity: bool) -> Str
     )
 }
 
-struct Fleet {
-    backends: Vec<Backend>,
+/// The three loopback backends every steering benchmark runs against.
+pub(super) struct Fleet {
+    pub(super) backends: Vec<Backend>,
 }
 
 impl Fleet {
     fn start() -> Result<Self> {
+        Self::start_with(48)
+    }
+
+    /// With `threads` request threads per backend (enough that none queues
+    /// at the benchmark's connection count).
+    pub(super) fn start_with(threads: usize) -> Result<Self> {
         let backends = DESTINATIONS
             .iter()
-            .map(|n| Backend::start(n, 48, false))
+            .map(|n| Backend::start(n, threads, false))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { backends })
     }
 
-    fn reset(&self, delays: [Duration; 3]) {
+    /// Every backend healthy (200), with these delays.
+    pub(super) fn reset(&self, delays: [Duration; 3]) {
         for (b, d) in self.backends.iter().zip(delays) {
             b.set_delay(d);
             b.set_status(200);
@@ -125,7 +133,7 @@ impl Fleet {
     /// The Envoy for `policy`. Tideway: its filter with `config`, one route
     /// per destination. Envoy's balancers: no filter, everything falls to
     /// the `mesh-default` cluster holding the three backends.
-    fn spec(
+    pub(super) fn spec(
         &self,
         policy: Policy,
         config: &str,

@@ -25,10 +25,9 @@
 use super::load::{self, LoadSpec, Sample};
 use super::report::{fmt_num, ms, Cmp, Figure, Section};
 use super::stats::median;
-use super::steering::{tideway_config, Policy};
+use super::steering::{tideway_config, Fleet, Policy, ENVOY_WORKERS};
 use super::{Mode, DESTINATIONS, HOST};
-use crate::backend::Backend;
-use crate::envoy::{Envoy, EnvoySpec};
+use crate::envoy::Envoy;
 use anyhow::Result;
 use serde_json::json;
 use std::time::Duration;
@@ -40,8 +39,6 @@ const CANARY_SCHEDULER: &str = r#"{"weights":{"latency":0,"load":0,"cost":0.1,"a
 const BASE: Duration = Duration::from_millis(8);
 const FACTORS: [u32; 3] = [3, 6, 10];
 const CONNECTIONS: [usize; 3] = [8, 32, 128];
-/// Envoy worker threads (Istio's sidecar default).
-const ENVOY_WORKERS: u32 = 2;
 /// Backend threads: enough that no destination queues at 128 connections,
 /// so a slow destination is slow by its own latency, not by queueing.
 const BACKEND_THREADS: usize = 160;
@@ -105,70 +102,51 @@ fn per_second(samples: &[Sample], duration: Duration) -> String {
         .join(" ")
 }
 
+/// The base weights of the shift, equal and canary scenarios.
+const BASE_WEIGHTS: [f64; 3] = [70.0, 20.0, 10.0];
+/// The same as Envoy endpoint weights.
+const ENDPOINT_WEIGHTS: [u32; 3] = [70, 20, 10];
+
+/// `" --quick"` in a quick run, for the commands the report prints.
+fn quick_flag(mode: Mode) -> &'static str {
+    if mode.quick {
+        " --quick"
+    } else {
+        ""
+    }
+}
+
 /// The scenarios' names, for `--only`.
 pub const PARTS: [&str; 4] = ["matrix", "shift", "equal", "canary"];
 
-struct Fleet {
-    backends: Vec<Backend>,
-}
-
-impl Fleet {
-    fn start() -> Result<Self> {
-        let backends = DESTINATIONS
-            .iter()
-            .map(|n| Backend::start(n, BACKEND_THREADS, false))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { backends })
-    }
-
-    fn set(&self, delays: [Duration; 3]) {
-        for (b, d) in self.backends.iter().zip(delays) {
-            b.set_delay(d);
-            b.set_status(200);
-        }
-    }
-
-    fn spec(&self, policy: Policy, config: &str, weights: [u32; 3]) -> EnvoySpec {
-        let dests: Vec<(&str, u16)> = self.backends.iter().map(|b| (b.name(), b.port)).collect();
-        let mut spec = EnvoySpec::new(config, &dests);
-        spec.concurrency = ENVOY_WORKERS;
-        if policy != Policy::Tideway {
-            spec.filter_config = None;
-            spec.lb_policy = policy.name().to_string();
-            spec.mesh_default_weights = weights.to_vec();
-        }
-        spec
-    }
-
-    /// One closed-loop run against a fresh Envoy for `policy`.
-    fn run(
-        &self,
-        policy: Policy,
-        config: &str,
-        weights: [u32; 3],
-        connections: usize,
-        duration: Duration,
-        events: Vec<load::Event<'_>>,
-    ) -> Result<Vec<Sample>> {
-        let envoy = Envoy::start(&self.spec(policy, config, weights))?;
-        let spec = LoadSpec {
-            port: envoy.port,
-            host: HOST,
-            concurrency: connections,
-            duration,
-            total: None,
-            backends: &DESTINATIONS,
-            headers: None,
-        };
-        let samples = load::run(&spec, events)?;
-        load::check_some_ok(&samples, policy.name())?;
-        Ok(samples)
-    }
+/// One closed-loop run against a fresh Envoy for `policy`.
+fn run_once(
+    fleet: &Fleet,
+    policy: Policy,
+    config: &str,
+    weights: [u32; 3],
+    connections: usize,
+    duration: Duration,
+    events: Vec<load::Event<'_>>,
+) -> Result<Vec<Sample>> {
+    let envoy = Envoy::start(&fleet.spec(policy, config, &weights, false))?;
+    let load = LoadSpec {
+        port: envoy.port,
+        host: HOST,
+        concurrency: connections,
+        duration,
+        total: None,
+        backends: &DESTINATIONS,
+        headers: None,
+    };
+    let samples = load::run(&load, events)?;
+    load::check_some_ok(&samples, policy.name())?;
+    Ok(samples)
 }
 
 /// Run the scenarios (`only`: just one of [`PARTS`]).
 pub fn run(mode: Mode, only: Option<&str>) -> Result<Vec<Section>> {
-    let fleet = Fleet::start()?;
+    let fleet = Fleet::start_with(BACKEND_THREADS)?;
     let want = |part: &str| only.is_none_or(|o| o == part);
     let mut sections = Vec::new();
     if want("matrix") {
@@ -240,7 +218,7 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
     let config = tideway_config([1.0; 3], DEFAULT_SCHEDULER, false);
     let command = format!(
         "cargo xtask bench -- --only matrix{}: backends 8, 8, 8×k ms (k = 3, 6, 10; {BACKEND_THREADS} threads each, no queueing), closed loop at 8, 32 and 128 keep-alive connections, {} s per run measured after the first {} s, {rounds} round(s), each round alternating {}; a fresh Envoy per run, envoy --concurrency {ENVOY_WORKERS}",
-        if mode.quick { " --quick" } else { "" },
+        quick_flag(mode),
         duration.as_secs(),
         warm_up.as_secs(),
         COMPARED.map(Policy::name).join(" ")
@@ -266,9 +244,16 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
             let mut results: Vec<Vec<Measured>> = vec![Vec::new(); COMPARED.len()];
             for round in 0..rounds {
                 for (i, &policy) in COMPARED.iter().enumerate() {
-                    fleet.set([BASE, BASE, BASE * factor]);
-                    let samples =
-                        fleet.run(policy, &config, [1; 3], connections, duration, Vec::new())?;
+                    fleet.reset([BASE, BASE, BASE * factor]);
+                    let samples = run_once(
+                        fleet,
+                        policy,
+                        &config,
+                        [1; 3],
+                        connections,
+                        duration,
+                        Vec::new(),
+                    )?;
                     let m = measure(&samples, warm_up, duration);
                     eprintln!(
                         "[matrix] {factor}x slower, {connections:>3} conns, round {} {:<14} slow share {:.2}%, p99 {} ms, {:.0} req/s, {} errors; per second, slow share/p99 ms: {}",
@@ -362,7 +347,7 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
             }));
         }
     }
-    fleet.set([BASE; 3]);
+    fleet.reset([BASE; 3]);
     section.notes.push(
         "Every figure is the worst round's: a target holds only if it held in every round. The ratios pair each Tideway run with the baseline run of the same round.".to_string(),
     );
@@ -405,26 +390,27 @@ fn shift(mode: Mode, fleet: &Fleet) -> Result<Section> {
     let slow_at = Duration::from_secs(4);
     let recover_at = Duration::from_secs(mode.pick(8, 10));
     let duration = recover_at + Duration::from_secs(8);
-    let config = tideway_config([70.0, 20.0, 10.0], DEFAULT_SCHEDULER, false);
+    let config = tideway_config(BASE_WEIGHTS, DEFAULT_SCHEDULER, false);
     let command = format!(
         "cargo xtask bench -- --only shift{}: base weights 70/20/10, every backend 8 ms; the 70% one (east) 80 ms from {} s to {} s; {connections} connections, closed loop, {} s per run, {rounds} round(s); envoy --concurrency {ENVOY_WORKERS}",
-        if mode.quick { " --quick" } else { "" },
+        quick_flag(mode),
         slow_at.as_secs(),
         recover_at.as_secs(),
         duration.as_secs()
     );
     let mut runs = Vec::new();
     for round in 0..rounds {
-        fleet.set([BASE; 3]);
+        fleet.reset([BASE; 3]);
         let east = &fleet.backends[0];
         let events: Vec<load::Event<'_>> = vec![
             (slow_at, Box::new(move || east.set_delay(BASE * 10))),
             (recover_at, Box::new(move || east.set_delay(BASE))),
         ];
-        let samples = fleet.run(
+        let samples = run_once(
+            fleet,
             Policy::Tideway,
             &config,
-            [70, 20, 10],
+            ENDPOINT_WEIGHTS,
             connections,
             duration,
             events,
@@ -476,7 +462,7 @@ fn shift(mode: Mode, fleet: &Fleet) -> Result<Section> {
         );
         runs.push(r);
     }
-    fleet.set([BASE; 3]);
+    fleet.reset([BASE; 3]);
     let mut section = Section::new(
         "Base weights 70/20/10, the 70% destination 10× slower and back (issue 12)",
         vec![command.clone(), format!("Tideway config: {config}")],
@@ -571,11 +557,11 @@ fn equal(mode: Mode, fleet: &Fleet) -> Result<Section> {
     let connections = 32;
     let warm_up = Duration::from_secs(1);
     let duration = Duration::from_secs(mode.pick(3, 6));
-    let target = [70.0, 20.0, 10.0];
+    let target = BASE_WEIGHTS;
     let config = tideway_config(target, DEFAULT_SCHEDULER, false);
     let command = format!(
         "cargo xtask bench -- --only equal{}: base weights 70/20/10 (LEAST_REQUEST: endpoint weights 70/20/10), every backend 8 ms; {connections} connections, closed loop, {} s per run measured after the first {} s, {rounds} round(s) alternating Tideway LEAST_REQUEST; envoy --concurrency {ENVOY_WORKERS}",
-        if mode.quick { " --quick" } else { "" },
+        quick_flag(mode),
         duration.as_secs(),
         warm_up.as_secs()
     );
@@ -584,19 +570,21 @@ fn equal(mode: Mode, fleet: &Fleet) -> Result<Section> {
     let mut rps_ratios = Vec::new();
     let mut raw = Vec::new();
     for round in 0..rounds {
-        fleet.set([BASE; 3]);
-        let t = fleet.run(
+        fleet.reset([BASE; 3]);
+        let t = run_once(
+            fleet,
             Policy::Tideway,
             &config,
-            [70, 20, 10],
+            ENDPOINT_WEIGHTS,
             connections,
             duration,
             Vec::new(),
         )?;
-        let l = fleet.run(
+        let l = run_once(
+            fleet,
             Policy::LeastRequest,
             &config,
-            [70, 20, 10],
+            ENDPOINT_WEIGHTS,
             connections,
             duration,
             Vec::new(),
@@ -628,7 +616,7 @@ fn equal(mode: Mode, fleet: &Fleet) -> Result<Section> {
         devs.push(dev);
         rps_ratios.push(ratio);
     }
-    fleet.set([BASE; 3]);
+    fleet.reset([BASE; 3]);
     Ok(Section {
         title: "All destinations equal and healthy, base weights 70/20/10 (issue 12)".to_string(),
         commands: vec![command.clone(), format!("Tideway config: {config}")],
@@ -674,24 +662,25 @@ fn canary(mode: Mode, fleet: &Fleet) -> Result<Section> {
     let connections = 32;
     let warm_up = Duration::from_secs(1);
     let duration = Duration::from_secs(mode.pick(4, 8));
-    let target = [70.0, 20.0, 10.0];
+    let target = BASE_WEIGHTS;
     let config = tideway_config(target, CANARY_SCHEDULER, false);
     let command = format!(
         "cargo xtask bench -- --only canary{}: base weights 70/20/10, east (70%) 80 ms, the others 8 ms; latency and load weights 0; {connections} connections, {} s measured after the first {} s; envoy --concurrency {ENVOY_WORKERS}",
-        if mode.quick { " --quick" } else { "" },
+        quick_flag(mode),
         duration.as_secs(),
         warm_up.as_secs()
     );
-    fleet.set([BASE * 10, BASE, BASE]);
-    let samples = fleet.run(
+    fleet.reset([BASE * 10, BASE, BASE]);
+    let samples = run_once(
+        fleet,
         Policy::Tideway,
         &config,
-        [70, 20, 10],
+        ENDPOINT_WEIGHTS,
         connections,
         duration,
         Vec::new(),
     )?;
-    fleet.set([BASE; 3]);
+    fleet.reset([BASE; 3]);
     let split = split_of(&samples, warm_up, duration);
     let measured = measure(&samples, warm_up, duration);
     let dev = deviation(split, target);
