@@ -29,8 +29,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use tideway_filter::config::{
-    AffinitySource, DestinationConfig, FactorWeights, LocalConfig, PluginConfig, SchedulerConfig,
-    ServiceConfig, TrustConfig, WeightsSourceConfig, DEFAULT_ROUTING_HEADER, SCHEMA_VERSION,
+    AffinitySource, DestinationConfig, FactorWeights, HopHeaders, LocalConfig, PluginConfig,
+    SchedulerConfig, ServiceConfig, TrustConfig, WeightsSourceConfig, DEFAULT_ROUTING_HEADER,
+    SCHEMA_VERSION,
 };
 
 /// Istio's root namespace: a `WasmPlugin` there applies to every proxy.
@@ -43,6 +44,9 @@ pub const POLICY_LABEL: &str = "traffic.tideway.dev/policy";
 pub const POLICY_NAMESPACE_LABEL: &str = "traffic.tideway.dev/policy-namespace";
 /// The subset label Istio puts on every endpoint: its cluster ID.
 pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
+/// The environment variable in which Istio's injector gives every sidecar
+/// and gateway its cluster ID (the same ID as [`CLUSTER_LABEL`]'s).
+pub const CLUSTER_ID_ENV: &str = "ISTIO_META_CLUSTER_ID";
 
 /// The filter image a `WasmPlugin` loads, pinned by manifest digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -372,7 +376,12 @@ impl<'a> Context<'a> {
             },
             tracing: spec.tracing.clone().unwrap_or_default(),
             decision_header: spec.decision_header,
-            hop_headers: spec.hop_headers.unwrap_or(true),
+            // The VirtualService's routes set them (`hop_headers`).
+            hop_headers: if spec.hop_headers.unwrap_or(true) {
+                HopHeaders::Routes
+            } else {
+                HopHeaders::Off
+            },
             weights_source: self.weights_source(),
         }
     }
@@ -575,11 +584,15 @@ impl<'a> Context<'a> {
         )
     }
 
+    /// A route of the VirtualService. `target`: the member cluster every
+    /// destination of the route is in (a route for one filter decision),
+    /// `None` for the mesh's own choice.
     fn route(
         &self,
         name: String,
         matches: Vec<HttpMatchRequest>,
         route: Vec<HttpRouteDestination>,
+        target: Option<&str>,
     ) -> HttpRoute {
         let r = self.policy.spec.resilience.clone().unwrap_or_default();
         HttpRoute {
@@ -589,7 +602,40 @@ impl<'a> Context<'a> {
             timeout: r.timeout,
             retries: r.retries,
             fault: r.fault,
+            headers: self.hop_headers(target),
         }
+    }
+
+    /// The hop headers, set by the route rather than by the filter: a
+    /// route's headers are native to Envoy, each header the filter writes
+    /// is a host call (`HopHeaders`). The route knows the target cluster
+    /// (its subset's), the service is the policy's, and the source is the
+    /// proxy's own cluster ID, which Istio's injector puts in the sidecar's
+    /// (and gateway's) `ISTIO_META_CLUSTER_ID` and Envoy's `%ENVIRONMENT%`
+    /// operator reads. `set` overwrites a client's copy; without a
+    /// decision the target is unknown and a client's copy is removed.
+    fn hop_headers(&self, target: Option<&str>) -> Option<Headers> {
+        if !self.policy.spec.hop_headers.unwrap_or(true) {
+            return None;
+        }
+        let mut request = HeaderOperations::default();
+        request.set.insert(
+            "x-cluster-source".into(),
+            format!("%ENVIRONMENT({CLUSTER_ID_ENV})%"),
+        );
+        request.set.insert(
+            "x-service-name".into(),
+            self.policy.spec.service.name.clone(),
+        );
+        match target {
+            Some(cluster) => {
+                request
+                    .set
+                    .insert("x-cluster-target".into(), cluster.to_string());
+            }
+            None => request.remove.push("x-cluster-target".into()),
+        }
+        Some(Headers { request })
     }
 
     fn to(&self, subset: Option<&str>, weight: Option<i32>) -> HttpRouteDestination {
@@ -647,6 +693,7 @@ impl<'a> Context<'a> {
                         name.clone(),
                         vec![self.header_match(Some(m), subset, name)],
                         self.split(subset, &format!("{subset}-{}", c.name), c.weight),
+                        Some(&d.cluster),
                     ));
                 }
                 let mut m = m.clone();
@@ -655,6 +702,7 @@ impl<'a> Context<'a> {
                     format!("canary-{i}"),
                     vec![m],
                     self.split("stable", &c.name, c.weight),
+                    None,
                 ));
             }
         }
@@ -671,6 +719,7 @@ impl<'a> Context<'a> {
                 name.clone(),
                 vec![self.header_match(None, subset, name)],
                 route,
+                Some(&d.cluster),
             ));
         }
         // The mesh's own choice: no header (filter absent, failed open, or
@@ -680,7 +729,7 @@ impl<'a> Context<'a> {
             Some(_) => vec![self.to(Some("stable"), None)],
             None => vec![self.to(None, None)],
         };
-        http.push(self.route("default".into(), Vec::new(), default));
+        http.push(self.route("default".into(), Vec::new(), default, None));
 
         let mut hosts = vec![self.fqdn.clone()];
         for h in &spec.service.hosts {

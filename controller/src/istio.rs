@@ -415,6 +415,26 @@ pub struct HttpRoute {
     pub retries: Option<HttpRetry>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<HttpFaultInjection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Headers>,
+}
+
+/// `HTTPRoute.headers`: header operations Envoy applies on the route
+/// (istiod renders them as the route's `request_headers_to_add` /
+/// `request_headers_to_remove`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Headers {
+    pub request: HeaderOperations,
+}
+
+/// `Headers.HeaderOperations`: `set` overwrites a header the request
+/// carries (or adds it), `remove` drops it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct HeaderOperations {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

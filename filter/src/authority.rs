@@ -109,16 +109,44 @@ impl HostTable {
 
     /// The service governing `authority` (`host[:port]`, raw header bytes).
     pub fn lookup(&self, authority: &[u8]) -> Option<usize> {
-        let host = strip_port(authority);
+        // One pass for both the port's colon and any capital letter.
+        let mut last_colon = None;
+        let mut upper = false;
+        for (i, &b) in authority.iter().enumerate() {
+            if b == b':' {
+                last_colon = Some(i);
+            }
+            upper |= b.is_ascii_uppercase();
+        }
+        let host = match (authority.first(), last_colon) {
+            (Some(b'['), _) => strip_port(authority),
+            (_, Some(colon)) => authority.get(..colon).unwrap_or(authority),
+            (_, None) => authority,
+        };
         if host.is_empty() || host.len() > MAX_HOST_LEN {
             return None;
         }
+        // Clients send lowercase hosts nearly always: look those up as they
+        // are, and copy to a lowercased buffer only when there is a capital.
+        if !upper {
+            return self.lookup_lowercase(host);
+        }
+        self.lookup_lowered(host)
+    }
+
+    /// [`HostTable::lookup`] of a host with capitals, lowercased on the stack.
+    #[inline(never)]
+    fn lookup_lowered(&self, host: &[u8]) -> Option<usize> {
         let mut buf = [0u8; MAX_HOST_LEN];
         let lower = buf.get_mut(..host.len())?;
         for (out, b) in lower.iter_mut().zip(host) {
             *out = b.to_ascii_lowercase();
         }
-        let lower = &*lower;
+        self.lookup_lowercase(lower)
+    }
+
+    /// [`HostTable::lookup`] of a host already lowercase and without port.
+    fn lookup_lowercase(&self, lower: &[u8]) -> Option<usize> {
         if let Some(s) = self.names.get(lower) {
             return Some(s);
         }

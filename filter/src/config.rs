@@ -71,13 +71,12 @@ pub struct PluginConfig {
     /// Off by default: it reveals topology to clients.
     #[serde(default)]
     pub decision_header: bool,
-    /// Set `x-cluster-source`, `x-cluster-target` and `x-service-name` on
-    /// routed requests (the hop's annotations that tracing code reads). On
-    /// by default; the three cost Envoy about 11k instructions per request
-    /// together (`cargo xtask bench -- --only instructions`, the "hopHeaders
-    /// off" row), so a mesh that does not read them can turn them off.
-    #[serde(default = "default_true")]
-    pub hop_headers: bool,
+    /// Who sets `x-cluster-source`, `x-cluster-target` and `x-service-name`
+    /// (the hop's annotations that the seed's tracing code reads):
+    /// [`HopHeaders`]. JSON `true` (the default: this filter), `false`
+    /// (nobody) or `"routes"` (the routes the controller renders).
+    #[serde(default)]
+    pub hop_headers: HopHeaders,
     /// Where run-time weights come from (the controller's weights API).
     /// Absent: the static weights above are all there is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -222,10 +221,6 @@ impl WeightsSourceConfig {
     }
 }
 
-fn default_true() -> bool {
-    true
-}
-
 fn default_schema_version() -> u32 {
     SCHEMA_VERSION
 }
@@ -240,9 +235,75 @@ impl Default for PluginConfig {
             trust: TrustConfig::default(),
             tracing: crate::trace::TracingConfig::default(),
             decision_header: false,
-            hop_headers: true,
+            hop_headers: HopHeaders::Filter,
             weights_source: None,
         }
+    }
+}
+
+/// Who sets the hop headers (`x-cluster-source`, `x-cluster-target`,
+/// `x-service-name`) on a routed request.
+///
+/// Why not always the filter: each header a proxy-wasm filter writes costs
+/// Envoy a host call (about 3.7k instructions in Envoy 1.40, `cargo xtask
+/// bench -- --only instructions`), while a route's `request_headers_to_add`
+/// is native and costs next to nothing. Two of the three are constant per
+/// route (the target cluster of the route's subset, the service) and the
+/// third per proxy (its cluster ID, which Istio's sidecar has in
+/// `ISTIO_META_CLUSTER_ID`), so the controller renders them into the
+/// VirtualService and tells the filter, with `"routes"`, not to write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HopHeaders {
+    /// This filter writes them on every request it routes (JSON `true`):
+    /// for a filter configured by hand, whose routes do not set them.
+    #[default]
+    Filter,
+    /// The routes set them (JSON `"routes"`): the filter writes none.
+    Routes,
+    /// Nobody sets them (JSON `false`).
+    Off,
+}
+
+impl HopHeaders {
+    /// Whether the filter itself writes them.
+    pub fn written_by_filter(self) -> bool {
+        self == HopHeaders::Filter
+    }
+}
+
+impl Serialize for HopHeaders {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HopHeaders::Filter => s.serialize_bool(true),
+            HopHeaders::Off => s.serialize_bool(false),
+            HopHeaders::Routes => s.serialize_str("routes"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HopHeaders {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = HopHeaders;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"true (the filter writes them), false (off) or "routes""#)
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<HopHeaders, E> {
+                Ok(if v {
+                    HopHeaders::Filter
+                } else {
+                    HopHeaders::Off
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HopHeaders, E> {
+                match v {
+                    "routes" => Ok(HopHeaders::Routes),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -1016,9 +1077,10 @@ mod tests {
         assert_eq!(service.destinations[1].cluster(), "west");
         assert_eq!(config.scheduler, SchedulerConfig::default());
         assert!(!config.trust.all_sources);
-        assert!(
+        assert_eq!(
             config.hop_headers,
-            "the hop headers are on unless turned off"
+            HopHeaders::Filter,
+            "the hop headers are the filter's to write unless configured otherwise"
         );
         assert_eq!(
             config,
@@ -1045,6 +1107,28 @@ mod tests {
     fn unknown_field_is_named() {
         let err = PluginConfig::from_json(br#"{"servics":[]}"#).unwrap_err();
         assert_eq!(err.field, "servics", "{err}");
+    }
+
+    #[test]
+    fn hop_headers_accept_a_bool_or_routes_and_round_trip() {
+        for (json, want) in [
+            ("true", HopHeaders::Filter),
+            ("false", HopHeaders::Off),
+            (r#""routes""#, HopHeaders::Routes),
+        ] {
+            let config = PluginConfig::from_json(format!(r#"{{"hopHeaders":{json}}}"#).as_bytes())
+                .unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(config.hop_headers, want, "{json}");
+            let back = serde_json::to_value(config.hop_headers).expect("serialises");
+            assert_eq!(
+                back.to_string(),
+                json,
+                "what the controller renders is what was parsed"
+            );
+        }
+        let err = PluginConfig::from_json(br#"{"hopHeaders":"filter"}"#).unwrap_err();
+        assert_eq!(err.field, "hopHeaders", "{err}");
+        assert!(err.to_string().contains("filter"), "{err}");
     }
 
     /// Typing errors (serde's) name the full path and the value, and never

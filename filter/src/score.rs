@@ -89,7 +89,10 @@ pub fn score_all(weights: &FactorWeights, inputs: &[FactorInputs], out: &mut [f6
         }
     }
     // Within the band of the best, latency counts as equal: a candidate's
-    // latency penalty is how far (in log) it lies beyond the band.
+    // latency penalty is how far (in log) it lies beyond the band. Kept as
+    // ratios until a candidate is beyond it, so a request to equal
+    // destinations takes no logarithm at all (each is ~100 instructions in
+    // the wasm module, and this runs per request).
     let peak_band_edge = band_edge(best_latency);
     // The floors are compared against the floor of the candidate with the
     // best peak-EWMA, not the lowest floor: a destination that just slowed
@@ -107,11 +110,13 @@ pub fn score_all(weights: &FactorWeights, inputs: &[FactorInputs], out: &mut [f6
     for (input, slot) in inputs.iter().zip(out.iter_mut()) {
         let mut log_score = 0.0;
         if wl > 0.0 {
-            let mut beyond = (peak_of(input).ln() - peak_band_edge).max(0.0);
+            let mut beyond = peak_of(input) / peak_band_edge;
             if let (Some(edge), Some(floor)) = (floor_band_edge, floor_of(input)) {
-                beyond = beyond.max(floor.ln() - edge);
+                beyond = beyond.max(floor / edge);
             }
-            log_score -= wl * beyond;
+            if beyond > 1.0 {
+                log_score -= wl * beyond.ln();
+            }
         }
         if wn > 0.0 {
             let typical = finite_or(input.typical_in_flight, 0.0).max(0.0);
@@ -121,21 +126,27 @@ pub fn score_all(weights: &FactorWeights, inputs: &[FactorInputs], out: &mut [f6
                 log_score += wn * (hot_above / load).ln();
             }
         }
+        // A factor of 1 (the cheapest, the closest) adds nothing: skip its ln.
         if wc > 0.0 && cost_span > f64::EPSILON {
-            log_score += wc * (1.0 - 0.5 * (input.cost - min_cost) / cost_span).ln();
+            let factor = 1.0 - 0.5 * (input.cost - min_cost) / cost_span;
+            if factor < 1.0 {
+                log_score += wc * factor.ln();
+            }
         }
         if wa > 0.0 {
             let closeness = finite_or(input.locality_affinity, 1.0).clamp(0.0, 1.0);
-            log_score += wa * ((1.0 + closeness) * 0.5).ln();
+            if closeness < 1.0 {
+                log_score += wa * ((1.0 + closeness) * 0.5).ln();
+            }
         }
         *slot = log_score;
         best = best.max(log_score);
     }
     for slot in out.iter_mut() {
-        *slot = if best.is_finite() && slot.is_finite() {
-            (*slot - best).exp().clamp(0.0, 1.0)
-        } else {
+        *slot = if *slot == best || !best.is_finite() || !slot.is_finite() {
             1.0
+        } else {
+            (*slot - best).exp().clamp(0.0, 1.0)
         };
     }
 }
@@ -156,10 +167,10 @@ pub const HOT_LOAD: f64 = 2.0;
 /// still scored (3 ÷ 1.5)^(−w) of the fast one.
 pub const LATENCY_BAND: f64 = 1.5;
 
-/// The log of the latency up to which a candidate counts as equal to the
-/// best one (`best_ns`).
+/// The latency up to which a candidate counts as equal to the best one
+/// (`best_ns`).
 fn band_edge(best_ns: f64) -> f64 {
-    (best_ns * LATENCY_BAND).ln()
+    best_ns * LATENCY_BAND
 }
 
 /// The candidate's peak-EWMA in ns, at least 1.

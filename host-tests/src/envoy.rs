@@ -68,6 +68,21 @@ pub struct EnvoySpec {
     pub route_timeout: Option<String>,
     /// Speak HTTP/2 (h2c) to the backends, as Istio does for gRPC ports.
     pub upstream_http2: bool,
+    /// Environment variables for Envoy's process.
+    pub env: Vec<(String, String)>,
+    /// Routes to a destination set the hop headers themselves, as the
+    /// controller's VirtualService does (`x-cluster-source` from
+    /// `ISTIO_META_CLUSTER_ID` in `env`); give the filter
+    /// `"hopHeaders":"routes"` with it.
+    pub route_hop_headers: Option<RouteHopHeaders>,
+}
+
+/// What [`EnvoySpec::route_hop_headers`] sets: the service's name, and each
+/// destination's cluster (by destination name).
+#[derive(Debug, Clone)]
+pub struct RouteHopHeaders {
+    pub service: String,
+    pub clusters: Vec<(String, String)>,
 }
 
 impl EnvoySpec {
@@ -104,6 +119,8 @@ impl EnvoySpec {
             command_prefix: Vec::new(),
             route_timeout: None,
             upstream_http2: false,
+            env: Vec::new(),
+            route_hop_headers: None,
         }
     }
 
@@ -151,6 +168,32 @@ impl EnvoySpec {
             json!({"match": {"prefix": "/"}, "route": route})
         };
         routes.push(default_route);
+        if let Some(hop) = &self.route_hop_headers {
+            let names: Vec<Option<&str>> = self
+                .destinations
+                .iter()
+                .map(|(name, _)| Some(name.as_str()))
+                .chain([None])
+                .collect();
+            for (route, name) in routes.iter_mut().zip(names) {
+                let set = |key: &str, value: &str| json!({"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"});
+                let mut add = vec![
+                    set("x-cluster-source", "%ENVIRONMENT(ISTIO_META_CLUSTER_ID)%"),
+                    set("x-service-name", &hop.service),
+                ];
+                let target = name.and_then(|n| {
+                    hop.clusters
+                        .iter()
+                        .find(|(d, _)| d == n)
+                        .map(|(_, c)| c.as_str())
+                });
+                match target {
+                    Some(cluster) => add.push(set("x-cluster-target", cluster)),
+                    None => route["request_headers_to_remove"] = json!(["x-cluster-target"]),
+                }
+                route["request_headers_to_add"] = json!(add);
+            }
+        }
         let mut http_filters = Vec::new();
         if let Some(config) = &self.filter_config {
             let mut filter = json!({
@@ -278,19 +321,31 @@ impl Envoy {
             |dir| spec.bootstrap(dir),
             &spec.command_prefix,
             spec.concurrency,
+            &spec.env,
         )
     }
 
     /// Starts Envoy on a bootstrap of the caller's (given the directory
     /// for its logs). Its first listener is the one requests go to.
     pub fn start_with(bootstrap: impl FnOnce(&Path) -> Value, concurrency: u32) -> Result<Self> {
-        Self::launch(bootstrap, &[], concurrency)
+        Self::launch(bootstrap, &[], concurrency, &[])
+    }
+
+    /// As [`Envoy::start_with`], with environment variables set for Envoy
+    /// (as Istio's injector sets `ISTIO_META_CLUSTER_ID` for the sidecar).
+    pub fn start_with_env(
+        bootstrap: impl FnOnce(&Path) -> Value,
+        concurrency: u32,
+        env: &[(String, String)],
+    ) -> Result<Self> {
+        Self::launch(bootstrap, &[], concurrency, env)
     }
 
     fn launch(
         bootstrap: impl FnOnce(&Path) -> Value,
         command_prefix: &[String],
         concurrency: u32,
+        env: &[(String, String)],
     ) -> Result<Self> {
         let binary = crate::env::envoy();
         let dir = tempfile::tempdir().context("creating a temp dir for Envoy")?;
@@ -310,6 +365,7 @@ impl Envoy {
             None => Command::new(&binary),
         };
         let child = command
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("-c")
             .arg(&config_path)
             .arg("--admin-address-path")

@@ -581,6 +581,7 @@ fn vs_routes(
             if !name.is_empty() {
                 route["name"] = json!(name);
             }
+            request_header_operations(http, &at, &mut route)?;
             if let Some(fault) = &fault {
                 route["typed_per_filter_config"] = json!({"envoy.filters.http.fault": fault});
             }
@@ -591,6 +592,41 @@ fn vs_routes(
         }
     }
     Ok(out)
+}
+
+/// `HTTPRoute.headers.request` as istiod renders it on the route: `set`
+/// overwrites (`OVERWRITE_IF_EXISTS_OR_ADD`), `add` appends, `remove`
+/// drops. Values pass through verbatim, so Envoy's command operators
+/// (`%ENVIRONMENT(…)%`) work as they do under istiod.
+fn request_header_operations(http: &Value, at: &str, route: &mut Value) -> Result<()> {
+    let Some(ops) = http.get("headers") else {
+        return Ok(());
+    };
+    for key in ops.as_object().into_iter().flat_map(|m| m.keys()) {
+        if key != "request" {
+            bail!("{at}.headers.{key}: not translated here");
+        }
+    }
+    let request = &ops["request"];
+    let mut add = Vec::new();
+    for (field, action) in [
+        ("set", "OVERWRITE_IF_EXISTS_OR_ADD"),
+        ("add", "APPEND_IF_EXISTS_OR_ADD"),
+    ] {
+        for (name, value) in request[field].as_object().into_iter().flatten() {
+            let value = value
+                .as_str()
+                .ok_or_else(|| anyhow!("{at}.headers.request.{field}.{name}: not a string"))?;
+            add.push(json!({"header": {"key": name, "value": value}, "append_action": action}));
+        }
+    }
+    if !add.is_empty() {
+        route["request_headers_to_add"] = json!(add);
+    }
+    if let Some(remove) = request["remove"].as_array() {
+        route["request_headers_to_remove"] = json!(remove);
+    }
+    Ok(())
 }
 
 fn is_catch_all(route_match: &Value) -> bool {

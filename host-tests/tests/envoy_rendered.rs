@@ -164,6 +164,19 @@ impl Pods {
     }
 }
 
+/// Hop headers a client sends: the routes must overwrite or remove them.
+const SPOOFED_HOP_HEADERS: &[(&str, &str)] = &[
+    ("x-cluster-source", "spoofed"),
+    ("x-cluster-target", "spoofed"),
+    ("x-service-name", "spoofed"),
+];
+
+/// `x-cluster-source`, `x-cluster-target`, `x-service-name` as the backend
+/// received them.
+fn hop_headers(recorded: &RecordedHeaders) -> [Option<&str>; 3] {
+    ["x-cluster-source", "x-cluster-target", "x-service-name"].map(|n| header(recorded, n))
+}
+
 fn header<'a>(recorded: &'a RecordedHeaders, name: &str) -> Option<&'a str> {
     recorded
         .iter()
@@ -288,9 +301,13 @@ fn rendered_routes_steer_every_request_to_the_cluster_the_filter_names() {
                     "{example}/{member}: the filter must not run inbound"
                 );
                 let (region, zone) = rendered.localities.get(member).cloned().unwrap_or_default();
-                let envoy = Envoy::start_with(
+                // As Istio's injector sets it for the sidecar: the rendered
+                // routes read `x-cluster-source` from it.
+                let sidecar_env = [("ISTIO_META_CLUSTER_ID".to_string(), member.clone())];
+                let envoy = Envoy::start_with_env(
                     |dir| translation.bootstrap(member, (&region, &zone), dir, false),
                     1,
+                    &sidecar_env,
                 )
                 .unwrap_or_else(|e| panic!("{example}/{member}: {e}"));
                 let mut hosts = vec![
@@ -305,8 +322,9 @@ fn rendered_routes_steer_every_request_to_the_cluster_the_filter_names() {
                 let mut served_clusters = BTreeSet::new();
                 for i in 0..40 {
                     let authority = &hosts[i % hosts.len()];
+                    // A client's own hop headers must not survive the hop.
                     let reply = client
-                        .get(&envoy.url("/"), authority, &[])
+                        .get(&envoy.url("/"), authority, SPOOFED_HOP_HEADERS)
                         .unwrap_or_else(|e| {
                             panic!("{example}/{member}: {e}\n{}", envoy.log_tail(30))
                         });
@@ -339,6 +357,15 @@ fn rendered_routes_steer_every_request_to_the_cluster_the_filter_names() {
                     if let Some(stable) = &stable {
                         assert!(selects(stable, pod), "{example}/{member}: a plain request reached {pod:?}, not the stable version {stable:?}");
                     }
+                    assert_eq!(
+                        hop_headers(&request),
+                        [
+                            Some(member.as_str()),
+                            pod.get(CLUSTER_LABEL).map(String::as_str),
+                            Some(name.as_str())
+                        ],
+                        "{example}/{member} host {authority}: x-cluster-source, x-cluster-target, x-service-name as the routes set them"
+                    );
                     served_clusters.insert(pod.get(CLUSTER_LABEL).cloned().unwrap_or_default());
                 }
                 assert!(!served_clusters.is_empty());
@@ -346,13 +373,16 @@ fn rendered_routes_steer_every_request_to_the_cluster_the_filter_names() {
 
                 // The filter removed: the VirtualService's default route
                 // serves every request, unsteered.
-                let bare = Envoy::start_with(
+                let bare = Envoy::start_with_env(
                     |dir| translation.bootstrap(member, (&region, &zone), dir, true),
                     1,
+                    &sidecar_env,
                 )
                 .unwrap_or_else(|e| panic!("{example}/{member}: {e}"));
                 for authority in &hosts {
-                    let reply = client.get(&bare.url("/"), authority, &[]).expect("request");
+                    let reply = client
+                        .get(&bare.url("/"), authority, SPOOFED_HOP_HEADERS)
+                        .expect("request");
                     if is_injected_abort(fault_abort, reply.status, &reply.body) {
                         continue;
                     }
@@ -367,6 +397,11 @@ fn rendered_routes_steer_every_request_to_the_cluster_the_filter_names() {
                         header(&request, "x-tideway-destination"),
                         None,
                         "{request:?}"
+                    );
+                    assert_eq!(
+                        hop_headers(&request),
+                        [Some(member.as_str()), None, Some(name.as_str())],
+                        "{example}/{member} without the filter: no target is known, and a client's is removed"
                     );
                     if let Some(stable) = &stable {
                         assert!(

@@ -147,9 +147,39 @@ impl Engine {
         let mut is_trusted = |host: &mut dyn RouteHost, config: &PluginConfig| {
             *trusted.get_or_insert_with(|| source_is_trusted(config, host))
         };
-        let requested = headers
-            .get(&svc.routing_header)
-            .and_then(|name| self.destination_named(service, name));
+        // One pass over the headers for everything a request needs read: the
+        // routing header a client sent, the session key (a header), trace
+        // context, gRPC or not, and whether any other `x-tideway-*` header
+        // came in (rare: only then a second pass strips them).
+        let routing_header = svc.routing_header.as_bytes();
+        let key_header = match &svc.affinity {
+            AffinitySource::Header { name } => Some(name.as_bytes()),
+            _ => None,
+        };
+        let mut inbound_routing_header: Option<&[u8]> = None;
+        let mut key_value: Option<&[u8]> = None;
+        let mut input = trace::TraceInput::default();
+        let mut content_type: Option<&[u8]> = None;
+        let mut reserved = false;
+        for (name, value) in headers.iter() {
+            if name == routing_header {
+                inbound_routing_header.get_or_insert(value);
+                continue;
+            }
+            if key_header == Some(name) {
+                key_value.get_or_insert(value);
+            }
+            if input.push_header(name, value) {
+                continue;
+            }
+            if name.starts_with(RESERVED_PREFIX) {
+                reserved = true;
+            } else if content_type.is_none() && name == b"content-type" {
+                content_type = Some(value);
+            }
+        }
+        let requested =
+            inbound_routing_header.and_then(|name| self.destination_named(service, name));
         let mut decision = match requested {
             Some(d) if is_trusted(host, &self.config) => Decision {
                 service,
@@ -157,40 +187,46 @@ impl Engine {
                 reason: Reason::TrustedHeader,
             },
             _ => {
-                let key = session_key(&svc.affinity, headers);
+                let key = match &svc.affinity {
+                    AffinitySource::Header { .. } => key_value.filter(|v| !v.is_empty()),
+                    _ => session_key(&svc.affinity, headers),
+                };
                 self.decide(service, key, now)
             }
         };
 
         let svc = &self.services[service];
         let present = |name: &str| headers.get(name).is_some();
+        let routing_header_present = inbound_routing_header.is_some();
         let written = host.set_request_header(
             &svc.routing_header,
             decision
                 .destination
                 .map(|d| svc.destinations[d].name.as_bytes()),
-            present(&svc.routing_header),
+            routing_header_present,
         );
         if written.is_err() {
             // Without our header the mesh's default route serves it; a
             // client's copy must not route it instead.
             decision.destination = None;
             decision.reason = Reason::MeshDefault;
-            if present(&svc.routing_header) {
+            if routing_header_present {
                 let _ = host.set_request_header(&svc.routing_header, None, true);
             }
         }
         let target = decision
             .destination
             .map(|d| svc.destinations[d].cluster.as_str());
-        strip_untrusted(
-            headers,
-            &svc.routing_header,
-            &self.config,
-            host,
-            &mut is_trusted,
-        );
-        if self.config.hop_headers {
+        if reserved {
+            strip_untrusted(
+                headers,
+                &svc.routing_header,
+                &self.config,
+                host,
+                &mut is_trusted,
+            );
+        }
+        if self.config.hop_headers.written_by_filter() {
             for (name, value) in [
                 ("x-cluster-source", Some(self.local.cluster.as_bytes())),
                 ("x-cluster-target", target.map(str::as_bytes)),
@@ -203,7 +239,6 @@ impl Engine {
             source_cluster: &self.local.cluster,
             target_cluster: target.unwrap_or(""),
         };
-        let input = trace::TraceInput::from_headers(headers.iter());
         let output = trace::propagate(&self.config.tracing, &input, &hop, host.trace_rng());
         for op in output.ops() {
             let (name, value) = match op {
@@ -222,7 +257,7 @@ impl Engine {
             decision,
             started_ns: now,
             responded: false,
-            grpc: headers.get("content-type").is_some_and(is_grpc),
+            grpc: content_type.is_some_and(is_grpc),
             outcome_recorded: false,
             unrecorded: false,
             ended: false,

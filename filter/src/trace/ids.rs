@@ -35,7 +35,7 @@ pub(crate) fn hex_char(nibble: u8) -> char {
 /// The value of one lowercase hex digit (`0-9a-f`); `None` for anything else,
 /// uppercase included (W3C `HEXDIGLC`, B3 "lower-hex").
 #[inline]
-pub(crate) fn lower_hex_val(b: u8) -> Option<u8> {
+pub(crate) const fn lower_hex_val(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),
@@ -43,22 +43,38 @@ pub(crate) fn lower_hex_val(b: u8) -> Option<u8> {
     }
 }
 
+/// Each byte's lowercase hex digit value, [`NOT_HEX`] for any other byte.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 256 {
+        if let Some(v) = lower_hex_val(i as u8) {
+            table[i] = v;
+        }
+        i += 1;
+    }
+    table
+};
+const NOT_HEX: u8 = 0x10;
+
 /// Decodes exactly `2 * out.len()` lowercase hex digits from `src` into `out`.
 /// Returns `false` (leaving `out` unspecified) on any other length or digit.
+/// By table, with one check for the whole id: this runs on every request's
+/// `traceparent` (48 digits).
 pub(crate) fn decode_lower_hex(src: &[u8], out: &mut [u8]) -> bool {
     if src.len() != out.len() * 2 {
         return false;
     }
+    let mut invalid = 0u8;
     for (pair, dst) in src.chunks_exact(2).zip(out.iter_mut()) {
-        match pair {
-            [hi, lo] => match (lower_hex_val(*hi), lower_hex_val(*lo)) {
-                (Some(h), Some(l)) => *dst = (h << 4) | l,
-                _ => return false,
-            },
-            _ => return false,
-        }
+        let (hi, lo) = (
+            HEX_VALUE[usize::from(pair[0])],
+            HEX_VALUE[usize::from(pair[1])],
+        );
+        invalid |= hi | lo;
+        *dst = (hi << 4) | lo;
     }
-    true
+    invalid & NOT_HEX == 0
 }
 
 /// Appends the lowercase hex form of `bytes` to `out`.

@@ -83,6 +83,11 @@ impl<'a> TraceInput<'a> {
     /// Routes one request header to its field, matching `name` ASCII
     /// case-insensitively. Returns `false` for headers this module ignores.
     pub fn push_header(&mut self, name: &[u8], value: &'a [u8]) -> bool {
+        // Every request's every header comes through here: most are none
+        // of these, and their length alone says so.
+        if !matches!(name.len(), 2 | 10 | 11 | 12 | 17) {
+            return false;
+        }
         let slot = if name.eq_ignore_ascii_case(TRACEPARENT.as_bytes()) {
             &mut self.traceparent
         } else if name.eq_ignore_ascii_case(TRACESTATE.as_bytes()) {

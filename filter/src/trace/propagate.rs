@@ -142,7 +142,9 @@ impl TraceOutput {
         Self {
             context,
             tracestate: MergeStats::default(),
-            buf: String::with_capacity(160),
+            // Allocated by the first write: propagate mode forwarding a
+            // valid `traceparent` (the common case) writes nothing.
+            buf: String::new(),
             ops: [None; MAX_OPS],
             len: 0,
         }
@@ -156,6 +158,9 @@ impl TraceOutput {
     }
 
     fn set_with<R>(&mut self, name: &'static str, write: impl FnOnce(&mut String) -> R) -> R {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(160);
+        }
         let start = self.buf.len();
         let r = write(&mut self.buf);
         let end = self.buf.len();

@@ -19,7 +19,7 @@ use super::stats::median;
 use super::wrk::{self, WrkResult};
 use super::{Mode, HOST};
 use crate::backend::Backend;
-use crate::envoy::{Envoy, EnvoySpec};
+use crate::envoy::{Envoy, EnvoySpec, RouteHopHeaders};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -44,6 +44,25 @@ pub fn tideway_config(span: bool) -> String {
  "scheduler":{{"weights":{{"latency":0.5,"load":0.2,"cost":0.1,"affinity":0.2}},"tickMs":100}},
  "tracing":{tracing}}}"#
     )
+}
+
+/// Make `spec` run Tideway as the controller renders it (its default):
+/// the filter in `tideway_config(span)` with `"hopHeaders":"routes"`, and
+/// the routes setting the hop headers, `x-cluster-source` from the
+/// proxy's `ISTIO_META_CLUSTER_ID` as Istio's sidecar has it.
+pub fn as_rendered(spec: &mut EnvoySpec, span: bool) {
+    spec.filter_config = Some(tideway_config(span).replacen('{', r#"{"hopHeaders":"routes","#, 1));
+    spec.route_hop_headers = Some(RouteHopHeaders {
+        service: "reviews".to_string(),
+        clusters: ["east", "west", "south"]
+            .iter()
+            .map(|d| (d.to_string(), format!("cluster-{d}")))
+            .collect(),
+    });
+    spec.env = vec![(
+        "ISTIO_META_CLUSTER_ID".to_string(),
+        "cluster-east".to_string(),
+    )];
 }
 
 struct Variant {
@@ -81,6 +100,11 @@ fn variants(collector_port: u16) -> Vec<Variant> {
         spec.extra_clusters = vec![("otel-collector".to_string(), collector_port)];
         spec
     };
+    let rendered = |span: bool| {
+        let mut spec = base(None);
+        as_rendered(&mut spec, span);
+        spec
+    };
     let mut noop = base(Some(String::new()));
     noop.wasm = super::noop_wasm();
     let mut floor = base(Some(STEERING_FLOOR_OPS.to_string()));
@@ -100,11 +124,11 @@ fn variants(collector_port: u16) -> Vec<Variant> {
         },
         Variant {
             name: "Tideway (trace propagate)",
-            spec: base(Some(tideway_config(false))),
+            spec: rendered(false),
         },
         Variant {
             name: "Tideway (trace spans + export)",
-            spec: base(Some(tideway_config(true))),
+            spec: rendered(true),
         },
     ]
 }
