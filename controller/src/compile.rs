@@ -377,7 +377,7 @@ impl<'a> Context<'a> {
             tracing: spec.tracing.clone().unwrap_or_default(),
             decision_header: spec.decision_header,
             // The VirtualService's routes set them (`hop_headers`).
-            hop_headers: if spec.hop_headers.unwrap_or(true) {
+            hop_headers: if self.hop_headers_on() {
                 HopHeaders::Routes
             } else {
                 HopHeaders::Off
@@ -606,6 +606,11 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// Whether the policy wants the hop headers (on unless it says not).
+    fn hop_headers_on(&self) -> bool {
+        self.policy.spec.hop_headers.unwrap_or(true)
+    }
+
     /// The hop headers, set by the route rather than by the filter: a
     /// route's headers are native to Envoy, each header the filter writes
     /// is a host call (`HopHeaders`). The route knows the target cluster
@@ -615,7 +620,7 @@ impl<'a> Context<'a> {
     /// operator reads. `set` overwrites a client's copy; without a
     /// decision the target is unknown and a client's copy is removed.
     fn hop_headers(&self, target: Option<&str>) -> Option<Headers> {
-        if !self.policy.spec.hop_headers.unwrap_or(true) {
+        if !self.hop_headers_on() {
             return None;
         }
         let mut request = HeaderOperations::default();

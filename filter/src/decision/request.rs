@@ -148,13 +148,15 @@ impl Engine {
             *trusted.get_or_insert_with(|| source_is_trusted(config, host))
         };
         // One pass over the headers for everything a request needs read: the
-        // routing header a client sent, the session key (a header), trace
+        // routing header a client sent, the session key (a header or a
+        // cookie: the first `cookie` header that has it), trace
         // context, gRPC or not, and whether any other `x-tideway-*` header
         // came in (rare: only then a second pass strips them).
         let routing_header = svc.routing_header.as_bytes();
-        let key_header = match &svc.affinity {
-            AffinitySource::Header { name } => Some(name.as_bytes()),
-            _ => None,
+        let (key_header, key_cookie) = match &svc.affinity {
+            AffinitySource::None => (None, None),
+            AffinitySource::Header { name } => (Some(name.as_bytes()), None),
+            AffinitySource::Cookie { name } => (Some(&b"cookie"[..]), Some(name.as_str())),
         };
         let mut inbound_routing_header: Option<&[u8]> = None;
         let mut key_value: Option<&[u8]> = None;
@@ -166,8 +168,11 @@ impl Engine {
                 inbound_routing_header.get_or_insert(value);
                 continue;
             }
-            if key_header == Some(name) {
-                key_value.get_or_insert(value);
+            if key_value.is_none() && key_header == Some(name) {
+                key_value = match key_cookie {
+                    Some(cookie) => header_map::cookie(value, cookie),
+                    None => Some(value),
+                };
             }
             if input.push_header(name, value) {
                 continue;
@@ -186,13 +191,7 @@ impl Engine {
                 destination: Some(d),
                 reason: Reason::TrustedHeader,
             },
-            _ => {
-                let key = match &svc.affinity {
-                    AffinitySource::Header { .. } => key_value.filter(|v| !v.is_empty()),
-                    _ => session_key(&svc.affinity, headers),
-                };
-                self.decide(service, key, now)
-            }
+            _ => self.decide(service, key_value.filter(|v| !v.is_empty()), now),
         };
 
         let svc = &self.services[service];
@@ -503,20 +502,6 @@ impl Engine {
             d.floor.observe(latency_ns as f64, now_ns);
         }
     }
-}
-
-/// The request's session-affinity key, if its service has one and the
-/// request carries a non-empty one.
-fn session_key<'a>(source: &AffinitySource, headers: &HeaderMap<'a>) -> Option<&'a [u8]> {
-    match source {
-        AffinitySource::None => None,
-        AffinitySource::Header { name } => headers.get(name),
-        AffinitySource::Cookie { name } => headers
-            .iter()
-            .filter(|(n, _)| *n == b"cookie")
-            .find_map(|(_, v)| header_map::cookie(v, name)),
-    }
-    .filter(|v| !v.is_empty())
 }
 
 /// Whether the downstream peer may steer its request: every source is
