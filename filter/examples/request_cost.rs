@@ -133,6 +133,7 @@ fn main() {
         writes: 0,
     };
     let mut routed = 0u64;
+    let mut exported = 0usize;
     for i in 0..n {
         host.now += 100_000;
         let headers = HeaderMap::parse(&bufs[(i % 1000) as usize]);
@@ -145,6 +146,12 @@ fn main() {
             engine.complete(&mut flight, StreamEvent::ResponseHeaders, &mut s);
             engine.complete(&mut flight, StreamEvent::End, &mut s);
         }
+        // Span mode: a tick's export, every 256 requests.
+        if i % 256 == 255 {
+            for batch in engine.take_span_batches(host.now, false) {
+                exported += batch.spans as usize;
+            }
+        }
     }
-    println!("{routed} routed, {} writes", host.writes);
+    println!("{routed} routed, {} writes, {exported} spans", host.writes);
 }

@@ -345,8 +345,8 @@ impl Worker {
         let mut seed = [0u8; 8];
         host_random(&mut seed);
         // What was gathered under the old configuration goes to its
-        // counters and its collector.
-        self.flush();
+        // counters and its collector, every span now.
+        self.flush(None);
         let mut engine = Engine::new(
             config,
             local,
@@ -381,7 +381,8 @@ impl Worker {
     }
 
     fn on_tick(&mut self) {
-        if let (Some(engine), Ok(now)) = (self.engine.as_mut(), abi::now_ns()) {
+        let now = abi::now_ns();
+        if let (Some(engine), Ok(now)) = (self.engine.as_mut(), now) {
             for (key, error) in engine.sync_shared(&mut HostSharedData, now) {
                 log(
                     Level::Warn,
@@ -394,7 +395,8 @@ impl Worker {
             }
             self.send_probes(now);
         }
-        self.flush();
+        // Without the time only full span batches go.
+        self.flush(now.ok());
     }
 
     /// Start, keep or end the weights channel for a new engine: a kept
@@ -428,12 +430,17 @@ impl Worker {
         weights_step(channel, &self.metrics, step, now);
     }
 
-    /// Hand Envoy what was gathered: decision counts, finished spans,
-    /// failed host calls.
-    fn flush(&mut self) {
+    /// Hand Envoy what was gathered: decision counts, finished spans (the
+    /// batches due at `now`; all of them without a `now`), failed host
+    /// calls.
+    fn flush(&mut self, now: Option<u64>) {
         if let Some(engine) = self.engine.as_mut() {
             self.metrics.flush(engine);
-            export_spans(engine, &self.metrics);
+            let batches = match now {
+                Some(now) => engine.take_span_batches(now, false),
+                None => engine.take_span_batches(0, true),
+            };
+            export_spans(engine, &batches, &self.metrics);
         }
         add(self.metrics.host_call_errors, i64::from(abi::take_errors()));
     }
@@ -742,18 +749,12 @@ fn weights_event(metrics: &Metrics, cluster: &str, event: weights_channel::Event
     }
 }
 
-/// Export finished spans as OTLP/HTTP JSON, `batchSize` spans a request.
-fn export_spans(engine: &mut Engine, metrics: &Metrics) {
-    let spans = engine.take_spans();
+/// Send span export requests (OTLP/HTTP JSON) to the collector.
+fn export_spans(engine: &Engine, batches: &[trace::otlp::Batch], metrics: &Metrics) {
     let Some(collector) = engine.config.tracing.collector.as_ref() else {
         return;
     };
-    let mut body = String::new();
-    for batch in spans.chunks(collector.batch_size.max(1) as usize) {
-        body.clear();
-        if !trace::otlp::encode_batch(batch, &mut body) {
-            continue;
-        }
+    for batch in batches {
         let headers = [
             (":method", "POST"),
             (":path", collector.path.as_str()),
@@ -763,10 +764,10 @@ fn export_spans(engine: &mut Engine, metrics: &Metrics) {
         let sent = abi::http_call(
             &collector.cluster,
             &headers,
-            body.as_bytes(),
+            &batch.body,
             collector.timeout_ms,
         );
-        let n = batch.len() as i64;
+        let n = i64::from(batch.spans);
         match sent {
             Ok(_) => add(metrics.spans_exported, n),
             Err(e) => {

@@ -128,7 +128,7 @@ fn span_config() -> String {
     r#"{"services":[{"name":"reviews","hosts":["reviews.prod.svc.cluster.local"],
         "destinations":[{"name":"east","cluster":"cluster-east"}]}],
         "scheduler":{"tickMs":100},
-        "tracing":{"mode":"span","collector":{"cluster":"otel-collector","batchSize":8}}}"#
+        "tracing":{"mode":"span","collector":{"cluster":"otel-collector","batchSize":8,"flushMs":200}}}"#
         .to_string()
 }
 
@@ -235,7 +235,7 @@ fn span_mode_sends_a_new_parent_id_downstream_and_exports_the_span_as_otlp_json(
     let config = r#"{"services":[{"name":"reviews","hosts":["reviews.prod.svc.cluster.local"],
         "destinations":[{"name":"east","cluster":"cluster-east"}]}],
         "scheduler":{"tickMs":100},
-        "tracing":{"mode":"span","collector":{"cluster":"otel-collector","batchSize":8}}}"#;
+        "tracing":{"mode":"span","collector":{"cluster":"otel-collector","batchSize":8,"flushMs":200}}}"#;
     let mut spec = EnvoySpec::new(config, &[("east", backend.port)]);
     spec.extra_clusters
         .push(("otel-collector".to_string(), collector.port));

@@ -1044,6 +1044,9 @@ fn collector_tracing(extra: Value) -> Value {
     t
 }
 
+/// `tracing.collector.flushMs` by default, and one tick to notice.
+const DEFAULT_FLUSH: Duration = Duration::from_millis(5000 + 200);
+
 fn exported_spans(host: &Host) -> Vec<Value> {
     host.http_calls()
         .iter()
@@ -1099,8 +1102,13 @@ fn span_mode_new_parent_id_downstream_and_the_exported_span_obeys_the_parent_id_
         "spans are exported on the tick, not per request"
     );
     host.advance(host.tick_period(0)).unwrap();
+    assert!(
+        host.http_calls().is_empty(),
+        "a batch that is not full waits for more spans (flushMs)"
+    );
+    host.advance(DEFAULT_FLUSH).unwrap();
     let calls = host.http_calls();
-    assert_eq!(calls.len(), 1, "one batch: {calls:?}");
+    assert_eq!(calls.len(), 1, "one batch once flushMs passed: {calls:?}");
     let call = &calls[0];
     assert_eq!(call.headers.get(":method").as_deref(), Some("POST"));
     assert_eq!(call.headers.get(":path").as_deref(), Some("/v1/traces"));
@@ -1132,6 +1140,30 @@ fn span_mode_new_parent_id_downstream_and_the_exported_span_obeys_the_parent_id_
 }
 
 #[test]
+fn span_mode_a_full_batch_goes_at_the_next_tick_the_rest_waits_for_flush_ms() {
+    let mut host = trace_host(collector_tracing(json!({})));
+    host.on_http_call(
+        Some("otel-collector"),
+        HttpReply::status(200, ""),
+        Duration::ZERO,
+    );
+    // batchSize 8: nine spans are one full batch and one started.
+    for _ in 0..9 {
+        traced(&mut host, &[("traceparent", TP)]);
+    }
+    host.advance(host.tick_period(0)).unwrap();
+    let calls = host.http_calls();
+    assert_eq!(calls.len(), 1, "the full batch at once: {calls:?}");
+    assert_eq!(exported_spans(&host).len(), 8);
+    host.advance(Duration::from_millis(4000)).unwrap();
+    assert_eq!(host.http_calls().len(), 1, "the ninth waits for flushMs");
+    host.advance(Duration::from_millis(1200)).unwrap();
+    assert_eq!(host.http_calls().len(), 2);
+    assert_eq!(exported_spans(&host).len(), 9);
+    assert_eq!(counter(&mut host, "tideway.spans.exported"), 9);
+}
+
+#[test]
 fn span_mode_a_new_trace_has_a_root_span() {
     let mut host = trace_host(collector_tracing(json!({})));
     host.on_http_call(
@@ -1141,7 +1173,7 @@ fn span_mode_a_new_trace_has_a_root_span() {
     );
     let up = traced(&mut host, &[("traceparent", "garbage")]);
     let [_, trace, parent, _] = parse_tp(&up.get("traceparent").unwrap());
-    host.advance(host.tick_period(0)).unwrap();
+    host.advance(DEFAULT_FLUSH).unwrap();
     let spans = exported_spans(&host);
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0]["traceId"].as_str(), Some(trace.as_str()));

@@ -111,6 +111,7 @@ fuzz_target!(|data: &[u8]| {
     let hop = HopInfo {
         source_cluster: "eu-west",
         target_cluster: "outbound|9080|us-east|reviews.prod.svc.cluster.local",
+        member_value: None,
     };
     let out = propagate(&cfg, &input, &hop, &mut rng);
     let ctx = out.context;

@@ -17,7 +17,9 @@ use crate::health::Health;
 use crate::rng::Rng;
 use crate::score::{self, FactorInputs};
 use crate::shared_stats;
-use crate::trace::otlp::SpanRecord;
+use crate::trace::hop_text::{HopText, HopTexts};
+use crate::trace::otlp::{Batch, SpanBatches};
+use crate::trace::TraceMode;
 
 /// This proxy's identity, resolved from config or Envoy's node properties.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -110,8 +112,13 @@ pub struct Engine {
     /// Which accepted configuration this is (1, 2, …): a request routed
     /// under an older one completes without touching this one's state.
     epoch: u64,
-    /// Finished spans waiting for export (span mode), bounded.
-    pub(super) spans: Vec<SpanRecord>,
+    /// Finished spans waiting for export (span mode), encoded, bounded.
+    pub(super) spans: SpanBatches,
+    /// Span mode's text per hop; empty in propagate mode.
+    pub(super) hop_text: HopTexts,
+    /// The trace headers' values of the last request, kept for the next
+    /// one's ([`crate::trace::propagate_with`]).
+    pub(super) trace_values: String,
     /// `scheduler.grpcFailureCodes` as a bit set.
     pub(super) grpc_failures: u32,
 }
@@ -194,8 +201,17 @@ impl Engine {
             hosts,
             rng: Rng::from_seed(seed),
             epoch: previous.map_or(1, |p| p.epoch.saturating_add(1)),
-            spans: Vec::new(),
+            spans: SpanBatches::default(),
+            hop_text: HopTexts::default(),
+            trace_values: String::new(),
         }
+        .with_hop_text()
+    }
+
+    /// Encodes span mode's text for every hop from this proxy's cluster.
+    fn with_hop_text(mut self) -> Self {
+        self.hop_text = hop_texts(&self);
+        self
     }
 
     fn find(&self, service: &str, destination: &str) -> Option<&Destination> {
@@ -224,6 +240,7 @@ impl Engine {
         }
         self.hosts = host_table(&self.config, &local);
         self.local = local;
+        self.hop_text = hop_texts(self);
     }
 
     /// The service governing `authority`, if any.
@@ -281,9 +298,16 @@ impl Engine {
         }
     }
 
-    /// The finished spans to export (span mode), oldest first.
-    pub fn take_spans(&mut self) -> Vec<SpanRecord> {
-        std::mem::take(&mut self.spans)
+    /// The span export requests due now (span mode), oldest first: full
+    /// batches, and the one being filled once it has waited
+    /// `tracing.collector.flushMs`, or at once when `all` (before a
+    /// reconfiguration).
+    pub fn take_span_batches(&mut self, now_ns: u64, all: bool) -> Vec<Batch> {
+        let flush_ns = match (&self.config.tracing.collector, all) {
+            (Some(c), false) => u64::from(c.flush_ms) * 1_000_000,
+            _ => 0,
+        };
+        self.spans.take_due(now_ns, flush_ns)
     }
 
     /// The latency estimates now and the scores behind the last
@@ -319,8 +343,28 @@ impl Engine {
     }
 }
 
-/// The failover order of `svc`'s destinations by their current locality
-/// closeness, after the configured explicit order.
+/// Span mode's text for every hop of `engine`'s services: one per
+/// destination, then one for the mesh default (no target).
+fn hop_texts(engine: &Engine) -> HopTexts {
+    if engine.config.tracing.mode != TraceMode::Span {
+        return HopTexts::default();
+    }
+    let source = engine.local.cluster.as_str();
+    let texts = engine
+        .services
+        .iter()
+        .map(|svc| {
+            svc.destinations
+                .iter()
+                .map(|d| d.cluster.as_str())
+                .chain([""])
+                .map(|target| HopText::new(source, target, &svc.name))
+                .collect()
+        })
+        .collect();
+    HopTexts(texts)
+}
+
 /// The host table for this proxy's namespace and cluster domain.
 fn host_table(config: &PluginConfig, local: &LocalIdentity) -> HostTable {
     HostTable::new(
@@ -336,6 +380,8 @@ fn host_table(config: &PluginConfig, local: &LocalIdentity) -> HostTable {
     )
 }
 
+/// The failover order of `svc`'s destinations by their current locality
+/// closeness, after the configured explicit order.
 fn failover_order(svc: &Service, explicit: &[String]) -> Vec<usize> {
     let names: Vec<&str> = svc.destinations.iter().map(|d| d.name.as_str()).collect();
     let closeness: Vec<f64> = svc

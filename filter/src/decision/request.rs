@@ -18,7 +18,7 @@ use crate::config::{AffinitySource, PluginConfig};
 use crate::header_map::{self, HeaderMap};
 use crate::health::HealthEvent;
 use crate::shared_stats::SharedStore;
-use crate::trace::{self, otlp::SpanRecord, TraceRng};
+use crate::trace::{self, hop_text::HopText, otlp, TraceRng};
 
 /// Request headers of the `x-tideway-` family. From a caller the policy
 /// does not trust they are removed: none of them may steer the request.
@@ -94,7 +94,8 @@ pub struct InFlight {
     unrecorded: bool,
     ended: bool,
     status: Option<u16>,
-    span: Option<SpanRecord>,
+    /// The span recorded for it (span mode, sampled).
+    span: Option<otlp::SpanIds>,
 }
 
 /// An ejection caused by a request's outcome.
@@ -237,16 +238,29 @@ impl Engine {
         let hop = trace::HopInfo {
             source_cluster: &self.local.cluster,
             target_cluster: target.unwrap_or(""),
+            member_value: self
+                .hop_text
+                .get(service, decision.destination)
+                .map(HopText::member_value),
         };
-        let output = trace::propagate(&self.config.tracing, &input, &hop, host.trace_rng());
+        let output = trace::propagate_with(
+            &self.config.tracing,
+            &input,
+            &hop,
+            host.trace_rng(),
+            std::mem::take(&mut self.trace_values),
+        );
         for op in output.ops() {
             let (name, value) = match op {
                 trace::HeaderOp::Set { name, value } => (name, Some(value.as_bytes())),
                 trace::HeaderOp::Remove { name } => (name, None),
             };
-            let _ = host.set_request_header(name, value, present(name));
+            // The header pass saw the trace headers: no scan for those.
+            let present = input.has(name).unwrap_or_else(|| present(name));
+            let _ = host.set_request_header(name, value, present);
         }
-        let span = SpanRecord::start(&output.context, &hop, "tideway route", &svc.name, now);
+        let span = otlp::SpanIds::recorded(&output.context);
+        self.trace_values = output.into_buffer();
         if let Some(d) = decision.destination {
             self.begin(service, d);
         }
@@ -393,20 +407,27 @@ impl Engine {
                     }
                     self.end(decision.service, d);
                 }
-                if let Some(mut span) = flight.span.take() {
-                    span.finish(now.unwrap_or(0), flight.status);
-                    let cap = self
+                if let Some(ids) = flight.span.take() {
+                    let end = now.unwrap_or(0);
+                    // A span-mode engine has every hop's text.
+                    let attributes = self
+                        .hop_text
+                        .get(decision.service, decision.destination)
+                        .map_or(&[][..], HopText::span_attributes);
+                    let span = otlp::FinishedSpan {
+                        ids,
+                        start_unix_nanos: flight.started_ns,
+                        end_unix_nanos: end,
+                        hop_attributes: attributes,
+                        http_status_code: flight.status,
+                    };
+                    let batch_size = self
                         .config
                         .tracing
                         .collector
                         .as_ref()
-                        .map_or(0, |c| c.batch_size as usize);
-                    // Bound the backlog if the collector is slow or down.
-                    if self.spans.len() < cap.saturating_mul(16) {
-                        self.spans.push(span);
-                    } else {
-                        done.span_dropped = true;
-                    }
+                        .map_or(0, |c| c.batch_size);
+                    done.span_dropped = !self.spans.push(&span, batch_size, end);
                 }
             }
         }

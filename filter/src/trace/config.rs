@@ -73,6 +73,10 @@ pub const DEFAULT_BATCH_SIZE: u32 = 64;
 pub const MAX_BATCH_SIZE: u32 = 8192;
 /// Default [`CollectorConfig::timeout_ms`].
 pub const DEFAULT_TIMEOUT_MS: u32 = 1000;
+/// Default [`CollectorConfig::flush_ms`].
+pub const DEFAULT_FLUSH_MS: u32 = 5000;
+/// Largest accepted [`CollectorConfig::flush_ms`].
+pub const MAX_FLUSH_MS: u32 = 60_000;
 /// Largest accepted [`CollectorConfig::timeout_ms`].
 pub const MAX_TIMEOUT_MS: u32 = 60_000;
 
@@ -91,6 +95,11 @@ pub struct CollectorConfig {
     pub batch_size: u32,
     /// Export request timeout in milliseconds (`1..=60000`). Default 1000.
     pub timeout_ms: u32,
+    /// How long a batch that is not full waits for more spans, in
+    /// milliseconds (`0..=60000`; `0`: every tick sends what ended). A full
+    /// batch goes at the next tick. Default 5000, the OpenTelemetry SDK's
+    /// batch span processor delay (`scheduledDelayMillis`).
+    pub flush_ms: u32,
 }
 
 impl Default for CollectorConfig {
@@ -101,6 +110,7 @@ impl Default for CollectorConfig {
             authority: None,
             batch_size: DEFAULT_BATCH_SIZE,
             timeout_ms: DEFAULT_TIMEOUT_MS,
+            flush_ms: DEFAULT_FLUSH_MS,
         }
     }
 }
@@ -197,6 +207,13 @@ impl CollectorConfig {
                 "an integer in 1..=60000",
             ));
         }
+        if self.flush_ms > MAX_FLUSH_MS {
+            return Err(err(
+                "tracing.collector.flushMs",
+                self.flush_ms,
+                "an integer in 0..=60000",
+            ));
+        }
         Ok(())
     }
 }
@@ -235,6 +252,7 @@ mod tests {
         assert_eq!(col.path, "/v1/traces");
         assert_eq!(col.batch_size, 64);
         assert_eq!(col.timeout_ms, 1000);
+        assert_eq!(col.flush_ms, 5000);
         assert_eq!(col.authority(), "otel:4318");
         assert_eq!(c.validate(), Ok(()));
         // serialising gives the same camelCase document back
@@ -361,6 +379,13 @@ mod tests {
                     ..ok.clone()
                 },
                 "tracing.collector.timeoutMs",
+            ),
+            (
+                CollectorConfig {
+                    flush_ms: 60_001,
+                    ..ok.clone()
+                },
+                "tracing.collector.flushMs",
             ),
         ];
         for (c, field) in cases {

@@ -29,8 +29,11 @@ impl<R: TraceRng + ?Sized> TraceRng for &mut R {
 /// The lowercase hex digit for the low four bits of `nibble`.
 #[inline]
 pub(crate) fn hex_char(nibble: u8) -> char {
-    char::from_digit(u32::from(nibble & 0x0f), 16).unwrap_or('0')
+    char::from(LOWER_HEX_DIGITS[usize::from(nibble & 0x0f)])
 }
+
+/// The lowercase hex digits, by value.
+const LOWER_HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// The value of one lowercase hex digit (`0-9a-f`); `None` for anything else,
 /// uppercase included (W3C `HEXDIGLC`, B3 "lower-hex").
@@ -77,13 +80,40 @@ pub(crate) fn decode_lower_hex(src: &[u8], out: &mut [u8]) -> bool {
     invalid & NOT_HEX == 0
 }
 
-/// Appends the lowercase hex form of `bytes` to `out`.
-pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
-    out.reserve(bytes.len() * 2);
-    for b in bytes {
-        out.push(hex_char(b >> 4));
-        out.push(hex_char(*b));
+/// Writes the lowercase hex form of `bytes` into `out`, two digits a byte,
+/// as far as `out` reaches.
+///
+/// Why by table into a buffer: every traceparent written and every span
+/// exported carries 48 hex digits; pushing them one `char` at a time costs
+/// a capacity check and a UTF-8 encoding each.
+pub(crate) fn write_hex_into(bytes: &[u8], out: &mut [u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = LOWER_HEX_DIGITS[usize::from(b >> 4)];
+        pair[1] = LOWER_HEX_DIGITS[usize::from(b & 0x0f)];
     }
+}
+
+/// The lowercase hex form of up to 16 `bytes` (an id), in `buf`.
+fn hex_digits<'b>(bytes: &[u8], buf: &'b mut [u8; 32]) -> &'b [u8] {
+    let n = bytes.len().min(16);
+    write_hex_into(bytes, buf);
+    &buf[..2 * n]
+}
+
+/// Appends the lowercase hex form of `bytes` (at most 16: an id or flags)
+/// to `out`.
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    let mut buf = [0u8; 32];
+    // Hex digits are ASCII, so this never fails.
+    if let Ok(hex) = core::str::from_utf8(hex_digits(bytes, &mut buf)) {
+        out.push_str(hex);
+    }
+}
+
+/// Appends the lowercase hex form of `bytes` (at most 16) to a byte buffer.
+pub(crate) fn push_hex_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut buf = [0u8; 32];
+    out.extend_from_slice(hex_digits(bytes, &mut buf));
 }
 
 /// Fills `buf` from `rng` and guarantees the result is not all zeros (an

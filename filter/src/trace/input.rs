@@ -112,6 +112,23 @@ impl<'a> TraceInput<'a> {
         true
     }
 
+    /// Whether the request has header `name` (lowercase), for the headers
+    /// this input collects; `None` for any other name.
+    pub fn has(&self, name: &str) -> Option<bool> {
+        let one = match name {
+            TRACEPARENT => &self.traceparent,
+            TRACESTATE => return Some(!self.tracestate.is_empty()),
+            b3::B3 => &self.b3,
+            b3::X_B3_TRACEID => &self.b3_trace_id,
+            b3::X_B3_SPANID => &self.b3_span_id,
+            b3::X_B3_PARENTSPANID => &self.b3_parent_span_id,
+            b3::X_B3_SAMPLED => &self.b3_sampled,
+            b3::X_B3_FLAGS => &self.b3_flags,
+            _ => return None,
+        };
+        Some(one.is_present())
+    }
+
     /// Collects the relevant headers from all request headers.
     pub fn from_headers<N, I>(headers: I) -> Self
     where
@@ -195,6 +212,33 @@ mod tests {
         assert_eq!(i.b3.single(), Some(&b"0"[..]));
         assert!(i.has_b3());
         assert_eq!(i.b3_multi().parent_span_id, Some(&b"p"[..]));
+    }
+
+    #[test]
+    fn has_answers_for_every_header_propagation_writes_but_the_legacy_pair() {
+        use crate::trace::propagate::{X_SPAN_ID, X_TRACE_ID};
+        let all = [
+            TRACEPARENT,
+            TRACESTATE,
+            b3::B3,
+            b3::X_B3_TRACEID,
+            b3::X_B3_SPANID,
+            b3::X_B3_PARENTSPANID,
+            b3::X_B3_SAMPLED,
+            b3::X_B3_FLAGS,
+        ];
+        for name in all {
+            let mut i = TraceInput::default();
+            assert_eq!(i.has(name), Some(false), "{name}");
+            i.push_header(name.to_ascii_uppercase().as_bytes(), b"v");
+            assert_eq!(i.has(name), Some(true), "{name}");
+            for other in all.iter().filter(|o| **o != name) {
+                assert_eq!(i.has(other), Some(false), "{other} after {name}");
+            }
+        }
+        let i = TraceInput::default();
+        assert_eq!(i.has(X_TRACE_ID), None);
+        assert_eq!(i.has(X_SPAN_ID), None);
     }
 
     #[test]

@@ -9,16 +9,19 @@
 //!    [`HopInfo`] and a [`TraceRng`] over WASI `random_get`;
 //! 3. applies [`TraceOutput::ops`] (replace / remove request headers) — none in
 //!    the common propagate-mode pass-through case;
-//! 4. in span mode, when [`SpanContext::record`] is set, keeps a
-//!    [`otlp::SpanRecord`], finishes it on the response and exports batches
-//!    with [`otlp::encode_batch`] to the configured collector cluster.
+//! 4. in span mode, when [`SpanContext::record`] is set, keeps the
+//!    [`otlp::SpanIds`], encodes the span when the stream ends into
+//!    [`otlp::SpanBatches`] and exports the batches due on the tick to the
+//!    configured collector cluster. A hop's names are encoded once
+//!    ([`hop_text::HopText`]).
 //!
 //! Submodules, one concept each: [`config`], [`ids`], [`w3c`] (`traceparent`),
 //! [`tracestate`], [`member`] (our tracestate value), [`b3`], [`input`],
-//! [`mod@propagate`], [`otlp`].
+//! [`mod@propagate`], [`otlp`], [`hop_text`].
 
 pub mod b3;
 pub mod config;
+pub mod hop_text;
 pub mod ids;
 pub mod input;
 pub mod member;
@@ -30,4 +33,6 @@ pub mod w3c;
 pub use config::{CollectorConfig, ConfigError, TraceMode, TracingConfig};
 pub use ids::{SpanId, TraceId, TraceRng};
 pub use input::{OneValue, TraceInput};
-pub use propagate::{propagate, ContextSource, HeaderOp, HopInfo, SpanContext, TraceOutput};
+pub use propagate::{
+    propagate, propagate_with, ContextSource, HeaderOp, HopInfo, SpanContext, TraceOutput,
+};

@@ -55,6 +55,10 @@ pub struct HopInfo<'a> {
     pub source_cluster: &'a str,
     /// The cluster the filter routes the request to.
     pub target_cluster: &'a str,
+    /// Our `tracestate` member value for this hop, when the caller keeps
+    /// it encoded ([`HopText`](super::hop_text::HopText)); `None`: it is
+    /// encoded here from the two names.
+    pub member_value: Option<&'a str>,
 }
 
 /// Where the forwarded trace context came from.
@@ -138,16 +142,25 @@ pub struct TraceOutput {
 }
 
 impl TraceOutput {
-    fn new(context: SpanContext) -> Self {
+    /// An output writing its values into `buf` (cleared), so a caller can
+    /// reuse one buffer across requests.
+    fn new(context: SpanContext, mut buf: String) -> Self {
+        buf.clear();
         Self {
             context,
             tracestate: MergeStats::default(),
-            // Allocated by the first write: propagate mode forwarding a
-            // valid `traceparent` (the common case) writes nothing.
-            buf: String::new(),
+            // Allocated by the first write if `buf` is new: propagate mode
+            // forwarding a valid `traceparent` (the common case) writes
+            // nothing.
+            buf,
             ops: [None; MAX_OPS],
             len: 0,
         }
+    }
+
+    /// The values' buffer, for the next [`propagate_with`].
+    pub fn into_buffer(self) -> String {
+        self.buf
     }
 
     fn push(&mut self, op: RawOp) {
@@ -238,6 +251,19 @@ pub fn propagate(
     hop: &HopInfo<'_>,
     rng: &mut dyn TraceRng,
 ) -> TraceOutput {
+    propagate_with(cfg, input, hop, rng, String::new())
+}
+
+/// [`propagate`], writing the header values into `buf` (its contents are
+/// dropped; take it back with [`TraceOutput::into_buffer`]): span mode
+/// writes on every request, and a kept buffer saves an allocation each.
+pub fn propagate_with(
+    cfg: &TracingConfig,
+    input: &TraceInput<'_>,
+    hop: &HopInfo<'_>,
+    rng: &mut dyn TraceRng,
+    buf: String,
+) -> TraceOutput {
     let w3c = input.traceparent.single().and_then(w3c::parse_traceparent);
     let traceparent_rejected = input.traceparent.is_present() && w3c.is_none();
     let b3_in = if cfg.b3 { input.b3_value() } else { None };
@@ -292,17 +318,20 @@ pub fn propagate(
     };
     let sampled = flags & FLAG_SAMPLED != 0;
 
-    let mut out = TraceOutput::new(SpanContext {
-        trace_id,
-        span_id,
-        parent_span_id: incoming_parent,
-        flags,
-        sampled,
-        restarted: source == ContextSource::New,
-        source,
-        traceparent_rejected,
-        record: cfg.mode == TraceMode::Span && sampled,
-    });
+    let mut out = TraceOutput::new(
+        SpanContext {
+            trace_id,
+            span_id,
+            parent_span_id: incoming_parent,
+            flags,
+            sampled,
+            restarted: source == ContextSource::New,
+            source,
+            traceparent_rejected,
+            record: cfg.mode == TraceMode::Span && sampled,
+        },
+        buf,
+    );
 
     // traceparent
     let passthrough = cfg.mode == TraceMode::Propagate && matches!(w3c, Some(p) if p.version == 0);
@@ -325,7 +354,10 @@ pub fn propagate(
             out.tracestate = out.set_with(TRACESTATE, |s| {
                 s.push_str(key);
                 s.push('=');
-                write_member_value(s, hop.source_cluster, hop.target_cluster);
+                match hop.member_value {
+                    Some(v) => s.push_str(v),
+                    None => write_member_value(s, hop.source_cluster, hop.target_cluster),
+                }
                 append_incoming(s, key, incoming)
             });
         }
@@ -420,6 +452,7 @@ mod tests {
     const HOP: HopInfo<'static> = HopInfo {
         source_cluster: "eu-west",
         target_cluster: "us-east",
+        member_value: None,
     };
 
     fn cfg() -> TracingConfig {

@@ -225,6 +225,9 @@ pub fn write_tracestate(
 /// discarded whole: nothing is appended.
 pub fn append_incoming(out: &mut String, own_key: &str, incoming: &[&[u8]]) -> MergeStats {
     let mut stats = MergeStats::default();
+    if incoming.is_empty() {
+        return stats;
+    }
     let checked = check(incoming);
     if !checked.is_forwardable() {
         stats.invalid = checked.invalid;

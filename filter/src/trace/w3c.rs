@@ -20,7 +20,7 @@
 //! - more than one `traceparent` header is invalid (see
 //!   [`parse_traceparent_values`]).
 
-use super::ids::{decode_lower_hex, push_hex, SpanId, TraceId};
+use super::ids::{decode_lower_hex, write_hex_into, SpanId, TraceId};
 
 /// Header name (lowercase, as the spec recommends for sending).
 pub const TRACEPARENT: &str = "traceparent";
@@ -138,13 +138,17 @@ pub fn parse_traceparent_values(values: &[&[u8]]) -> Option<ParsedTraceParent> {
 /// Appends a version-00 `traceparent` value for `ctx` to `out`. The flags are
 /// written as given; [`KNOWN_FLAGS`] masking is the caller's decision.
 pub fn write_traceparent(ctx: &TraceParent, out: &mut String) {
-    out.reserve(TRACEPARENT_LEN);
-    out.push_str("00-");
-    ctx.trace_id.write_hex(out);
-    out.push('-');
-    ctx.parent_id.write_hex(out);
-    out.push('-');
-    push_hex(out, &[ctx.flags]);
+    // `00-` trace-id `-` parent-id `-` flags, composed in place: one copy.
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let (trace, rest) = value[3..].split_at_mut(TraceId::HEX_LEN);
+    write_hex_into(&ctx.trace_id.0, trace);
+    let (parent, rest) = rest[1..].split_at_mut(SpanId::HEX_LEN);
+    write_hex_into(&ctx.parent_id.0, parent);
+    write_hex_into(&[ctx.flags], &mut rest[1..]);
+    // Hex digits and dashes are ASCII, so this never fails.
+    if let Ok(value) = core::str::from_utf8(&value) {
+        out.push_str(value);
+    }
 }
 
 #[cfg(test)]
