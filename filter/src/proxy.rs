@@ -441,6 +441,8 @@ impl Worker {
                 None => engine.take_span_batches(0, true),
             };
             export_spans(engine, &batches, &self.metrics);
+            // Envoy copied the bodies: their buffers can be refilled.
+            engine.recycle_span_batches(batches);
         }
         add(self.metrics.host_call_errors, i64::from(abi::take_errors()));
     }

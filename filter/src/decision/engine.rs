@@ -310,6 +310,11 @@ impl Engine {
         self.spans.take_due(now_ns, flush_ns)
     }
 
+    /// Hands sent span batches back: their buffers serve the next ones.
+    pub fn recycle_span_batches(&mut self, sent: Vec<Batch>) {
+        self.spans.recycle(sent);
+    }
+
     /// The latency estimates now and the scores behind the last
     /// score-based decision of `service`, for the optional
     /// `x-tideway-decision` header

@@ -106,7 +106,14 @@ pub struct SpanBatches {
     full: Vec<Batch>,
     /// Spans in `open` and `full`.
     pending: usize,
+    /// Bodies already sent, kept for the next batches: a batch's body
+    /// grows to hundreds of KiB, and allocating a fresh one each time
+    /// fragments the VM's heap, which never shrinks.
+    spare: Vec<Vec<u8>>,
 }
+
+/// Sent bodies kept for reuse, at most.
+const MAX_SPARE_BODIES: usize = 2;
 
 /// The request up to its first span: the resource (`service.name`
 /// `tideway-filter`) and the instrumentation scope (`tideway`).
@@ -128,6 +135,11 @@ impl SpanBatches {
         let batch_size = batch_size.max(1);
         if self.pending >= batch_size as usize * MAX_PENDING_BATCHES {
             return false;
+        }
+        if self.open.spans == 0 && self.open.body.capacity() == 0 {
+            if let Some(spare) = self.spare.pop() {
+                self.open.body = spare;
+            }
         }
         let body = &mut self.open.body;
         if self.open.spans == 0 {
@@ -151,6 +163,16 @@ impl SpanBatches {
         if self.open.spans > 0 {
             self.open.body.extend_from_slice(ENVELOPE_TAIL.as_bytes());
             self.full.push(std::mem::take(&mut self.open));
+        }
+    }
+
+    /// Takes back sent batches' bodies for reuse.
+    pub fn recycle(&mut self, sent: Vec<Batch>) {
+        for batch in sent {
+            if self.spare.len() >= MAX_SPARE_BODIES {
+                break;
+            }
+            self.spare.push(batch.body);
         }
     }
 
@@ -478,6 +500,27 @@ mod tests {
             spans_of(&serde_json::from_slice(&due[0].body).expect("JSON")).len(),
             1
         );
+    }
+
+    #[test]
+    fn sent_bodies_are_reused() {
+        let a = attributes("a");
+        let mut batches = SpanBatches::default();
+        for _ in 0..6 {
+            assert!(batches.push(&span(&a), 2, 0));
+        }
+        let sent = batches.take_due(0, 0);
+        let buffers: Vec<*const u8> = sent.iter().map(|b| b.body.as_ptr()).collect();
+        batches.recycle(sent);
+        for _ in 0..4 {
+            assert!(batches.push(&span(&a), 2, 0));
+        }
+        let again = batches.take_due(0, 0);
+        assert_eq!(again.len(), 2);
+        for b in &again {
+            assert!(buffers.contains(&b.body.as_ptr()), "a kept buffer");
+            assert_eq!(spans_of(&serde_json::from_slice(&b.body).expect("JSON")).len(), 2);
+        }
     }
 
     #[test]
