@@ -519,7 +519,10 @@ mod tests {
         assert_eq!(again.len(), 2);
         for b in &again {
             assert!(buffers.contains(&b.body.as_ptr()), "a kept buffer");
-            assert_eq!(spans_of(&serde_json::from_slice(&b.body).expect("JSON")).len(), 2);
+            assert_eq!(
+                spans_of(&serde_json::from_slice(&b.body).expect("JSON")).len(),
+                2
+            );
         }
     }
 
