@@ -395,7 +395,8 @@ impl Worker {
             }
             self.send_probes(now);
         }
-        // Without the time only full span batches go.
+        // Without the time every span batch goes, as before a
+        // reconfiguration: none waits on a clock that cannot be read.
         self.flush(now.ok());
     }
 
