@@ -149,7 +149,7 @@ fn main() {
         }
         // Span mode: a tick's export, every 256 requests.
         if i % 256 == 255 {
-            let batches = engine.take_span_batches(host.now, false);
+            let batches = engine.take_span_batches(Some(host.now));
             exported += batches.iter().map(|b| b.spans as usize).sum::<usize>();
             engine.recycle_span_batches(batches);
         }

@@ -437,10 +437,7 @@ impl Worker {
     fn flush(&mut self, now: Option<u64>) {
         if let Some(engine) = self.engine.as_mut() {
             self.metrics.flush(engine);
-            let batches = match now {
-                Some(now) => engine.take_span_batches(now, false),
-                None => engine.take_span_batches(0, true),
-            };
+            let batches = engine.take_span_batches(now);
             export_spans(engine, &batches, &self.metrics);
             // Envoy copied the bodies: their buffers can be refilled.
             engine.recycle_span_batches(batches);

@@ -193,7 +193,7 @@ impl Engine {
             .collect();
         let hosts = host_table(&config, &local);
         let grpc_failures = grpc_failure_set(&config.scheduler.grpc_failure_codes);
-        Self {
+        let mut engine = Self {
             grpc_failures,
             config,
             local,
@@ -204,14 +204,9 @@ impl Engine {
             spans: SpanBatches::default(),
             hop_text: HopTexts::default(),
             trace_values: String::new(),
-        }
-        .with_hop_text()
-    }
-
-    /// Encodes span mode's text for every hop from this proxy's cluster.
-    fn with_hop_text(mut self) -> Self {
-        self.hop_text = hop_texts(&self);
-        self
+        };
+        engine.hop_text = hop_texts(&engine);
+        engine
     }
 
     fn find(&self, service: &str, destination: &str) -> Option<&Destination> {
@@ -298,16 +293,15 @@ impl Engine {
         }
     }
 
-    /// The span export requests due now (span mode), oldest first: full
-    /// batches, and the one being filled once it has waited
-    /// `tracing.collector.flushMs`, or at once when `all` (before a
-    /// reconfiguration).
-    pub fn take_span_batches(&mut self, now_ns: u64, all: bool) -> Vec<Batch> {
-        let flush_ns = match (&self.config.tracing.collector, all) {
-            (Some(c), false) => u64::from(c.flush_ms) * 1_000_000,
-            _ => 0,
-        };
-        self.spans.take_due(now_ns, flush_ns)
+    /// The span export requests due at `now_ns` (span mode), oldest
+    /// first: full batches, and the one being filled once it has waited
+    /// `tracing.collector.flushMs`; without a time (before a
+    /// reconfiguration, or when the clock cannot be read), all of them.
+    pub fn take_span_batches(&mut self, now_ns: Option<u64>) -> Vec<Batch> {
+        match (now_ns, &self.config.tracing.collector) {
+            (Some(now), Some(c)) => self.spans.take_due(now, u64::from(c.flush_ms) * 1_000_000),
+            _ => self.spans.take_due(0, 0),
+        }
     }
 
     /// Hands sent span batches back: their buffers serve the next ones.
