@@ -26,9 +26,9 @@
 //! A destination shunned for being slow is re-measured by one request a
 //! half-life (3.5 s) apart, and each such answer moves its floor half way
 //! to it — its floor follows what it is now, not the fast days before it
-//! slowed (a stale fast floor, taken as the yardstick when a lucky
-//! re-measurement makes it the best by peak-EWMA, would make every healthy
-//! destination look slow beside it). Why not faster: one late answer after
+//! slowed (the scorer judges every floor against the lowest one, so a stale
+//! fast floor would make every healthy destination look slow beside it).
+//! Why not faster: one late answer after
 //! a quiet spell must not be enough to shun a destination the peak-EWMA
 //! has not yet believed slower (`ewma` needs a second request for that);
 //! with a 1 s window a single 20 ms answer 0.2 s after the last 2 ms one

@@ -33,8 +33,8 @@
 //!   onto it) before its latency samples can show it.
 //! - latency counts as equal within [`LATENCY_BAND`] of the best. It is
 //!   judged twice, on the peak-EWMA and on
-//!   the latency floor (`floor`: the low end of the destination's answers),
-//!   and the worse of the two counts: a busy proxy adds the same delay to
+//!   the latency floor (`floor`: the low end of the destination's answers,
+//!   against the lowest floor), and the worse of the two counts: a busy proxy adds the same delay to
 //!   every answer and squeezes the peak-EWMAs' ratios into the band, where
 //!   the floors keep the destinations' own service times apart.
 //! - cost: cheapest 1, dearest ½, linear in between (min-max over the
@@ -78,14 +78,13 @@ pub fn score_all(weights: &FactorWeights, inputs: &[FactorInputs], out: &mut [f6
     let mut min_cost = f64::INFINITY;
     let mut max_cost = f64::NEG_INFINITY;
     let mut best_latency = f64::INFINITY;
-    let mut fastest: Option<&FactorInputs> = None;
+    let mut lowest_floor: Option<f64> = None;
     for input in inputs {
         min_cost = min_cost.min(input.cost);
         max_cost = max_cost.max(input.cost);
-        let peak = peak_of(input);
-        if peak < best_latency {
-            best_latency = peak;
-            fastest = Some(input);
+        best_latency = best_latency.min(peak_of(input));
+        if let Some(floor) = floor_of(input) {
+            lowest_floor = Some(lowest_floor.map_or(floor, |f: f64| f.min(floor)));
         }
     }
     // Within the band of the best, latency counts as equal: a candidate's
@@ -94,14 +93,19 @@ pub fn score_all(weights: &FactorWeights, inputs: &[FactorInputs], out: &mut [f6
     // destinations takes no logarithm at all (each is ~100 instructions in
     // the wasm module, and this runs per request).
     let peak_band_edge = band_edge(best_latency);
-    // The floors are compared against the floor of the candidate with the
-    // best peak-EWMA, not the lowest floor: a destination that just slowed
-    // down still has the floor of its fast days (floors move only with
-    // answers, and a shunned one gets few), and taken as the yardstick it
-    // would make every healthy destination look slow beside it. (Tried:
-    // the lowest floor among those the peaks call equal; on a loaded host
-    // a healthy one's peak spikes often enough to let the stale floor in.)
-    let floor_band_edge = fastest.and_then(floor_of).map(band_edge);
+    // The floors are compared against the lowest floor. Not against the
+    // floor of the candidate with the best peak-EWMA (the rule before):
+    // on a loaded host the busy destinations catch every worker pause in
+    // their peaks while a shunned one, sampled once a half-life, catches
+    // none, so the shunned slow one had the best peak for seconds at a
+    // time, its own floor became the yardstick, and the floors could no
+    // longer tell it from the fast ones — the demo sent it half its traffic
+    // for two seconds (`steering_sim`, the heavily loaded host). The cost:
+    // just after a destination slows down, its floor is still that of its
+    // fast days until a few answers raise it, and for that while the
+    // healthy ones are judged against it too (it still scores worst, on its
+    // peak).
+    let floor_band_edge = lowest_floor.map(band_edge);
     let cost_span = max_cost - min_cost;
     // Each candidate's log-score; the best one's is subtracted afterwards,
     // so the factors' own "best" normalisation cancels out and only one
@@ -289,17 +293,55 @@ mod tests {
         let mut two = [0.0; 2];
         score_all(&w, &slowed, &mut two);
         assert!((two[1] - 1.5 / 10.0).abs() < 1e-9, "{two:?}");
-        // And its old fast floor is no yardstick for the others: the demo's
-        // 2 ms cluster slowed to 20 ms still has a 2 ms floor, and the 4 and
-        // 8 ms ones are judged against the 4 ms one, as by their peaks.
-        let demo = [
+        // Its old fast floor is the yardstick until answers raise it: the
+        // demo's 2 ms cluster just slowed to 20 ms still has a 2 ms floor,
+        // and the 4 and 8 ms ones are judged against it (edge 3 ms) as well
+        // as by their peaks (edge 6 ms). The slowed one still scores worst.
+        let just_slowed = [
             with_floor(20.0, 2.0),
             with_floor(4.0, 4.0),
             with_floor(8.0, 8.0),
         ];
-        score_all(&w, &demo, &mut out);
-        assert!((out[2] - 6.0 / 8.0).abs() < 1e-9, "{out:?}");
-        assert!((out[0] - 6.0 / 20.0).abs() < 1e-9, "{out:?}");
+        score_all(&w, &just_slowed, &mut out);
+        assert_eq!(out[1], 1.0, "{out:?}");
+        assert!((out[2] - (3.0 / 8.0) / (3.0 / 4.0)).abs() < 1e-9, "{out:?}");
+        assert!(
+            (out[0] - (6.0 / 20.0) / (3.0 / 4.0)).abs() < 1e-9,
+            "{out:?}"
+        );
+        assert!(out[0] < out[2], "{out:?}");
+    }
+
+    /// The swing-back on a loaded host: the busy fast destinations' peaks
+    /// caught a worker pause (35 and 40 ms) and the shunned slow one's did
+    /// not (its last re-measurement, 21 ms), so it has the best peak. Its
+    /// floor, raised by its answers to 20 ms, still shows it 5× slower than
+    /// the 4 ms one: it scores a third of it, not as the best.
+    #[test]
+    fn a_shunned_destination_with_the_best_peak_is_judged_by_the_lowest_floor() {
+        let w = FactorWeights {
+            latency: 1.0,
+            load: 0.0,
+            cost: 0.0,
+            affinity: 0.0,
+        };
+        let with_floor = |peak: f64, floor: f64| FactorInputs {
+            floor_ns: Some(floor * 1e6),
+            ..input(peak, 0, 0.0)
+        };
+        let paused = [
+            with_floor(21.0, 20.0),
+            with_floor(35.0, 4.0),
+            with_floor(40.0, 8.0),
+        ];
+        let mut out = [0.0; 3];
+        score_all(&w, &paused, &mut out);
+        // The 4 ms one is best, just beyond the peaks' band (35 ÷ 31.5);
+        // the others lie beyond the floors' (edge 6 ms).
+        let best = 31.5 / 35.0;
+        assert_eq!(out[1], 1.0, "{out:?}");
+        assert!((out[0] - (6.0 / 20.0) / best).abs() < 1e-9, "{out:?}");
+        assert!((out[2] - (6.0 / 8.0) / best).abs() < 1e-9, "{out:?}");
     }
 
     #[test]
