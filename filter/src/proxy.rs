@@ -636,8 +636,8 @@ impl Worker {
         self.complete(flight, StreamEvent::ResponseTrailers);
     }
 
-    /// A routed request's stream is over.
-    fn on_log(&mut self, flight: &mut InFlight) {
+    /// A routed request's stream is over (its context is being deleted).
+    fn on_stream_end(&mut self, flight: &mut InFlight) {
         self.complete(flight, StreamEvent::End);
     }
 

@@ -7,19 +7,59 @@
 //! and no host call is needed to dispatch (the host already calls into the
 //! context an event is for). Only the callbacks the filter uses are
 //! exported, so the host skips the rest (request bodies, network events…).
+//!
+//! Each callback the host enters costs it a VM call, on every request. So a
+//! stream's end is taken from `proxy_on_delete`, which the host calls for
+//! every stream context anyway, and neither `proxy_on_log` nor
+//! `proxy_on_done` is exported: proxy-wasm-cpp-host's `ContextBase::onDone`
+//! answers "done" without entering the VM when the export is missing, and
+//! Envoy's `Context::onDestroy` calls `onDone` then `onDelete` once the
+//! stream is over (`source/extensions/common/wasm/context.cc`).
 
 use super::Worker;
 use crate::decision::InFlight;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// The VM's contexts: root contexts (one per plugin sharing this VM) with
 /// their worker state, and HTTP contexts with their routed request.
 #[derive(Default)]
 struct Contexts {
-    roots: HashMap<u32, Worker>,
+    roots: HashMap<u32, Worker, ContextIdHash>,
     /// HTTP context → (its root, the request routed on it).
-    streams: HashMap<u32, (u32, Option<InFlight>)>,
+    streams: HashMap<u32, (u32, Option<InFlight>), ContextIdHash>,
+}
+
+/// The context tables' hash. Context ids are the host's counter, not
+/// anything a client chooses, so the default SipHash's flooding defence
+/// buys nothing, and it costs a few hundred instructions per lookup —
+/// four lookups a request. One multiplication by 2⁶⁴/φ spreads sequential
+/// ids over the table's buckets and its control bytes (the top bits).
+type ContextIdHash = BuildHasherDefault<ContextIdHasher>;
+
+#[derive(Default)]
+struct ContextIdHasher(u64);
+
+impl Hasher for ContextIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `u32` keys; any bytes still hash deterministically.
+        for &b in bytes {
+            self.write_u64(u64::from(b) ^ self.0.rotate_left(8));
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.write_u64(u64::from(id));
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 thread_local! {
@@ -142,25 +182,19 @@ pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) 
     CONTINUE
 }
 
-#[no_mangle]
-pub extern "C" fn proxy_on_log(context_id: u32) {
-    with_stream(context_id, (), |w, flight| {
-        if let Some(mut flight) = flight.take() {
-            w.on_log(&mut flight);
-        }
-    });
-}
-
-/// The stream may be torn down at once: the filter holds nothing back.
-#[no_mangle]
-pub extern "C" fn proxy_on_done(_context_id: u32) -> u32 {
-    1
-}
-
+/// A stream context is deleted once its stream is over: that is its end
+/// for the filter (see the module doc). A root context goes with its
+/// plugin.
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
-    with((), |c| {
-        if c.streams.remove(&context_id).is_none() {
+    with((), |c| match c.streams.remove(&context_id) {
+        Some((root, Some(mut flight))) => {
+            if let Some(worker) = c.roots.get_mut(&root) {
+                worker.on_stream_end(&mut flight);
+            }
+        }
+        Some((_, None)) => {}
+        None => {
             c.roots.remove(&context_id);
         }
     });
