@@ -32,9 +32,9 @@
 //!   requests pile up past its usual count (it stalled, or a burst herded
 //!   onto it) before its latency samples can show it.
 //! - latency counts as equal within [`LATENCY_BAND`] of the best. It is
-//!   judged twice, on the peak-EWMA and on
-//!   the latency floor (`floor`: the low end of the destination's answers,
-//!   against the lowest floor), and the worse of the two counts: a busy proxy adds the same delay to
+//!   judged twice, on the peak-EWMA and on the latency floor (`floor`: the
+//!   low end of the destination's answers, against the lowest floor), and
+//!   the worse of the two counts: a busy proxy adds the same delay to
 //!   every answer and squeezes the peak-EWMAs' ratios into the band, where
 //!   the floors keep the destinations' own service times apart.
 //! - cost: cheapest 1, dearest ½, linear in between (min-max over the
@@ -235,14 +235,25 @@ mod tests {
         }
     }
 
+    /// Latency alone decides.
+    const LATENCY_ONLY: FactorWeights = FactorWeights {
+        latency: 1.0,
+        load: 0.0,
+        cost: 0.0,
+        affinity: 0.0,
+    };
+
+    /// A candidate with this peak-EWMA and floor, in ms.
+    fn with_floor(peak_ms: f64, floor_ms: f64) -> FactorInputs {
+        FactorInputs {
+            floor_ns: Some(floor_ms * 1e6),
+            ..input(peak_ms, 0, 0.0)
+        }
+    }
+
     #[test]
     fn slower_destination_scores_lower_in_proportion() {
-        let w = FactorWeights {
-            latency: 1.0,
-            load: 0.0,
-            cost: 0.0,
-            affinity: 0.0,
-        };
+        let w = LATENCY_ONLY;
         let mut out = [0.0; 3];
         score_all(
             &w,
@@ -256,19 +267,10 @@ mod tests {
 
     #[test]
     fn a_busy_proxy_squeezes_the_peaks_but_not_the_floors() {
-        let w = FactorWeights {
-            latency: 1.0,
-            load: 0.0,
-            cost: 0.0,
-            affinity: 0.0,
-        };
+        let w = LATENCY_ONLY;
         // What a saturated Envoy measured for 8, 8 and 24 ms backends: the
         // peak-EWMAs 29, 29 and 40 ms (within the band), the floors about
         // the backends' own times.
-        let with_floor = |peak: f64, floor: f64| FactorInputs {
-            floor_ns: Some(floor * 1e6),
-            ..input(peak, 0, 0.0)
-        };
         let mut out = [0.0; 3];
         let busy = [
             with_floor(29.0, 8.2),
@@ -319,16 +321,7 @@ mod tests {
     /// the 4 ms one: it scores a third of it, not as the best.
     #[test]
     fn a_shunned_destination_with_the_best_peak_is_judged_by_the_lowest_floor() {
-        let w = FactorWeights {
-            latency: 1.0,
-            load: 0.0,
-            cost: 0.0,
-            affinity: 0.0,
-        };
-        let with_floor = |peak: f64, floor: f64| FactorInputs {
-            floor_ns: Some(floor * 1e6),
-            ..input(peak, 0, 0.0)
-        };
+        let w = LATENCY_ONLY;
         let paused = [
             with_floor(21.0, 20.0),
             with_floor(35.0, 4.0),
@@ -346,12 +339,7 @@ mod tests {
 
     #[test]
     fn latency_within_the_band_counts_as_equal() {
-        let w = FactorWeights {
-            latency: 1.0,
-            load: 0.0,
-            cost: 0.0,
-            affinity: 0.0,
-        };
+        let w = LATENCY_ONLY;
         let mut out = [0.0; 3];
         score_all(
             &w,
@@ -365,12 +353,7 @@ mod tests {
 
     #[test]
     fn unmeasured_destination_scores_at_the_default_rtt_not_as_the_best() {
-        let w = FactorWeights {
-            latency: 1.0,
-            load: 0.0,
-            cost: 0.0,
-            affinity: 0.0,
-        };
+        let w = LATENCY_ONLY;
         let unmeasured = crate::ewma::PeakEwma::new(30e6, 5e9);
         let mut out = [0.0; 2];
         let mut fresh = input(0.0, 0, 0.0);

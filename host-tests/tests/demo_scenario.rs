@@ -69,10 +69,13 @@ fn shared() -> &'static Shared {
         };
         let mut config = DemoConfig::new(dir.clone(), tideway_phases, load).expect("demo config");
         config.baseline_phases = Some(baseline_phases);
-        // A run on a machine that stalled is run again, up to
-        // `ATTEMPTS` times; the checks judge the last run (see `StallProbe`).
-        let mut attempt = 1;
-        let outcome = loop {
+        // A run on a machine that stalled is run again, up to `ATTEMPTS`
+        // times; the checks judge the first quiet run, or else the least
+        // stalled one (see `StallProbe`). Every run writes the same files
+        // under `dir` (the module it pulls is the same build), so the last
+        // run's files stand for a kept earlier one.
+        let mut kept: Option<(f64, Outcome)> = None;
+        for attempt in 1..=ATTEMPTS {
             let _ = std::fs::remove_dir_all(&dir);
             let probe = StallProbe::start();
             let outcome = demo::run(&config).unwrap_or_else(|e| panic!("the demo failed: {e:#}"));
@@ -82,10 +85,15 @@ fn shared() -> &'static Shared {
                 stalls * 100.0,
                 StallProbe::LATE.as_millis()
             );
-            if stalls <= StallProbe::MAX_STALLED || attempt == ATTEMPTS {
-                break outcome;
+            if kept.as_ref().is_none_or(|(least, _)| stalls < *least) {
+                kept = Some((stalls, outcome));
             }
-            attempt += 1;
+            if stalls <= StallProbe::MAX_STALLED {
+                break;
+            }
+        }
+        let Some((_, outcome)) = kept else {
+            unreachable!("ATTEMPTS ≥ 1");
         };
         eprintln!("{}", report::table(&outcome));
         std::fs::write(dir.join("report.html"), report::html(&outcome)).expect("report.html");
@@ -453,8 +461,8 @@ impl std::fmt::Display for SlowPhase {
 /// machine and the swing-back does not:
 /// - the slowed cluster gets at most 20% of the phase's first second (it
 ///   had 80–96% of the steady phase, LEAST_REQUEST keeps about 20% on it;
-///   Tideway's first second held 8–9% in a quiet run and in a CI run
-///   whose machine stalled throughout);
+///   Tideway's first second held 3.8–8% in quiet runs, about 9% in a CI
+///   run whose machine stalled throughout);
 /// - after that second no 500 ms window sends it more than 5% of the
 ///   requests (its sessions and re-measurements are 0.1–0.7% a second; the
 ///   swing-back was about half);
