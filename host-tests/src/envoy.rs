@@ -75,6 +75,11 @@ pub struct EnvoySpec {
     /// `ISTIO_META_CLUSTER_ID` in `env`); give the filter
     /// `"hopHeaders":"routes"` with it.
     pub route_hop_headers: Option<RouteHopHeaders>,
+    /// A second Tideway plugin after the first, with this configuration:
+    /// another WasmPlugin on the same workload, as Istio delivers it (its
+    /// own name and `root_id`, the same module and VM settings, so Envoy
+    /// runs both plugins in one VM per worker).
+    pub second_plugin: Option<String>,
 }
 
 /// What [`EnvoySpec::route_hop_headers`] sets: the service's name, and each
@@ -121,6 +126,7 @@ impl EnvoySpec {
             upstream_http2: false,
             env: Vec::new(),
             route_hop_headers: None,
+            second_plugin: None,
         }
     }
 
@@ -218,7 +224,17 @@ impl EnvoySpec {
             if let Some(policy) = &self.failure_policy {
                 filter["typed_config"]["config"]["failure_policy"] = json!(policy);
             }
-            http_filters.push(filter);
+            if let Some(second) = &self.second_plugin {
+                let mut other = filter.clone();
+                let c = &mut other["typed_config"]["config"];
+                c["name"] = json!("tideway-second");
+                c["root_id"] = json!("tideway-second");
+                c["configuration"]["value"] = json!(second);
+                http_filters.push(filter);
+                http_filters.push(other);
+            } else {
+                http_filters.push(filter);
+            }
         }
         http_filters.push(json!({
             "name": "envoy.filters.http.router",

@@ -15,10 +15,23 @@
 //! answers "done" without entering the VM when the export is missing, and
 //! Envoy's `Context::onDestroy` calls `onDone` then `onDelete` once the
 //! stream is over (`source/extensions/common/wasm/context.cc`).
+//!
+//! Nor is `proxy_on_context_create`: proxy-wasm-cpp-host's
+//! `ContextBase::onCreate` and `onConfigure` skip it when it is missing
+//! ("the in-VM SDK is responsible for managing any required in-VM state",
+//! `src/context.cc`). A root context is made when the host first names it
+//! (`proxy_on_vm_start` or `proxy_on_configure`), and a stream is entered
+//! in the table only when its request is routed. Without the create call a
+//! stream's parent is not given, so it is found: the VM's one root — the
+//! case of every sidecar with one Tideway plugin — or, when several plugins
+//! share the VM (two policies' plugins, or a reconfigured plugin beside the
+//! one whose streams are draining), the newest root of the plugin named by
+//! the stream's `plugin_name` property (one more host call, only then).
 
 use super::Worker;
 use crate::decision::InFlight;
 use std::cell::RefCell;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -27,8 +40,47 @@ use std::hash::{BuildHasherDefault, Hasher};
 #[derive(Default)]
 struct Contexts {
     roots: HashMap<u32, Worker, ContextIdHash>,
-    /// HTTP context → (its root, the request routed on it).
-    streams: HashMap<u32, (u32, Option<InFlight>), ContextIdHash>,
+    /// Each root's plugin name, to find a stream's root when there are
+    /// several (see the module doc).
+    root_names: HashMap<u32, Vec<u8>, ContextIdHash>,
+    /// The root, when the VM has exactly one.
+    sole_root: Option<u32>,
+    /// HTTP context → (its root, the request routed on it); only routed
+    /// requests are entered.
+    streams: HashMap<u32, (u32, InFlight), ContextIdHash>,
+}
+
+impl Contexts {
+    /// The root context `id`, made on first use.
+    fn root(&mut self, id: u32) -> &mut Worker {
+        if let Entry::Vacant(vacant) = self.roots.entry(id) {
+            vacant.insert(Worker::new());
+            self.roots_changed();
+        }
+        self.roots.entry(id).or_insert_with(Worker::new)
+    }
+
+    fn roots_changed(&mut self) {
+        self.sole_root = match self.roots.len() {
+            1 => self.roots.keys().next().copied(),
+            _ => None,
+        };
+    }
+
+    /// The root a new stream belongs to (see the module doc). Context ids
+    /// only grow, so the newest of several same-named roots has the
+    /// largest id.
+    fn root_of_new_stream(&self) -> Option<u32> {
+        if self.sole_root.is_some() {
+            return self.sole_root;
+        }
+        let name = super::abi::property(&["plugin_name"]).ok().flatten()?;
+        self.root_names
+            .iter()
+            .filter(|(id, n)| **n == name && self.roots.contains_key(id))
+            .map(|(id, _)| *id)
+            .max()
+    }
 }
 
 /// The context tables' hash. Context ids are the host's counter, not
@@ -75,11 +127,12 @@ fn with<R>(fallback: R, f: impl FnOnce(&mut Contexts) -> R) -> R {
     })
 }
 
-/// A root context's worker and one of its streams, borrowed together.
+/// A routed stream's request and its root context's worker, borrowed
+/// together.
 fn with_stream<R>(
     context_id: u32,
     fallback: R,
-    f: impl FnOnce(&mut Worker, &mut Option<InFlight>) -> R,
+    f: impl FnOnce(&mut Worker, &mut InFlight) -> R,
 ) -> R {
     with(None, |c| {
         let (root, flight) = c.streams.get_mut(&context_id)?;
@@ -116,25 +169,21 @@ pub extern "C" fn _initialize() {
 }
 
 #[no_mangle]
-pub extern "C" fn proxy_on_context_create(context_id: u32, parent_id: u32) {
-    with((), |c| {
-        if parent_id == 0 {
-            c.roots.insert(context_id, Worker::new());
-        } else if c.roots.contains_key(&parent_id) {
-            c.streams.insert(context_id, (parent_id, None));
-        }
-    });
-}
-
-#[no_mangle]
 pub extern "C" fn proxy_on_vm_start(context_id: u32, _vm_configuration_size: usize) -> u32 {
-    with_root(context_id, 1, |w| u32::from(w.on_vm_start()))
+    with(1, |c| u32::from(c.root(context_id).on_vm_start()))
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_configure(context_id: u32, plugin_configuration_size: usize) -> u32 {
-    with_root(context_id, 0, |w| {
-        u32::from(w.on_configure(plugin_configuration_size))
+    with(0, |c| {
+        // The root's plugin, by which its streams are told apart from
+        // another plugin's in the same VM.
+        let name = super::abi::property(&["plugin_name"])
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        c.root_names.insert(context_id, name);
+        u32::from(c.root(context_id).on_configure(plugin_configuration_size))
     })
 }
 
@@ -158,27 +207,34 @@ pub extern "C" fn proxy_on_http_call_response(
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eos: u32) -> u32 {
-    with_stream(context_id, (), |w, flight| *flight = w.on_request_headers());
+    with((), |c| {
+        // The host sends a stream's request headers once; a second call
+        // would otherwise drop the first request's flight uncompleted.
+        if c.streams.contains_key(&context_id) {
+            return;
+        }
+        let Some(root) = c.root_of_new_stream() else {
+            return;
+        };
+        let Some(worker) = c.roots.get_mut(&root) else {
+            return;
+        };
+        if let Some(flight) = worker.on_request_headers() {
+            c.streams.insert(context_id, (root, flight));
+        }
+    });
     CONTINUE
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_response_headers(context_id: u32, _headers: usize, _eos: u32) -> u32 {
-    with_stream(context_id, (), |w, flight| {
-        if let Some(flight) = flight {
-            w.on_response_headers(flight);
-        }
-    });
+    with_stream(context_id, (), Worker::on_response_headers);
     CONTINUE
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) -> u32 {
-    with_stream(context_id, (), |w, flight| {
-        if let Some(flight) = flight {
-            w.on_response_trailers(flight);
-        }
-    });
+    with_stream(context_id, (), Worker::on_response_trailers);
     CONTINUE
 }
 
@@ -188,14 +244,16 @@ pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) 
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
     with((), |c| match c.streams.remove(&context_id) {
-        Some((root, Some(mut flight))) => {
+        Some((root, mut flight)) => {
             if let Some(worker) = c.roots.get_mut(&root) {
                 worker.on_stream_end(&mut flight);
             }
         }
-        Some((_, None)) => {}
         None => {
-            c.roots.remove(&context_id);
+            if c.roots.remove(&context_id).is_some() {
+                c.root_names.remove(&context_id);
+                c.roots_changed();
+            }
         }
     });
 }

@@ -280,10 +280,181 @@ pub fn run(mode: Mode) -> Result<Vec<Section>> {
         collector.served()
     ));
     section.raw = json!({"variants": raw, "tideway_stats": stats});
+    let paired = paired_with_floor(mode, &envoys, &script)?;
     drop(envoys);
 
     let memory = memory_and_start(mode, &script, collector.port)?;
-    Ok(vec![section, memory])
+    Ok(vec![section, paired, memory])
+}
+
+/// Envoy's CPU time so far (user + system), in seconds, from
+/// `/proc/<pid>/stat`; `NaN` if it cannot be read.
+fn cpu_seconds(pid: u32, ticks_per_second: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces, so split after
+    // its closing parenthesis): state is field 3, utime 14, stime 15.
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(user), Some(system)) => (user + system) / ticks_per_second,
+        _ => f64::NAN,
+    }
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// One slice of the paired comparison.
+struct Slice {
+    requests_per_sec: f64,
+    /// Envoy's CPU time per request served, µs.
+    cpu_us_per_request: f64,
+}
+
+/// Tideway (as rendered, trace propagate) against the steering floor, in
+/// many short back-to-back pairs, the order swapped every pair (floor
+/// first, then Tideway first, …).
+///
+/// Why: issue 12 asks for throughput ≥ 0.95× the floor's, and the two
+/// differ by about 5% in instructions, while this machine's speed drifts by
+/// ±25% over tens of seconds. The round-robin rounds above put 10 s between
+/// the two and drift decides the ratio; two 3 s slices next to each other
+/// share most of the drift, and the median over many pairs is not moved by
+/// the pairs a stall landed in. Envoy's own CPU time per request is
+/// reported beside it: it is not what the target is about, but it is far
+/// less disturbed by other tenants than wall-clock throughput, so it says
+/// whether the two readings agree.
+fn paired_with_floor(mode: Mode, envoys: &[Envoy], script: &std::path::Path) -> Result<Section> {
+    let pairs = mode.pick(6, 30);
+    let seconds = mode.pick(2, 3);
+    let ticks = clock_ticks_per_second();
+    eprintln!("[cost] paired: {pairs} pairs × 2 × {seconds} s, steering floor vs Tideway (trace propagate)");
+    let slice = |i: usize| -> Result<(Slice, String)> {
+        let e = &envoys[i];
+        let cpu_before = cpu_seconds(e.pid(), ticks);
+        let served_before = e.stat("http.ingress.downstream_rq_total")?;
+        let r = wrk::run(e.port, CONNECTIONS, seconds, script)?;
+        let served = e
+            .stat("http.ingress.downstream_rq_total")?
+            .saturating_sub(served_before);
+        let cpu = cpu_seconds(e.pid(), ticks) - cpu_before;
+        let cpu_us_per_request = if served > 0 {
+            cpu * 1e6 / served as f64
+        } else {
+            f64::NAN
+        };
+        let command = r.command.replace(&format!(":{}/", e.port), ":<port>/");
+        Ok((
+            Slice {
+                requests_per_sec: r.requests_per_sec,
+                cpu_us_per_request,
+            },
+            command,
+        ))
+    };
+    let mut floor = Vec::new();
+    let mut tideway = Vec::new();
+    let mut command = String::new();
+    for pair in 0..pairs {
+        let order = if pair % 2 == 0 {
+            [FLOOR, PROPAGATE]
+        } else {
+            [PROPAGATE, FLOOR]
+        };
+        for i in order {
+            let (s, c) = slice(i)?;
+            command = c;
+            if i == FLOOR {
+                floor.push(s);
+            } else {
+                tideway.push(s);
+            }
+        }
+        let (f, t) = (&floor[pair], &tideway[pair]);
+        eprintln!(
+            "[cost] pair {:>2}: floor {:>7.0} req/s {:>5.1} µs CPU/req, Tideway {:>7.0} req/s {:>5.1} µs CPU/req: throughput ratio {:.3}",
+            pair + 1,
+            f.requests_per_sec,
+            f.cpu_us_per_request,
+            t.requests_per_sec,
+            t.cpu_us_per_request,
+            t.requests_per_sec / f.requests_per_sec
+        );
+    }
+    let throughput: Vec<f64> = floor
+        .iter()
+        .zip(&tideway)
+        .map(|(f, t)| t.requests_per_sec / f.requests_per_sec)
+        .collect();
+    // Floor's CPU per request ÷ Tideway's: a throughput-like ratio (above 1
+    // would mean Tideway is cheaper).
+    let cpu: Vec<f64> = floor
+        .iter()
+        .zip(&tideway)
+        .map(|(f, t)| f.cpu_us_per_request / t.cpu_us_per_request)
+        .collect();
+    let spread = |v: &[f64]| -> [f64; 5] {
+        let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+        s.sort_by(f64::total_cmp);
+        if s.is_empty() {
+            return [f64::NAN; 5];
+        }
+        let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+        [at(0.0), at(0.25), median(&s), at(0.75), at(1.0)]
+    };
+    let mut section = Section::new(
+        "Tideway against the steering floor, paired",
+        vec![
+            format!("{command}  ({pairs} pairs of {seconds} s slices, steering floor and Tideway (trace propagate) back to back, the order swapped every pair)"),
+            "envoy --concurrency 1, direct_response on every route; CPU: Envoy's utime + stime from /proc/<pid>/stat over the slice ÷ requests it served".to_string(),
+        ],
+        &["Per pair", "min", "25%", "median", "75%", "max"],
+    );
+    for (name, values) in [
+        ("throughput, Tideway ÷ steering floor", &throughput),
+        ("Envoy CPU per request, steering floor ÷ Tideway", &cpu),
+    ] {
+        let mut row = vec![name.to_string()];
+        row.extend(spread(values).iter().map(|v| format!("{v:.3}")));
+        section.rows.push(row);
+    }
+    section.figures.push(
+        Figure::new(
+            "Tideway (trace propagate) throughput ÷ steering floor, median of paired slices",
+            median(&throughput),
+            "×",
+            &command,
+        )
+        .target(Cmp::AtLeast, 0.95),
+    );
+    section.figures.push(Figure::new(
+        "Envoy CPU per request, steering floor ÷ Tideway (trace propagate), median of paired slices",
+        median(&cpu),
+        "×",
+        &command,
+    ));
+    let json_slices = |v: &[Slice]| {
+        v.iter()
+            .map(|s| json!({"requests_per_sec": s.requests_per_sec, "cpu_us_per_request": s.cpu_us_per_request}))
+            .collect::<Vec<_>>()
+    };
+    section.raw = json!({
+        "floor": json_slices(&floor),
+        "tideway": json_slices(&tideway),
+        "throughput_ratio": throughput,
+        "cpu_ratio": cpu,
+    });
+    Ok(section)
 }
 
 fn rss_kib(pid: u32) -> u64 {
