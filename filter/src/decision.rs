@@ -30,6 +30,7 @@ mod probe;
 mod request;
 mod runtime_weights;
 mod sync;
+mod timing;
 
 pub use engine::{Destination, Engine, LocalIdentity, Service};
 pub use outcome::Outcome;

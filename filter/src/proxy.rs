@@ -22,7 +22,9 @@
 //! header map (read in place by `header_map`), one for the clock, one write
 //! per header it sets (`add` when the header was absent, which spares Envoy
 //! a lookup), and on the response one read of `:status` and one of the
-//! clock. It does not call `clear_route_cache`: Envoy clears the route cache
+//! clock — both clock reads only for the requests the core times, which at
+//! high rates is one in several per destination (`decision::timing`). It
+//! does not call `clear_route_cache`: Envoy clears the route cache
 //! itself on every request-header change (`Context::replaceHeaderMapValue`
 //! and `addHeaderMapValue` in `source/extensions/common/wasm/context.cc`).
 //! Counters are kept in the VM and added to Envoy's on the tick, and trace
@@ -383,6 +385,7 @@ impl Worker {
     fn on_tick(&mut self) {
         let now = abi::now_ns();
         if let (Some(engine), Ok(now)) = (self.engine.as_mut(), now) {
+            engine.retune_timing(now);
             for (key, error) in engine.sync_shared(&mut HostSharedData, now) {
                 log(
                     Level::Warn,

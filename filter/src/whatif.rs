@@ -315,6 +315,7 @@ impl Model {
             host.now = now;
             while next_tick <= now {
                 let _ = engine.sync_shared(&mut host.store, next_tick);
+                engine.retune_timing(next_tick);
                 next_tick += 1_000 * MS;
             }
             match event {

@@ -1522,3 +1522,59 @@ proptest! {
         prop_assert!(host.unwrap().failure(0).is_none());
     }
 }
+
+/// Clock reads a request costs, as the built module makes them: two while
+/// the rate is low, far fewer per request once a tick has seen thousands a
+/// second per destination (`decision::timing`), and two again after the
+/// rate falls.
+#[test]
+fn at_a_high_rate_most_requests_make_no_clock_read() {
+    let config = json!({
+        "services": [{
+            "name": "reviews",
+            "hosts": ["reviews"],
+            "destinations": [
+                { "name": "cluster-a", "weight": 70 },
+                { "name": "cluster-b", "weight": 30 }
+            ]
+        }]
+    });
+    let mut host = start(&config);
+    // `requests` requests, `gap` apart on the fake clock (ticks fire as
+    // they fall due): the clock reads per request.
+    let serve = |host: &mut Host, requests: u32, gap: Duration| -> f64 {
+        let before = host.clock_reads();
+        for i in 0..requests {
+            host.advance(gap).expect("advance");
+            let ex = host
+                .exchange(
+                    0,
+                    &request("reviews", &format!("/{i}")),
+                    &[(":status", "200")],
+                )
+                .expect("exchange");
+            assert!(ex.upstream_request.get(ROUTING_HEADER).is_some());
+        }
+        (host.clock_reads() - before) as f64 / f64::from(requests)
+    };
+    let slow = Duration::from_millis(5);
+    let fast = Duration::from_micros(50);
+    // 200 a second: every request timed (two reads), plus the ticks'.
+    let low = serve(&mut host, 100, slow);
+    assert!(low >= 2.0, "{low} clock reads a request at 200 a second");
+    // 20,000 a second for 0.5 s: the ticks set strides of 4 and 14
+    // (a: ~14,000 a second, b: ~6,000).
+    serve(&mut host, 10_000, fast);
+    let high = serve(&mut host, 10_000, fast);
+    assert!(
+        high < 0.6,
+        "{high} clock reads a request at 20,000 a second"
+    );
+    // Back to 200 a second: after a tick, two reads a request again.
+    serve(&mut host, 60, slow);
+    let again = serve(&mut host, 100, slow);
+    assert!(
+        again >= 2.0,
+        "{again} clock reads a request back at 200 a second"
+    );
+}

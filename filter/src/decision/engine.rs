@@ -7,6 +7,7 @@
 
 use super::outcome::grpc_failure_set;
 use super::probe::ActiveProbe;
+use super::timing::Timing;
 use super::{Decision, Reason};
 use crate::authority::{HostTable, ProxyDomain};
 use crate::config::{AffinitySource, FactorWeights, PluginConfig};
@@ -59,6 +60,8 @@ pub struct Destination {
     pub shared_key: String,
     /// Active re-admission, when the service configures a probe.
     pub probe: Option<ActiveProbe>,
+    /// Which of its requests read the clock (`timing`).
+    pub(super) timing: Timing,
 }
 
 impl Destination {
@@ -88,6 +91,9 @@ pub struct Service {
     pub destinations: Vec<Destination>,
     pub(super) failover: Vec<usize>,
     pub(super) static_only: bool,
+    /// Some destination times only some of its requests: a decision may
+    /// use the worker's latest clock reading (`timing`).
+    pub(super) sampling: bool,
     /// Some destination is drained: weights are refreshed per decision.
     pub(super) any_drained: bool,
     // Scratch space reused by every decision: no allocation per request.
@@ -121,6 +127,10 @@ pub struct Engine {
     pub(super) trace_values: String,
     /// `scheduler.grpcFailureCodes` as a bit set.
     pub(super) grpc_failures: u32,
+    /// The latest clock reading this worker made (Unix ns; 0: none yet).
+    pub(super) clock_ns: u64,
+    /// When the strides were last set ([`Engine::retune_timing`]).
+    retuned_ns: u64,
 }
 
 impl Engine {
@@ -168,6 +178,7 @@ impl Engine {
                                 .probe
                                 .as_ref()
                                 .map(|p| ActiveProbe::new(p.cluster_for(&dc.name))),
+                            timing: Timing::default(),
                         }
                     })
                     .collect();
@@ -178,6 +189,7 @@ impl Engine {
                     affinity: sc.affinity.clone(),
                     failover: Vec::new(),
                     static_only: weights.latency == 0.0 && weights.load == 0.0,
+                    sampling: false,
                     any_drained: false,
                     weights,
                     destinations,
@@ -204,9 +216,35 @@ impl Engine {
             spans: SpanBatches::default(),
             hop_text: HopTexts::default(),
             trace_values: String::new(),
+            clock_ns: previous.map_or(0, |p| p.clock_ns),
+            retuned_ns: previous.map_or(0, |p| p.retuned_ns),
         };
         engine.hop_text = hop_texts(&engine);
         engine
+    }
+
+    /// A clock reading: the latest one stands in for "now" where a request
+    /// goes untimed (`timing`).
+    pub(super) fn note_time(&mut self, now_ns: u64) {
+        self.clock_ns = self.clock_ns.max(now_ns);
+    }
+
+    /// On the tick: set each destination's timing stride from the requests
+    /// it drew since the last tick. In span mode every request is timed
+    /// (a span needs its own start and end).
+    pub fn retune_timing(&mut self, now_ns: u64) {
+        self.note_time(now_ns);
+        let elapsed = now_ns.saturating_sub(self.retuned_ns);
+        let first = self.retuned_ns == 0;
+        self.retuned_ns = now_ns;
+        let spans = self.config.tracing.mode == TraceMode::Span;
+        for svc in &mut self.services {
+            for d in &mut svc.destinations {
+                // The first tick has no interval to judge a rate by.
+                d.timing.retune(if first || spans { 0 } else { elapsed });
+            }
+            svc.sampling = svc.destinations.iter().any(|d| d.timing.is_sampling());
+        }
     }
 
     fn find(&self, service: &str, destination: &str) -> Option<&Destination> {

@@ -85,6 +85,8 @@ pub struct InFlight {
     epoch: u64,
     pub decision: Decision,
     started_ns: u64,
+    /// Its latency is measured (`timing`): `started_ns` is its own start.
+    timed: bool,
     responded: bool,
     /// A gRPC call: its outcome is its `grpc-status`.
     grpc: bool,
@@ -127,7 +129,11 @@ impl Engine {
     /// [`Engine::complete`] as the stream proceeds.
     pub fn route(&mut self, headers: &HeaderMap<'_>, host: &mut dyn RouteHost) -> Option<InFlight> {
         let service = self.service_for(headers.get(":authority")?)?;
-        let Ok(now) = host.now_ns() else {
+        // At high rates the decision takes the worker's latest clock
+        // reading, a timed request's a moment ago (`timing`).
+        let latest =
+            (self.services[service].sampling && self.clock_ns != 0).then_some(self.clock_ns);
+        let Ok(now) = latest.map_or_else(|| host.now_ns(), Ok) else {
             // Decide nothing: the mesh routes, and a client's routing header
             // must not route it instead.
             let routing_header = self.services[service].routing_header.as_str();
@@ -261,14 +267,30 @@ impl Engine {
         }
         let span = otlp::SpanIds::recorded(&output.context);
         self.trace_values = output.into_buffer();
+        self.note_time(now);
+        let mut started_ns = now;
+        let mut timed = false;
         if let Some(d) = decision.destination {
             self.begin(service, d);
+            timed = self.services[service].destinations[d]
+                .timing
+                .next_is_timed();
+            if timed && latest.is_some() {
+                match host.now_ns() {
+                    Ok(t) => {
+                        self.note_time(t);
+                        started_ns = t;
+                    }
+                    Err(HostFailure) => timed = false,
+                }
+            }
         }
         self.count(&decision);
         Some(InFlight {
             epoch: self.epoch(),
             decision,
-            started_ns: now,
+            started_ns,
+            timed,
             responded: false,
             grpc: content_type.is_some_and(is_grpc),
             outcome_recorded: false,
@@ -325,8 +347,20 @@ impl Engine {
                     },
                     other => other.map(Outcome::Status),
                 };
-                if let (Some(d), Some(_), Ok(now)) = (decision.destination, status, host.now_ns()) {
-                    let latency = now.saturating_sub(flight.started_ns);
+                // A timed request reads the clock for its sample; so does a
+                // failure (its latency weighs on the estimate), from a start
+                // that is then the decision's reading (`timing`).
+                let failed = outcome.is_some_and(|o| !o.is_success(self.grpc_failures));
+                let read =
+                    (flight.timed || failed) && decision.destination.is_some() && status.is_some();
+                let now = if read {
+                    host.now_ns().ok()
+                } else {
+                    Some(self.clock_ns)
+                };
+                if let (Some(d), Some(_), Some(now)) = (decision.destination, status, now) {
+                    self.note_time(now);
+                    let latency = read.then(|| now.saturating_sub(flight.started_ns));
                     match outcome {
                         Some(outcome) => {
                             flight.outcome_recorded = true;
@@ -334,14 +368,16 @@ impl Engine {
                                 decision.service,
                                 d,
                                 outcome,
-                                Some(latency),
+                                latency,
                                 now,
                                 host,
                                 &mut done,
                             );
                         }
                         None if !flight.unrecorded => {
-                            self.observe_latency(decision.service, d, latency, now);
+                            if let Some(latency) = latency {
+                                self.observe_latency(decision.service, d, latency, now);
+                            }
                         }
                         None => {}
                     }

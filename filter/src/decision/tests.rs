@@ -646,6 +646,8 @@ struct TestHost {
     trailers: Vec<(String, Vec<u8>)>,
     /// Response headers and trailers read, by name.
     reads: Vec<String>,
+    /// Clock reads, route and stream alike.
+    clock_reads: usize,
 }
 
 #[derive(Default)]
@@ -679,6 +681,7 @@ impl TestHost {
 
 impl RouteHost for TestHost {
     fn now_ns(&mut self) -> Result<u64, HostFailure> {
+        self.clock_reads += 1;
         Ok(self.now)
     }
     fn peer_principal(&mut self) -> Option<Vec<u8>> {
@@ -705,6 +708,7 @@ impl RouteHost for TestHost {
 
 impl StreamHost for TestHost {
     fn now_ns(&mut self) -> Result<u64, HostFailure> {
+        self.clock_reads += 1;
         Ok(self.now)
     }
     fn response_header(&mut self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
@@ -1331,4 +1335,77 @@ fn drained_destinations_serve_when_nothing_undrained_is_usable() {
     // b back (past its ejection, off probation by a success): drained again.
     e.services[0].destinations[1].health.probation = false;
     assert_eq!(shares(&mut e, 100, until + MS), [0, 100, 0]);
+}
+
+/// Serve `n` requests one after another, `gap` apart, each answered with
+/// `status`; the clock reads they made, and how many were routed to a
+/// destination.
+fn serve(e: &mut Engine, host: &mut TestHost, n: u64, gap: u64, status: &str) -> (usize, usize) {
+    let buf = headers(&[(":authority", "svc.local")]);
+    host.response = vec![(":status".into(), status.as_bytes().to_vec())];
+    let before = host.clock_reads;
+    let mut routed = 0;
+    for _ in 0..n {
+        host.now += gap;
+        let mut flight = e.route(&HeaderMap::parse(&buf), host).expect("governed");
+        routed += usize::from(flight.decision.destination.is_some());
+        e.complete(&mut flight, StreamEvent::ResponseHeaders, host);
+        e.complete(&mut flight, StreamEvent::End, host);
+    }
+    (host.clock_reads - before, routed)
+}
+
+#[test]
+fn at_a_high_rate_few_requests_read_the_clock_and_every_failure_does() {
+    let mut e = engine(&three(
+        r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#,
+        "",
+    ));
+    let mut host = TestHost::at(1_000 * MS);
+    e.retune_timing(host.now);
+    // 40,000 requests a second (25 µs apart) for one 200 ms tick: until a
+    // tick has seen the rate, each reads the clock twice.
+    let gap = MS / 40;
+    let (reads, routed) = serve(&mut e, &mut host, 8_000, gap, "200");
+    assert_eq!(routed, 8_000);
+    assert_eq!(reads, 16_000);
+    e.retune_timing(host.now);
+    // Then about TIMED_PER_SECOND a second per destination are timed.
+    let (reads, _) = serve(&mut e, &mut host, 8_000, gap, "200");
+    assert!(
+        reads <= 2 * 3 * 220,
+        "{reads} clock reads for 8,000 requests"
+    );
+    assert!(reads >= 2 * 200, "{reads}: still timed at ~1,000 a second");
+    // A failure reads the clock whatever the stride: its latency counts.
+    let (reads, routed) = serve(&mut e, &mut host, 3, gap, "503");
+    assert_eq!(routed, 3);
+    assert!(reads >= 3, "{reads} clock reads for 3 failures");
+    // The rate falls to 100 a second: after the next tick every request is
+    // timed again.
+    e.retune_timing(host.now);
+    serve(&mut e, &mut host, 20, 10 * MS, "200");
+    e.retune_timing(host.now);
+    let (reads, routed) = serve(&mut e, &mut host, 20, 10 * MS, "200");
+    assert_eq!(reads, 2 * routed);
+}
+
+#[test]
+fn span_mode_times_every_request() {
+    let mut e = engine(
+        &three(r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#, "").replacen(
+            '{',
+            r#"{"tracing":{"mode":"span","collector":{"cluster":"otel"}},"#,
+            1,
+        ),
+    );
+    let mut host = TestHost::at(1_000 * MS);
+    e.retune_timing(host.now);
+    serve(&mut e, &mut host, 8_000, MS / 40, "200");
+    e.retune_timing(host.now);
+    let (reads, routed) = serve(&mut e, &mut host, 1_000, MS / 40, "200");
+    assert!(
+        reads >= 2 * routed,
+        "{reads} clock reads for {routed} routed requests"
+    );
 }

@@ -441,6 +441,7 @@ pub fn run(scenario: &Scenario, policy: PolicyKind, seed: u64) -> Run {
                         break;
                     }
                     let _ = engine.sync_shared(&mut host.store, at);
+                    engine.retune_timing(at);
                     next_tick[w] += tick;
                 }
             }

@@ -506,6 +506,13 @@ impl Host {
         Ok(())
     }
 
+    /// Clock reads the module made so far, on every worker.
+    pub fn clock_reads(&self) -> u64 {
+        self.shared
+            .clock_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Moves the clock forward by `by`, firing in time order every tick,
     /// HTTP-call reply and timeout that falls due on the way (each at its
     /// own time).

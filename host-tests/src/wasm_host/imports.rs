@@ -289,6 +289,10 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             if let Some(s) = injected(&c, "proxy_get_current_time_nanoseconds") {
                 return s;
             }
+            c.data()
+                .shared
+                .clock_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let now = c.data().shared.clock.now_nanos();
             status(write_u64(&mut c, ret, now))
         },

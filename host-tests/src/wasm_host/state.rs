@@ -67,6 +67,8 @@ pub struct HostShared {
     /// Imports a test made fail: each answers its status instead of doing
     /// its work (`Host::fail_call`).
     pub failing_calls: Mutex<BTreeMap<String, Status>>,
+    /// `proxy_get_current_time_nanoseconds` calls answered, every worker's.
+    pub clock_reads: std::sync::atomic::AtomicU64,
 }
 
 impl HostShared {
@@ -91,6 +93,7 @@ impl HostShared {
             log_level: Mutex::new(LogLevel::Trace),
             echo_logs,
             failing_calls: Mutex::new(BTreeMap::new()),
+            clock_reads: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
