@@ -1562,7 +1562,7 @@ fn at_a_high_rate_most_requests_make_no_clock_read() {
     // 200 a second: every request timed (two reads), plus the ticks'.
     let low = serve(&mut host, 100, slow);
     assert!(low >= 2.0, "{low} clock reads a request at 200 a second");
-    // 20,000 a second for 0.5 s: the ticks set strides of 4 and 14
+    // 20,000 a second for 0.5 s: the ticks set strides of about 14 and 6
     // (a: ~14,000 a second, b: ~6,000).
     serve(&mut host, 10_000, fast);
     let high = serve(&mut host, 10_000, fast);
