@@ -488,6 +488,27 @@ impl Envoy {
             .unwrap_or(0))
     }
 
+    /// Stat `name` once `done` holds for it, or its last value when
+    /// `within` has passed. For the filter's request counters, which it
+    /// adds to Envoy's on its tick rather than per request: a test that
+    /// reads one right after its requests can see the counts before the
+    /// tick flushed them.
+    pub fn stat_once(
+        &self,
+        name: &str,
+        within: Duration,
+        done: impl Fn(u64) -> bool,
+    ) -> Result<u64> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let value = self.stat(name)?;
+            if done(value) || std::time::Instant::now() >= deadline {
+                return Ok(value);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         // Let Envoy flush (--file-flush-interval-msec 50).
         std::thread::sleep(Duration::from_millis(150));

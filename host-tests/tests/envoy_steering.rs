@@ -140,12 +140,12 @@ fn static_split_70_20_10_within_one_point() {
     }
     // The filter adds its counts to Envoy's counters on the tick (100 ms).
     let name = "wasmcustom.tideway.requests.reviews.east.static";
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut static_east = fleet.envoy.stat(name).expect("stat");
-    while static_east != u64::from(counts["east"]) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        static_east = fleet.envoy.stat(name).expect("stat");
-    }
+    let static_east = fleet
+        .envoy
+        .stat_once(name, Duration::from_secs(3), |n| {
+            n == u64::from(counts["east"])
+        })
+        .expect("stat");
     assert_eq!(u64::from(counts["east"]), static_east);
 }
 
@@ -234,13 +234,17 @@ fn a_destination_returning_503_is_ejected_and_traffic_fails_over() {
             .expect("stat")
             >= 1
     );
-    assert!(
-        fleet
-            .envoy
-            .stat("wasmcustom.tideway.requests.reviews.west.failover")
-            .expect("stat")
-            > 100
-    );
+    // Counted on the filter's tick (100 ms), which may come after the last
+    // request.
+    let failovers = fleet
+        .envoy
+        .stat_once(
+            "wasmcustom.tideway.requests.reviews.west.failover",
+            Duration::from_secs(3),
+            |n| n > 100,
+        )
+        .expect("stat");
+    assert!(failovers > 100, "{failovers} failovers to west: {counts:?}");
     assert!(
         fleet.envoy.log().contains("ejected reviews/east"),
         "{}",

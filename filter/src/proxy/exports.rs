@@ -39,54 +39,55 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// their worker state, and HTTP contexts with their routed request.
 #[derive(Default)]
 struct Contexts {
-    roots: HashMap<u32, Worker, ContextIdHash>,
-    /// Each root's plugin name, to find a stream's root when there are
-    /// several (see the module doc).
-    root_names: HashMap<u32, Vec<u8>, ContextIdHash>,
-    /// The root, when the VM has exactly one.
-    sole_root: Option<u32>,
+    roots: HashMap<u32, Root, ContextIdHash>,
     /// HTTP context → (its root, the request routed on it); only routed
     /// requests are entered.
     streams: HashMap<u32, (u32, InFlight), ContextIdHash>,
 }
 
+/// One plugin's root context in this VM.
+struct Root {
+    worker: Worker,
+    /// The root's plugin, by which its streams are told apart from another
+    /// plugin's in the same VM (see the module doc); empty until the host
+    /// configures the root.
+    plugin_name: Vec<u8>,
+}
+
 impl Contexts {
     /// The root context `id`, made on first use.
-    fn root(&mut self, id: u32) -> &mut Worker {
-        if let Entry::Vacant(vacant) = self.roots.entry(id) {
-            vacant.insert(Worker::new());
-            self.roots_changed();
-        }
-        self.roots.entry(id).or_insert_with(Worker::new)
+    fn root(&mut self, id: u32) -> &mut Root {
+        self.roots.entry(id).or_insert_with(|| Root {
+            worker: Worker::new(),
+            plugin_name: Vec::new(),
+        })
     }
 
-    fn roots_changed(&mut self) {
-        self.sole_root = match self.roots.len() {
-            1 => self.roots.keys().next().copied(),
-            _ => None,
-        };
+    fn worker(&mut self, id: u32) -> Option<&mut Worker> {
+        self.roots.get_mut(&id).map(|r| &mut r.worker)
     }
+}
 
-    /// The root a new stream belongs to (see the module doc). Context ids
-    /// only grow, so the newest of several same-named roots has the
-    /// largest id.
-    fn root_of_new_stream(&self) -> Option<u32> {
-        if self.sole_root.is_some() {
-            return self.sole_root;
-        }
+/// The root a new stream belongs to (see the module doc): the VM's one
+/// root, or the newest root of the stream's plugin. Context ids only grow,
+/// so the newest of several same-named roots has the largest id.
+fn root_of_new_stream(roots: &mut HashMap<u32, Root, ContextIdHash>) -> Option<(u32, &mut Root)> {
+    let found = if roots.len() == 1 {
+        roots.iter_mut().next()
+    } else {
         let name = super::abi::property(&["plugin_name"]).ok().flatten()?;
-        self.root_names
-            .iter()
-            .filter(|(id, n)| **n == name && self.roots.contains_key(id))
-            .map(|(id, _)| *id)
-            .max()
-    }
+        roots
+            .iter_mut()
+            .filter(|(_, root)| root.plugin_name == name)
+            .max_by_key(|(id, _)| **id)
+    };
+    found.map(|(id, root)| (*id, root))
 }
 
 /// The context tables' hash. Context ids are the host's counter, not
 /// anything a client chooses, so the default SipHash's flooding defence
 /// buys nothing, and it costs a few hundred instructions per lookup —
-/// four lookups a request. One multiplication by 2⁶⁴/φ spreads sequential
+/// five lookups a request. One multiplication by 2⁶⁴/φ spreads sequential
 /// ids over the table's buckets and its control bytes (the top bits).
 type ContextIdHash = BuildHasherDefault<ContextIdHasher>;
 
@@ -136,14 +137,14 @@ fn with_stream<R>(
 ) -> R {
     with(None, |c| {
         let (root, flight) = c.streams.get_mut(&context_id)?;
-        let worker = c.roots.get_mut(root)?;
+        let worker = &mut c.roots.get_mut(root)?.worker;
         Some(f(worker, flight))
     })
     .unwrap_or(fallback)
 }
 
 fn with_root<R>(context_id: u32, fallback: R, f: impl FnOnce(&mut Worker) -> R) -> R {
-    with(None, |c| c.roots.get_mut(&context_id).map(f)).unwrap_or(fallback)
+    with(None, |c| c.worker(context_id).map(f)).unwrap_or(fallback)
 }
 
 /// `Action::Continue`: the filter never pauses a stream.
@@ -170,20 +171,18 @@ pub extern "C" fn _initialize() {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_vm_start(context_id: u32, _vm_configuration_size: usize) -> u32 {
-    with(1, |c| u32::from(c.root(context_id).on_vm_start()))
+    with(1, |c| u32::from(c.root(context_id).worker.on_vm_start()))
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_configure(context_id: u32, plugin_configuration_size: usize) -> u32 {
     with(0, |c| {
-        // The root's plugin, by which its streams are told apart from
-        // another plugin's in the same VM.
-        let name = super::abi::property(&["plugin_name"])
+        let root = c.root(context_id);
+        root.plugin_name = super::abi::property(&["plugin_name"])
             .ok()
             .flatten()
             .unwrap_or_default();
-        c.root_names.insert(context_id, name);
-        u32::from(c.root(context_id).on_configure(plugin_configuration_size))
+        u32::from(root.worker.on_configure(plugin_configuration_size))
     })
 }
 
@@ -210,17 +209,14 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
     with((), |c| {
         // The host sends a stream's request headers once; a second call
         // would otherwise drop the first request's flight uncompleted.
-        if c.streams.contains_key(&context_id) {
-            return;
-        }
-        let Some(root) = c.root_of_new_stream() else {
+        let Entry::Vacant(stream) = c.streams.entry(context_id) else {
             return;
         };
-        let Some(worker) = c.roots.get_mut(&root) else {
+        let Some((root_id, root)) = root_of_new_stream(&mut c.roots) else {
             return;
         };
-        if let Some(flight) = worker.on_request_headers() {
-            c.streams.insert(context_id, (root, flight));
+        if let Some(flight) = root.worker.on_request_headers() {
+            stream.insert((root_id, flight));
         }
     });
     CONTINUE
@@ -245,15 +241,12 @@ pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) 
 pub extern "C" fn proxy_on_delete(context_id: u32) {
     with((), |c| match c.streams.remove(&context_id) {
         Some((root, mut flight)) => {
-            if let Some(worker) = c.roots.get_mut(&root) {
+            if let Some(worker) = c.worker(root) {
                 worker.on_stream_end(&mut flight);
             }
         }
         None => {
-            if c.roots.remove(&context_id).is_some() {
-                c.root_names.remove(&context_id);
-                c.roots_changed();
-            }
+            c.roots.remove(&context_id);
         }
     });
 }

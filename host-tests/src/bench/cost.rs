@@ -14,6 +14,7 @@
 //! once propagating only, once also recording spans and exporting them as
 //! OTLP/JSON to a loopback collector.
 
+use super::machine;
 use super::report::{ms, Cmp, Figure, Section};
 use super::stats::median;
 use super::wrk::{self, WrkResult};
@@ -287,33 +288,6 @@ pub fn run(mode: Mode) -> Result<Vec<Section>> {
     Ok(vec![section, paired, memory])
 }
 
-/// Envoy's CPU time so far (user + system), in seconds, from
-/// `/proc/<pid>/stat`; `NaN` if it cannot be read.
-fn cpu_seconds(pid: u32, ticks_per_second: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces, so split after
-    // its closing parenthesis): state is field 3, utime 14, stime 15.
-    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    match (tick(11), tick(12)) {
-        (Some(user), Some(system)) => (user + system) / ticks_per_second,
-        _ => f64::NAN,
-    }
-}
-
-/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
-fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|t| t.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
-}
-
 /// One slice of the paired comparison.
 struct Slice {
     requests_per_sec: f64,
@@ -337,17 +311,17 @@ struct Slice {
 fn paired_with_floor(mode: Mode, envoys: &[Envoy], script: &std::path::Path) -> Result<Section> {
     let pairs = mode.pick(6, 30);
     let seconds = mode.pick(2, 3);
-    let ticks = clock_ticks_per_second();
+    let ticks = machine::clock_ticks_per_second();
     eprintln!("[cost] paired: {pairs} pairs × 2 × {seconds} s, steering floor vs Tideway (trace propagate)");
     let slice = |i: usize| -> Result<(Slice, String)> {
         let e = &envoys[i];
-        let cpu_before = cpu_seconds(e.pid(), ticks);
+        let cpu_before = machine::cpu_seconds(e.pid(), ticks);
         let served_before = e.stat("http.ingress.downstream_rq_total")?;
         let r = wrk::run(e.port, CONNECTIONS, seconds, script)?;
         let served = e
             .stat("http.ingress.downstream_rq_total")?
             .saturating_sub(served_before);
-        let cpu = cpu_seconds(e.pid(), ticks) - cpu_before;
+        let cpu = machine::cpu_seconds(e.pid(), ticks) - cpu_before;
         let cpu_us_per_request = if served > 0 {
             cpu * 1e6 / served as f64
         } else {

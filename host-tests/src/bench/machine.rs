@@ -101,3 +101,44 @@ fn first_line(cmd: &mut Command) -> Option<String> {
         .find(|l| !l.is_empty())
         .map(str::to_string)
 }
+
+/// A process's CPU time so far (user + system), in seconds, from
+/// `/proc/<pid>/stat`; `NaN` if it cannot be read.
+pub(super) fn cpu_seconds(pid: u32, ticks_per_second: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces, so split after
+    // its closing parenthesis): state is field 3, utime 14, stime 15.
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(user), Some(system)) => (user + system) / ticks_per_second,
+        _ => f64::NAN,
+    }
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+pub(super) fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// The machine's CPU time so far, in clock ticks summed over its CPUs:
+/// `(busy, idle)` from the first line of `/proc/stat` (idle counts
+/// `iowait` too); `None` if it cannot be read.
+pub(super) fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let first = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = first
+        .split_whitespace()
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((ticks.iter().sum::<u64>() - idle, idle))
+}

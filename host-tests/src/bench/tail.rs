@@ -23,6 +23,7 @@
 //! definition, untuned.
 
 use super::load::{self, LoadSpec, Sample};
+use super::machine;
 use super::report::{fmt_num, ms, Cmp, Figure, Section};
 use super::stats::median;
 use super::steering::{tideway_config, Fleet, Policy, ENVOY_WORKERS};
@@ -30,6 +31,7 @@ use super::{Mode, DESTINATIONS, HOST};
 use crate::envoy::Envoy;
 use anyhow::Result;
 use serde_json::json;
+use std::cell::Cell;
 use std::time::Duration;
 
 /// The README's default scheduler, untuned.
@@ -119,7 +121,19 @@ fn quick_flag(mode: Mode) -> &'static str {
 /// The scenarios' names, for `--only`.
 pub const PARTS: [&str; 4] = ["matrix", "shift", "equal", "canary"];
 
-/// One closed-loop run against a fresh Envoy for `policy`.
+/// Where the CPU went over a run, from its warm-up's end to its last
+/// response: is the cell measuring steering, or a saturated machine?
+#[derive(Debug, Clone, Copy)]
+struct CpuUse {
+    /// Envoy's CPU time (all its threads, user + system) per response.
+    envoy_us_per_request: f64,
+    /// The machine's idle share (both cores).
+    machine_idle: f64,
+}
+
+/// One closed-loop run against a fresh Envoy for `policy`, with the CPU
+/// it used after `warm_up`.
+#[allow(clippy::too_many_arguments)]
 fn run_once(
     fleet: &Fleet,
     policy: Policy,
@@ -127,8 +141,9 @@ fn run_once(
     weights: [u32; 3],
     connections: usize,
     duration: Duration,
+    warm_up: Duration,
     events: Vec<load::Event<'_>>,
-) -> Result<Vec<Sample>> {
+) -> Result<(Vec<Sample>, CpuUse)> {
     let envoy = Envoy::start(&fleet.spec(policy, config, &weights, false))?;
     let load = LoadSpec {
         port: envoy.port,
@@ -139,9 +154,32 @@ fn run_once(
         backends: &DESTINATIONS,
         headers: None,
     };
+    let (pid, ticks) = (envoy.pid(), machine::clock_ticks_per_second());
+    let cpu_now = || (machine::cpu_seconds(pid, ticks), machine::cpu_ticks());
+    let at_warm_up = Cell::new(None);
+    let mut events: Vec<load::Event<'_>> = events;
+    events.push((warm_up, Box::new(|| at_warm_up.set(Some(cpu_now())))));
     let samples = load::run(&load, events)?;
+    let (envoy_end, machine_end) = cpu_now();
     load::check_some_ok(&samples, policy.name())?;
-    Ok(samples)
+    let warm_up_us = warm_up.as_micros() as u64;
+    let responses = samples.iter().filter(|s| s.done_us >= warm_up_us).count();
+    let cpu = match at_warm_up.get() {
+        Some((envoy_start, machine_start)) => CpuUse {
+            envoy_us_per_request: (envoy_end - envoy_start) * 1e6 / responses.max(1) as f64,
+            machine_idle: match (machine_start, machine_end) {
+                (Some((b0, i0)), Some((b1, i1))) => {
+                    (i1 - i0) as f64 / ((b1 + i1) - (b0 + i0)).max(1) as f64
+                }
+                _ => f64::NAN,
+            },
+        },
+        None => CpuUse {
+            envoy_us_per_request: f64::NAN,
+            machine_idle: f64::NAN,
+        },
+    };
+    Ok((samples, cpu))
 }
 
 /// Run the scenarios (`only`: just one of [`PARTS`]).
@@ -235,6 +273,9 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
             "req/s ÷ LEAST_REQUEST",
             "ROUND_ROBIN p99 ms",
             "LEAST_REQUEST p99 ms / slow share %",
+            "Envoy CPU µs/request, Tideway / LEAST_REQUEST",
+            "Envoy cores Tideway needs at connections ÷ 8 ms",
+            "machine idle %, Tideway / ROUND_ROBIN / LEAST_REQUEST",
         ],
     );
     let mut raw = Vec::new();
@@ -242,30 +283,35 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
         {
             // [policy][round]
             let mut results: Vec<Vec<Measured>> = vec![Vec::new(); COMPARED.len()];
+            let mut cpus: Vec<Vec<CpuUse>> = vec![Vec::new(); COMPARED.len()];
             for round in 0..rounds {
                 for (i, &policy) in COMPARED.iter().enumerate() {
                     fleet.reset([BASE, BASE, BASE * factor]);
-                    let samples = run_once(
+                    let (samples, cpu) = run_once(
                         fleet,
                         policy,
                         &config,
                         [1; 3],
                         connections,
                         duration,
+                        warm_up,
                         Vec::new(),
                     )?;
                     let m = measure(&samples, warm_up, duration);
                     eprintln!(
-                        "[matrix] {factor}x slower, {connections:>3} conns, round {} {:<14} slow share {:.2}%, p99 {} ms, {:.0} req/s, {} errors; per second, slow share/p99 ms: {}",
+                        "[matrix] {factor}x slower, {connections:>3} conns, round {} {:<14} slow share {:.2}%, p99 {} ms, {:.0} req/s, {} errors, Envoy CPU {:.0} µs/request, machine idle {:.1}%; per second, slow share/p99 ms: {}",
                         round + 1,
                         policy.name(),
                         m.slow_share * 100.0,
                         ms(m.p99_us),
                         m.rps,
                         m.errors,
+                        cpu.envoy_us_per_request,
+                        cpu.machine_idle * 100.0,
                         per_second(&samples, duration)
                     );
                     results[i].push(m);
+                    cpus[i].push(cpu);
                 }
             }
             let per_round = |f: &dyn Fn(&Measured, &Measured) -> f64, base: usize| -> Vec<f64> {
@@ -293,6 +339,21 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
                     span(results[2].iter().map(|m| m.p99_us / 1000.0), 1),
                     span(results[2].iter().map(|m| m.slow_share * 100.0), 1)
                 ),
+                format!(
+                    "{} / {}",
+                    span(cpus[0].iter().map(|c| c.envoy_us_per_request), 0),
+                    span(cpus[2].iter().map(|c| c.envoy_us_per_request), 0)
+                ),
+                span(
+                    cpus[0].iter().map(|c| {
+                        connections as f64 / BASE.as_secs_f64() * c.envoy_us_per_request / 1e6
+                    }),
+                    2,
+                ),
+                cpus.iter()
+                    .map(|cs| span(cs.iter().map(|c| c.machine_idle * 100.0), 0))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
             ]);
             let worst_share = min_max(shares.iter().copied()).1;
             let worst_rr = min_max(p99_rr.iter().copied()).1;
@@ -337,11 +398,13 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
             raw.push(json!({
                 "factor": factor,
                 "connections": connections,
-                "policies": COMPARED.iter().zip(&results).map(|(p, rs)| json!({
+                "policies": COMPARED.iter().zip(results.iter().zip(&cpus)).map(|(p, (rs, cs))| json!({
                     "policy": p.name(),
-                    "rounds": rs.iter().map(|m| json!({
+                    "rounds": rs.iter().zip(cs).map(|(m, c)| json!({
                         "slow_share": m.slow_share, "p99_us": m.p99_us, "rps": m.rps,
                         "requests": m.requests, "errors": m.errors,
+                        "envoy_cpu_us_per_request": c.envoy_us_per_request,
+                        "machine_idle": c.machine_idle,
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             }));
@@ -350,6 +413,9 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
     fleet.reset([BASE; 3]);
     section.notes.push(
         "Every figure is the worst round's: a target holds only if it held in every round. The ratios pair each Tideway run with the baseline run of the same round.".to_string(),
+    );
+    section.notes.push(
+        "CPU, after the warm-up: Envoy's utime + stime (all its threads, /proc/<pid>/stat) ÷ the responses, and the machine's idle share (/proc/stat, both cores; the client and the backends run on the same two cores). \"Envoy cores Tideway needs\" is the rate the cell asks for when every request goes to an 8 ms destination (connections ÷ 8 ms) × Tideway's Envoy CPU per request: above the machine's cores less what the client and backends use, the cell measures a saturated machine, where every policy's p99 is queueing for CPU and throughput is CPU per request.".to_string(),
     );
     section.raw = json!(raw);
     Ok(section)
@@ -406,13 +472,14 @@ fn shift(mode: Mode, fleet: &Fleet) -> Result<Section> {
             (slow_at, Box::new(move || east.set_delay(BASE * 10))),
             (recover_at, Box::new(move || east.set_delay(BASE))),
         ];
-        let samples = run_once(
+        let (samples, _) = run_once(
             fleet,
             Policy::Tideway,
             &config,
             ENDPOINT_WEIGHTS,
             connections,
             duration,
+            Duration::ZERO,
             events,
         )?;
         let us = |d: Duration| d.as_micros() as u64;
@@ -571,22 +638,24 @@ fn equal(mode: Mode, fleet: &Fleet) -> Result<Section> {
     let mut raw = Vec::new();
     for round in 0..rounds {
         fleet.reset([BASE; 3]);
-        let t = run_once(
+        let (t, _) = run_once(
             fleet,
             Policy::Tideway,
             &config,
             ENDPOINT_WEIGHTS,
             connections,
             duration,
+            warm_up,
             Vec::new(),
         )?;
-        let l = run_once(
+        let (l, _) = run_once(
             fleet,
             Policy::LeastRequest,
             &config,
             ENDPOINT_WEIGHTS,
             connections,
             duration,
+            warm_up,
             Vec::new(),
         )?;
         let (ts, ls) = (
@@ -671,13 +740,14 @@ fn canary(mode: Mode, fleet: &Fleet) -> Result<Section> {
         warm_up.as_secs()
     );
     fleet.reset([BASE * 10, BASE, BASE]);
-    let samples = run_once(
+    let (samples, _) = run_once(
         fleet,
         Policy::Tideway,
         &config,
         ENDPOINT_WEIGHTS,
         connections,
         duration,
+        warm_up,
         Vec::new(),
     )?;
     fleet.reset([BASE; 3]);
