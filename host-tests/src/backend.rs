@@ -3,13 +3,29 @@
 //! It records the headers each request arrived with (what the filter and
 //! Envoy did to them is the thing under test) and can be made slow or made
 //! to fail while running, to drive the scheduler.
+//!
+//! Why hyper on one tokio thread, not a thread per request: the benchmarks
+//! run the backends on the same two cores as Envoy and the load client. A
+//! thread pool behind a connection-reading thread (tiny_http's design, used
+//! here before) spent about a third of a core per 10,000 requests a second
+//! on hand-offs between threads, CPU taken from the proxy under test; an
+//! event loop serves any number of slow requests at once without a thread
+//! each. Delays are timed to the microsecond on one timerfd per backend
+//! ([`timer`]), not on tokio's timer, whose millisecond ticks would both
+//! lengthen every delay and release together every request that fell due
+//! in the same millisecond, bunching the load a benchmark offers.
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// The headers one request arrived with (names lowercase).
 /// A recorded request: `:path`, then its headers (names lowercased).
 pub type RecordedHeaders = Vec<(String, String)>;
 
@@ -21,29 +37,37 @@ struct Shared {
     recorded: Mutex<Vec<RecordedHeaders>>,
     bodies: Mutex<Vec<Vec<u8>>>,
     record: bool,
+    delays: Delays,
 }
 
-/// A running backend; stops when dropped.
+/// A running backend; stops when dropped (its listener and every
+/// connection close).
 pub struct Backend {
     pub port: u16,
     shared: Arc<Shared>,
-    server: Arc<tiny_http::Server>,
-    threads: Vec<JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Backend {
-    /// Start a backend named `name` on a free loopback port, with `workers`
-    /// threads (a slow backend needs enough to keep concurrent requests
-    /// from queueing behind each other).
-    pub fn start(name: &str, workers: usize, record: bool) -> anyhow::Result<Self> {
-        let server = tiny_http::Server::http("127.0.0.1:0")
+    /// Start a backend named `name` on a free loopback port. It serves any
+    /// number of concurrent requests without queueing them, each after the
+    /// delay set by [`Backend::set_delay`]; `record` keeps every request's
+    /// headers and body for [`Backend::take_recorded`] / [`Backend::take_bodies`].
+    pub fn start(name: &str, record: bool) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .map_err(|e| anyhow::anyhow!("backend {name}: could not listen on loopback: {e}"))?;
-        let port = server
-            .server_addr()
-            .to_ip()
-            .map(|a| a.port())
-            .ok_or_else(|| anyhow::anyhow!("backend {name}: no IP address"))?;
-        let server = Arc::new(server);
+        let port = listener.local_addr()?.port();
+        listener.set_nonblocking(true)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| anyhow::anyhow!("backend {name}: could not start its runtime: {e}"))?;
+        let (delays, due) = Delays::new();
+        let timerfd = {
+            let _in_runtime = runtime.enter();
+            new_timerfd().map_err(|e| anyhow::anyhow!("backend {name}: no timerfd: {e}"))?
+        };
         let shared = Arc::new(Shared {
             name: name.to_string(),
             delay_us: AtomicU64::new(0),
@@ -52,23 +76,42 @@ impl Backend {
             recorded: Mutex::new(Vec::new()),
             bodies: Mutex::new(Vec::new()),
             record,
+            delays,
         });
-        let threads = (0..workers.max(1))
-            .map(|_| {
-                let server = Arc::clone(&server);
-                let shared = Arc::clone(&shared);
-                // Named, so that a profile tells the backends' CPU apart.
-                std::thread::Builder::new()
-                    .name(format!("backend-{name}"))
-                    .spawn(move || serve(&server, &shared))
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = Arc::clone(&shared);
+        // Named, so that a profile tells the backends' CPU apart.
+        let thread = std::thread::Builder::new()
+            .name(format!("backend-{name}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let name = serving.name.clone();
+                    let accepting = accept(listener, serving, stopped);
+                    tokio::pin!(accepting);
+                    // Serving ends when the backend is stopped; the timer
+                    // runs until then (its senders live as long as the
+                    // backend), and should it fail, requests are answered
+                    // at once rather than never.
+                    tokio::select! {
+                        () = &mut accepting => {}
+                        failed = timer(timerfd, due) => {
+                            if let Err(e) = failed {
+                                eprintln!("backend {name}: its timer failed, delays are off: {e}");
+                            }
+                            accepting.await;
+                        }
+                    }
+                });
+                // Dropping the runtime drops every connection task: their
+                // sockets close, as a stopped server's do.
+                drop(runtime);
             })
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|e| anyhow::anyhow!("backend {name}: could not start a thread: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("backend {name}: could not start its thread: {e}"))?;
         Ok(Self {
             port,
             shared,
-            server,
-            threads,
+            stop: Some(stop),
+            thread: Some(thread),
         })
     }
 
@@ -83,12 +126,17 @@ impl Backend {
             .store(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// The delay set now.
+    pub fn delay(&self) -> Duration {
+        Duration::from_micros(self.shared.delay_us.load(Ordering::Relaxed))
+    }
+
     /// Answer every request with `status`.
     pub fn set_status(&self, status: u16) {
         self.shared.status.store(status, Ordering::Relaxed);
     }
 
-    /// Requests served so far.
+    /// Requests answered so far.
     pub fn served(&self) -> u64 {
         self.shared.served.load(Ordering::Relaxed)
     }
@@ -114,49 +162,342 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.server.unblock();
-        for _ in 1..self.threads.len() {
-            self.server.unblock();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
 
-fn serve(server: &tiny_http::Server, shared: &Shared) {
-    while let Ok(mut request) = server.recv() {
-        let mut body = Vec::new();
-        let _ = std::io::Read::read_to_end(request.as_reader(), &mut body);
-        if shared.record {
-            // The request line's path first, as `:path`.
-            let headers: RecordedHeaders =
-                std::iter::once((":path".to_string(), request.url().to_string()))
-                    .chain(request.headers().iter().map(|h| {
-                        (
-                            h.field.as_str().as_str().to_ascii_lowercase(),
-                            h.value.as_str().to_string(),
-                        )
-                    }))
-                    .collect();
-            if let Ok(mut recorded) = shared.recorded.lock() {
-                recorded.push(headers);
+async fn accept(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of descriptors, say: try again rather than stop serving.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request| answer(request, Arc::clone(&shared)));
+            // A connection Envoy closes or resets ends here; nothing to report.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = request.into_parts();
+    // The whole body is read before answering, as a real service would.
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if shared.record {
+        // The request line's path first, as `:path`.
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.to_string(), |p| p.as_str().to_string());
+        let headers: RecordedHeaders = std::iter::once((":path".to_string(), path))
+            .chain(parts.headers.iter().map(|(name, value)| {
+                (
+                    name.as_str().to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            }))
+            .collect();
+        if let Ok(mut recorded) = shared.recorded.lock() {
+            recorded.push(headers);
+        }
+        if let Ok(mut bodies) = shared.bodies.lock() {
+            bodies.push(body.to_vec());
+        }
+    }
+    let delay = shared.delay_us.load(Ordering::Relaxed);
+    if delay > 0 {
+        shared.delays.wait(Duration::from_micros(delay)).await;
+    }
+    shared.served.fetch_add(1, Ordering::Relaxed);
+    let status = shared.status.load(Ordering::Relaxed);
+    let mut response = Response::new(Full::new(Bytes::from(shared.name.clone())));
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&shared.name) {
+        headers.insert("x-backend", value);
+    }
+    Ok(response)
+}
+
+/// Where requests wait out their delay: each registers its deadline with
+/// the backend's [`timer`] task and is woken at it.
+struct Delays {
+    register: tokio::sync::mpsc::UnboundedSender<Due>,
+}
+
+/// One waiting request: when, and whom to wake.
+struct Due {
+    at: Instant,
+    seq: u64,
+    wake: tokio::sync::oneshot::Sender<()>,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    /// Reversed, so that `BinaryHeap` pops the earliest deadline.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+impl Delays {
+    fn new() -> (Self, tokio::sync::mpsc::UnboundedReceiver<Due>) {
+        let (register, due) = tokio::sync::mpsc::unbounded_channel();
+        (Self { register }, due)
+    }
+
+    /// Return `delay` from now (at once if the timer has stopped).
+    async fn wait(&self, delay: Duration) {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let (wake, woken) = tokio::sync::oneshot::channel();
+        let due = Due {
+            at: Instant::now() + delay,
+            seq: SEQ.fetch_add(1, Ordering::Relaxed),
+            wake,
+        };
+        if self.register.send(due).is_ok() {
+            let _ = woken.await;
+        }
+    }
+}
+
+/// The backend's timer: the pending deadlines in a heap, the earliest one
+/// armed on a timerfd (CLOCK_MONOTONIC, nanosecond resolution, the clock
+/// `Instant` reads). Re-armed only when the earliest deadline changes, so a
+/// steady stream of equal delays costs one `timerfd_settime` per expiry.
+async fn timer(
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    mut due: tokio::sync::mpsc::UnboundedReceiver<Due>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let arm = |wait: Duration| {
+        // A zero it_value would disarm the timer: wait at least 1 ns.
+        let wait = wait.max(Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: wait.as_secs() as libc::time_t,
+                tv_nsec: libc::c_long::from(wait.subsec_nanos() as i32),
+            },
+        };
+        // SAFETY: a valid timerfd and a valid itimerspec.
+        unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    };
+    let mut pending: std::collections::BinaryHeap<Due> = std::collections::BinaryHeap::new();
+    let mut armed: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        while pending.peek().is_some_and(|d| d.at <= now) {
+            if let Some(d) = pending.pop() {
+                let _ = d.wake.send(());
             }
-            if let Ok(mut bodies) = shared.bodies.lock() {
-                bodies.push(body);
+        }
+        let earliest = pending.peek().map(|d| d.at);
+        if earliest.is_some() && earliest != armed {
+            if let Some(at) = earliest {
+                arm(at - now);
+            }
+            armed = earliest;
+        }
+        tokio::select! {
+            registered = due.recv() => match registered {
+                Some(d) => pending.push(d),
+                // Every sender is gone: the backend has stopped.
+                None => return Ok(()),
+            },
+            ready = fd.readable(), if armed.is_some() => {
+                let mut guard = ready?;
+                let mut expirations = [0u8; 8];
+                // SAFETY: reading 8 bytes into an 8-byte buffer.
+                let n = unsafe {
+                    libc::read(fd.as_raw_fd(), expirations.as_mut_ptr().cast(), expirations.len())
+                };
+                if n < 0 {
+                    guard.clear_ready();
+                } else {
+                    armed = None;
+                }
             }
         }
-        let delay = shared.delay_us.load(Ordering::Relaxed);
-        if delay > 0 {
-            std::thread::sleep(Duration::from_micros(delay));
+    }
+}
+
+/// A disarmed, non-blocking timerfd on CLOCK_MONOTONIC, registered with the
+/// current tokio runtime.
+fn new_timerfd() -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: timerfd_create has no preconditions; a non-negative result
+    // is a new descriptor that we own from here on.
+    let raw = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: the OwnedFd stays open for as long as the AsyncFd owns it.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+
+    /// One GET on a new connection: (status, x-backend, body, latency).
+    fn get(port: u16) -> (u16, String, String, Duration) {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .write_all(
+                b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nX-Probe: One\r\nContent-Length: 4\r\n\r\nbody",
+            )
+            .expect("write");
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("status line");
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let (mut length, mut backend) = (0usize, String::new());
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("header");
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = l.split_once(':') {
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse().unwrap_or(0),
+                    "x-backend" => backend = value.trim().to_string(),
+                    _ => {}
+                }
+            }
         }
-        shared.served.fetch_add(1, Ordering::Relaxed);
-        let status = shared.status.load(Ordering::Relaxed);
-        let mut response =
-            tiny_http::Response::from_string(shared.name.clone()).with_status_code(status);
-        if let Ok(h) = tiny_http::Header::from_bytes(&b"x-backend"[..], shared.name.as_bytes()) {
-            response.add_header(h);
-        }
-        let _ = request.respond(response);
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).expect("body");
+        (
+            status,
+            backend,
+            String::from_utf8_lossy(&body).into_owned(),
+            started.elapsed(),
+        )
+    }
+
+    #[test]
+    fn answers_with_its_name_status_and_records_the_request() {
+        let backend = Backend::start("east", true).expect("backend");
+        backend.set_status(503);
+        let (status, name, body, _) = get(backend.port);
+        assert_eq!(
+            (status, name.as_str(), body.as_str()),
+            (503, "east", "east")
+        );
+        assert_eq!(backend.served(), 1);
+        let recorded = backend.take_recorded();
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0][0], (":path".to_string(), "/a?b=c".to_string()));
+        assert!(recorded[0].contains(&("x-probe".to_string(), "One".to_string())));
+        assert_eq!(backend.take_bodies(), vec![b"body".to_vec()]);
+    }
+
+    #[test]
+    fn concurrent_slow_requests_wait_their_delay_each_and_never_queue() {
+        let backend = Backend::start("east", false).expect("backend");
+        let delay = Duration::from_millis(40);
+        backend.set_delay(delay);
+        let started = Instant::now();
+        let latencies: Vec<Duration> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..64).map(|_| s.spawn(|| get(backend.port).3)).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("client"))
+                .collect()
+        });
+        // Never early: the timer fires at or after the deadline.
+        assert!(latencies.iter().all(|l| *l >= delay), "{latencies:?}");
+        // 64 requests one after another would take 2.56 s.
+        assert!(started.elapsed() < delay * 16, "{:?}", started.elapsed());
+        assert_eq!(backend.served(), 64);
+    }
+
+    #[test]
+    fn a_delay_shortened_while_requests_wait_lets_later_ones_overtake() {
+        let backend = Backend::start("east", false).expect("backend");
+        backend.set_delay(Duration::from_millis(600));
+        std::thread::scope(|s| {
+            let slow = s.spawn(|| get(backend.port).3);
+            std::thread::sleep(Duration::from_millis(100));
+            backend.set_delay(Duration::from_millis(10));
+            let fast = get(backend.port).3;
+            assert!(fast < Duration::from_millis(300), "{fast:?}");
+            assert!(slow.join().expect("client") >= Duration::from_millis(600));
+        });
+    }
+
+    #[test]
+    fn a_stopped_backend_refuses_connections() {
+        let backend = Backend::start("east", false).expect("backend");
+        let port = backend.port;
+        drop(backend);
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
     }
 }

@@ -103,7 +103,7 @@ impl Drop for Traffic {
 fn the_dashboard_shows_live_data_predicts_with_the_filters_core_and_applies_through_the_api() {
     let backends: Vec<Backend> = CLUSTERS
         .iter()
-        .map(|n| Backend::start(n, 4, false).expect("backend"))
+        .map(|n| Backend::start(n, false).expect("backend"))
         .collect();
     for b in &backends {
         b.set_delay(Duration::from_millis(3));

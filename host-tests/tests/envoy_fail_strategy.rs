@@ -24,7 +24,7 @@ fn probe_wasm() -> std::path::PathBuf {
 /// Statuses of `n` requests through an Envoy whose filter traps on every
 /// request, under `policy`; and how many requests reached the backend.
 fn run(policy: &str, n: usize) -> (Vec<u16>, u64) {
-    let backend = Backend::start("east", 2, false).expect("backend");
+    let backend = Backend::start("east", false).expect("backend");
     let mut spec = EnvoySpec::new("trap", &[("east", backend.port)]);
     spec.wasm = probe_wasm();
     spec.failure_policy = Some(policy.to_string());

@@ -562,7 +562,7 @@ fn affinity_and_propagated_trace_context_work_over_http2() {
 
 #[test]
 fn span_mode_continues_the_trace_over_http2() {
-    let collector = Backend::start("collector", 2, false).expect("collector");
+    let collector = Backend::start("collector", false).expect("collector");
     let fleet = Fleet::start_with(
         &config(
             STATIC,

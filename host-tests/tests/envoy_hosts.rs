@@ -17,7 +17,7 @@ fn config() -> String {
 }
 
 fn start(namespace: Option<&str>) -> (Backend, Envoy) {
-    let backend = Backend::start("east", 2, true).expect("backend");
+    let backend = Backend::start("east", true).expect("backend");
     let mut spec = EnvoySpec::new(&config(), &[("east", backend.port)]);
     spec.node_namespace = namespace.map(str::to_string);
     let envoy = Envoy::start(&spec).unwrap_or_else(|e| panic!("{e}"));

@@ -45,7 +45,7 @@ fn clients_aborting_in_flight_requests_to_slow_healthy_backends_eject_nothing() 
     // As `wrk -c32` stopping, three times: 32 requests in flight each time.
     let backends: Vec<Backend> = NAMES
         .iter()
-        .map(|n| Backend::start(n, 40, false).expect("backend"))
+        .map(|n| Backend::start(n, false).expect("backend"))
         .collect();
     for b in &backends {
         b.set_delay(Duration::from_millis(1500));
@@ -120,8 +120,8 @@ fn until_ejected(envoy: &Envoy, name: &str, within: usize) -> usize {
 
 #[test]
 fn an_upstream_that_resets_connections_is_still_ejected() {
-    let west = Backend::start("west", 4, false).expect("backend");
-    let south = Backend::start("south", 4, false).expect("backend");
+    let west = Backend::start("west", false).expect("backend");
+    let south = Backend::start("south", false).expect("backend");
     let east = resetting_backend();
     let spec = EnvoySpec::new(
         &config(),
@@ -141,9 +141,9 @@ fn an_upstream_that_resets_connections_is_still_ejected() {
 
 #[test]
 fn an_upstream_that_times_out_is_still_ejected() {
-    let east = Backend::start("east", 8, false).expect("backend");
-    let west = Backend::start("west", 4, false).expect("backend");
-    let south = Backend::start("south", 4, false).expect("backend");
+    let east = Backend::start("east", false).expect("backend");
+    let west = Backend::start("west", false).expect("backend");
+    let south = Backend::start("south", false).expect("backend");
     east.set_delay(Duration::from_secs(3));
     let mut spec = EnvoySpec::new(
         &config(),

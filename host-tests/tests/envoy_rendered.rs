@@ -128,7 +128,7 @@ impl Pods {
                 let mut labels = extra.clone();
                 labels.insert(CLUSTER_LABEL.to_string(), cluster.clone());
                 let name = labels.values().cloned().collect::<Vec<_>>().join("/");
-                backends.push((Backend::start(&name, 4, true).expect("backend"), labels));
+                backends.push((Backend::start(&name, true).expect("backend"), labels));
             }
         }
         Pods { backends }

@@ -33,8 +33,8 @@ fn steered_to(backend: &Backend, destination: &str) -> (usize, usize) {
 
 #[test]
 fn each_plugin_sharing_a_vm_steers_its_own_service() {
-    let east = Backend::start("east", 2, true).expect("backend");
-    let west = Backend::start("west", 2, true).expect("backend");
+    let east = Backend::start("east", true).expect("backend");
+    let west = Backend::start("west", true).expect("backend");
     let mut spec = EnvoySpec::new(
         &config("first.example", "east"),
         &[("east", east.port), ("west", west.port)],

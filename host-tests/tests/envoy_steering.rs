@@ -16,10 +16,10 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn start(config: &str, workers: usize, record: bool) -> Fleet {
+    fn start(config: &str, record: bool) -> Fleet {
         let backends: Vec<Backend> = ["east", "west", "south"]
             .iter()
-            .map(|n| Backend::start(n, workers, record).expect("backend"))
+            .map(|n| Backend::start(n, record).expect("backend"))
             .collect();
         let dests: Vec<(&str, u16)> = backends.iter().map(|b| (b.name(), b.port)).collect();
         let envoy = Envoy::start(&EnvoySpec::new(config, &dests)).unwrap_or_else(|e| panic!("{e}"));
@@ -84,7 +84,7 @@ fn header<'a>(recorded: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 #[test]
 fn filter_sets_the_routing_header_and_envoy_routes_on_it() {
-    let fleet = Fleet::start(&config(STATIC, ""), 2, true);
+    let fleet = Fleet::start(&config(STATIC, ""), true);
     for _ in 0..20 {
         let reply = fleet.get(&[]);
         assert_eq!(reply.status, 200, "{}", fleet.envoy.log_tail(20));
@@ -122,7 +122,7 @@ fn filter_sets_the_routing_header_and_envoy_routes_on_it() {
 
 #[test]
 fn static_split_70_20_10_within_one_point() {
-    let fleet = Fleet::start(&config(STATIC, ""), 2, false);
+    let fleet = Fleet::start(&config(STATIC, ""), false);
     let n = 10_000;
     let mut counts: HashMap<String, u32> = HashMap::new();
     for _ in 0..n {
@@ -156,7 +156,6 @@ fn a_session_key_sticks_to_one_destination() {
             DYNAMIC,
             r#""affinity":{"source":"header","name":"x-user-id"},"#,
         ),
-        2,
         false,
     );
     let mut homes = HashMap::new();
@@ -175,7 +174,7 @@ fn a_session_key_sticks_to_one_destination() {
 
 #[test]
 fn a_destination_made_ten_times_slower_loses_most_traffic_within_two_seconds() {
-    let fleet = Fleet::start(&config(DYNAMIC, ""), 8, false);
+    let fleet = Fleet::start(&config(DYNAMIC, ""), false);
     // 5 ms, not less: on a loaded machine scheduling adds milliseconds to
     // every answer, and against a 2 ms base that noise alone moved the
     // fast destinations' estimates by more than the slowdown's margin.
@@ -212,11 +211,7 @@ fn a_destination_made_ten_times_slower_loses_most_traffic_within_two_seconds() {
 #[test]
 fn a_destination_returning_503_is_ejected_and_traffic_fails_over() {
     // A long first ejection keeps east out for the whole test.
-    let fleet = Fleet::start(
-        &config_with(STATIC, "", r#","ejectBaseMs":20000"#),
-        2,
-        false,
-    );
+    let fleet = Fleet::start(&config_with(STATIC, "", r#","ejectBaseMs":20000"#), false);
     fail_east_until_ejected(&fleet);
     let mut counts: HashMap<String, u32> = HashMap::new();
     for _ in 0..300 {
@@ -255,11 +250,7 @@ fn a_destination_returning_503_is_ejected_and_traffic_fails_over() {
 #[test]
 fn with_a_probe_configured_envoy_probes_an_ejected_destination_and_no_client_pays() {
     let probe = r#""probe":{"cluster":"dest-{destination}","path":"/healthz"},"#;
-    let fleet = Fleet::start(
-        &config_with(STATIC, probe, r#","ejectBaseMs":300"#),
-        2,
-        true,
-    );
+    let fleet = Fleet::start(&config_with(STATIC, probe, r#","ejectBaseMs":300"#), true);
     fail_east_until_ejected(&fleet);
     fleet.backend("east").take_recorded();
     // Ejections of 300 ms, 600 ms, 1.2 s… each ended by a failing probe:
@@ -295,7 +286,7 @@ fn with_a_probe_configured_envoy_probes_an_ejected_destination_and_no_client_pay
 
 #[test]
 fn a_spoofed_routing_header_is_ignored_unless_trusted() {
-    let untrusted = Fleet::start(&config(STATIC, ""), 2, false);
+    let untrusted = Fleet::start(&config(STATIC, ""), false);
     let mut counts: HashMap<String, u32> = HashMap::new();
     for _ in 0..200 {
         let reply = untrusted.get(&[("x-tideway-destination", "south")]);
@@ -314,7 +305,6 @@ fn a_spoofed_routing_header_is_ignored_unless_trusted() {
             r#""scheduler""#,
             r#""trust":{"allSources":true},"scheduler""#,
         ),
-        2,
         false,
     );
     for _ in 0..50 {
@@ -325,7 +315,7 @@ fn a_spoofed_routing_header_is_ignored_unless_trusted() {
 
 #[test]
 fn unknown_hosts_pass_untouched() {
-    let fleet = Fleet::start(&config(STATIC, ""), 2, true);
+    let fleet = Fleet::start(&config(STATIC, ""), true);
     for _ in 0..10 {
         let reply = fleet
             .client
@@ -343,7 +333,7 @@ fn unknown_hosts_pass_untouched() {
 
 #[test]
 fn an_invalid_configuration_is_rejected_naming_the_field() {
-    let backend = Backend::start("east", 1, false).expect("backend");
+    let backend = Backend::start("east", false).expect("backend");
     let bad = r#"{"services":[{"name":"reviews","hosts":["reviews"],"destinations":[{"name":"east","weight":-5}]}]}"#;
     let err = match Envoy::start(&EnvoySpec::new(bad, &[("east", backend.port)])) {
         Ok(_) => panic!("Envoy accepted an invalid plugin configuration"),

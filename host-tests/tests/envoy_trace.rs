@@ -10,7 +10,7 @@ const CONFIG: &str = r#"{"services":[{"name":"reviews","hosts":["reviews.prod.sv
 const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 fn start() -> (Backend, Envoy) {
-    let backend = Backend::start("east", 2, true).expect("backend");
+    let backend = Backend::start("east", true).expect("backend");
     let envoy = Envoy::start(&EnvoySpec::new(CONFIG, &[("east", backend.port)]))
         .unwrap_or_else(|e| panic!("{e}"));
     (backend, envoy)
@@ -96,8 +96,8 @@ fn an_invalid_tracestate_is_dropped_whole() {
         .collect::<Vec<_>>()
         .join(",");
     for (mode, config) in [("propagate", CONFIG.to_string()), ("span", span_config())] {
-        let backend = Backend::start("east", 2, true).expect("backend");
-        let collector = Backend::start("collector", 2, false).expect("collector");
+        let backend = Backend::start("east", true).expect("backend");
+        let collector = Backend::start("collector", false).expect("collector");
         let mut spec = EnvoySpec::new(&config, &[("east", backend.port)]);
         spec.extra_clusters
             .push(("otel-collector".to_string(), collector.port));
@@ -134,8 +134,8 @@ fn span_config() -> String {
 
 #[test]
 fn span_mode_writes_its_member_first_and_keeps_the_rest() {
-    let backend = Backend::start("east", 2, true).expect("backend");
-    let collector = Backend::start("collector", 2, false).expect("collector");
+    let backend = Backend::start("east", true).expect("backend");
+    let collector = Backend::start("collector", false).expect("collector");
     let mut spec = EnvoySpec::new(&span_config(), &[("east", backend.port)]);
     spec.extra_clusters
         .push(("otel-collector".to_string(), collector.port));
@@ -230,8 +230,8 @@ fn duplicated_traceparent_headers_start_a_new_trace() {
 
 #[test]
 fn span_mode_sends_a_new_parent_id_downstream_and_exports_the_span_as_otlp_json() {
-    let backend = Backend::start("east", 2, true).expect("backend");
-    let collector = Backend::start("collector", 2, true).expect("collector");
+    let backend = Backend::start("east", true).expect("backend");
+    let collector = Backend::start("collector", true).expect("collector");
     let config = r#"{"services":[{"name":"reviews","hosts":["reviews.prod.svc.cluster.local"],
         "destinations":[{"name":"east","cluster":"cluster-east"}]}],
         "scheduler":{"tickMs":100},
@@ -306,7 +306,7 @@ fn span_mode_sends_a_new_parent_id_downstream_and_exports_the_span_as_otlp_json(
 
 #[test]
 fn the_decision_header_explains_the_choice_when_enabled() {
-    let backend = Backend::start("east", 2, false).expect("backend");
+    let backend = Backend::start("east", false).expect("backend");
     let config = CONFIG.replace(
         r#""destinations""#,
         r#""affinity":{"source":"header","name":"x-user-id"},"destinations""#,

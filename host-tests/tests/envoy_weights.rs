@@ -95,7 +95,7 @@ fn metric(envoy: &Envoy, name: &str) -> u64 {
 fn drain_reaches_both_workers_within_a_second_and_the_ttl_falls_back_to_static() {
     let backends: Vec<Backend> = ["east", "west", "south"]
         .iter()
-        .map(|n| Backend::start(n, 4, false).expect("backend"))
+        .map(|n| Backend::start(n, false).expect("backend"))
         .collect();
     let t = Instant::now();
     let mut server = start_server();

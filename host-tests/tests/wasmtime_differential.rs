@@ -185,7 +185,7 @@ fn compared(get_all: impl Fn(&str) -> Vec<String>) -> Compared {
 fn in_envoy(scenarios: &[Scenario]) -> Vec<Compared> {
     let backends: Vec<Backend> = ["east", "west", "south"]
         .iter()
-        .map(|n| Backend::start(n, 2, true).expect("backend"))
+        .map(|n| Backend::start(n, true).expect("backend"))
         .collect();
     let dests: Vec<(&str, u16)> = backends.iter().map(|b| (b.name(), b.port)).collect();
     let mut spec = EnvoySpec::new(CONFIG, &dests);

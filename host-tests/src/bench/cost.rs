@@ -142,7 +142,7 @@ pub fn run(mode: Mode) -> Result<Vec<Section>> {
     let script = out.join("wrk-requests.lua");
     wrk::write_script(&script, HOST, 1000)?;
     // Span export target: a loopback backend that accepts the POSTs.
-    let collector = Backend::start("collector", 2, false)?;
+    let collector = Backend::start("collector", false)?;
     let variants = variants(collector.port);
     let envoys: Vec<Envoy> = variants
         .iter()

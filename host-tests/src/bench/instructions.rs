@@ -68,7 +68,7 @@ pub fn run(mode: Mode) -> Result<Section> {
     wrk::write_script(&script, HOST, 1000)?;
 
     // Span export goes to a real loopback collector, as in the throughput runs.
-    let collector = Backend::start("collector", 2, false)?;
+    let collector = Backend::start("collector", false)?;
     let variants = variants(mode, &out, collector.port);
     let seconds = mode.pick(5, 12);
     eprintln!(

@@ -44,6 +44,10 @@ pub enum Policy {
     Random,
     RingHash,
     Maglev,
+    /// No filter, and the default route's cluster holds only the
+    /// destinations the caller knows to be fast: perfect steering at no
+    /// cost, the bound no steering filter can beat on the same machine.
+    Oracle,
 }
 
 impl Policy {
@@ -55,6 +59,7 @@ impl Policy {
             Policy::Random => "RANDOM",
             Policy::RingHash => "RING_HASH",
             Policy::Maglev => "MAGLEV",
+            Policy::Oracle => "ORACLE",
         }
     }
 }
@@ -104,16 +109,12 @@ pub(super) struct Fleet {
 }
 
 impl Fleet {
-    fn start() -> Result<Self> {
-        Self::start_with(48)
-    }
-
-    /// With `threads` request threads per backend (enough that none queues
-    /// at the benchmark's connection count).
-    pub(super) fn start_with(threads: usize) -> Result<Self> {
+    /// The three backends, healthy and without delay; none queues, however
+    /// many requests are in flight.
+    pub(super) fn start() -> Result<Self> {
         let backends = DESTINATIONS
             .iter()
-            .map(|n| Backend::start(n, threads, false))
+            .map(|n| Backend::start(n, false))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { backends })
     }
@@ -132,7 +133,8 @@ impl Fleet {
 
     /// The Envoy for `policy`. Tideway: its filter with `config`, one route
     /// per destination. Envoy's balancers: no filter, everything falls to
-    /// the `mesh-default` cluster holding the three backends.
+    /// the `mesh-default` cluster holding the three backends (the oracle's:
+    /// only those with the lowest delay now set).
     pub(super) fn spec(
         &self,
         policy: Policy,
@@ -142,7 +144,24 @@ impl Fleet {
     ) -> EnvoySpec {
         let mut spec = EnvoySpec::new(config, &self.dests());
         spec.concurrency = ENVOY_WORKERS;
-        if policy != Policy::Tideway {
+        if policy == Policy::Oracle {
+            // The fastest destinations as they are set now, balanced as
+            // Envoy balances best without a filter.
+            let fastest = self.backends.iter().map(Backend::delay).min();
+            let (kept, kept_weights): (Vec<_>, Vec<_>) = spec
+                .destinations
+                .iter()
+                .cloned()
+                .zip(weights.iter().copied().chain(std::iter::repeat(1)))
+                .zip(&self.backends)
+                .filter(|(_, b)| Some(b.delay()) == fastest)
+                .map(|(kept, _)| kept)
+                .unzip();
+            spec.destinations = kept;
+            spec.filter_config = None;
+            spec.lb_policy = Policy::LeastRequest.name().to_string();
+            spec.mesh_default_weights = kept_weights;
+        } else if policy != Policy::Tideway {
             spec.filter_config = None;
             spec.lb_policy = policy.name().to_string();
             spec.mesh_default_weights = weights.to_vec();

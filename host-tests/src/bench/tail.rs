@@ -41,12 +41,17 @@ const CANARY_SCHEDULER: &str = r#"{"weights":{"latency":0,"load":0,"cost":0.1,"a
 const BASE: Duration = Duration::from_millis(8);
 const FACTORS: [u32; 3] = [3, 6, 10];
 const CONNECTIONS: [usize; 3] = [8, 32, 128];
-/// Backend threads: enough that no destination queues at 128 connections,
-/// so a slow destination is slow by its own latency, not by queueing.
-const BACKEND_THREADS: usize = 160;
 /// The slow destination in the matrix (`south`).
 const SLOW: usize = 2;
-const COMPARED: [Policy; 3] = [Policy::Tideway, Policy::RoundRobin, Policy::LeastRequest];
+/// The matrix's policies, in the order its tables index them. The oracle
+/// is the bound: what perfect steering at no cost achieves on this machine.
+const COMPARED: [Policy; 4] = [
+    Policy::Tideway,
+    Policy::RoundRobin,
+    Policy::LeastRequest,
+    Policy::Oracle,
+];
+const ORACLE: usize = 3;
 
 static CELLS: std::sync::OnceLock<Vec<(u32, usize)>> = std::sync::OnceLock::new();
 
@@ -127,6 +132,9 @@ pub const PARTS: [&str; 4] = ["matrix", "shift", "equal", "canary"];
 struct CpuUse {
     /// Envoy's CPU time (all its threads, user + system) per response.
     envoy_us_per_request: f64,
+    /// The benchmark process's own (the load client and the backends,
+    /// which share the machine with Envoy) per response.
+    harness_us_per_request: f64,
     /// The machine's idle share (both cores).
     machine_idle: f64,
 }
@@ -155,18 +163,25 @@ fn run_once(
         headers: None,
     };
     let (pid, ticks) = (envoy.pid(), machine::clock_ticks_per_second());
-    let cpu_now = || (machine::cpu_seconds(pid, ticks), machine::cpu_ticks());
+    let cpu_now = || {
+        (
+            machine::cpu_seconds(pid, ticks),
+            machine::cpu_seconds(std::process::id(), ticks),
+            machine::cpu_ticks(),
+        )
+    };
     let at_warm_up = Cell::new(None);
     let mut events: Vec<load::Event<'_>> = events;
     events.push((warm_up, Box::new(|| at_warm_up.set(Some(cpu_now())))));
     let samples = load::run(&load, events)?;
-    let (envoy_end, machine_end) = cpu_now();
+    let (envoy_end, harness_end, machine_end) = cpu_now();
     load::check_some_ok(&samples, policy.name())?;
     let warm_up_us = warm_up.as_micros() as u64;
     let responses = samples.iter().filter(|s| s.done_us >= warm_up_us).count();
     let cpu = match at_warm_up.get() {
-        Some((envoy_start, machine_start)) => CpuUse {
+        Some((envoy_start, harness_start, machine_start)) => CpuUse {
             envoy_us_per_request: (envoy_end - envoy_start) * 1e6 / responses.max(1) as f64,
+            harness_us_per_request: (harness_end - harness_start) * 1e6 / responses.max(1) as f64,
             machine_idle: match (machine_start, machine_end) {
                 (Some((b0, i0)), Some((b1, i1))) => {
                     (i1 - i0) as f64 / ((b1 + i1) - (b0 + i0)).max(1) as f64
@@ -176,6 +191,7 @@ fn run_once(
         },
         None => CpuUse {
             envoy_us_per_request: f64::NAN,
+            harness_us_per_request: f64::NAN,
             machine_idle: f64::NAN,
         },
     };
@@ -184,7 +200,7 @@ fn run_once(
 
 /// Run the scenarios (`only`: just one of [`PARTS`]).
 pub fn run(mode: Mode, only: Option<&str>) -> Result<Vec<Section>> {
-    let fleet = Fleet::start_with(BACKEND_THREADS)?;
+    let fleet = Fleet::start()?;
     let want = |part: &str| only.is_none_or(|o| o == part);
     let mut sections = Vec::new();
     if want("matrix") {
@@ -255,7 +271,7 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
     let duration = Duration::from_secs(mode.pick(3, 6));
     let config = tideway_config([1.0; 3], DEFAULT_SCHEDULER, false);
     let command = format!(
-        "cargo xtask bench -- --only matrix{}: backends 8, 8, 8×k ms (k = 3, 6, 10; {BACKEND_THREADS} threads each, no queueing), closed loop at 8, 32 and 128 keep-alive connections, {} s per run measured after the first {} s, {rounds} round(s), each round alternating {}; a fresh Envoy per run, envoy --concurrency {ENVOY_WORKERS}",
+        "cargo xtask bench -- --only matrix{}: backends 8, 8, 8×k ms (k = 3, 6, 10; each an event loop on one thread, timed to the µs, no queueing), closed loop at 8, 32 and 128 keep-alive connections (one client thread), {} s per run measured after the first {} s, {rounds} round(s), each round alternating {} (ORACLE: no filter, LEAST_REQUEST over the two 8 ms backends only); a fresh Envoy per run, envoy --concurrency {ENVOY_WORKERS}",
         quick_flag(mode),
         duration.as_secs(),
         warm_up.as_secs(),
@@ -268,14 +284,14 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
             "slower, connections",
             "Tideway slow share % (rounds min–max)",
             "Tideway p99 ms",
-            "p99 ÷ ROUND_ROBIN",
-            "p99 ÷ LEAST_REQUEST",
-            "req/s ÷ LEAST_REQUEST",
+            "p99 ÷ ROUND_ROBIN (ORACLE's)",
+            "p99 ÷ LEAST_REQUEST (ORACLE's)",
+            "req/s ÷ LEAST_REQUEST (ORACLE's)",
             "ROUND_ROBIN p99 ms",
             "LEAST_REQUEST p99 ms / slow share %",
-            "Envoy CPU µs/request, Tideway / LEAST_REQUEST",
-            "Envoy cores Tideway needs at connections ÷ 8 ms",
-            "machine idle %, Tideway / ROUND_ROBIN / LEAST_REQUEST",
+            "Envoy CPU µs/request, Tideway / LEAST_REQUEST / ORACLE",
+            "client + backends CPU µs/request",
+            "machine idle %, Tideway / ROUND_ROBIN / LEAST_REQUEST / ORACLE",
         ],
     );
     let mut raw = Vec::new();
@@ -299,7 +315,7 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
                     )?;
                     let m = measure(&samples, warm_up, duration);
                     eprintln!(
-                        "[matrix] {factor}x slower, {connections:>3} conns, round {} {:<14} slow share {:.2}%, p99 {} ms, {:.0} req/s, {} errors, Envoy CPU {:.0} µs/request, machine idle {:.1}%; per second, slow share/p99 ms: {}",
+                        "[matrix] {factor}x slower, {connections:>3} conns, round {} {:<14} slow share {:.2}%, p99 {} ms, {:.0} req/s, {} errors, Envoy CPU {:.0} µs/request, client + backends {:.0} µs/request, machine idle {:.1}%; per second, slow share/p99 ms: {}",
                         round + 1,
                         policy.name(),
                         m.slow_share * 100.0,
@@ -307,6 +323,7 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
                         m.rps,
                         m.errors,
                         cpu.envoy_us_per_request,
+                        cpu.harness_us_per_request,
                         cpu.machine_idle * 100.0,
                         per_second(&samples, duration)
                     );
@@ -324,32 +341,48 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
             let p99_rr = per_round(&|t, b| t.p99_us / b.p99_us, 1);
             let p99_lr = per_round(&|t, b| t.p99_us / b.p99_us, 2);
             let rps_lr = per_round(&|t, b| t.rps / b.rps, 2);
+            // The oracle against the same baselines, round by round.
+            let oracle = |f: &dyn Fn(&Measured, &Measured) -> f64, base: usize| -> Vec<f64> {
+                results[ORACLE]
+                    .iter()
+                    .zip(&results[base])
+                    .map(|(o, b)| f(o, b))
+                    .collect()
+            };
+            let oracle_p99_rr = oracle(&|o, b| o.p99_us / b.p99_us, 1);
+            let oracle_p99_lr = oracle(&|o, b| o.p99_us / b.p99_us, 2);
+            let oracle_rps_lr = oracle(&|o, b| o.rps / b.rps, 2);
             let shares: Vec<f64> = results[0].iter().map(|m| m.slow_share * 100.0).collect();
             let cell = format!("{factor}×, {connections}");
             section.rows.push(vec![
                 cell.clone(),
                 span(shares.iter().copied(), 2),
                 span(results[0].iter().map(|m| m.p99_us / 1000.0), 1),
-                span(p99_rr.iter().copied(), 3),
-                span(p99_lr.iter().copied(), 3),
-                span(rps_lr.iter().copied(), 2),
+                format!(
+                    "{} ({})",
+                    span(p99_rr.iter().copied(), 3),
+                    span(oracle_p99_rr.iter().copied(), 3)
+                ),
+                format!(
+                    "{} ({})",
+                    span(p99_lr.iter().copied(), 3),
+                    span(oracle_p99_lr.iter().copied(), 3)
+                ),
+                format!(
+                    "{} ({})",
+                    span(rps_lr.iter().copied(), 2),
+                    span(oracle_rps_lr.iter().copied(), 2)
+                ),
                 span(results[1].iter().map(|m| m.p99_us / 1000.0), 1),
                 format!(
                     "{} / {}",
                     span(results[2].iter().map(|m| m.p99_us / 1000.0), 1),
                     span(results[2].iter().map(|m| m.slow_share * 100.0), 1)
                 ),
-                format!(
-                    "{} / {}",
-                    span(cpus[0].iter().map(|c| c.envoy_us_per_request), 0),
-                    span(cpus[2].iter().map(|c| c.envoy_us_per_request), 0)
-                ),
-                span(
-                    cpus[0].iter().map(|c| {
-                        connections as f64 / BASE.as_secs_f64() * c.envoy_us_per_request / 1e6
-                    }),
-                    2,
-                ),
+                [0, 2, ORACLE]
+                    .map(|i| span(cpus[i].iter().map(|c| c.envoy_us_per_request), 0))
+                    .join(" / "),
+                span(cpus.iter().flatten().map(|c| c.harness_us_per_request), 0),
                 cpus.iter()
                     .map(|cs| span(cs.iter().map(|c| c.machine_idle * 100.0), 0))
                     .collect::<Vec<_>>()
@@ -395,6 +428,20 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
                 )
                 .target(Cmp::AtLeast, 1.0),
             );
+            // The bound, without a target: where the oracle misses a target
+            // in its own best round, no steering filter can meet it here.
+            section.figures.push(Figure::new(
+                format!("{cell}: ORACLE p99 ÷ ROUND_ROBIN, best round"),
+                min_max(oracle_p99_rr.iter().copied()).0,
+                "×",
+                &command,
+            ));
+            section.figures.push(Figure::new(
+                format!("{cell}: ORACLE req/s ÷ LEAST_REQUEST, best round"),
+                min_max(oracle_rps_lr.iter().copied()).1,
+                "×",
+                &command,
+            ));
             raw.push(json!({
                 "factor": factor,
                 "connections": connections,
@@ -404,6 +451,7 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
                         "slow_share": m.slow_share, "p99_us": m.p99_us, "rps": m.rps,
                         "requests": m.requests, "errors": m.errors,
                         "envoy_cpu_us_per_request": c.envoy_us_per_request,
+                        "harness_cpu_us_per_request": c.harness_us_per_request,
                         "machine_idle": c.machine_idle,
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
@@ -415,7 +463,7 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
         "Every figure is the worst round's: a target holds only if it held in every round. The ratios pair each Tideway run with the baseline run of the same round.".to_string(),
     );
     section.notes.push(
-        "CPU, after the warm-up: Envoy's utime + stime (all its threads, /proc/<pid>/stat) ÷ the responses, and the machine's idle share (/proc/stat, both cores; the client and the backends run on the same two cores). \"Envoy cores Tideway needs\" is the rate the cell asks for when every request goes to an 8 ms destination (connections ÷ 8 ms) × Tideway's Envoy CPU per request: above the machine's cores less what the client and backends use, the cell measures a saturated machine, where every policy's p99 is queueing for CPU and throughput is CPU per request.".to_string(),
+        "CPU, after the warm-up: Envoy's utime + stime (all its threads, /proc/<pid>/stat) ÷ the responses; the same for the benchmark's own process (the load client and the three backends, all policies' runs); the machine's idle share (/proc/stat, both cores, which Envoy, the client and the backends share). ORACLE is the bound on steering here: no filter, and only the two 8 ms destinations, so where ORACLE's best round misses a target no steering filter can meet it on this machine.".to_string(),
     );
     section.raw = json!(raw);
     Ok(section)

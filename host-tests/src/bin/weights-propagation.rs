@@ -99,8 +99,8 @@ fn run(args: &Args, server: &mut Child) -> anyhow::Result<()> {
     let port: u16 = addr.rsplit_once(':').context("port")?.1.parse()?;
 
     let backends = [
-        Backend::start("east", 4, false)?,
-        Backend::start("west", 4, false)?,
+        Backend::start("east", false)?,
+        Backend::start("west", false)?,
     ];
     let dests: Vec<(&str, u16)> = backends.iter().map(|b| (b.name(), b.port)).collect();
     let config = json!({
