@@ -48,6 +48,11 @@ pub enum Policy {
     /// destinations the caller knows to be fast: perfect steering at no
     /// cost, the bound no steering filter can beat on the same machine.
     Oracle,
+    /// The oracle's routing with the steering floor's filter: the probe
+    /// filter making only the three host calls any steering filter needs
+    /// (`cost::STEERING_FLOOR_OPS`). Perfect steering at the least a
+    /// proxy-wasm filter in stock Envoy can cost.
+    OracleAtFloor,
 }
 
 impl Policy {
@@ -60,6 +65,7 @@ impl Policy {
             Policy::RingHash => "RING_HASH",
             Policy::Maglev => "MAGLEV",
             Policy::Oracle => "ORACLE",
+            Policy::OracleAtFloor => "ORACLE+FLOOR",
         }
     }
 }
@@ -144,7 +150,7 @@ impl Fleet {
     ) -> EnvoySpec {
         let mut spec = EnvoySpec::new(config, &self.dests());
         spec.concurrency = ENVOY_WORKERS;
-        if policy == Policy::Oracle {
+        if matches!(policy, Policy::Oracle | Policy::OracleAtFloor) {
             // The fastest destinations as they are set now, balanced as
             // Envoy balances best without a filter.
             let fastest = self.backends.iter().map(Backend::delay).min();
@@ -161,6 +167,10 @@ impl Fleet {
             spec.filter_config = None;
             spec.lb_policy = Policy::LeastRequest.name().to_string();
             spec.mesh_default_weights = kept_weights;
+            if policy == Policy::OracleAtFloor {
+                spec.filter_config = Some(super::cost::STEERING_FLOOR_OPS.to_string());
+                spec.wasm = super::probe_wasm();
+            }
         } else if policy != Policy::Tideway {
             spec.filter_config = None;
             spec.lb_policy = policy.name().to_string();

@@ -43,15 +43,19 @@ const FACTORS: [u32; 3] = [3, 6, 10];
 const CONNECTIONS: [usize; 3] = [8, 32, 128];
 /// The slow destination in the matrix (`south`).
 const SLOW: usize = 2;
-/// The matrix's policies, in the order its tables index them. The oracle
-/// is the bound: what perfect steering at no cost achieves on this machine.
-const COMPARED: [Policy; 4] = [
+/// The matrix's policies, in the order its tables index them. The oracles
+/// are the bounds: what perfect steering achieves on this machine at no
+/// cost, and at the steering floor's (the three host calls any proxy-wasm
+/// steering filter makes).
+const COMPARED: [Policy; 5] = [
     Policy::Tideway,
     Policy::RoundRobin,
     Policy::LeastRequest,
     Policy::Oracle,
+    Policy::OracleAtFloor,
 ];
 const ORACLE: usize = 3;
+const ORACLE_AT_FLOOR: usize = 4;
 
 static CELLS: std::sync::OnceLock<Vec<(u32, usize)>> = std::sync::OnceLock::new();
 
@@ -81,6 +85,24 @@ fn cells() -> Vec<(u32, usize)> {
             .flat_map(|&f| CONNECTIONS.iter().map(move |&c| (f, c)))
             .collect()
     })
+}
+
+/// Each destination's share of the responses after `from`, for the log
+/// ("70.1/29.9/0.0").
+fn split(samples: &[Sample], from: Duration) -> String {
+    let from_us = from.as_micros() as u64;
+    let mut counts = [0usize; DESTINATIONS.len()];
+    for s in samples.iter().filter(|s| s.done_us >= from_us) {
+        if let Some(c) = counts.get_mut(usize::from(s.backend)) {
+            *c += 1;
+        }
+    }
+    let all = counts.iter().sum::<usize>().max(1) as f64;
+    counts
+        .iter()
+        .map(|c| format!("{:.1}", *c as f64 * 100.0 / all))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The slow destination's share and the p99 in each second of a run, for
@@ -271,7 +293,7 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
     let duration = Duration::from_secs(mode.pick(3, 6));
     let config = tideway_config([1.0; 3], DEFAULT_SCHEDULER, false);
     let command = format!(
-        "cargo xtask bench -- --only matrix{}: backends 8, 8, 8×k ms (k = 3, 6, 10; each an event loop on one thread, timed to the µs, no queueing), closed loop at 8, 32 and 128 keep-alive connections (one client thread), {} s per run measured after the first {} s, {rounds} round(s), each round alternating {} (ORACLE: no filter, LEAST_REQUEST over the two 8 ms backends only); a fresh Envoy per run, envoy --concurrency {ENVOY_WORKERS}",
+        "cargo xtask bench -- --only matrix{}: backends 8, 8, 8×k ms (k = 3, 6, 10; each an event loop on one thread, timed to the µs, no queueing), closed loop at 8, 32 and 128 keep-alive connections (one client thread), {} s per run measured after the first {} s, {rounds} round(s), each round alternating {} (ORACLE: no filter, LEAST_REQUEST over the two 8 ms backends only; ORACLE+FLOOR: the same with the probe filter making the steering floor's three host calls); a fresh Envoy per run, envoy --concurrency {ENVOY_WORKERS}",
         quick_flag(mode),
         duration.as_secs(),
         warm_up.as_secs(),
@@ -284,14 +306,14 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
             "slower, connections",
             "Tideway slow share % (rounds min–max)",
             "Tideway p99 ms",
-            "p99 ÷ ROUND_ROBIN (ORACLE's)",
-            "p99 ÷ LEAST_REQUEST (ORACLE's)",
-            "req/s ÷ LEAST_REQUEST (ORACLE's)",
+            "p99 ÷ ROUND_ROBIN (ORACLE / ORACLE+FLOOR)",
+            "p99 ÷ LEAST_REQUEST (ORACLE / ORACLE+FLOOR)",
+            "req/s ÷ LEAST_REQUEST (ORACLE / ORACLE+FLOOR)",
             "ROUND_ROBIN p99 ms",
             "LEAST_REQUEST p99 ms / slow share %",
-            "Envoy CPU µs/request, Tideway / LEAST_REQUEST / ORACLE",
+            "Envoy CPU µs/request, Tideway / LEAST_REQUEST / ORACLE / ORACLE+FLOOR",
             "client + backends CPU µs/request",
-            "machine idle %, Tideway / ROUND_ROBIN / LEAST_REQUEST / ORACLE",
+            "machine idle %, Tideway / ROUND_ROBIN / LEAST_REQUEST / ORACLE / ORACLE+FLOOR",
         ],
     );
     let mut raw = Vec::new();
@@ -315,10 +337,11 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
                     )?;
                     let m = measure(&samples, warm_up, duration);
                     eprintln!(
-                        "[matrix] {factor}x slower, {connections:>3} conns, round {} {:<14} slow share {:.2}%, p99 {} ms, {:.0} req/s, {} errors, Envoy CPU {:.0} µs/request, client + backends {:.0} µs/request, machine idle {:.1}%; per second, slow share/p99 ms: {}",
+                        "[matrix] {factor}x slower, {connections:>3} conns, round {} {:<14} slow share {:.2}% (split {}), p99 {} ms, {:.0} req/s, {} errors, Envoy CPU {:.0} µs/request, client + backends {:.0} µs/request, machine idle {:.1}%; per second, slow share/p99 ms: {}",
                         round + 1,
                         policy.name(),
                         m.slow_share * 100.0,
+                        split(&samples, warm_up),
                         ms(m.p99_us),
                         m.rps,
                         m.errors,
@@ -331,55 +354,45 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
                     cpus[i].push(cpu);
                 }
             }
-            let per_round = |f: &dyn Fn(&Measured, &Measured) -> f64, base: usize| -> Vec<f64> {
-                results[0]
-                    .iter()
-                    .zip(&results[base])
-                    .map(|(t, b)| f(t, b))
-                    .collect()
-            };
-            let p99_rr = per_round(&|t, b| t.p99_us / b.p99_us, 1);
-            let p99_lr = per_round(&|t, b| t.p99_us / b.p99_us, 2);
-            let rps_lr = per_round(&|t, b| t.rps / b.rps, 2);
-            // The oracle against the same baselines, round by round.
-            let oracle = |f: &dyn Fn(&Measured, &Measured) -> f64, base: usize| -> Vec<f64> {
-                results[ORACLE]
+            // `of` against `base`, round by round (each pair ran in the
+            // same round).
+            let ratios = |of: usize, base: usize, f: &dyn Fn(&Measured, &Measured) -> f64| {
+                results[of]
                     .iter()
                     .zip(&results[base])
                     .map(|(o, b)| f(o, b))
-                    .collect()
+                    .collect::<Vec<f64>>()
             };
-            let oracle_p99_rr = oracle(&|o, b| o.p99_us / b.p99_us, 1);
-            let oracle_p99_lr = oracle(&|o, b| o.p99_us / b.p99_us, 2);
-            let oracle_rps_lr = oracle(&|o, b| o.rps / b.rps, 2);
+            let p99 = |o: &Measured, b: &Measured| o.p99_us / b.p99_us;
+            let rps = |o: &Measured, b: &Measured| o.rps / b.rps;
+            let p99_rr = ratios(0, 1, &p99);
+            let p99_lr = ratios(0, 2, &p99);
+            let rps_lr = ratios(0, 2, &rps);
+            // Tideway's span, then the two oracles' in parentheses.
+            let with_oracles = |base: usize, f: &dyn Fn(&Measured, &Measured) -> f64, digits| {
+                format!(
+                    "{} ({} / {})",
+                    span(ratios(0, base, f), digits),
+                    span(ratios(ORACLE, base, f), digits),
+                    span(ratios(ORACLE_AT_FLOOR, base, f), digits)
+                )
+            };
             let shares: Vec<f64> = results[0].iter().map(|m| m.slow_share * 100.0).collect();
             let cell = format!("{factor}×, {connections}");
             section.rows.push(vec![
                 cell.clone(),
                 span(shares.iter().copied(), 2),
                 span(results[0].iter().map(|m| m.p99_us / 1000.0), 1),
-                format!(
-                    "{} ({})",
-                    span(p99_rr.iter().copied(), 3),
-                    span(oracle_p99_rr.iter().copied(), 3)
-                ),
-                format!(
-                    "{} ({})",
-                    span(p99_lr.iter().copied(), 3),
-                    span(oracle_p99_lr.iter().copied(), 3)
-                ),
-                format!(
-                    "{} ({})",
-                    span(rps_lr.iter().copied(), 2),
-                    span(oracle_rps_lr.iter().copied(), 2)
-                ),
+                with_oracles(1, &p99, 3),
+                with_oracles(2, &p99, 3),
+                with_oracles(2, &rps, 2),
                 span(results[1].iter().map(|m| m.p99_us / 1000.0), 1),
                 format!(
                     "{} / {}",
                     span(results[2].iter().map(|m| m.p99_us / 1000.0), 1),
                     span(results[2].iter().map(|m| m.slow_share * 100.0), 1)
                 ),
-                [0, 2, ORACLE]
+                [0, 2, ORACLE, ORACLE_AT_FLOOR]
                     .map(|i| span(cpus[i].iter().map(|c| c.envoy_us_per_request), 0))
                     .join(" / "),
                 span(cpus.iter().flatten().map(|c| c.harness_us_per_request), 0),
@@ -428,20 +441,23 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
                 )
                 .target(Cmp::AtLeast, 1.0),
             );
-            // The bound, without a target: where the oracle misses a target
-            // in its own best round, no steering filter can meet it here.
-            section.figures.push(Figure::new(
-                format!("{cell}: ORACLE p99 ÷ ROUND_ROBIN, best round"),
-                min_max(oracle_p99_rr.iter().copied()).0,
-                "×",
-                &command,
-            ));
-            section.figures.push(Figure::new(
-                format!("{cell}: ORACLE req/s ÷ LEAST_REQUEST, best round"),
-                min_max(oracle_rps_lr.iter().copied()).1,
-                "×",
-                &command,
-            ));
+            // The bounds, without a target: where an oracle misses a target
+            // in its own best round, no steering of its cost can meet it here.
+            for oracle in [ORACLE, ORACLE_AT_FLOOR] {
+                let name = COMPARED[oracle].name();
+                section.figures.push(Figure::new(
+                    format!("{cell}: {name} p99 ÷ ROUND_ROBIN, best round"),
+                    min_max(ratios(oracle, 1, &p99)).0,
+                    "×",
+                    &command,
+                ));
+                section.figures.push(Figure::new(
+                    format!("{cell}: {name} req/s ÷ LEAST_REQUEST, best round"),
+                    min_max(ratios(oracle, 2, &rps)).1,
+                    "×",
+                    &command,
+                ));
+            }
             raw.push(json!({
                 "factor": factor,
                 "connections": connections,
@@ -463,7 +479,7 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
         "Every figure is the worst round's: a target holds only if it held in every round. The ratios pair each Tideway run with the baseline run of the same round.".to_string(),
     );
     section.notes.push(
-        "CPU, after the warm-up: Envoy's utime + stime (all its threads, /proc/<pid>/stat) ÷ the responses; the same for the benchmark's own process (the load client and the three backends, all policies' runs); the machine's idle share (/proc/stat, both cores, which Envoy, the client and the backends share). ORACLE is the bound on steering here: no filter, and only the two 8 ms destinations, so where ORACLE's best round misses a target no steering filter can meet it on this machine.".to_string(),
+        "CPU, after the warm-up: Envoy's utime + stime (all its threads, /proc/<pid>/stat) ÷ the responses; the same for the benchmark's own process (the load client and the three backends, all policies' runs); the machine's idle share (/proc/stat, both cores, which Envoy, the client and the backends share). ORACLE is the bound on steering here: no filter, and only the two 8 ms destinations. ORACLE+FLOOR is the bound on a proxy-wasm steering filter: the same routing with the probe filter making only the three host calls steering needs (read the request headers, write the routing header, read :status). Where ORACLE+FLOOR's best round misses a target, no steering filter in this Envoy can meet it on this machine.".to_string(),
     );
     section.raw = json!(raw);
     Ok(section)
