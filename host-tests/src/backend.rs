@@ -7,10 +7,10 @@
 //! Why hyper on one tokio thread, not a thread per request: the benchmarks
 //! run the backends on the same two cores as Envoy and the load client. A
 //! thread pool behind a connection-reading thread (tiny_http's design, used
-//! here before) spent about a third of a core per 10,000 requests a second
-//! on hand-offs between threads, CPU taken from the proxy under test; an
-//! event loop serves any number of slow requests at once without a thread
-//! each. Delays are timed to the microsecond on one timerfd per backend
+//! here before) took two thirds of a core at 8,000 requests a second
+//! (three backends, per-thread schedstat), mostly hand-offs between
+//! threads: CPU taken from the proxy under test. An event loop serves any
+//! number of slow requests at once without a thread each. Delays are timed to the microsecond on one timerfd per backend
 //! ([`timer`]), not on tokio's timer, whose millisecond ticks would both
 //! lengthen every delay and release together every request that fell due
 //! in the same millisecond, bunching the load a benchmark offers.
