@@ -10,10 +10,11 @@
 //! here before) took two thirds of a core at 8,000 requests a second
 //! (three backends, per-thread schedstat), mostly hand-offs between
 //! threads: CPU taken from the proxy under test. An event loop serves any
-//! number of slow requests at once without a thread each. Delays are timed to the microsecond on one timerfd per backend
-//! ([`timer`]), not on tokio's timer, whose millisecond ticks would both
-//! lengthen every delay and release together every request that fell due
-//! in the same millisecond, bunching the load a benchmark offers.
+//! number of slow requests at once without a thread each. Delays are timed
+//! to the microsecond on one timerfd per backend ([`timer`]), not on
+//! tokio's timer, whose millisecond ticks would both lengthen every delay
+//! and release together every request that fell due in the same
+//! millisecond, bunching the load a benchmark offers.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -317,7 +318,9 @@ async fn timer(
     mut due: tokio::sync::mpsc::UnboundedReceiver<Due>,
 ) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let arm = |wait: Duration| {
+    // A timer that cannot be armed ends the task with its error (see
+    // `Backend::start`), rather than leaving requests waiting for ever.
+    let arm = |wait: Duration| -> std::io::Result<()> {
         // A zero it_value would disarm the timer: wait at least 1 ns.
         let wait = wait.max(Duration::from_nanos(1));
         let spec = libc::itimerspec {
@@ -327,11 +330,15 @@ async fn timer(
             },
             it_value: libc::timespec {
                 tv_sec: wait.as_secs() as libc::time_t,
-                tv_nsec: libc::c_long::from(wait.subsec_nanos() as i32),
+                tv_nsec: wait.subsec_nanos() as libc::c_long,
             },
         };
         // SAFETY: a valid timerfd and a valid itimerspec.
-        unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        let set = unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if set < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     };
     let mut pending: std::collections::BinaryHeap<Due> = std::collections::BinaryHeap::new();
     let mut armed: Option<Instant> = None;
@@ -342,12 +349,9 @@ async fn timer(
                 let _ = d.wake.send(());
             }
         }
-        let earliest = pending.peek().map(|d| d.at);
-        if earliest.is_some() && earliest != armed {
-            if let Some(at) = earliest {
-                arm(at - now);
-            }
-            armed = earliest;
+        if let Some(at) = pending.peek().map(|d| d.at).filter(|&at| Some(at) != armed) {
+            arm(at - now)?;
+            armed = Some(at);
         }
         tokio::select! {
             registered = due.recv() => match registered {
@@ -362,9 +366,10 @@ async fn timer(
                 let n = unsafe {
                     libc::read(fd.as_raw_fd(), expirations.as_mut_ptr().cast(), expirations.len())
                 };
-                if n < 0 {
-                    guard.clear_ready();
-                } else {
+                // One read drains a one-shot timerfd: it is not readable
+                // again until it is re-armed and expires.
+                guard.clear_ready();
+                if n >= 0 {
                     armed = None;
                 }
             }
@@ -396,50 +401,23 @@ fn new_timerfd() -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedF
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpStream;
 
-    /// One GET on a new connection: (status, x-backend, body, latency).
+    /// One request with a body, on a new connection (ureq's agent per
+    /// call): (status, x-backend, body, latency).
     fn get(port: u16) -> (u16, String, String, Duration) {
         let started = Instant::now();
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream
-            .write_all(
-                b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nX-Probe: One\r\nContent-Length: 4\r\n\r\nbody",
-            )
-            .expect("write");
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("status line");
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let (mut length, mut backend) = (0usize, String::new());
-        loop {
-            line.clear();
-            reader.read_line(&mut line).expect("header");
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = l.split_once(':') {
-                match name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.trim().parse().unwrap_or(0),
-                    "x-backend" => backend = value.trim().to_string(),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).expect("body");
-        (
-            status,
-            backend,
-            String::from_utf8_lossy(&body).into_owned(),
-            started.elapsed(),
-        )
+        let response = match ureq::request("GET", &format!("http://127.0.0.1:{port}/a?b=c"))
+            .set("X-Probe", "One")
+            .send_string("body")
+        {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("GET: {e}"),
+        };
+        let status = response.status();
+        let backend = response.header("x-backend").unwrap_or_default().to_string();
+        let body = response.into_string().expect("body");
+        (status, backend, body, started.elapsed())
     }
 
     #[test]

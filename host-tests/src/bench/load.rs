@@ -87,7 +87,7 @@ pub fn run(spec: &LoadSpec<'_>, mut events: Vec<Event<'_>>) -> Result<Vec<Sample
         .context("could not start the load client's runtime")?;
     let start = Instant::now();
     events.sort_by_key(|(at, _)| *at);
-    let mut samples: Vec<Sample> = std::thread::scope(|scope| -> io::Result<_> {
+    let mut samples: Vec<Sample> = std::thread::scope(|scope| -> Result<_> {
         // Named, so that a profile tells the client's CPU from the backends'.
         let client = std::thread::Builder::new()
             .name("load-client".into())
@@ -98,7 +98,8 @@ pub fn run(spec: &LoadSpec<'_>, mut events: Vec<Event<'_>>) -> Result<Vec<Sample
                         (0..spec.concurrency.max(1)).map(|_| connection(spec, addr, &next, start));
                     futures_util::future::join_all(connections).await
                 })
-            })?;
+            })
+            .context("could not start the load client's thread")?;
         for (at, event) in events {
             let now = start.elapsed();
             if at > now {
@@ -106,14 +107,11 @@ pub fn run(spec: &LoadSpec<'_>, mut events: Vec<Event<'_>>) -> Result<Vec<Sample
             }
             event();
         }
-        Ok(client
+        let per_connection = client
             .join()
-            .unwrap_or_default()
-            .into_iter()
-            .flatten()
-            .collect())
-    })
-    .context("could not start the load client's thread")?;
+            .map_err(|_| anyhow::anyhow!("the load client's thread panicked"))?;
+        Ok(per_connection.into_iter().flatten().collect())
+    })?;
     samples.sort_by_key(|s| s.done_us);
     if samples.is_empty() {
         anyhow::bail!("no requests completed against 127.0.0.1:{}", spec.port);
@@ -132,10 +130,8 @@ async fn connection(
     let mut out = Vec::with_capacity(16_384);
     let mut conn: Option<BufReader<TcpStream>> = None;
     let mut line = Vec::with_capacity(256);
-    let fixed = spec
-        .headers
-        .is_none()
-        .then(|| build_request(spec.host, &[]));
+    // The request when there is no header function: built once.
+    let fixed = build_request(spec.host, &[]);
     loop {
         if start.elapsed() >= spec.duration {
             break;
@@ -146,13 +142,12 @@ async fn connection(
             break;
         }
         let owned;
-        let request: &[u8] = match (&fixed, spec.headers) {
-            (Some(r), _) => r,
-            (None, Some(h)) => {
+        let request: &[u8] = match spec.headers {
+            None => &fixed,
+            Some(h) => {
                 owned = build_request(spec.host, &h(seq));
                 &owned
             }
-            (None, None) => unreachable!("fixed is built when there is no header function"),
         };
         let t0 = Instant::now();
         let result = tokio::time::timeout(
