@@ -74,7 +74,6 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<std::process::ExitCode> {
         dry_run: args.dry_run,
         prune: !args.no_prune,
         require_all: args.require_all,
-        ..Options::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

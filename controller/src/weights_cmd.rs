@@ -120,22 +120,38 @@ pub enum WeightCommand {
 }
 
 #[derive(Debug, clap::Args)]
+// `--weight -1` must reach the check below (and say which field and value)
+// rather than be taken for an unknown flag.
+#[command(allow_negative_numbers = true)]
 pub struct WeightSetArgs {
     /// The service (a policy's spec.service.name).
     service: String,
     /// The destination (its subset name; by default the cluster name).
     destination: String,
     /// Base weight (≥ 0).
-    #[arg(long, value_name = "W")]
+    #[arg(long, value_name = "W", value_parser = non_negative("weight"))]
     weight: Option<f64>,
     /// Relative cost (≥ 0).
-    #[arg(long, value_name = "C")]
+    #[arg(long, value_name = "C", value_parser = non_negative("cost"))]
     cost: Option<f64>,
     /// Drop the override first: back to the policy's values (unless --weight/--cost are given too).
     #[arg(long)]
     reset: bool,
     #[command(flatten)]
     server: ServerArgs,
+}
+
+/// A parser for a finite number ≥ 0 whose error names `field` and the value
+/// as typed (the same check the weights API makes, before any request).
+fn non_negative(field: &'static str) -> impl Fn(&str) -> Result<f64, String> + Clone {
+    move |text| {
+        let expected = "a finite number ≥ 0";
+        let error = || tideway_controller::field_error::FieldError::new(field, text, expected);
+        match text.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+            _ => Err(error().to_string()),
+        }
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]

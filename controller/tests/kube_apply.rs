@@ -14,7 +14,7 @@ use kube::config::Kubeconfig;
 use kube_fixture::{dynamic_api, KubeFleet};
 use serde_json::{json, Value};
 use tideway_controller::apply::{
-    self, FleetReport, MemberStatus, ObjectAction, Options, PolicyRef, Progress,
+    self, FleetReport, MemberStatus, ObjectAction, Options, PolicyRef, Progress, Rollback, Runs,
 };
 
 const MEMBERS: &[&str] = &["cluster-hangzhou", "cluster-shanghai", "cluster-beijing"];
@@ -270,6 +270,264 @@ async fn a_field_another_manager_owns_is_reported_with_field_and_manager_and_not
     }
 }
 
+/// Every object of `renders` in `member` as stored (what Tideway and
+/// others set, and with `versions` its resourceVersion), by identity;
+/// `None` for one that is not there.
+async fn stored(
+    kube: &KubeFleet,
+    member: &str,
+    renders: &[&tideway_controller::Compiled],
+    versions: bool,
+) -> std::collections::BTreeMap<String, Option<Value>> {
+    let mut out = std::collections::BTreeMap::new();
+    for compiled in renders {
+        for object in compiled.member(member) {
+            let id = format!(
+                "{} {}/{}",
+                object["kind"].as_str().unwrap_or_default(),
+                object["metadata"]["namespace"].as_str().unwrap_or_default(),
+                object["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            let found = live(kube, member, &object).await.map(|o| {
+                json!({
+                    "spec": o.data["spec"], "data": o.data["data"],
+                    "labels": o.metadata.labels, "annotations": o.metadata.annotations,
+                    "resourceVersion": if versions { o.metadata.resource_version } else { None },
+                })
+            });
+            out.insert(id, found);
+        }
+    }
+    out
+}
+
+/// The revisions `member`'s record names: (current, previous).
+async fn record(kube: &KubeFleet, member: &str) -> (Option<String>, Option<String>) {
+    let client = kube.member(member).admin().await;
+    let record = apply::revisions::read(&client, &policy_ref())
+        .await
+        .expect("the record reads");
+    (
+        record.current.map(|r| r.revision),
+        record.previous.map(|r| r.revision),
+    )
+}
+
+/// `oncall` takes a field of `member`'s `kind` object (forced, as a
+/// human's `kubectl apply --server-side --force-conflicts` would).
+async fn take_over(
+    kube: &KubeFleet,
+    member: &str,
+    compiled: &tideway_controller::Compiled,
+    kind: &str,
+    spec: Value,
+) {
+    let ours = compiled
+        .member(member)
+        .into_iter()
+        .find(|o| o["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {member}'s render"));
+    let theirs = json!({
+        "apiVersion": ours["apiVersion"], "kind": kind,
+        "metadata": {"name": ours["metadata"]["name"], "namespace": ours["metadata"]["namespace"]},
+        "spec": spec,
+    });
+    let server = kube.member(member);
+    server
+        .apply_as(&server.admin().await, "oncall", &theirs)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_apply_of_the_current_revision_with_a_conflict_changes_nothing_in_the_member() {
+    let kube = start().await;
+    let (r1, r2) = (compiled(false), compiled(true));
+    let (rev1, rev2) = (apply::revision(&r1), apply::revision(&r2));
+    for render in [&r1, &r2] {
+        let (report, _) = roll_out(&kube, render, &real()).await;
+        assert!(report.all_applied(), "{report:#?}");
+    }
+    assert_eq!(
+        record(&kube, "cluster-shanghai").await,
+        (Some(rev2.clone()), Some(rev1.clone()))
+    );
+    // Someone on call relaxes mTLS in shanghai.
+    take_over(
+        &kube,
+        "cluster-shanghai",
+        &r2,
+        "PeerAuthentication",
+        json!({"mtls": {"mode": "PERMISSIVE"}}),
+    )
+    .await;
+    let both = [&r1, &r2];
+    let before: Vec<_> =
+        futures::future::join_all(MEMBERS.iter().map(|m| stored(&kube, m, &both, true))).await;
+
+    // The same revision again, twice (a retry): the conflict is reported,
+    // and nothing changes anywhere — no rollback to the older revision, no
+    // object deleted, the other manager's field stands.
+    for _ in 0..2 {
+        let (report, events) = roll_out(&kube, &r2, &real()).await;
+        let shanghai = report.member("cluster-shanghai").expect("shanghai");
+        match &shanghai.status {
+            MemberStatus::Conflict {
+                object, conflicts, ..
+            } => {
+                assert!(object.starts_with("PeerAuthentication "), "{object}");
+                assert!(
+                    conflicts
+                        .iter()
+                        .any(|c| c.manager == "oncall" && c.field == ".spec.mtls.mode"),
+                    "{conflicts:?}"
+                );
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(report.stopped_at_wave, Some(1), "{report:#?}");
+        for member in ["cluster-shanghai", "cluster-beijing"] {
+            let outcome = report.member(member).expect("member");
+            assert_eq!(
+                outcome.rollback,
+                Some(Rollback::NothingToUndo),
+                "{outcome:#?}"
+            );
+            assert_eq!(outcome.runs, Runs::Revision(rev2.clone()), "{outcome:#?}");
+            assert_eq!(outcome.count(&ObjectAction::Created), 0, "{outcome:#?}");
+            assert_eq!(outcome.count(&ObjectAction::Configured), 0, "{outcome:#?}");
+        }
+        let lines: Vec<String> = events.iter().map(apply::progress_line).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.trim() == "cluster-shanghai: nothing to undo"),
+            "{lines:#?}"
+        );
+        let after: Vec<_> =
+            futures::future::join_all(MEMBERS.iter().map(|m| stored(&kube, m, &both, true))).await;
+        assert_eq!(before, after, "a member's objects changed");
+        assert_eq!(
+            record(&kube, "cluster-shanghai").await,
+            (Some(rev2.clone()), Some(rev1.clone())),
+            "the record still says what the member has"
+        );
+    }
+    let shanghai = stored(&kube, "cluster-shanghai", &[&r2], false).await;
+    let peer = shanghai
+        .iter()
+        .find(|(id, _)| id.starts_with("PeerAuthentication"))
+        .and_then(|(_, o)| o.clone())
+        .expect("the PeerAuthentication is still there");
+    assert_eq!(peer["spec"]["mtls"]["mode"], "PERMISSIVE", "{peer}");
+    let rule = shanghai
+        .iter()
+        .find(|(id, _)| id.starts_with("DestinationRule"))
+        .and_then(|(_, o)| o.clone())
+        .expect("the DestinationRule");
+    assert_eq!(
+        rule["spec"]["trafficPolicy"]["tls"]["mode"], "ISTIO_MUTUAL",
+        "{rule}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_wave_puts_each_member_back_exactly_where_it_was() {
+    let kube = start().await;
+    let (r1, r2) = (compiled(false), compiled(true));
+    let (rev1, rev2) = (apply::revision(&r1), apply::revision(&r2));
+    let (first, _) = roll_out(&kube, &r1, &real()).await;
+    assert!(first.all_applied(), "{first:#?}");
+    // In beijing someone owns the field R2 sets on the DestinationRule: its
+    // rollout of R2 stops there, after the WasmPlugins took R2.
+    take_over(
+        &kube,
+        "cluster-beijing",
+        &r2,
+        "DestinationRule",
+        json!({"trafficPolicy": {"tls": {"mode": "DISABLE"}}}),
+    )
+    .await;
+    let shanghai_before = stored(&kube, "cluster-shanghai", &[&r1, &r2], false).await;
+    let beijing_before = stored(&kube, "cluster-beijing", &[&r1, &r2], false).await;
+
+    let (report, events) = roll_out(&kube, &r2, &real()).await;
+    assert_eq!(report.stopped_at_wave, Some(1), "{report:#?}");
+    // Wave 0 passed its gate and keeps R2.
+    let hangzhou = report.member("cluster-hangzhou").expect("hangzhou");
+    assert_eq!(hangzhou.status, MemberStatus::Applied);
+    assert_eq!(hangzhou.runs, Runs::Revision(rev2.clone()));
+    assert_eq!(
+        record(&kube, "cluster-hangzhou").await,
+        (Some(rev2.clone()), Some(rev1.clone()))
+    );
+
+    // The conflicting member: what this rollout changed before the
+    // conflict is undone; it keeps what it had.
+    let beijing = report.member("cluster-beijing").expect("beijing");
+    assert!(
+        matches!(&beijing.status, MemberStatus::Conflict { conflicts, .. }
+            if conflicts.iter().any(|c| c.manager == "oncall" && c.field == ".spec.trafficPolicy.tls.mode")),
+        "{beijing:#?}"
+    );
+    match &beijing.rollback {
+        Some(Rollback::Restored {
+            to,
+            deleted,
+            restored,
+        }) => {
+            assert_eq!(to, &Runs::Revision(rev1.clone()));
+            assert!(deleted.is_empty(), "{deleted:?}");
+            assert!(
+                !restored.is_empty() && restored.iter().all(|o| o.starts_with("WasmPlugin ")),
+                "{restored:?}"
+            );
+        }
+        other => panic!("expected beijing restored, got {other:?}"),
+    }
+    assert_eq!(beijing.runs, Runs::Revision(rev1.clone()));
+    assert_eq!(
+        stored(&kube, "cluster-beijing", &[&r1, &r2], false).await,
+        beijing_before
+    );
+
+    // The member that took all of R2: back exactly to R1 — what R2 changed
+    // restored, what it created deleted, its record untouched.
+    let shanghai = report.member("cluster-shanghai").expect("shanghai");
+    assert_eq!(
+        shanghai.status,
+        MemberStatus::RolledBack {
+            to: Runs::Revision(rev1.clone()),
+            reason: "wave 1 failed its health gate at cluster-beijing".into(),
+        }
+    );
+    match &shanghai.rollback {
+        Some(Rollback::Restored { deleted, .. }) => assert!(
+            deleted.iter().any(|o| o.starts_with("PeerAuthentication ")),
+            "{deleted:?}"
+        ),
+        other => panic!("expected shanghai restored, got {other:?}"),
+    }
+    assert_eq!(shanghai.runs, Runs::Revision(rev1.clone()));
+    assert_eq!(
+        stored(&kube, "cluster-shanghai", &[&r1, &r2], false).await,
+        shanghai_before
+    );
+    for member in ["cluster-shanghai", "cluster-beijing"] {
+        assert_eq!(
+            record(&kube, member).await,
+            (Some(rev1.clone()), None),
+            "{member}"
+        );
+    }
+    let lines: Vec<String> = events.iter().map(apply::progress_line).collect();
+    assert!(
+        lines.iter().any(|l| l
+            .trim()
+            .starts_with(&format!("cluster-shanghai: rolled back to {rev1}"))),
+        "{lines:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_deletes_what_the_render_no_longer_has_and_nothing_else() {
     let kube = start().await;
@@ -446,13 +704,28 @@ async fn a_member_that_rejects_an_object_is_reported_with_the_apis_message_other
     for object in &compiled.member("cluster-beijing") {
         assert!(live(&kube, "cluster-beijing", object).await.is_none());
     }
-    // Same wave and earlier wave: applied.
-    for member in ["cluster-hangzhou", "cluster-shanghai"] {
-        assert_eq!(
-            report.member(member).map(|m| &m.status),
-            Some(&MemberStatus::Applied),
-            "{report:#?}"
-        );
+    // The earlier wave passed its gate and keeps the render.
+    assert_eq!(
+        report.member("cluster-hangzhou").map(|m| &m.status),
+        Some(&MemberStatus::Applied),
+        "{report:#?}"
+    );
+    // Beijing's wave failed: shanghai, in the same wave, had nothing of the
+    // policy before this first rollout, and has nothing again.
+    let shanghai = report.member("cluster-shanghai").expect("shanghai");
+    assert!(
+        matches!(
+            &shanghai.status,
+            MemberStatus::RolledBack {
+                to: Runs::Nothing,
+                ..
+            }
+        ),
+        "{shanghai:#?}"
+    );
+    assert_eq!(shanghai.runs, Runs::Nothing);
+    for object in &compiled.member("cluster-shanghai") {
+        assert!(live(&kube, "cluster-shanghai", object).await.is_none());
     }
 }
 
@@ -467,6 +740,7 @@ async fn a_failing_wave_stops_the_rollout_before_the_next_wave() {
         wave: 0,
         passed: false,
         failed: vec!["cluster-hangzhou".into()],
+        rolling_back: true,
     }));
     for member in ["cluster-shanghai", "cluster-beijing"] {
         assert!(

@@ -168,6 +168,17 @@ impl Replica {
 
     /// A replica with its own Lease term and renew interval.
     fn start_with_lease(kube: &KubeFleet, identity: &str, duration: &str, renew: &str) -> Self {
+        Self::start_with(kube, identity, duration, renew, "1h")
+    }
+
+    /// A replica with its own Lease term, renew interval and resync.
+    fn start_with(
+        kube: &KubeFleet,
+        identity: &str,
+        duration: &str,
+        renew: &str,
+        resync: &str,
+    ) -> Self {
         let kubeconfig = kube.write_kubeconfig();
         let port = free_port();
         let weights_port = free_port();
@@ -179,7 +190,7 @@ impl Replica {
             .arg(&kubeconfig)
             .args(["--context", "hub", "--identity", identity])
             .args(["--lease-duration", duration, "--renew-interval", renew])
-            .args(["--retry-interval", "300ms", "--resync", "1h"])
+            .args(["--retry-interval", "300ms", "--resync", resync])
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--weights-listen")
@@ -584,8 +595,11 @@ async fn run_rolls_out_follows_edits_and_reports_per_member_status() {
         "the API's own message: {why:?}"
     );
     assert!(why.message.contains("422"), "{why:?}");
+    // It refused the first object: nothing of this rollout to undo there.
     assert!(
-        why.message.contains(&format!("rolled back to {second}")),
+        why.message.contains(&format!(
+            "nothing of this rollout to undo: it keeps {second}"
+        )),
         "{why:?}"
     );
     assert_eq!(
@@ -914,6 +928,20 @@ async fn status_reports_every_member_and_fails_on_drift_and_an_unreachable_membe
         )
         .await
         .expect("edit by hand");
+    // The controller sees the edit through its watch of the member and
+    // reports it (not forced back); then beijing goes.
+    wait_for(
+        "the controller's FieldConflict",
+        Duration::from_secs(20),
+        || async {
+            let status = policy(&kube).await.status.unwrap_or_default();
+            match find(&status.conditions, "Degraded") {
+                Some(c) if c.reason == "FieldConflict" => Ok(()),
+                _ => Err(format!("{status:#?}")),
+            }
+        },
+    )
+    .await;
     kube.member_mut("cluster-beijing").stop();
 
     let (code, report) = status_json(&kube);
@@ -943,8 +971,17 @@ async fn status_reports_every_member_and_fails_on_drift_and_an_unreachable_membe
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert_eq!(problems.len(), 4, "{problems:#?}");
     let has = |prefix: &str| problems.iter().any(|p| p.starts_with(prefix));
+    // What the controller said, for the policy and for shanghai.
+    assert!(
+        has("controller: Degraded (FieldConflict): "),
+        "{problems:#?}"
+    );
+    assert!(
+        has("cluster-shanghai: controller: Degraded (FieldConflict): WasmPlugin production/tideway-reviews: fields owned by another manager, not forced: .spec.priority (owned by \"kubectl-edit\")"),
+        "{problems:#?}"
+    );
     assert!(
         has("cluster-shanghai: WasmPlugin production/tideway-reviews changed by \"kubectl-edit\" since the last apply; differs from the render at .spec.priority"),
         "{problems:#?}"
@@ -1184,4 +1221,288 @@ async fn a_deleted_policy_is_pruned_from_every_member_before_it_goes_and_events_
             .any(|e| e.starts_with("CleanedUp: deleted ") && e.ends_with(" from 3 members")),
         "{events:#?}"
     );
+}
+
+/// `oncall` takes `spec` of `member`'s object of `kind` (forced, as a
+/// human's `kubectl apply --server-side --force-conflicts` would).
+async fn take_over(kube: &KubeFleet, member: &str, kind: &str, api_version: &str, spec: Value) {
+    let theirs = json!({
+        "apiVersion": api_version, "kind": kind,
+        "metadata": {"name": "tideway-reviews", "namespace": "production"},
+        "spec": spec,
+    });
+    let server = kube.member(member);
+    server
+        .apply_as(&server.admin().await, "oncall", &theirs)
+        .await;
+}
+
+/// The controller's writes to every member so far, per member.
+fn controller_writes(kube: &KubeFleet) -> Vec<(String, Vec<String>)> {
+    MEMBERS
+        .iter()
+        .map(|m| {
+            let writes = kube
+                .member(m)
+                .controller_writes()
+                .iter()
+                .map(|w| format!("{} {} ({})", w.verb, w.object, w.code))
+                .collect();
+            (m.to_string(), writes)
+        })
+        .collect()
+}
+
+/// A replica's count of reconciles that found nothing to do.
+async fn unchanged_reconciles(replica: &Replica) -> f64 {
+    let (_, metrics) = replica.get("/metrics").await;
+    metric(
+        &metrics,
+        "tideway_controller_reconciles_total{result=\"unchanged\"}",
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_resync_writes_nothing_and_a_hand_edit_is_repaired_or_reported_from_the_watch() {
+    let kube = start().await;
+    let revision = {
+        let first = Replica::start(&kube, "controller-a");
+        wait_rolled_out(&kube, &[&first], Duration::from_secs(60)).await
+    };
+
+    // A restarted controller that resyncs every 2 s: it remembers nothing,
+    // reads what the members have, and sends nothing (counted from the
+    // members' own audit logs).
+    let before = controller_writes(&kube);
+    let resyncing = Replica::start_with(&kube, "controller-b", "4s", "1s", "2s");
+    wait_for("five quiet resyncs", Duration::from_secs(60), || async {
+        let n = unchanged_reconciles(&resyncing).await;
+        if n >= 5.0 {
+            Ok(())
+        } else {
+            Err(format!("{n} so far\n{}", resyncing.log()))
+        }
+    })
+    .await;
+    assert_eq!(
+        controller_writes(&kube),
+        before,
+        "a resync with nothing to repair wrote to a member:\n{}",
+        resyncing.log()
+    );
+    drop(resyncing);
+
+    // A controller whose resync is an hour away: what follows is repaired
+    // (or reported) because the members' watches saw it.
+    let replica = Replica::start(&kube, "controller-c");
+    wait_for("controller-c leads", Duration::from_secs(30), || async {
+        if lease_holder(&kube).await.as_deref() == Some("controller-c") {
+            Ok(())
+        } else {
+            Err(replica.log())
+        }
+    })
+    .await;
+    wait_rolled_out(&kube, &[&replica], Duration::from_secs(30)).await;
+
+    // Deleted by hand: put back.
+    let virtual_service = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                                 "metadata": {"name": "tideway-reviews", "namespace": "production"}});
+    let api = dynamic_api(
+        &kube.member("cluster-shanghai").admin().await,
+        &virtual_service,
+    )
+    .await;
+    api.delete("tideway-reviews", &Default::default())
+        .await
+        .expect("delete as admin");
+    let deleted = Instant::now();
+    wait_for(
+        "the VirtualService put back",
+        Duration::from_secs(10),
+        || async {
+            match api.get_opt("tideway-reviews").await {
+                Ok(Some(_)) => Ok(()),
+                other => Err(format!("{other:?}\n{}", replica.log())),
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "VirtualService put back {:?} after its deletion",
+        deleted.elapsed()
+    );
+
+    // Taken over by hand: reported as a conflict, never forced; the member
+    // keeps its revision, no rollback.
+    take_over(
+        &kube,
+        "cluster-shanghai",
+        "DestinationRule",
+        "networking.istio.io/v1",
+        json!({"host": "reviews-hotfix.production.svc.cluster.local"}),
+    )
+    .await;
+    let edited = Instant::now();
+    let status = wait_for(
+        "the conflict in the status",
+        Duration::from_secs(10),
+        || async {
+            let status = policy(&kube).await.status.unwrap_or_default();
+            let shanghai = status.members.iter().find(|m| m.name == "cluster-shanghai");
+            match shanghai.and_then(|m| find(&m.conditions, "Degraded")) {
+                Some(c) if c.status == "True" && c.reason == "FieldConflict" => Ok(status),
+                _ => Err(format!("{status:#?}\n{}", replica.log())),
+            }
+        },
+    )
+    .await;
+    eprintln!("conflict reported {:?} after the edit", edited.elapsed());
+    let shanghai = status
+        .members
+        .iter()
+        .find(|m| m.name == "cluster-shanghai")
+        .expect("shanghai");
+    assert_eq!(shanghai.revision.as_deref(), Some(revision.as_str()));
+    let degraded = find(&status.conditions, "Degraded").expect("Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "FieldConflict"),
+        "{status:#?}"
+    );
+    for needle in [".spec.host", "\"oncall\"", "cluster-shanghai"] {
+        assert!(degraded.message.contains(needle), "{needle}: {degraded:?}");
+    }
+    let rule = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                      "metadata": {"name": "tideway-reviews", "namespace": "production"}});
+    let found = dynamic_api(&kube.member("cluster-shanghai").admin().await, &rule)
+        .await
+        .get("tideway-reviews")
+        .await
+        .expect("rule");
+    assert_eq!(
+        found.data["spec"]["host"],
+        "reviews-hotfix.production.svc.cluster.local"
+    );
+    for member in MEMBERS {
+        let found = plugin(&kube, member).await.expect("plugin");
+        assert_eq!(revision_of(&found), revision, "{member}");
+    }
+    let events = policy_events(&kube).await;
+    assert!(
+        !events.iter().any(|e| e.starts_with("RolledBack")),
+        "{events:#?}"
+    );
+}
+
+/// The Events on the reviews policy: (reason, note, how many times).
+async fn policy_event_series(kube: &KubeFleet) -> Vec<(String, String, i32)> {
+    use k8s_openapi::api::events::v1::Event;
+    let events: Api<Event> = Api::namespaced(kube.hub.admin().await, "production");
+    events
+        .list(&Default::default())
+        .await
+        .expect("list Events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("reviews"))
+        .map(|e| {
+            (
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+                e.series.map_or(1, |s| s.count),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_is_true_for_its_latest_occurrence() {
+    let mut kube = start().await;
+    let replica = Replica::start(&kube, "controller-a");
+    // Three rollouts within a minute: A, B, and A again.
+    let a = wait_rolled_out(&kube, &[&replica], Duration::from_secs(60)).await;
+    edit(&kube, &policy_object(70, "cluster-hangzhou")).await;
+    let b = wait_rolled_out(&kube, &[&replica], Duration::from_secs(30)).await;
+    edit(&kube, &policy_object(50, "cluster-hangzhou")).await;
+    let again = wait_rolled_out(&kube, &[&replica], Duration::from_secs(30)).await;
+    assert_eq!(again, a);
+    // Two different degradations: a conflict in shanghai, then also
+    // beijing gone.
+    take_over(
+        &kube,
+        "cluster-shanghai",
+        "DestinationRule",
+        "networking.istio.io/v1",
+        json!({"host": "reviews-hotfix.production.svc.cluster.local"}),
+    )
+    .await;
+    wait_for("the conflict", Duration::from_secs(20), || async {
+        let events = policy_event_series(&kube).await;
+        if events
+            .iter()
+            .any(|(r, n, _)| r == "Degraded" && n.contains("FieldConflict"))
+        {
+            Ok(())
+        } else {
+            Err(format!("{events:#?}"))
+        }
+    })
+    .await;
+    kube.member_mut("cluster-beijing").stop();
+    edit(&kube, &policy_object(60, "cluster-hangzhou")).await;
+    wait_for("beijing unreachable", Duration::from_secs(40), || async {
+        let events = policy_event_series(&kube).await;
+        if events
+            .iter()
+            .any(|(r, n, _)| r == "Degraded" && n.contains("Unreachable"))
+        {
+            Ok(())
+        } else {
+            Err(format!("{events:#?}\n{}", replica.log()))
+        }
+    })
+    .await;
+
+    let events = policy_event_series(&kube).await;
+    let applied: Vec<&(String, String, i32)> =
+        events.iter().filter(|(r, _, _)| r == "Applied").collect();
+    let note = |rev: &str| format!("revision {rev} applied to all 3 members");
+    assert_eq!(
+        applied.len(),
+        2,
+        "one Applied event per revision: {events:#?}"
+    );
+    assert!(
+        applied
+            .iter()
+            .any(|(_, n, count)| *n == note(&a) && *count == 2),
+        "A, twice: {events:#?}"
+    );
+    assert!(
+        applied
+            .iter()
+            .any(|(_, n, count)| *n == note(&b) && *count == 1),
+        "B, once: {events:#?}"
+    );
+    let degraded: Vec<&(String, String, i32)> =
+        events.iter().filter(|(r, _, _)| r == "Degraded").collect();
+    assert!(
+        degraded
+            .iter()
+            .any(|(_, n, _)| n.contains("FieldConflict") && !n.contains("Unreachable")),
+        "{events:#?}"
+    );
+    assert!(
+        degraded
+            .iter()
+            .any(|(_, n, _)| n.contains("cluster-beijing (Unreachable")),
+        "{events:#?}"
+    );
+    // Each Degraded note is its own: no two events share one.
+    let mut notes: Vec<&String> = degraded.iter().map(|(_, n, _)| n).collect();
+    notes.sort();
+    notes.dedup();
+    assert_eq!(notes.len(), degraded.len(), "{events:#?}");
 }

@@ -328,6 +328,18 @@ async fn drain_by_cluster_reaches_every_service_and_versions_only_increase() {
     assert_eq!((west.weight, west.cost), (5.0, 2.5));
     assert!(d.version > last);
     last = d.version;
+    // A negative number reaches the check and is named with its field, as
+    // typed (not taken for an unknown flag).
+    for (flag, field) in [("--weight", "weight"), ("--cost", "cost")] {
+        let out = server.cli_with_token(&["weight", "set", "alpha", "west", flag, "-1"]);
+        assert!(!out.status.success(), "{}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{field}: got -1; expected a finite number ≥ 0")),
+            "{}",
+            text(&out)
+        );
+    }
     let out = server.cli_with_token(&["weight", "set", "alpha", "west", "--reset"]);
     assert!(out.status.success(), "{}", text(&out));
     let d = doc(get(&url, None).await.2);
@@ -382,6 +394,28 @@ async fn writes_need_the_token_and_it_never_reaches_the_logs() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
     assert!(resp.headers().contains_key("www-authenticate"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let said = body["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        said.starts_with("authorization: got a token the server does not accept; expected `Authorization: Bearer <token>`"),
+        "{said}"
+    );
+    assert!(!said.contains("not-the-token"), "{said}");
+    // No header at all: the error says what to send.
+    let resp = http()
+        .post(format!("{}/v1/drain", server.url))
+        .json(&serde_json::json!({"cluster": "east"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let said = body["error"].as_str().unwrap_or_default();
+    assert!(
+        said.starts_with("authorization: missing; expected `Authorization: Bearer <token>`")
+            && said.contains("--token-file"),
+        "{said}"
+    );
     let (_, _, body) = get(&format!("{}/v1/weights", server.url), None).await;
     assert!(drained(&WeightsDocument::parse(body.as_bytes()).unwrap()).is_empty());
     // The right token, through $TIDEWAY_TOKEN this time, at debug level.

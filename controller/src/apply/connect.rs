@@ -9,10 +9,12 @@
 //! member's "unreachable" outcome, with the reason. Connections time out
 //! quickly so that a member that is down does not hold up its wave.
 
+use super::live::{LiveCache, OnChange};
 use crate::api::FleetMember;
 use k8s_openapi::api::core::v1::Secret;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long to wait for a member's API server to accept a connection.
@@ -62,6 +64,21 @@ pub async fn member_client(
     client_for_context(&source.kubeconfig, &source.context).await
 }
 
+/// A member's client, and what `tideway run` knows of the member from its
+/// watches.
+#[derive(Clone)]
+pub struct Member {
+    pub client: Client,
+    pub live: Option<Arc<LiveCache>>,
+}
+
+impl Member {
+    /// A client alone: every question goes to the member (`tideway apply`).
+    pub fn uncached(client: Client) -> Self {
+        Self { client, live: None }
+    }
+}
+
 /// Member clients kept from one reconcile to the next.
 ///
 /// A `kube::Client` owns its connection pool: a client made per reconcile
@@ -71,9 +88,12 @@ pub async fn member_client(
 /// client is keyed by the digest of its source, so a rotated kubeconfig
 /// Secret (read on every call: that read is what notices the rotation)
 /// makes a new client, and two members with the same source share one.
+/// Made [`ClientCache::watching`], each client comes with its member's
+/// [`LiveCache`], which lives (and watches) as long as the client is kept.
 #[derive(Default)]
 pub struct ClientCache {
-    clients: std::sync::Mutex<std::collections::HashMap<[u8; 32], Client>>,
+    clients: std::sync::Mutex<std::collections::HashMap<[u8; 32], Member>>,
+    on_change: Option<OnChange>,
 }
 
 /// More cached clients than this means sources come and go (rotations):
@@ -81,6 +101,41 @@ pub struct ClientCache {
 const MAX_CACHED_CLIENTS: usize = 1024;
 
 impl ClientCache {
+    /// A cache whose members are watched; `on_change` hears of every
+    /// change to a policy's objects that Tideway did not make.
+    pub fn watching(on_change: OnChange) -> Self {
+        Self {
+            clients: Default::default(),
+            on_change: Some(on_change),
+        }
+    }
+
+    /// The client (and watch cache) for `member`, made once per source.
+    pub async fn member(
+        &self,
+        member: &FleetMember,
+        kubeconfig: Option<&Kubeconfig>,
+        hub: Option<&Client>,
+    ) -> Result<Member, String> {
+        let source = source(member, kubeconfig, hub).await?;
+        if let Some(found) = self.lock().get(&source.digest) {
+            return Ok(found.clone());
+        }
+        let client = client_for_context(&source.kubeconfig, &source.context).await?;
+        let live = self
+            .on_change
+            .as_ref()
+            .map(|on_change| LiveCache::new(&member.name, client.clone(), Some(on_change.clone())));
+        let mut clients = self.lock();
+        if clients.len() >= MAX_CACHED_CLIENTS {
+            clients.clear();
+        }
+        Ok(clients
+            .entry(source.digest)
+            .or_insert(Member { client, live })
+            .clone())
+    }
+
     /// The client for `member`, made once per source.
     pub async fn member_client(
         &self,
@@ -88,19 +143,10 @@ impl ClientCache {
         kubeconfig: Option<&Kubeconfig>,
         hub: Option<&Client>,
     ) -> Result<Client, String> {
-        let source = source(member, kubeconfig, hub).await?;
-        if let Some(client) = self.lock().get(&source.digest) {
-            return Ok(client.clone());
-        }
-        let client = client_for_context(&source.kubeconfig, &source.context).await?;
-        let mut clients = self.lock();
-        if clients.len() >= MAX_CACHED_CLIENTS {
-            clients.clear();
-        }
-        Ok(clients.entry(source.digest).or_insert(client).clone())
+        self.member(member, kubeconfig, hub).await.map(|m| m.client)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], Client>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], Member>> {
         self.clients.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

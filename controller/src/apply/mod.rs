@@ -3,38 +3,51 @@
 //! Wave by wave (the Fleet's `wave`, lowest first; canary clusters go in the
 //! first wave). The members of one wave are applied concurrently, each on its
 //! own (one member's failure never touches another's objects), by
-//! server-side apply with field manager `tideway`, never forced. Between
-//! waves a health gate: every reachable member of the wave must have had
-//! every object accepted and read back. A wave that fails the gate stops the
-//! rollout: later waves are reported as skipped, not attempted.
+//! server-side apply with field manager `tideway`, never forced; an object a
+//! member already has as rendered is not sent. Between waves a health gate:
+//! every reachable member of the wave must have accepted every object. A
+//! wave that fails the gate stops the rollout: later waves are reported as
+//! skipped, not attempted.
 //!
 //! An unreachable member is reported and does not stop the rollout (unless
 //! [`Options::require_all`]): the rest of the fleet should not wait on one
 //! cluster's outage. A conflict with another field manager is reported with
 //! the field and the manager (HTTP 409), and the object is left as the other
-//! manager has it. After a member's objects are applied, the objects Tideway
-//! applied there for this policy earlier and the render no longer has are
-//! deleted (found by the managed-by and policy labels; nothing relies on
-//! owner-reference garbage collection, which needs a controller-manager).
+//! manager has it.
 //!
-//! A wave that fails its gate is rolled back: each of its reachable members
-//! gets the revision it had before ([`revisions`]: kept in the member), so
-//! the fleet is left at most one wave ahead of the previous revision and
-//! the failing wave is whole again.
+//! Only once its wave passed the gate does a member lose the objects of
+//! this policy that the render no longer has ([`prune`]), and get the new
+//! revision in its record ([`revisions`]). A wave that fails the gate is
+//! rolled back ([`rollback`]): each reachable member gets back exactly what
+//! it had before this rollout; a member that already had the revision is
+//! left alone.
 //!
-//! Modules: [`member`] applies to one cluster, [`revisions`] records what
-//! each member has, [`connect`] makes a client per member, [`diff`] is what
+//! Modules: [`member`] applies to one cluster, [`live`] is what `tideway
+//! run` knows of each member from watches, [`drift`] compares a live object
+//! with its render, [`connect`] makes a client per member, [`diff`] is what
 //! `--dry-run` shows.
 
+pub mod conflicts;
 pub mod connect;
 pub mod diff;
+pub mod drift;
+pub mod live;
 pub mod member;
+pub mod object;
+pub mod prune;
 pub mod revisions;
+pub mod rollback;
+mod server;
+pub(crate) use server::error_chain;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-pub use member::{MemberOutcome, MemberStatus, ObjectAction, ObjectOutcome};
+pub use conflicts::FieldConflict;
+pub use member::{MemberOutcome, MemberStatus, ObjectAction, ObjectOutcome, Runs};
+pub use prune::remove_all;
+pub use rollback::Rollback;
 
 /// The annotation on every applied object: the render's [`revision`].
 pub const REVISION_ANNOTATION: &str = "traffic.tideway.dev/revision";
@@ -76,11 +89,13 @@ fn stamp_revision(object: &mut Value, revision: &str) {
 /// The field manager of every apply (`kubectl get -o yaml
 /// --show-managed-fields` shows it).
 pub const FIELD_MANAGER: &str = "tideway";
+/// The field manager of the policy status `tideway run` writes in the hub.
+pub const STATUS_FIELD_MANAGER: &str = "tideway-controller";
 
 /// The policy a render came from: its objects carry these in
 /// `traffic.tideway.dev/policy` and `…/policy-namespace`, which is how
 /// prune finds what an earlier apply of the same policy left.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PolicyRef {
     pub name: String,
     pub namespace: String,
@@ -106,11 +121,6 @@ pub struct Options {
     /// An unreachable member fails its wave's gate (default: reported, the
     /// rollout goes on).
     pub require_all: bool,
-    /// Objects whose live copy already carries this revision (annotation)
-    /// are not sent again. A rollback sets it to the revision it restores:
-    /// an object the member refused is still at that revision, and sending
-    /// it again would only be refused again.
-    pub unchanged_at_revision: Option<String>,
 }
 
 /// One member cluster to roll out to.
@@ -124,6 +134,9 @@ pub struct Target {
     /// A client for the member's API server, or why there is none (bad
     /// kubeconfig context, missing Secret): reported as unreachable.
     pub client: Result<kube::Client, String>,
+    /// What `tideway run` knows of the member from its watches (none for
+    /// `tideway apply`, which asks the member).
+    pub live: Option<Arc<live::LiveCache>>,
 }
 
 /// What the terminal shows while the rollout runs.
@@ -138,12 +151,14 @@ pub enum Progress {
         wave: u32,
         passed: bool,
         failed: Vec<String>,
+        /// The wave is being rolled back (it failed before prune and the
+        /// records; a failure after them leaves the new revision in place).
+        rolling_back: bool,
     },
-    /// After a failed gate: a member of that wave put back to the revision
-    /// it had (`Ok(revision)`), or why it could not be.
+    /// After a failed gate: what was undone in a member of that wave.
     RolledBack {
         member: String,
-        result: Result<String, String>,
+        rollback: Rollback,
     },
 }
 
@@ -166,6 +181,18 @@ impl FleetReport {
             .iter()
             .all(|m| matches!(m.status, MemberStatus::Applied))
     }
+}
+
+/// Members that fail a wave's gate.
+fn blocking(runs: &[member::MemberRun], options: &Options) -> Vec<String> {
+    runs.iter()
+        .filter(|run| match &run.outcome.status {
+            MemberStatus::Applied => false,
+            MemberStatus::Unreachable { .. } => options.require_all,
+            _ => true,
+        })
+        .map(|run| run.outcome.member.clone())
+        .collect()
 }
 
 /// Roll `targets` out wave by wave; see the module doc. Never panics on a
@@ -201,65 +228,87 @@ pub async fn apply(
             wave,
             members: members.iter().map(|t| t.member.clone()).collect(),
         });
-        let runs = members
-            .iter()
-            .map(|target| member::apply_member(target, policy, options));
-        let mut outcomes = futures::future::join_all(runs).await;
-        let mut failed = Vec::new();
-        for outcome in &outcomes {
-            let blocks = match &outcome.status {
-                MemberStatus::Applied => false,
-                MemberStatus::Unreachable { .. } => options.require_all,
-                _ => true,
-            };
-            if blocks {
-                failed.push(outcome.member.clone());
-            }
-            progress(&Progress::MemberDone(outcome.clone()));
-        }
+        let mut runs = futures::future::join_all(
+            members
+                .iter()
+                .map(|target| member::apply_objects(target, policy, options)),
+        )
+        .await;
+        let failed = blocking(&runs, options);
         // A dry run stores nothing, so there is nothing to gate on: it shows
         // every wave.
-        let passed = failed.is_empty() || options.dry_run;
-        progress(&Progress::WaveGate {
-            wave,
-            passed,
-            failed: failed.clone(),
-        });
-        if !passed {
+        if failed.is_empty() || options.dry_run {
+            futures::future::join_all(
+                members
+                    .iter()
+                    .zip(runs.iter_mut())
+                    .filter(|(_, run)| matches!(run.outcome.status, MemberStatus::Applied))
+                    .map(|(target, run)| member::finish(target, policy, options, run)),
+            )
+            .await;
+            let failed = if options.dry_run {
+                Vec::new()
+            } else {
+                blocking(&runs, options)
+            };
+            for run in &runs {
+                progress(&Progress::MemberDone(run.outcome.clone()));
+            }
+            if !failed.is_empty() {
+                report.stopped_at_wave = Some(wave);
+            }
+            progress(&Progress::WaveGate {
+                wave,
+                passed: failed.is_empty(),
+                failed,
+                rolling_back: false,
+            });
+        } else {
+            for run in &runs {
+                progress(&Progress::MemberDone(run.outcome.clone()));
+            }
             report.stopped_at_wave = Some(wave);
-            // The whole wave goes back to what its members had, so that it
-            // is one revision again; later waves never saw the new one.
+            progress(&Progress::WaveGate {
+                wave,
+                passed: false,
+                failed: failed.clone(),
+                rolling_back: true,
+            });
             let why = format!(
                 "wave {wave} failed its health gate at {}",
                 failed.join(", ")
             );
-            let rollbacks = members.iter().zip(&outcomes).map(|(target, outcome)| {
-                let reachable = !matches!(outcome.status, MemberStatus::Unreachable { .. });
-                async move {
-                    if reachable {
-                        Some(member::rollback(target, policy).await)
-                    } else {
-                        None
+            let rollbacks = members
+                .iter()
+                .zip(runs.iter_mut())
+                .map(|(target, run)| async {
+                    if matches!(run.outcome.status, MemberStatus::Unreachable { .. }) {
+                        return;
                     }
-                }
-            });
-            let results = futures::future::join_all(rollbacks).await;
-            for (outcome, result) in outcomes.iter_mut().zip(results) {
-                let Some(result) = result else { continue };
-                if let (Ok(to), MemberStatus::Applied) = (&result, &outcome.status) {
-                    outcome.status = MemberStatus::RolledBack {
-                        revision: to.clone(),
-                        reason: why.clone(),
-                    };
-                }
-                outcome.rollback = Some(result);
-                progress(&Progress::RolledBack {
-                    member: outcome.member.clone(),
-                    result: outcome.rollback.clone().unwrap_or(Err(String::new())),
+                    let undone = rollback::rollback(target, policy, run).await;
+                    if let (Rollback::Restored { to, .. }, MemberStatus::Applied) =
+                        (&undone, &run.outcome.status)
+                    {
+                        run.outcome.status = MemberStatus::RolledBack {
+                            to: to.clone(),
+                            reason: why.clone(),
+                        };
+                    }
+                    run.outcome.rollback = Some(undone);
                 });
+            futures::future::join_all(rollbacks).await;
+            for run in &runs {
+                if let Some(undone) = &run.outcome.rollback {
+                    progress(&Progress::RolledBack {
+                        member: run.outcome.member.clone(),
+                        rollback: undone.clone(),
+                    });
+                }
             }
         }
-        report.members.extend(outcomes);
+        report
+            .members
+            .extend(runs.into_iter().map(|run| run.outcome));
     }
     report
 }
@@ -278,7 +327,9 @@ pub async fn targets(
         if compiled.order.contains(&member.name) {
             clients.insert(
                 member.name.clone(),
-                connect::member_client(member, kubeconfig, hub).await,
+                connect::member_client(member, kubeconfig, hub)
+                    .await
+                    .map(connect::Member::uncached),
             );
         }
     }
@@ -289,7 +340,7 @@ pub async fn targets(
 pub fn targets_with(
     compiled: &crate::Compiled,
     fleet: &crate::api::Fleet,
-    clients: &BTreeMap<String, Result<kube::Client, String>>,
+    clients: &BTreeMap<String, Result<connect::Member, String>>,
 ) -> Vec<Target> {
     let revision = revision(compiled);
     let mut out = Vec::new();
@@ -297,25 +348,33 @@ pub fn targets_with(
         let Some(member) = fleet.spec.clusters.iter().find(|c| &c.name == name) else {
             continue;
         };
+        let connection = clients
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Err(format!("member {name}: no client")));
         out.push(Target {
             member: name.clone(),
             wave: member.wave,
             revision: revision.clone(),
-            objects: compiled
-                .member(name)
-                .into_iter()
-                .map(|mut o| {
-                    stamp_revision(&mut o, &revision);
-                    o
-                })
-                .collect(),
-            client: clients
-                .get(name)
-                .cloned()
-                .unwrap_or_else(|| Err(format!("member {name}: no client"))),
+            objects: rendered(compiled, name, &revision),
+            live: connection.as_ref().ok().and_then(|m| m.live.clone()),
+            client: connection.map(|m| m.client),
         });
     }
     out
+}
+
+/// `member`'s objects of `compiled`, in apply order, stamped with the
+/// render's `revision`: exactly what a rollout sends.
+pub fn rendered(compiled: &crate::Compiled, member: &str, revision: &str) -> Vec<Value> {
+    compiled
+        .member(member)
+        .into_iter()
+        .map(|mut o| {
+            stamp_revision(&mut o, revision);
+            o
+        })
+        .collect()
 }
 
 /// The terminal line for one progress event (`tideway apply` prints these
@@ -329,18 +388,20 @@ pub fn progress_line(event: &Progress) -> String {
         Progress::WaveGate {
             wave, passed: true, ..
         } => format!("wave {wave}: healthy"),
-        Progress::WaveGate { wave, failed, .. } => format!(
+        Progress::WaveGate {
+            wave,
+            failed,
+            rolling_back: true,
+            ..
+        } => format!(
             "wave {wave}: FAILED at {}; rolling the wave back, later waves are not rolled out",
             failed.join(", ")
         ),
-        Progress::RolledBack {
-            member,
-            result: Ok(revision),
-        } => format!("  {member}: rolled back to {revision}"),
-        Progress::RolledBack {
-            member,
-            result: Err(why),
-        } => format!("  {member}: NOT rolled back: {why}"),
+        Progress::WaveGate { wave, failed, .. } => format!(
+            "wave {wave}: FAILED at {} after the new revision was applied (prune or revision record); later waves are not rolled out",
+            failed.join(", ")
+        ),
+        Progress::RolledBack { member, rollback } => format!("  {member}: {rollback}"),
     }
 }
 
@@ -417,8 +478,8 @@ fn member_line(outcome: &MemberOutcome) -> String {
         } => format!("  {m}: REJECTED {object} ({code}): {message}"),
         MemberStatus::Failed { message } => format!("  {m}: FAILED: {message}"),
         MemberStatus::Skipped { reason } => format!("  {m}: skipped: {reason}"),
-        MemberStatus::RolledBack { revision, reason } => {
-            format!("  {m}: rolled back to {revision}: {reason}")
+        MemberStatus::RolledBack { to, reason } => {
+            format!("  {m}: rolled back to {to}: {reason}")
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The revisions a member has had, kept in the member itself: one
 //! ConfigMap per policy in `tideway-system` (`tideway-revisions-<policy
 //! namespace>-<policy>`) with the current and the previous render applied
-//! there (revision and objects). A wave that fails its health gate rolls
-//! its members back to what this says they had (see [`super::apply`]);
-//! keeping it in the member means a rollback needs no hub and survives a
+//! there (revision and objects). It moves only once a rollout's wave passed
+//! its health gate, so during a rollout it says what the member had before
+//! it: what a failed wave is rolled back to ([`super::rollback`]). Keeping
+//! it in the member means a rollback needs no hub and survives a
 //! controller restart.
 //!
 //! The ConfigMap does not carry the policy's prune labels (prune must never
@@ -58,22 +59,22 @@ fn revision_from(data: &std::collections::BTreeMap<String, String>, key: &str) -
 }
 
 /// What the member says it has (empty when it never had this policy).
-pub async fn read(client: &Client, policy: &PolicyRef) -> Result<Record, String> {
-    let found = api(client)
-        .get_opt(&configmap_name(policy))
-        .await
-        .map_err(|e| {
-            format!(
-                "reading ConfigMap {REVISIONS_NAMESPACE}/{}: {}",
-                configmap_name(policy),
-                text_of(&e)
-            )
-        })?;
+pub async fn read(client: &Client, policy: &PolicyRef) -> Result<Record, kube::Error> {
+    let found = api(client).get_opt(&configmap_name(policy)).await?;
     let data = found.and_then(|c| c.data).unwrap_or_default();
     Ok(Record {
         current: revision_from(&data, "current"),
         previous: revision_from(&data, "previous"),
     })
+}
+
+/// The message for a record that could not be read (`why`: the API
+/// server's message or the error).
+pub fn read_error(policy: &PolicyRef, why: &str) -> String {
+    format!(
+        "reading the revision record ConfigMap {REVISIONS_NAMESPACE}/{}: {why}",
+        configmap_name(policy)
+    )
 }
 
 pub async fn write(client: &Client, policy: &PolicyRef, record: &Record) -> Result<(), String> {

@@ -19,6 +19,7 @@
 //! reconciles in flight and releases the Lease.
 
 pub mod discovery;
+pub mod events;
 pub mod lease;
 pub mod metrics;
 pub mod reconcile;
@@ -172,11 +173,18 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
         None => None,
     };
     let (discovery, endpoint_triggers) = discovery::Discovery::new(weights.clone());
+    // A member object changed under Tideway (a hand edit, a deletion):
+    // that policy is reconciled at once.
+    let (drift_tx, drift_triggers) = futures::channel::mpsc::unbounded();
+    let on_change: crate::apply::live::OnChange = Arc::new(move |p: crate::apply::PolicyRef| {
+        let _ =
+            drift_tx.unbounded_send(ObjectRef::<TrafficPolicy>::new(&p.name).within(&p.namespace));
+    });
     let ctx = Arc::new(reconcile::Context {
         hub: hub.clone(),
         kubeconfig: config.kubeconfig.clone(),
         metrics: metrics.clone(),
-        clients: Default::default(),
+        clients: crate::apply::connect::ClientCache::watching(on_change),
         resync: config.resync,
         failures: Default::default(),
         applied: Default::default(),
@@ -185,12 +193,10 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
         weights,
         dashboard: config.weights.as_ref().and_then(|(_, o)| o.ui.clone()),
         policies: controller.store(),
-        recorder: kube::runtime::events::Recorder::new(
+        events: events::EventRecorder::new(
             hub.clone(),
-            kube::runtime::events::Reporter {
-                controller: "tideway-controller".into(),
-                instance: Some(config.lease.identity.clone()),
-            },
+            "tideway-controller",
+            &config.lease.identity,
         ),
     });
     let store = controller.store();
@@ -230,7 +236,7 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
             },
         )
-        .reconcile_on(endpoint_triggers)
+        .reconcile_on(futures::stream::select(endpoint_triggers, drift_triggers))
         .graceful_shutdown_on(async move {
             let _ = shutdown_rx.await;
         })

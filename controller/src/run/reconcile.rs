@@ -8,22 +8,25 @@
 //! An invalid policy is reported with the field path and nothing is
 //! applied: the members keep the last good render.
 
+use super::events::PolicyEvent;
 use super::metrics::Metrics;
 use crate::api::{Condition, Fleet, MemberRolloutStatus, TrafficPolicy, TrafficPolicyStatus};
+use crate::apply::live::LiveCache;
+use crate::apply::object::{fingerprint, ObjectKey};
 use crate::apply::{self, MemberOutcome, MemberStatus, ObjectAction, Options, PolicyRef};
+use crate::apply::{Rollback, Runs};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
-/// The field manager of the status `tideway run` writes.
-pub const STATUS_FIELD_MANAGER: &str = "tideway-controller";
+pub use crate::apply::STATUS_FIELD_MANAGER;
 /// The finalizer `tideway run` puts on every policy: a deleted policy's
 /// objects are pruned from every member before the policy goes (nothing
 /// would garbage-collect them: they live in other clusters).
@@ -60,14 +63,14 @@ pub struct Context {
     pub policies: kube::runtime::reflector::Store<TrafficPolicy>,
     /// Events on the policies (events.k8s.io/v1): rollouts, rollbacks,
     /// degraded members, cleanup.
-    pub recorder: kube::runtime::events::Recorder,
+    pub events: super::events::EventRecorder,
     /// The dashboard served with the weights API (`--ui`): it shows each
     /// policy's rollout status and runs its what-if on the policy's config.
     pub dashboard: Option<Arc<crate::ui::Dashboard>>,
 }
 
 /// The inputs of the last rollout.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Applied {
     pub policy_generation: Option<i64>,
     pub fleet_generation: Option<i64>,
@@ -76,6 +79,11 @@ pub struct Applied {
     /// When the same inputs are worth a rollout again (the resync after a
     /// complete one, sooner after a failure).
     pub again_in: Duration,
+    /// Every member took the render.
+    pub complete: bool,
+    /// Each member's watch cache: what tells, between rollouts, whether a
+    /// member still has the render.
+    pub live: BTreeMap<String, Arc<LiveCache>>,
 }
 
 /// A reconcile that could not finish because the hub failed (reading the
@@ -145,6 +153,70 @@ pub fn member_conditions(
     outcome: &MemberOutcome,
     generation: Option<i64>,
 ) -> (Vec<Condition>, &'static str) {
+    let status = &outcome.status;
+    let (reason, degraded, progressing, name) = match status {
+        MemberStatus::Applied => ("Applied", false, "rollout finished", "applied"),
+        MemberStatus::Unreachable { .. } => (
+            "Unreachable",
+            true,
+            "waiting for the member's API server",
+            "unreachable",
+        ),
+        MemberStatus::Conflict { .. } => {
+            ("FieldConflict", true, "stopped at the conflict", "conflict")
+        }
+        MemberStatus::Rejected { .. } => (
+            "Rejected",
+            true,
+            "stopped at the rejected object",
+            "rejected",
+        ),
+        MemberStatus::Failed { .. } => ("ApplyFailed", true, "stopped at the failure", "failed"),
+        MemberStatus::RolledBack { .. } => ("RolledBack", false, "rollout stopped", "rolled_back"),
+        MemberStatus::Skipped { reason } => ("WaveBlocked", false, reason.as_str(), "skipped"),
+    };
+    let message = match status {
+        MemberStatus::Applied => applied_text(outcome),
+        MemberStatus::Unreachable { .. }
+        | MemberStatus::RolledBack { .. }
+        | MemberStatus::Skipped { .. } => status_text(status),
+        _ => format!("{}{}", status_text(status), what_else_happened(outcome)),
+    };
+    let degraded_message = match status {
+        MemberStatus::Applied => "every object accepted".to_string(),
+        MemberStatus::Skipped { .. } => "not attempted".to_string(),
+        _ => message.clone(),
+    };
+    let ready = matches!(status, MemberStatus::Applied);
+    let g = generation;
+    (
+        vec![
+            condition(READY, ready, reason, message, g),
+            condition(PROGRESSING, false, reason, progressing.to_string(), g),
+            condition(DEGRADED, degraded, reason, degraded_message, g),
+        ],
+        name,
+    )
+}
+
+/// `N objects applied (… created, … configured, … unchanged, … pruned)`.
+fn applied_text(outcome: &MemberOutcome) -> String {
+    let pruned = if outcome.pruned.is_empty() {
+        String::new()
+    } else {
+        format!(", {} pruned", outcome.pruned.len())
+    };
+    format!(
+        "{} objects applied ({} created, {} configured, {} unchanged{pruned})",
+        outcome.objects.len(),
+        outcome.count(&ObjectAction::Created),
+        outcome.count(&ObjectAction::Configured),
+        outcome.count(&ObjectAction::Unchanged),
+    )
+}
+
+/// After a member's failure: how far it got, and what its rollback did.
+fn what_else_happened(outcome: &MemberOutcome) -> String {
     let total = outcome.objects.len();
     let applied = outcome
         .objects
@@ -156,149 +228,59 @@ pub fn member_conditions(
             )
         })
         .count();
-    let mut partial = if applied > 0 && applied < total {
+    let mut text = if applied > 0 && applied < total {
         format!(" ({applied} of {total} objects applied before it; the rest not attempted)")
     } else {
         String::new()
     };
     match &outcome.rollback {
-        Some(Ok(to)) => partial.push_str(&format!("; rolled back to {to}")),
-        Some(Err(why)) => partial.push_str(&format!("; NOT rolled back: {why}")),
+        Some(Rollback::NothingToUndo) => {
+            if let Runs::Revision(r) = &outcome.runs {
+                text.push_str(&format!("; nothing of this rollout to undo: it keeps {r}"));
+            }
+        }
+        Some(undone) => text.push_str(&format!("; {undone}")),
         None => {}
     }
-    let c = condition;
-    let g = generation;
-    let (ready, degraded, progressing, name) = match &outcome.status {
-        MemberStatus::Applied => {
-            let pruned = if outcome.pruned.is_empty() {
-                String::new()
-            } else {
-                format!(", {} pruned", outcome.pruned.len())
-            };
-            let msg = format!(
-                "{total} objects applied ({} created, {} configured, {} unchanged{pruned})",
-                outcome.count(&ObjectAction::Created),
-                outcome.count(&ObjectAction::Configured),
-                outcome.count(&ObjectAction::Unchanged),
-            );
-            (
-                c(READY, true, "Applied", msg, g),
-                c(
-                    DEGRADED,
-                    false,
-                    "Applied",
-                    "every object accepted".into(),
-                    g,
-                ),
-                c(PROGRESSING, false, "Applied", "rollout finished".into(), g),
-                "applied",
-            )
-        }
-        MemberStatus::Unreachable { message } => (
-            c(READY, false, "Unreachable", message.clone(), g),
-            c(DEGRADED, true, "Unreachable", message.clone(), g),
-            c(
-                PROGRESSING,
-                false,
-                "Unreachable",
-                "waiting for the member's API server".into(),
-                g,
-            ),
-            "unreachable",
-        ),
+    text
+}
+
+/// A member's status in words: what the API server said, the fields and
+/// their managers, where the rollout stopped.
+fn status_text(status: &MemberStatus) -> String {
+    match status {
+        MemberStatus::Applied => "applied".to_string(),
+        MemberStatus::Unreachable { message } => message.clone(),
+        MemberStatus::Failed { message } => message.clone(),
         MemberStatus::Conflict {
             object, conflicts, ..
-        } => {
-            let fields = conflicts
+        } => format!(
+            "{object}: fields owned by another manager, not forced: {}",
+            conflicts
                 .iter()
                 .map(|f| format!("{} (owned by {:?})", f.field, f.manager))
                 .collect::<Vec<_>>()
-                .join(", ");
-            let msg =
-                format!("{object}: fields owned by another manager, not forced: {fields}{partial}");
-            (
-                c(READY, false, "FieldConflict", msg.clone(), g),
-                c(DEGRADED, true, "FieldConflict", msg, g),
-                c(
-                    PROGRESSING,
-                    false,
-                    "FieldConflict",
-                    "stopped at the conflict".into(),
-                    g,
-                ),
-                "conflict",
-            )
-        }
+                .join(", ")
+        ),
         MemberStatus::Rejected {
             object,
             code,
             reason,
             message,
-        } => {
-            let msg = format!("{object} rejected ({code} {reason}): {message}{partial}");
-            (
-                c(READY, false, "Rejected", msg.clone(), g),
-                c(DEGRADED, true, "Rejected", msg, g),
-                c(
-                    PROGRESSING,
-                    false,
-                    "Rejected",
-                    "stopped at the rejected object".into(),
-                    g,
-                ),
-                "rejected",
-            )
-        }
-        MemberStatus::RolledBack { revision, reason } => {
-            let msg = format!("rolled back to {revision}: {reason}");
-            (
-                c(READY, false, "RolledBack", msg.clone(), g),
-                c(DEGRADED, false, "RolledBack", msg, g),
-                c(
-                    PROGRESSING,
-                    false,
-                    "RolledBack",
-                    "rollout stopped".into(),
-                    g,
-                ),
-                "rolled_back",
-            )
-        }
-        MemberStatus::Failed { message } => (
-            c(
-                READY,
-                false,
-                "ApplyFailed",
-                format!("{message}{partial}"),
-                g,
-            ),
-            c(
-                DEGRADED,
-                true,
-                "ApplyFailed",
-                format!("{message}{partial}"),
-                g,
-            ),
-            c(
-                PROGRESSING,
-                false,
-                "ApplyFailed",
-                "stopped at the failure".into(),
-                g,
-            ),
-            "failed",
-        ),
-        MemberStatus::Skipped { reason } => (
-            c(READY, false, "WaveBlocked", reason.clone(), g),
-            c(DEGRADED, false, "WaveBlocked", "not attempted".into(), g),
-            c(PROGRESSING, false, "WaveBlocked", reason.clone(), g),
-            "skipped",
-        ),
-    };
-    (vec![ready, progressing, degraded], name)
+        } => format!("{object} rejected ({code} {reason}): {message}"),
+        MemberStatus::Skipped { reason } => reason.clone(),
+        MemberStatus::RolledBack { to, reason } => format!("rolled back to {to}: {reason}"),
+    }
 }
 
 /// The whole policy's status from the rollout's report.
+///
+/// A member's `revision` is what it has after the rollout: the render's
+/// when it took it, what a rollback put back, none when it has nothing of
+/// the policy or parts of two revisions; for a member the rollout could
+/// not reach or did not try, what the status said before. The policy's
+/// Degraded reason is its degraded members' (FieldConflict, Rejected, …)
+/// when they share one, and its message carries each one's own message.
 pub fn status_from_report(
     report: &apply::FleetReport,
     revision: &str,
@@ -306,16 +288,16 @@ pub fn status_from_report(
     old: Option<&TrafficPolicyStatus>,
 ) -> TrafficPolicyStatus {
     let mut members = Vec::new();
-    let mut degraded = Vec::new();
+    let mut degraded: Vec<(String, Condition)> = Vec::new();
     let mut waiting = Vec::new();
     for outcome in &report.members {
         let (conditions, _) = member_conditions(outcome, generation);
         let ready = matches!(outcome.status, MemberStatus::Applied);
-        if conditions
+        if let Some(why) = conditions
             .iter()
-            .any(|c| c.type_ == DEGRADED && c.status == "True")
+            .find(|c| c.type_ == DEGRADED && c.status == "True")
         {
-            degraded.push(outcome.member.clone());
+            degraded.push((outcome.member.clone(), why.clone()));
         } else if !ready {
             waiting.push(outcome.member.clone());
         }
@@ -323,10 +305,10 @@ pub fn status_from_report(
         members.push(MemberRolloutStatus {
             name: outcome.member.clone(),
             wave: outcome.wave,
-            revision: match (&outcome.status, &outcome.rollback) {
-                (MemberStatus::Applied, _) => Some(revision.to_string()),
-                (_, Some(Ok(to))) => Some(to.clone()),
-                _ => previous.and_then(|p| p.revision.clone()),
+            revision: match &outcome.runs {
+                Runs::Revision(r) => Some(r.clone()),
+                Runs::Nothing | Runs::Mixed => None,
+                Runs::Unknown => previous.and_then(|p| p.revision.clone()),
             },
             conditions,
         });
@@ -355,14 +337,26 @@ pub fn status_from_report(
     } else {
         let mut parts = Vec::new();
         if !degraded.is_empty() {
-            parts.push(format!("degraded: {}", degraded.join(", ")));
+            let each: Vec<String> = degraded
+                .iter()
+                .map(|(member, why)| format!("{member} ({}: {})", why.reason, why.message))
+                .collect();
+            parts.push(format!("degraded: {}", each.join("; ")));
         }
         if !waiting.is_empty() {
             parts.push(format!("not rolled out: {}", waiting.join(", ")));
         }
+        let members_reason = match degraded.first() {
+            Some((_, first)) if degraded.iter().all(|(_, c)| c.reason == first.reason) => {
+                first.reason.clone()
+            }
+            Some(_) => "MembersDegraded".to_string(),
+            None if report.stopped_at_wave.is_some() => "WaveFailed".to_string(),
+            None => "NotRolledOut".to_string(),
+        };
         let reason = match report.stopped_at_wave {
-            Some(_) => "WaveFailed",
-            None => "MembersDegraded",
+            Some(_) => "WaveFailed".to_string(),
+            None => members_reason.clone(),
         };
         let msg = format!(
             "revision {revision} on {} of {total} members; {}{}",
@@ -374,11 +368,11 @@ pub fn status_from_report(
                 .unwrap_or_default()
         );
         vec![
-            condition(READY, false, reason, msg.clone(), g),
+            condition(READY, false, &reason, msg.clone(), g),
             condition(
                 PROGRESSING,
                 false,
-                reason,
+                &reason,
                 if report.stopped_at_wave.is_some() {
                     "rollout stopped".into()
                 } else {
@@ -386,7 +380,7 @@ pub fn status_from_report(
                 },
                 g,
             ),
-            condition(DEGRADED, !degraded.is_empty(), reason, msg, g),
+            condition(DEGRADED, !degraded.is_empty(), &members_reason, msg, g),
         ]
     };
     TrafficPolicyStatus {
@@ -480,31 +474,20 @@ async fn write_status(
 
 /// Publish an Event on `policy`; a failure is logged, never fatal (the
 /// status says the same).
-async fn event(ctx: &Context, policy: &TrafficPolicy, warning: bool, reason: &str, note: String) {
-    use kube::runtime::events::{Event, EventType};
+async fn event(ctx: &Context, policy: &TrafficPolicy, event: PolicyEvent) {
     use kube::Resource;
-    let mut note = note;
-    if note.len() > 1000 {
-        let mut cut = 1000;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-        note.push('…');
-    }
-    let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.to_string(),
-        note: Some(note),
-        action: reason.to_string(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+    let reason = event.reason;
+    if let Err(e) = ctx.events.publish(&policy.object_ref(&()), event).await {
         tracing::warn!(policy = %key(policy), error = %e, reason, "could not record an Event");
+    }
+}
+
+fn warning(reason: &'static str, action: &'static str, note: String) -> PolicyEvent {
+    PolicyEvent {
+        warning: true,
+        reason,
+        action,
+        note,
     }
 }
 
@@ -551,11 +534,13 @@ async fn cleanup(
             event(
                 ctx,
                 policy,
-                true,
-                "CleanupSkipped",
-                format!(
-                    "Fleet {:?} not found: the members' objects of this policy were not pruned",
-                    policy.spec.fleet
+                warning(
+                    "CleanupSkipped",
+                    "Cleanup",
+                    format!(
+                        "Fleet {:?} not found: the members' objects of this policy were not pruned",
+                        policy.spec.fleet
+                    ),
                 ),
             )
             .await;
@@ -574,13 +559,13 @@ async fn cleanup(
                         continue;
                     }
                 };
-                match apply::member::remove_all(&client, &reference).await {
+                match apply::remove_all(&client, &reference).await {
                     Ok(objects) => {
                         deleted += objects.len();
                         tracing::info!(policy = %key(policy), member = %member.name, deleted = objects.len(), "pruned the deleted policy's objects");
                     }
                     Err(status) => {
-                        failed.push(format!("{}: {}", member.name, member_status_text(&status)))
+                        failed.push(format!("{}: {}", member.name, status_line(&status)))
                     }
                 }
             }
@@ -592,15 +577,18 @@ async fn cleanup(
             failed.join("; ")
         );
         tracing::warn!(policy = %key(policy), "{msg}");
-        event(ctx, policy, true, "CleanupPending", msg).await;
+        event(ctx, policy, warning("CleanupPending", "Cleanup", msg)).await;
         return Ok(Action::requeue(Duration::from_secs(10)));
     }
     event(
         ctx,
         policy,
-        false,
-        "CleanedUp",
-        format!("deleted {deleted} objects of this policy from {members} members"),
+        PolicyEvent {
+            warning: false,
+            reason: "CleanedUp",
+            action: "Cleanup",
+            note: format!("deleted {deleted} objects of this policy from {members} members"),
+        },
     )
     .await;
     let rest = policy
@@ -627,9 +615,10 @@ async fn cleanup(
     Ok(Action::await_change())
 }
 
-/// The Events of one rollout: `Applied` when it changed something in a
-/// member, `RolledBack` when a wave was put back, `Degraded` when a member
-/// does not have the render.
+/// The Events of one rollout: `WaveFailed` when a wave failed its gate,
+/// `RolledBack` for each member a rollback put back (or could not),
+/// `Applied` when it changed something in a member, `Degraded` when a
+/// member does not have the render.
 async fn report_events(
     ctx: &Context,
     policy: &TrafficPolicy,
@@ -637,22 +626,37 @@ async fn report_events(
     revision: &str,
     status: &TrafficPolicyStatus,
 ) {
-    let rolled_back: Vec<String> = report
-        .members
-        .iter()
-        .filter_map(|m| match &m.rollback {
-            Some(Ok(to)) => Some(format!("{} to {to}", m.member)),
-            _ => None,
-        })
-        .collect();
     if let Some(wave) = report.stopped_at_wave {
-        if !rolled_back.is_empty() {
-            let note = format!(
-                "wave {wave} failed its health gate; rolled back: {}",
-                rolled_back.join(", ")
-            );
-            event(ctx, policy, true, "RolledBack", note).await;
+        let failed: Vec<String> = report
+            .members
+            .iter()
+            .filter(|m| m.wave == wave)
+            .filter(|m| {
+                !matches!(
+                    m.status,
+                    MemberStatus::Applied | MemberStatus::RolledBack { .. }
+                )
+            })
+            .map(|m| format!("{} ({})", m.member, status_line(&m.status)))
+            .collect();
+        let note = format!(
+            "revision {revision}: wave {wave} failed its health gate at {}; later waves not rolled out",
+            failed.join("; ")
+        );
+        event(ctx, policy, warning("WaveFailed", "Rollout", note)).await;
+    }
+    for member in &report.members {
+        let Some(undone) = &member.rollback else {
+            continue;
+        };
+        if *undone == Rollback::NothingToUndo {
+            continue;
         }
+        let note = format!(
+            "{}: {undone}; wave {} failed its health gate for revision {revision}",
+            member.member, member.wave
+        );
+        event(ctx, policy, warning("RolledBack", "Rollback", note)).await;
     }
     if report.all_applied() {
         let changed = report.members.iter().any(|m| {
@@ -664,18 +668,30 @@ async fn report_events(
                 "revision {revision} applied to all {} members",
                 report.members.len()
             );
-            event(ctx, policy, false, "Applied", note).await;
+            let applied = PolicyEvent {
+                warning: false,
+                reason: "Applied",
+                action: "Rollout",
+                note,
+            };
+            event(ctx, policy, applied).await;
         }
     } else if let Some(ready) = status.conditions.iter().find(|c| c.type_ == READY) {
-        event(ctx, policy, true, "Degraded", ready.message.clone()).await;
+        event(
+            ctx,
+            policy,
+            warning("Degraded", "Rollout", ready.message.clone()),
+        )
+        .await;
     }
 }
 
-fn member_status_text(status: &MemberStatus) -> String {
+/// A member status in one line, its kind said when the text alone would
+/// not (events, cleanup).
+fn status_line(status: &MemberStatus) -> String {
     match status {
         MemberStatus::Unreachable { message } => format!("unreachable: {message}"),
-        MemberStatus::Failed { message } => message.clone(),
-        other => format!("{other:?}"),
+        other => status_text(other),
     }
 }
 
@@ -787,9 +803,11 @@ pub async fn reconcile(
                 event(
                     &ctx,
                     &policy,
-                    true,
-                    "InvalidPolicy",
-                    format!("nothing applied: {msg}"),
+                    warning(
+                        "InvalidPolicy",
+                        "Validate",
+                        format!("nothing applied: {msg}"),
+                    ),
                 )
                 .await;
             }
@@ -879,11 +897,31 @@ pub async fn reconcile(
             && done.fleet_generation == fleet.metadata.generation
             && done.revision == revision;
         let age = done.at.elapsed();
+        let members_say =
+            || members_need_rollout(&done, &compiled, &PolicyRef::of(&policy), &revision);
         if same && age < done.again_in {
+            // Not due: only a drift from a complete rollout is acted on now.
+            // After a failed one the same render would only fail again, and
+            // flap the wave it rolled back.
+            if !(done.complete && members_say() == Some(true)) {
+                ctx.metrics.count_reconcile("unchanged");
+                return Ok(Action::requeue(done.again_in - age));
+            }
+            tracing::info!(policy = %key(&policy), "a member's objects changed under Tideway: repairing");
+        } else if same && done.complete && members_say() == Some(false) {
+            // Due, and every member's watch says it has the render as
+            // Tideway left it: nothing to send anywhere.
+            remember(
+                &ctx,
+                memo_key,
+                Applied {
+                    at: std::time::Instant::now(),
+                    ..done
+                },
+            );
             ctx.metrics.count_reconcile("unchanged");
-            return Ok(Action::requeue(done.again_in - age));
-        }
-        if same {
+            return Ok(Action::requeue(ctx.resync));
+        } else if same {
             let overdue = age - done.again_in;
             let store = ctx.policies.state();
             let live: Vec<(&TrafficPolicy, String)> = store
@@ -915,30 +953,39 @@ pub async fn reconcile(
             }
         }
     }
-    // One client per member, for the rollout and the endpoint watches.
-    let mut clients = std::collections::BTreeMap::new();
+    // One client (and watch cache) per member, for the rollout and the
+    // endpoint watches.
+    let mut clients = BTreeMap::new();
     for member in &fleet.spec.clusters {
         let client = ctx
             .clients
-            .member_client(member, ctx.kubeconfig.as_ref(), Some(&ctx.hub))
+            .member(member, ctx.kubeconfig.as_ref(), Some(&ctx.hub))
             .await;
         clients.insert(member.name.clone(), client);
     }
     for destination in &policy.spec.destinations {
-        if let Some(Ok(client)) = clients.get(&destination.cluster) {
+        if let Some(Ok(member)) = clients.get(&destination.cluster) {
             ctx.discovery.watch(
                 service_key(&destination.cluster),
-                client,
+                &member.client,
                 kube::runtime::reflector::ObjectRef::from(policy.as_ref()),
             );
         }
     }
+    let live: BTreeMap<String, Arc<LiveCache>> = clients
+        .iter()
+        .filter_map(|(name, m)| Some((name.clone(), m.as_ref().ok()?.live.clone()?)))
+        .collect();
     let targets = apply::targets_with(&compiled, &fleet, &clients);
     let options = Options {
         prune: true,
         ..Options::default()
     };
-    let report = apply::apply(targets, &PolicyRef::of(&policy), &options, &mut |_| {}).await;
+    let policy_key = key(&policy);
+    let report = apply::apply(targets, &PolicyRef::of(&policy), &options, &mut |step| {
+        log_progress(&policy_key, step)
+    })
+    .await;
     let mut unreachable = false;
     for outcome in &report.members {
         let (_, name) = member_conditions(outcome, generation);
@@ -949,7 +996,6 @@ pub async fn reconcile(
             ctx.metrics
                 .observe_member(&outcome.member, name, outcome.elapsed.as_secs_f64());
         }
-        tracing::info!(policy = %key(&policy), "{}", apply::progress_line(&apply::Progress::MemberDone(outcome.clone())).trim());
     }
     let mut status = status_from_report(&report, &revision, generation, old);
     status.drained = drained;
@@ -978,20 +1024,76 @@ pub async fn reconcile(
         Duration::from_secs(60).min(ctx.resync)
     };
     mark_handled(&ctx, &policy);
+    remember(
+        &ctx,
+        memo_key,
+        Applied {
+            policy_generation: generation,
+            fleet_generation: fleet.metadata.generation,
+            revision,
+            at: std::time::Instant::now(),
+            again_in,
+            complete: report.all_applied(),
+            live,
+        },
+    );
+    Ok(Action::requeue(again_in))
+}
+
+fn remember(ctx: &Context, policy: String, applied: Applied) {
     ctx.applied
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            memo_key,
-            Applied {
-                policy_generation: generation,
-                fleet_generation: fleet.metadata.generation,
-                revision,
-                at: std::time::Instant::now(),
-                again_in,
-            },
-        );
-    Ok(Action::requeue(again_in))
+        .insert(policy, applied);
+}
+
+/// Whether any member of the last rollout needs this render again,
+/// from the members' watch caches alone (no request): `Some(true)` when
+/// one does, `Some(false)` when every member has it as Tideway left it,
+/// `None` when a cache cannot tell.
+fn members_need_rollout(
+    done: &Applied,
+    compiled: &crate::Compiled,
+    policy: &PolicyRef,
+    revision: &str,
+) -> Option<bool> {
+    let mut unknown = false;
+    for member in &compiled.order {
+        let Some(live) = done.live.get(member) else {
+            unknown = true;
+            continue;
+        };
+        let objects: Vec<(ObjectKey, apply::object::Fingerprint)> =
+            apply::rendered(compiled, member, revision)
+                .iter()
+                .filter_map(|o| Some((ObjectKey::of(o)?, fingerprint(o))))
+                .collect();
+        match live.needs_rollout(policy, revision, &objects) {
+            Some(true) => return Some(true),
+            Some(false) => {}
+            None => unknown = true,
+        }
+    }
+    (!unknown).then_some(false)
+}
+
+/// The rollout's steps that a user of `tideway run` must be able to find
+/// in its log: a wave failing its gate and each rollback (at warn), every
+/// member's outcome (at info).
+fn log_progress(policy: &str, step: &apply::Progress) {
+    use apply::Progress;
+    let line = apply::progress_line(step);
+    match step {
+        Progress::WaveStarted { .. } => {}
+        Progress::WaveGate { passed: true, .. } => tracing::debug!(%policy, "{line}"),
+        Progress::WaveGate { .. } => tracing::warn!(%policy, "{line}"),
+        Progress::RolledBack {
+            rollback: Rollback::NothingToUndo,
+            ..
+        } => tracing::info!(%policy, "{}", line.trim()),
+        Progress::RolledBack { .. } => tracing::warn!(%policy, "{}", line.trim()),
+        Progress::MemberDone(_) => tracing::info!(%policy, "{}", line.trim()),
+    }
 }
 
 #[cfg(test)]
@@ -999,15 +1101,7 @@ mod tests {
     use super::*;
 
     fn outcome(member: &str, status: MemberStatus) -> MemberOutcome {
-        MemberOutcome {
-            member: member.into(),
-            wave: 0,
-            status,
-            objects: vec![],
-            pruned: vec![],
-            elapsed: Duration::ZERO,
-            rollback: None,
-        }
+        MemberOutcome::new(member, 0, status)
     }
 
     #[test]

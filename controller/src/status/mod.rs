@@ -5,7 +5,7 @@
 //! the Istio kinds the render needs served (and which Istio release the
 //! CRDs say they are), is every object of the render there at the
 //! expected revision (with the WasmPlugins' image and digest), has anyone
-//! else changed them since the last apply ([`drift`]), what the
+//! else changed them since the last apply ([`crate::apply::drift`]), what the
 //! controller last said about the member (the hub's TrafficPolicy status),
 //! how many ready endpoints the policy's service has there, and which
 //! weights the member's filter configuration expects (static weights,
@@ -17,12 +17,11 @@
 //! uses (the member RBAC grants `get` on the Istio CRDs for the release
 //! label), and never puts a credential in the report.
 
-pub mod drift;
-
 use crate::api::{Condition, TrafficPolicy, TrafficPolicyStatus};
+use crate::apply::drift::{self, Drift};
+use crate::apply::STATUS_FIELD_MANAGER;
 use crate::apply::{PolicyRef, FIELD_MANAGER, REVISION_ANNOTATION};
-use crate::run::reconcile::{DEGRADED, READY, STATUS_FIELD_MANAGER};
-use drift::Drift;
+use crate::run::reconcile::{DEGRADED, READY};
 use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject};
@@ -224,7 +223,7 @@ pub fn with_drains(policy: &TrafficPolicy, status: Option<&TrafficPolicyStatus>)
 fn text_of(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
-        other => crate::apply::member::error_chain(other),
+        other => crate::apply::error_chain(other),
     }
 }
 

@@ -289,16 +289,19 @@ impl WeightsApi {
                 ),
             ));
         };
-        let presented = req.headers().get(header::AUTHORIZATION);
-        let problem = match presented {
-            None => "missing: send `Authorization: Bearer <token>` (tideway: --token-file or $TIDEWAY_TOKEN)",
+        // The presented token is never echoed: the value says only what
+        // kind of thing arrived.
+        let expected = "`Authorization: Bearer <token>` with the server's token (tideway: --token-file or $TIDEWAY_TOKEN)";
+        let problem = match req.headers().get(header::AUTHORIZATION) {
+            None => FieldError::missing("authorization", expected),
             Some(v) if token.accepts(v.as_bytes()) => return None,
-            Some(_) => "not accepted: the bearer token is wrong",
+            Some(_) => FieldError::new(
+                "authorization",
+                "a token the server does not accept",
+                expected,
+            ),
         };
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            &FieldError::new("authorization", "", problem),
-        );
+        let mut r = error(StatusCode::UNAUTHORIZED, &problem);
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"tideway\""),

@@ -70,6 +70,29 @@ fn etcd_binary() -> PathBuf {
     path
 }
 
+/// The user the controller's member token authenticates as.
+pub const MEMBER_USER: &str = "system:serviceaccount:tideway-system:tideway-member";
+
+/// Audit every write (metadata only: who, what, when, answer), nothing else.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+";
+
+/// One write request, as the API server's audit log has it.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub user: String,
+    pub verb: String,
+    /// `resource namespace/name` (`subresource` appended when there is one).
+    pub object: String,
+    pub code: u16,
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -249,8 +272,15 @@ impl ApiServer {
             format!("{ADMIN_TOKEN},tideway-test-admin,uid-admin,\"system:masters\"\n"),
         )
         .expect("token file");
+        // Every write request, with who made it: what a test or the fleet
+        // benchmark counts the controller's writes to a member from (the
+        // API server's own record, not the controller's counters).
+        let audit_policy = dir.join("audit-policy.yaml");
+        std::fs::write(&audit_policy, AUDIT_POLICY).expect("audit policy");
         let port = free_port();
         let args: Vec<String> = vec![
+            format!("--audit-policy-file={}", audit_policy.display()),
+            format!("--audit-log-path={}", dir.join("audit.log").display()),
             format!("--etcd-servers={}", etcd.url),
             format!("--etcd-prefix=/{name}"),
             "--bind-address=127.0.0.1".into(),
@@ -406,6 +436,45 @@ impl ApiServer {
         let log = self.dir.join(format!("apiserver-{}.log", self.starts));
         self.process = Process::spawn(Command::new(apiserver_binary()).args(&self.args), log);
         self.wait_ready().await;
+    }
+
+    /// Every write request the server has answered so far (the audit log;
+    /// across restarts, which append to it).
+    pub fn writes(&self) -> Vec<Write> {
+        let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|e| e["stage"] == "ResponseComplete")
+            .map(|e| {
+                let o = &e["objectRef"];
+                let mut object = format!(
+                    "{} {}/{}",
+                    o["resource"].as_str().unwrap_or_default(),
+                    o["namespace"].as_str().unwrap_or_default(),
+                    o["name"].as_str().unwrap_or_default()
+                );
+                if let Some(sub) = o["subresource"].as_str() {
+                    object.push_str(&format!(" ({sub})"));
+                }
+                Write {
+                    user: e["user"]["username"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    verb: e["verb"].as_str().unwrap_or_default().to_string(),
+                    object,
+                    code: e["responseStatus"]["code"].as_u64().unwrap_or_default() as u16,
+                }
+            })
+            .collect()
+    }
+
+    /// The writes the controller's member identity made here.
+    pub fn controller_writes(&self) -> Vec<Write> {
+        self.writes()
+            .into_iter()
+            .filter(|w| w.user == MEMBER_USER)
+            .collect()
     }
 
     /// The server's log so far (for assertion messages).
