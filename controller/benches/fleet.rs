@@ -75,9 +75,14 @@ fn options() -> Options {
 
 /// `VmHWM` (peak resident set) of a process, in MiB.
 fn peak_rss_mib(pid: &str) -> f64 {
+    status_mib(pid, "VmHWM:")
+}
+
+/// A size line of `/proc/PID/status` (`VmHWM:`, `VmRSS:`), in MiB.
+fn status_mib(pid: &str, field: &str) -> f64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     text.lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
@@ -222,6 +227,60 @@ fn member_writes(kube: &kube_fixture::KubeFleet, names: &[String]) -> usize {
         .sum()
 }
 
+/// The controller's requests to each member so far, by verb.
+fn member_requests(
+    kube: &kube_fixture::KubeFleet,
+    names: &[String],
+) -> std::collections::BTreeMap<String, usize> {
+    let mut by_verb = std::collections::BTreeMap::new();
+    for name in names {
+        for request in kube.member(name).controller_requests() {
+            *by_verb.entry(request.verb).or_insert(0) += 1;
+        }
+    }
+    by_verb
+}
+
+/// Established TCP connections of process `pid`, by remote port.
+fn connections(pid: u32) -> std::collections::BTreeMap<u16, usize> {
+    let mut inodes = std::collections::HashSet::new();
+    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for fd in fds.flatten() {
+            if let Ok(link) = std::fs::read_link(fd.path()) {
+                let link = link.to_string_lossy().to_string();
+                if let Some(inode) = link
+                    .strip_prefix("socket:[")
+                    .and_then(|l| l.strip_suffix(']'))
+                {
+                    inodes.insert(inode.to_string());
+                }
+            }
+        }
+    }
+    let mut by_port = std::collections::BTreeMap::new();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // local, remote (hex ip:port), state (01: established), …, inode.
+        let (Some(remote), Some(state), Some(inode)) =
+            (fields.get(2), fields.get(3), fields.get(9))
+        else {
+            continue;
+        };
+        if *state != "01" || !inodes.contains(*inode) {
+            continue;
+        }
+        if let Some(port) = remote
+            .split(':')
+            .nth(1)
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+        {
+            *by_port.entry(port).or_insert(0) += 1;
+        }
+    }
+    by_port
+}
+
 fn spread(samples: &[Duration]) -> String {
     let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     ms.sort_by(|a, b| a.total_cmp(b));
@@ -266,7 +325,12 @@ async fn reconcile_loop(o: &Options) -> Vec<(String, String)> {
         .args(["--resync", &format!("{}s", o.resync)])
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
+        // TIDEWAY_BENCH_LOG: the controller's RUST_LOG (its log is in the
+        // fixture's directory).
+        .env(
+            "RUST_LOG",
+            std::env::var("TIDEWAY_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::fs::File::create(&log).expect("log"))
         .stderr(std::fs::File::create(kube.dir.path().join("controller.err")).expect("log"))
         .spawn()
@@ -327,6 +391,7 @@ async fn reconcile_loop(o: &Options) -> Vec<(String, String)> {
     let before: Vec<f64> = results.iter().map(|r| count(&text, r)).collect();
     let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
     let mut writes = writes_at_ready;
+    let requests_before = member_requests(&kube, &names);
     for _ in 0..o.quiet_minutes {
         tokio::time::sleep(Duration::from_secs(60)).await;
         let now = member_writes(&kube, &names);
@@ -335,6 +400,26 @@ async fn reconcile_loop(o: &Options) -> Vec<(String, String)> {
     }
     let text = scrape().await;
     let (cpu1, window) = (cpu_seconds(pid), t0.elapsed());
+    let quiet_rss = status_mib(&pid.to_string(), "VmRSS:");
+    let requests_after = member_requests(&kube, &names);
+    let quiet_requests: Vec<String> = requests_after
+        .iter()
+        .map(|(verb, n)| (verb, n - requests_before.get(verb).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .map(|(verb, n)| format!("{n} {verb}"))
+        .collect();
+    let open = connections(pid);
+    let per_member: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let server = kube.member(n);
+            format!("{n} {}", open.get(&server.port).copied().unwrap_or(0))
+        })
+        .chain(std::iter::once(format!(
+            "hub {}",
+            open.get(&kube.hub.port).copied().unwrap_or(0)
+        )))
+        .collect();
     let reconciles: Vec<String> = results
         .iter()
         .zip(&before)
@@ -395,6 +480,12 @@ async fn reconcile_loop(o: &Options) -> Vec<(String, String)> {
     let peak = peak_rss_mib(&pid.to_string());
     let _ = child.kill();
     let _ = child.wait();
+    if std::env::var_os("TIDEWAY_BENCH_LOG").is_some() {
+        let kept = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/fleet-bench-controller.log");
+        let _ = std::fs::copy(kube.dir.path().join("controller.err"), &kept);
+        println!("controller log: {}", kept.display());
+    }
     let p = o.policies;
     let m = o.members;
     let minutes: Vec<String> = per_minute.iter().map(|n| n.to_string()).collect();
@@ -419,8 +510,20 @@ async fn reconcile_loop(o: &Options) -> Vec<(String, String)> {
             minutes.join(", "),
         ),
         (
+            "controller requests of any kind to members in those minutes".to_string(),
+            if quiet_requests.is_empty() {
+                "none".to_string()
+            } else {
+                quiet_requests.join(", ")
+            },
+        ),
+        (
             format!("reconciles in those {:.0} s", window.as_secs_f64()),
             reconciles.join(", "),
+        ),
+        (
+            "controller's open connections, per API server".to_string(),
+            per_member.join(", "),
         ),
         (
             "controller CPU in those minutes".to_string(),
@@ -433,6 +536,10 @@ async fn reconcile_loop(o: &Options) -> Vec<(String, String)> {
         (
             "DestinationRule field taken by hand → FieldConflict in the status".to_string(),
             spread(&reported),
+        ),
+        (
+            "controller RSS after the quiet minutes".to_string(),
+            format!("{quiet_rss:.1} MiB"),
         ),
         (
             "controller peak RSS (whole run)".to_string(),

@@ -147,7 +147,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     .clone()
                     .or_else(|| kc.current_context.clone())
                     .context("--kubeconfig has no current-context: give --context")?;
-                tideway_controller::apply::connect::client_for_context(kc, &context)
+                // As in a pod (kube's default): no read timeout, which
+                // would cut the controller's watches of quiet kinds.
+                tideway_controller::apply::connect::watch_client_for_context(kc, &context)
                     .await
                     .map_err(|e| anyhow::anyhow!("hub: {e}"))?
             }

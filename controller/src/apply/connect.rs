@@ -25,24 +25,67 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The kubeconfig key of a member Secret when `secretRef.key` is not set.
 pub const DEFAULT_SECRET_KEY: &str = "kubeconfig";
 
+/// Requests: a member that stops answering fails the request in
+/// [`REQUEST_TIMEOUT`]. The read timeout counts from each request's write,
+/// not from when its pooled connection went idle.
 fn with_timeouts(mut config: Config) -> Config {
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     config.read_timeout = Some(REQUEST_TIMEOUT);
     config.write_timeout = Some(REQUEST_TIMEOUT);
+    config.reset_reader_on_write = true;
     config
 }
 
-/// A client for `context` of `kubeconfig`.
-pub async fn client_for_context(kubeconfig: &Kubeconfig, context: &str) -> Result<Client, String> {
+/// Watches: no read timeout. A watch on a quiet kind reads nothing for
+/// minutes, and a read timeout cut it (then relisted it) every
+/// [`REQUEST_TIMEOUT`]; kube-runtime's watcher has an idle timeout of its
+/// own, just past the server's 290 s watch timeout.
+fn for_watches(mut config: Config) -> Config {
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.read_timeout = None;
+    config.write_timeout = Some(REQUEST_TIMEOUT);
+    config
+}
+
+async fn config_for_context(kubeconfig: &Kubeconfig, context: &str) -> Result<Config, String> {
     let options = KubeConfigOptions {
         context: Some(context.to_string()),
         ..Default::default()
     };
-    let config = Config::from_custom_kubeconfig(kubeconfig.clone(), &options)
+    Config::from_custom_kubeconfig(kubeconfig.clone(), &options)
         .await
-        .map_err(|e| format!("kubeconfig context {context:?}: {e}"))?;
+        .map_err(|e| format!("kubeconfig context {context:?}: {e}"))
+}
+
+/// A client for `context` of `kubeconfig`, for requests.
+pub async fn client_for_context(kubeconfig: &Kubeconfig, context: &str) -> Result<Client, String> {
+    let config = config_for_context(kubeconfig, context).await?;
     Client::try_from(with_timeouts(config))
         .map_err(|e| format!("kubeconfig context {context:?}: {e}"))
+}
+
+/// A client for `context` of `kubeconfig`, for watches (and requests that
+/// may wait as long as the server takes).
+pub async fn watch_client_for_context(
+    kubeconfig: &Kubeconfig,
+    context: &str,
+) -> Result<Client, String> {
+    let config = config_for_context(kubeconfig, context).await?;
+    Client::try_from(for_watches(config))
+        .map_err(|e| format!("kubeconfig context {context:?}: {e}"))
+}
+
+/// A client for `context` of `kubeconfig`, for requests and for watches.
+async fn clients_for_context(
+    kubeconfig: &Kubeconfig,
+    context: &str,
+) -> Result<(Client, Client), String> {
+    let config = config_for_context(kubeconfig, context).await?;
+    let named = |e: kube::Error| format!("kubeconfig context {context:?}: {e}");
+    Ok((
+        Client::try_from(with_timeouts(config.clone())).map_err(named)?,
+        Client::try_from(for_watches(config)).map_err(named)?,
+    ))
 }
 
 /// Where a member's client comes from: a kubeconfig and the context in it,
@@ -68,14 +111,21 @@ pub async fn member_client(
 /// watches.
 #[derive(Clone)]
 pub struct Member {
+    /// For requests.
     pub client: Client,
+    /// For watches (no read timeout).
+    pub watch_client: Client,
     pub live: Option<Arc<LiveCache>>,
 }
 
 impl Member {
     /// A client alone: every question goes to the member (`tideway apply`).
     pub fn uncached(client: Client) -> Self {
-        Self { client, live: None }
+        Self {
+            watch_client: client.clone(),
+            client,
+            live: None,
+        }
     }
 }
 
@@ -121,18 +171,27 @@ impl ClientCache {
         if let Some(found) = self.lock().get(&source.digest) {
             return Ok(found.clone());
         }
-        let client = client_for_context(&source.kubeconfig, &source.context).await?;
-        let live = self
-            .on_change
-            .as_ref()
-            .map(|on_change| LiveCache::new(&member.name, client.clone(), Some(on_change.clone())));
+        let (client, watch_client) =
+            clients_for_context(&source.kubeconfig, &source.context).await?;
+        let live = self.on_change.as_ref().map(|on_change| {
+            LiveCache::new(
+                &member.name,
+                client.clone(),
+                watch_client.clone(),
+                Some(on_change.clone()),
+            )
+        });
         let mut clients = self.lock();
         if clients.len() >= MAX_CACHED_CLIENTS {
             clients.clear();
         }
         Ok(clients
             .entry(source.digest)
-            .or_insert(Member { client, live })
+            .or_insert(Member {
+                client,
+                watch_client,
+                live,
+            })
             .clone())
     }
 

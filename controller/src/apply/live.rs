@@ -126,11 +126,21 @@ struct Verified {
     fingerprint: Fingerprint,
 }
 
+/// How far a watch has come.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Listing {
+    /// It has listed its objects and follows them now.
+    synced: bool,
+    /// It has listed them at least once: a later list can tell what
+    /// changed while it was down.
+    ever: bool,
+}
+
 #[derive(Default)]
 struct State {
     kinds: HashMap<(String, String), KindEntry>,
-    /// Watches started, and whether each has its objects listed.
-    watches: HashMap<WatchScope, bool>,
+    /// Watches started, and how far each has come.
+    watches: HashMap<WatchScope, Listing>,
     tasks: Vec<tokio::task::AbortHandle>,
     objects: HashMap<LiveKey, Live>,
     by_policy: HashMap<PolicyRef, HashSet<LiveKey>>,
@@ -190,7 +200,7 @@ impl State {
                 None => return false,
             },
         };
-        self.watches.get(&scope).copied().unwrap_or(false)
+        self.watches.get(&scope).is_some_and(|l| l.synced)
     }
 
     fn is_verified(&self, key: &LiveKey, live: &Live) -> bool {
@@ -212,13 +222,28 @@ pub enum Seen {
     Present { verified: bool },
 }
 
+/// Whether a member needs a policy's render again, from its cache alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It has every object as Tideway left it, and nothing more.
+    InSync,
+    /// It does not (why).
+    Needed(String),
+    /// The cache cannot tell (why).
+    Unknown(String),
+}
+
 /// One member's watched objects; see the module doc.
 pub struct LiveCache {
     /// For logs: which member (the first Fleet member that used it).
     member: String,
     client: Client,
+    /// Watches need a client without a read timeout.
+    watch_client: Client,
     on_change: Option<OnChange>,
     state: Mutex<State>,
+    /// A [`LiveCache::start_watches`] is in flight.
+    starting: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for LiveCache {
@@ -285,12 +310,19 @@ fn live_of(scope: &WatchScope, object: &DynamicObject) -> Option<(LiveKey, Live)
 }
 
 impl LiveCache {
-    pub fn new(member: &str, client: Client, on_change: Option<OnChange>) -> Arc<Self> {
+    pub fn new(
+        member: &str,
+        client: Client,
+        watch_client: Client,
+        on_change: Option<OnChange>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             member: member.to_string(),
             client,
+            watch_client,
             on_change,
             state: Mutex::new(State::default()),
+            starting: Default::default(),
         })
     }
 
@@ -334,10 +366,30 @@ impl LiveCache {
         Ok(found)
     }
 
-    /// Start the watches that hold `kind`'s objects in `namespaces` (for a
-    /// kind watched per namespace; a cluster-wide watch covers them all).
-    /// Returns at once; the watches list in the background.
-    pub async fn watch(self: &Arc<Self>, gvk: &GroupVersionKind, namespaces: &BTreeSet<String>) {
+    /// Start, in the background, the watches that hold these kinds' objects
+    /// (in the namespaces given, for a kind watched per namespace; a
+    /// cluster-wide watch covers them all). Looking the kinds up may take a
+    /// member that is down its connect timeout per kind: the rollout does
+    /// not wait for it, and one start at a time is in flight.
+    pub fn start_watches(self: &Arc<Self>, kinds: Vec<(GroupVersionKind, BTreeSet<String>)>) {
+        if self
+            .starting
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            for (gvk, namespaces) in &kinds {
+                this.watch(gvk, namespaces).await;
+            }
+            this.starting
+                .store(false, std::sync::atomic::Ordering::Release);
+        });
+    }
+
+    /// Start the watches that hold `kind`'s objects in `namespaces`.
+    async fn watch(self: &Arc<Self>, gvk: &GroupVersionKind, namespaces: &BTreeSet<String>) {
         let Ok(Some((resource, capabilities))) = self.resolve(gvk).await else {
             return;
         };
@@ -378,10 +430,10 @@ impl LiveCache {
             if state.watches.contains_key(&scope) {
                 continue;
             }
-            state.watches.insert(scope.clone(), false);
+            state.watches.insert(scope.clone(), Listing::default());
             let task = tokio::spawn(watch_loop(
                 Arc::downgrade(self),
-                self.client.clone(),
+                self.watch_client.clone(),
                 resource.clone(),
                 scope,
             ));
@@ -519,31 +571,49 @@ impl LiveCache {
     /// Whether `policy`'s render (`objects` with their fingerprints, at
     /// `revision`) needs a rollout here: an object missing or not verified,
     /// an object of the policy the render no longer has, a record that
-    /// names another revision. `None`: the cache cannot tell.
+    /// names another revision.
     pub fn needs_rollout(
         &self,
         policy: &PolicyRef,
         revision: &str,
         objects: &[(ObjectKey, Fingerprint)],
-    ) -> Option<bool> {
-        if self.record(policy)? != Some(revision.to_string()) {
-            return Some(true);
+    ) -> Verdict {
+        match self.record(policy) {
+            None => return Verdict::Unknown("the revision records are not listed".into()),
+            Some(current) if current.as_deref() != Some(revision) => {
+                return Verdict::Needed(format!(
+                    "its record names {}",
+                    current.as_deref().unwrap_or("no revision")
+                ))
+            }
+            Some(_) => {}
         }
         for (key, fingerprint) in objects {
             match self.seen(key, fingerprint) {
-                Seen::Unknown => return None,
-                Seen::Absent | Seen::Present { verified: false } => return Some(true),
+                Seen::Unknown => {
+                    return Verdict::Unknown(format!("{}: its kind is not listed", key.display()))
+                }
+                Seen::Absent => return Verdict::Needed(format!("{} is missing", key.display())),
+                Seen::Present { verified: false } => {
+                    return Verdict::Needed(format!(
+                        "{} changed since Tideway saw it",
+                        key.display()
+                    ))
+                }
                 Seen::Present { verified: true } => {}
             }
         }
         let state = self.lock();
         let rendered: HashSet<LiveKey> = objects.iter().map(|(k, _)| LiveKey::of(k)).collect();
-        let extra = state.by_policy.get(policy).is_some_and(|keys| {
-            keys.iter().any(|k| {
-                !rendered.contains(k) && state.objects.get(k).is_some_and(|l| l.by_tideway)
+        let extra = state.by_policy.get(policy).and_then(|keys| {
+            keys.iter().find(|k| {
+                !rendered.contains(*k) && state.objects.get(*k).is_some_and(|l| l.by_tideway)
             })
         });
-        Some(extra)
+        match extra {
+            Some(k) => Verdict::Needed(format!("{} {} is no longer rendered", k.kind, k.name)),
+            None => Verdict::InSync,
+        }
     }
 
     fn changed(&self, policy: Option<PolicyRef>) {
@@ -560,6 +630,7 @@ impl LiveCache {
             let mut state = self.lock();
             let ours = state.is_verified(&key, &live);
             let policy = live.policy.clone();
+            tracing::trace!(member = %self.member, kind = %key.kind, name = %key.name, ours, "changed");
             state.insert(key, live);
             (ours, policy)
         };
@@ -575,6 +646,7 @@ impl LiveCache {
         let (ours, old) = {
             let mut state = self.lock();
             let ours = state.deleting.remove(&key);
+            tracing::trace!(member = %self.member, kind = %key.kind, name = %key.name, ours, "deleted");
             state.verified.remove(&key);
             (ours, state.remove(&key))
         };
@@ -589,7 +661,7 @@ impl LiveCache {
         let mut changed = Vec::new();
         {
             let mut state = self.lock();
-            let was_synced = state.watches.get(scope).copied().unwrap_or(false);
+            let listed_before = state.watches.get(scope).is_some_and(|l| l.ever);
             let before: Vec<LiveKey> = state
                 .objects
                 .keys()
@@ -602,7 +674,7 @@ impl LiveCache {
                     let old = state.remove(&key);
                     let ours = state.deleting.remove(&key);
                     state.verified.remove(&key);
-                    if was_synced && !ours {
+                    if listed_before && !ours {
                         changed.push(old.and_then(|l| l.policy));
                     }
                 }
@@ -612,12 +684,18 @@ impl LiveCache {
                     .objects
                     .get(&key)
                     .is_none_or(|old| old.resource_version != live.resource_version);
-                if was_synced && moved && !state.is_verified(&key, &live) {
+                if listed_before && moved && !state.is_verified(&key, &live) {
                     changed.push(live.policy.clone());
                 }
                 state.insert(key, live);
             }
-            state.watches.insert(scope.clone(), true);
+            state.watches.insert(
+                scope.clone(),
+                Listing {
+                    synced: true,
+                    ever: true,
+                },
+            );
         }
         let mut reported = HashSet::new();
         for policy in changed.into_iter().flatten() {
@@ -628,7 +706,9 @@ impl LiveCache {
     }
 
     fn unsynced(&self, scope: &WatchScope) {
-        self.lock().watches.insert(scope.clone(), false);
+        if let Some(listing) = self.lock().watches.get_mut(scope) {
+            listing.synced = false;
+        }
     }
 }
 

@@ -226,7 +226,7 @@ pub(super) async fn apply_objects(
     };
     let mut resources = Resources::new(client.clone(), target.live.clone());
     if let Some(live) = &target.live {
-        start_watches(live, target).await;
+        live.start_watches(watched_kinds(target));
     }
     if !options.dry_run {
         let cached = target.live.as_ref().and_then(|l| l.record(policy));
@@ -303,8 +303,9 @@ pub(super) async fn apply_objects(
     run
 }
 
-/// The watches this render's objects, its prune and its record live in.
-async fn start_watches(live: &std::sync::Arc<super::live::LiveCache>, target: &Target) {
+/// The kinds (and namespaces, for a kind watched per namespace) this
+/// render's objects, its prune and its record live in.
+fn watched_kinds(target: &Target) -> Vec<(GroupVersionKind, BTreeSet<String>)> {
     let keys: BTreeSet<ObjectKey> = target.objects.iter().filter_map(ObjectKey::of).collect();
     let mut kinds: Vec<GroupVersionKind> = PRUNABLE_KINDS
         .iter()
@@ -318,13 +319,16 @@ async fn start_watches(live: &std::sync::Arc<super::live::LiveCache>, target: &T
             kinds.push(key.gvk());
         }
     }
-    for gvk in kinds {
-        let mut namespaces = namespaces_of(&keys, &gvk);
-        if gvk.group.is_empty() && gvk.kind == "ConfigMap" {
-            namespaces.insert(revisions::REVISIONS_NAMESPACE.to_string());
-        }
-        live.watch(&gvk, &namespaces).await;
-    }
+    kinds
+        .into_iter()
+        .map(|gvk| {
+            let mut namespaces = namespaces_of(&keys, &gvk);
+            if gvk.group.is_empty() && gvk.kind == "ConfigMap" {
+                namespaces.insert(revisions::REVISIONS_NAMESPACE.to_string());
+            }
+            (gvk, namespaces)
+        })
+        .collect()
 }
 
 /// After the wave passed its gate: delete what the render no longer has,
@@ -369,6 +373,14 @@ async fn record(client: &kube::Client, target: &Target, policy: &PolicyRef) -> R
     let record = revisions::read(client, policy)
         .await
         .map_err(|e| revisions::read_error(policy, &super::server::error_chain(&e)))?;
+    // Already recorded (the watch cache had not seen the record yet).
+    if record
+        .current
+        .as_ref()
+        .is_some_and(|c| c.revision == target.revision)
+    {
+        return Ok(());
+    }
     let record = revisions::advanced(
         record,
         revisions::Revision {

@@ -101,6 +101,12 @@ pub struct PolicyRef {
     pub namespace: String,
 }
 
+impl std::fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 impl PolicyRef {
     pub fn of(policy: &crate::api::TrafficPolicy) -> Self {
         Self {

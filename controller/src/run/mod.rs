@@ -29,7 +29,7 @@ use crate::api::{Fleet, TrafficPolicy};
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::Client;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -180,6 +180,14 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
         let _ =
             drift_tx.unbounded_send(ObjectRef::<TrafficPolicy>::new(&p.name).within(&p.namespace));
     });
+    // Fleets: a store the reconciles read (no request per reconcile), and
+    // every change (a deletion too) triggers the Fleet's policies.
+    let (fleets, fleet_writer) = kube::runtime::reflector::store::<Fleet>();
+    let fleet_events = kube::runtime::reflector(
+        fleet_writer,
+        watcher(Api::<Fleet>::all(hub.clone()), watcher::Config::default()).default_backoff(),
+    )
+    .touched_objects();
     let ctx = Arc::new(reconcile::Context {
         hub: hub.clone(),
         kubeconfig: config.kubeconfig.clone(),
@@ -193,6 +201,7 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
         weights,
         dashboard: config.weights.as_ref().and_then(|(_, o)| o.ui.clone()),
         policies: controller.store(),
+        fleets,
         events: events::EventRecorder::new(
             hub.clone(),
             "tideway-controller",
@@ -223,19 +232,15 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = controller
-        .watches(
-            Api::<Fleet>::all(hub.clone()),
-            watcher::Config::default(),
-            move |fleet: Fleet| {
-                let name = fleet.metadata.name.clone().unwrap_or_default();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|p| p.spec.fleet == name)
-                    .map(|p| ObjectRef::from(p.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(fleet_events, move |fleet: Fleet| {
+            let name = fleet.metadata.name.clone().unwrap_or_default();
+            store
+                .state()
+                .into_iter()
+                .filter(|p| p.spec.fleet == name)
+                .map(|p| ObjectRef::from(p.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .reconcile_on(futures::stream::select(endpoint_triggers, drift_triggers))
         .graceful_shutdown_on(async move {
             let _ = shutdown_rx.await;

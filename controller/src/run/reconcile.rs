@@ -11,7 +11,7 @@
 use super::events::PolicyEvent;
 use super::metrics::Metrics;
 use crate::api::{Condition, Fleet, MemberRolloutStatus, TrafficPolicy, TrafficPolicyStatus};
-use crate::apply::live::LiveCache;
+use crate::apply::live::{LiveCache, Verdict};
 use crate::apply::object::{fingerprint, ObjectKey};
 use crate::apply::{self, MemberOutcome, MemberStatus, ObjectAction, Options, PolicyRef};
 use crate::apply::{Rollback, Runs};
@@ -61,6 +61,8 @@ pub struct Context {
     /// policies.
     pub weights: Option<Arc<crate::weights::WeightsState>>,
     pub policies: kube::runtime::reflector::Store<TrafficPolicy>,
+    /// The hub's Fleets, as the controller's watch has them.
+    pub fleets: kube::runtime::reflector::Store<Fleet>,
     /// Events on the policies (events.k8s.io/v1): rollouts, rollbacks,
     /// degraded members, cleanup.
     pub events: super::events::EventRecorder,
@@ -753,6 +755,17 @@ pub fn resync_yields(
     others_waited.any(|waited| waited > overdue + slack)
 }
 
+/// The policy's Fleet: from the controller's watch of Fleets, else (not
+/// listed yet, or just created) read from the hub.
+async fn fleet_of(ctx: &Context, policy: &TrafficPolicy) -> Result<Option<Fleet>, kube::Error> {
+    let name = kube::runtime::reflector::ObjectRef::<Fleet>::new(&policy.spec.fleet);
+    if let Some(fleet) = ctx.fleets.get(&name) {
+        return Ok(Some(fleet.as_ref().clone()));
+    }
+    let fleets: Api<Fleet> = Api::all(ctx.hub.clone());
+    fleets.get_opt(&policy.spec.fleet).await
+}
+
 /// Reconcile one policy; see the module doc.
 pub async fn reconcile(
     policy: Arc<TrafficPolicy>,
@@ -772,8 +785,7 @@ pub async fn reconcile(
     }
     let generation = policy.metadata.generation;
     let old = policy.status.as_ref();
-    let fleets: Api<Fleet> = Api::all(ctx.hub.clone());
-    let Some(fleet) = fleets.get_opt(&policy.spec.fleet).await? else {
+    let Some(fleet) = fleet_of(&ctx, &policy).await? else {
         let msg = format!(
             "spec.fleet: Fleet {:?} not found in the hub",
             policy.spec.fleet
@@ -967,7 +979,7 @@ pub async fn reconcile(
         if let Some(Ok(member)) = clients.get(&destination.cluster) {
             ctx.discovery.watch(
                 service_key(&destination.cluster),
-                &member.client,
+                &member.watch_client,
                 kube::runtime::reflector::ObjectRef::from(policy.as_ref()),
             );
         }
@@ -1069,9 +1081,15 @@ fn members_need_rollout(
                 .filter_map(|o| Some((ObjectKey::of(o)?, fingerprint(o))))
                 .collect();
         match live.needs_rollout(policy, revision, &objects) {
-            Some(true) => return Some(true),
-            Some(false) => {}
-            None => unknown = true,
+            Verdict::InSync => {}
+            Verdict::Needed(why) => {
+                tracing::debug!(%policy, %member, "needs a rollout: {why}");
+                return Some(true);
+            }
+            Verdict::Unknown(why) => {
+                tracing::debug!(%policy, %member, "cannot tell from the watches: {why}");
+                unknown = true;
+            }
         }
     }
     (!unknown).then_some(false)

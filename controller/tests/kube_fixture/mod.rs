@@ -73,19 +73,20 @@ fn etcd_binary() -> PathBuf {
 /// The user the controller's member token authenticates as.
 pub const MEMBER_USER: &str = "system:serviceaccount:tideway-system:tideway-member";
 
-/// Audit every write (metadata only: who, what, when, answer), nothing else.
+/// Audit every request (metadata only: who, what, when, answer).
 const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
 - level: Metadata
-  verbs: [create, update, patch, delete, deletecollection]
-- level: None
 ";
 
-/// One write request, as the API server's audit log has it.
+/// The verbs that change something.
+const WRITE_VERBS: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
+
+/// One request, as the API server's audit log has it.
 #[derive(Debug, Clone)]
-pub struct Write {
+pub struct Request {
     pub user: String,
     pub verb: String,
     /// `resource namespace/name` (`subresource` appended when there is one).
@@ -440,7 +441,24 @@ impl ApiServer {
 
     /// Every write request the server has answered so far (the audit log;
     /// across restarts, which append to it).
-    pub fn writes(&self) -> Vec<Write> {
+    pub fn writes(&self) -> Vec<Request> {
+        self.requests()
+            .into_iter()
+            .filter(|w| WRITE_VERBS.contains(&w.verb.as_str()))
+            .collect()
+    }
+
+    /// The requests the controller's member identity made here (reads,
+    /// lists and watches too).
+    pub fn controller_requests(&self) -> Vec<Request> {
+        self.requests()
+            .into_iter()
+            .filter(|w| w.user == MEMBER_USER)
+            .collect()
+    }
+
+    /// Every request the server has answered so far.
+    pub fn requests(&self) -> Vec<Request> {
         let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
         text.lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
@@ -456,7 +474,7 @@ impl ApiServer {
                 if let Some(sub) = o["subresource"].as_str() {
                     object.push_str(&format!(" ({sub})"));
                 }
-                Write {
+                Request {
                     user: e["user"]["username"]
                         .as_str()
                         .unwrap_or_default()
@@ -470,7 +488,7 @@ impl ApiServer {
     }
 
     /// The writes the controller's member identity made here.
-    pub fn controller_writes(&self) -> Vec<Write> {
+    pub fn controller_writes(&self) -> Vec<Request> {
         self.writes()
             .into_iter()
             .filter(|w| w.user == MEMBER_USER)
