@@ -12,11 +12,13 @@
 //! names. Never the object's body: that keeps 10,000 objects in a few MiB.
 //!
 //! An object is *verified* when Tideway last saw it, at this
-//! resourceVersion, equal to this rendering of it (its fingerprint): the
-//! apply's own answer, or a read that compared it with the render. Any
-//! write by anyone else changes the resourceVersion, so an object whose
-//! resourceVersion is still the verified one has not drifted; one whose
-//! resourceVersion moved is read and compared again ([`super::drift`]).
+//! resourceVersion, equal to its render at a revision: the apply's own
+//! answer, or a read that compared it with the render. A revision is a
+//! digest of every object of the render, so (object, revision) names one
+//! content. Any write by anyone else changes the resourceVersion, so an
+//! object whose resourceVersion is still the verified one has not
+//! drifted; one whose resourceVersion moved is read and compared again
+//! ([`super::drift`]).
 //!
 //! A watch event that Tideway did not cause (another resourceVersion than
 //! the verified one, a deletion Tideway did not make) calls `on_change`
@@ -28,7 +30,7 @@
 //! has listed them again, the cache answers "unknown" for that kind and the
 //! rollout asks the member directly, as `tideway apply` always does.
 
-use super::object::{Fingerprint, ObjectKey};
+use super::object::ObjectKey;
 use super::revisions::{REVISIONS_NAMESPACE, REVISIONS_OF_LABEL};
 use super::PolicyRef;
 use crate::compile::{MANAGED_BY, MANAGED_BY_LABEL, POLICY_LABEL, POLICY_NAMESPACE_LABEL};
@@ -123,7 +125,7 @@ enum KindEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Verified {
     resource_version: String,
-    fingerprint: Fingerprint,
+    revision: String,
 }
 
 /// How far a watch has come.
@@ -145,8 +147,8 @@ struct State {
     objects: HashMap<LiveKey, Live>,
     by_policy: HashMap<PolicyRef, HashSet<LiveKey>>,
     records: HashMap<PolicyRef, LiveKey>,
-    /// The resourceVersion and fingerprint Tideway last saw each object
-    /// at, equal to its render.
+    /// The resourceVersion Tideway last saw each object at, equal to its
+    /// render at a revision.
     verified: HashMap<LiveKey, Verified>,
     /// Deletions Tideway made whose watch event has not come yet.
     deleting: HashSet<LiveKey>,
@@ -462,8 +464,8 @@ impl LiveCache {
         }
     }
 
-    /// What the cache knows of `key` rendered as `fingerprint`.
-    pub fn seen(&self, key: &ObjectKey, fingerprint: &Fingerprint) -> Seen {
+    /// What the cache knows of `key` as rendered at `revision`.
+    pub fn seen(&self, key: &ObjectKey, revision: &str) -> Seen {
         let state = self.lock();
         if !state.covers(&key.group, &key.kind, key.namespace.as_deref()) {
             return Seen::Unknown;
@@ -473,20 +475,20 @@ impl LiveCache {
             None => Seen::Absent,
             Some(live) => Seen::Present {
                 verified: state.verified.get(&live_key).is_some_and(|v| {
-                    v.resource_version == live.resource_version && &v.fingerprint == fingerprint
+                    v.resource_version == live.resource_version && v.revision == revision
                 }),
             },
         }
     }
 
-    /// Tideway saw `key` at `resource_version` equal to the render with
-    /// `fingerprint` (its apply answered so, or a read compared equal).
-    pub fn verified(&self, key: &ObjectKey, resource_version: &str, fingerprint: Fingerprint) {
+    /// Tideway saw `key` at `resource_version` equal to its render at
+    /// `revision` (its apply answered so, or a read compared equal).
+    pub fn verified(&self, key: &ObjectKey, resource_version: &str, revision: &str) {
         self.lock().verified.insert(
             LiveKey::of(key),
             Verified {
                 resource_version: resource_version.to_string(),
-                fingerprint,
+                revision: revision.to_string(),
             },
         );
     }
@@ -568,16 +570,11 @@ impl LiveCache {
         )
     }
 
-    /// Whether `policy`'s render (`objects` with their fingerprints, at
-    /// `revision`) needs a rollout here: an object missing or not verified,
-    /// an object of the policy the render no longer has, a record that
-    /// names another revision.
-    pub fn needs_rollout(
-        &self,
-        policy: &PolicyRef,
-        revision: &str,
-        objects: &[(ObjectKey, Fingerprint)],
-    ) -> Verdict {
+    /// Whether `policy`'s render at `revision` (its objects here: `keys`)
+    /// needs a rollout here: an object missing or not verified at that
+    /// revision, an object of the policy the render no longer has, a
+    /// record that names another revision.
+    pub fn needs_rollout(&self, policy: &PolicyRef, revision: &str, keys: &[ObjectKey]) -> Verdict {
         match self.record(policy) {
             None => return Verdict::Unknown("the revision records are not listed".into()),
             Some(current) if current.as_deref() != Some(revision) => {
@@ -588,8 +585,8 @@ impl LiveCache {
             }
             Some(_) => {}
         }
-        for (key, fingerprint) in objects {
-            match self.seen(key, fingerprint) {
+        for key in keys {
+            match self.seen(key, revision) {
                 Seen::Unknown => {
                     return Verdict::Unknown(format!("{}: its kind is not listed", key.display()))
                 }
@@ -604,9 +601,9 @@ impl LiveCache {
             }
         }
         let state = self.lock();
-        let rendered: HashSet<LiveKey> = objects.iter().map(|(k, _)| LiveKey::of(k)).collect();
-        let extra = state.by_policy.get(policy).and_then(|keys| {
-            keys.iter().find(|k| {
+        let rendered: HashSet<LiveKey> = keys.iter().map(LiveKey::of).collect();
+        let extra = state.by_policy.get(policy).and_then(|held| {
+            held.iter().find(|k| {
                 !rendered.contains(*k) && state.objects.get(*k).is_some_and(|l| l.by_tideway)
             })
         });

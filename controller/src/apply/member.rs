@@ -17,7 +17,7 @@
 
 use super::conflicts::{field_conflicts, FieldConflict};
 use super::live::Seen;
-use super::object::{fingerprint, Fingerprint, ObjectKey};
+use super::object::ObjectKey;
 use super::prune::{namespaces_of, prune, PRUNABLE_KINDS};
 use super::rollback::Rollback;
 use super::server::{classify, gv_text, Failure, Resources};
@@ -263,7 +263,7 @@ pub(super) async fn apply_objects(
             };
             break;
         };
-        match apply_object(&mut resources, &key, object, options).await {
+        match apply_object(&mut resources, &key, object, &target.revision, options).await {
             Ok(action) => {
                 if matches!(action, ObjectAction::Created | ObjectAction::Configured) {
                     run.written.push((key.clone(), action.clone()));
@@ -431,17 +431,18 @@ fn same_as_rendered(rendered: &Value, live: &DynamicObject) -> bool {
         && super::drift::drift(rendered, &live, FIELD_MANAGER, &[STATUS_FIELD_MANAGER]).is_empty()
 }
 
-/// Server-side apply of one object when the member's copy differs from
-/// the render (dry run: `dryRun=All` and the diff, always).
+/// Server-side apply of one object (rendered at `revision`) when the
+/// member's copy differs from the render (dry run: `dryRun=All` and the
+/// diff, always).
 async fn apply_object(
     resources: &mut Resources,
     key: &ObjectKey,
     object: &Value,
+    revision: &str,
     options: &Options,
 ) -> Result<ObjectAction, Failure> {
-    let print: Fingerprint = fingerprint(object);
     let seen = match (&resources.live, options.dry_run) {
-        (Some(live), false) => live.seen(key, &print),
+        (Some(live), false) => live.seen(key, revision),
         _ => Seen::Unknown,
     };
     if seen == (Seen::Present { verified: true }) {
@@ -454,7 +455,7 @@ async fn apply_object(
     };
     if let (Some(found), false) = (&live, options.dry_run) {
         if same_as_rendered(object, found) {
-            note_verified(resources, key, found, print);
+            note_verified(resources, key, found, revision);
             return Ok(ObjectAction::Unchanged);
         }
     }
@@ -487,7 +488,7 @@ async fn apply_object(
             key.display()
         )));
     }
-    note_verified(resources, key, &result, print);
+    note_verified(resources, key, &result, revision);
     Ok(match live {
         None => ObjectAction::Created,
         Some(live) if live.metadata.resource_version == result.metadata.resource_version => {
@@ -497,13 +498,8 @@ async fn apply_object(
     })
 }
 
-fn note_verified(
-    resources: &Resources,
-    key: &ObjectKey,
-    object: &DynamicObject,
-    print: Fingerprint,
-) {
+fn note_verified(resources: &Resources, key: &ObjectKey, object: &DynamicObject, revision: &str) {
     if let (Some(live), Some(version)) = (&resources.live, &object.metadata.resource_version) {
-        live.verified(key, version, print);
+        live.verified(key, version, revision);
     }
 }

@@ -1,4 +1,4 @@
-//! A rendered object's identity and fingerprint.
+//! A rendered object's identity.
 
 use kube::core::GroupVersionKind;
 use serde_json::Value;
@@ -49,13 +49,4 @@ impl ObjectKey {
             None => format!("{} {}", self.kind, self.name),
         }
     }
-}
-
-/// A digest of one rendered object as Tideway sends it: the same render of
-/// an object always has the same fingerprint.
-pub type Fingerprint = [u8; 32];
-
-pub fn fingerprint(object: &Value) -> Fingerprint {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(serde_json::to_vec(object).unwrap_or_default()).into()
 }

@@ -13,7 +13,7 @@
 //!   included.
 
 use super::member::{MemberRun, ObjectAction, Runs};
-use super::object::{fingerprint, ObjectKey};
+use super::object::ObjectKey;
 use super::server::{classify, error_chain, Failure};
 use super::{revisions, PolicyRef, Target, FIELD_MANAGER};
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -96,7 +96,9 @@ pub(super) async fn rollback(target: &Target, policy: &PolicyRef, run: &mut Memb
                 .iter()
                 .find(|o| ObjectKey::of(o).is_some_and(|k| k.same_object(key)))
             {
-                Some(old) => reapply(resources, key, old).await.map(|()| &mut restored),
+                Some(old) => reapply(resources, key, old, before.revision())
+                    .await
+                    .map(|()| &mut restored),
                 None => Err(format!(
                     "{} existed before this rollout, and the member's revision record has no render of it to restore",
                     key.display()
@@ -155,6 +157,7 @@ async fn reapply(
     resources: &mut super::server::Resources,
     key: &ObjectKey,
     object: &Value,
+    revision: Option<&str>,
 ) -> Result<(), String> {
     let api = resources
         .api_for(key)
@@ -168,8 +171,10 @@ async fn reapply(
         )
         .await
         .map_err(|e| failure_text(key, classify(e)))?;
-    if let (Some(live), Some(version)) = (&resources.live, &stored.metadata.resource_version) {
-        live.verified(key, version, fingerprint(object));
+    if let (Some(live), Some(version), Some(revision)) =
+        (&resources.live, &stored.metadata.resource_version, revision)
+    {
+        live.verified(key, version, revision);
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use super::events::PolicyEvent;
 use super::metrics::Metrics;
 use crate::api::{Condition, Fleet, MemberRolloutStatus, TrafficPolicy, TrafficPolicyStatus};
 use crate::apply::live::{LiveCache, Verdict};
-use crate::apply::object::{fingerprint, ObjectKey};
+use crate::apply::object::ObjectKey;
 use crate::apply::{self, MemberOutcome, MemberStatus, ObjectAction, Options, PolicyRef};
 use crate::apply::{Rollback, Runs};
 use kube::api::{Api, Patch, PatchParams};
@@ -71,11 +71,24 @@ pub struct Context {
     pub dashboard: Option<Arc<crate::ui::Dashboard>>,
 }
 
-/// The inputs of the last rollout.
-#[derive(Clone)]
-pub struct Applied {
+/// What a render is made of: the same inputs always compile to the same
+/// render (and revision).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inputs {
     pub policy_generation: Option<i64>,
     pub fleet_generation: Option<i64>,
+    /// Destinations taken out for want of ready endpoints.
+    pub drained: Vec<String>,
+}
+
+/// Per member of a rollout: its watch cache, and the render's objects
+/// there.
+pub type WatchedMembers = BTreeMap<String, (Arc<LiveCache>, Arc<[ObjectKey]>)>;
+
+/// The last rollout of a policy.
+#[derive(Clone)]
+pub struct Applied {
+    pub inputs: Inputs,
     pub revision: String,
     pub at: std::time::Instant,
     /// When the same inputs are worth a rollout again (the resync after a
@@ -83,9 +96,10 @@ pub struct Applied {
     pub again_in: Duration,
     /// Every member took the render.
     pub complete: bool,
-    /// Each member's watch cache: what tells, between rollouts, whether a
-    /// member still has the render.
-    pub live: BTreeMap<String, Arc<LiveCache>>,
+    /// Per member, its watch cache and the render's objects there: what
+    /// tells, between rollouts and without compiling, whether the member
+    /// still has the render (`None`: a member had no cache).
+    pub members: Option<WatchedMembers>,
 }
 
 /// A reconcile that could not finish because the hub failed (reading the
@@ -783,92 +797,98 @@ pub async fn reconcile(
         set_finalizers(&api, &policy, finalizers).await?;
         return Ok(Action::await_change());
     }
-    let generation = policy.metadata.generation;
-    let old = policy.status.as_ref();
     let Some(fleet) = fleet_of(&ctx, &policy).await? else {
         let msg = format!(
             "spec.fleet: Fleet {:?} not found in the hub",
             policy.spec.fleet
         );
-        tracing::warn!(policy = %key(&policy), "{msg}");
-        write_status(
-            &ctx,
-            &api,
-            &policy,
-            invalid_status("FleetNotFound", msg, generation, old),
-        )
-        .await?;
-        ctx.metrics.count_reconcile("invalid");
-        mark_handled(&ctx, &policy);
-        forget_rollout(&ctx, &policy);
-        return Ok(Action::await_change());
+        return not_applied(&ctx, &api, &policy, "FleetNotFound", msg).await;
     };
+    let (drained_policy, drained) = super::discovery::drain(&policy, |member| {
+        ctx.discovery.ready(&service_key(&policy, member))
+    });
+    let inputs = Inputs {
+        policy_generation: policy.metadata.generation,
+        fleet_generation: fleet.metadata.generation,
+        drained,
+    };
+    if let Some(action) = nothing_to_do(&ctx, &policy, &inputs) {
+        return Ok(action);
+    }
     let compiled = match crate::compile(&policy, &fleet, None) {
-        Ok(c) => c,
-        Err(errors) => {
-            let msg = errors.to_string();
-            tracing::warn!(policy = %key(&policy), "invalid policy, nothing applied: {msg}");
-            let said = old
-                .and_then(|o| o.conditions.iter().find(|c| c.type_ == READY))
-                .is_some_and(|c| c.reason == "InvalidPolicy" && c.message == msg);
-            if !said {
-                event(
-                    &ctx,
-                    &policy,
-                    warning(
-                        "InvalidPolicy",
-                        "Validate",
-                        format!("nothing applied: {msg}"),
-                    ),
-                )
-                .await;
-            }
-            write_status(
-                &ctx,
-                &api,
-                &policy,
-                invalid_status("InvalidPolicy", msg, generation, old),
-            )
-            .await?;
-            ctx.metrics.count_reconcile("invalid");
-            mark_handled(&ctx, &policy);
-            forget_rollout(&ctx, &policy);
-            ctx.failures
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key(&policy));
-            return Ok(Action::await_change());
-        }
-    };
-    let service_namespace = policy
-        .spec
-        .service
-        .namespace
-        .clone()
-        .unwrap_or_else(|| namespace.clone());
-    let service_key = |member: &str| {
-        (
-            member.to_string(),
-            service_namespace.clone(),
-            policy.spec.service.name.clone(),
-        )
-    };
-    let (drained_policy, drained) =
-        super::discovery::drain(&policy, |member| ctx.discovery.ready(&service_key(member)));
-    let compiled = if drained.is_empty() {
-        compiled
-    } else {
-        match crate::compile(&drained_policy, &fleet, None) {
+        Ok(c) if inputs.drained.is_empty() => c,
+        Ok(undrained) => match crate::compile(&drained_policy, &fleet, None) {
             Ok(c) => {
-                tracing::info!(policy = %key(&policy), ?drained, "destinations without ready endpoints taken out");
+                tracing::info!(policy = %key(&policy), drained = ?inputs.drained, "destinations without ready endpoints taken out");
                 c
             }
             Err(e) => {
                 tracing::warn!(policy = %key(&policy), error = %e, "draining would make the policy invalid; not drained");
-                compiled
+                undrained
             }
+        },
+        Err(errors) => {
+            return not_applied(&ctx, &api, &policy, "InvalidPolicy", errors.to_string()).await
         }
     };
+    publish_config(&ctx, &policy, &fleet);
+    roll_out(&ctx, &api, &policy, &fleet, &compiled, inputs).await
+}
+
+/// (member, namespace, name) of the policy's service, for discovery.
+fn service_key(policy: &TrafficPolicy, member: &str) -> super::discovery::ServiceKey {
+    let namespace = policy
+        .spec
+        .service
+        .namespace
+        .clone()
+        .or_else(|| policy.namespace())
+        .unwrap_or_default();
+    (
+        member.to_string(),
+        namespace,
+        policy.spec.service.name.clone(),
+    )
+}
+
+/// The policy cannot be rendered (`reason`: its Fleet is missing, it is
+/// invalid): say so, apply nothing (the members keep the last good render).
+async fn not_applied(
+    ctx: &Context,
+    api: &Api<TrafficPolicy>,
+    policy: &TrafficPolicy,
+    reason: &'static str,
+    msg: String,
+) -> Result<Action, ReconcileError> {
+    tracing::warn!(policy = %key(policy), "{msg}; nothing applied");
+    let old = policy.status.as_ref();
+    let said = old
+        .and_then(|o| o.conditions.iter().find(|c| c.type_ == READY))
+        .is_some_and(|c| c.reason == reason && c.message == msg);
+    if !said && reason == "InvalidPolicy" {
+        let note = format!("nothing applied: {msg}");
+        event(ctx, policy, warning(reason, "Validate", note)).await;
+    }
+    let generation = policy.metadata.generation;
+    write_status(
+        ctx,
+        api,
+        policy,
+        invalid_status(reason, msg, generation, old),
+    )
+    .await?;
+    ctx.metrics.count_reconcile("invalid");
+    mark_handled(ctx, policy);
+    forget_rollout(ctx, policy);
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key(policy));
+    Ok(Action::await_change())
+}
+
+/// The weights API and the dashboard follow the policies' configuration.
+fn publish_config(ctx: &Context, policy: &TrafficPolicy, fleet: &Fleet) {
     if let Some(weights) = &ctx.weights {
         let services: Vec<_> = ctx
             .policies
@@ -882,7 +902,7 @@ pub async fn reconcile(
     }
     if let Some(ui) = &ctx.dashboard {
         // The what-if runs on the config this policy's filters run.
-        match crate::compile::plugin_configs(&policy, &fleet) {
+        match crate::compile::plugin_configs(policy, fleet) {
             Ok(per_member) => {
                 if let Some(config) = per_member.into_values().next() {
                     ui.set_config(
@@ -892,79 +912,96 @@ pub async fn reconcile(
                 }
             }
             Err(e) => {
-                tracing::warn!(policy = %key(&policy), error = %e, "dashboard: no plugin config")
+                tracing::warn!(policy = %key(policy), error = %e, "dashboard: no plugin config")
             }
         }
     }
-    let revision = apply::revision(&compiled);
-    let memo_key = key(&policy);
-    let remembered = ctx
+}
+
+/// When the last rollout had these inputs: `Some(when to look again)` if
+/// there is nothing to do now, decided from memory and the members' watch
+/// caches alone (no compile, no request). `None`: roll out.
+fn nothing_to_do(ctx: &Context, policy: &TrafficPolicy, inputs: &Inputs) -> Option<Action> {
+    let memo_key = key(policy);
+    let done = ctx
         .applied
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&memo_key)
-        .cloned();
-    if let Some(done) = remembered {
-        let same = done.policy_generation == generation
-            && done.fleet_generation == fleet.metadata.generation
-            && done.revision == revision;
-        let age = done.at.elapsed();
-        let members_say =
-            || members_need_rollout(&done, &compiled, &PolicyRef::of(&policy), &revision);
-        if same && age < done.again_in {
-            // Not due: only a drift from a complete rollout is acted on now.
-            // After a failed one the same render would only fail again, and
-            // flap the wave it rolled back.
-            if !(done.complete && members_say() == Some(true)) {
-                ctx.metrics.count_reconcile("unchanged");
-                return Ok(Action::requeue(done.again_in - age));
-            }
-            tracing::info!(policy = %key(&policy), "a member's objects changed under Tideway: repairing");
-        } else if same && done.complete && members_say() == Some(false) {
-            // Due, and every member's watch says it has the render as
-            // Tideway left it: nothing to send anywhere.
-            remember(
-                &ctx,
-                memo_key,
-                Applied {
-                    at: std::time::Instant::now(),
-                    ..done
-                },
-            );
-            ctx.metrics.count_reconcile("unchanged");
-            return Ok(Action::requeue(ctx.resync));
-        } else if same {
-            let overdue = age - done.again_in;
-            let store = ctx.policies.state();
-            let live: Vec<(&TrafficPolicy, String)> = store
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .map(|p| (p.as_ref(), key(p)))
-                .filter(|(_, k)| *k != memo_key)
-                .collect();
-            let change_waiting = {
-                let handled = ctx.handled.lock().unwrap_or_else(|p| p.into_inner());
-                live.iter()
-                    .any(|(p, k)| handled.get(k) != Some(&p.metadata.generation))
-            };
-            let now = std::time::Instant::now();
-            let yields = {
-                // No await below: the locks are held for the scan only.
-                let failing = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
-                let applied = ctx.applied.lock().unwrap_or_else(|p| p.into_inner());
-                let others_waited = live
-                    .iter()
-                    .filter(|(_, k)| !failing.contains_key(k))
-                    .filter_map(|(_, k)| applied.get(k))
-                    .map(|d| now.saturating_duration_since(d.at + d.again_in));
-                resync_yields(overdue, ctx.resync, change_waiting, others_waited)
-            };
-            if yields {
-                ctx.metrics.count_reconcile("yielded");
-                return Ok(Action::requeue(yield_delay(ctx.resync)));
-            }
-        }
+        .cloned()?;
+    if done.inputs != *inputs {
+        return None;
     }
+    let age = done.at.elapsed();
+    let members_say = || members_need_rollout(&done, &PolicyRef::of(policy));
+    if age < done.again_in {
+        // Not due: only a drift from a complete rollout is acted on now.
+        // After a failed one the same render would only fail again, and
+        // flap the wave it rolled back.
+        if done.complete && members_say() == Some(true) {
+            tracing::info!(policy = %memo_key, "a member's objects changed under Tideway: repairing");
+            return None;
+        }
+        ctx.metrics.count_reconcile("unchanged");
+        return Some(Action::requeue(done.again_in - age));
+    }
+    if done.complete && members_say() == Some(false) {
+        // Due, and every member's watch says it has the render as Tideway
+        // left it: nothing to send anywhere.
+        let again_in = done.again_in;
+        remember(
+            ctx,
+            memo_key,
+            Applied {
+                at: std::time::Instant::now(),
+                ..done
+            },
+        );
+        ctx.metrics.count_reconcile("unchanged");
+        return Some(Action::requeue(again_in));
+    }
+    let overdue = age - done.again_in;
+    let store = ctx.policies.state();
+    let live: Vec<(&TrafficPolicy, String)> = store
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| (p.as_ref(), key(p)))
+        .filter(|(_, k)| *k != memo_key)
+        .collect();
+    let change_waiting = {
+        let handled = ctx.handled.lock().unwrap_or_else(|p| p.into_inner());
+        live.iter()
+            .any(|(p, k)| handled.get(k) != Some(&p.metadata.generation))
+    };
+    let now = std::time::Instant::now();
+    let yields = {
+        // No await below: the locks are held for the scan only.
+        let failing = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let applied = ctx.applied.lock().unwrap_or_else(|p| p.into_inner());
+        let others_waited = live
+            .iter()
+            .filter(|(_, k)| !failing.contains_key(k))
+            .filter_map(|(_, k)| applied.get(k))
+            .map(|d| now.saturating_duration_since(d.at + d.again_in));
+        resync_yields(overdue, ctx.resync, change_waiting, others_waited)
+    };
+    if yields {
+        ctx.metrics.count_reconcile("yielded");
+        return Some(Action::requeue(yield_delay(ctx.resync)));
+    }
+    None
+}
+
+/// Roll `compiled` out to the Fleet's members, write the status and the
+/// events, and remember the rollout.
+async fn roll_out(
+    ctx: &Context,
+    api: &Api<TrafficPolicy>,
+    policy: &TrafficPolicy,
+    fleet: &Fleet,
+    compiled: &crate::Compiled,
+    inputs: Inputs,
+) -> Result<Action, ReconcileError> {
     // One client (and watch cache) per member, for the rollout and the
     // endpoint watches.
     let mut clients = BTreeMap::new();
@@ -978,78 +1015,89 @@ pub async fn reconcile(
     for destination in &policy.spec.destinations {
         if let Some(Ok(member)) = clients.get(&destination.cluster) {
             ctx.discovery.watch(
-                service_key(&destination.cluster),
+                service_key(policy, &destination.cluster),
                 &member.watch_client,
-                kube::runtime::reflector::ObjectRef::from(policy.as_ref()),
+                kube::runtime::reflector::ObjectRef::from(policy),
             );
         }
     }
-    let live: BTreeMap<String, Arc<LiveCache>> = clients
-        .iter()
-        .filter_map(|(name, m)| Some((name.clone(), m.as_ref().ok()?.live.clone()?)))
-        .collect();
-    let targets = apply::targets_with(&compiled, &fleet, &clients);
+    let targets = apply::targets_with(compiled, fleet, &clients);
+    let revision = apply::revision(compiled);
+    let members = watched_members(&targets);
     let options = Options {
         prune: true,
         ..Options::default()
     };
-    let policy_key = key(&policy);
-    let report = apply::apply(targets, &PolicyRef::of(&policy), &options, &mut |step| {
+    let policy_key = key(policy);
+    let report = apply::apply(targets, &PolicyRef::of(policy), &options, &mut |step| {
         log_progress(&policy_key, step)
     })
     .await;
+    let generation = policy.metadata.generation;
     let mut unreachable = false;
     for outcome in &report.members {
         let (_, name) = member_conditions(outcome, generation);
-        if name == "unreachable" {
-            unreachable = true;
-        }
+        unreachable |= name == "unreachable";
         if name != "skipped" {
             ctx.metrics
                 .observe_member(&outcome.member, name, outcome.elapsed.as_secs_f64());
         }
     }
-    let mut status = status_from_report(&report, &revision, generation, old);
-    status.drained = drained;
-    report_events(&ctx, &policy, &report, &revision, &status).await;
-    let result = if report.all_applied() {
-        "applied"
-    } else {
-        "degraded"
-    };
-    write_status(&ctx, &api, &policy, status).await?;
-    ctx.metrics.count_reconcile(result);
+    let mut status = status_from_report(&report, &revision, generation, policy.status.as_ref());
+    status.drained = inputs.drained.clone();
+    report_events(ctx, policy, &report, &revision, &status).await;
+    let complete = report.all_applied();
+    write_status(ctx, api, policy, status).await?;
+    ctx.metrics
+        .count_reconcile(if complete { "applied" } else { "degraded" });
     ctx.failures
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .remove(&key(&policy));
+        .remove(&policy_key);
     // A member that is down, or refused something, is retried sooner than
     // the resync (it may come back, or be fixed, without any hub change) —
     // but not on every trigger: a failed wave is rolled back, and trying
     // the same render again at once (the status write is a trigger) would
     // only flap that wave between the two revisions.
-    let again_in = if report.all_applied() {
+    let again_in = if complete {
         ctx.resync
     } else if unreachable {
         Duration::from_secs(15).min(ctx.resync)
     } else {
         Duration::from_secs(60).min(ctx.resync)
     };
-    mark_handled(&ctx, &policy);
+    mark_handled(ctx, policy);
     remember(
-        &ctx,
-        memo_key,
+        ctx,
+        policy_key,
         Applied {
-            policy_generation: generation,
-            fleet_generation: fleet.metadata.generation,
+            inputs,
             revision,
             at: std::time::Instant::now(),
             again_in,
-            complete: report.all_applied(),
-            live,
+            complete,
+            members,
         },
     );
     Ok(Action::requeue(again_in))
+}
+
+/// Each target's watch cache and object keys (members with the same
+/// objects share one list); `None` when a target has no cache.
+fn watched_members(targets: &[apply::Target]) -> Option<WatchedMembers> {
+    let mut out = BTreeMap::new();
+    let mut last: Option<Arc<[ObjectKey]>> = None;
+    for target in targets {
+        let live = target.live.as_ref()?;
+        let keys: Vec<ObjectKey> = target.objects.iter().filter_map(ObjectKey::of).collect();
+        let keys = match &last {
+            Some(previous) if previous[..] == keys[..] => previous.clone(),
+            _ => Arc::from(keys),
+        };
+        last = Some(keys.clone());
+        out.insert(target.member.clone(), (live.clone(), keys));
+    }
+    Some(out)
 }
 
 fn remember(ctx: &Context, policy: String, applied: Applied) {
@@ -1059,28 +1107,14 @@ fn remember(ctx: &Context, policy: String, applied: Applied) {
         .insert(policy, applied);
 }
 
-/// Whether any member of the last rollout needs this render again,
-/// from the members' watch caches alone (no request): `Some(true)` when
-/// one does, `Some(false)` when every member has it as Tideway left it,
-/// `None` when a cache cannot tell.
-fn members_need_rollout(
-    done: &Applied,
-    compiled: &crate::Compiled,
-    policy: &PolicyRef,
-    revision: &str,
-) -> Option<bool> {
+/// Whether any member of the last rollout needs its render again, from
+/// the members' watch caches alone: `Some(true)` when one does,
+/// `Some(false)` when every member has it as Tideway left it, `None` when
+/// a cache cannot tell (or a member has none: it was unreachable).
+fn members_need_rollout(done: &Applied, policy: &PolicyRef) -> Option<bool> {
     let mut unknown = false;
-    for member in &compiled.order {
-        let Some(live) = done.live.get(member) else {
-            unknown = true;
-            continue;
-        };
-        let objects: Vec<(ObjectKey, apply::object::Fingerprint)> =
-            apply::rendered(compiled, member, revision)
-                .iter()
-                .filter_map(|o| Some((ObjectKey::of(o)?, fingerprint(o))))
-                .collect();
-        match live.needs_rollout(policy, revision, &objects) {
+    for (member, (live, keys)) in done.members.as_ref()? {
+        match live.needs_rollout(policy, &done.revision, keys) {
             Verdict::InSync => {}
             Verdict::Needed(why) => {
                 tracing::debug!(%policy, %member, "needs a rollout: {why}");
