@@ -126,6 +126,8 @@ enum KindEntry {
 struct Verified {
     resource_version: String,
     revision: String,
+    /// Whose render it is: told when a list finds it changed.
+    policy: PolicyRef,
 }
 
 /// How far a watch has come.
@@ -481,14 +483,21 @@ impl LiveCache {
         }
     }
 
-    /// Tideway saw `key` at `resource_version` equal to its render at
-    /// `revision` (its apply answered so, or a read compared equal).
-    pub fn verified(&self, key: &ObjectKey, resource_version: &str, revision: &str) {
+    /// Tideway saw `key` at `resource_version` equal to `policy`'s render
+    /// at `revision` (its apply answered so, or a read compared equal).
+    pub fn verified(
+        &self,
+        key: &ObjectKey,
+        resource_version: &str,
+        revision: &str,
+        policy: &PolicyRef,
+    ) {
         self.lock().verified.insert(
             LiveKey::of(key),
             Verified {
                 resource_version: resource_version.to_string(),
                 revision: revision.to_string(),
+                policy: policy.clone(),
             },
         );
     }
@@ -653,12 +662,26 @@ impl LiveCache {
     }
 
     /// A (re)list finished: `fresh` is everything the scope holds now.
-    /// After a relist, what changed while the watch was down is reported.
+    /// What changed since Tideway saw it — an object it verified that is
+    /// gone or at another resourceVersion, and after an earlier list any
+    /// object that vanished or moved while the watch was down — is
+    /// reported. The first list of a watch counts too: a rollout may have
+    /// verified an object before its watch had listed, and a change in
+    /// between would otherwise wait for the resync.
     fn listed(&self, scope: &WatchScope, fresh: HashMap<LiveKey, Live>) {
-        let mut changed = Vec::new();
+        let mut changed: HashSet<PolicyRef> = HashSet::new();
         {
             let mut state = self.lock();
             let listed_before = state.watches.get(scope).is_some_and(|l| l.ever);
+            for (key, seen) in state.verified.iter().filter(|(k, _)| scope.covers(k)) {
+                let moved = match fresh.get(key) {
+                    None => !state.deleting.contains(key),
+                    Some(live) => live.resource_version != seen.resource_version,
+                };
+                if moved {
+                    changed.insert(seen.policy.clone());
+                }
+            }
             let before: Vec<LiveKey> = state
                 .objects
                 .keys()
@@ -666,13 +689,14 @@ impl LiveCache {
                 .cloned()
                 .collect();
             for key in before {
-                let gone = !fresh.contains_key(&key);
-                if gone {
+                if !fresh.contains_key(&key) {
                     let old = state.remove(&key);
                     let ours = state.deleting.remove(&key);
                     state.verified.remove(&key);
-                    if listed_before && !ours {
-                        changed.push(old.and_then(|l| l.policy));
+                    if let (true, false, Some(policy)) =
+                        (listed_before, ours, old.and_then(|l| l.policy))
+                    {
+                        changed.insert(policy);
                     }
                 }
             }
@@ -682,7 +706,9 @@ impl LiveCache {
                     .get(&key)
                     .is_none_or(|old| old.resource_version != live.resource_version);
                 if listed_before && moved && !state.is_verified(&key, &live) {
-                    changed.push(live.policy.clone());
+                    if let Some(policy) = &live.policy {
+                        changed.insert(policy.clone());
+                    }
                 }
                 state.insert(key, live);
             }
@@ -694,11 +720,8 @@ impl LiveCache {
                 },
             );
         }
-        let mut reported = HashSet::new();
-        for policy in changed.into_iter().flatten() {
-            if reported.insert(policy.clone()) {
-                self.changed(Some(policy));
-            }
+        for policy in changed {
+            self.changed(Some(policy));
         }
     }
 
@@ -805,6 +828,166 @@ mod tests {
         );
         assert_eq!(current.as_deref(), Some("sha256:aa"));
         assert!(live.policy.is_none());
+    }
+
+    fn plugin(name: &str, version: &str) -> DynamicObject {
+        object(json!({
+            "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+            "metadata": {"name": name, "namespace": "prod", "resourceVersion": version,
+                         "labels": {MANAGED_BY_LABEL: MANAGED_BY, POLICY_LABEL: "api",
+                                    POLICY_NAMESPACE_LABEL: "prod"},
+                         "managedFields": [{"manager": "tideway", "operation": "Apply"}]},
+            "spec": {},
+        }))
+    }
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey {
+            group: "extensions.istio.io".into(),
+            version: "v1alpha1".into(),
+            kind: "WasmPlugin".into(),
+            namespace: Some("prod".into()),
+            name: name.into(),
+        }
+    }
+
+    /// A cache that never talks to a server, and the policies it reports.
+    fn cache() -> (Arc<LiveCache>, Arc<Mutex<Vec<PolicyRef>>>) {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
+        let client = Client::try_from(config).expect("client");
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let sink = told.clone();
+        let on_change: OnChange = Arc::new(move |p| sink.lock().expect("lock").push(p));
+        (
+            LiveCache::new("m", client.clone(), client, Some(on_change)),
+            told,
+        )
+    }
+
+    fn scope() -> WatchScope {
+        WatchScope {
+            group: "extensions.istio.io".into(),
+            kind: "WasmPlugin".into(),
+            namespace: None,
+        }
+    }
+
+    fn listed(cache: &LiveCache, objects: &[DynamicObject]) {
+        let fresh = objects
+            .iter()
+            .filter_map(|o| live_of(&scope(), o))
+            .collect();
+        cache.listed(&scope(), fresh);
+    }
+
+    #[tokio::test]
+    async fn only_changes_tideway_did_not_make_are_reported() {
+        let (cache, told) = cache();
+        let policy = PolicyRef {
+            name: "api".into(),
+            namespace: "prod".into(),
+        };
+        let taken = |told: &Mutex<Vec<PolicyRef>>| std::mem::take(&mut *told.lock().expect("lock"));
+        // Verified before the watch first listed, then deleted before that
+        // list: the first list reports it.
+        cache.verified(&key("a"), "5", "sha256:r1", &policy);
+        cache.verified(&key("b"), "6", "sha256:r1", &policy);
+        listed(&cache, &[plugin("b", "6")]);
+        assert_eq!(taken(&told), std::slice::from_ref(&policy), "a is gone");
+        // Tideway's own write (the verified resourceVersion): nothing.
+        cache.verified(&key("b"), "7", "sha256:r1", &policy);
+        cache.applied(&scope(), &plugin("b", "7"));
+        assert!(taken(&told).is_empty());
+        // Someone else's write: reported, and b is no longer verified.
+        cache.applied(&scope(), &plugin("b", "8"));
+        assert_eq!(taken(&told), std::slice::from_ref(&policy));
+        assert_eq!(
+            cache
+                .lock()
+                .objects
+                .get(&LiveKey::of(&key("b")))
+                .map(|l| l.resource_version.as_str()),
+            Some("8")
+        );
+        // Tideway's own deletion: nothing; someone else's: reported.
+        cache.applied(&scope(), &plugin("c", "9"));
+        taken(&told);
+        cache.deleting(&key("c"));
+        cache.deleted(&scope(), &plugin("c", "10"));
+        assert!(taken(&told).is_empty());
+        cache.deleted(&scope(), &plugin("b", "11"));
+        assert_eq!(taken(&told), std::slice::from_ref(&policy));
+        // A relist after the watch was down: what moved is reported once.
+        cache.verified(&key("d"), "12", "sha256:r1", &policy);
+        cache.applied(&scope(), &plugin("d", "12"));
+        listed(&cache, &[plugin("d", "13")]);
+        assert_eq!(taken(&told), [policy]);
+    }
+
+    #[tokio::test]
+    async fn a_render_is_in_sync_only_when_every_object_is_verified_at_its_revision() {
+        let (cache, _) = cache();
+        let policy = PolicyRef {
+            name: "api".into(),
+            namespace: "prod".into(),
+        };
+        let keys = [key("a")];
+        // Nothing listed yet: it cannot tell.
+        assert!(matches!(
+            cache.needs_rollout(&policy, "sha256:r1", &keys),
+            Verdict::Unknown(_)
+        ));
+        {
+            let mut state = cache.lock();
+            for (group, kind) in [("extensions.istio.io", "WasmPlugin"), ("", "ConfigMap")] {
+                state.kinds.insert(
+                    (group.into(), kind.into()),
+                    KindEntry::Served {
+                        resource: ApiResource::from_gvk(&GroupVersionKind::gvk(group, "v1", kind)),
+                        capabilities: ApiCapabilities {
+                            scope: Scope::Namespaced,
+                            subresources: vec![],
+                            operations: vec![],
+                        },
+                        reach: Some(Reach::Cluster),
+                    },
+                );
+            }
+        }
+        let records = WatchScope {
+            group: String::new(),
+            kind: "ConfigMap".into(),
+            namespace: None,
+        };
+        let record = object(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "tideway-revisions-prod-api", "namespace": REVISIONS_NAMESPACE,
+                         "resourceVersion": "1",
+                         "labels": {REVISIONS_OF_LABEL: "prod.api", MANAGED_BY_LABEL: MANAGED_BY}},
+            "data": {"current": "sha256:r1"},
+        }));
+        cache.listed(&records, [live_of(&records, &record).expect("live")].into());
+        listed(&cache, &[plugin("a", "5")]);
+        // Listed, not verified (a restarted controller): a rollout reads it.
+        assert!(matches!(
+            cache.needs_rollout(&policy, "sha256:r1", &keys),
+            Verdict::Needed(_)
+        ));
+        cache.verified(&key("a"), "5", "sha256:r1", &policy);
+        assert_eq!(
+            cache.needs_rollout(&policy, "sha256:r1", &keys),
+            Verdict::InSync
+        );
+        // Another revision, or an object the render no longer has: needed.
+        assert!(matches!(
+            cache.needs_rollout(&policy, "sha256:r2", &keys),
+            Verdict::Needed(_)
+        ));
+        cache.applied(&scope(), &plugin("old", "6"));
+        assert!(matches!(
+            cache.needs_rollout(&policy, "sha256:r1", &keys),
+            Verdict::Needed(why) if why.contains("no longer rendered")
+        ));
     }
 
     #[test]

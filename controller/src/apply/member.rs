@@ -263,7 +263,16 @@ pub(super) async fn apply_objects(
             };
             break;
         };
-        match apply_object(&mut resources, &key, object, &target.revision, options).await {
+        match apply_object(
+            &mut resources,
+            &key,
+            object,
+            &target.revision,
+            policy,
+            options,
+        )
+        .await
+        {
             Ok(action) => {
                 if matches!(action, ObjectAction::Created | ObjectAction::Configured) {
                     run.written.push((key.clone(), action.clone()));
@@ -439,6 +448,7 @@ async fn apply_object(
     key: &ObjectKey,
     object: &Value,
     revision: &str,
+    policy: &PolicyRef,
     options: &Options,
 ) -> Result<ObjectAction, Failure> {
     let seen = match (&resources.live, options.dry_run) {
@@ -455,7 +465,7 @@ async fn apply_object(
     };
     if let (Some(found), false) = (&live, options.dry_run) {
         if same_as_rendered(object, found) {
-            note_verified(resources, key, found, revision);
+            note_verified(resources, key, found, revision, policy);
             return Ok(ObjectAction::Unchanged);
         }
     }
@@ -488,7 +498,7 @@ async fn apply_object(
             key.display()
         )));
     }
-    note_verified(resources, key, &result, revision);
+    note_verified(resources, key, &result, revision, policy);
     Ok(match live {
         None => ObjectAction::Created,
         Some(live) if live.metadata.resource_version == result.metadata.resource_version => {
@@ -498,8 +508,14 @@ async fn apply_object(
     })
 }
 
-fn note_verified(resources: &Resources, key: &ObjectKey, object: &DynamicObject, revision: &str) {
+fn note_verified(
+    resources: &Resources,
+    key: &ObjectKey,
+    object: &DynamicObject,
+    revision: &str,
+    policy: &PolicyRef,
+) {
     if let (Some(live), Some(version)) = (&resources.live, &object.metadata.resource_version) {
-        live.verified(key, version, revision);
+        live.verified(key, version, revision, policy);
     }
 }

@@ -96,7 +96,7 @@ pub(super) async fn rollback(target: &Target, policy: &PolicyRef, run: &mut Memb
                 .iter()
                 .find(|o| ObjectKey::of(o).is_some_and(|k| k.same_object(key)))
             {
-                Some(old) => reapply(resources, key, old, before.revision())
+                Some(old) => reapply(resources, key, old, before.revision(), policy)
                     .await
                     .map(|()| &mut restored),
                 None => Err(format!(
@@ -158,6 +158,7 @@ async fn reapply(
     key: &ObjectKey,
     object: &Value,
     revision: Option<&str>,
+    policy: &PolicyRef,
 ) -> Result<(), String> {
     let api = resources
         .api_for(key)
@@ -174,7 +175,7 @@ async fn reapply(
     if let (Some(live), Some(version), Some(revision)) =
         (&resources.live, &stored.metadata.resource_version, revision)
     {
-        live.verified(key, version, revision);
+        live.verified(key, version, revision, policy);
     }
     Ok(())
 }

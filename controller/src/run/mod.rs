@@ -153,7 +153,18 @@ pub async fn run(hub: Client, config: RunConfig) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(hub.clone(), ns),
         None => Api::all(hub.clone()),
     };
-    let controller = Controller::new(policies, watcher::Config::default()).with_config(
+    // The policies, without their managedFields: nothing here reads them,
+    // and they repeat every status field of every member (in the store of
+    // every policy, a large share of the controller's memory).
+    let (policy_store, policy_writer) = kube::runtime::reflector::store::<TrafficPolicy>();
+    let policy_events = kube::runtime::reflector(
+        policy_writer,
+        watcher(policies, watcher::Config::default())
+            .default_backoff()
+            .modify(|p| p.metadata.managed_fields = None),
+    )
+    .applied_objects();
+    let controller = Controller::for_stream(policy_events, policy_store).with_config(
         kube::runtime::controller::Config::default().concurrency(config.concurrency.max(1)),
     );
     let weights = match &config.weights {

@@ -935,12 +935,22 @@ fn nothing_to_do(ctx: &Context, policy: &TrafficPolicy, inputs: &Inputs) -> Opti
     let age = done.at.elapsed();
     let members_say = || members_need_rollout(&done, &PolicyRef::of(policy));
     if age < done.again_in {
-        // Not due: only a drift from a complete rollout is acted on now.
-        // After a failed one the same render would only fail again, and
-        // flap the wave it rolled back.
-        if done.complete && members_say() == Some(true) {
-            tracing::info!(policy = %memo_key, "a member's objects changed under Tideway: repairing");
-            return None;
+        // Not due: only a drift from a complete rollout is acted on now
+        // (after a failed one the same render would only fail again, and
+        // flap the wave it rolled back) — or a trigger the watches cannot
+        // yet judge (one has not listed): the rollout then reads.
+        if done.complete {
+            match members_say() {
+                Some(false) => {}
+                Some(true) => {
+                    tracing::info!(policy = %memo_key, "a member's objects changed under Tideway: repairing");
+                    return None;
+                }
+                None => {
+                    tracing::debug!(policy = %memo_key, "the members' watches cannot tell yet: reading the members");
+                    return None;
+                }
+            }
         }
         ctx.metrics.count_reconcile("unchanged");
         return Some(Action::requeue(done.again_in - age));
