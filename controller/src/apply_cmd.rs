@@ -6,10 +6,15 @@ use tideway_controller::apply::{self, ObjectAction, Options};
 
 pub const LONG_ABOUT: &str = "\
 Render a TrafficPolicy for its Fleet and roll it out to every member cluster:
-server-side apply (field manager `tideway`), wave by wave (the Fleet's
-`wave`, lowest first), with a health gate between waves (every reachable
-member of the wave accepted every object and it reads back). A wave that
-fails its gate stops the rollout; later waves are reported as skipped.
+server-side apply (field manager `tideway`) of each object a member does not
+already have as rendered, wave by wave (the Fleet's `wave`, lowest first),
+with a health gate between waves (every reachable member of the wave
+accepted every object, stored with Tideway's labels). A wave that fails its
+gate stops the rollout (later waves are reported as skipped) and is rolled
+back: each of its members gets back exactly what it had before this
+rollout; a member that already had the revision is left alone. Only a wave
+that passed its gate is pruned and has the revision recorded in each member
+(ConfigMap tideway-system/tideway-revisions-<namespace>-<policy>).
 
 Each member is reached through its Fleet entry's `api`: `kubeconfigContext`
 (a context of --kubeconfig), `secretRef` (a kubeconfig in a Secret of the hub

@@ -485,7 +485,8 @@ async fn apply_object(
             (Some(_), false) => ObjectAction::WouldChange { diff: text },
         });
     }
-    // The apply's answer is the object as stored: the gate's read-back.
+    // The apply's answer is the object as stored: the member's half of the
+    // health gate reads it there rather than with another request.
     let labelled = result
         .metadata
         .labels

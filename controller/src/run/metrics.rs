@@ -63,7 +63,7 @@ impl Default for Metrics {
         let member_apply_seconds = HistogramFamily::new_with_constructor(apply_buckets);
         registry.register(
             "member_apply_seconds",
-            "Time to apply one policy's objects to one member cluster (apply, read-back, prune)",
+            "Time of one policy's rollout in one member cluster (apply, prune, revision record)",
             member_apply_seconds.clone(),
         );
         let leader = Gauge::default();
