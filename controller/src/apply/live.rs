@@ -9,7 +9,7 @@
 //! revision records in `tideway-system`. The cache keeps, per object, only
 //! what the rollout decides on: its resourceVersion, whose render it is,
 //! whether Tideway applied it, and for a revision record the revision it
-//! names. Never the object's body: that keeps 10,000 objects in a few MiB.
+//! names. Never the object's body: an object costs a few hundred bytes.
 //!
 //! An object is *verified* when Tideway last saw it, at this
 //! resourceVersion, equal to its render at a revision: the apply's own
@@ -700,6 +700,11 @@ impl LiveCache {
                     }
                 }
             }
+            // Deletions of Tideway's whose event never came (the watch
+            // was down): the list settles them.
+            state
+                .deleting
+                .retain(|k| !scope.covers(k) || fresh.contains_key(k));
             for (key, live) in fresh {
                 let moved = state
                     .objects
