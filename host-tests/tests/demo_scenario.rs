@@ -205,7 +205,7 @@ fn the_scenario_shows_failover_drain_affinity_and_latency_as_claimed() {
         .filter(|&i| tideway.phases[i].action.is_failure())
         .collect();
     assert_eq!(failure.len(), 2, "a 503 phase and a reset phase");
-    // The bounds. On a 2-core machine that is compiling something
+    // The bounds users expect of failover. On a 2-core machine that is compiling something
     // else at the same time, a stall of the load generator or of one Envoy
     // worker can cost a few requests a machine running only this test
     // never loses (7 of 6,900 in one such run); `cargo test` runs one test

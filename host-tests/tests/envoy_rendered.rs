@@ -44,7 +44,7 @@ fn examples() -> Vec<(String, PathBuf)> {
         })
         .collect();
     out.sort();
-    assert!(out.len() >= 6, "the seed article's six examples: {out:?}");
+    assert!(out.len() >= 6, "the six examples: {out:?}");
     out
 }
 
@@ -418,7 +418,7 @@ fn rendered_routes_steer_every_request_to_the_cluster_the_filter_names() {
 }
 
 /// The HTTP status of the policy's fault-injected abort, if its
-/// VirtualService injects one (the seed's resilience example aborts 0.1% of
+/// VirtualService injects one (the resilience example aborts 0.1% of
 /// requests with a 503).
 fn fault_abort_status(objects: &[Value]) -> Option<u16> {
     of_kind(objects, "VirtualService").iter().find_map(|vs| {

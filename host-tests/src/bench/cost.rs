@@ -299,7 +299,7 @@ struct Slice {
 /// many short back-to-back pairs, the order swapped every pair (floor
 /// first, then Tideway first, …).
 ///
-/// Why: issue 12 asks for throughput ≥ 0.95× the floor's, and the two
+/// Why: the target is throughput ≥ 0.95× the floor's, and the two
 /// differ by about 5% in instructions, while this machine's speed drifts by
 /// ±25% over tens of seconds. The round-robin rounds above put 10 s between
 /// the two and drift decides the ratio; two 3 s slices next to each other

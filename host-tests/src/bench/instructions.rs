@@ -170,7 +170,7 @@ pub fn run(mode: Mode) -> Result<Section> {
     }
     let full = measured[2].0;
     let span = measured[3].0;
-    // Issue 12's cost targets are relative to the steering floor (the last
+    // The cost targets are relative to the steering floor (the last
     // variant: the probe making only the three calls steering needs).
     if let (Some(v), Some((floor, _, _))) = (variants.last(), measured.last()) {
         if v.spec.filter_config.as_deref() == Some(super::cost::STEERING_FLOOR_OPS) {

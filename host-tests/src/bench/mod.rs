@@ -14,7 +14,7 @@
 //!   counted by callgrind (exact where throughput is noisy), and the price
 //!   of each host call;
 //! - [`steering`]: Tideway against Envoy's own load balancers;
-//! - [`tail`]: issue 12's scenarios (a slow destination at 3/6/10× and
+//! - [`tail`]: the steering scenarios (a slow destination at 3/6/10× and
 //!   8/32/128 connections, a 70/20/10 shift, equal, canary) under the
 //!   default scheduler, every round reported;
 //! - [`report`]: the markdown table and the JSON file;

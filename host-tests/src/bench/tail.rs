@@ -1,4 +1,4 @@
-//! Issue 12's steering scenarios on real Envoy, under the README's default
+//! The steering scenarios on real Envoy, under the README's default
 //! scheduler with no tuning at all (`"scheduler": {}`: weights 0.4 / 0.3 /
 //! 0.1 / 0.2, sharpness 4, τ 5 s, the 200 ms tick), every round reported:
 //!
@@ -300,7 +300,7 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
         COMPARED.map(Policy::name).join(" ")
     );
     let mut section = Section::new(
-        "Slow destination matrix, default scheduler (issue 12)",
+        "Slow destination matrix, default scheduler",
         vec![command.clone(), format!("Tideway config: {config}")],
         &[
             "slower, connections",
@@ -595,7 +595,7 @@ fn shift(mode: Mode, fleet: &Fleet) -> Result<Section> {
     }
     fleet.reset([BASE; 3]);
     let mut section = Section::new(
-        "Base weights 70/20/10, the 70% destination 10× slower and back (issue 12)",
+        "Base weights 70/20/10, the 70% destination 10× slower and back",
         vec![command.clone(), format!("Tideway config: {config}")],
         &[
             "round",
@@ -751,7 +751,7 @@ fn equal(mode: Mode, fleet: &Fleet) -> Result<Section> {
     }
     fleet.reset([BASE; 3]);
     Ok(Section {
-        title: "All destinations equal and healthy, base weights 70/20/10 (issue 12)".to_string(),
+        title: "All destinations equal and healthy, base weights 70/20/10".to_string(),
         commands: vec![command.clone(), format!("Tideway config: {config}")],
         columns: [
             "round",
@@ -823,7 +823,7 @@ fn canary(mode: Mode, fleet: &Fleet) -> Result<Section> {
         split[0], split[1], split[2], measured.requests
     );
     Ok(Section {
-        title: "Canary: latency and load weights 0, the 70% destination 10× slower (issue 12)".to_string(),
+        title: "Canary: latency and load weights 0, the 70% destination 10× slower".to_string(),
         commands: vec![command.clone(), format!("Tideway config: {config}")],
         columns: ["requests", "east / west / south %", "max deviation (pp)"].map(String::from).to_vec(),
         rows: vec![vec![

@@ -43,7 +43,7 @@ fn main() -> Result<()> {
                     "  --cells: only these cells of the tail matrix (slow factor x connections)"
                 );
                 println!(
-                    "  tail: issue 12's scenarios (matrix, shift, equal, canary), always under the default scheduler"
+                    "  tail: the steering scenarios (matrix, shift, equal, canary), always under the default scheduler"
                 );
                 return Ok(());
             }

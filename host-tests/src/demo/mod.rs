@@ -2,7 +2,7 @@
 //! runs it — policy → image → registry → Envoy → traffic — and a report.
 //!
 //! What runs (loopback only, every port chosen free):
-//! - three member clusters of the seed article's fleet ([`cluster`]), each
+//! - three member clusters of the example fleet ([`cluster`]), each
 //!   the service's pods with their own latency, capacity and cost;
 //! - a local OCI registry ([`registry`], Debian's `docker-registry`): the
 //!   filter is pushed with `tideway image push`, pulled back by digest with

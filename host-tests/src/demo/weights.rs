@@ -49,7 +49,7 @@ impl WeightsControl {
         if !help.contains("serve-weights") || !help.contains("drain") {
             return Err(
                 "drain phase not run: this `tideway` has no `serve-weights`/`drain` \
-                 (the weights API, issue 15, is not merged), so no operator drain can be shown"
+                 (a build without the weights API), so no operator drain can be shown"
                     .to_string(),
             );
         }
