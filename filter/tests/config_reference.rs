@@ -46,7 +46,7 @@ fn fields_the_parser_accepts() -> BTreeSet<String> {
     let base = every_section();
     let mut accepted = BTreeSet::new();
     let mut objects = Vec::new();
-    collect_objects(&base, &mut Vec::new(), &mut objects);
+    collect_objects(&base, String::new(), String::new(), &mut objects);
     for (pointer, path) in objects {
         let mut probed = base.clone();
         let Some(Value::Object(map)) = probed.pointer_mut(&pointer) else {
@@ -69,26 +69,23 @@ fn fields_the_parser_accepts() -> BTreeSet<String> {
     accepted
 }
 
-/// Every JSON object in `value` with its JSON pointer and its field path.
-fn collect_objects(value: &Value, path: &mut Vec<String>, out: &mut Vec<(String, String)>) {
-    fn walk(value: &Value, pointer: String, path: String, out: &mut Vec<(String, String)>) {
-        match value {
-            Value::Object(map) => {
-                out.push((pointer.clone(), path.clone()));
-                for (key, child) in map {
-                    walk(child, format!("{pointer}/{key}"), join(&path, key), out);
-                }
+/// Every JSON object in `value` with its JSON pointer and its field path
+/// (an array contributes its first element).
+fn collect_objects(value: &Value, pointer: String, path: String, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            out.push((pointer.clone(), path.clone()));
+            for (key, child) in map {
+                collect_objects(child, format!("{pointer}/{key}"), join(&path, key), out);
             }
-            Value::Array(items) => {
-                if let Some(first) = items.first() {
-                    walk(first, format!("{pointer}/0"), path, out);
-                }
-            }
-            _ => {}
         }
+        Value::Array(items) => {
+            if let Some(first) = items.first() {
+                collect_objects(first, format!("{pointer}/0"), path, out);
+            }
+        }
+        _ => {}
     }
-    let _ = path;
-    walk(value, String::new(), String::new(), out);
 }
 
 fn join(path: &str, name: &str) -> String {
@@ -100,7 +97,11 @@ fn join(path: &str, name: &str) -> String {
 }
 
 fn backticked(text: &str) -> Vec<String> {
-    text.split('`').skip(1).step_by(2).map(str::to_string).collect()
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
 }
 
 /// The reference table's rows: (field path without `[]`, the row's text).
@@ -121,9 +122,7 @@ fn documented_rows() -> Vec<(String, String)> {
                 .into_iter()
                 .next()
                 .unwrap_or_else(|| panic!("a row without a field: {row}"));
-            let path = name
-                .replace('…', "services[].")
-                .replace("[]", "");
+            let path = name.replace('…', "services[].").replace("[]", "");
             (path, row.to_string())
         })
         .collect()
@@ -132,11 +131,16 @@ fn documented_rows() -> Vec<(String, String)> {
 #[test]
 fn every_field_the_parser_accepts_is_in_the_reference() {
     let rows = documented_rows();
-    assert!(rows.len() > 40, "the table was not found whole: {} rows", rows.len());
+    assert!(
+        rows.len() > 40,
+        "the table was not found whole: {} rows",
+        rows.len()
+    );
     let documented = |field: &str| {
         // Its own row, rows of its fields (a section), or named in its
         // parent's row.
-        rows.iter().any(|(path, _)| path == field || path.starts_with(&format!("{field}.")))
+        rows.iter()
+            .any(|(path, _)| path == field || path.starts_with(&format!("{field}.")))
             || field.rsplit_once('.').is_some_and(|(parent, name)| {
                 rows.iter()
                     .any(|(path, row)| path == parent && row.contains(&format!("`{name}`")))
@@ -146,7 +150,10 @@ fn every_field_the_parser_accepts_is_in_the_reference() {
         .into_iter()
         .filter(|field| !documented(field))
         .collect();
-    assert!(missing.is_empty(), "fields missing from filter/README.md's reference: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "fields missing from filter/README.md's reference: {missing:?}"
+    );
 }
 
 #[test]
@@ -160,7 +167,10 @@ fn every_field_in_the_reference_is_one_the_parser_accepts() {
         .filter(|path| !accepted.contains(path) && path != "services.affinity.source")
         .filter(|path| !accepted.iter().any(|a| a.starts_with(&format!("{path}."))))
         .collect();
-    assert!(unknown.is_empty(), "documented fields the parser refuses: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "documented fields the parser refuses: {unknown:?}"
+    );
 }
 
 #[test]
