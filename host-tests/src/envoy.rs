@@ -131,6 +131,49 @@ impl EnvoySpec {
     }
 
     fn bootstrap(&self, log_dir: &Path) -> Value {
+        let routes = self.routes();
+        let http_filters = self.http_filters();
+        let clusters = self.clusters();
+        let mut metadata = json!({"CLUSTER_ID": self.node_cluster_id});
+        if let Some(ns) = &self.node_namespace {
+            metadata["NAMESPACE"] = json!(ns);
+        }
+        json!({
+            "node": {
+                "id": "tideway-test",
+                "cluster": "tideway-test",
+                "metadata": metadata,
+                "locality": {"region": self.node_locality.0, "zone": self.node_locality.1}
+            },
+            "admin": {
+                "access_log_path": log_dir.join("admin.log").display().to_string(),
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
+            },
+            "static_resources": {
+                "listeners": [{
+                    "name": "ingress",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "ingress",
+                            "route_config": {"name": "tideway-routes", "virtual_hosts": [
+                                {"name": "all", "domains": ["*"], "routes": routes}
+                            ]},
+                            "http_filters": http_filters
+                        }
+                    }]}]
+                }],
+                "clusters": clusters
+            }
+        })
+    }
+
+    /// One route per destination on the routing header, then the default
+    /// route; with `route_hop_headers`, each sets the hop headers as the
+    /// rendered VirtualService's routes do.
+    fn routes(&self) -> Vec<Value> {
         let mut routes: Vec<Value> = self
             .destinations
             .iter()
@@ -200,6 +243,12 @@ impl EnvoySpec {
                 route["request_headers_to_add"] = json!(add);
             }
         }
+        routes
+    }
+
+    /// The filter (twice, with `second_plugin`: two plugins in one VM), then
+    /// the router.
+    fn http_filters(&self) -> Vec<Value> {
         let mut http_filters = Vec::new();
         if let Some(config) = &self.filter_config {
             let mut filter = json!({
@@ -240,6 +289,12 @@ impl EnvoySpec {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
         }));
+        http_filters
+    }
+
+    /// A cluster per destination, `mesh-default` over all of them, and the
+    /// extra clusters (probes, collectors, the weights API).
+    fn clusters(&self) -> Vec<Value> {
         let cluster = |name: String, ports: Vec<u16>, weights: &[u32], steered: bool| {
             let mut c = json!({
                 "name": name,
@@ -286,40 +341,7 @@ impl EnvoySpec {
         for (name, port) in &self.extra_clusters {
             clusters.push(cluster(name.clone(), vec![*port], &[], false));
         }
-        let mut metadata = json!({"CLUSTER_ID": self.node_cluster_id});
-        if let Some(ns) = &self.node_namespace {
-            metadata["NAMESPACE"] = json!(ns);
-        }
-        json!({
-            "node": {
-                "id": "tideway-test",
-                "cluster": "tideway-test",
-                "metadata": metadata,
-                "locality": {"region": self.node_locality.0, "zone": self.node_locality.1}
-            },
-            "admin": {
-                "access_log_path": log_dir.join("admin.log").display().to_string(),
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
-            },
-            "static_resources": {
-                "listeners": [{
-                    "name": "ingress",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                    "filter_chains": [{"filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "ingress",
-                            "route_config": {"name": "tideway-routes", "virtual_hosts": [
-                                {"name": "all", "domains": ["*"], "routes": routes}
-                            ]},
-                            "http_filters": http_filters
-                        }
-                    }]}]
-                }],
-                "clusters": clusters
-            }
-        })
+        clusters
     }
 }
 

@@ -76,25 +76,7 @@ pub fn run(mode: Mode) -> Result<Section> {
         variants.len()
     );
     let started = Instant::now();
-    // Started side by side: each start-up is single-threaded and slow.
-    let envoys: Vec<Envoy> = std::thread::scope(|scope| {
-        let starting: Vec<_> = variants
-            .iter()
-            .map(|v| {
-                scope.spawn(move || {
-                    Envoy::start(&v.spec)
-                        .with_context(|| format!("starting Envoy under callgrind ({})", v.name))
-                })
-            })
-            .collect();
-        starting
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("an Envoy start-up thread panicked")))
-            })
-            .collect::<Result<_>>()
-    })?;
+    let envoys = start_side_by_side(&variants)?;
     eprintln!(
         "[instructions] all ready after {:.0} s",
         started.elapsed().as_secs_f64()
@@ -217,6 +199,29 @@ pub fn run(mode: Mode) -> Result<Section> {
     );
     section.raw = json!({ "variants": raw, "command": command });
     Ok(section)
+}
+
+/// Starts every variant's Envoy under callgrind at once: each start-up is
+/// single-threaded and slow.
+fn start_side_by_side(variants: &[Variant]) -> Result<Vec<Envoy>> {
+    std::thread::scope(|scope| {
+        let starting: Vec<_> = variants
+            .iter()
+            .map(|v| {
+                scope.spawn(move || {
+                    Envoy::start(&v.spec)
+                        .with_context(|| format!("starting Envoy under callgrind ({})", v.name))
+                })
+            })
+            .collect();
+        starting
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("an Envoy start-up thread panicked")))
+            })
+            .collect::<Result<_>>()
+    })
 }
 
 fn variants(mode: Mode, out: &Path, collector_port: u16) -> Vec<Variant> {

@@ -317,162 +317,9 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
         ],
     );
     let mut raw = Vec::new();
-    for (factor, connections) in cells() {
-        {
-            // [policy][round]
-            let mut results: Vec<Vec<Measured>> = vec![Vec::new(); COMPARED.len()];
-            let mut cpus: Vec<Vec<CpuUse>> = vec![Vec::new(); COMPARED.len()];
-            for round in 0..rounds {
-                for (i, &policy) in COMPARED.iter().enumerate() {
-                    fleet.reset([BASE, BASE, BASE * factor]);
-                    let (samples, cpu) = run_once(
-                        fleet,
-                        policy,
-                        &config,
-                        [1; 3],
-                        connections,
-                        duration,
-                        warm_up,
-                        Vec::new(),
-                    )?;
-                    let m = measure(&samples, warm_up, duration);
-                    eprintln!(
-                        "[matrix] {factor}x slower, {connections:>3} conns, round {} {:<14} slow share {:.2}% (split {}), p99 {} ms, {:.0} req/s, {} errors, Envoy CPU {:.0} µs/request, client + backends {:.0} µs/request, machine idle {:.1}%; per second, slow share/p99 ms: {}",
-                        round + 1,
-                        policy.name(),
-                        m.slow_share * 100.0,
-                        split(&samples, warm_up),
-                        ms(m.p99_us),
-                        m.rps,
-                        m.errors,
-                        cpu.envoy_us_per_request,
-                        cpu.harness_us_per_request,
-                        cpu.machine_idle * 100.0,
-                        per_second(&samples, duration)
-                    );
-                    results[i].push(m);
-                    cpus[i].push(cpu);
-                }
-            }
-            // `of` against `base`, round by round (each pair ran in the
-            // same round).
-            let ratios = |of: usize, base: usize, f: &dyn Fn(&Measured, &Measured) -> f64| {
-                results[of]
-                    .iter()
-                    .zip(&results[base])
-                    .map(|(o, b)| f(o, b))
-                    .collect::<Vec<f64>>()
-            };
-            let p99 = |o: &Measured, b: &Measured| o.p99_us / b.p99_us;
-            let rps = |o: &Measured, b: &Measured| o.rps / b.rps;
-            let p99_rr = ratios(0, 1, &p99);
-            let p99_lr = ratios(0, 2, &p99);
-            let rps_lr = ratios(0, 2, &rps);
-            // Tideway's span, then the two oracles' in parentheses.
-            let with_oracles = |base: usize, f: &dyn Fn(&Measured, &Measured) -> f64, digits| {
-                format!(
-                    "{} ({} / {})",
-                    span(ratios(0, base, f), digits),
-                    span(ratios(ORACLE, base, f), digits),
-                    span(ratios(ORACLE_AT_FLOOR, base, f), digits)
-                )
-            };
-            let shares: Vec<f64> = results[0].iter().map(|m| m.slow_share * 100.0).collect();
-            let cell = format!("{factor}×, {connections}");
-            section.rows.push(vec![
-                cell.clone(),
-                span(shares.iter().copied(), 2),
-                span(results[0].iter().map(|m| m.p99_us / 1000.0), 1),
-                with_oracles(1, &p99, 3),
-                with_oracles(2, &p99, 3),
-                with_oracles(2, &rps, 2),
-                span(results[1].iter().map(|m| m.p99_us / 1000.0), 1),
-                format!(
-                    "{} / {}",
-                    span(results[2].iter().map(|m| m.p99_us / 1000.0), 1),
-                    span(results[2].iter().map(|m| m.slow_share * 100.0), 1)
-                ),
-                [0, 2, ORACLE, ORACLE_AT_FLOOR]
-                    .map(|i| span(cpus[i].iter().map(|c| c.envoy_us_per_request), 0))
-                    .join(" / "),
-                span(cpus.iter().flatten().map(|c| c.harness_us_per_request), 0),
-                cpus.iter()
-                    .map(|cs| span(cs.iter().map(|c| c.machine_idle * 100.0), 0))
-                    .collect::<Vec<_>>()
-                    .join(" / "),
-            ]);
-            let worst_share = min_max(shares.iter().copied()).1;
-            let worst_rr = min_max(p99_rr.iter().copied()).1;
-            let worst_lr = min_max(p99_lr.iter().copied()).1;
-            let worst_rps = min_max(rps_lr.iter().copied()).0;
-            section.figures.push(
-                Figure::new(
-                    format!("{cell}: Tideway slow share, worst round"),
-                    worst_share,
-                    "%",
-                    &command,
-                )
-                .target(Cmp::AtMost, 0.5),
-            );
-            section.figures.push(
-                Figure::new(
-                    format!("{cell}: Tideway p99 ÷ ROUND_ROBIN, worst round"),
-                    worst_rr,
-                    "×",
-                    &command,
-                )
-                .target(Cmp::AtMost, 0.5),
-            );
-            section.figures.push(
-                Figure::new(
-                    format!("{cell}: Tideway p99 ÷ LEAST_REQUEST, worst round"),
-                    worst_lr,
-                    "×",
-                    &command,
-                )
-                .target(Cmp::AtMost, 0.8),
-            );
-            section.figures.push(
-                Figure::new(
-                    format!("{cell}: Tideway req/s ÷ LEAST_REQUEST, worst round"),
-                    worst_rps,
-                    "×",
-                    &command,
-                )
-                .target(Cmp::AtLeast, 1.0),
-            );
-            // The bounds, without a target: where an oracle misses a target
-            // in its own best round, no steering of its cost can meet it here.
-            for oracle in [ORACLE, ORACLE_AT_FLOOR] {
-                let name = COMPARED[oracle].name();
-                section.figures.push(Figure::new(
-                    format!("{cell}: {name} p99 ÷ ROUND_ROBIN, best round"),
-                    min_max(ratios(oracle, 1, &p99)).0,
-                    "×",
-                    &command,
-                ));
-                section.figures.push(Figure::new(
-                    format!("{cell}: {name} req/s ÷ LEAST_REQUEST, best round"),
-                    min_max(ratios(oracle, 2, &rps)).1,
-                    "×",
-                    &command,
-                ));
-            }
-            raw.push(json!({
-                "factor": factor,
-                "connections": connections,
-                "policies": COMPARED.iter().zip(results.iter().zip(&cpus)).map(|(p, (rs, cs))| json!({
-                    "policy": p.name(),
-                    "rounds": rs.iter().zip(cs).map(|(m, c)| json!({
-                        "slow_share": m.slow_share, "p99_us": m.p99_us, "rps": m.rps,
-                        "requests": m.requests, "errors": m.errors,
-                        "envoy_cpu_us_per_request": c.envoy_us_per_request,
-                        "harness_cpu_us_per_request": c.harness_us_per_request,
-                        "machine_idle": c.machine_idle,
-                    })).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
-            }));
-        }
+    for cell in cells() {
+        let (results, cpus) = run_cell(fleet, &config, cell, rounds, duration, warm_up)?;
+        raw.push(report_cell(&mut section, &command, cell, &results, &cpus));
     }
     fleet.reset([BASE; 3]);
     section.notes.push(
@@ -483,6 +330,184 @@ fn matrix(mode: Mode, fleet: &Fleet) -> Result<Section> {
     );
     section.raw = json!(raw);
     Ok(section)
+}
+
+/// A figure per compared policy and round: `[policy][round]`.
+type ByPolicy<T> = Vec<Vec<T>>;
+
+/// Each round runs every compared policy once on one cell.
+fn run_cell(
+    fleet: &Fleet,
+    config: &str,
+    (factor, connections): (u32, usize),
+    rounds: usize,
+    duration: Duration,
+    warm_up: Duration,
+) -> Result<(ByPolicy<Measured>, ByPolicy<CpuUse>)> {
+    // [policy][round]
+    let mut results: Vec<Vec<Measured>> = vec![Vec::new(); COMPARED.len()];
+    let mut cpus: Vec<Vec<CpuUse>> = vec![Vec::new(); COMPARED.len()];
+    for round in 0..rounds {
+        for (i, &policy) in COMPARED.iter().enumerate() {
+            fleet.reset([BASE, BASE, BASE * factor]);
+            let (samples, cpu) = run_once(
+                fleet,
+                policy,
+                config,
+                [1; 3],
+                connections,
+                duration,
+                warm_up,
+                Vec::new(),
+            )?;
+            let m = measure(&samples, warm_up, duration);
+            eprintln!(
+                "[matrix] {factor}x slower, {connections:>3} conns, round {} {:<14} slow share {:.2}% (split {}), p99 {} ms, {:.0} req/s, {} errors, Envoy CPU {:.0} µs/request, client + backends {:.0} µs/request, machine idle {:.1}%; per second, slow share/p99 ms: {}",
+                round + 1,
+                policy.name(),
+                m.slow_share * 100.0,
+                split(&samples, warm_up),
+                ms(m.p99_us),
+                m.rps,
+                m.errors,
+                cpu.envoy_us_per_request,
+                cpu.harness_us_per_request,
+                cpu.machine_idle * 100.0,
+                per_second(&samples, duration)
+            );
+            results[i].push(m);
+            cpus[i].push(cpu);
+        }
+    }
+    Ok((results, cpus))
+}
+
+/// Adds one cell's row and figures to `section`; returns its raw rounds.
+fn report_cell(
+    section: &mut Section,
+    command: &str,
+    (factor, connections): (u32, usize),
+    results: &[Vec<Measured>],
+    cpus: &[Vec<CpuUse>],
+) -> serde_json::Value {
+    // `of` against `base`, round by round (each pair ran in the
+    // same round).
+    let ratios = |of: usize, base: usize, f: &dyn Fn(&Measured, &Measured) -> f64| {
+        results[of]
+            .iter()
+            .zip(&results[base])
+            .map(|(o, b)| f(o, b))
+            .collect::<Vec<f64>>()
+    };
+    let p99 = |o: &Measured, b: &Measured| o.p99_us / b.p99_us;
+    let rps = |o: &Measured, b: &Measured| o.rps / b.rps;
+    let p99_rr = ratios(0, 1, &p99);
+    let p99_lr = ratios(0, 2, &p99);
+    let rps_lr = ratios(0, 2, &rps);
+    // Tideway's span, then the two oracles' in parentheses.
+    let with_oracles = |base: usize, f: &dyn Fn(&Measured, &Measured) -> f64, digits| {
+        format!(
+            "{} ({} / {})",
+            span(ratios(0, base, f), digits),
+            span(ratios(ORACLE, base, f), digits),
+            span(ratios(ORACLE_AT_FLOOR, base, f), digits)
+        )
+    };
+    let shares: Vec<f64> = results[0].iter().map(|m| m.slow_share * 100.0).collect();
+    let cell = format!("{factor}×, {connections}");
+    section.rows.push(vec![
+        cell.clone(),
+        span(shares.iter().copied(), 2),
+        span(results[0].iter().map(|m| m.p99_us / 1000.0), 1),
+        with_oracles(1, &p99, 3),
+        with_oracles(2, &p99, 3),
+        with_oracles(2, &rps, 2),
+        span(results[1].iter().map(|m| m.p99_us / 1000.0), 1),
+        format!(
+            "{} / {}",
+            span(results[2].iter().map(|m| m.p99_us / 1000.0), 1),
+            span(results[2].iter().map(|m| m.slow_share * 100.0), 1)
+        ),
+        [0, 2, ORACLE, ORACLE_AT_FLOOR]
+            .map(|i| span(cpus[i].iter().map(|c| c.envoy_us_per_request), 0))
+            .join(" / "),
+        span(cpus.iter().flatten().map(|c| c.harness_us_per_request), 0),
+        cpus.iter()
+            .map(|cs| span(cs.iter().map(|c| c.machine_idle * 100.0), 0))
+            .collect::<Vec<_>>()
+            .join(" / "),
+    ]);
+    let worst_share = min_max(shares.iter().copied()).1;
+    let worst_rr = min_max(p99_rr.iter().copied()).1;
+    let worst_lr = min_max(p99_lr.iter().copied()).1;
+    let worst_rps = min_max(rps_lr.iter().copied()).0;
+    section.figures.push(
+        Figure::new(
+            format!("{cell}: Tideway slow share, worst round"),
+            worst_share,
+            "%",
+            command,
+        )
+        .target(Cmp::AtMost, 0.5),
+    );
+    section.figures.push(
+        Figure::new(
+            format!("{cell}: Tideway p99 ÷ ROUND_ROBIN, worst round"),
+            worst_rr,
+            "×",
+            command,
+        )
+        .target(Cmp::AtMost, 0.5),
+    );
+    section.figures.push(
+        Figure::new(
+            format!("{cell}: Tideway p99 ÷ LEAST_REQUEST, worst round"),
+            worst_lr,
+            "×",
+            command,
+        )
+        .target(Cmp::AtMost, 0.8),
+    );
+    section.figures.push(
+        Figure::new(
+            format!("{cell}: Tideway req/s ÷ LEAST_REQUEST, worst round"),
+            worst_rps,
+            "×",
+            command,
+        )
+        .target(Cmp::AtLeast, 1.0),
+    );
+    // The bounds, without a target: where an oracle misses a target
+    // in its own best round, no steering of its cost can meet it here.
+    for oracle in [ORACLE, ORACLE_AT_FLOOR] {
+        let name = COMPARED[oracle].name();
+        section.figures.push(Figure::new(
+            format!("{cell}: {name} p99 ÷ ROUND_ROBIN, best round"),
+            min_max(ratios(oracle, 1, &p99)).0,
+            "×",
+            command,
+        ));
+        section.figures.push(Figure::new(
+            format!("{cell}: {name} req/s ÷ LEAST_REQUEST, best round"),
+            min_max(ratios(oracle, 2, &rps)).1,
+            "×",
+            command,
+        ));
+    }
+    json!({
+        "factor": factor,
+        "connections": connections,
+        "policies": COMPARED.iter().zip(results.iter().zip(cpus)).map(|(p, (rs, cs))| json!({
+            "policy": p.name(),
+            "rounds": rs.iter().zip(cs).map(|(m, c)| json!({
+                "slow_share": m.slow_share, "p99_us": m.p99_us, "rps": m.rps,
+                "requests": m.requests, "errors": m.errors,
+                "envoy_cpu_us_per_request": c.envoy_us_per_request,
+                "harness_cpu_us_per_request": c.harness_us_per_request,
+                "machine_idle": c.machine_idle,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Share of responses from destination 0 among those completed in

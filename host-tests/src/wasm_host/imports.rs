@@ -251,7 +251,21 @@ fn buffer(state: &VmState, ty: BufferType) -> HostResult<Vec<u8>> {
 
 /// Adds every implemented `env.proxy_*` function to `linker`.
 pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
-    // --- logging, time, ticks -------------------------------------------------
+    add_logging_and_time(linker)?;
+    add_buffers(linker)?;
+    add_header_maps(linker)?;
+    add_properties(linker)?;
+    add_shared_data(linker)?;
+    add_stream_control(linker)?;
+    add_replies_and_contexts(linker)?;
+    add_foreign_functions(linker)?;
+    add_metrics(linker)?;
+    add_http_calls(linker)?;
+    Ok(())
+}
+
+/// Adds the logging, clock and tick timer imports.
+fn add_logging_and_time(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_log",
@@ -314,8 +328,11 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Status::Ok.code()
         },
     )?;
+    Ok(())
+}
 
-    // --- buffers ----------------------------------------------------------------
+/// Adds the buffer imports (bodies, call answers, configuration).
+fn add_buffers(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_buffer_bytes",
@@ -385,8 +402,11 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
+    Ok(())
+}
 
-    // --- header maps --------------------------------------------------------------
+/// Adds the header and trailer map imports.
+fn add_header_maps(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_header_map_pairs",
@@ -493,8 +513,11 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
+    Ok(())
+}
 
-    // --- properties ---------------------------------------------------------------
+/// Adds the property imports.
+fn add_properties(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_property",
@@ -526,8 +549,11 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
+    Ok(())
+}
 
-    // --- shared data and queues ---------------------------------------------------
+/// Adds the shared data and shared queue imports.
+fn add_shared_data(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_shared_data",
@@ -627,8 +653,11 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
+    Ok(())
+}
 
-    // --- stream control -----------------------------------------------------------
+/// Adds the stream control imports: continue, close, clear the route cache.
+fn add_stream_control(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     fn continue_stream(s: &mut VmState, ty: StreamType) -> HostResult<()> {
         let st = stream_mut(s).ok_or(Status::NotFound)?;
         match ty {
@@ -699,6 +728,11 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         }
         Status::Ok.code()
     })?;
+    Ok(())
+}
+
+/// Adds the local reply, effective context, `proxy_done` and status imports.
+fn add_replies_and_contexts(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_send_local_response",
@@ -779,8 +813,11 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
+    Ok(())
+}
 
-    // --- foreign functions ----------------------------------------------------------
+/// Adds the foreign function imports.
+fn add_foreign_functions(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_call_foreign_function",
@@ -816,8 +853,11 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
+    Ok(())
+}
 
-    // --- metrics --------------------------------------------------------------------
+/// Adds the metric imports.
+fn add_metrics(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_define_metric",
@@ -881,8 +921,11 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
+    Ok(())
+}
 
-    // --- HTTP calls -----------------------------------------------------------------
+/// Adds the HTTP call imports.
+fn add_http_calls(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_http_call",
