@@ -615,6 +615,12 @@ pub struct MemberRolloutStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// The condition types of a policy's and a member's status: what `tideway
+/// run` writes and `tideway status` reads.
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
 /// A condition as Kubernetes writes them (`metav1.Condition`'s fields).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]

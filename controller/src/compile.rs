@@ -176,6 +176,19 @@ pub fn compile(
     })
 }
 
+/// The configuration the dashboard's what-if runs for `policy`, as JSON:
+/// the first member's (members' configs differ only in the proxy's own
+/// identity, which the what-if sets itself). `None` without members.
+pub fn what_if_config(
+    policy: &TrafficPolicy,
+    fleet: &Fleet,
+) -> Result<Option<serde_json::Value>, FieldErrors> {
+    Ok(plugin_configs(policy, fleet)?
+        .into_values()
+        .next()
+        .map(|config| serde_json::to_value(&config).unwrap_or_default()))
+}
+
 /// The plugin config each member's filter runs for `policy` (its first
 /// caller's: the configs of a policy's callers differ only in where they
 /// run), validated as [`compile`] validates it, without needing an image:

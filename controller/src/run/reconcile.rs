@@ -23,9 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub const READY: &str = "Ready";
-pub const PROGRESSING: &str = "Progressing";
-pub const DEGRADED: &str = "Degraded";
+pub use crate::api::{DEGRADED, PROGRESSING, READY};
 pub use crate::apply::STATUS_FIELD_MANAGER;
 /// The finalizer `tideway run` puts on every policy: a deleted policy's
 /// objects are pruned from every member before the policy goes (nothing
@@ -902,15 +900,9 @@ fn publish_config(ctx: &Context, policy: &TrafficPolicy, fleet: &Fleet) {
     }
     if let Some(ui) = &ctx.dashboard {
         // The what-if runs on the config this policy's filters run.
-        match crate::compile::plugin_configs(policy, fleet) {
-            Ok(per_member) => {
-                if let Some(config) = per_member.into_values().next() {
-                    ui.set_config(
-                        &policy.spec.service.name,
-                        serde_json::to_value(&config).unwrap_or_default(),
-                    );
-                }
-            }
+        match crate::compile::what_if_config(policy, fleet) {
+            Ok(Some(config)) => ui.set_config(&policy.spec.service.name, config),
+            Ok(None) => {}
             Err(e) => {
                 tracing::warn!(policy = %key(policy), error = %e, "dashboard: no plugin config")
             }

@@ -17,11 +17,13 @@
 //! uses (the member RBAC grants `get` on the Istio CRDs for the release
 //! label), and never puts a credential in the report.
 
-use crate::api::{Condition, TrafficPolicy, TrafficPolicyStatus};
+mod source;
+pub use source::{report, PolicySource};
+
+use crate::api::{Condition, TrafficPolicy, TrafficPolicyStatus, DEGRADED, READY};
 use crate::apply::drift::{self, Drift};
 use crate::apply::STATUS_FIELD_MANAGER;
 use crate::apply::{PolicyRef, FIELD_MANAGER, REVISION_ANNOTATION};
-use crate::run::reconcile::{DEGRADED, READY};
 use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject};
@@ -202,7 +204,7 @@ pub struct Input {
 }
 
 /// The policy with the destinations the controller drained taken out, as
-/// the controller compiled it (see [`crate::run::discovery::drain`]).
+/// the controller compiled it (see [`crate::drain::drain`]).
 pub fn with_drains(policy: &TrafficPolicy, status: Option<&TrafficPolicyStatus>) -> TrafficPolicy {
     let drained: BTreeSet<&str> = status
         .map(|s| s.drained.iter().map(String::as_str).collect())
@@ -217,7 +219,7 @@ pub fn with_drains(policy: &TrafficPolicy, status: Option<&TrafficPolicyStatus>)
         .filter(|d| drained.contains(d.subset()))
         .map(|d| d.cluster.clone())
         .collect();
-    crate::run::discovery::drain(policy, |member| zero_at.contains(member).then_some(0)).0
+    crate::drain::drain(policy, |member| zero_at.contains(member).then_some(0)).0
 }
 
 fn text_of(e: &kube::Error) -> String {
@@ -620,7 +622,7 @@ async fn endpoints(client: &Client, namespace: &str, name: &str) -> EndpointsVie
     let api: Api<Endpoints> = Api::namespaced(client.clone(), namespace);
     match api.get_opt(name).await {
         Ok(Some(e)) => EndpointsView {
-            ready: Some(crate::run::discovery::ready_addresses(&e)),
+            ready: Some(crate::drain::ready_addresses(&e)),
             not_ready: Some(
                 e.subsets
                     .iter()

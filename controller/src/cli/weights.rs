@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tideway_controller::weights::client::{Client, WriteReply};
 use tideway_controller::weights::server::{self, ServerOptions, WeightsApi};
-use tideway_controller::weights::state::{services_from_policies, Overrides, WeightsState};
+use tideway_controller::weights::state::{
+    dashboard_configs, services_from_policies, Overrides, WeightsState,
+};
 use tideway_controller::weights::store::OverridesFile;
 use tideway_controller::weights::token::Token;
 use tideway_controller::{load, FieldErrors};
@@ -209,27 +211,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let services =
         services_from_policies(&policies, fleet.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ui = if args.ui {
-        let mut configs = std::collections::BTreeMap::new();
-        for policy in &policies {
-            let own;
-            let f = match &fleet {
-                Some(f) => f,
-                None => {
-                    own = tideway_controller::weights::state::own_fleet(policy);
-                    &own
-                }
-            };
-            let per_member = tideway_controller::compile::plugin_configs(policy, f)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            // The first member's: members' configs differ only in the
-            // proxy's own identity, which the what-if sets itself.
-            if let Some(config) = per_member.into_values().next() {
-                configs.insert(
-                    policy.spec.service.name.clone(),
-                    serde_json::to_value(&config)?,
-                );
-            }
-        }
+        let configs =
+            dashboard_configs(&policies, fleet.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
         Some(Arc::new(tideway_controller::ui::Dashboard::new(
             configs,
             args.envoy_admin.clone(),
