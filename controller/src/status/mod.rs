@@ -1,5 +1,6 @@
-//! `tideway status`: the seed article's health-check and troubleshooting
-//! scripts as one read-only look at a policy across its fleet.
+//! `tideway status`: one read-only look at a policy across its fleet, what
+//! an operator would otherwise piece together from health-check and
+//! troubleshooting scripts run against each member.
 //!
 //! Per member: is its API server reachable (and which Kubernetes), are
 //! the Istio kinds the render needs served (and which Istio release the
