@@ -34,8 +34,7 @@ use tideway_filter::config::{
     SCHEMA_VERSION,
 };
 
-/// Istio's root namespace: a `WasmPlugin` there applies to every proxy.
-pub const ISTIO_ROOT_NAMESPACE: &str = "istio-system";
+pub use crate::istio::ISTIO_ROOT_NAMESPACE;
 /// Label on every rendered object (for pruning and ownership).
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "tideway";

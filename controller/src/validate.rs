@@ -879,7 +879,7 @@ fn callers(spec: &TrafficPolicySpec, errors: &mut FieldErrors) {
                 "one entry per namespace (duplicate)",
             ));
         }
-        if c.namespace == crate::compile::ISTIO_ROOT_NAMESPACE && c.selector.is_empty() {
+        if c.namespace == crate::istio::ISTIO_ROOT_NAMESPACE && c.selector.is_empty() {
             errors.push(FieldError::missing(
                 format!("{at}.selector"),
                 "a selector: a WasmPlugin in Istio's root namespace without one applies to every proxy of the mesh, gateways included",
