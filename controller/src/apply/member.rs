@@ -381,7 +381,7 @@ pub(super) async fn finish(
 async fn record(client: &kube::Client, target: &Target, policy: &PolicyRef) -> Result<(), String> {
     let record = revisions::read(client, policy)
         .await
-        .map_err(|e| revisions::read_error(policy, &super::server::error_chain(&e)))?;
+        .map_err(|e| revisions::read_error(policy, &tideway_oci::error_chain(&e)))?;
     // Already recorded (the watch cache had not seen the record yet).
     if record
         .current

@@ -38,7 +38,6 @@ pub mod prune;
 pub mod revisions;
 pub mod rollback;
 mod server;
-pub(crate) use server::error_chain;
 
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -14,10 +14,11 @@
 
 use super::member::{MemberRun, ObjectAction, Runs};
 use super::object::ObjectKey;
-use super::server::{classify, error_chain, Failure};
+use super::server::{classify, Failure};
 use super::{revisions, PolicyRef, Target, FIELD_MANAGER};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::Value;
+use tideway_oci::error_chain;
 
 /// What a rollback did in one member.
 #[derive(Debug, Clone, PartialEq)]

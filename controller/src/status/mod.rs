@@ -228,7 +228,7 @@ pub fn with_drains(policy: &TrafficPolicy, status: Option<&TrafficPolicyStatus>)
 fn text_of(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
-        other => crate::apply::error_chain(other),
+        other => tideway_oci::error_chain(other),
     }
 }
 
