@@ -2,7 +2,7 @@
 
 pub fn run() -> anyhow::Result<()> {
     for crd in tideway_controller::api::crds() {
-        print!("---\n{}", serde_yaml::to_string(&crd)?);
+        print!("---\n{}", yaml_serde::to_string(&crd)?);
     }
     Ok(())
 }

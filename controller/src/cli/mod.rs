@@ -113,7 +113,7 @@ mod tests {
             "/../manifests/controller/deployment.yaml"
         );
         let text = std::fs::read_to_string(path).expect("deployment.yaml");
-        let deployment: serde_json::Value = serde_yaml::from_str(&text).expect("yaml");
+        let deployment: serde_json::Value = yaml_serde::from_str(&text).expect("yaml");
         let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
             .as_array()
             .expect("args")
