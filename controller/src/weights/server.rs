@@ -226,7 +226,7 @@ impl WeightsApi {
                         return refused;
                     }
                 }
-                return ui.handle(&req, &self.state).await;
+                return ui.handle(&req, || dashboard_view(&self.state)).await;
             }
         }
         let allowed = match path {
@@ -686,6 +686,17 @@ pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerC
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The state as the dashboard's live view shows it.
+fn dashboard_view(state: &WeightsState) -> crate::ui::WeightsView {
+    let snapshot = state.snapshot();
+    crate::ui::WeightsView {
+        version: snapshot.version(),
+        document: serde_json::to_value(&snapshot.document).unwrap_or_default(),
+        overrides: serde_json::to_value(state.overrides()).unwrap_or_default(),
+        clusters: serde_json::to_value(state.destination_clusters()).unwrap_or_default(),
+    }
 }
 
 #[cfg(test)]
