@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tideway_controller::weights::client::{Client, WriteReply};
+use tideway_controller::weights::local;
 use tideway_controller::weights::server::{self, ServerOptions, WeightsApi};
 use tideway_controller::weights::state::{
     dashboard_configs, services_from_policies, Overrides, WeightsState,
 };
 use tideway_controller::weights::store::OverridesFile;
 use tideway_controller::weights::token::Token;
-use tideway_controller::{load, FieldErrors};
 
 pub const SERVE_LONG_ABOUT: &str = "\
 Serve the run-time scheduler weights of the given TrafficPolicies over HTTP:
@@ -188,26 +188,7 @@ fn runtime(multi_thread: bool) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let policies = load::policies_from_paths(&args.policies)?;
-    if policies.is_empty() {
-        anyhow::bail!(
-            "no TrafficPolicy found in {}",
-            args.policies
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    let fleet = match &args.fleet {
-        Some(path) => Some(load::fleet_from_str(&load::read(path)?, "Fleet").map_err(
-            |mut e: FieldErrors| {
-                e.source = path.display().to_string();
-                anyhow::anyhow!("{e}")
-            },
-        )?),
-        None => None,
-    };
+    let (policies, fleet) = local::read_inputs(&args.policies, args.fleet.as_deref())?;
     let services =
         services_from_policies(&policies, fleet.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ui = if args.ui {
@@ -254,7 +235,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store,
         ui,
     };
-    raise_open_file_limit();
+    server::raise_open_file_limit();
     runtime(true)?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -273,26 +254,6 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("serving on {addr}: {e}"))
     })
-}
-
-/// Every held poll is an open socket: raise the soft open-file limit to the
-/// hard one (what Go's runtime does at start), so ten thousand pollers do
-/// not hit the usual soft limit of 1024.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read/write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                tracing::debug!("could not raise the open-file limit");
-            }
-        }
-    }
 }
 
 fn client(args: &ServerArgs) -> anyhow::Result<Client> {

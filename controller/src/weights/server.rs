@@ -699,6 +699,26 @@ fn dashboard_view(state: &WeightsState) -> crate::ui::WeightsView {
     }
 }
 
+/// Every held poll is an open socket: raise the soft open-file limit to the
+/// hard one (what Go's runtime does at start), so ten thousand pollers do
+/// not hit the usual soft limit of 1024.
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::debug!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
