@@ -9,11 +9,12 @@
 //! applied: the members keep the last good render.
 //!
 //! [`reconcile`] hands the policy to kube-runtime's `finalizer()`: it adds
-//! [`FINALIZER`] before the first rollout, runs [`apply`] while the policy
-//! lives and [`cleanup`] once it is deleted, and removes the finalizer when
-//! the cleanup succeeded. A cleanup that could not reach every member is
-//! an error ([`ReconcileError::CleanupPending`]): the finalizer stays and
-//! the error policy retries it on a fixed delay.
+//! [`FINALIZER`] before the first rollout, runs [`apply()`] while the
+//! policy lives and [`cleanup()`] once it is deleted, and removes the
+//! finalizer when the cleanup succeeded. A cleanup that could not reach
+//! every member is an error ([`ReconcileError::CleanupPending`]): the
+//! finalizer stays and the error policy retries it every 10 s, not with
+//! the backoff of a failing hub (a member is waited for, not the hub).
 
 use super::events::PolicyEvent;
 use super::metrics::Metrics;
