@@ -296,45 +296,9 @@ fn spread(samples: &[Duration]) -> String {
 
 async fn reconcile_loop(o: &Options) -> Vec<(String, String)> {
     let names: Vec<String> = (0..o.members).map(|i| format!("member-{i:02}")).collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let kube = kube_fixture::KubeFleet::start(&refs).await;
-    let admin = kube.hub.admin().await;
-    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "tideway-system");
-    for name in &names {
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": format!("{name}-kubeconfig")},
-            "stringData": {"kubeconfig": kube.member(name).controller_kubeconfig_yaml()},
-        }))
-        .expect("secret");
-        secrets
-            .create(&PostParams::default(), &secret)
-            .await
-            .expect("hub Secret");
-    }
-    kube.hub.create_namespace(&admin, "production").await;
-    kube.hub
-        .apply_as(&admin, "bench", &fleet_object(o.members))
-        .await;
+    let (kube, admin) = start_fleet(&names, o).await;
     let port = kube_fixture::free_port();
-    let log = kube.dir.path().join("controller.log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tideway"))
-        .arg("run")
-        .arg("--kubeconfig")
-        .arg(kube.write_kubeconfig())
-        .args(["--context", "hub", "--identity", "bench"])
-        .args(["--resync", &format!("{}s", o.resync)])
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        // TIDEWAY_BENCH_LOG: the controller's RUST_LOG (its log is in the
-        // fixture's directory).
-        .env(
-            "RUST_LOG",
-            std::env::var("TIDEWAY_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(std::fs::File::create(&log).expect("log"))
-        .stderr(std::fs::File::create(kube.dir.path().join("controller.err")).expect("log"))
-        .spawn()
-        .expect("tideway run");
+    let mut child = spawn_controller(&kube, o, port);
     let pid = child.id();
     let started = Instant::now();
     for i in 0..o.policies {
@@ -344,28 +308,7 @@ async fn reconcile_loop(o: &Options) -> Vec<(String, String)> {
     }
     let created = started.elapsed();
     let policies: Api<TrafficPolicy> = Api::namespaced(admin.clone(), "production");
-    let ready = |p: &TrafficPolicy| {
-        p.status.as_ref().is_some_and(|s| {
-            s.observed_generation == p.metadata.generation
-                && s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    loop {
-        let list = policies.list(&Default::default()).await.expect("list");
-        let n = list.items.iter().filter(|p| ready(p)).count();
-        if n == o.policies {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{n} of {} Ready after 30 min",
-            o.policies
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_all_ready(&policies, o.policies).await;
     let converged = started.elapsed();
     let writes_at_ready = member_writes(&kube, &names);
     let scrape = || async {
@@ -426,57 +369,7 @@ async fn reconcile_loop(o: &Options) -> Vec<(String, String)> {
         .map(|(r, b)| format!("{} {r}", count(&text, r) - b))
         .collect();
 
-    // Hand edits in the members: a deletion (put back) and a forced
-    // take-over of a field (reported as a conflict, never forced back).
-    let (mut put_back, mut reported) = (Vec::new(), Vec::new());
-    for i in 0..o.edits {
-        let member = kube.member(&names[0]);
-        let service = format!("svc-{:04}", (i * 97) % o.policies);
-        let object = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-                            "metadata": {"name": format!("tideway-{service}"), "namespace": "production"}});
-        let api = kube_fixture::dynamic_api(&member.admin().await, &object).await;
-        let name = format!("tideway-{service}");
-        api.delete(&name, &Default::default())
-            .await
-            .expect("delete");
-        let t = Instant::now();
-        while !matches!(api.get_opt(&name).await, Ok(Some(_))) {
-            assert!(
-                t.elapsed() < Duration::from_secs(120),
-                "{name} never put back"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        put_back.push(t.elapsed());
-
-        let member = kube.member(&names[o.members - 1]);
-        let service = format!("svc-{:04}", (i * 97 + 13) % o.policies);
-        let theirs = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-                            "metadata": {"name": format!("tideway-{service}"), "namespace": "production"},
-                            "spec": {"host": format!("{service}-hotfix.production.svc.cluster.local")}});
-        member
-            .apply_as(&member.admin().await, "oncall", &theirs)
-            .await;
-        let t = Instant::now();
-        loop {
-            let p = policies.get(&service).await.expect("policy");
-            let conflict = p.status.iter().flat_map(|s| &s.members).any(|m| {
-                m.name == names[o.members - 1]
-                    && m.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Degraded" && c.reason == "FieldConflict")
-            });
-            if conflict {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(120),
-                "{service}: no conflict reported"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        reported.push(t.elapsed());
-    }
+    let (put_back, reported) = hand_edits(&kube, &names, &policies, o).await;
     let peak = peak_rss_mib(&pid.to_string());
     let _ = child.kill();
     let _ = child.wait();
@@ -546,6 +439,141 @@ async fn reconcile_loop(o: &Options) -> Vec<(String, String)> {
             format!("{peak:.1} MiB"),
         ),
     ]
+}
+
+/// The hub and `names` as members: each member's kubeconfig Secret, the
+/// namespace and the Fleet in the hub.
+async fn start_fleet(names: &[String], o: &Options) -> (kube_fixture::KubeFleet, kube::Client) {
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let kube = kube_fixture::KubeFleet::start(&refs).await;
+    let admin = kube.hub.admin().await;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "tideway-system");
+    for name in names {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": format!("{name}-kubeconfig")},
+            "stringData": {"kubeconfig": kube.member(name).controller_kubeconfig_yaml()},
+        }))
+        .expect("secret");
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("hub Secret");
+    }
+    kube.hub.create_namespace(&admin, "production").await;
+    kube.hub
+        .apply_as(&admin, "bench", &fleet_object(o.members))
+        .await;
+    (kube, admin)
+}
+
+/// `tideway run` against the fixture's hub, its probes and metrics on `port`.
+fn spawn_controller(kube: &kube_fixture::KubeFleet, o: &Options, port: u16) -> std::process::Child {
+    let log = kube.dir.path().join("controller.log");
+    std::process::Command::new(env!("CARGO_BIN_EXE_tideway"))
+        .arg("run")
+        .arg("--kubeconfig")
+        .arg(kube.write_kubeconfig())
+        .args(["--context", "hub", "--identity", "bench"])
+        .args(["--resync", &format!("{}s", o.resync)])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        // TIDEWAY_BENCH_LOG: the controller's RUST_LOG (its log is in the
+        // fixture's directory).
+        .env(
+            "RUST_LOG",
+            std::env::var("TIDEWAY_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(std::fs::File::create(kube.dir.path().join("controller.err")).expect("log"))
+        .spawn()
+        .expect("tideway run")
+}
+
+/// Until each of the `n` policies says Ready for its generation.
+async fn wait_all_ready(policies: &Api<TrafficPolicy>, n_policies: usize) {
+    let ready = |p: &TrafficPolicy| {
+        p.status.as_ref().is_some_and(|s| {
+            s.observed_generation == p.metadata.generation
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let list = policies.list(&Default::default()).await.expect("list");
+        let n = list.items.iter().filter(|p| ready(p)).count();
+        if n == n_policies {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of {} Ready after 30 min",
+            n_policies
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Hand edits in the members: a deletion (put back) and a forced take-over
+/// of a field (reported as a conflict, never forced back). How long each
+/// took to be put back, and to be reported.
+async fn hand_edits(
+    kube: &kube_fixture::KubeFleet,
+    names: &[String],
+    policies: &Api<TrafficPolicy>,
+    o: &Options,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut put_back, mut reported) = (Vec::new(), Vec::new());
+    for i in 0..o.edits {
+        let member = kube.member(&names[0]);
+        let service = format!("svc-{:04}", (i * 97) % o.policies);
+        let object = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                            "metadata": {"name": format!("tideway-{service}"), "namespace": "production"}});
+        let api = kube_fixture::dynamic_api(&member.admin().await, &object).await;
+        let name = format!("tideway-{service}");
+        api.delete(&name, &Default::default())
+            .await
+            .expect("delete");
+        let t = Instant::now();
+        while !matches!(api.get_opt(&name).await, Ok(Some(_))) {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "{name} never put back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        put_back.push(t.elapsed());
+
+        let member = kube.member(&names[o.members - 1]);
+        let service = format!("svc-{:04}", (i * 97 + 13) % o.policies);
+        let theirs = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                            "metadata": {"name": format!("tideway-{service}"), "namespace": "production"},
+                            "spec": {"host": format!("{service}-hotfix.production.svc.cluster.local")}});
+        member
+            .apply_as(&member.admin().await, "oncall", &theirs)
+            .await;
+        let t = Instant::now();
+        loop {
+            let p = policies.get(&service).await.expect("policy");
+            let conflict = p.status.iter().flat_map(|s| &s.members).any(|m| {
+                m.name == names[o.members - 1]
+                    && m.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Degraded" && c.reason == "FieldConflict")
+            });
+            if conflict {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "{service}: no conflict reported"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        reported.push(t.elapsed());
+    }
+    (put_back, reported)
 }
 
 fn print_table(rows: &[(String, String)]) {

@@ -12,7 +12,8 @@
 //! Where a policy section is Istio's own shape (retries, fault, connection
 //! pool, outlier detection, locality load balancing, authorization rules) it
 //! is written exactly as in a VirtualService / DestinationRule / Authorization
-//! Policy (the seed article's YAML), with the types of [`crate::istio`]. The
+//! Policy (so an operator's existing Istio YAML carries over), with the
+//! types of [`crate::istio`]. The
 //! `tracing` section is the filter's own `TracingConfig`, passed through.
 
 use crate::istio::{
@@ -176,7 +177,8 @@ impl DestinationSpec {
     }
 }
 
-/// The filter's scheduler, with the factor names of the seed article.
+/// The filter's scheduler, with the factor names the filter's
+/// configuration uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SchedulerSpec {
@@ -549,7 +551,7 @@ pub struct SecretKeyRef {
     pub key: Option<String>,
 }
 
-/// The seed article's `mesh:` block.
+/// A Fleet's `mesh:` block: the Istio multi-network setup its members share.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MeshSpec {
@@ -614,6 +616,12 @@ pub struct MemberRolloutStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
+
+/// The condition types of a policy's and a member's status: what `tideway
+/// run` writes and `tideway status` reads.
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
 
 /// A condition as Kubernetes writes them (`metav1.Condition`'s fields).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]

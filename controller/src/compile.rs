@@ -34,8 +34,7 @@ use tideway_filter::config::{
     SCHEMA_VERSION,
 };
 
-/// Istio's root namespace: a `WasmPlugin` there applies to every proxy.
-pub const ISTIO_ROOT_NAMESPACE: &str = "istio-system";
+pub use crate::istio::ISTIO_ROOT_NAMESPACE;
 /// Label on every rendered object (for pruning and ownership).
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "tideway";
@@ -174,6 +173,19 @@ pub fn compile(
         common,
         order: order.into_iter().map(|m| m.name.clone()).collect(),
     })
+}
+
+/// The configuration the dashboard's what-if runs for `policy`, as JSON:
+/// the first member's (members' configs differ only in the proxy's own
+/// identity, which the what-if sets itself). `None` without members.
+pub fn what_if_config(
+    policy: &TrafficPolicy,
+    fleet: &Fleet,
+) -> Result<Option<serde_json::Value>, FieldErrors> {
+    Ok(plugin_configs(policy, fleet)?
+        .into_values()
+        .next()
+        .map(|config| serde_json::to_value(&config).unwrap_or_default()))
 }
 
 /// The plugin config each member's filter runs for `policy` (its first

@@ -23,6 +23,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Istio's root namespace: a `WasmPlugin` there applies to every proxy.
+pub const ISTIO_ROOT_NAMESPACE: &str = "istio-system";
+
 pub const NETWORKING_V1: &str = "networking.istio.io/v1";
 pub const SECURITY_V1: &str = "security.istio.io/v1";
 pub const EXTENSIONS_V1ALPHA1: &str = "extensions.istio.io/v1alpha1";

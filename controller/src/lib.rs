@@ -1,5 +1,6 @@
 //! Tideway's controller: turns traffic policies into Istio resources and
-//! distributes the filter. The CLI in `main.rs` is a thin shell over this.
+//! distributes the filter. The CLI (`main.rs`, `cli/`) is a thin shell over
+//! this.
 //!
 //! The compile half, one module per step (data flows one way):
 //! - [`api`]: the `TrafficPolicy` and `Fleet` resources (→ CRDs);
@@ -16,7 +17,9 @@
 //! - [`status`]: what each member has of a policy, drift, health
 //!   (`tideway status`);
 //! - [`weights`]: the run-time weights API the members' filters poll
-//!   (`tideway serve-weights`, and `tideway run`), and its client.
+//!   (`tideway serve-weights`, and `tideway run`), and its client;
+//! - [`image`]: the filter's OCI image pushed, pulled and checked
+//!   (`tideway image`).
 //!
 //! For other tools and tests, [`render_texts`] is the whole pipeline from
 //! the two documents' text to the rendered files.
@@ -25,7 +28,9 @@ pub mod api;
 pub mod apply;
 pub mod check_config;
 pub mod compile;
+pub mod drain;
 pub mod field_error;
+pub mod image;
 pub mod istio;
 pub mod load;
 pub mod observe;

@@ -19,7 +19,7 @@ use std::path::Path;
 /// (a trailing `---`) are skipped.
 pub fn documents(text: &str) -> Result<Vec<Value>, FieldError> {
     let mut docs = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (i, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(doc).map_err(|e| {
             let at = e
                 .location()

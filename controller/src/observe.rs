@@ -1,8 +1,8 @@
 //! Alerting rules and the Grafana dashboard for one policy.
 //!
 //! Two sources of metrics: Istio's standard `istio_requests_total` /
-//! `istio_request_duration_milliseconds` (the seed article's HighErrorRate
-//! and HighLatency, here scoped to the policy's service), and the filter's
+//! `istio_request_duration_milliseconds` (the usual HighErrorRate and
+//! HighLatency alerts, here scoped to the policy's service), and the filter's
 //! own counters. The filter's metric names come from
 //! `tideway_filter::metrics` — the same functions the filter defines them
 //! with — turned into the names Envoy's Prometheus endpoint shows

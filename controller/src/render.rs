@@ -29,7 +29,7 @@ pub struct RenderedFile {
 /// One object as a YAML document.
 pub fn to_yaml(object: &Value) -> String {
     // Values are built from our own types and JSON: always serialisable.
-    serde_yaml::to_string(object).unwrap_or_default()
+    yaml_serde::to_string(object).unwrap_or_default()
 }
 
 fn file_name(index: usize, object: &Value) -> String {

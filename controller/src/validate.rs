@@ -5,7 +5,7 @@
 //!
 //! Validation collects every problem rather than stopping at the first.
 
-use crate::api::{Fleet, TrafficPolicy};
+use crate::api::{Fleet, TrafficPolicy, TrafficPolicySpec};
 use crate::field_error::{FieldError, FieldErrors};
 use crate::istio::{HttpMatchRequest, StringMatch};
 use std::collections::BTreeSet;
@@ -153,17 +153,51 @@ fn join(set: &BTreeSet<&str>) -> String {
     set.iter().copied().collect::<Vec<_>>().join(", ")
 }
 
-/// Every problem of `policy` against `fleet` (the fleet assumed valid).
+/// Every problem of `policy` against `fleet` (the fleet assumed valid),
+/// section by section in the order of the spec.
 pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
     let spec = &policy.spec;
-    let members: BTreeSet<&str> = fleet
-        .spec
-        .clusters
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect();
-    let fleet_name = fleet.metadata.name.as_deref().unwrap_or("");
+    let fleet = FleetNames::of(fleet);
+    metadata(policy, fleet.name, errors);
+    service(spec, errors);
+    let names = destinations(spec, &fleet, errors);
+    scheduler(spec, errors);
+    affinity(spec, errors);
+    canary(spec, &names, errors);
+    resilience(spec, errors);
+    load_balancing(spec, errors);
+    security(spec, errors);
+    cross_region(spec, &fleet, errors);
+    plugin(spec, errors);
+    callers(spec, errors);
+    trust(spec, errors);
+    observability(spec, errors);
+    tracing(spec, errors);
+}
 
+/// The Fleet as the checks of members need it.
+struct FleetNames<'a> {
+    name: &'a str,
+    members: BTreeSet<&'a str>,
+}
+
+impl<'a> FleetNames<'a> {
+    fn of(fleet: &'a Fleet) -> Self {
+        Self {
+            name: fleet.metadata.name.as_deref().unwrap_or(""),
+            members: fleet
+                .spec
+                .clusters
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect(),
+        }
+    }
+}
+
+/// The policy's name, namespace and Fleet.
+fn metadata(policy: &TrafficPolicy, fleet_name: &str, errors: &mut FieldErrors) {
+    let spec = &policy.spec;
     match policy.metadata.name.as_deref() {
         Some(n) if is_dns_label(n) && n.len() <= 50 => {}
         other => errors.push(FieldError::json(
@@ -184,8 +218,10 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
             format!("the name of the Fleet given ({fleet_name:?})"),
         ));
     }
+}
 
-    // service
+/// The Service the policy steers.
+fn service(spec: &TrafficPolicySpec, errors: &mut FieldErrors) {
     let svc = &spec.service;
     if !is_dns_label(&svc.name) {
         errors.push(FieldError::json(
@@ -237,8 +273,15 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
             ));
         }
     }
+}
 
-    // destinations
+/// The destinations and the failover order. Returns the destinations'
+/// (subset) names: the canary's must not collide with them.
+fn destinations<'a>(
+    spec: &'a TrafficPolicySpec,
+    fleet: &FleetNames<'_>,
+    errors: &mut FieldErrors,
+) -> BTreeSet<&'a str> {
     if spec.destinations.is_empty() {
         errors.push(FieldError::json(
             "spec.destinations",
@@ -251,13 +294,14 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
     let mut any_weight = false;
     for (i, d) in spec.destinations.iter().enumerate() {
         let at = format!("spec.destinations[{i}]");
-        if !members.contains(d.cluster.as_str()) {
+        if !fleet.members.contains(d.cluster.as_str()) {
             errors.push(FieldError::json(
                 format!("{at}.cluster"),
                 &d.cluster,
                 format!(
-                    "a member of Fleet {fleet_name:?}: one of {}",
-                    join(&members)
+                    "a member of Fleet {:?}: one of {}",
+                    fleet.name,
+                    join(&fleet.members)
                 ),
             ));
         }
@@ -304,8 +348,11 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
             ));
         }
     }
+    names
+}
 
-    // scheduler
+/// The filter's scheduler: factor weights, sharpness, ejection.
+fn scheduler(spec: &TrafficPolicySpec, errors: &mut FieldErrors) {
     let s = &spec.scheduler;
     for (field, v) in [
         ("weightLatency", s.weight_latency),
@@ -369,8 +416,10 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
             ));
         }
     }
+}
 
-    // affinity
+/// Session affinity: a header or a cookie, not both.
+fn affinity(spec: &TrafficPolicySpec, errors: &mut FieldErrors) {
     if let Some(a) = &spec.affinity {
         match (&a.header, &a.cookie) {
             (Some(h), None) if !is_header_name(h) => errors.push(FieldError::json(
@@ -389,8 +438,10 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
             )),
         }
     }
+}
 
-    // canary
+/// The canary: its subset names must not collide with the destinations'.
+fn canary(spec: &TrafficPolicySpec, names: &BTreeSet<&str>, errors: &mut FieldErrors) {
     if let Some(c) = &spec.canary {
         if !is_subset_name(&c.name) || c.name == "stable" {
             errors.push(FieldError::json(
@@ -449,8 +500,11 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
             http_match(&format!("spec.canary.match[{i}]"), m, errors);
         }
     }
+}
 
-    // resilience
+/// Retries, timeouts, fault injection, connection pool and outlier
+/// detection: Istio's own fields, checked as Istio would.
+fn resilience(spec: &TrafficPolicySpec, errors: &mut FieldErrors) {
     if let Some(r) = &spec.resilience {
         if let Some(t) = &r.timeout {
             duration("spec.resilience.timeout", t, errors);
@@ -551,8 +605,10 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
             }
         }
     }
+}
 
-    // load balancing
+/// Load balancing: the combinations Istio ignores or rejects.
+fn load_balancing(spec: &TrafficPolicySpec, errors: &mut FieldErrors) {
     if let Some(lb) = &spec.load_balancing {
         if let Some(s) = &lb.simple {
             if ![
@@ -618,8 +674,10 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
             }
         }
     }
+}
 
-    // security
+/// The mTLS mode, the authorization rules and the ingress gateways.
+fn security(spec: &TrafficPolicySpec, errors: &mut FieldErrors) {
     if let Some(sec) = &spec.security {
         if let Some(m) = &sec.mtls {
             if !["STRICT", "PERMISSIVE"].contains(&m.as_str()) {
@@ -655,8 +713,11 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
             }
         }
     }
+}
 
-    // cross-region
+/// The ServiceEntry for other regions: hosts, ports, and endpoints in
+/// the Fleet's members.
+fn cross_region(spec: &TrafficPolicySpec, fleet: &FleetNames<'_>, errors: &mut FieldErrors) {
     if let Some(cr) = &spec.cross_region {
         let at = "spec.crossRegion";
         if cr.hosts.is_empty() {
@@ -725,13 +786,14 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
             }
         }
         for (i, e) in cr.endpoints.iter().enumerate() {
-            if !members.contains(e.cluster.as_str()) {
+            if !fleet.members.contains(e.cluster.as_str()) {
                 errors.push(FieldError::json(
                     format!("{at}.endpoints[{i}].cluster"),
                     &e.cluster,
                     format!(
-                        "a member of Fleet {fleet_name:?}: one of {}",
-                        join(&members)
+                        "a member of Fleet {:?}: one of {}",
+                        fleet.name,
+                        join(&fleet.members)
                     ),
                 ));
             }
@@ -758,8 +820,10 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
             ));
         }
     }
+}
 
-    // plugin
+/// How the WasmPlugin loads the filter.
+fn plugin(spec: &TrafficPolicySpec, errors: &mut FieldErrors) {
     let p = &spec.plugin;
     if let Some(f) = &p.fail_strategy {
         match f.as_str() {
@@ -794,8 +858,10 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
             ));
         }
     }
+}
 
-    // callers
+/// The caller namespaces that get the filter.
+fn callers(spec: &TrafficPolicySpec, errors: &mut FieldErrors) {
     let mut caller_ns = BTreeSet::new();
     for (i, c) in spec.callers.iter().enumerate() {
         let at = format!("spec.callers[{i}]");
@@ -813,15 +879,17 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
                 "one entry per namespace (duplicate)",
             ));
         }
-        if c.namespace == crate::compile::ISTIO_ROOT_NAMESPACE && c.selector.is_empty() {
+        if c.namespace == crate::istio::ISTIO_ROOT_NAMESPACE && c.selector.is_empty() {
             errors.push(FieldError::missing(
                 format!("{at}.selector"),
                 "a selector: a WasmPlugin in Istio's root namespace without one applies to every proxy of the mesh, gateways included",
             ));
         }
     }
+}
 
-    // trust
+/// The mTLS identities trusted to send the routing header.
+fn trust(spec: &TrafficPolicySpec, errors: &mut FieldErrors) {
     for (i, pr) in spec.trust.principals.iter().enumerate() {
         if pr.is_empty() || pr.contains(char::is_whitespace) {
             errors.push(FieldError::json(
@@ -831,8 +899,10 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
             ));
         }
     }
+}
 
-    // observability
+/// The alerting thresholds.
+fn observability(spec: &TrafficPolicySpec, errors: &mut FieldErrors) {
     let o = &spec.observability;
     if let Some(ns) = &o.namespace {
         if !is_dns_label(ns) {
@@ -861,8 +931,10 @@ pub fn policy(policy: &TrafficPolicy, fleet: &Fleet, errors: &mut FieldErrors) {
             ));
         }
     }
+}
 
-    // tracing: the filter's own rules, at their path under spec
+/// Tracing: the filter's own rules, reported at their path under spec.
+fn tracing(spec: &TrafficPolicySpec, errors: &mut FieldErrors) {
     if let Some(t) = &spec.tracing {
         if let Err(e) = t.validate() {
             errors.push(crate::load::from_config_error(&e).under("spec"));

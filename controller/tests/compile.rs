@@ -330,7 +330,7 @@ fn karmada_form_overrides_only_local_per_member() {
         tideway_controller::render_texts(&policy, &fleet_text(), None, true).expect("karmada");
     let docs: Vec<Value> = files
         .iter()
-        .map(|f| serde_yaml::from_str(&f.text).expect("yaml"))
+        .map(|f| yaml_serde::from_str(&f.text).expect("yaml"))
         .collect();
     let overrides = of_kind(&docs, "OverridePolicy");
     assert_eq!(overrides.len(), 2, "one per caller namespace");

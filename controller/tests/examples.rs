@@ -130,7 +130,7 @@ fn crds_match_checked_in_yaml() {
         .into_iter()
         .map(|crd| RenderedFile {
             path: format!("{}.yaml", crd.metadata.name.clone().expect("crd name")),
-            text: serde_yaml::to_string(&crd).expect("yaml"),
+            text: yaml_serde::to_string(&crd).expect("yaml"),
         })
         .collect();
     let problems = check_tree(&manifests().join("crds"), &files, "crds");

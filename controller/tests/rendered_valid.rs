@@ -54,7 +54,7 @@ fn examples() -> Vec<PathBuf> {
     out.sort();
     assert!(
         out.len() >= 6,
-        "six examples from the seed article: {out:?}"
+        "the six examples under manifests/examples: {out:?}"
     );
     out
 }

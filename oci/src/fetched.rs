@@ -6,8 +6,10 @@
 //! manifest must hash to the digest it was requested by.
 
 use crate::digest::Digest;
+use crate::image::{Blob, Image};
 use crate::istio::{self, Accepted, Rejection, Rules};
 use crate::manifest::{Descriptor, ImageManifest};
+use crate::media_types;
 
 /// A blob that is not what its descriptor says.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,6 +96,31 @@ impl FetchedImage {
     /// What Istio's agent would do with this image (`url` appears in its messages).
     pub fn istio_verdict(&self, url: &str, rules: Rules) -> Result<Accepted, Rejection> {
         istio::extract(url, &self.manifest, &self.layers, rules)
+    }
+
+    /// The image as an [`Image`] to push or write to a layout: the manifest
+    /// bytes as fetched, so its digest (the image's identity) stays the same.
+    pub fn into_image(self) -> Image {
+        Image {
+            manifest_media_type: self
+                .manifest
+                .media_type
+                .clone()
+                .unwrap_or_else(|| media_types::OCI_MANIFEST.to_string()),
+            config: Blob {
+                descriptor: self.manifest.config.clone(),
+                data: self.config,
+            },
+            layers: self
+                .manifest
+                .layers
+                .iter()
+                .cloned()
+                .zip(self.layers)
+                .map(|(descriptor, data)| Blob { descriptor, data })
+                .collect(),
+            manifest: self.manifest_bytes,
+        }
     }
 }
 

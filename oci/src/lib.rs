@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod digest;
+pub mod error_chain;
 pub mod fetched;
 pub mod image;
 pub mod istio;
@@ -31,4 +32,5 @@ pub mod token;
 pub mod wasm;
 
 pub use digest::Digest;
+pub use error_chain::error_chain;
 pub use image::{build, BuildOptions, Image, ImageFormat};

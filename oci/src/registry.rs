@@ -31,6 +31,7 @@
 
 use crate::auth::Credentials;
 use crate::digest::Digest;
+use crate::error_chain::error_chain;
 use crate::fetched::{verify_blob, FetchedImage, IntegrityError};
 use crate::image::Image;
 use crate::istio;
@@ -1072,22 +1073,6 @@ fn bytes_of(data: &[u8]) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(data)
 }
 
-/// An error and its sources, joined with `: ` (reqwest hides the useful part,
-/// e.g. "connection refused", in the source chain).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        cur = s.source();
-    }
-    out
-}
-
 fn is_tls_failure(detail: &str) -> bool {
     let d = detail.to_ascii_lowercase();
     d.contains("certificate") || d.contains("invalidcertificate") || d.contains("tls handshake")
@@ -1141,27 +1126,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn error_chain_includes_sources_once() {
-        #[derive(Debug)]
-        struct Outer(std::io::Error);
-        impl std::fmt::Display for Outer {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("error sending request")
-            }
-        }
-        impl std::error::Error for Outer {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let e = Outer(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "connection refused",
-        ));
-        assert_eq!(error_chain(&e), "error sending request: connection refused");
-    }
 
     #[test]
     fn registry_debug_output_hides_the_password() {

@@ -313,7 +313,7 @@ pub async fn fetch(
     };
     let response = request.send().await.map_err(|e| TokenError::Unavailable {
         realm: realm.clone(),
-        detail: credentials.scrub(&crate::registry::error_chain(&e)),
+        detail: credentials.scrub(&crate::error_chain(&e)),
     })?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();

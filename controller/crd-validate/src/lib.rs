@@ -90,7 +90,7 @@ pub enum LoadError {
     #[error("{origin}: not YAML: {source}")]
     Yaml {
         origin: String,
-        source: serde_yaml_ng::Error,
+        source: yaml_serde::Error,
     },
     #[error("{origin}: {crd}: {message}")]
     Crd {
@@ -138,7 +138,7 @@ impl Catalog {
     /// evaluate is a load error, never a rule silently skipped.
     pub fn load_yaml(&mut self, text: &str, origin: &str) -> Result<usize, LoadError> {
         let mut count = 0;
-        for document in serde_yaml_ng::Deserializer::from_str(text) {
+        for document in yaml_serde::Deserializer::from_str(text) {
             let value: Value =
                 serde::Deserialize::deserialize(document).map_err(|source| LoadError::Yaml {
                     origin: origin.to_string(),
@@ -519,7 +519,7 @@ pub fn istio_and_karmada() -> Result<Catalog, String> {
 /// The documents of a (multi-document) YAML text, empty ones skipped.
 pub fn yaml_documents(text: &str) -> Result<Vec<Value>, String> {
     let mut out = Vec::new();
-    for document in serde_yaml_ng::Deserializer::from_str(text) {
+    for document in yaml_serde::Deserializer::from_str(text) {
         let value: Value = serde::Deserialize::deserialize(document).map_err(|e| e.to_string())?;
         if !value.is_null() {
             out.push(value);

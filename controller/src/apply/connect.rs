@@ -57,6 +57,17 @@ async fn config_for_context(kubeconfig: &Kubeconfig, context: &str) -> Result<Co
         .map_err(|e| format!("kubeconfig context {context:?}: {e}"))
 }
 
+/// The kubeconfig at `path`; without one, `$KUBECONFIG` or
+/// `~/.kube/config` when there is one (in a pod there is none).
+pub fn read_kubeconfig(path: Option<&std::path::Path>) -> anyhow::Result<Option<Kubeconfig>> {
+    if let Some(path) = path {
+        return Kubeconfig::read_from(path).map(Some).map_err(|e| {
+            anyhow::Error::new(e).context(format!("reading kubeconfig {}", path.display()))
+        });
+    }
+    Ok(Kubeconfig::read().ok())
+}
+
 /// A client for `context` of `kubeconfig`, for requests.
 pub async fn client_for_context(kubeconfig: &Kubeconfig, context: &str) -> Result<Client, String> {
     let config = config_for_context(kubeconfig, context).await?;

@@ -34,7 +34,7 @@ pub fn comparable<T: Serialize>(object: &T) -> Value {
 pub fn unified(object: &str, before: &Value, after: &Value) -> String {
     let text = |v: &Value| match v {
         Value::Null => String::new(),
-        v => serde_yaml::to_string(v).unwrap_or_default(),
+        v => yaml_serde::to_string(v).unwrap_or_default(),
     };
     let (before, after) = (text(before), text(after));
     if before == after {

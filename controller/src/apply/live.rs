@@ -307,7 +307,7 @@ fn live_of(scope: &WatchScope, object: &DynamicObject) -> Option<(LiveKey, Live)
         } else {
             policy_of(object)
         },
-        by_tideway: super::member::applied_by_tideway(object),
+        by_tideway: super::object::applied_by_tideway(object),
         record,
     };
     Some((key, live))

@@ -15,11 +15,11 @@
 //! never left half-applied without its outcome saying exactly which half,
 //! and [`super::rollback`] knows exactly what this rollout wrote.
 
-use super::conflicts::{field_conflicts, FieldConflict};
+use super::conflicts::field_conflicts;
 use super::live::Seen;
 use super::object::ObjectKey;
+use super::outcome::{MemberOutcome, MemberStatus, ObjectAction, ObjectOutcome, Runs};
 use super::prune::{namespaces_of, prune, PRUNABLE_KINDS};
-use super::rollback::Rollback;
 use super::server::{classify, gv_text, Failure, Resources};
 use super::{diff, revisions, Options, PolicyRef, Target, FIELD_MANAGER};
 use super::{REVISION_ANNOTATION, STATUS_FIELD_MANAGER};
@@ -28,152 +28,6 @@ use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use serde_json::Value;
 use std::collections::BTreeSet;
-
-/// How one member's rollout ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MemberOutcome {
-    pub member: String,
-    pub wave: u32,
-    pub status: MemberStatus,
-    /// The render's objects, in apply order, each with what happened to it.
-    pub objects: Vec<ObjectOutcome>,
-    /// Objects of this policy the render no longer has.
-    pub pruned: Vec<ObjectOutcome>,
-    /// How long this member's part took.
-    pub elapsed: std::time::Duration,
-    /// What the member had of this policy before the rollout (its revision
-    /// record), when that was read.
-    pub before: Option<Runs>,
-    /// Its wave failed the gate: what was undone here.
-    pub rollback: Option<Rollback>,
-    /// What the member has of this policy after the rollout.
-    pub runs: Runs,
-}
-
-/// Which revision of a policy a member has.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Runs {
-    /// Every object of this revision.
-    Revision(String),
-    /// Nothing of this policy.
-    Nothing,
-    /// Not known from this rollout (unreachable, not attempted, dry run).
-    Unknown,
-    /// Parts of two revisions: a rollback that could not finish.
-    Mixed,
-}
-
-impl Runs {
-    fn from_record(current: Option<String>) -> Self {
-        current.map_or(Runs::Nothing, Runs::Revision)
-    }
-
-    /// The revision, when the member has exactly one.
-    pub fn revision(&self) -> Option<&str> {
-        match self {
-            Runs::Revision(r) => Some(r),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Runs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Runs::Revision(r) => f.write_str(r),
-            Runs::Nothing => f.write_str("nothing of this policy"),
-            Runs::Unknown => f.write_str("unknown"),
-            Runs::Mixed => f.write_str("parts of two revisions"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum MemberStatus {
-    /// Every object accepted (dry run: every object would be).
-    Applied,
-    /// The API server could not be reached (or no client could be made).
-    Unreachable { message: String },
-    /// Another field manager owns fields the render sets (HTTP 409). The
-    /// object is left as it is; `tideway` never forces.
-    Conflict {
-        object: String,
-        conflicts: Vec<FieldConflict>,
-        message: String,
-    },
-    /// The member refused an object: schema, admission, missing namespace or
-    /// kind, permissions. `message` is the API server's own.
-    Rejected {
-        object: String,
-        code: u16,
-        reason: String,
-        message: String,
-    },
-    /// An object was accepted but does not carry Tideway's labels as
-    /// stored, its revision record could not be read or written, or prune
-    /// could not delete something.
-    Failed { message: String },
-    /// Not attempted (an earlier wave failed its gate).
-    Skipped { reason: String },
-    /// Applied, then put back to what it had because its wave failed the
-    /// gate (`reason` says where).
-    RolledBack { to: Runs, reason: String },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObjectOutcome {
-    /// `Kind namespace/name` (or `Kind name`).
-    pub object: String,
-    pub action: ObjectAction,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum ObjectAction {
-    Created,
-    Configured,
-    Unchanged,
-    Deleted,
-    /// Dry run: the object does not exist yet; the diff is all additions.
-    WouldCreate {
-        diff: String,
-    },
-    WouldChange {
-        diff: String,
-    },
-    WouldDelete,
-    /// Refused by the member (its status says why).
-    Failed,
-    /// After a refused object: not sent.
-    NotAttempted,
-}
-
-impl MemberOutcome {
-    pub fn new(member: &str, wave: u32, status: MemberStatus) -> Self {
-        Self {
-            member: member.to_string(),
-            wave,
-            status,
-            objects: Vec::new(),
-            pruned: Vec::new(),
-            elapsed: std::time::Duration::ZERO,
-            before: None,
-            rollback: None,
-            runs: Runs::Unknown,
-        }
-    }
-
-    pub fn skipped(member: &str, wave: u32, reason: String) -> Self {
-        Self::new(member, wave, MemberStatus::Skipped { reason })
-    }
-
-    /// How many objects ended with `action` (compared by variant).
-    pub fn count(&self, action: &ObjectAction) -> usize {
-        self.objects
-            .iter()
-            .filter(|o| std::mem::discriminant(&o.action) == std::mem::discriminant(action))
-            .count()
-    }
-}
 
 /// A member's part of the rollout so far: its outcome, and what the later
 /// steps (finish, or rollback) need.
@@ -184,20 +38,6 @@ pub(super) struct MemberRun {
     pub written: Vec<(ObjectKey, ObjectAction)>,
     /// The objects the member accepted (prune keeps these).
     pub accepted: BTreeSet<ObjectKey>,
-}
-
-/// Did Tideway ever apply this object? Prune deletes only what Tideway
-/// itself applied, not an object someone else labelled like ours.
-pub(crate) fn applied_by_tideway(object: &DynamicObject) -> bool {
-    object
-        .metadata
-        .managed_fields
-        .as_ref()
-        .is_some_and(|fields| {
-            fields
-                .iter()
-                .any(|f| f.manager.as_deref() == Some(FIELD_MANAGER))
-        })
 }
 
 /// The member's half of the wave: read what it has (its record), apply
@@ -381,7 +221,7 @@ pub(super) async fn finish(
 async fn record(client: &kube::Client, target: &Target, policy: &PolicyRef) -> Result<(), String> {
     let record = revisions::read(client, policy)
         .await
-        .map_err(|e| revisions::read_error(policy, &super::server::error_chain(&e)))?;
+        .map_err(|e| revisions::read_error(policy, &tideway_oci::error_chain(&e)))?;
     // Already recorded (the watch cache had not seen the record yet).
     if record
         .current

@@ -34,20 +34,20 @@ pub mod drift;
 pub mod live;
 pub mod member;
 pub mod object;
+pub mod outcome;
 pub mod prune;
 pub mod revisions;
 pub mod rollback;
 mod server;
-pub(crate) use server::error_chain;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use conflicts::FieldConflict;
-pub use member::{MemberOutcome, MemberStatus, ObjectAction, ObjectOutcome, Runs};
+pub use outcome::Rollback;
+pub use outcome::{MemberOutcome, MemberStatus, ObjectAction, ObjectOutcome, Runs};
 pub use prune::remove_all;
-pub use rollback::Rollback;
 
 /// The annotation on every applied object: the render's [`revision`].
 pub const REVISION_ANNOTATION: &str = "traffic.tideway.dev/revision";

@@ -1,5 +1,7 @@
 //! A rendered object's identity.
 
+use super::FIELD_MANAGER;
+use kube::api::DynamicObject;
 use kube::core::GroupVersionKind;
 use serde_json::Value;
 
@@ -49,4 +51,18 @@ impl ObjectKey {
             None => format!("{} {}", self.kind, self.name),
         }
     }
+}
+
+/// Did Tideway ever apply this object? Prune deletes only what Tideway
+/// itself applied, not an object someone else labelled like ours.
+pub(crate) fn applied_by_tideway(object: &DynamicObject) -> bool {
+    object
+        .metadata
+        .managed_fields
+        .as_ref()
+        .is_some_and(|fields| {
+            fields
+                .iter()
+                .any(|f| f.manager.as_deref() == Some(FIELD_MANAGER))
+        })
 }

@@ -3,8 +3,9 @@
 //! owner-reference garbage collection, which needs a controller-manager),
 //! and everything of a deleted policy.
 
-use super::member::{applied_by_tideway, MemberStatus, ObjectAction, ObjectOutcome};
+use super::object::applied_by_tideway;
 use super::object::ObjectKey;
+use super::outcome::{MemberStatus, ObjectAction, ObjectOutcome};
 use super::server::{classify, Failure, Resources};
 use super::{revisions, PolicyRef};
 use crate::compile::{MANAGED_BY, MANAGED_BY_LABEL, POLICY_LABEL, POLICY_NAMESPACE_LABEL};

@@ -12,57 +12,15 @@
 //!   record is not written: the member is back where it was, record
 //!   included.
 
-use super::member::{MemberRun, ObjectAction, Runs};
+use super::member::MemberRun;
 use super::object::ObjectKey;
-use super::server::{classify, error_chain, Failure};
+use super::outcome::Rollback;
+use super::outcome::{ObjectAction, Runs};
+use super::server::{classify, Failure};
 use super::{revisions, PolicyRef, Target, FIELD_MANAGER};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::Value;
-
-/// What a rollback did in one member.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Rollback {
-    /// The member had the rollout's revision before it began, or the
-    /// rollout wrote nothing there: it is left as it is.
-    NothingToUndo,
-    /// The member has what it had before the rollout again (`to`): the
-    /// objects the rollout created are `deleted`, the ones it changed
-    /// `restored`.
-    Restored {
-        to: Runs,
-        deleted: Vec<String>,
-        restored: Vec<String>,
-    },
-    /// It could not be put back: it has parts of both revisions.
-    Failed { message: String },
-}
-
-impl std::fmt::Display for Rollback {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Rollback::NothingToUndo => f.write_str("nothing to undo"),
-            Rollback::Restored {
-                to,
-                deleted,
-                restored,
-            } => {
-                write!(f, "rolled back to {to}")?;
-                let mut parts = Vec::new();
-                if !restored.is_empty() {
-                    parts.push(format!("restored {}", restored.join(", ")));
-                }
-                if !deleted.is_empty() {
-                    parts.push(format!("deleted {}", deleted.join(", ")));
-                }
-                if !parts.is_empty() {
-                    write!(f, " ({})", parts.join("; "))?;
-                }
-                Ok(())
-            }
-            Rollback::Failed { message } => write!(f, "NOT rolled back: {message}"),
-        }
-    }
-}
+use tideway_oci::error_chain;
 
 /// Undo `run` (this rollout's part in the member); see the module doc.
 /// Sets what the member then has in `run.outcome.runs`.

@@ -9,6 +9,7 @@ use kube::discovery::{ApiCapabilities, Scope};
 use kube::Client;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tideway_oci::error_chain;
 
 /// Why a request failed, as far as the rollout cares.
 pub(super) enum Failure {
@@ -21,21 +22,6 @@ pub(super) enum Failure {
     /// The server took the request but what it stored is not what
     /// Tideway can stand behind (says why).
     Failed(String),
-}
-
-/// An error and its sources, each said once.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 pub(super) fn classify(e: kube::Error) -> Failure {

@@ -7,6 +7,14 @@
 //! is there (a transition time changes only with its condition's status).
 //! An invalid policy is reported with the field path and nothing is
 //! applied: the members keep the last good render.
+//!
+//! [`reconcile`] hands the policy to kube-runtime's `finalizer()`: it adds
+//! [`FINALIZER`] before the first rollout, runs [`apply()`] while the
+//! policy lives and [`cleanup()`] once it is deleted, and removes the
+//! finalizer when the cleanup succeeded. A cleanup that could not reach
+//! every member is an error ([`ReconcileError::CleanupPending`]): the
+//! finalizer stays and the error policy retries it every 10 s, not with
+//! the backoff of a failing hub (a member is waited for, not the hub).
 
 use super::events::PolicyEvent;
 use super::metrics::Metrics;
@@ -17,15 +25,14 @@ use crate::apply::{self, MemberOutcome, MemberStatus, ObjectAction, Options, Pol
 use crate::apply::{Rollback, Runs};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{self, finalizer, Event};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub const READY: &str = "Ready";
-pub const PROGRESSING: &str = "Progressing";
-pub const DEGRADED: &str = "Degraded";
+pub use crate::api::{DEGRADED, PROGRESSING, READY};
 pub use crate::apply::STATUS_FIELD_MANAGER;
 /// The finalizer `tideway run` puts on every policy: a deleted policy's
 /// objects are pruned from every member before the policy goes (nothing
@@ -102,13 +109,36 @@ pub struct Applied {
     pub members: Option<WatchedMembers>,
 }
 
-/// A reconcile that could not finish because the hub failed (reading the
-/// Fleet, writing status). Member failures are not errors: they are status.
+/// A reconcile that could not finish: the hub failed (reading the Fleet,
+/// writing status, the finalizer), or a deleted policy's objects could not
+/// be pruned from every member yet. A live policy's member failures are
+/// not errors: they are status.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error("hub API: {0}")]
     Hub(#[from] kube::Error),
+    /// The policy is deleted and some members still have its objects.
+    #[error("{0}")]
+    CleanupPending(String),
+    /// The finalizer helper refused the policy (no name).
+    #[error("finalizer: {0}")]
+    Finalizer(String),
 }
+
+impl From<finalizer::Error<ReconcileError>> for ReconcileError {
+    fn from(e: finalizer::Error<ReconcileError>) -> Self {
+        match e {
+            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+            finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => {
+                Self::Hub(e)
+            }
+            other => Self::Finalizer(other.to_string()),
+        }
+    }
+}
+
+/// How long a deleted policy waits before its cleanup is tried again.
+const CLEANUP_RETRY: Duration = Duration::from_secs(10);
 
 fn key(policy: &TrafficPolicy) -> String {
     format!(
@@ -124,6 +154,12 @@ pub fn error_policy(
     error: &ReconcileError,
     ctx: Arc<Context>,
 ) -> Action {
+    if let ReconcileError::CleanupPending(_) = error {
+        // Not a failure of the hub: an unreachable member, which the
+        // cleanup reported (log, Event) and which is retried at a steady
+        // pace until it is back.
+        return Action::requeue(CLEANUP_RETRY);
+    }
     ctx.metrics.reconcile_errors.inc();
     ctx.metrics.count_reconcile("error");
     let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -507,39 +543,10 @@ fn warning(reason: &'static str, action: &'static str, note: String) -> PolicyEv
     }
 }
 
-/// Set the policy's finalizers to `finalizers` (a merge patch carrying the
-/// resourceVersion read: a concurrent change fails it with 409, retried).
-async fn set_finalizers(
-    api: &Api<TrafficPolicy>,
-    policy: &TrafficPolicy,
-    finalizers: Vec<String>,
-) -> Result<(), kube::Error> {
-    let patch = json!({"metadata": {
-        "finalizers": finalizers,
-        "resourceVersion": policy.metadata.resource_version,
-    }});
-    api.patch(
-        &policy.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map(|_| ())
-}
-
 /// The policy is being deleted: prune its objects from every member of its
 /// Fleet, then let it go. A member that cannot be cleaned keeps the
 /// finalizer (retried); without a Fleet there are no members to reach.
-async fn cleanup(
-    policy: &TrafficPolicy,
-    api: &Api<TrafficPolicy>,
-    ctx: &Context,
-) -> Result<Action, ReconcileError> {
-    forget_rollout(ctx, policy);
-    let mine = policy.finalizers().iter().any(|f| f == FINALIZER);
-    if !mine {
-        return Ok(Action::await_change());
-    }
+async fn cleanup(policy: &TrafficPolicy, ctx: &Context) -> Result<Action, ReconcileError> {
     let reference = PolicyRef::of(policy);
     let fleets: Api<Fleet> = Api::all(ctx.hub.clone());
     let mut failed = Vec::new();
@@ -593,8 +600,13 @@ async fn cleanup(
             failed.join("; ")
         );
         tracing::warn!(policy = %key(policy), "{msg}");
-        event(ctx, policy, warning("CleanupPending", "Cleanup", msg)).await;
-        return Ok(Action::requeue(Duration::from_secs(10)));
+        event(
+            ctx,
+            policy,
+            warning("CleanupPending", "Cleanup", msg.clone()),
+        )
+        .await;
+        return Err(ReconcileError::CleanupPending(msg));
     }
     event(
         ctx,
@@ -607,18 +619,6 @@ async fn cleanup(
         },
     )
     .await;
-    let rest = policy
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    match set_finalizers(api, policy, rest).await {
-        Ok(()) => {}
-        // Gone already (another finalizer was last).
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => return Err(e.into()),
-    }
     let memo = key(policy);
     ctx.applied
         .lock()
@@ -788,51 +788,72 @@ pub async fn reconcile(
     let namespace = policy.namespace().unwrap_or_default();
     let api: Api<TrafficPolicy> = Api::namespaced(ctx.hub.clone(), &namespace);
     if policy.metadata.deletion_timestamp.is_some() {
-        return cleanup(&policy, &api, &ctx).await;
+        // Deleted, whether ours to clean or not: no resync is due.
+        forget_rollout(&ctx, &policy);
     }
-    if !policy.finalizers().iter().any(|f| f == FINALIZER) {
-        let mut finalizers = policy.finalizers().to_vec();
-        finalizers.push(FINALIZER.to_string());
-        // The patch is a change of its own: the next reconcile rolls out.
-        set_finalizers(&api, &policy, finalizers).await?;
-        return Ok(Action::await_change());
+    let (api, ctx) = (&api, ctx.as_ref());
+    // Adding the finalizer is a change of its own: the reconcile it
+    // triggers rolls out.
+    let outcome = finalizer(api, FINALIZER, policy, |event| async move {
+        match event {
+            Event::Apply(policy) => apply(&policy, api, ctx).await,
+            Event::Cleanup(policy) => cleanup(&policy, ctx).await,
+        }
+    })
+    .await;
+    match outcome {
+        // Gone already (another finalizer was last).
+        Err(finalizer::Error::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => {
+            Ok(Action::await_change())
+        }
+        other => other.map_err(ReconcileError::from),
     }
-    let Some(fleet) = fleet_of(&ctx, &policy).await? else {
+}
+
+/// Roll the live policy out: compile it against its Fleet (destinations
+/// without ready endpoints drained), unless nothing changed since the last
+/// rollout, and apply it to the members.
+async fn apply(
+    policy: &TrafficPolicy,
+    api: &Api<TrafficPolicy>,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let Some(fleet) = fleet_of(ctx, policy).await? else {
         let msg = format!(
             "spec.fleet: Fleet {:?} not found in the hub",
             policy.spec.fleet
         );
-        return not_applied(&ctx, &api, &policy, "FleetNotFound", msg).await;
+        return not_applied(ctx, api, policy, "FleetNotFound", msg).await;
     };
-    let (drained_policy, drained) = super::discovery::drain(&policy, |member| {
-        ctx.discovery.ready(&service_key(&policy, member))
+    let (drained_policy, drained) = super::discovery::drain(policy, |member| {
+        ctx.discovery.ready(&service_key(policy, member))
     });
     let inputs = Inputs {
         policy_generation: policy.metadata.generation,
         fleet_generation: fleet.metadata.generation,
         drained,
     };
-    if let Some(action) = nothing_to_do(&ctx, &policy, &inputs) {
+    if let Some(action) = nothing_to_do(ctx, policy, &inputs) {
         return Ok(action);
     }
-    let compiled = match crate::compile(&policy, &fleet, None) {
+    let compiled = match crate::compile(policy, &fleet, None) {
         Ok(c) if inputs.drained.is_empty() => c,
         Ok(undrained) => match crate::compile(&drained_policy, &fleet, None) {
             Ok(c) => {
-                tracing::info!(policy = %key(&policy), drained = ?inputs.drained, "destinations without ready endpoints taken out");
+                tracing::info!(policy = %key(policy), drained = ?inputs.drained, "destinations without ready endpoints taken out");
                 c
             }
             Err(e) => {
-                tracing::warn!(policy = %key(&policy), error = %e, "draining would make the policy invalid; not drained");
+                tracing::warn!(policy = %key(policy), error = %e, "draining would make the policy invalid; not drained");
                 undrained
             }
         },
         Err(errors) => {
-            return not_applied(&ctx, &api, &policy, "InvalidPolicy", errors.to_string()).await
+            return not_applied(ctx, api, policy, "InvalidPolicy", errors.to_string()).await
         }
     };
-    publish_config(&ctx, &policy, &fleet);
-    roll_out(&ctx, &api, &policy, &fleet, &compiled, inputs).await
+    publish_config(ctx, policy, &fleet);
+    roll_out(ctx, api, policy, &fleet, &compiled, inputs).await
 }
 
 /// (member, namespace, name) of the policy's service, for discovery.
@@ -902,15 +923,9 @@ fn publish_config(ctx: &Context, policy: &TrafficPolicy, fleet: &Fleet) {
     }
     if let Some(ui) = &ctx.dashboard {
         // The what-if runs on the config this policy's filters run.
-        match crate::compile::plugin_configs(policy, fleet) {
-            Ok(per_member) => {
-                if let Some(config) = per_member.into_values().next() {
-                    ui.set_config(
-                        &policy.spec.service.name,
-                        serde_json::to_value(&config).unwrap_or_default(),
-                    );
-                }
-            }
+        match crate::compile::what_if_config(policy, fleet) {
+            Ok(Some(config)) => ui.set_config(&policy.spec.service.name, config),
+            Ok(None) => {}
             Err(e) => {
                 tracing::warn!(policy = %key(policy), error = %e, "dashboard: no plugin config")
             }

@@ -1,5 +1,6 @@
-//! `tideway status`: the seed article's health-check and troubleshooting
-//! scripts as one read-only look at a policy across its fleet.
+//! `tideway status`: one read-only look at a policy across its fleet, what
+//! an operator would otherwise piece together from health-check and
+//! troubleshooting scripts run against each member.
 //!
 //! Per member: is its API server reachable (and which Kubernetes), are
 //! the Istio kinds the render needs served (and which Istio release the
@@ -17,11 +18,15 @@
 //! uses (the member RBAC grants `get` on the Istio CRDs for the release
 //! label), and never puts a credential in the report.
 
-use crate::api::{Condition, TrafficPolicy, TrafficPolicyStatus};
+mod source;
+mod table;
+pub use source::{report, PolicySource};
+pub use table::table;
+
+use crate::api::{Condition, TrafficPolicy, TrafficPolicyStatus, DEGRADED, READY};
 use crate::apply::drift::{self, Drift};
 use crate::apply::STATUS_FIELD_MANAGER;
 use crate::apply::{PolicyRef, FIELD_MANAGER, REVISION_ANNOTATION};
-use crate::run::reconcile::{DEGRADED, READY};
 use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject};
@@ -202,7 +207,7 @@ pub struct Input {
 }
 
 /// The policy with the destinations the controller drained taken out, as
-/// the controller compiled it (see [`crate::run::discovery::drain`]).
+/// the controller compiled it (see [`crate::drain::drain`]).
 pub fn with_drains(policy: &TrafficPolicy, status: Option<&TrafficPolicyStatus>) -> TrafficPolicy {
     let drained: BTreeSet<&str> = status
         .map(|s| s.drained.iter().map(String::as_str).collect())
@@ -217,13 +222,13 @@ pub fn with_drains(policy: &TrafficPolicy, status: Option<&TrafficPolicyStatus>)
         .filter(|d| drained.contains(d.subset()))
         .map(|d| d.cluster.clone())
         .collect();
-    crate::run::discovery::drain(policy, |member| zero_at.contains(member).then_some(0)).0
+    crate::drain::drain(policy, |member| zero_at.contains(member).then_some(0)).0
 }
 
 fn text_of(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
-        other => crate::apply::error_chain(other),
+        other => tideway_oci::error_chain(other),
     }
 }
 
@@ -620,7 +625,7 @@ async fn endpoints(client: &Client, namespace: &str, name: &str) -> EndpointsVie
     let api: Api<Endpoints> = Api::namespaced(client.clone(), namespace);
     match api.get_opt(name).await {
         Ok(Some(e)) => EndpointsView {
-            ready: Some(crate::run::discovery::ready_addresses(&e)),
+            ready: Some(crate::drain::ready_addresses(&e)),
             not_ready: Some(
                 e.subsets
                     .iter()
@@ -641,211 +646,6 @@ async fn endpoints(client: &Client, namespace: &str, name: &str) -> EndpointsVie
             error: Some(text_of(&e)),
         },
     }
-}
-
-/// The report as the terminal shows it: a summary line, the controller's
-/// conditions, a table with one row per member, each member's objects, and
-/// the problems.
-pub fn table(report: &StatusReport) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let p = &report.policy;
-    let _ = writeln!(
-        out,
-        "TrafficPolicy {}/{} (fleet {}, service {}): {}",
-        p.namespace,
-        p.name,
-        p.fleet,
-        p.service,
-        if report.healthy {
-            "healthy"
-        } else {
-            "DEGRADED"
-        }
-    );
-    let _ = writeln!(
-        out,
-        "expected revision {} (from the {})",
-        report.expected_revision, report.revision_source
-    );
-    match &report.controller {
-        Some(c) => {
-            let _ = writeln!(
-                out,
-                "controller: generation {}, observed {}{}",
-                c.generation.map_or("-".into(), |g| g.to_string()),
-                c.observed_generation.map_or("-".into(), |g| g.to_string()),
-                if c.drained.is_empty() {
-                    String::new()
-                } else {
-                    format!(", drained: {}", c.drained.join(", "))
-                }
-            );
-            for cond in &c.conditions {
-                let _ = writeln!(
-                    out,
-                    "  {}={} {}: {}",
-                    cond.type_, cond.status, cond.reason, cond.message
-                );
-            }
-        }
-        None => {
-            let _ = writeln!(
-                out,
-                "controller: the hub was not asked (no --hub-context), or does not have the policy"
-            );
-        }
-    }
-    let header = [
-        "MEMBER",
-        "WAVE",
-        "API",
-        "ISTIO",
-        "OBJECTS",
-        "REVISION",
-        "DRIFT",
-        "ENDPOINTS",
-        "WEIGHTS",
-        "CONTROLLER",
-    ];
-    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
-    for m in &report.members {
-        let api = if m.api.reachable {
-            m.api.version.clone().unwrap_or_else(|| "up".into())
-        } else {
-            "UNREACHABLE".into()
-        };
-        let (istio, objects, revision, drift) = if m.api.reachable {
-            let served = m.istio.kinds.iter().filter(|k| k.served).count();
-            let istio = match (&m.istio.version, served == m.istio.kinds.len()) {
-                (Some(v), true) => v.clone(),
-                (None, true) => "ok".into(),
-                (_, false) => format!("MISSING {}", m.istio.kinds.len() - served),
-            };
-            let present = m.objects.iter().filter(|o| o.present).count();
-            let drifted = m
-                .objects
-                .iter()
-                .filter(|o| o.drift.as_ref().is_some_and(|d| !d.is_empty()))
-                .count();
-            (
-                istio,
-                format!("{present}/{}", m.objects.len()),
-                m.revision.as_deref().map_or_else(
-                    || "mixed".to_string(),
-                    |r| {
-                        if r == report.expected_revision {
-                            r.to_string()
-                        } else {
-                            format!("{} (OLD)", r)
-                        }
-                    },
-                ),
-                if drifted == 0 {
-                    "-".to_string()
-                } else {
-                    format!("DRIFT {drifted}")
-                },
-            )
-        } else {
-            ("?".into(), "?".into(), "?".into(), "?".into())
-        };
-        let endpoints = match &m.endpoints {
-            None => "-".to_string(),
-            Some(EndpointsView {
-                ready: Some(n),
-                not_ready,
-                ..
-            }) => format!(
-                "{n} ready{}",
-                not_ready.map_or(String::new(), |u| if u > 0 {
-                    format!(" +{u}")
-                } else {
-                    String::new()
-                })
-            ),
-            Some(_) => "?".to_string(),
-        };
-        let weights = match &m.weights {
-            None => "?".to_string(),
-            Some(w) => {
-                let list = w
-                    .destinations
-                    .iter()
-                    .map(|d| format!("{}", d.weight))
-                    .collect::<Vec<_>>()
-                    .join("/");
-                match &w.source {
-                    Some(s) => format!("{list} via {s}, schema {}", w.schema_version),
-                    None => format!("{list} static, schema {}", w.schema_version),
-                }
-            }
-        };
-        let controller =
-            m.conditions
-                .iter()
-                .find(|c| c.type_ == READY)
-                .map_or("-".to_string(), |c| {
-                    if c.status == "True" {
-                        "Ready".to_string()
-                    } else {
-                        c.reason.clone()
-                    }
-                });
-        rows.push(vec![
-            m.name.clone(),
-            m.wave.to_string(),
-            api,
-            istio,
-            objects,
-            revision,
-            drift,
-            endpoints,
-            weights,
-            controller,
-        ]);
-    }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    out.push('\n');
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-    for m in &report.members {
-        if m.objects.is_empty() {
-            continue;
-        }
-        let _ = writeln!(out, "\n{}:", m.name);
-        for o in &m.objects {
-            let state = if !o.present {
-                "MISSING".to_string()
-            } else if !o.current {
-                format!("at {}", o.revision.as_deref().unwrap_or("no revision"))
-            } else if o.drift.as_ref().is_some_and(|d| !d.is_empty()) {
-                "DRIFT".to_string()
-            } else {
-                "ok".to_string()
-            };
-            let image = match (&o.image, &o.sha256) {
-                (Some(url), _) => format!("  {url}"),
-                _ => String::new(),
-            };
-            let _ = writeln!(out, "  {:<8} {}{image}", state, o.object);
-        }
-    }
-    if !report.problems.is_empty() {
-        let _ = writeln!(out, "\nproblems:");
-        for p in &report.problems {
-            let _ = writeln!(out, "  {p}");
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -20,7 +20,6 @@
 
 pub mod envoy_stats;
 
-use crate::weights::state::WeightsState;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -103,6 +102,16 @@ impl std::str::FromStr for ProxyTarget {
             admin: admin.trim_end_matches('/').to_string(),
         })
     }
+}
+
+/// What the weights API publishes, as the dashboard's live view shows it.
+/// The weights server fills it in, so the dashboard needs none of its
+/// types (the server mounts the dashboard, not the other way round).
+pub struct WeightsView {
+    pub version: u64,
+    pub document: Value,
+    pub overrides: Value,
+    pub clusters: Value,
 }
 
 /// What the dashboard serves (see the module doc).
@@ -216,7 +225,13 @@ impl Dashboard {
     }
 
     /// Answer a request under `/ui` (the caller has authorised `/ui/api/`).
-    pub async fn handle<B>(&self, req: &Request<B>, state: &WeightsState) -> Response<Full<Bytes>> {
+    /// `weights` is what the weights API publishes, asked for only by the
+    /// live view.
+    pub async fn handle<B>(
+        &self,
+        req: &Request<B>,
+        weights: impl FnOnce() -> WeightsView,
+    ) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -233,7 +248,7 @@ impl Dashboard {
                 DASHBOARD_JS.as_bytes().to_vec(),
                 "text/javascript; charset=utf-8",
             ),
-            LIVE_PATH => self.live(state).await,
+            LIVE_PATH => self.live(weights).await,
             _ => match path.strip_prefix(SCHEDULER_PREFIX) {
                 Some(file @ ("scheduler.js" | "scheduler_bg.wasm")) => self.scheduler_file(file),
                 _ => text(
@@ -270,9 +285,10 @@ impl Dashboard {
         }
     }
 
-    async fn live(&self, state: &WeightsState) -> Response<Full<Bytes>> {
+    async fn live(&self, weights: impl FnOnce() -> WeightsView) -> Response<Full<Bytes>> {
         let proxies = self.scrape().await;
-        let snapshot = state.snapshot();
+        // After the scrape: the weights as fresh as the proxies' numbers.
+        let weights = weights();
         let configs = self
             .services
             .read()
@@ -280,10 +296,10 @@ impl Dashboard {
             .unwrap_or_default();
         let rollout = self.rollout.read().map(|r| r.clone()).unwrap_or_default();
         let body = serde_json::json!({
-            "version": snapshot.version(),
-            "weights": &snapshot.document,
-            "overrides": state.overrides(),
-            "clusters": state.destination_clusters(),
+            "version": weights.version,
+            "weights": weights.document,
+            "overrides": weights.overrides,
+            "clusters": weights.clusters,
             "configs": configs,
             "rollout": rollout,
             "scheduler": self.scheduler_dir.is_some(),

@@ -131,7 +131,7 @@ impl Client {
             anyhow::anyhow!(
                 "cannot reach the weights server at {}: {} (is `tideway serve-weights` running there?)",
                 self.base,
-                error_chain(&e)
+                tideway_oci::error_chain(&e)
             )
         })?;
         let status = response.status();
@@ -160,15 +160,4 @@ impl Client {
             _ => anyhow::bail!("the weights server at {} answered {status}: {message}", self.base),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -14,6 +14,7 @@
 //! server cannot write a document the filter does not parse.
 
 pub mod client;
+pub mod local;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -226,7 +226,7 @@ impl WeightsApi {
                         return refused;
                     }
                 }
-                return ui.handle(&req, &self.state).await;
+                return ui.handle(&req, || dashboard_view(&self.state)).await;
             }
         }
         let allowed = match path {
@@ -686,6 +686,37 @@ pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerC
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The state as the dashboard's live view shows it.
+fn dashboard_view(state: &WeightsState) -> crate::ui::WeightsView {
+    let snapshot = state.snapshot();
+    crate::ui::WeightsView {
+        version: snapshot.version(),
+        document: serde_json::to_value(&snapshot.document).unwrap_or_default(),
+        overrides: serde_json::to_value(state.overrides()).unwrap_or_default(),
+        clusters: serde_json::to_value(state.destination_clusters()).unwrap_or_default(),
+    }
+}
+
+/// Every held poll is an open socket: raise the soft open-file limit to the
+/// hard one (what Go's runtime does at start), so ten thousand pollers do
+/// not hit the usual soft limit of 1024.
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::debug!("could not raise the open-file limit");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

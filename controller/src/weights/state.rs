@@ -114,6 +114,30 @@ pub fn services_from_policies(
     Ok(services)
 }
 
+/// Per service of `policies`, the plugin configuration the dashboard's
+/// what-if runs, against `fleet` or each policy's own fleet as
+/// [`services_from_policies`] does.
+pub fn dashboard_configs(
+    policies: &[TrafficPolicy],
+    fleet: Option<&Fleet>,
+) -> Result<BTreeMap<String, serde_json::Value>, FieldErrors> {
+    let mut configs = BTreeMap::new();
+    for policy in policies {
+        let own;
+        let f = match fleet {
+            Some(f) => f,
+            None => {
+                own = own_fleet(policy);
+                &own
+            }
+        };
+        if let Some(config) = crate::compile::what_if_config(policy, f)? {
+            configs.insert(policy.spec.service.name.clone(), config);
+        }
+    }
+    Ok(configs)
+}
+
 /// A fleet of exactly the clusters `policy` names: what a serve-weights for
 /// local use validates against when it is given no Fleet.
 pub fn own_fleet(policy: &TrafficPolicy) -> Fleet {

@@ -364,7 +364,7 @@ impl ApiServer {
             .controller_token
             .as_deref()
             .expect("controller RBAC bound");
-        serde_yaml::to_string(&self.kubeconfig_for(token)).expect("kubeconfig yaml")
+        yaml_serde::to_string(&self.kubeconfig_for(token)).expect("kubeconfig yaml")
     }
 
     async fn wait_ready(&mut self) {
@@ -508,7 +508,7 @@ impl ApiServer {
             .unwrap_or_else(|e| panic!("CRDs at {}: {e}", path.display()));
         let crds: Api<CustomResourceDefinition> = Api::all(self.admin().await);
         let mut names = Vec::new();
-        for document in serde_yaml::Deserializer::from_str(&text) {
+        for document in yaml_serde::Deserializer::from_str(&text) {
             let value: Value = serde::Deserialize::deserialize(document).expect("CRD YAML");
             if value.is_null() || value["kind"] != "CustomResourceDefinition" {
                 continue;
@@ -548,7 +548,7 @@ impl ApiServer {
         let text = std::fs::read_to_string(path)
             .unwrap_or_else(|e| panic!("manifest {}: {e}", path.display()));
         let client = self.admin().await;
-        for document in serde_yaml::Deserializer::from_str(&text) {
+        for document in yaml_serde::Deserializer::from_str(&text) {
             let value: Value = serde::Deserialize::deserialize(document).expect("manifest YAML");
             if value.is_null() {
                 continue;
@@ -767,7 +767,7 @@ impl KubeFleet {
             "current-context": "hub",
         });
         let path = self.dir.path().join("kubeconfig");
-        std::fs::write(&path, serde_yaml::to_string(&config).expect("yaml")).expect("kubeconfig");
+        std::fs::write(&path, yaml_serde::to_string(&config).expect("yaml")).expect("kubeconfig");
         path
     }
 }

@@ -367,7 +367,7 @@ fn publish(
     let mut objects = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file)?;
-        let object: Value = serde_yaml::from_str(&text)
+        let object: Value = yaml_serde::from_str(&text)
             .with_context(|| format!("{} is not YAML", file.display()))?;
         objects.push(object);
     }

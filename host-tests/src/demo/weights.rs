@@ -200,7 +200,7 @@ impl Drop for WeightsControl {
 fn write_fleet(from: &Path, to: &Path, port: u16) -> Result<()> {
     let text = std::fs::read_to_string(from)?;
     let mut fleet: Value =
-        serde_yaml::from_str(&text).with_context(|| format!("{} is not YAML", from.display()))?;
+        yaml_serde::from_str(&text).with_context(|| format!("{} is not YAML", from.display()))?;
     if !fleet["spec"].is_object() {
         bail!("{}: no spec", from.display());
     }

@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tideway_controller::weights::client::{Client, WriteReply};
+use tideway_controller::weights::local;
 use tideway_controller::weights::server::{self, ServerOptions, WeightsApi};
-use tideway_controller::weights::state::{services_from_policies, Overrides, WeightsState};
+use tideway_controller::weights::state::{
+    dashboard_configs, services_from_policies, Overrides, WeightsState,
+};
 use tideway_controller::weights::store::OverridesFile;
 use tideway_controller::weights::token::Token;
-use tideway_controller::{load, FieldErrors};
 
 pub const SERVE_LONG_ABOUT: &str = "\
 Serve the run-time scheduler weights of the given TrafficPolicies over HTTP:
@@ -186,50 +188,12 @@ fn runtime(multi_thread: bool) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let policies = load::policies_from_paths(&args.policies)?;
-    if policies.is_empty() {
-        anyhow::bail!(
-            "no TrafficPolicy found in {}",
-            args.policies
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    let fleet = match &args.fleet {
-        Some(path) => Some(load::fleet_from_str(&load::read(path)?, "Fleet").map_err(
-            |mut e: FieldErrors| {
-                e.source = path.display().to_string();
-                anyhow::anyhow!("{e}")
-            },
-        )?),
-        None => None,
-    };
+    let (policies, fleet) = local::read_inputs(&args.policies, args.fleet.as_deref())?;
     let services =
         services_from_policies(&policies, fleet.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ui = if args.ui {
-        let mut configs = std::collections::BTreeMap::new();
-        for policy in &policies {
-            let own;
-            let f = match &fleet {
-                Some(f) => f,
-                None => {
-                    own = tideway_controller::weights::state::own_fleet(policy);
-                    &own
-                }
-            };
-            let per_member = tideway_controller::compile::plugin_configs(policy, f)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            // The first member's: members' configs differ only in the
-            // proxy's own identity, which the what-if sets itself.
-            if let Some(config) = per_member.into_values().next() {
-                configs.insert(
-                    policy.spec.service.name.clone(),
-                    serde_json::to_value(&config)?,
-                );
-            }
-        }
+        let configs =
+            dashboard_configs(&policies, fleet.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
         Some(Arc::new(tideway_controller::ui::Dashboard::new(
             configs,
             args.envoy_admin.clone(),
@@ -271,7 +235,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store,
         ui,
     };
-    raise_open_file_limit();
+    server::raise_open_file_limit();
     runtime(true)?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -290,26 +254,6 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("serving on {addr}: {e}"))
     })
-}
-
-/// Every held poll is an open socket: raise the soft open-file limit to the
-/// hard one (what Go's runtime does at start), so ten thousand pollers do
-/// not hit the usual soft limit of 1024.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read/write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                tracing::debug!("could not raise the open-file limit");
-            }
-        }
-    }
 }
 
 fn client(args: &ServerArgs) -> anyhow::Result<Client> {

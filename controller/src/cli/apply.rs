@@ -57,16 +57,6 @@ pub struct ApplyArgs {
     require_all: bool,
 }
 
-pub fn read_kubeconfig(path: Option<&PathBuf>) -> anyhow::Result<Option<kube::config::Kubeconfig>> {
-    if let Some(path) = path {
-        return kube::config::Kubeconfig::read_from(path)
-            .map(Some)
-            .with_context(|| format!("reading kubeconfig {}", path.display()));
-    }
-    // No file given: $KUBECONFIG / ~/.kube/config if there is one.
-    Ok(kube::config::Kubeconfig::read().ok())
-}
-
 pub fn run(args: ApplyArgs) -> anyhow::Result<std::process::ExitCode> {
     let loaded =
         tideway_controller::load_and_compile(&args.policy, &args.fleet, args.image.as_deref())?;
@@ -74,7 +64,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<std::process::ExitCode> {
     let tideway_controller::Loaded {
         fleet, compiled, ..
     } = loaded;
-    let kubeconfig = read_kubeconfig(args.kubeconfig.as_ref())?;
+    let kubeconfig = apply::connect::read_kubeconfig(args.kubeconfig.as_deref())?;
     let options = Options {
         dry_run: args.dry_run,
         prune: !args.no_prune,

@@ -2,19 +2,19 @@
 //! inspect it, and check whether Istio would accept it. A thin shell over
 //! the `tideway-oci` library; all rules live there.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
-use tideway_oci::auth::{self, CredentialSource, Secret};
+use tideway_controller::image::{self as ops, ImageSource, RegistryAccess};
+use tideway_oci::auth::Secret;
 use tideway_oci::fetched::FetchedImage;
 use tideway_oci::image::{self, BuildOptions, ImageFormat};
 use tideway_oci::istio::{self, Rules};
 use tideway_oci::layout::Layout;
 use tideway_oci::reference::ImageRef;
-use tideway_oci::registry::{BlobStatus, Registry, RegistryOptions};
-use tideway_oci::retry::RetryPolicy;
+use tideway_oci::registry::BlobStatus;
 use tideway_oci::Digest;
 
 const IMAGE_ABOUT: &str =
@@ -248,18 +248,10 @@ impl BuildOpts {
     }
 }
 
-/// A registry client and where its credentials came from.
-struct Connected {
-    registry: Registry,
-    source: CredentialSource,
-}
-
 impl RegistryArgs {
-    fn client(&self, registry_host: &str) -> anyhow::Result<Registry> {
-        Ok(self.connect(registry_host)?.registry)
-    }
-
-    fn connect(&self, registry_host: &str) -> anyhow::Result<Connected> {
+    /// The flags as a [`RegistryAccess`]; reads the password from standard
+    /// input when asked to, so only call it when a registry is contacted.
+    fn access(&self) -> anyhow::Result<RegistryAccess> {
         let mut password = self.password.clone();
         if self.password_stdin {
             let mut s = String::new();
@@ -268,78 +260,23 @@ impl RegistryArgs {
                 .context("reading the password from standard input")?;
             password = Some(Secret::new(s.trim_end_matches(['\r', '\n'])));
         }
-        let config = self.docker_config.clone().or_else(auth::docker_config_path);
-        let (credentials, source) = auth::resolve(
-            registry_host,
-            self.username.clone(),
+        Ok(RegistryAccess {
+            username: self.username.clone(),
             password,
-            config.as_deref(),
-        )?;
-        tracing::debug!(registry = registry_host, who = %credentials.describe(), %source, "registry credentials");
-        let mut ca_certs_pem = Vec::new();
-        for f in &self.ca_files {
-            ca_certs_pem.push(
-                std::fs::read(f).with_context(|| format!("reading --ca-file {}", f.display()))?,
-            );
-        }
-        let registry = Registry::new(RegistryOptions {
-            credentials,
+            docker_config: self.docker_config.clone(),
+            ca_files: self.ca_files.clone(),
             plain_http: self.plain_http,
-            ca_certs_pem,
-            retry: RetryPolicy {
-                attempts: self.attempts.max(1),
-                ..RetryPolicy::default()
-            },
-            ..RegistryOptions::default()
-        })?;
-        Ok(Connected { registry, source })
+            attempts: self.attempts,
+        })
     }
-}
-
-/// An image named on the command line: in a registry, or in a local layout.
-enum ImageSource {
-    Remote(ImageRef),
-    Layout { dir: PathBuf, tag: Option<String> },
-}
-
-fn parse_image(s: &str) -> anyhow::Result<ImageSource> {
-    if let Some(rest) = s.strip_prefix("oci:").filter(|r| !r.starts_with("//")) {
-        // oci:DIR[:TAG] — the last `:` separates the tag if what follows has no `/`.
-        let (dir, tag) = match rest.rsplit_once(':') {
-            Some((d, t)) if !t.contains('/') && !d.is_empty() => (d, Some(t.to_string())),
-            _ => (rest, None),
-        };
-        return Ok(ImageSource::Layout {
-            dir: PathBuf::from(dir),
-            tag,
-        });
-    }
-    Ok(ImageSource::Remote(ImageRef::parse(s)?))
 }
 
 fn fetch(src: &ImageSource, registry: &RegistryArgs) -> anyhow::Result<(FetchedImage, String)> {
-    match src {
-        ImageSource::Layout { dir, tag } => {
-            let img = Layout::open(dir)?.read_image(tag.as_deref())?;
-            Ok((img, format!("oci:{}", dir.display())))
-        }
-        ImageSource::Remote(r) => {
-            let client = registry.client(r.registry())?;
-            let img = runtime()?.block_on(client.pull(r))?;
-            Ok((img, format!("oci://{r}")))
-        }
-    }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
-fn read_wasm(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    let access = match src {
+        ImageSource::Remote(_) => registry.access()?,
+        ImageSource::Layout { .. } => RegistryAccess::default(),
+    };
+    ops::fetch(src, &access)
 }
 
 fn print_wasm_plugin_fields(url: &str, digest: &Digest) {
@@ -347,44 +284,6 @@ fn print_wasm_plugin_fields(url: &str, digest: &Digest) {
     println!("WasmPlugin fields (sha256 is the image MANIFEST digest, not the .wasm file's hash):");
     println!("  url: {url}");
     println!("  sha256: {}", digest.hex());
-}
-
-/// The imagePullSecret a WasmPlugin needs after a push with credentials from `source`.
-fn pull_secret_name(source: &CredentialSource, flag: Option<&str>) -> Option<String> {
-    match (source, flag) {
-        (CredentialSource::None, _) => None,
-        (_, Some(name)) => Some(name.to_string()),
-        (CredentialSource::KubernetesSecret { name, .. }, None) => Some(name.clone()),
-        (_, None) => Some(DEFAULT_PULL_SECRET.to_string()),
-    }
-}
-
-const DEFAULT_PULL_SECRET: &str = "tideway-pull";
-
-/// How to create the pull Secret from what the push used (no secret values).
-fn pull_secret_hint(name: &str, source: &CredentialSource, registry: &str) -> Option<String> {
-    match source {
-        CredentialSource::KubernetesSecret { .. } | CredentialSource::None => None,
-        CredentialSource::DockerConfig(path) => Some(format!(
-            "kubectl create secret generic {name} --type=kubernetes.io/dockerconfigjson --from-file=.dockerconfigjson={}",
-            path.display()
-        )),
-        CredentialSource::Explicit | CredentialSource::Helper(_) => Some(format!(
-            "kubectl create secret docker-registry {name} --docker-server={registry} --docker-username=USER --docker-password=PASSWORD"
-        )),
-    }
-}
-
-/// The `spec` fields of a WasmPlugin that loads the pushed image, as YAML.
-fn wasm_plugin_fragment(url: &str, digest: &Digest, pull_secret: Option<&str>) -> String {
-    let mut out = format!(
-        "spec:\n  url: {url}\n  sha256: {}\n  imagePullPolicy: IfNotPresent\n",
-        digest.hex()
-    );
-    if let Some(name) = pull_secret {
-        out.push_str(&format!("  imagePullSecret: {name}\n"));
-    }
-    out
 }
 
 /// Runs `tideway image …`.
@@ -399,7 +298,7 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
 }
 
 fn build(a: BuildArgs) -> anyhow::Result<()> {
-    let wasm = read_wasm(&a.wasm)?;
+    let wasm = ops::read_wasm(&a.wasm)?;
     let image =
         image::build(&wasm, &a.build.options()).with_context(|| a.wasm.display().to_string())?;
     let layout = Layout::create(&a.output)?;
@@ -423,41 +322,13 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
 
 fn push(a: PushArgs) -> anyhow::Result<()> {
     let reference = ImageRef::parse(&a.reference)?;
-    let image = match parse_image(&a.source) {
-        Ok(ImageSource::Layout { dir, tag }) => {
-            let f = Layout::open(&dir)?.read_image(tag.as_deref())?;
-            image::Image {
-                manifest_media_type: f
-                    .manifest
-                    .media_type
-                    .clone()
-                    .unwrap_or_else(|| tideway_oci::media_types::OCI_MANIFEST.to_string()),
-                config: image::Blob {
-                    descriptor: f.manifest.config.clone(),
-                    data: f.config,
-                },
-                layers: f
-                    .manifest
-                    .layers
-                    .iter()
-                    .cloned()
-                    .zip(f.layers)
-                    .map(|(descriptor, data)| image::Blob { descriptor, data })
-                    .collect(),
-                manifest: f.manifest_bytes,
-            }
-        }
-        _ => {
-            let path = PathBuf::from(&a.source);
-            let wasm = read_wasm(&path)?;
-            image::build(&wasm, &a.build.options()).with_context(|| path.display().to_string())?
-        }
-    };
-    let Connected {
-        registry: client,
-        source,
-    } = a.registry.connect(reference.registry())?;
-    let report = runtime()?.block_on(client.push(&image, &reference))?;
+    let image = ops::image_to_push(&a.source, &a.build.options())?;
+    let connected = a.registry.access()?.connect(reference.registry())?;
+    let ops::Pushed {
+        report,
+        pull_secret,
+    } = ops::push(&connected, &image, &reference, a.pull_secret.as_deref())?;
+    let source = &connected.source;
     println!("pushed {reference}");
     println!("manifest digest: {}", report.manifest_digest);
     for (d, status) in &report.blobs {
@@ -467,31 +338,18 @@ fn push(a: PushArgs) -> anyhow::Result<()> {
         };
         println!("  {} {} ({} bytes): {s}", d.media_type, d.digest, d.size);
     }
-    if istio::extract(
-        "",
-        &parse_manifest(&image.manifest)?,
-        &image
-            .layers
-            .iter()
-            .map(|l| l.data.clone())
-            .collect::<Vec<_>>(),
-        Rules::default(),
-    )
-    .is_err()
-    {
+    if !ops::istio_accepts(&image)? {
         println!(
             "warning: Istio would NOT accept this image; run `tideway image verify` for the reason"
         );
     }
-    let pull_secret =
-        pull_secret_name(&source, a.pull_secret.as_deref()).filter(|_| report.authenticated);
     println!();
     println!(
         "WasmPlugin fragment (sha256 is the image MANIFEST digest, not the .wasm file's hash):"
     );
     print!(
         "{}",
-        wasm_plugin_fragment(
+        ops::wasm_plugin_fragment(
             &report.wasm_plugin_url(),
             &report.manifest_digest,
             pull_secret.as_deref()
@@ -502,20 +360,11 @@ fn push(a: PushArgs) -> anyhow::Result<()> {
             "imagePullSecret {name}: a kubernetes.io/dockerconfigjson Secret in the WasmPlugin's namespace with credentials for {} (credentials used here: {source})",
             reference.registry()
         );
-        if let Some(hint) = pull_secret_hint(name, &source, reference.registry()) {
+        if let Some(hint) = ops::pull_secret_hint(name, source, reference.registry()) {
             println!("  create it with: {hint}");
         }
     }
     Ok(())
-}
-
-fn parse_manifest(bytes: &[u8]) -> anyhow::Result<tideway_oci::manifest::ImageManifest> {
-    match tideway_oci::manifest::Manifest::parse(bytes, None)? {
-        tideway_oci::manifest::Manifest::Image(m) => Ok(m),
-        tideway_oci::manifest::Manifest::Index(_) => {
-            bail!("expected an image manifest, found an index")
-        }
-    }
 }
 
 fn pull(a: PullArgs) -> anyhow::Result<()> {
@@ -532,35 +381,7 @@ fn pull(a: PullArgs) -> anyhow::Result<()> {
     std::fs::write(&a.output, &accepted.wasm)
         .with_context(|| format!("writing {}", a.output.display()))?;
     if let Some(dir) = &a.layout {
-        let layout = Layout::create(dir)?;
-        for blob in std::iter::once(&img.config)
-            .chain(img.layers.iter())
-            .chain(std::iter::once(&img.manifest_bytes))
-        {
-            layout.put_blob(blob)?;
-        }
-        // Record the manifest under the reference's tag.
-        let image = image::Image {
-            manifest: img.manifest_bytes.clone(),
-            manifest_media_type: img
-                .manifest
-                .media_type
-                .clone()
-                .unwrap_or_else(|| tideway_oci::media_types::OCI_MANIFEST.to_string()),
-            config: image::Blob {
-                descriptor: img.manifest.config.clone(),
-                data: img.config.clone(),
-            },
-            layers: img
-                .manifest
-                .layers
-                .iter()
-                .cloned()
-                .zip(img.layers.iter().cloned())
-                .map(|(descriptor, data)| image::Blob { descriptor, data })
-                .collect(),
-        };
-        layout.write_image(&image, reference.tag())?;
+        ops::save_to_layout(dir, &img, reference.tag())?;
         println!("saved the image to OCI layout {}", dir.display());
     }
     println!("pulled {reference} ({})", accepted.variant);
@@ -575,7 +396,7 @@ fn pull(a: PullArgs) -> anyhow::Result<()> {
 }
 
 fn inspect(a: InspectArgs) -> anyhow::Result<()> {
-    let src = parse_image(&a.image)?;
+    let src = ImageSource::parse(&a.image)?;
     let (img, url) = fetch(&src, &a.registry)?;
     if a.raw {
         println!("{}", String::from_utf8_lossy(&img.manifest_bytes));
@@ -624,7 +445,7 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
 }
 
 fn verify(a: VerifyArgs) -> anyhow::Result<()> {
-    let src = parse_image(&a.image)?;
+    let src = ImageSource::parse(&a.image)?;
     let (img, url) = fetch(&src, &a.registry)?;
     if let Some(expected) = &a.sha256 {
         let expected = expected.trim().trim_start_matches("sha256:");
@@ -671,25 +492,6 @@ mod tests {
     }
 
     #[test]
-    fn oci_layout_names_split_dir_and_tag() {
-        match parse_image("oci:out/dir:v1").unwrap() {
-            ImageSource::Layout { dir, tag } => {
-                assert_eq!(dir, PathBuf::from("out/dir"));
-                assert_eq!(tag.as_deref(), Some("v1"));
-            }
-            ImageSource::Remote(_) => panic!("layout expected"),
-        }
-        assert!(matches!(
-            parse_image("oci:out/dir").unwrap(),
-            ImageSource::Layout { tag: None, .. }
-        ));
-        assert!(matches!(
-            parse_image("oci://reg.example/f:v1").unwrap(),
-            ImageSource::Remote(_)
-        ));
-    }
-
-    #[test]
     fn help_teaches_the_manifest_digest_point_and_debug_hides_passwords() {
         let help = IMAGE_LONG_ABOUT;
         assert!(help.contains("MANIFEST") && help.contains("37565") && help.contains("39990"));
@@ -703,42 +505,6 @@ mod tests {
         };
         p.registry.password = Some(Secret::new("hunter2"));
         assert!(!format!("{p:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn the_fragment_names_the_pull_secret_only_when_credentials_were_used() {
-        let d = Digest::of(b"m");
-        let url = format!("oci://reg.example/f@{d}");
-        assert_eq!(
-            wasm_plugin_fragment(&url, &d, None),
-            format!(
-                "spec:\n  url: {url}\n  sha256: {}\n  imagePullPolicy: IfNotPresent\n",
-                d.hex()
-            )
-        );
-        assert!(wasm_plugin_fragment(&url, &d, Some("regcred"))
-            .ends_with("  imagePullSecret: regcred\n"));
-        let secret = CredentialSource::KubernetesSecret {
-            path: "s.json".into(),
-            name: "from-secret".into(),
-        };
-        assert_eq!(pull_secret_name(&CredentialSource::None, Some("x")), None);
-        assert_eq!(
-            pull_secret_hint("p", &CredentialSource::DockerConfig("/h/.docker/config.json".into()), "r:5000").as_deref(),
-            Some("kubectl create secret generic p --type=kubernetes.io/dockerconfigjson --from-file=.dockerconfigjson=/h/.docker/config.json")
-        );
-        assert!(pull_secret_hint("p", &secret, "r:5000").is_none());
-        assert!(pull_secret_hint("p", &CredentialSource::Explicit, "r:5000")
-            .is_some_and(|h| h.contains("docker-registry p --docker-server=r:5000")));
-        assert_eq!(
-            pull_secret_name(&secret, None).as_deref(),
-            Some("from-secret")
-        );
-        assert_eq!(pull_secret_name(&secret, Some("x")).as_deref(), Some("x"));
-        assert_eq!(
-            pull_secret_name(&CredentialSource::Explicit, None).as_deref(),
-            Some(DEFAULT_PULL_SECRET)
-        );
     }
 
     #[test]

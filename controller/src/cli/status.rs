@@ -2,9 +2,8 @@
 
 use anyhow::Context;
 use std::path::PathBuf;
-use tideway_controller::api::{Fleet, TrafficPolicy};
 use tideway_controller::apply::connect;
-use tideway_controller::status::{self, MemberTarget};
+use tideway_controller::status::{self, PolicySource};
 
 pub const LONG_ABOUT: &str = "\
 Look at one TrafficPolicy across its Fleet and say what is wrong, member by
@@ -87,12 +86,25 @@ pub struct StatusArgs {
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<std::process::ExitCode> {
-    let kubeconfig = crate::apply_cmd::read_kubeconfig(args.kubeconfig.as_ref())?;
+    let kubeconfig = connect::read_kubeconfig(args.kubeconfig.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let report = runtime.block_on(gather(&args, kubeconfig))?;
+    let report = runtime.block_on(async {
+        let hub = hub_client(&args, kubeconfig.as_ref()).await?;
+        let source = match (&args.policy, &args.fleet) {
+            (Some(policy), Some(fleet)) => PolicySource::Files {
+                policy: policy.clone(),
+                fleet: fleet.clone(),
+            },
+            _ => PolicySource::Hub {
+                namespace: args.namespace.clone(),
+                name: args.name.clone().unwrap_or_default(),
+            },
+        };
+        status::report(hub, kubeconfig, source, args.image.as_deref()).await
+    })?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => print!("{}", status::table(&report)),
@@ -128,88 +140,4 @@ async fn hub_client(
             "hub: no --hub-context, no kubeconfig current-context and no in-cluster config",
         ),
     }
-}
-
-async fn gather(
-    args: &StatusArgs,
-    kubeconfig: Option<kube::config::Kubeconfig>,
-) -> anyhow::Result<status::StatusReport> {
-    let hub = hub_client(args, kubeconfig.as_ref()).await?;
-    let (policy, fleet, hub_policy) = match (&args.policy, &args.fleet) {
-        (Some(policy_path), Some(fleet_path)) => {
-            let loaded = tideway_controller::load_and_compile(
-                policy_path,
-                fleet_path,
-                args.image.as_deref(),
-            )?;
-            let reference = loaded.policy_ref();
-            let hub_policy = match &hub {
-                Some(hub) => {
-                    let api: kube::Api<TrafficPolicy> =
-                        kube::Api::namespaced(hub.clone(), &reference.namespace);
-                    api.get_opt(&reference.name).await.ok().flatten()
-                }
-                None => None,
-            };
-            (loaded.policy, loaded.fleet, hub_policy)
-        }
-        _ => {
-            let hub = hub
-                .as_ref()
-                .context("the hub is needed to read a policy by name")?;
-            let name = args.name.as_deref().unwrap_or_default();
-            let api: kube::Api<TrafficPolicy> = kube::Api::namespaced(hub.clone(), &args.namespace);
-            let policy = api
-                .get_opt(name)
-                .await
-                .with_context(|| {
-                    format!(
-                        "reading TrafficPolicy {}/{name} from the hub",
-                        args.namespace
-                    )
-                })?
-                .with_context(|| {
-                    format!("TrafficPolicy {}/{name} is not in the hub", args.namespace)
-                })?;
-            let fleets: kube::Api<Fleet> = kube::Api::all(hub.clone());
-            let fleet = fleets
-                .get_opt(&policy.spec.fleet)
-                .await
-                .with_context(|| format!("reading Fleet {:?} from the hub", policy.spec.fleet))?
-                .with_context(|| {
-                    format!(
-                        "spec.fleet: Fleet {:?} is not in the hub",
-                        policy.spec.fleet
-                    )
-                })?;
-            (policy.clone(), fleet, Some(policy))
-        }
-    };
-    let image = args
-        .image
-        .as_deref()
-        .map(|r| tideway_controller::Image::parse("--image", r))
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let drained = status::with_drains(&policy, hub_policy.as_ref().and_then(|p| p.status.as_ref()));
-    let compiled = tideway_controller::compile(&drained, &fleet, image.as_ref())
-        .map_err(|e| anyhow::anyhow!("the policy does not compile: {e}"))?;
-    let mut members = Vec::new();
-    for name in &compiled.order {
-        let Some(member) = fleet.spec.clusters.iter().find(|c| &c.name == name) else {
-            continue;
-        };
-        members.push(MemberTarget {
-            name: name.clone(),
-            wave: member.wave,
-            client: connect::member_client(member, kubeconfig.as_ref(), hub.as_ref()).await,
-        });
-    }
-    Ok(status::gather(status::Input {
-        policy,
-        compiled,
-        hub_policy,
-        members,
-    })
-    .await)
 }
