@@ -81,7 +81,7 @@ pub struct TrafficPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<SecuritySpec>,
     /// A `ServiceEntry` making the service's instances in other regions
-    /// reachable by name (the seed article's cross-region example).
+    /// reachable by name, each endpoint labelled with its cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cross_region: Option<CrossRegionSpec>,
     /// Trace-context handling: the filter's own `tracing` configuration
