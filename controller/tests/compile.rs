@@ -1,4 +1,4 @@
-//! What the compiled objects must say, checked on the seed examples and on
+//! What the compiled objects must say, checked on the examples and on
 //! policies written to break each rule.
 
 use serde_json::Value;
