@@ -21,9 +21,12 @@
 //! - [`probe`]: active re-admission after an ejection;
 //! - [`runtime_weights`]: the weights channel's values applied (and the
 //!   static ones restored), and drained destinations set aside;
-//! - [`sync`]: sharing statistics with the other workers.
+//! - [`sync`]: sharing statistics with the other workers;
+//! - [`memory`]: the host in memory, for everything that runs the core
+//!   off the proxy.
 
 mod engine;
+pub mod memory;
 mod outcome;
 mod pick;
 mod probe;

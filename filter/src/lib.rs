@@ -21,6 +21,7 @@
 
 pub mod affinity;
 pub mod authority;
+pub mod closed_loop;
 pub mod config;
 pub mod decision;
 pub mod ewma;
