@@ -1,4 +1,5 @@
-//! Issue 12's steering goals, checked in the deterministic simulator
+//! The steering goals (tail latency against Envoy's balancers, shift and
+//! recovery times, exact splits), checked in the deterministic simulator
 //! (`sim`) with the default scheduler and fixed seeds, against models of
 //! ROUND_ROBIN and LEAST_REQUEST run on the same load.
 //!

@@ -127,10 +127,10 @@ fn a_dominated_destination_is_not_chosen_by_drawing_it_twice() {
     assert!(counts[0] > 20_000 && counts[1] > 20_000, "{counts:?}");
 }
 
-/// Issue 12's mechanism: an idle estimate used to decay toward zero, so
-/// a slow destination starved for a few seconds looked fast again and
-/// drew a burst. Now it holds, and the destination is re-measured by a
-/// single request per half-life.
+/// An idle estimate must not decay toward zero: a slow destination
+/// starved for a few seconds would look fast again and draw a burst. It
+/// holds instead, and the destination is re-measured by a single request
+/// per half-life.
 #[test]
 fn a_shunned_slow_destination_is_remeasured_not_assumed_fast() {
     let mut e = engine(&three(
