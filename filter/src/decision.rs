@@ -14,7 +14,9 @@
 //!
 //! Submodules, one concept each:
 //! - [`engine`]: per-service state, built from the config;
-//! - [`request`]: one request's way through the core (`route`, `complete`);
+//! - [`request`]: one request's way through the core, and the host traits;
+//! - [`route`]: a request's headers to a destination and header writes;
+//! - [`complete`]: its response and stream end to the destination's outcome;
 //! - [`outcome`]: what counts as a destination's failure;
 //! - [`pick`]: choosing a destination (affinity, scoring, static split,
 //!   failover);
@@ -27,12 +29,14 @@
 //!   off the proxy.
 
 mod active_probe;
+mod complete;
 mod engine;
 pub mod memory;
 mod outcome;
 mod pick;
 mod probe;
 mod request;
+mod route;
 mod runtime_weights;
 mod sync;
 mod timing;
