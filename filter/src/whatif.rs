@@ -21,7 +21,7 @@
 //! the seed, and the clock is virtual.
 
 use crate::closed_loop::{jitter, quantile_ms, request_headers, Timeline, Worker, MS};
-use crate::config::{typing_error, ConfigError, PluginConfig};
+use crate::config::{typing_error, ConfigError, PluginConfig, ServiceConfig};
 use crate::decision::memory::{MemoryHost, SplitMix};
 use crate::decision::{Engine, InFlight, LocalIdentity};
 use crate::weights::WeightsDocument;
@@ -202,62 +202,9 @@ impl Model {
             ));
         };
         let sc = &config.services[service];
-        let authority = sc
-            .hosts
-            .iter()
-            .find(|h| !h.starts_with("*."))
-            .cloned()
-            .or_else(|| {
-                sc.hosts
-                    .first()
-                    .map(|h| format!("what-if{}", h.trim_start_matches('*')))
-            })
-            .unwrap_or_default();
-        if !(1..=MAX_CONNECTIONS).contains(&scenario.connections) {
-            return Err(ConfigError::new(
-                "scenario.connections",
-                format!("{} (must be 1…{MAX_CONNECTIONS})", scenario.connections),
-            ));
-        }
-        if !(1..=MAX_DURATION_MS).contains(&scenario.duration_ms) {
-            return Err(ConfigError::new(
-                "scenario.durationMs",
-                format!("{} (must be 1…{MAX_DURATION_MS})", scenario.duration_ms),
-            ));
-        }
-        if scenario.warmup_ms >= scenario.duration_ms {
-            return Err(ConfigError::new(
-                "scenario.warmupMs",
-                format!(
-                    "{} (must be below durationMs, {})",
-                    scenario.warmup_ms, scenario.duration_ms
-                ),
-            ));
-        }
+        check_run(scenario)?;
         let default_ns = config.scheduler.default_rtt_ms as f64 * MS as f64;
-        let mut conditions = vec![(default_ns, 0.0); sc.destinations.len()];
-        for (i, c) in scenario.destinations.iter().enumerate() {
-            let at = format!("scenario.destinations[{i}]");
-            let Some(d) = sc.destinations.iter().position(|d| d.name == c.name) else {
-                return Err(ConfigError::new(
-                    format!("{at}.name"),
-                    format!("{:?} is not a destination of service {:?}", c.name, sc.name),
-                ));
-            };
-            if !(c.latency_ms.is_finite() && c.latency_ms > 0.0 && c.latency_ms <= 600_000.0) {
-                return Err(ConfigError::new(
-                    format!("{at}.latencyMs"),
-                    format!("{} (must be > 0 and ≤ 600000)", c.latency_ms),
-                ));
-            }
-            if !(0.0..=1.0).contains(&c.error_rate) {
-                return Err(ConfigError::new(
-                    format!("{at}.errorRate"),
-                    format!("{} (must be 0…1)", c.error_rate),
-                ));
-            }
-            conditions[d] = (c.latency_ms * MS as f64, c.error_rate);
-        }
+        let conditions = conditions(sc, &scenario.destinations, default_ns)?;
         let n = conditions.len().max(1) as f64;
         let mesh_default = (
             conditions.iter().map(|c| c.0).sum::<f64>() / n,
@@ -265,7 +212,7 @@ impl Model {
         );
         Ok(Self {
             service,
-            authority,
+            authority: authority(sc),
             conditions,
             mesh_default,
         })
@@ -388,6 +335,80 @@ impl Model {
             mesh_default_share: share(samples.by_destination[n].len()),
         }
     }
+}
+
+/// The `:authority` the clients send: the service's first exact host, or
+/// a name under its first wildcard.
+fn authority(sc: &ServiceConfig) -> String {
+    sc.hosts
+        .iter()
+        .find(|h| !h.starts_with("*."))
+        .cloned()
+        .or_else(|| {
+            sc.hosts
+                .first()
+                .map(|h| format!("what-if{}", h.trim_start_matches('*')))
+        })
+        .unwrap_or_default()
+}
+
+/// The run's size: clients, duration and warmup within bounds.
+fn check_run(scenario: &Scenario) -> Result<(), ConfigError> {
+    if !(1..=MAX_CONNECTIONS).contains(&scenario.connections) {
+        return Err(ConfigError::new(
+            "scenario.connections",
+            format!("{} (must be 1…{MAX_CONNECTIONS})", scenario.connections),
+        ));
+    }
+    if !(1..=MAX_DURATION_MS).contains(&scenario.duration_ms) {
+        return Err(ConfigError::new(
+            "scenario.durationMs",
+            format!("{} (must be 1…{MAX_DURATION_MS})", scenario.duration_ms),
+        ));
+    }
+    if scenario.warmup_ms >= scenario.duration_ms {
+        return Err(ConfigError::new(
+            "scenario.warmupMs",
+            format!(
+                "{} (must be below durationMs, {})",
+                scenario.warmup_ms, scenario.duration_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Per config destination: (latency ns, error rate), `default_ns` and no
+/// errors for a destination the scenario does not list.
+fn conditions(
+    sc: &ServiceConfig,
+    listed: &[Condition],
+    default_ns: f64,
+) -> Result<Vec<(f64, f64)>, ConfigError> {
+    let mut conditions = vec![(default_ns, 0.0); sc.destinations.len()];
+    for (i, c) in listed.iter().enumerate() {
+        let at = format!("scenario.destinations[{i}]");
+        let Some(d) = sc.destinations.iter().position(|d| d.name == c.name) else {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                format!("{:?} is not a destination of service {:?}", c.name, sc.name),
+            ));
+        };
+        if !(c.latency_ms.is_finite() && c.latency_ms > 0.0 && c.latency_ms <= 600_000.0) {
+            return Err(ConfigError::new(
+                format!("{at}.latencyMs"),
+                format!("{} (must be > 0 and ≤ 600000)", c.latency_ms),
+            ));
+        }
+        if !(0.0..=1.0).contains(&c.error_rate) {
+            return Err(ConfigError::new(
+                format!("{at}.errorRate"),
+                format!("{} (must be 0…1)", c.error_rate),
+            ));
+        }
+        conditions[d] = (c.latency_ms * MS as f64, c.error_rate);
+    }
+    Ok(conditions)
 }
 
 /// A client's wait between an answer and its next request.

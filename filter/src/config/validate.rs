@@ -276,6 +276,28 @@ impl ServiceConfig {
         if self.name.is_empty() {
             return Err(ConfigError::new(format!("{at}.name"), "empty"));
         }
+        self.validate_hosts(at)?;
+        self.validate_headers(at)?;
+        if let Some(weights) = &self.weights {
+            weights.validate(&format!("{at}.weights"))?;
+        }
+        if let Some(probe) = &self.probe {
+            probe.validate(&format!("{at}.probe"), self)?;
+        }
+        self.validate_destinations(at)?;
+        for (k, name) in self.failover.iter().enumerate() {
+            if !self.destinations.iter().any(|d| &d.name == name) {
+                return Err(ConfigError::new(
+                    format!("{at}.failover[{k}]"),
+                    format!("{name:?} is not one of the destinations"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Host names or `*.suffix`, no port.
+    fn validate_hosts(&self, at: &str) -> Result<(), ConfigError> {
         if self.hosts.is_empty() {
             return Err(ConfigError::new(format!("{at}.hosts"), "no hosts"));
         }
@@ -295,6 +317,12 @@ impl ServiceConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The routing header and an affinity header or cookie: names Envoy
+    /// can match.
+    fn validate_headers(&self, at: &str) -> Result<(), ConfigError> {
         if !is_header_name(&self.routing_header) {
             return Err(ConfigError::new(
                 format!("{at}.routingHeader"),
@@ -322,12 +350,12 @@ impl ServiceConfig {
             }
             _ => {}
         }
-        if let Some(weights) = &self.weights {
-            weights.validate(&format!("{at}.weights"))?;
-        }
-        if let Some(probe) = &self.probe {
-            probe.validate(&format!("{at}.probe"), self)?;
-        }
+        Ok(())
+    }
+
+    /// Subset names, unique; clusters, localities, costs and weights; some
+    /// weight above 0.
+    fn validate_destinations(&self, at: &str) -> Result<(), ConfigError> {
         if self.destinations.is_empty() {
             return Err(ConfigError::new(
                 format!("{at}.destinations"),
@@ -371,14 +399,6 @@ impl ServiceConfig {
                 format!("{at}.destinations"),
                 "every weight is 0: nothing could be chosen",
             ));
-        }
-        for (k, name) in self.failover.iter().enumerate() {
-            if !self.destinations.iter().any(|d| &d.name == name) {
-                return Err(ConfigError::new(
-                    format!("{at}.failover[{k}]"),
-                    format!("{name:?} is not one of the destinations"),
-                ));
-            }
         }
         Ok(())
     }

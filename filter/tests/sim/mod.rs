@@ -88,6 +88,30 @@ pub struct Scenario {
     pub noise: Noise,
 }
 
+impl Scenario {
+    /// One worker on a quiet host, the README's scheduler, clients that
+    /// send again 50 µs after an answer.
+    pub fn new(
+        name: String,
+        connections: usize,
+        destinations: Vec<DestSpec>,
+        duration: u64,
+        warmup: u64,
+    ) -> Self {
+        Self {
+            name,
+            connections,
+            destinations,
+            duration,
+            warmup,
+            think: 50_000,
+            scheduler: None,
+            workers: 1,
+            noise: Noise::default(),
+        }
+    }
+}
+
 /// A real host's disturbances (module doc). The default is none.
 #[derive(Debug, Clone, Default)]
 pub struct Noise {
@@ -504,21 +528,13 @@ fn pause_schedule(noise: &Noise, duration: u64, rng: &mut SplitMix) -> Vec<(u64,
 /// `connections` closed-loop connections. Each destination can serve every
 /// connection at once (no queueing): only latency tells them apart.
 pub fn one_slow(slower: f64, connections: usize) -> Scenario {
-    Scenario {
-        name: format!("one {slower}× slower, {connections} conns"),
-        connections,
-        destinations: vec![
-            DestSpec::new("a", 1.0, 8.0, connections),
-            DestSpec::new("b", 1.0, 8.0, connections),
-            DestSpec::new("c", 1.0, 8.0 * slower, connections),
-        ],
-        duration: 20 * S,
-        warmup: 2 * S,
-        think: 50_000,
-        scheduler: None,
-        workers: 1,
-        noise: Noise::default(),
-    }
+    let destinations = vec![
+        DestSpec::new("a", 1.0, 8.0, connections),
+        DestSpec::new("b", 1.0, 8.0, connections),
+        DestSpec::new("c", 1.0, 8.0 * slower, connections),
+    ];
+    let name = format!("one {slower}× slower, {connections} conns");
+    Scenario::new(name, connections, destinations, 20 * S, 2 * S)
 }
 
 /// Base weights 70/20/10, all equal (8 ms), the 70% one slowed 10× from
@@ -526,21 +542,13 @@ pub fn one_slow(slower: f64, connections: usize) -> Scenario {
 pub fn weighted_slowdown(slow_at: u64, recover_at: u64) -> Scenario {
     let mut a = DestSpec::new("a", 70.0, 8.0, 64);
     a.slowdowns = vec![(slow_at, 10.0), (recover_at, 1.0)];
-    Scenario {
-        name: "70/20/10, the 70% one 10× slower for a while".into(),
-        connections: 32,
-        destinations: vec![
-            a,
-            DestSpec::new("b", 20.0, 8.0, 64),
-            DestSpec::new("c", 10.0, 8.0, 64),
-        ],
-        duration: recover_at + 10 * S,
-        warmup: S,
-        think: 50_000,
-        scheduler: None,
-        workers: 1,
-        noise: Noise::default(),
-    }
+    let destinations = vec![
+        a,
+        DestSpec::new("b", 20.0, 8.0, 64),
+        DestSpec::new("c", 10.0, 8.0, 64),
+    ];
+    let name = "70/20/10, the 70% one 10× slower for a while".into();
+    Scenario::new(name, 32, destinations, recover_at + 10 * S, S)
 }
 
 /// The demo's fleet (`cargo xtask demo`): clusters of 2, 4 and 8 ms with
@@ -551,16 +559,13 @@ pub fn weighted_slowdown(slow_at: u64, recover_at: u64) -> Scenario {
 pub fn demo_slowdown(slow_at: u64, recover_at: u64, noise: Noise) -> Scenario {
     let mut a = DestSpec::new("hangzhou", 1.0, 2.0, 24);
     a.slowdowns = vec![(slow_at, 10.0), (recover_at, 1.0)];
+    let destinations = vec![
+        a,
+        DestSpec::new("shanghai", 1.0, 4.0, 16),
+        DestSpec::new("beijing", 1.0, 8.0, 16),
+    ];
+    let name = "demo fleet, the 2 ms cluster 10× slower for a while".into();
     Scenario {
-        name: "demo fleet, the 2 ms cluster 10× slower for a while".into(),
-        connections: 24,
-        destinations: vec![
-            a,
-            DestSpec::new("shanghai", 1.0, 4.0, 16),
-            DestSpec::new("beijing", 1.0, 8.0, 16),
-        ],
-        duration: recover_at + 5 * S,
-        warmup: S,
         think: 26 * MS,
         scheduler: Some(
             r#"{"weights":{"latency":0.7,"load":0.2,"cost":0.05,"affinity":0.05},"sharpness":4,"decayMs":2000}"#
@@ -568,6 +573,7 @@ pub fn demo_slowdown(slow_at: u64, recover_at: u64, noise: Noise) -> Scenario {
         ),
         workers: 2,
         noise,
+        ..Scenario::new(name, 24, destinations, recover_at + 5 * S, S)
     }
 }
 
@@ -598,21 +604,13 @@ pub fn heavily_loaded_host() -> Noise {
 
 /// All destinations equal and healthy, with these base weights.
 pub fn all_equal(weights: [f64; 3], connections: usize) -> Scenario {
-    Scenario {
-        name: format!("all equal, weights {weights:?}, {connections} conns"),
-        connections,
-        destinations: vec![
-            DestSpec::new("a", weights[0], 8.0, connections),
-            DestSpec::new("b", weights[1], 8.0, connections),
-            DestSpec::new("c", weights[2], 8.0, connections),
-        ],
-        duration: 20 * S,
-        warmup: 2 * S,
-        think: 50_000,
-        scheduler: None,
-        workers: 1,
-        noise: Noise::default(),
-    }
+    let destinations = vec![
+        DestSpec::new("a", weights[0], 8.0, connections),
+        DestSpec::new("b", weights[1], 8.0, connections),
+        DestSpec::new("c", weights[2], 8.0, connections),
+    ];
+    let name = format!("all equal, weights {weights:?}, {connections} conns");
+    Scenario::new(name, connections, destinations, 20 * S, 2 * S)
 }
 
 /// When `destination`'s share, over windows of `window` issued from
