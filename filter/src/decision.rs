@@ -14,27 +14,36 @@
 //!
 //! Submodules, one concept each:
 //! - [`engine`]: per-service state, built from the config;
-//! - [`request`]: one request's way through the core (`route`, `complete`);
+//! - [`request`]: one request's way through the core, and the host traits;
+//! - [`route`]: a request's headers to a destination and header writes;
+//! - [`complete`]: its response and stream end to the destination's outcome;
 //! - [`outcome`]: what counts as a destination's failure;
 //! - [`pick`]: choosing a destination (affinity, scoring, static split,
 //!   failover);
-//! - [`probe`]: active re-admission after an ejection;
+//! - [`probe`]: active re-admission after an ejection, and
+//!   [`active_probe`] a destination's probe state;
 //! - [`runtime_weights`]: the weights channel's values applied (and the
 //!   static ones restored), and drained destinations set aside;
-//! - [`sync`]: sharing statistics with the other workers.
+//! - [`sync`]: sharing statistics with the other workers;
+//! - [`memory`]: the host in memory, for everything that runs the core
+//!   off the proxy.
 
+mod active_probe;
+mod complete;
 mod engine;
+pub mod memory;
 mod outcome;
 mod pick;
 mod probe;
 mod request;
+mod route;
 mod runtime_weights;
 mod sync;
 mod timing;
 
+pub use active_probe::ActiveProbe;
 pub use engine::{Destination, Engine, LocalIdentity, Service};
 pub use outcome::Outcome;
-pub use probe::ActiveProbe;
 pub use request::{
     Completion, Ejection, HostFailure, InFlight, RouteHost, StreamEvent, StreamHost,
 };

@@ -336,9 +336,9 @@ mod tests {
 
     #[test]
     fn a_faster_sample_after_a_pause_does_not_raise_the_estimate() {
-        // The case: 100 ms, then 50 ms later, τ = 5 s. It used to
-        // read 36.8 ms before the sample (idle decay toward zero) and
-        // 68.4 ms after it: the faster sample raised it.
+        // 100 ms, then 50 ms 2.5 s later, τ = 5 s. With idle decay toward
+        // zero the estimate would read 36.8 ms before the sample and
+        // 68.4 ms after it: the faster sample would raise it.
         let mut e = ewma();
         e.observe(100.0 * MS_F, 0);
         let before = e.estimate_ns();

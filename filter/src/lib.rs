@@ -21,7 +21,9 @@
 
 pub mod affinity;
 pub mod authority;
+pub mod closed_loop;
 pub mod config;
+pub mod config_error;
 pub mod decision;
 pub mod ewma;
 pub mod failover;

@@ -1,9 +1,9 @@
-//! Multi-factor scoring: the seed article's latency, load, cost and
-//! affinity factors, each a ratio in (0, 1] (1 = best), combined as a
+//! Multi-factor scoring: latency, load, cost and locality-affinity
+//! factors, each a ratio in (0, 1] (1 = best), combined as a
 //! weighted geometric mean: `score = Π factorᵢ^(wᵢ / Σw)`, then divided by
 //! the best candidate's so the best scores 1.
 //!
-//! Why a product and not the article's weighted sum: in a sum, factors
+//! Why a product and not a weighted sum: in a sum, factors
 //! that do not tell the candidates apart (cost and affinity are equal
 //! across most services' destinations) dilute the ones that do — with the
 //! default weights a 6× slower destination still scored 0.7 of a fast one,

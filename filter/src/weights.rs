@@ -23,8 +23,9 @@
 use crate::config::{ConfigError, FactorWeights};
 use serde::{Deserialize, Serialize};
 
-/// The path the weights API serves.
-pub const WEIGHTS_PATH: &str = "/v1/weights";
+/// The path the weights API serves; it is `weightsSource.path`'s default,
+/// so the configuration defines it.
+pub use crate::config::WEIGHTS_PATH;
 
 /// Everything the weights API says at one version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +125,30 @@ fn check_non_negative(field: &str, value: f64) -> Result<(), ConfigError> {
             format!("{value} (must be a finite number ≥ 0)"),
         ))
     }
+}
+
+/// One destination's run-time values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DestinationOverride {
+    pub weight: f64,
+    pub cost: f64,
+    pub drained: bool,
+}
+
+/// One service's run-time values; `None`: the static config value stays.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceOverride {
+    pub factors: Option<FactorWeights>,
+    /// Index-aligned with the config's `services[i].destinations`.
+    pub destinations: Vec<Option<DestinationOverride>>,
+}
+
+/// A document as the engine applies it, checked against one config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeWeights {
+    pub version: u64,
+    /// Index-aligned with the config's `services`.
+    pub services: Vec<ServiceOverride>,
 }
 
 #[cfg(test)]

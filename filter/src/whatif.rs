@@ -20,18 +20,13 @@
 //! always give the same prediction, on every target: randomness comes from
 //! the seed, and the clock is virtual.
 
-use crate::config::{typing_error, ConfigError, PluginConfig};
-use crate::decision::{Engine, HostFailure, LocalIdentity, RouteHost, StreamEvent, StreamHost};
-use crate::header_map::{serialize_pairs, HeaderMap};
-use crate::shared_stats::{SharedStore, StoreError};
-use crate::trace::TraceRng;
+use crate::closed_loop::{jitter, quantile_ms, request_headers, Timeline, Worker, MS};
+use crate::config::{typing_error, ConfigError, PluginConfig, ServiceConfig};
+use crate::decision::memory::{MemoryHost, SplitMix};
+use crate::decision::{Engine, InFlight, LocalIdentity};
 use crate::weights::WeightsDocument;
 use crate::weights_channel::adopt;
 use serde::{Deserialize, Serialize};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-
-const MS: u64 = 1_000_000;
 
 /// What to predict: a service of a plugin config under stated conditions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,7 +177,7 @@ pub fn predict(config: &PluginConfig, scenario: &Scenario) -> Result<Prediction,
         })?;
         engine.apply_weights(Some(&runtime));
     }
-    Ok(model.run(&mut engine, scenario))
+    Ok(model.run(engine, scenario))
 }
 
 /// A scenario checked against its config.
@@ -207,62 +202,9 @@ impl Model {
             ));
         };
         let sc = &config.services[service];
-        let authority = sc
-            .hosts
-            .iter()
-            .find(|h| !h.starts_with("*."))
-            .cloned()
-            .or_else(|| {
-                sc.hosts
-                    .first()
-                    .map(|h| format!("what-if{}", h.trim_start_matches('*')))
-            })
-            .unwrap_or_default();
-        if !(1..=MAX_CONNECTIONS).contains(&scenario.connections) {
-            return Err(ConfigError::new(
-                "scenario.connections",
-                format!("{} (must be 1…{MAX_CONNECTIONS})", scenario.connections),
-            ));
-        }
-        if !(1..=MAX_DURATION_MS).contains(&scenario.duration_ms) {
-            return Err(ConfigError::new(
-                "scenario.durationMs",
-                format!("{} (must be 1…{MAX_DURATION_MS})", scenario.duration_ms),
-            ));
-        }
-        if scenario.warmup_ms >= scenario.duration_ms {
-            return Err(ConfigError::new(
-                "scenario.warmupMs",
-                format!(
-                    "{} (must be below durationMs, {})",
-                    scenario.warmup_ms, scenario.duration_ms
-                ),
-            ));
-        }
+        check_run(scenario)?;
         let default_ns = config.scheduler.default_rtt_ms as f64 * MS as f64;
-        let mut conditions = vec![(default_ns, 0.0); sc.destinations.len()];
-        for (i, c) in scenario.destinations.iter().enumerate() {
-            let at = format!("scenario.destinations[{i}]");
-            let Some(d) = sc.destinations.iter().position(|d| d.name == c.name) else {
-                return Err(ConfigError::new(
-                    format!("{at}.name"),
-                    format!("{:?} is not a destination of service {:?}", c.name, sc.name),
-                ));
-            };
-            if !(c.latency_ms.is_finite() && c.latency_ms > 0.0 && c.latency_ms <= 600_000.0) {
-                return Err(ConfigError::new(
-                    format!("{at}.latencyMs"),
-                    format!("{} (must be > 0 and ≤ 600000)", c.latency_ms),
-                ));
-            }
-            if !(0.0..=1.0).contains(&c.error_rate) {
-                return Err(ConfigError::new(
-                    format!("{at}.errorRate"),
-                    format!("{} (must be 0…1)", c.error_rate),
-                ));
-            }
-            conditions[d] = (c.latency_ms * MS as f64, c.error_rate);
-        }
+        let conditions = conditions(sc, &scenario.destinations, default_ns)?;
         let n = conditions.len().max(1) as f64;
         let mesh_default = (
             conditions.iter().map(|c| c.0).sum::<f64>() / n,
@@ -270,100 +212,91 @@ impl Model {
         );
         Ok(Self {
             service,
-            authority,
+            authority: authority(sc),
             conditions,
             mesh_default,
         })
     }
 
-    fn run(&self, engine: &mut Engine, scenario: &Scenario) -> Prediction {
+    fn run(&self, engine: Engine, scenario: &Scenario) -> Prediction {
         let mut rng = SplitMix(scenario.seed ^ 0x0077_6968_6174_6966);
-        let mut host = VirtualHost {
-            now: 0,
-            status: 200,
-            store: MemStore::default(),
-            trace: SplitMix(scenario.seed),
-        };
-        let headers = serialize_pairs(&[
-            (":authority", &self.authority),
-            (":path", "/"),
-            (":method", "GET"),
-        ]);
+        let mut host = MemoryHost::simulated(scenario.seed);
+        let mut worker = Worker::new(engine, 0, 1_000 * MS);
+        let headers = request_headers(&self.authority);
         let duration = scenario.duration_ms * MS;
-        let warmup = scenario.warmup_ms * MS;
         let n = self.conditions.len();
-        // (time, sequence, event): the sequence keeps equal times in FIFO
-        // order, so the run is the same on every target.
-        let mut events: BinaryHeap<Reverse<(u64, u64, Event)>> = BinaryHeap::new();
-        let mut seq = 0u64;
-        // Per pending request: its flight, issue time, destination (n: the
-        // mesh default) and whether it fails.
+        let mut timeline = Timeline::default();
         let mut pending: Vec<Option<Pending>> = Vec::new();
         for client in 0..scenario.connections as usize {
-            seq += 1;
             // Staggered starts, 37 µs apart: clients do not move in lockstep.
-            events.push(Reverse((client as u64 * 37_000, seq, Event::Send(client))));
+            timeline.push(client as u64 * 37_000, Event::Send(client));
         }
-        let mut samples: Vec<(u64, usize, bool)> = Vec::new();
-        let mut latencies: Vec<Vec<u64>> = vec![Vec::new(); n + 1];
-        let mut next_tick = 0u64;
-        let think = 50_000u64;
-        while let Some(Reverse((now, _, event))) = events.pop() {
+        let mut samples = Samples::new(n, scenario.warmup_ms * MS);
+        while let Some((now, event)) = timeline.pop() {
             if now >= duration || pending.len() >= MAX_REQUESTS {
                 break;
             }
             host.now = now;
-            while next_tick <= now {
-                let _ = engine.sync_shared(&mut host.store, next_tick);
-                engine.retune_timing(next_tick);
-                next_tick += 1_000 * MS;
-            }
+            worker.run_ticks(now, &mut host.store, |at| at);
             match event {
                 Event::Send(client) => {
-                    let flight = engine.route(&HeaderMap::parse(&headers), &mut host);
-                    let destination = flight
-                        .as_ref()
-                        .and_then(|f| (f.decision.service == self.service).then_some(f))
-                        .and_then(|f| f.decision.destination)
-                        .filter(|d| *d < n)
-                        .unwrap_or(n);
-                    let (latency, error_rate) = self
-                        .conditions
-                        .get(destination)
-                        .copied()
-                        .unwrap_or(self.mesh_default);
-                    let jitter = (0.25 * rng.normal()).exp();
-                    let took = ((latency * jitter) as u64).max(1_000);
-                    let failed = error_rate > 0.0 && rng.unit() < error_rate;
-                    pending.push(Some(Pending {
-                        client,
-                        issued: now,
-                        destination,
-                        failed,
-                        flight,
-                    }));
-                    seq += 1;
-                    events.push(Reverse((now + took, seq, Event::Answer(pending.len() - 1))));
+                    let (p, took) = self.send(&mut worker, &mut host, &headers, &mut rng);
+                    pending.push(Some(Pending { client, ..p }));
+                    timeline.push(now + took, Event::Answer(pending.len() - 1));
                 }
                 Event::Answer(request) => {
                     let Some(mut p) = pending.get_mut(request).and_then(Option::take) else {
                         continue;
                     };
-                    host.status = if p.failed { 503 } else { 200 };
+                    host.set_status(if p.failed { 503 } else { 200 });
                     if let Some(flight) = p.flight.as_mut() {
-                        let _ = engine.complete(flight, StreamEvent::ResponseHeaders, &mut host);
-                        let _ = engine.complete(flight, StreamEvent::End, &mut host);
+                        worker.answer(flight, &mut host);
                     }
-                    if p.issued >= warmup {
-                        samples.push((now - p.issued, p.destination, p.failed));
-                        latencies[p.destination].push(now - p.issued);
-                    }
-                    seq += 1;
-                    events.push(Reverse((now + think, seq, Event::Send(p.client))));
+                    samples.record(&p, now);
+                    timeline.push(now + THINK, Event::Send(p.client));
                 }
             }
         }
-        let total = samples.len() as u64;
+        self.predict(&worker.engine, scenario, samples)
+    }
+
+    /// One request sent now: its destination as routed (`n`: the mesh
+    /// default), whether it fails and how long its answer takes.
+    fn send(
+        &self,
+        worker: &mut Worker,
+        host: &mut MemoryHost,
+        headers: &[u8],
+        rng: &mut SplitMix,
+    ) -> (Pending, u64) {
+        let n = self.conditions.len();
+        let flight = worker.send(headers, host);
+        let destination = flight
+            .as_ref()
+            .and_then(|f| (f.decision.service == self.service).then_some(f))
+            .and_then(|f| f.decision.destination)
+            .filter(|d| *d < n)
+            .unwrap_or(n);
+        let (latency, error_rate) = self
+            .conditions
+            .get(destination)
+            .copied()
+            .unwrap_or(self.mesh_default);
+        let took = ((latency * jitter(rng)) as u64).max(1_000);
+        let failed = error_rate > 0.0 && rng.unit() < error_rate;
+        let pending = Pending {
+            client: 0,
+            issued: host.now,
+            destination,
+            failed,
+            flight,
+        };
+        (pending, took)
+    }
+
+    /// The prediction from the measured requests' samples.
+    fn predict(&self, engine: &Engine, scenario: &Scenario, mut samples: Samples) -> Prediction {
+        let total = samples.all.len() as u64;
         let share = |count: usize| {
             if total == 0 {
                 0.0
@@ -371,37 +304,115 @@ impl Model {
                 count as f64 / total as f64
             }
         };
-        let mut all: Vec<u64> = samples.iter().map(|s| s.0).collect();
         let destinations = engine.config.services[self.service]
             .destinations
             .iter()
             .enumerate()
             .map(|(d, dc)| {
-                let l = &mut latencies[d];
+                let errors = samples.errors[d];
+                let l = &mut samples.by_destination[d];
                 DestinationPrediction {
                     name: dc.name.clone(),
                     share: share(l.len()),
                     requests: l.len() as u64,
-                    errors: samples.iter().filter(|s| s.1 == d && s.2).count() as u64,
+                    errors,
                     p50_ms: quantile_ms(l, 0.5),
                     p99_ms: quantile_ms(l, 0.99),
                 }
             })
             .collect();
-        let errors = samples.iter().filter(|s| s.2).count();
-        let measured_s = (duration - warmup) as f64 / 1e9;
+        let errors = samples.errors.iter().sum::<u64>() as usize;
+        let measured_s = (scenario.duration_ms * MS - scenario.warmup_ms * MS) as f64 / 1e9;
+        let n = self.conditions.len();
         Prediction {
             service: scenario.service.clone(),
             requests: total,
             success_rate: if total == 0 { 0.0 } else { 1.0 - share(errors) },
-            p50_ms: quantile_ms(&mut all, 0.5),
-            p99_ms: quantile_ms(&mut all, 0.99),
+            p50_ms: quantile_ms(&mut samples.all, 0.5),
+            p99_ms: quantile_ms(&mut samples.all, 0.99),
             requests_per_second: total as f64 / measured_s,
             destinations,
-            mesh_default_share: share(latencies[n].len()),
+            mesh_default_share: share(samples.by_destination[n].len()),
         }
     }
 }
+
+/// The `:authority` the clients send: the service's first exact host, or
+/// a name under its first wildcard.
+fn authority(sc: &ServiceConfig) -> String {
+    sc.hosts
+        .iter()
+        .find(|h| !h.starts_with("*."))
+        .cloned()
+        .or_else(|| {
+            sc.hosts
+                .first()
+                .map(|h| format!("what-if{}", h.trim_start_matches('*')))
+        })
+        .unwrap_or_default()
+}
+
+/// The run's size: clients, duration and warmup within bounds.
+fn check_run(scenario: &Scenario) -> Result<(), ConfigError> {
+    if !(1..=MAX_CONNECTIONS).contains(&scenario.connections) {
+        return Err(ConfigError::new(
+            "scenario.connections",
+            format!("{} (must be 1…{MAX_CONNECTIONS})", scenario.connections),
+        ));
+    }
+    if !(1..=MAX_DURATION_MS).contains(&scenario.duration_ms) {
+        return Err(ConfigError::new(
+            "scenario.durationMs",
+            format!("{} (must be 1…{MAX_DURATION_MS})", scenario.duration_ms),
+        ));
+    }
+    if scenario.warmup_ms >= scenario.duration_ms {
+        return Err(ConfigError::new(
+            "scenario.warmupMs",
+            format!(
+                "{} (must be below durationMs, {})",
+                scenario.warmup_ms, scenario.duration_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Per config destination: (latency ns, error rate), `default_ns` and no
+/// errors for a destination the scenario does not list.
+fn conditions(
+    sc: &ServiceConfig,
+    listed: &[Condition],
+    default_ns: f64,
+) -> Result<Vec<(f64, f64)>, ConfigError> {
+    let mut conditions = vec![(default_ns, 0.0); sc.destinations.len()];
+    for (i, c) in listed.iter().enumerate() {
+        let at = format!("scenario.destinations[{i}]");
+        let Some(d) = sc.destinations.iter().position(|d| d.name == c.name) else {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                format!("{:?} is not a destination of service {:?}", c.name, sc.name),
+            ));
+        };
+        if !(c.latency_ms.is_finite() && c.latency_ms > 0.0 && c.latency_ms <= 600_000.0) {
+            return Err(ConfigError::new(
+                format!("{at}.latencyMs"),
+                format!("{} (must be > 0 and ≤ 600000)", c.latency_ms),
+            ));
+        }
+        if !(0.0..=1.0).contains(&c.error_rate) {
+            return Err(ConfigError::new(
+                format!("{at}.errorRate"),
+                format!("{} (must be 0…1)", c.error_rate),
+            ));
+        }
+        conditions[d] = (c.latency_ms * MS as f64, c.error_rate);
+    }
+    Ok(conditions)
+}
+
+/// A client's wait between an answer and its next request.
+const THINK: u64 = 50_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
@@ -411,115 +422,43 @@ enum Event {
     Answer(usize),
 }
 
+/// A request sent and not yet answered.
 struct Pending {
     client: usize,
     issued: u64,
+    /// Its destination; the destinations' count for the mesh default.
     destination: usize,
     failed: bool,
-    flight: Option<crate::decision::InFlight>,
+    flight: Option<InFlight>,
 }
 
-/// The `q` quantile (nearest rank) in ms; 0 when there are no samples.
-fn quantile_ms(samples: &mut [u64], q: f64) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    samples.sort_unstable();
-    let rank = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
-    samples[rank] as f64 / MS as f64
+/// The latencies of the measured requests (those issued after the warmup).
+struct Samples {
+    from: u64,
+    all: Vec<u64>,
+    /// Per destination, the mesh default last.
+    by_destination: Vec<Vec<u64>>,
+    errors: Vec<u64>,
 }
 
-/// splitmix64: small, and the same sequence on every target.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.unit(), self.unit());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-}
-
-impl TraceRng for SplitMix {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let bytes = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
+impl Samples {
+    fn new(destinations: usize, from: u64) -> Self {
+        Self {
+            from,
+            all: Vec::new(),
+            by_destination: vec![Vec::new(); destinations + 1],
+            errors: vec![0; destinations + 1],
         }
     }
-}
 
-/// One worker's shared data, in memory.
-#[derive(Default)]
-struct MemStore(HashMap<String, (Vec<u8>, u32)>);
-
-impl SharedStore for MemStore {
-    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        Ok(self.0.get(key).cloned())
-    }
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        let next = match (self.0.get(key), cas) {
-            (Some((_, have)), Some(want)) if *have != want => return Err(StoreError::CasMismatch),
-            (Some((_, have)), _) => have.wrapping_add(1),
-            (None, _) => 1,
-        };
-        self.0.insert(key.to_string(), (value.to_vec(), next));
-        Ok(())
-    }
-}
-
-/// The host the engine sees: the virtual clock and the modelled answer.
-struct VirtualHost {
-    now: u64,
-    status: u16,
-    store: MemStore,
-    trace: SplitMix,
-}
-
-impl RouteHost for VirtualHost {
-    fn now_ns(&mut self) -> Result<u64, HostFailure> {
-        Ok(self.now)
-    }
-    fn peer_principal(&mut self) -> Option<Vec<u8>> {
-        None
-    }
-    fn set_request_header(
-        &mut self,
-        _name: &str,
-        _value: Option<&[u8]>,
-        _present: bool,
-    ) -> Result<(), HostFailure> {
-        Ok(())
-    }
-    fn trace_rng(&mut self) -> &mut dyn TraceRng {
-        &mut self.trace
-    }
-}
-
-impl StreamHost for VirtualHost {
-    fn now_ns(&mut self) -> Result<u64, HostFailure> {
-        Ok(self.now)
-    }
-    fn response_header(&mut self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
-        Ok((name == ":status").then(|| self.status.to_string().into_bytes()))
-    }
-    fn response_trailer(&mut self, _name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
-        Ok(None)
-    }
-    fn response_flags(&mut self) -> Result<u64, HostFailure> {
-        Ok(0)
-    }
-    fn shared_store(&mut self) -> &mut dyn SharedStore {
-        &mut self.store
+    fn record(&mut self, p: &Pending, answered: u64) {
+        if p.issued < self.from {
+            return;
+        }
+        let latency = answered - p.issued;
+        self.all.push(latency);
+        self.by_destination[p.destination].push(latency);
+        self.errors[p.destination] += u64::from(p.failed);
     }
 }
 

@@ -1,4 +1,5 @@
-//! Issue 12's steering goals, checked in the deterministic simulator
+//! The steering goals (tail latency against Envoy's balancers, shift and
+//! recovery times, exact splits), checked in the deterministic simulator
 //! (`sim`) with the default scheduler and fixed seeds, against models of
 //! ROUND_ROBIN and LEAST_REQUEST run on the same load.
 //!
@@ -209,10 +210,19 @@ fn with_latency_and_load_off_the_split_is_exact() {
     }
 }
 
-/// The table: every scenario, every round, every policy.
+/// The tables: every scenario, every round, every policy.
 #[test]
 #[ignore = "prints the table; run with --ignored --nocapture (release)"]
 fn print_table() {
+    print_tail_table();
+    print_shift_table();
+    print_demo_table();
+    print_split_table();
+}
+
+/// One slow destination among three, and all equal: the slow one's share,
+/// the tail and throughput against ROUND_ROBIN and LEAST_REQUEST.
+fn print_tail_table() {
     println!("| Scenario | Round | Policy | slow share % | p50 ms | p99 ms | req/s | p99 ÷ RR | p99 ÷ LR | req/s ÷ LR |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut scenarios: Vec<(Scenario, usize)> = Vec::new();
@@ -231,51 +241,60 @@ fn print_table() {
     }
     scenarios.push((limited, 2));
     for (scenario, slow) in &scenarios {
-        let mut mins = [f64::INFINITY; 4];
-        let mut maxs = [f64::NEG_INFINITY; 4];
-        for seed in SEEDS {
-            let c = compare(scenario, seed);
-            let (rr, lr) = (
-                c.round_robin.quantile_ms(0.99),
-                c.least_request.quantile_ms(0.99),
+        print_tail_rows(scenario, *slow);
+    }
+}
+
+/// A scenario's rows: each round's policies, then Tideway's range.
+fn print_tail_rows(scenario: &Scenario, slow: usize) {
+    let mut mins = [f64::INFINITY; 4];
+    let mut maxs = [f64::NEG_INFINITY; 4];
+    for seed in SEEDS {
+        let c = compare(scenario, seed);
+        let (rr, lr) = (
+            c.round_robin.quantile_ms(0.99),
+            c.least_request.quantile_ms(0.99),
+        );
+        let lr_tput = c.least_request.throughput();
+        for (policy, run) in [
+            ("Tideway", &c.tideway),
+            ("ROUND_ROBIN", &c.round_robin),
+            ("LEAST_REQUEST", &c.least_request),
+        ] {
+            let p99 = run.quantile_ms(0.99);
+            println!(
+                "| {} | {seed} | {policy} | {:.2} | {:.1} | {:.1} | {:.0} | {:.3} | {:.3} | {:.3} |",
+                scenario.name,
+                run.share(slow) * 100.0,
+                run.quantile_ms(0.5),
+                p99,
+                run.throughput(),
+                p99 / rr,
+                p99 / lr,
+                run.throughput() / lr_tput
             );
-            let lr_tput = c.least_request.throughput();
-            for (policy, run) in [
-                ("Tideway", &c.tideway),
-                ("ROUND_ROBIN", &c.round_robin),
-                ("LEAST_REQUEST", &c.least_request),
-            ] {
-                let p99 = run.quantile_ms(0.99);
-                println!(
-                    "| {} | {seed} | {policy} | {:.2} | {:.1} | {:.1} | {:.0} | {:.3} | {:.3} | {:.3} |",
-                    scenario.name,
-                    run.share(*slow) * 100.0,
-                    run.quantile_ms(0.5),
-                    p99,
-                    run.throughput(),
+            if policy == "Tideway" {
+                let v = [
+                    run.share(slow) * 100.0,
                     p99 / rr,
                     p99 / lr,
-                    run.throughput() / lr_tput
-                );
-                if policy == "Tideway" {
-                    let v = [
-                        run.share(*slow) * 100.0,
-                        p99 / rr,
-                        p99 / lr,
-                        run.throughput() / lr_tput,
-                    ];
-                    for i in 0..4 {
-                        mins[i] = mins[i].min(v[i]);
-                        maxs[i] = maxs[i].max(v[i]);
-                    }
+                    run.throughput() / lr_tput,
+                ];
+                for i in 0..4 {
+                    mins[i] = mins[i].min(v[i]);
+                    maxs[i] = maxs[i].max(v[i]);
                 }
             }
         }
-        println!(
-            "| {} | min–max | Tideway | {:.2}–{:.2} | | | | {:.3}–{:.3} | {:.3}–{:.3} | {:.3}–{:.3} |",
-            scenario.name, mins[0], maxs[0], mins[1], maxs[1], mins[2], maxs[2], mins[3], maxs[3]
-        );
     }
+    println!(
+        "| {} | min–max | Tideway | {:.2}–{:.2} | | | | {:.3}–{:.3} | {:.3}–{:.3} | {:.3}–{:.3} |",
+        scenario.name, mins[0], maxs[0], mins[1], maxs[1], mins[2], maxs[2], mins[3], maxs[3]
+    );
+}
+
+/// The weighted scenario's shift away from a slowed destination and back.
+fn print_shift_table() {
     let scenario = sim::weighted_slowdown(SLOW_AT, RECOVER_AT);
     println!();
     println!("| 70/20/10, a 10× slower at 5 s, back at 15 s | a before % | a ≤ 2% after ms | a back after ms | a during % |");
@@ -293,6 +312,10 @@ fn print_table() {
             run.share_between(0, SLOW_AT + S, RECOVER_AT) * 100.0
         );
     }
+}
+
+/// The demo's fleet on a quiet and a loaded host.
+fn print_demo_table() {
     let (slow_at, recover_at) = (3 * S, 9 * S);
     println!();
     println!("| demo fleet, hangzhou (2 ms) 10× slower 3–9 s, 2 workers | round | host | policy | its share 3–9 s % | worst 250 ms after 4 s % | p99 3–9 s ms |");
@@ -319,6 +342,10 @@ fn print_table() {
             }
         }
     }
+}
+
+/// The split among equal destinations.
+fn print_split_table() {
     for weights in [[1.0, 1.0, 1.0], [70.0, 20.0, 10.0]] {
         let scenario = sim::all_equal(weights, 32);
         for seed in SEEDS {

@@ -5,8 +5,8 @@
 //! latency and health over for destinations that keep their names, so a
 //! config push does not forget that a destination is down.
 
+use super::active_probe::ActiveProbe;
 use super::outcome::grpc_failure_set;
-use super::probe::ActiveProbe;
 use super::timing::Timing;
 use super::{Decision, Reason};
 use crate::authority::{HostTable, ProxyDomain};
@@ -78,6 +78,13 @@ impl Destination {
     /// Can take a request now: some weight and not blocked.
     pub(super) fn is_usable(&self, now_ns: u64) -> bool {
         self.weight > 0.0 && !self.is_blocked(now_ns)
+    }
+
+    /// Active probing is on and no probe passed for the current ejection.
+    pub(super) fn awaiting_probe(&self) -> bool {
+        self.probe
+            .as_ref()
+            .is_some_and(|p| !p.passed(self.health.ejected_until_ns))
     }
 }
 

@@ -8,39 +8,8 @@
 //! ([`Engine::probe_dispatched`]) and what came back
 //! ([`Engine::probe_result`]).
 
-use super::engine::{Destination, Engine};
+use super::engine::Engine;
 use crate::health::HealthEvent;
-
-/// A destination's out-of-band re-admission probe (`ServiceConfig::probe`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActiveProbe {
-    /// The Envoy cluster the probe is sent to.
-    pub cluster: String,
-    /// The ejection a probe is in flight for.
-    in_flight_for: Option<u64>,
-    /// The ejection a probe passed for (or that fell back to passive
-    /// re-admission because no probe could be sent).
-    passed_for: u64,
-}
-
-impl ActiveProbe {
-    pub fn new(cluster: String) -> Self {
-        Self {
-            cluster,
-            in_flight_for: None,
-            passed_for: 0,
-        }
-    }
-}
-
-impl Destination {
-    /// Active probing is on and no probe passed for the current ejection.
-    pub(super) fn awaiting_probe(&self) -> bool {
-        self.probe
-            .as_ref()
-            .is_some_and(|p| p.passed_for != self.health.ejected_until_ns)
-    }
-}
 
 impl Engine {
     /// Destinations whose re-admission probe is due: ejection over (and,

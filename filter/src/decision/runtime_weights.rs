@@ -13,7 +13,7 @@
 //! allocation, no host call).
 
 use super::engine::{Engine, Service};
-use crate::weights_channel::RuntimeWeights;
+use crate::weights::RuntimeWeights;
 
 impl Engine {
     /// Apply `weights` (checked against this engine's config), or restore

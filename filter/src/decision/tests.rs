@@ -1,13 +1,13 @@
 //! The engine's behaviour through its public calls and its internals.
 
 use super::engine::Engine;
-use super::request::{HostFailure, RouteHost, StreamEvent, StreamHost};
+use super::memory::{MemoryHost, MemoryStore};
+use super::request::StreamEvent;
 use super::{LocalIdentity, Outcome, Reason};
 use crate::config::PluginConfig;
 use crate::header_map::{self, HeaderMap};
 use crate::health::HealthEvent;
-use crate::shared_stats::{self, SharedStats, SharedStore, StoreError};
-use crate::trace::TraceRng;
+use crate::shared_stats::{self, SharedStats};
 use std::collections::HashMap;
 
 const MS: u64 = 1_000_000;
@@ -127,10 +127,10 @@ fn a_dominated_destination_is_not_chosen_by_drawing_it_twice() {
     assert!(counts[0] > 20_000 && counts[1] > 20_000, "{counts:?}");
 }
 
-/// Issue 12's mechanism: an idle estimate used to decay toward zero, so
-/// a slow destination starved for a few seconds looked fast again and
-/// drew a burst. Now it holds, and the destination is re-measured by a
-/// single request per half-life.
+/// An idle estimate must not decay toward zero: a slow destination
+/// starved for a few seconds would look fast again and draw a burst. It
+/// holds instead, and the destination is re-measured by a single request
+/// per half-life.
 #[test]
 fn a_shunned_slow_destination_is_remeasured_not_assumed_fast() {
     let mut e = engine(&three(
@@ -394,45 +394,11 @@ fn reconfiguration_keeps_learned_state() {
     );
 }
 
-#[derive(Default)]
-struct MemStore {
-    map: HashMap<String, (Vec<u8>, u32)>,
-    /// Host calls made (gets and sets).
-    calls: usize,
-    /// Every call fails, as a host in trouble answers.
-    failing: bool,
-}
-
-impl SharedStore for MemStore {
-    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        self.calls += 1;
-        if self.failing {
-            return Err(StoreError::Unavailable);
-        }
-        Ok(self.map.get(key).cloned())
-    }
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        self.calls += 1;
-        if self.failing {
-            return Err(StoreError::Unavailable);
-        }
-        let entry = self.map.entry(key.to_string()).or_insert((Vec::new(), 0));
-        if let Some(cas) = cas {
-            if cas != entry.1 {
-                return Err(StoreError::CasMismatch);
-            }
-        }
-        entry.0 = value.to_vec();
-        entry.1 = entry.1.wrapping_add(1).max(1);
-        Ok(())
-    }
-}
-
 #[test]
 fn workers_share_ejections_and_latency_peaks() {
     let mut w1 = engine(&three(static_weights(), ""));
     let mut w2 = engine(&three(static_weights(), ""));
-    let mut store = MemStore::default();
+    let mut store = MemoryStore::default();
     for _ in 0..5 {
         w1.observe(0, 2, Outcome::Status(503), Some(MS), 10);
     }
@@ -451,7 +417,7 @@ fn workers_share_ejections_and_latency_peaks() {
 fn only_the_ejecting_worker_probes_when_the_ejection_ends() {
     let mut w1 = engine(&three(static_weights(), ""));
     let mut w2 = engine(&three(static_weights(), ""));
-    let mut store = MemStore::default();
+    let mut store = MemoryStore::default();
     for _ in 0..5 {
         w1.observe(0, 2, Outcome::Status(503), Some(MS), 10);
     }
@@ -481,7 +447,7 @@ fn only_the_ejecting_worker_probes_when_the_ejection_ends() {
     assert!(w2.services[0].destinations[2].is_blocked(until + 3 * tick));
     assert!(!w1.services[0].destinations[2].is_blocked(again));
     // The shared record carries the real end, never a worker's grace.
-    let shared = SharedStats::decode(&store.map[&w1.services[0].destinations[2].shared_key].0)
+    let shared = SharedStats::decode(&store.entries[&w1.services[0].destinations[2].shared_key].0)
         .expect("record");
     assert_eq!(shared.ejected_until_ns, again);
 }
@@ -490,7 +456,7 @@ fn only_the_ejecting_worker_probes_when_the_ejection_ends() {
 fn a_failure_adopts_another_workers_ejection_at_once() {
     let mut w1 = engine(&three(static_weights(), ""));
     let mut w2 = engine(&three(static_weights(), ""));
-    let mut store = MemStore::default();
+    let mut store = MemoryStore::default();
     // Both workers see the destination fail; w1 reaches the streak
     // first and publishes the ejection with the failure that caused it.
     w2.observe(0, 2, Outcome::Status(503), Some(MS), 10);
@@ -518,8 +484,8 @@ fn a_failure_adopts_another_workers_ejection_at_once() {
 /// One response from destination `c` (index 2), the whole way the host
 /// layer takes it: routed (by a trusted routing header, so the test
 /// picks the destination), answered with `status`, ended.
-fn respond(w: &mut Engine, store: &mut MemStore, status: u32, now: u64) -> HealthEvent {
-    let mut host = TestHost::at(now);
+fn respond(w: &mut Engine, store: &mut MemoryStore, status: u32, now: u64) -> HealthEvent {
+    let mut host = MemoryHost::at(now);
     host.store = std::mem::take(store);
     host.response = vec![(":status".into(), status.to_string().into_bytes())];
     let buf = headers(&[(":authority", "svc.local"), ("x-tideway-destination", "c")]);
@@ -543,7 +509,7 @@ fn respond(w: &mut Engine, store: &mut MemStore, status: u32, now: u64) -> Healt
 fn a_streak_split_across_workers_ejects_at_the_threshold() {
     let mut w1 = engine(&trusting(static_weights(), ""));
     let mut w2 = engine(&trusting(static_weights(), ""));
-    let mut store = MemStore::default();
+    let mut store = MemoryStore::default();
     for t in 0..3 {
         assert_eq!(respond(&mut w1, &mut store, 503, t), HealthEvent::None);
     }
@@ -557,7 +523,7 @@ fn a_streak_split_across_workers_ejects_at_the_threshold() {
     // w1 adopts it with its next (late) failure, without ejecting again.
     assert_eq!(respond(&mut w1, &mut store, 503, 5), HealthEvent::None);
     assert!(w1.services[0].destinations[2].is_blocked(6));
-    let shared = SharedStats::decode(&store.map[&w1.services[0].destinations[2].shared_key].0)
+    let shared = SharedStats::decode(&store.entries[&w1.services[0].destinations[2].shared_key].0)
         .expect("record");
     assert_eq!(shared.ejections, 1);
     assert_eq!(shared.failure_streak, 0, "an ejection ends the streak");
@@ -567,7 +533,7 @@ fn a_streak_split_across_workers_ejects_at_the_threshold() {
 fn a_success_ends_the_shared_streak() {
     let mut w1 = engine(&trusting(static_weights(), ""));
     let mut w2 = engine(&trusting(static_weights(), ""));
-    let mut store = MemStore::default();
+    let mut store = MemoryStore::default();
     for t in 0..2 {
         respond(&mut w1, &mut store, 503, t);
         respond(&mut w2, &mut store, 503, t);
@@ -584,7 +550,7 @@ fn a_success_ends_the_shared_streak() {
 #[test]
 fn successes_in_steady_health_make_no_shared_data_call() {
     let mut w = engine(&trusting(static_weights(), ""));
-    let mut store = MemStore::default();
+    let mut store = MemoryStore::default();
     for t in 0..100 {
         respond(&mut w, &mut store, 200, t);
     }
@@ -618,122 +584,13 @@ fn a_fast_failure_does_not_make_a_destination_look_fast() {
 #[test]
 fn corrupt_shared_records_are_reported_and_replaced() {
     let mut w = engine(&three(static_weights(), ""));
-    let mut store = MemStore::default();
+    let mut store = MemoryStore::default();
     store
-        .map
+        .entries
         .insert(shared_stats::key("svc", "a"), (b"junk".to_vec(), 3));
     let bad = w.sync_shared(&mut store, 1);
     assert_eq!(bad.len(), 1);
-    assert!(SharedStats::decode(&store.map[&shared_stats::key("svc", "a")].0).is_ok());
-}
-
-/// The host as the core sees it: a clock, a peer, response headers, shared
-/// data; every request-header write and peer lookup recorded.
-#[derive(Default)]
-struct TestHost {
-    now: u64,
-    principal: Option<Vec<u8>>,
-    principal_asked: usize,
-    writes: Vec<(String, Option<Vec<u8>>, bool)>,
-    response: Vec<(String, Vec<u8>)>,
-    store: MemStore,
-    rng: CountingRng,
-    /// Writes of this header fail, as a host in trouble answers.
-    failing_header: Option<&'static str>,
-    /// Envoy's `response.flags`, and how often they were read.
-    flags: u64,
-    flags_read: usize,
-    trailers: Vec<(String, Vec<u8>)>,
-    /// Response headers and trailers read, by name.
-    reads: Vec<String>,
-    /// Clock reads, route and stream alike.
-    clock_reads: usize,
-}
-
-#[derive(Default)]
-struct CountingRng(u8);
-
-impl TraceRng for CountingRng {
-    fn fill(&mut self, out: &mut [u8]) {
-        for b in out {
-            self.0 = self.0.wrapping_add(1);
-            *b = self.0;
-        }
-    }
-}
-
-impl TestHost {
-    fn at(now: u64) -> Self {
-        Self {
-            now,
-            ..Self::default()
-        }
-    }
-
-    fn written(&self, name: &str) -> Option<Option<&[u8]>> {
-        self.writes
-            .iter()
-            .rev()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, v, _)| v.as_deref())
-    }
-}
-
-impl RouteHost for TestHost {
-    fn now_ns(&mut self) -> Result<u64, HostFailure> {
-        self.clock_reads += 1;
-        Ok(self.now)
-    }
-    fn peer_principal(&mut self) -> Option<Vec<u8>> {
-        self.principal_asked += 1;
-        self.principal.clone()
-    }
-    fn set_request_header(
-        &mut self,
-        name: &str,
-        value: Option<&[u8]>,
-        present: bool,
-    ) -> Result<(), HostFailure> {
-        if self.failing_header == Some(name) && value.is_some() {
-            return Err(HostFailure);
-        }
-        self.writes
-            .push((name.to_string(), value.map(<[u8]>::to_vec), present));
-        Ok(())
-    }
-    fn trace_rng(&mut self) -> &mut dyn TraceRng {
-        &mut self.rng
-    }
-}
-
-impl StreamHost for TestHost {
-    fn now_ns(&mut self) -> Result<u64, HostFailure> {
-        self.clock_reads += 1;
-        Ok(self.now)
-    }
-    fn response_header(&mut self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
-        self.reads.push(name.to_string());
-        Ok(self
-            .response
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone()))
-    }
-    fn shared_store(&mut self) -> &mut dyn SharedStore {
-        &mut self.store
-    }
-    fn response_trailer(&mut self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
-        self.reads.push(format!("trailer {name}"));
-        Ok(self
-            .trailers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone()))
-    }
-    fn response_flags(&mut self) -> Result<u64, HostFailure> {
-        self.flags_read += 1;
-        Ok(self.flags)
-    }
+    assert!(SharedStats::decode(&store.entries[&shared_stats::key("svc", "a")].0).is_ok());
 }
 
 fn headers(pairs: &[(&str, &str)]) -> Vec<u8> {
@@ -752,7 +609,7 @@ fn with_top(extra_top: &str, weights: &str, extra: &str) -> String {
 #[test]
 fn an_ungoverned_host_is_left_alone() {
     let mut e = engine(&three(static_weights(), ""));
-    let mut host = TestHost::at(1);
+    let mut host = MemoryHost::at(1);
     let buf = headers(&[
         (":authority", "other.local"),
         ("x-tideway-destination", "c"),
@@ -764,7 +621,7 @@ fn an_ungoverned_host_is_left_alone() {
 #[test]
 fn an_untrusted_routing_header_is_replaced_and_tideway_headers_removed() {
     let mut e = engine(&with_top(TRUST_PRINCIPAL, static_weights(), ""));
-    let mut host = TestHost::at(1);
+    let mut host = MemoryHost::at(1);
     host.principal = Some(b"spiffe://cluster.local/ns/web/sa/frontend".to_vec());
     let buf = headers(&[
         (":authority", "svc.local"),
@@ -801,7 +658,7 @@ fn an_untrusted_routing_header_is_replaced_and_tideway_headers_removed() {
 #[test]
 fn a_trusted_principal_names_the_destination_and_keeps_its_headers() {
     let mut e = engine(&with_top(TRUST_PRINCIPAL, static_weights(), ""));
-    let mut host = TestHost::at(1);
+    let mut host = MemoryHost::at(1);
     host.principal = Some(b"spiffe://cluster.local/ns/ops/sa/driver".to_vec());
     let buf = headers(&[
         (":authority", "svc.local"),
@@ -833,7 +690,7 @@ fn a_trusted_principal_names_the_destination_and_keeps_its_headers() {
 #[test]
 fn without_a_claim_the_peer_is_never_asked() {
     let mut e = engine(&with_top(TRUST_PRINCIPAL, static_weights(), ""));
-    let mut host = TestHost::at(1);
+    let mut host = MemoryHost::at(1);
     let buf = headers(&[(":authority", "svc.local"), ("x-request-id", "r")]);
     e.route(&HeaderMap::parse(&buf), &mut host)
         .expect("governed");
@@ -863,7 +720,7 @@ fn the_session_key_comes_from_the_configured_cookie() {
         let mut pairs = vec![(":authority", "svc.local")];
         pairs.extend(cookies.iter().map(|c| ("cookie", *c)));
         let buf = headers(&pairs);
-        e.route(&HeaderMap::parse(&buf), &mut TestHost::at(1))
+        e.route(&HeaderMap::parse(&buf), &mut MemoryHost::at(1))
             .expect("governed")
             .decision
     };
@@ -883,7 +740,7 @@ fn the_session_key_comes_from_the_configured_cookie() {
 #[test]
 fn complete_records_the_outcome_and_reports_the_ejection() {
     let mut e = engine(&trusting(static_weights(), ""));
-    let mut store = MemStore::default();
+    let mut store = MemoryStore::default();
     let events: Vec<HealthEvent> = (0..5)
         .map(|t| respond(&mut e, &mut store, 503, t))
         .collect();
@@ -902,7 +759,7 @@ fn complete_records_the_outcome_and_reports_the_ejection() {
 #[test]
 fn in_flight_lasts_from_route_to_the_end_of_the_stream() {
     let mut e = engine(&trusting(static_weights(), ""));
-    let mut host = TestHost::at(10);
+    let mut host = MemoryHost::at(10);
     host.response = vec![(":status".into(), b"200".to_vec())];
     let buf = headers(&[(":authority", "svc.local"), ("x-tideway-destination", "b")]);
     let mut flight = e
@@ -928,7 +785,7 @@ fn in_flight_lasts_from_route_to_the_end_of_the_stream() {
 fn a_request_routed_before_a_reconfiguration_leaves_the_new_engine_alone() {
     let config = trusting(static_weights(), "");
     let mut old = engine(&config);
-    let mut host = TestHost::at(1);
+    let mut host = MemoryHost::at(1);
     host.response = vec![(":status".into(), b"503".to_vec())];
     let buf = headers(&[(":authority", "svc.local"), ("x-tideway-destination", "c")]);
     let mut flight = old
@@ -946,7 +803,7 @@ fn a_request_routed_before_a_reconfiguration_leaves_the_new_engine_alone() {
 #[test]
 fn the_decision_header_explains_when_configured() {
     let mut e = engine(&with_top(r#""decisionHeader":true,"#, static_weights(), ""));
-    let mut host = TestHost::at(1);
+    let mut host = MemoryHost::at(1);
     host.response = vec![(":status".into(), b"200".to_vec())];
     let buf = headers(&[(":authority", "svc.local")]);
     let mut flight = e
@@ -962,7 +819,7 @@ fn decision_counts_are_drained_once() {
     let mut e = engine(&three(static_weights(), ""));
     for t in 0..10 {
         let buf = headers(&[(":authority", "svc.local")]);
-        e.route(&HeaderMap::parse(&buf), &mut TestHost::at(t));
+        e.route(&HeaderMap::parse(&buf), &mut MemoryHost::at(t));
     }
     let mut seen = Vec::new();
     e.drain_decision_counts(|s, d, r, n| seen.push((s, d, r, n)));
@@ -977,7 +834,7 @@ fn decision_counts_are_drained_once() {
 #[test]
 fn a_failed_routing_header_write_leaves_the_request_to_the_mesh() {
     let mut e = engine(&three(static_weights(), ""));
-    let mut host = TestHost::at(1);
+    let mut host = MemoryHost::at(1);
     host.failing_header = Some("x-tideway-destination");
     let buf = headers(&[(":authority", "svc.local"), ("x-tideway-destination", "c")]);
     let mut flight = e
@@ -1001,41 +858,21 @@ fn a_failed_routing_header_write_leaves_the_request_to_the_mesh() {
 
 #[test]
 fn a_failed_clock_decides_nothing_and_strips_the_routing_header() {
-    struct NoClock(TestHost);
-    impl RouteHost for NoClock {
-        fn now_ns(&mut self) -> Result<u64, HostFailure> {
-            Err(HostFailure)
-        }
-        fn peer_principal(&mut self) -> Option<Vec<u8>> {
-            self.0.peer_principal()
-        }
-        fn set_request_header(
-            &mut self,
-            name: &str,
-            value: Option<&[u8]>,
-            present: bool,
-        ) -> Result<(), HostFailure> {
-            self.0.set_request_header(name, value, present)
-        }
-        fn trace_rng(&mut self) -> &mut dyn TraceRng {
-            self.0.trace_rng()
-        }
-    }
     let mut e = engine(&three(static_weights(), ""));
-    let mut host = NoClock(TestHost::at(1));
+    let mut host = MemoryHost {
+        failing_clock: true,
+        ..MemoryHost::at(1)
+    };
     let buf = headers(&[(":authority", "svc.local"), ("x-tideway-destination", "c")]);
     assert!(e.route(&HeaderMap::parse(&buf), &mut host).is_none());
-    assert_eq!(host.0.writes.len(), 1, "{:?}", host.0.writes);
-    assert_eq!(host.0.written("x-tideway-destination"), Some(None));
+    assert_eq!(host.writes.len(), 1, "{:?}", host.writes);
+    assert_eq!(host.written("x-tideway-destination"), Some(None));
 }
 
 #[test]
 fn a_shared_store_that_fails_is_never_written_over() {
     let mut e = engine(&trusting(static_weights(), ""));
-    let mut store = MemStore {
-        failing: true,
-        ..MemStore::default()
-    };
+    let mut store = MemoryStore::failing();
     // Failures still eject on this worker's own streak.
     let events: Vec<HealthEvent> = (0..5)
         .map(|t| respond(&mut e, &mut store, 503, t))
@@ -1045,13 +882,13 @@ fn a_shared_store_that_fails_is_never_written_over() {
         "{events:?}"
     );
     assert!(e.sync_shared(&mut store, 10).is_empty());
-    assert!(store.map.is_empty());
+    assert!(store.entries.is_empty());
     assert_eq!(e.services[0].destinations[2].health.shared_streak, 0);
 }
 
 /// A request to `c` that ends with no response, Envoy's flags saying why.
-fn unanswered(e: &mut Engine, flags: u64, now: u64) -> TestHost {
-    let mut host = TestHost::at(now);
+fn unanswered(e: &mut Engine, flags: u64, now: u64) -> MemoryHost {
+    let mut host = MemoryHost::at(now);
     host.flags = flags;
     let buf = headers(&[(":authority", "svc.local"), ("x-tideway-destination", "c")]);
     let mut flight = e
@@ -1091,9 +928,9 @@ fn an_upstream_that_resets_or_times_out_is_ejected() {
 #[test]
 fn an_answered_request_never_reads_the_flags() {
     let mut e = engine(&trusting(static_weights(), ""));
-    let mut store = MemStore::default();
+    let mut store = MemoryStore::default();
     respond(&mut e, &mut store, 200, 1);
-    let mut host = TestHost::at(2);
+    let mut host = MemoryHost::at(2);
     host.response = vec![(":status".into(), b"200".to_vec())];
     let buf = headers(&[(":authority", "svc.local")]);
     let mut flight = e
@@ -1111,8 +948,8 @@ fn grpc_call(
     now: u64,
     in_headers: &[(&str, &str)],
     in_trailers: &[(&str, &str)],
-) -> TestHost {
-    let mut host = TestHost::at(now);
+) -> MemoryHost {
+    let mut host = MemoryHost::at(now);
     let buf = headers(&[
         (":authority", "svc.local"),
         ("content-type", "application/grpc"),
@@ -1205,7 +1042,7 @@ fn grpc_codes_outside_the_failure_set_are_the_callers_business() {
 #[test]
 fn plain_http_pays_nothing_for_grpc() {
     let mut e = engine(&trusting(static_weights(), ""));
-    let mut host = TestHost::at(1);
+    let mut host = MemoryHost::at(1);
     host.response = vec![
         (":status".into(), b"200".to_vec()),
         ("grpc-status".into(), b"14".to_vec()),
@@ -1340,7 +1177,7 @@ fn drained_destinations_serve_when_nothing_undrained_is_usable() {
 /// Serve `n` requests one after another, `gap` apart, each answered with
 /// `status`; the clock reads they made, and how many were routed to a
 /// destination.
-fn serve(e: &mut Engine, host: &mut TestHost, n: u64, gap: u64, status: &str) -> (usize, usize) {
+fn serve(e: &mut Engine, host: &mut MemoryHost, n: u64, gap: u64, status: &str) -> (usize, usize) {
     let buf = headers(&[(":authority", "svc.local")]);
     host.response = vec![(":status".into(), status.as_bytes().to_vec())];
     let before = host.clock_reads;
@@ -1361,7 +1198,7 @@ fn at_a_high_rate_few_requests_read_the_clock_and_every_failure_does() {
         r#"{"latency":1,"load":0,"cost":0,"affinity":0}"#,
         "",
     ));
-    let mut host = TestHost::at(1_000 * MS);
+    let mut host = MemoryHost::at(1_000 * MS);
     e.retune_timing(host.now);
     // 40,000 requests a second (25 µs apart) for one 200 ms tick: until a
     // tick has seen the rate, each reads the clock twice.
@@ -1399,7 +1236,7 @@ fn span_mode_times_every_request() {
             1,
         ),
     );
-    let mut host = TestHost::at(1_000 * MS);
+    let mut host = MemoryHost::at(1_000 * MS);
     e.retune_timing(host.now);
     serve(&mut e, &mut host, 8_000, MS / 40, "200");
     e.retune_timing(host.now);

@@ -11,7 +11,7 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::tracestate::is_valid_key_level1;
-pub use crate::config::ConfigError;
+pub use crate::config_error::ConfigError;
 
 /// How the filter takes part in the trace.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -264,47 +264,110 @@ pub fn propagate_with(
     rng: &mut dyn TraceRng,
     buf: String,
 ) -> TraceOutput {
-    let w3c = input.traceparent.single().and_then(w3c::parse_traceparent);
-    let traceparent_rejected = input.traceparent.is_present() && w3c.is_none();
-    let b3_in = if cfg.b3 { input.b3_value() } else { None };
-    let b3_ctx_in = match b3_in {
-        Some(B3Value::Context(c)) => Some(c),
-        _ => None,
-    };
+    let inbound = Inbound::read(cfg, input);
+    let trace = Trace::continued_or_new(cfg, &inbound, rng);
+    let span_id = our_span_id(cfg.mode, trace.parent, rng);
+    let sampled = trace.flags & FLAG_SAMPLED != 0;
+    let mut out = TraceOutput::new(
+        SpanContext {
+            trace_id: trace.id,
+            span_id,
+            parent_span_id: trace.parent,
+            flags: trace.flags,
+            sampled,
+            restarted: trace.source == ContextSource::New,
+            source: trace.source,
+            traceparent_rejected: input.traceparent.is_present() && inbound.w3c.is_none(),
+            record: cfg.mode == TraceMode::Span && sampled,
+        },
+        buf,
+    );
+    write_traceparent(&mut out, cfg, &inbound, &trace, span_id);
+    write_tracestate(&mut out, cfg, input, hop, trace.source);
+    if cfg.b3 {
+        write_b3_context(&mut out, cfg, input, &inbound, &trace, span_id);
+    }
+    if cfg.legacy_headers {
+        out.set_with(X_TRACE_ID, |s| trace.id.write_hex(s));
+        out.set_with(X_SPAN_ID, |s| span_id.write_hex(s));
+    }
+    out
+}
 
-    let (trace_id, incoming_parent, flags, source) = if let Some(p) = w3c {
-        (
-            p.context.trace_id,
-            Some(p.context.parent_id),
-            p.context.flags & KNOWN_FLAGS,
-            ContextSource::TraceParent,
-        )
-    } else if let Some(c) = b3_ctx_in {
-        let sampled = match c.sampling {
+/// The trace context a request arrived with: a valid `traceparent`, and
+/// the B3 value when B3 is on.
+struct Inbound {
+    w3c: Option<w3c::ParsedTraceParent>,
+    b3: Option<B3Value>,
+    /// The B3 value's ids, when it has them.
+    b3_context: Option<B3Context>,
+}
+
+impl Inbound {
+    fn read(cfg: &TracingConfig, input: &TraceInput<'_>) -> Self {
+        let b3 = if cfg.b3 { input.b3_value() } else { None };
+        Self {
+            w3c: input.traceparent.single().and_then(w3c::parse_traceparent),
+            b3,
+            b3_context: match b3 {
+                Some(B3Value::Context(c)) => Some(c),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The trace the request belongs to: the one it came with (`traceparent`
+/// first, then B3), or a new one.
+struct Trace {
+    id: TraceId,
+    /// The caller's span.
+    parent: Option<SpanId>,
+    flags: u8,
+    source: ContextSource,
+}
+
+impl Trace {
+    fn continued_or_new(cfg: &TracingConfig, inbound: &Inbound, rng: &mut dyn TraceRng) -> Self {
+        let flags = |sampled: bool| if sampled { FLAG_SAMPLED } else { 0 };
+        if let Some(p) = inbound.w3c {
+            return Self {
+                id: p.context.trace_id,
+                parent: Some(p.context.parent_id),
+                flags: p.context.flags & KNOWN_FLAGS,
+                source: ContextSource::TraceParent,
+            };
+        }
+        if let Some(c) = inbound.b3_context {
+            let sampled = match c.sampling {
+                Some(s) => s.sampled(),
+                None => sample(cfg.sample_ratio, rng),
+            };
+            return Self {
+                id: c.trace_id,
+                parent: Some(c.span_id),
+                flags: flags(sampled),
+                source: ContextSource::B3,
+            };
+        }
+        let id = TraceId::random(rng);
+        let sampled = match inbound.b3.and_then(|v| v.sampling()) {
             Some(s) => s.sampled(),
             None => sample(cfg.sample_ratio, rng),
         };
-        (
-            c.trace_id,
-            Some(c.span_id),
-            if sampled { FLAG_SAMPLED } else { 0 },
-            ContextSource::B3,
-        )
-    } else {
-        let trace_id = TraceId::random(rng);
-        let sampled = match b3_in.and_then(|v| v.sampling()) {
-            Some(s) => s.sampled(),
-            None => sample(cfg.sample_ratio, rng),
-        };
-        (
-            trace_id,
-            None,
-            if sampled { FLAG_SAMPLED } else { 0 },
-            ContextSource::New,
-        )
-    };
+        Self {
+            id,
+            parent: None,
+            flags: flags(sampled),
+            source: ContextSource::New,
+        }
+    }
+}
 
-    let span_id = match (cfg.mode, incoming_parent) {
+/// The span id the request leaves with: the caller's in propagate mode,
+/// a new one (never the caller's) for our own span.
+fn our_span_id(mode: TraceMode, parent: Option<SpanId>, rng: &mut dyn TraceRng) -> SpanId {
+    match (mode, parent) {
         (TraceMode::Propagate, Some(p)) => p,
         (TraceMode::Span, Some(p)) => {
             let s = SpanId::random(rng);
@@ -315,39 +378,43 @@ pub fn propagate_with(
             }
         }
         (_, None) => SpanId::random(rng),
-    };
-    let sampled = flags & FLAG_SAMPLED != 0;
-
-    let mut out = TraceOutput::new(
-        SpanContext {
-            trace_id,
-            span_id,
-            parent_span_id: incoming_parent,
-            flags,
-            sampled,
-            restarted: source == ContextSource::New,
-            source,
-            traceparent_rejected,
-            record: cfg.mode == TraceMode::Span && sampled,
-        },
-        buf,
-    );
-
-    // traceparent
-    let passthrough = cfg.mode == TraceMode::Propagate && matches!(w3c, Some(p) if p.version == 0);
-    if !passthrough {
-        let tp = TraceParent {
-            trace_id,
-            parent_id: span_id,
-            flags,
-        };
-        out.set_with(TRACEPARENT, |s| w3c::write_traceparent(&tp, s));
     }
+}
 
-    // tracestate
+/// `traceparent`, unless propagate mode forwards a version-00 one as it
+/// came.
+fn write_traceparent(
+    out: &mut TraceOutput,
+    cfg: &TracingConfig,
+    inbound: &Inbound,
+    trace: &Trace,
+    span_id: SpanId,
+) {
+    let passthrough =
+        cfg.mode == TraceMode::Propagate && matches!(inbound.w3c, Some(p) if p.version == 0);
+    if passthrough {
+        return;
+    }
+    let tp = TraceParent {
+        trace_id: trace.id,
+        parent_id: span_id,
+        flags: trace.flags,
+    };
+    out.set_with(TRACEPARENT, |s| w3c::write_traceparent(&tp, s));
+}
+
+/// `tracestate`: in span mode our member first (we changed the parent-id),
+/// then the incoming members of a continued trace; in propagate mode no
+/// member of ours, the incoming ones forwarded as they came or dropped.
+fn write_tracestate(
+    out: &mut TraceOutput,
+    cfg: &TracingConfig,
+    input: &TraceInput<'_>,
+    hop: &HopInfo<'_>,
+    source: ContextSource,
+) {
     let continued = source == ContextSource::TraceParent;
     match cfg.mode {
-        // Our member first: we changed the parent-id.
         TraceMode::Span => {
             let incoming: &[&[u8]] = if continued { &input.tracestate } else { &[] };
             let key = cfg.tracestate_key.as_str();
@@ -361,7 +428,6 @@ pub fn propagate_with(
                 append_incoming(s, key, incoming)
             });
         }
-        // No member of ours: forward it as it came, or drop it.
         TraceMode::Propagate if !input.tracestate.is_empty() => {
             let checked = check(&input.tracestate);
             if !continued || !checked.is_forwardable() {
@@ -377,40 +443,41 @@ pub fn propagate_with(
         }
         TraceMode::Propagate => {}
     }
+}
 
-    // B3
-    if cfg.b3 {
-        let same_trace_in = b3_ctx_in.filter(|c| c.trace_id == trace_id);
-        let parent_span_id = match cfg.mode {
-            TraceMode::Span => incoming_parent,
-            TraceMode::Propagate => same_trace_in
-                .filter(|c| c.span_id == span_id)
-                .and_then(|c| c.parent_span_id),
-        };
-        let debug_in = b3_in.and_then(|v| v.sampling()) == Some(Sampling::Debug)
-            && (b3_ctx_in.is_none() || same_trace_in.is_some());
-        let sampling = match (sampled, debug_in) {
-            (true, true) => Sampling::Debug,
-            (true, false) => Sampling::Accept,
-            (false, _) => Sampling::Deny,
-        };
-        let b3_out = B3Context {
-            trace_id,
-            span_id,
-            parent_span_id,
-            sampling: Some(sampling),
-        };
-        if b3_in != Some(B3Value::Context(b3_out)) {
-            write_b3(&mut out, &b3_out, input);
-        }
+/// The B3 headers, unless they already say what we would write.
+fn write_b3_context(
+    out: &mut TraceOutput,
+    cfg: &TracingConfig,
+    input: &TraceInput<'_>,
+    inbound: &Inbound,
+    trace: &Trace,
+    span_id: SpanId,
+) {
+    let same_trace_in = inbound.b3_context.filter(|c| c.trace_id == trace.id);
+    let parent_span_id = match cfg.mode {
+        TraceMode::Span => trace.parent,
+        TraceMode::Propagate => same_trace_in
+            .filter(|c| c.span_id == span_id)
+            .and_then(|c| c.parent_span_id),
+    };
+    let debug_in = inbound.b3.and_then(|v| v.sampling()) == Some(Sampling::Debug)
+        && (inbound.b3_context.is_none() || same_trace_in.is_some());
+    let sampled = trace.flags & FLAG_SAMPLED != 0;
+    let sampling = match (sampled, debug_in) {
+        (true, true) => Sampling::Debug,
+        (true, false) => Sampling::Accept,
+        (false, _) => Sampling::Deny,
+    };
+    let b3_out = B3Context {
+        trace_id: trace.id,
+        span_id,
+        parent_span_id,
+        sampling: Some(sampling),
+    };
+    if inbound.b3 != Some(B3Value::Context(b3_out)) {
+        write_b3(out, &b3_out, input);
     }
-
-    // legacy
-    if cfg.legacy_headers {
-        out.set_with(X_TRACE_ID, |s| trace_id.write_hex(s));
-        out.set_with(X_SPAN_ID, |s| span_id.write_hex(s));
-    }
-    out
 }
 
 fn write_b3(out: &mut TraceOutput, ctx: &B3Context, input: &TraceInput<'_>) {

@@ -8,8 +8,8 @@
 //! against, so the engine applies it without a name lookup; after a config
 //! change the document is checked again.
 
-use crate::config::{ConfigError, FactorWeights, PluginConfig};
-use crate::weights::WeightsDocument;
+use crate::config::{ConfigError, PluginConfig};
+use crate::weights::{DestinationOverride, RuntimeWeights, ServiceOverride, WeightsDocument};
 
 /// Why a document (or an answer carrying one) was not adopted; a metrics
 /// dimension (`tideway.weights.rejected.<reason>`).
@@ -72,30 +72,6 @@ impl std::fmt::Display for Rejection {
             self.error.message
         )
     }
-}
-
-/// One destination's run-time values.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DestinationOverride {
-    pub weight: f64,
-    pub cost: f64,
-    pub drained: bool,
-}
-
-/// One service's run-time values; `None`: the static config value stays.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServiceOverride {
-    pub factors: Option<FactorWeights>,
-    /// Index-aligned with the config's `services[i].destinations`.
-    pub destinations: Vec<Option<DestinationOverride>>,
-}
-
-/// A document as the engine applies it, checked against one config.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RuntimeWeights {
-    pub version: u64,
-    /// Index-aligned with the config's `services`.
-    pub services: Vec<ServiceOverride>,
 }
 
 /// Check a parsed document against `config`, and its values: everything
@@ -214,6 +190,7 @@ pub fn parse_and_check(bytes: &[u8], config: &PluginConfig) -> Result<RuntimeWei
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::FactorWeights;
 
     fn config() -> PluginConfig {
         PluginConfig::from_json(

@@ -117,41 +117,9 @@ impl Lease {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    /// Shared data with Envoy's CAS rules, for the core's tests.
-    #[derive(Default)]
-    pub struct MemoryStore {
-        pub entries: HashMap<String, (Vec<u8>, u32)>,
-        next_cas: u32,
-        pub fail: bool,
-    }
-
-    impl SharedStore for MemoryStore {
-        fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-            if self.fail {
-                return Err(StoreError::Unavailable);
-            }
-            Ok(self.entries.get(key).cloned())
-        }
-
-        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-            if self.fail {
-                return Err(StoreError::Unavailable);
-            }
-            if let (Some(cas), Some((_, current))) = (cas, self.entries.get(key)) {
-                if cas != *current {
-                    return Err(StoreError::CasMismatch);
-                }
-            }
-            self.next_cas += 1;
-            self.entries
-                .insert(key.to_string(), (value.to_vec(), self.next_cas));
-            Ok(())
-        }
-    }
+    use crate::decision::memory::MemoryStore;
 
     const KEY: &str = "tideway/p/weights/lease";
     const LEASE: u64 = 1_000;
@@ -221,7 +189,7 @@ pub(crate) mod tests {
             a.tick(&mut store, KEY, 0, LEASE),
             LeaseChange::Acquired { .. }
         ));
-        store.fail = true;
+        store.failing = true;
         assert_eq!(a.tick(&mut store, KEY, 500, LEASE), LeaseChange::None);
         assert!(a.is_held(999), "held until its own expiry");
         assert!(!a.is_held(1_000), "and not beyond, unrenewed");

@@ -24,7 +24,8 @@ pub mod lease;
 pub mod poll;
 pub mod record;
 
-pub use adopt::{DestinationOverride, RejectReason, Rejection, RuntimeWeights, ServiceOverride};
+pub use crate::weights::{DestinationOverride, RuntimeWeights, ServiceOverride};
+pub use adopt::{RejectReason, Rejection};
 pub use lease::LeaseChange;
 pub use poll::PollRequest;
 

@@ -1,8 +1,8 @@
 //! The channel across two workers sharing one store, on a hand-moved clock.
 
-use super::lease::tests::MemoryStore;
 use super::*;
 use crate::config::PluginConfig;
+use crate::decision::memory::MemoryStore;
 use crate::decision::LocalIdentity;
 
 const MS: u64 = 1_000_000;

@@ -29,18 +29,14 @@
 
 #![allow(dead_code)]
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 
+use tideway_filter::closed_loop::{jitter, quantile_ms, request_headers, Timeline, Worker};
 use tideway_filter::config::PluginConfig;
-use tideway_filter::decision::{
-    Engine, HostFailure, InFlight, LocalIdentity, RouteHost, StreamEvent, StreamHost,
-};
-use tideway_filter::header_map::HeaderMap;
-use tideway_filter::shared_stats::{SharedStore, StoreError};
-use tideway_filter::trace::TraceRng;
+use tideway_filter::decision::memory::{MemoryHost, SplitMix};
+use tideway_filter::decision::{Engine, InFlight, LocalIdentity};
 
-pub const MS: u64 = 1_000_000;
+pub use tideway_filter::closed_loop::MS;
 pub const S: u64 = 1_000 * MS;
 
 /// One destination of a scenario.
@@ -90,6 +86,30 @@ pub struct Scenario {
     /// `i % workers`.
     pub workers: usize,
     pub noise: Noise,
+}
+
+impl Scenario {
+    /// One worker on a quiet host, the README's scheduler, clients that
+    /// send again 50 µs after an answer.
+    pub fn new(
+        name: String,
+        connections: usize,
+        destinations: Vec<DestSpec>,
+        duration: u64,
+        warmup: u64,
+    ) -> Self {
+        Self {
+            name,
+            connections,
+            destinations,
+            duration,
+            warmup,
+            think: 50_000,
+            scheduler: None,
+            workers: 1,
+            noise: Noise::default(),
+        }
+    }
 }
 
 /// A real host's disturbances (module doc). The default is none.
@@ -173,12 +193,7 @@ impl Run {
     /// A latency quantile of the measured requests, ms.
     pub fn quantile_ms(&self, q: f64) -> f64 {
         let mut l: Vec<u64> = self.measured().map(|s| s.latency).collect();
-        if l.is_empty() {
-            return 0.0;
-        }
-        l.sort_unstable();
-        let i = ((l.len() as f64 * q).ceil() as usize).clamp(1, l.len()) - 1;
-        l[i] as f64 / MS as f64
+        quantile_ms(&mut l, q)
     }
 
     /// A latency quantile of the requests issued in `[from, to)`, ms.
@@ -189,116 +204,13 @@ impl Run {
             .filter(|s| s.issued >= from && s.issued < to)
             .map(|s| s.latency)
             .collect();
-        if l.is_empty() {
-            return 0.0;
-        }
-        l.sort_unstable();
-        let i = ((l.len() as f64 * q).ceil() as usize).clamp(1, l.len()) - 1;
-        l[i] as f64 / MS as f64
+        quantile_ms(&mut l, q)
     }
 
     /// Completed requests per second of measured time.
     pub fn throughput(&self) -> f64 {
         let n = self.measured().count() as f64;
         n / ((self.duration - self.measured_from) as f64 / S as f64)
-    }
-}
-
-/// The sim's random numbers (splitmix64): deterministic per seed.
-struct SimRng(u64);
-
-impl SimRng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.unit(), self.unit());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
-
-/// The host the engine sees: the virtual clock, a 200 answer, an in-memory
-/// shared store (one worker).
-struct SimHost {
-    now: u64,
-    store: MemStore,
-    trace: SimTraceRng,
-}
-
-#[derive(Default)]
-struct MemStore(std::collections::HashMap<String, (Vec<u8>, u32)>);
-
-impl SharedStore for MemStore {
-    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        Ok(self.0.get(key).cloned())
-    }
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        let next = match (self.0.get(key), cas) {
-            (Some((_, have)), Some(want)) if *have != want => return Err(StoreError::CasMismatch),
-            (Some((_, have)), _) => have + 1,
-            (None, _) => 1,
-        };
-        self.0.insert(key.to_string(), (value.to_vec(), next));
-        Ok(())
-    }
-}
-
-struct SimTraceRng(u64);
-
-impl TraceRng for SimTraceRng {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1);
-            *b = (self.0 >> 56) as u8;
-        }
-    }
-}
-
-impl RouteHost for SimHost {
-    fn now_ns(&mut self) -> Result<u64, HostFailure> {
-        Ok(self.now)
-    }
-    fn peer_principal(&mut self) -> Option<Vec<u8>> {
-        None
-    }
-    fn set_request_header(
-        &mut self,
-        _name: &str,
-        _value: Option<&[u8]>,
-        _present: bool,
-    ) -> Result<(), HostFailure> {
-        Ok(())
-    }
-    fn trace_rng(&mut self) -> &mut dyn TraceRng {
-        &mut self.trace
-    }
-}
-
-impl StreamHost for SimHost {
-    fn now_ns(&mut self) -> Result<u64, HostFailure> {
-        Ok(self.now)
-    }
-    fn response_header(&mut self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
-        Ok((name == ":status").then(|| b"200".to_vec()))
-    }
-    fn response_trailer(&mut self, _name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
-        Ok(None)
-    }
-    fn response_flags(&mut self) -> Result<u64, HostFailure> {
-        Ok(0)
-    }
-    fn shared_store(&mut self) -> &mut dyn SharedStore {
-        &mut self.store
     }
 }
 
@@ -322,7 +234,7 @@ pub fn tideway_config(scenario: &Scenario) -> String {
 }
 
 enum Router {
-    Tideway(Box<Engine>),
+    Tideway(Box<Worker>),
     RoundRobin(usize),
     LeastRequest,
 }
@@ -352,21 +264,213 @@ struct DestState {
     active: u32,
 }
 
+/// One run in progress.
+struct Sim<'a> {
+    scenario: &'a Scenario,
+    rng: SplitMix,
+    /// Every worker's host: one clock, one shared store.
+    host: MemoryHost,
+    routers: Vec<Router>,
+    /// Per worker, its pauses (`pause_schedule`).
+    pauses: Vec<Vec<(u64, u64)>>,
+    headers: Vec<u8>,
+    dests: Vec<DestState>,
+    pending: Vec<Pending>,
+    timeline: Timeline<Event>,
+    samples: Vec<Sample>,
+}
+
 /// Run `scenario` under `policy` with `seed`.
 pub fn run(scenario: &Scenario, policy: PolicyKind, seed: u64) -> Run {
-    let mut rng = SimRng(seed ^ 0x5eed);
-    let mut host = SimHost {
-        now: 0,
-        store: MemStore::default(),
-        trace: SimTraceRng(seed),
-    };
+    let mut sim = Sim::new(scenario, policy, seed);
+    while let Some((now, event)) = sim.timeline.pop() {
+        if now >= scenario.duration {
+            break;
+        }
+        sim.host.now = now;
+        sim.run_ticks(now);
+        match event {
+            Event::Send { client, issued } => sim.send(now, client, issued),
+            Event::Finish { request } => sim.finish(now, request),
+            Event::Deliver { request } => sim.deliver(now, request),
+        }
+    }
+    Run {
+        samples: sim.samples,
+        measured_from: scenario.warmup,
+        duration: scenario.duration,
+        destinations: scenario.destinations.len(),
+    }
+}
+
+/// When a worker with `pauses` runs again if it is paused at `t`.
+fn resumes(pauses: &[(u64, u64)], t: u64) -> Option<u64> {
+    let i = pauses.partition_point(|&(start, _)| start <= t);
+    i.checked_sub(1)
+        .map(|i| pauses[i])
+        .filter(|&(_, end)| t < end)
+        .map(|(_, end)| end)
+}
+
+impl<'a> Sim<'a> {
+    fn new(scenario: &'a Scenario, policy: PolicyKind, seed: u64) -> Self {
+        let mut rng = SplitMix(seed ^ 0x5eed);
+        let routers = routers(scenario, policy, seed);
+        let workers = routers.len();
+        let pauses = (0..workers)
+            .map(|_| pause_schedule(&scenario.noise, scenario.duration, &mut rng))
+            .collect();
+        let dests = (0..scenario.destinations.len())
+            .map(|_| DestState {
+                busy: 0,
+                queue: VecDeque::new(),
+                active: 0,
+            })
+            .collect();
+        let mut timeline = Timeline::default();
+        for client in 0..scenario.connections {
+            // Staggered starts: clients do not move in lockstep.
+            let at = (client as u64 * scenario.think.max(1000)) % (MS.max(1));
+            timeline.push(at, Event::Send { client, issued: at });
+        }
+        Self {
+            scenario,
+            rng,
+            host: MemoryHost::simulated(seed),
+            routers,
+            pauses,
+            headers: request_headers("svc.local"),
+            dests,
+            pending: Vec::new(),
+            timeline,
+            samples: Vec::new(),
+        }
+    }
+
+    fn worker_of(&self, client: usize) -> usize {
+        client % self.routers.len()
+    }
+
+    fn resumes(&self, worker: usize, t: u64) -> Option<u64> {
+        resumes(&self.pauses[worker], t)
+    }
+
+    /// A worker's ticks while it is paused run when it resumes.
+    fn run_ticks(&mut self, now: u64) {
+        for (router, pauses) in self.routers.iter_mut().zip(&self.pauses) {
+            if let Router::Tideway(worker) = router {
+                worker.run_ticks(now, &mut self.host.store, |t| {
+                    resumes(pauses, t).unwrap_or(t)
+                });
+            }
+        }
+    }
+
+    fn send(&mut self, now: u64, client: usize, issued: u64) {
+        let w = self.worker_of(client);
+        if let Some(resume) = self.resumes(w, now) {
+            self.timeline.push(resume, Event::Send { client, issued });
+            return;
+        }
+        let (destination, flight) = self.choose(w);
+        let request = self.pending.len();
+        self.pending.push(Pending {
+            client,
+            issued,
+            destination,
+            flight,
+        });
+        let d = &mut self.dests[destination];
+        d.active += 1;
+        if d.busy < self.scenario.destinations[destination].limit {
+            d.busy += 1;
+            let t = service_time(self.scenario, destination, now, &mut self.rng);
+            self.timeline.push(now + t, Event::Finish { request });
+        } else {
+            d.queue.push_back(request);
+        }
+    }
+
+    /// Worker `w`'s router's choice, and Tideway's request in flight.
+    fn choose(&mut self, w: usize) -> (usize, Option<InFlight>) {
+        let n = self.dests.len();
+        match &mut self.routers[w] {
+            Router::Tideway(worker) => {
+                let flight = worker
+                    .send(&self.headers, &mut self.host)
+                    .expect("svc.local is governed");
+                let d = flight
+                    .decision
+                    .destination
+                    .expect("a destination is chosen");
+                (d, Some(flight))
+            }
+            Router::RoundRobin(next) => {
+                let d = *next % n;
+                *next += 1;
+                (d, None)
+            }
+            Router::LeastRequest => {
+                let (a, b) = (self.rng.below(n), self.rng.below(n));
+                let d = if self.dests[b].active < self.dests[a].active {
+                    b
+                } else {
+                    a
+                };
+                (d, None)
+            }
+        }
+    }
+
+    /// The backend is done: its slot goes to the next in line.
+    fn finish(&mut self, now: u64, request: usize) {
+        let destination = self.pending[request].destination;
+        let d = &mut self.dests[destination];
+        d.active -= 1;
+        if let Some(next) = d.queue.pop_front() {
+            let t = service_time(self.scenario, destination, now, &mut self.rng);
+            self.timeline.push(now + t, Event::Finish { request: next });
+        } else {
+            d.busy -= 1;
+        }
+        let w = self.worker_of(self.pending[request].client);
+        let at = self.resumes(w, now).unwrap_or(now);
+        self.timeline.push(at, Event::Deliver { request });
+    }
+
+    fn deliver(&mut self, now: u64, request: usize) {
+        let w = self.worker_of(self.pending[request].client);
+        if let Some(resume) = self.resumes(w, now) {
+            self.timeline.push(resume, Event::Deliver { request });
+            return;
+        }
+        let p = &mut self.pending[request];
+        if let (Router::Tideway(worker), Some(flight)) = (&mut self.routers[w], p.flight.as_mut()) {
+            worker.answer(flight, &mut self.host);
+        }
+        p.flight = None;
+        self.samples.push(Sample {
+            issued: p.issued,
+            latency: now - p.issued,
+            destination: p.destination,
+        });
+        let client = p.client;
+        let at = now + self.scenario.think;
+        self.timeline.push(at, Event::Send { client, issued: at });
+    }
+}
+
+/// One router per proxy worker; Tideway's each with its own engine and
+/// its tick offset, as Envoy's timers are.
+fn routers(scenario: &Scenario, policy: PolicyKind, seed: u64) -> Vec<Router> {
     let workers = scenario.workers.max(1);
-    let mut routers: Vec<Router> = (0..workers)
+    (0..workers)
         .map(|w| match policy {
             PolicyKind::Tideway => {
                 let config = PluginConfig::from_json(tideway_config(scenario).as_bytes())
                     .expect("the scenario's config is valid");
-                Router::Tideway(Box::new(Engine::new(
+                let tick = config.scheduler.tick_ms.max(1) * MS;
+                let engine = Engine::new(
                     config,
                     LocalIdentity {
                         cluster: "local".into(),
@@ -375,180 +479,19 @@ pub fn run(scenario: &Scenario, policy: PolicyKind, seed: u64) -> Run {
                     },
                     seed.wrapping_add(w as u64 * 0x9e37),
                     None,
-                )))
+                );
+                let first_tick = w as u64 * tick / workers as u64;
+                Router::Tideway(Box::new(Worker::new(engine, first_tick, tick)))
             }
             PolicyKind::RoundRobin => Router::RoundRobin(w),
             PolicyKind::LeastRequest => Router::LeastRequest,
         })
-        .collect();
-    let pauses: Vec<Vec<(u64, u64)>> = (0..workers)
-        .map(|_| pause_schedule(&scenario.noise, scenario.duration, &mut rng))
-        .collect();
-    // When worker `w` runs again if it is paused at `t`.
-    let resumes = |w: usize, t: u64| -> Option<u64> {
-        let p = &pauses[w];
-        let i = p.partition_point(|&(start, _)| start <= t);
-        i.checked_sub(1)
-            .map(|i| p[i])
-            .filter(|&(_, end)| t < end)
-            .map(|(_, end)| end)
-    };
-    let headers = tideway_filter::header_map::serialize_pairs(&[
-        (":authority", "svc.local"),
-        (":path", "/"),
-        (":method", "GET"),
-    ]);
-    let n = scenario.destinations.len();
-    let mut dests: Vec<DestState> = (0..n)
-        .map(|_| DestState {
-            busy: 0,
-            queue: VecDeque::new(),
-            active: 0,
-        })
-        .collect();
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut events: BinaryHeap<Reverse<(u64, u64, Event)>> = BinaryHeap::new();
-    let mut seq = 0u64;
-    let mut push = |events: &mut BinaryHeap<_>, at: u64, e: Event| {
-        seq += 1;
-        events.push(Reverse((at, seq, e)));
-    };
-    for client in 0..scenario.connections {
-        // Staggered starts: clients do not move in lockstep.
-        let at = (client as u64 * scenario.think.max(1000)) % (MS.max(1));
-        push(&mut events, at, Event::Send { client, issued: at });
-    }
-    let mut samples = Vec::new();
-    // Each worker merges on its own tick (offset, as Envoy's timers are).
-    let tick = match &routers[0] {
-        Router::Tideway(engine) => engine.config.scheduler.tick_ms.max(1) * MS,
-        _ => 1_000 * MS,
-    };
-    let mut next_tick: Vec<u64> = (0..workers as u64)
-        .map(|w| w * tick / workers as u64)
-        .collect();
-    while let Some(Reverse((now, _, event))) = events.pop() {
-        if now >= scenario.duration {
-            break;
-        }
-        host.now = now;
-        // A worker's ticks while it is paused run when it resumes.
-        for (w, router) in routers.iter_mut().enumerate() {
-            if let Router::Tideway(engine) = router {
-                while next_tick[w] <= now {
-                    let at = resumes(w, next_tick[w]).unwrap_or(next_tick[w]);
-                    if at > now {
-                        break;
-                    }
-                    let _ = engine.sync_shared(&mut host.store, at);
-                    engine.retune_timing(at);
-                    next_tick[w] += tick;
-                }
-            }
-        }
-        let worker_of = |client: usize| client % workers;
-        match event {
-            Event::Send { client, issued } => {
-                let w = worker_of(client);
-                if let Some(resume) = resumes(w, now) {
-                    push(&mut events, resume, Event::Send { client, issued });
-                    continue;
-                }
-                let (destination, flight) = match &mut routers[w] {
-                    Router::Tideway(engine) => {
-                        let flight = engine
-                            .route(&HeaderMap::parse(&headers), &mut host)
-                            .expect("svc.local is governed");
-                        let d = flight
-                            .decision
-                            .destination
-                            .expect("a destination is chosen");
-                        (d, Some(flight))
-                    }
-                    Router::RoundRobin(next) => {
-                        let d = *next % n;
-                        *next += 1;
-                        (d, None)
-                    }
-                    Router::LeastRequest => {
-                        let (a, b) = (rng.below(n), rng.below(n));
-                        let d = if dests[b].active < dests[a].active {
-                            b
-                        } else {
-                            a
-                        };
-                        (d, None)
-                    }
-                };
-                let request = pending.len();
-                pending.push(Pending {
-                    client,
-                    issued,
-                    destination,
-                    flight,
-                });
-                let d = &mut dests[destination];
-                d.active += 1;
-                if d.busy < scenario.destinations[destination].limit {
-                    d.busy += 1;
-                    let t = service_time(scenario, destination, now, &mut rng);
-                    push(&mut events, now + t, Event::Finish { request });
-                } else {
-                    d.queue.push_back(request);
-                }
-            }
-            Event::Finish { request } => {
-                // The backend is done: its slot goes to the next in line.
-                let destination = pending[request].destination;
-                let d = &mut dests[destination];
-                d.active -= 1;
-                if let Some(next) = d.queue.pop_front() {
-                    let t = service_time(scenario, destination, now, &mut rng);
-                    push(&mut events, now + t, Event::Finish { request: next });
-                } else {
-                    d.busy -= 1;
-                }
-                let w = worker_of(pending[request].client);
-                let at = resumes(w, now).unwrap_or(now);
-                push(&mut events, at, Event::Deliver { request });
-            }
-            Event::Deliver { request } => {
-                let p = &mut pending[request];
-                let w = worker_of(p.client);
-                if let Some(resume) = resumes(w, now) {
-                    push(&mut events, resume, Event::Deliver { request });
-                    continue;
-                }
-                if let (Router::Tideway(engine), Some(flight)) =
-                    (&mut routers[w], p.flight.as_mut())
-                {
-                    let _ = engine.complete(flight, StreamEvent::ResponseHeaders, &mut host);
-                    let _ = engine.complete(flight, StreamEvent::End, &mut host);
-                }
-                p.flight = None;
-                samples.push(Sample {
-                    issued: p.issued,
-                    latency: now - p.issued,
-                    destination: p.destination,
-                });
-                let client = p.client;
-                let at = now + scenario.think;
-                push(&mut events, at, Event::Send { client, issued: at });
-            }
-        }
-    }
-    Run {
-        samples,
-        measured_from: scenario.warmup,
-        duration: scenario.duration,
-        destinations: n,
-    }
+        .collect()
 }
 
-fn service_time(scenario: &Scenario, destination: usize, now: u64, rng: &mut SimRng) -> u64 {
+fn service_time(scenario: &Scenario, destination: usize, now: u64, rng: &mut SplitMix) -> u64 {
     let d = &scenario.destinations[destination];
-    let jitter = (0.25 * rng.normal()).exp();
-    let mut ms = d.service_ms * d.factor(now) * jitter;
+    let mut ms = d.service_ms * d.factor(now) * jitter(rng);
     let noise = &scenario.noise;
     if noise.hiccup_share > 0.0 && rng.unit() < noise.hiccup_share {
         let (lo, hi) = noise.hiccup_ms;
@@ -559,7 +502,7 @@ fn service_time(scenario: &Scenario, destination: usize, now: u64, rng: &mut Sim
 
 /// Each worker's pauses, `(start, end)` in time order: a Poisson process of
 /// `pauses_per_s`, each lasting uniformly within `pause_ms`.
-fn pause_schedule(noise: &Noise, duration: u64, rng: &mut SimRng) -> Vec<(u64, u64)> {
+fn pause_schedule(noise: &Noise, duration: u64, rng: &mut SplitMix) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     if noise.pauses_per_s <= 0.0 {
         return out;
@@ -585,21 +528,13 @@ fn pause_schedule(noise: &Noise, duration: u64, rng: &mut SimRng) -> Vec<(u64, u
 /// `connections` closed-loop connections. Each destination can serve every
 /// connection at once (no queueing): only latency tells them apart.
 pub fn one_slow(slower: f64, connections: usize) -> Scenario {
-    Scenario {
-        name: format!("one {slower}× slower, {connections} conns"),
-        connections,
-        destinations: vec![
-            DestSpec::new("a", 1.0, 8.0, connections),
-            DestSpec::new("b", 1.0, 8.0, connections),
-            DestSpec::new("c", 1.0, 8.0 * slower, connections),
-        ],
-        duration: 20 * S,
-        warmup: 2 * S,
-        think: 50_000,
-        scheduler: None,
-        workers: 1,
-        noise: Noise::default(),
-    }
+    let destinations = vec![
+        DestSpec::new("a", 1.0, 8.0, connections),
+        DestSpec::new("b", 1.0, 8.0, connections),
+        DestSpec::new("c", 1.0, 8.0 * slower, connections),
+    ];
+    let name = format!("one {slower}× slower, {connections} conns");
+    Scenario::new(name, connections, destinations, 20 * S, 2 * S)
 }
 
 /// Base weights 70/20/10, all equal (8 ms), the 70% one slowed 10× from
@@ -607,21 +542,13 @@ pub fn one_slow(slower: f64, connections: usize) -> Scenario {
 pub fn weighted_slowdown(slow_at: u64, recover_at: u64) -> Scenario {
     let mut a = DestSpec::new("a", 70.0, 8.0, 64);
     a.slowdowns = vec![(slow_at, 10.0), (recover_at, 1.0)];
-    Scenario {
-        name: "70/20/10, the 70% one 10× slower for a while".into(),
-        connections: 32,
-        destinations: vec![
-            a,
-            DestSpec::new("b", 20.0, 8.0, 64),
-            DestSpec::new("c", 10.0, 8.0, 64),
-        ],
-        duration: recover_at + 10 * S,
-        warmup: S,
-        think: 50_000,
-        scheduler: None,
-        workers: 1,
-        noise: Noise::default(),
-    }
+    let destinations = vec![
+        a,
+        DestSpec::new("b", 20.0, 8.0, 64),
+        DestSpec::new("c", 10.0, 8.0, 64),
+    ];
+    let name = "70/20/10, the 70% one 10× slower for a while".into();
+    Scenario::new(name, 32, destinations, recover_at + 10 * S, S)
 }
 
 /// The demo's fleet (`cargo xtask demo`): clusters of 2, 4 and 8 ms with
@@ -632,16 +559,13 @@ pub fn weighted_slowdown(slow_at: u64, recover_at: u64) -> Scenario {
 pub fn demo_slowdown(slow_at: u64, recover_at: u64, noise: Noise) -> Scenario {
     let mut a = DestSpec::new("hangzhou", 1.0, 2.0, 24);
     a.slowdowns = vec![(slow_at, 10.0), (recover_at, 1.0)];
+    let destinations = vec![
+        a,
+        DestSpec::new("shanghai", 1.0, 4.0, 16),
+        DestSpec::new("beijing", 1.0, 8.0, 16),
+    ];
+    let name = "demo fleet, the 2 ms cluster 10× slower for a while".into();
     Scenario {
-        name: "demo fleet, the 2 ms cluster 10× slower for a while".into(),
-        connections: 24,
-        destinations: vec![
-            a,
-            DestSpec::new("shanghai", 1.0, 4.0, 16),
-            DestSpec::new("beijing", 1.0, 8.0, 16),
-        ],
-        duration: recover_at + 5 * S,
-        warmup: S,
         think: 26 * MS,
         scheduler: Some(
             r#"{"weights":{"latency":0.7,"load":0.2,"cost":0.05,"affinity":0.05},"sharpness":4,"decayMs":2000}"#
@@ -649,6 +573,7 @@ pub fn demo_slowdown(slow_at: u64, recover_at: u64, noise: Noise) -> Scenario {
         ),
         workers: 2,
         noise,
+        ..Scenario::new(name, 24, destinations, recover_at + 5 * S, S)
     }
 }
 
@@ -679,21 +604,13 @@ pub fn heavily_loaded_host() -> Noise {
 
 /// All destinations equal and healthy, with these base weights.
 pub fn all_equal(weights: [f64; 3], connections: usize) -> Scenario {
-    Scenario {
-        name: format!("all equal, weights {weights:?}, {connections} conns"),
-        connections,
-        destinations: vec![
-            DestSpec::new("a", weights[0], 8.0, connections),
-            DestSpec::new("b", weights[1], 8.0, connections),
-            DestSpec::new("c", weights[2], 8.0, connections),
-        ],
-        duration: 20 * S,
-        warmup: 2 * S,
-        think: 50_000,
-        scheduler: None,
-        workers: 1,
-        noise: Noise::default(),
-    }
+    let destinations = vec![
+        DestSpec::new("a", weights[0], 8.0, connections),
+        DestSpec::new("b", weights[1], 8.0, connections),
+        DestSpec::new("c", weights[2], 8.0, connections),
+    ];
+    let name = format!("all equal, weights {weights:?}, {connections} conns");
+    Scenario::new(name, connections, destinations, 20 * S, 2 * S)
 }
 
 /// When `destination`'s share, over windows of `window` issued from
