@@ -16,6 +16,7 @@
 //! `.wasm` file: istio/istio#37565, #38989).
 
 pub mod auth;
+pub mod container;
 pub mod digest;
 pub mod error_chain;
 pub mod fetched;

@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod fuzz;
+mod image;
 mod kube;
 mod ui;
 use fuzz::FuzzArgs;
@@ -97,6 +98,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         demo_args: Vec<String>,
     },
+    /// Build the controller's container image: a static `tideway` (release,
+    /// glibc crt-static) packaged by `tideway image build-controller` into
+    /// target/tideway/controller-oci; fails over 40 MB compressed. Push it
+    /// with `tideway image push oci:target/tideway/controller-oci:<version> <ref>`.
+    Image,
     /// Set up, build the filter and the no-op baseline filter, and run the
     /// benchmark harness (args after `--` go to tideway-bench, e.g. `--quick`).
     Bench {
@@ -121,6 +127,9 @@ fn main() -> Result<()> {
         }
         Cmd::BuildUi => {
             ui::build(&root)?;
+        }
+        Cmd::Image => {
+            image::build(&root)?;
         }
         Cmd::Test {
             fuzz_seconds,

@@ -85,6 +85,9 @@ pub struct ImageArgs {
 enum ImageCommand {
     /// Build an OCI image layout directory from a .wasm (reproducible).
     Build(BuildArgs),
+    /// Build the controller's container image from a static `tideway` (reproducible).
+    #[command(long_about = BUILD_CONTROLLER_LONG_ABOUT)]
+    BuildController(BuildControllerArgs),
     /// Push a .wasm or an OCI layout image to a registry; prints the WasmPlugin url and sha256.
     Push(PushArgs),
     /// Pull an image, verify every digest and size, and extract plugin.wasm exactly as Istio does.
@@ -120,6 +123,34 @@ struct BuildOpts {
     /// Manifest annotation KEY=VALUE (repeatable), e.g. org.opencontainers.image.source=https://…
     #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = parse_annotation)]
     annotations: Vec<(String, String)>,
+}
+
+const BUILD_CONTROLLER_LONG_ABOUT: &str = "\
+Build the controller's container image into an OCI layout directory: the
+`tideway` program at /tideway, a CA bundle at /etc/ssl/certs/ca-certificates.crt
+(for TLS to member API servers), /etc/passwd and /etc/group naming user 65532,
+and nothing else: no shell, no package manager, no libraries. It runs as
+65532:65532 with `run` as its arguments, and works on a read-only root
+filesystem. The same program and bundle always give the same manifest digest.
+
+The program must be statically linked; `cargo xtask image` builds one and
+calls this command. Then push it and pin the Deployment to its digest:
+  tideway image push oci:target/tideway/controller-oci:0.1.0 registry.example.com/tideway/controller:0.1.0";
+
+#[derive(Debug, Args)]
+struct BuildControllerArgs {
+    /// The static `tideway` program to package (default: this one).
+    #[arg(long)]
+    program: Option<PathBuf>,
+    /// PEM CA bundle to include.
+    #[arg(long, default_value = tideway_controller::container_image::DEFAULT_CA_BUNDLE)]
+    ca_bundle: PathBuf,
+    /// Output OCI layout directory (created, or added to if it exists).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Tag to record in the layout's index.json (default: this version).
+    #[arg(long)]
+    tag: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -290,6 +321,7 @@ fn print_wasm_plugin_fields(url: &str, digest: &Digest) {
 pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     match args.command {
         ImageCommand::Build(a) => build(a),
+        ImageCommand::BuildController(a) => build_controller(a),
         ImageCommand::Push(a) => push(a),
         ImageCommand::Pull(a) => pull(a),
         ImageCommand::Inspect(a) => inspect(a),
@@ -320,6 +352,35 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn build_controller(a: BuildControllerArgs) -> anyhow::Result<()> {
+    let program_path = match a.program {
+        Some(path) => path,
+        None => std::env::current_exe().context("finding this program")?,
+    };
+    let program = std::fs::read(&program_path)
+        .with_context(|| format!("reading {}", program_path.display()))?;
+    let ca_bundle = std::fs::read(&a.ca_bundle)
+        .with_context(|| format!("reading the CA bundle {}", a.ca_bundle.display()))?;
+    let version = env!("CARGO_PKG_VERSION");
+    let image =
+        tideway_controller::container_image::controller_image(&program, &ca_bundle, version)
+            .with_context(|| program_path.display().to_string())?;
+    let tag = a.tag.unwrap_or_else(|| version.to_string());
+    Layout::create(&a.output)?.write_image(&image, Some(&tag))?;
+    let compressed: usize = image.blobs().map(|b| b.data.len()).sum();
+    println!("wrote OCI layout {} (tag {tag})", a.output.display());
+    println!("manifest digest: {}", image.manifest_digest());
+    println!(
+        "compressed size: {:.1} MiB",
+        compressed as f64 / (1024.0 * 1024.0)
+    );
+    println!(
+        "next: tideway image push oci:{}:{tag} <host>/<repo>:{tag}",
+        a.output.display()
+    );
+    Ok(())
+}
+
 fn push(a: PushArgs) -> anyhow::Result<()> {
     let reference = ImageRef::parse(&a.reference)?;
     let image = ops::image_to_push(&a.source, &a.build.options())?;
@@ -337,6 +398,17 @@ fn push(a: PushArgs) -> anyhow::Result<()> {
             BlobStatus::AlreadyPresent => "already present, skipped",
         };
         println!("  {} {} ({} bytes): {s}", d.media_type, d.digest, d.size);
+    }
+    if tideway_controller::container_image::is_container_image(&image) {
+        println!();
+        println!("image for a Deployment (pinned by digest):");
+        println!(
+            "  {}/{}@{}",
+            reference.registry(),
+            reference.repository(),
+            report.manifest_digest
+        );
+        return Ok(());
     }
     if !ops::istio_accepts(&image)? {
         println!(

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod check_config;
 pub mod crds;
 pub mod image;
+pub mod install;
 pub mod render;
 pub mod run;
 pub mod status;
@@ -14,7 +15,7 @@ pub mod weights;
 
 /// Tideway: traffic steering for multi-cluster Istio.
 #[derive(Debug, Parser)]
-#[command(name = "tideway", version, about, long_about = None)]
+#[command(name = "tideway", version = env!("TIDEWAY_VERSION_LINE"), about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -32,6 +33,9 @@ pub enum Command {
     CheckConfig(check_config::CheckConfigArgs),
     /// Print the TrafficPolicy and Fleet CustomResourceDefinitions (YAML).
     Crds,
+    /// Print what installs Tideway: the CRDs and the controller (its image pinned by digest), or a member's RBAC.
+    #[command(long_about = install::LONG_ABOUT)]
+    Install(install::InstallArgs),
     /// Render a TrafficPolicy and roll it out to the Fleet's member clusters, wave by wave.
     #[command(long_about = apply::LONG_ABOUT)]
     Apply(apply::ApplyArgs),
@@ -61,6 +65,7 @@ pub fn run_other(command: Command) -> anyhow::Result<()> {
         Command::Render(args) => render::run(args),
         Command::CheckConfig(args) => check_config::run(args),
         Command::Crds => crds::run(),
+        Command::Install(args) => install::run(args),
         Command::Apply(args) => apply::run(args).map(|_| ()),
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args).map(|_| ()),
