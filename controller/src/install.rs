@@ -121,6 +121,157 @@ pub fn require_digest(image: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The field manager of `tideway install --apply`.
+pub const MANAGER: &str = "tideway-install";
+
+/// Server-side applies `objects` in order (never forced: a field another
+/// manager owns is reported with the server's message). Returns one line per
+/// object. A PodDisruptionBudget goes as `policy/v1beta1` to a server that
+/// does not serve `policy/v1` (Kubernetes before 1.21).
+pub async fn apply(client: &kube::Client, objects: &[Value]) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    for object in objects {
+        let mut object = object.clone();
+        let (api, what) = match api_for(client, &object).await {
+            Ok(found) => found,
+            Err(e)
+                if object["kind"] == "PodDisruptionBudget"
+                    && object["apiVersion"] == "policy/v1" =>
+            {
+                object["apiVersion"] = Value::String("policy/v1beta1".to_string());
+                api_for(client, &object).await.map_err(|_| e)?
+            }
+            Err(e) => return Err(e),
+        };
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        api.patch(
+            &name,
+            &kube::api::PatchParams::apply(MANAGER),
+            &kube::api::Patch::Apply(&object),
+        )
+        .await
+        .with_context(|| format!("applying {what}"))?;
+        done.push(format!("applied {what}"));
+    }
+    Ok(done)
+}
+
+/// Deletes `objects` in reverse order (what does not exist is said, not an
+/// error). On the hub it first looks for TrafficPolicies that still carry
+/// the controller's cleanup finalizer: their objects in member clusters are
+/// removed only by the controller, so uninstalling under them would leave
+/// those objects behind and the policies stuck terminating. It refuses,
+/// naming them, unless `force`, which removes the finalizers first.
+pub async fn uninstall(
+    client: &kube::Client,
+    objects: &[Value],
+    force: bool,
+) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    let pending = policies_with_finalizer(client).await?;
+    if !pending.is_empty() && !force {
+        bail!(
+            "{} TrafficPolicies still carry the controller's cleanup finalizer ({}): delete them \
+             and let the controller remove their objects from the member clusters first, or \
+             uninstall with --force (their objects then stay in the members)",
+            pending.len(),
+            pending
+                .iter()
+                .map(|(ns, name)| format!("{ns}/{name}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for (namespace, name) in &pending {
+        let api: kube::Api<crate::api::TrafficPolicy> =
+            kube::Api::namespaced(client.clone(), namespace);
+        let patch = serde_json::json!({"metadata": {"finalizers": null}});
+        api.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .with_context(|| format!("removing the finalizer of TrafficPolicy {namespace}/{name}"))?;
+        done.push(format!(
+            "removed the finalizer of TrafficPolicy {namespace}/{name} (--force)"
+        ));
+    }
+    for object in objects.iter().rev() {
+        let Ok((api, what)) = api_for(client, object).await else {
+            done.push(format!(
+                "not served: {} {}",
+                object["apiVersion"], object["kind"]
+            ));
+            continue;
+        };
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => done.push(format!("deleted {what}")),
+            Err(kube::Error::Api(e)) if e.code == 404 => done.push(format!("not found: {what}")),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("deleting {what}"))),
+        }
+    }
+    Ok(done)
+}
+
+async fn policies_with_finalizer(client: &kube::Client) -> anyhow::Result<Vec<(String, String)>> {
+    let api: kube::Api<crate::api::TrafficPolicy> = kube::Api::all(client.clone());
+    let list = match api.list(&Default::default()).await {
+        Ok(list) => list,
+        // No CRD, no policies.
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Vec::new()),
+        Err(e) => return Err(anyhow::Error::new(e).context("listing TrafficPolicies")),
+    };
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .any(|f| f == crate::run::reconcile::FINALIZER)
+        })
+        .map(|p| {
+            (
+                p.metadata.namespace.unwrap_or_default(),
+                p.metadata.name.unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+/// The API for `object`'s kind, found by discovery, and how to name it.
+async fn api_for(
+    client: &kube::Client,
+    object: &Value,
+) -> anyhow::Result<(kube::Api<kube::api::DynamicObject>, String)> {
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+    let (resource, caps) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .with_context(|| format!("the server does not serve {api_version} {kind}"))?;
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    Ok(
+        match (caps.scope, object["metadata"]["namespace"].as_str()) {
+            (kube::discovery::Scope::Namespaced, Some(namespace)) => (
+                kube::Api::namespaced_with(client.clone(), namespace, &resource),
+                format!("{kind} {namespace}/{name}"),
+            ),
+            _ => (
+                kube::Api::all_with(client.clone(), &resource),
+                format!("{kind} {name}"),
+            ),
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

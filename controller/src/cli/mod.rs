@@ -36,6 +36,8 @@ pub enum Command {
     /// Print what installs Tideway: the CRDs and the controller (its image pinned by digest), or a member's RBAC.
     #[command(long_about = install::LONG_ABOUT)]
     Install(install::InstallArgs),
+    /// Remove what `tideway install` installed; refuses while policies still need the controller's cleanup.
+    Uninstall(install::UninstallArgs),
     /// Render a TrafficPolicy and roll it out to the Fleet's member clusters, wave by wave.
     #[command(long_about = apply::LONG_ABOUT)]
     Apply(apply::ApplyArgs),
@@ -66,6 +68,7 @@ pub fn run_other(command: Command) -> anyhow::Result<()> {
         Command::CheckConfig(args) => check_config::run(args),
         Command::Crds => crds::run(),
         Command::Install(args) => install::run(args),
+        Command::Uninstall(args) => install::uninstall(args),
         Command::Apply(args) => apply::run(args).map(|_| ()),
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args).map(|_| ()),

@@ -323,15 +323,23 @@ impl ApiServer {
     }
 
     fn kubeconfig_for(&self, token: &str) -> Kubeconfig {
+        Kubeconfig::from_yaml(&self.kubeconfig_yaml_for(token)).expect("kubeconfig")
+    }
+
+    /// A kubeconfig (as YAML) that reaches this server as the cluster admin.
+    pub fn admin_kubeconfig_yaml(&self) -> String {
+        self.kubeconfig_yaml_for(ADMIN_TOKEN)
+    }
+
+    fn kubeconfig_yaml_for(&self, token: &str) -> String {
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
-        let yaml = format!(
+        format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: {n}\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\n\
              users:\n- name: {n}\n  user:\n    token: {token}\ncontexts:\n- name: {n}\n  context:\n    cluster: {n}\n    user: {n}\n\
              current-context: {n}\n",
             n = self.name,
             url = self.url,
-        );
-        Kubeconfig::from_yaml(&yaml).expect("kubeconfig")
+        )
     }
 
     async fn client_with(&self, token: &str) -> Client {
