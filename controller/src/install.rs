@@ -51,13 +51,7 @@ const CONTAINER: &str = "controller";
 /// move under a running Deployment, a digest cannot.
 pub fn hub_objects(image: &str) -> anyhow::Result<Vec<Value>> {
     require_digest(image)?;
-    let mut objects: Vec<Value> = api::crds()
-        .into_iter()
-        .map(serde_json::to_value)
-        .collect::<Result<_, _>>()?;
-    for (origin, text) in CONTROLLER_MANIFESTS {
-        objects.extend(documents(text).with_context(|| origin.to_string())?);
-    }
+    let mut objects = hub_objects_as_in_manifests()?;
     let containers = objects
         .iter_mut()
         .find(|o| o["kind"] == "Deployment")
@@ -69,6 +63,19 @@ pub fn hub_objects(image: &str) -> anyhow::Result<Vec<Value>> {
         .find(|c| c["name"] == CONTAINER)
         .with_context(|| format!("the Deployment has no container named {CONTAINER:?}"))?;
     container["image"] = Value::String(image.to_string());
+    Ok(objects)
+}
+
+/// The CRDs and the controller's objects as `manifests/controller/` has them
+/// (the image unpinned): what `tideway uninstall` removes.
+pub fn hub_objects_as_in_manifests() -> anyhow::Result<Vec<Value>> {
+    let mut objects: Vec<Value> = api::crds()
+        .into_iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?;
+    for (origin, text) in CONTROLLER_MANIFESTS {
+        objects.extend(documents(text).with_context(|| origin.to_string())?);
+    }
     Ok(objects)
 }
 

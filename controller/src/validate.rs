@@ -9,6 +9,7 @@ use crate::api::{Fleet, TrafficPolicy, TrafficPolicySpec};
 use crate::field_error::{FieldError, FieldErrors};
 use crate::istio::{HttpMatchRequest, StringMatch};
 use std::collections::BTreeSet;
+pub use tideway_filter::config::is_dns_label;
 
 /// The namespace a policy's objects go to.
 pub fn policy_namespace(policy: &TrafficPolicy) -> &str {
@@ -1034,15 +1035,6 @@ pub fn parse_duration_ns(v: &str) -> Option<f64> {
         total += num * scale;
     }
     Some(total)
-}
-
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 fn is_dns_subdomain(s: &str) -> bool {

@@ -61,20 +61,10 @@ pub fn build(root: &Path) -> Result<PathBuf> {
 /// The filter image's manifest digest, as `tideway image build` makes it
 /// from `wasm` (reproducible, so it is the digest a push of it gets).
 fn filter_image_digest(root: &Path, wasm: &Path) -> Result<String> {
-    super::run(
-        Command::new(env!("CARGO")).current_dir(root).args([
-            "build",
-            "--quiet",
-            "-p",
-            "tideway-controller",
-            "--bin",
-            "tideway",
-        ]),
-        "cargo build -p tideway-controller --bin tideway",
-    )?;
+    let cli = super::build_cli(root)?;
     let out = root.join("target/tideway/filter-oci");
     let printed = output(
-        Command::new(root.join("target/debug/tideway"))
+        Command::new(cli)
             .args(["image", "build"])
             .arg(wasm)
             .arg("-o")

@@ -220,17 +220,7 @@ fn prepared_cargo(root: &Path, cli: CliBuild) -> Result<Command> {
     let ui = ui::build(root)?;
     // The demo and its test run the `tideway` CLI as a user does.
     if cli == CliBuild::Now {
-        run(
-            Command::new(env!("CARGO")).current_dir(root).args([
-                "build",
-                "--quiet",
-                "-p",
-                "tideway-controller",
-                "--bin",
-                "tideway",
-            ]),
-            "cargo build -p tideway-controller --bin tideway",
-        )?;
+        build_cli(root)?;
     }
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(root)
@@ -241,6 +231,22 @@ fn prepared_cargo(root: &Path, cli: CliBuild) -> Result<Command> {
         .env("TIDEWAY_KUBE_APISERVER", &env.kube.apiserver)
         .env("TIDEWAY_ETCD", &env.kube.etcd);
     Ok(cmd)
+}
+
+/// Builds `target/debug/tideway` and returns its path.
+fn build_cli(root: &Path) -> Result<PathBuf> {
+    run(
+        Command::new(env!("CARGO")).current_dir(root).args([
+            "build",
+            "--quiet",
+            "-p",
+            "tideway-controller",
+            "--bin",
+            "tideway",
+        ]),
+        "cargo build -p tideway-controller --bin tideway",
+    )?;
+    Ok(root.join("target/debug/tideway"))
 }
 
 fn workspace_root() -> Result<PathBuf> {

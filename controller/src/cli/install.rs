@@ -85,17 +85,13 @@ pub struct UninstallArgs {
     cluster: ClusterArgs,
 }
 
-/// Any digest will do to name the objects to delete.
-const ANY_IMAGE: &str =
-    "tideway/controller@sha256:0000000000000000000000000000000000000000000000000000000000000000";
-
 pub fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
     let objects = if args.member {
         install::member_objects()?
     } else {
-        install::hub_objects(ANY_IMAGE)?
+        install::hub_objects_as_in_manifests()?
     };
-    let done = runtime()?.block_on(async {
+    let done = tideway_controller::image::runtime()?.block_on(async {
         let client = args.cluster.client().await?;
         install::uninstall(&client, &objects, args.force).await
     })?;
@@ -103,12 +99,6 @@ pub fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
         println!("{line}");
     }
     Ok(())
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
 }
 
 pub fn run(args: InstallArgs) -> anyhow::Result<()> {
@@ -123,7 +113,7 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
         print!("{}", install::to_yaml(&objects)?);
         return Ok(());
     }
-    let done = runtime()?.block_on(async {
+    let done = tideway_controller::image::runtime()?.block_on(async {
         let client = args.cluster.client().await?;
         install::apply(&client, &objects).await
     })?;

@@ -22,7 +22,7 @@ pub use defaults::{
 pub(crate) use json_path::typing_error;
 pub use json_path::ROOT;
 pub use types::*;
-pub use validate::weights_source_bounds;
+pub use validate::{is_dns_label, weights_source_bounds};
 
 pub use crate::config_error::ConfigError;
 

@@ -151,7 +151,7 @@ impl LocalConfig {
 }
 
 /// An RFC 1123 label: what Kubernetes allows in a namespace name.
-pub(super) fn is_dns_label(s: &str) -> bool {
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
