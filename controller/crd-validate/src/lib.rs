@@ -464,8 +464,9 @@ pub(crate) fn show(value: &Value) -> String {
 }
 
 /// `shared/` of the project: `$TIDEWAY_SHARED`, else the nearest
-/// `shared/` beside the workspace root or one of its ancestors (CI lays it
-/// beside the clone; a git worktree may sit deeper).
+/// `shared/` beside the workspace root or one of its ancestors (a git
+/// worktree may sit deeper), else beside the local checkout this one was
+/// cloned from.
 pub fn shared_dir() -> std::path::PathBuf {
     if let Some(dir) = std::env::var_os("TIDEWAY_SHARED") {
         return dir.into();
@@ -473,10 +474,24 @@ pub fn shared_dir() -> std::path::PathBuf {
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     // controller/crd-validate → the workspace root → its ancestors.
     let root = manifest.ancestors().nth(2).unwrap_or(manifest);
-    root.ancestors()
-        .skip(1)
-        .map(|dir| dir.join("shared"))
-        .find(|dir| dir.join("istio/crd-all.gen.yaml").exists())
+    // A clone of a local checkout (CI clones main into a temporary
+    // directory) finds it beside the checkout it was cloned from.
+    let origin = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["config", "--get", "remote.origin.url"])
+        .output()
+        .ok()
+        .map(|out| std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        .filter(|path| path.is_absolute() && path.is_dir());
+    let near = |dir: &std::path::Path| {
+        dir.ancestors()
+            .skip(1)
+            .map(|dir| dir.join("shared"))
+            .find(|dir| dir.join("istio/crd-all.gen.yaml").exists())
+    };
+    near(root)
+        .or_else(|| origin.as_deref().and_then(near))
         .unwrap_or_else(|| root.join("../shared"))
 }
 
